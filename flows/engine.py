@@ -1,0 +1,195 @@
+"""Runs a validated case: each step as a Prefect task run named after the step, in order, parallel groups side
+by side; stops at the first failure unless the step says ``continue_on_failure``; always runs the clean-up.
+
+The engine knows no step kind: it looks each one up in the registry (``tasks.base.REGISTRY``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
+from prefect.utilities.annotations import quote
+
+from flows import evidence
+from flows.results import StepFailed, StepResult
+from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
+from tasks.base import REGISTRY, StepContext, StepOutcome
+from tasks.errors import StepError
+
+log = logging.getLogger("pipeline_test")
+
+
+def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
+    """Run one step's runner, publish its evidence, and return its result (a Failed state when it failed)."""
+    try:
+        logger: Any = get_run_logger()
+    except Exception:  # outside a Prefect run (plain Python use)
+        logger = log
+    ctx = dataclasses.replace(ctx, label=placed.label, logger=logger)
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    outcome: StepOutcome | None = None
+    status, error, code, details = "passed", None, None, {}
+    try:
+        outcome = REGISTRY[placed.kind].run(placed.step, ctx)
+    except StepError as exc:
+        status, error, code, details = "failed", exc.message, exc.code, exc.details
+    except Exception as exc:  # a bug or an unforeseen failure: say so plainly, keep the traceback at debug level
+        status, error, code = "error", f"unexpected {type(exc).__name__}: {exc}", type(exc).__name__
+        logger.debug("Traceback of %s", describe(placed), exc_info=True)
+    result = StepResult(
+        number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
+        description=placed.step.description, status=status, started_at=started,  # type: ignore[arg-type]
+        duration_s=round(time.monotonic() - t0, 3),
+        summary=outcome.summary if outcome else "", error=error, error_code=code,
+        details=outcome.details if outcome else details,
+        request_ids=outcome.request_ids if outcome else [],
+    )
+    try:
+        evidence.publish_step(result, outcome)
+    except Exception as exc:  # evidence must never turn a passed step into a crash
+        logger.warning("Could not publish the evidence of %s: %s", describe(placed), exc)
+    if result.ok:
+        logger.info("%s passed: %s", describe(placed), result.summary)
+        return result
+    logger.error("%s %s: %s", describe(placed), status, error)
+    return Failed(message=f"{describe(placed)}: {error}", data=StepFailed(result))
+
+
+_TASKS: dict[str, Any] = {}
+
+
+def step_task(kind: str) -> Any:
+    """The Prefect task for a step kind (one per kind, so the UI groups runs by kind)."""
+    if kind not in _TASKS:
+        _TASKS[kind] = task(execute_step, name=kind, cache_policy=NO_CACHE, retries=0)
+    return _TASKS[kind]
+
+
+def _submit(placed: PlacedStep, ctx: StepContext) -> PrefectFuture[Any]:
+    return step_task(placed.kind).with_options(task_run_name=placed.label).submit(quote(placed), quote(ctx))
+
+
+def _collect(placed: PlacedStep, future: PrefectFuture[Any]) -> StepResult:
+    future.wait()
+    state = future.state
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, StepResult):
+        return value
+    if isinstance(value, StepFailed):
+        return value.result
+    # the task itself crashed (cancelled, killed): record it as an error of the step
+    return StepResult(number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
+                      status="error", error=f"task run ended {state.type.value}: {state.message or value!r}",
+                      error_code=state.type.value)
+
+
+def run_steps(spec: CaseSpec, values: dict[str, Any], ctx: StepContext) -> list[StepResult]:
+    """Run the case's steps (already validated) with the run's variable values; returns every step's result."""
+    rendered = spec.model_copy(update={"steps": [_render_item(item, values) for item in spec.steps]})
+    results: list[StepResult] = []
+    stop = False
+    places = list(iter_steps(rendered))
+    for index, item in enumerate(rendered.steps, 1):
+        group = [p for p in places if p.number == str(index) or p.number.startswith(f"{index}.")]
+        if stop:
+            results += [_skipped(p) for p in group]
+            continue
+        if isinstance(item, ParallelGroup):
+            ctx.logger.info("Running %d steps side by side (group %s)", len(group), group_label(item, index))
+        futures = [(p, _submit(p, ctx)) for p in group]
+        batch = [_collect(p, f) for p, f in futures]
+        results += batch
+        failed = [(p, r) for p, r in zip(group, batch) if not r.ok]
+        if any(not p.step.continue_on_failure for p, _ in failed):
+            stop = True
+    return results
+
+
+def _render_item(item: Any, values: dict[str, Any]) -> Any:
+    if isinstance(item, ParallelGroup):
+        return item.model_copy(update={"steps": [render_step(s, values) for s in item.steps]})
+    return render_step(item, values)
+
+
+def _skipped(placed: PlacedStep) -> StepResult:
+    return StepResult(number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
+                      description=placed.step.description, status="skipped",
+                      summary="not run: an earlier step failed")
+
+
+def run_cleanup(ctx: StepContext) -> StepResult | None:
+    """Run every pending undo action (last first) as one step named ``cleanup``; None when there is none."""
+    actions = ctx.undo.drain()
+    if not actions:
+        return None
+    return _collect(_CLEANUP, _cleanup_task.with_options(task_run_name="cleanup").submit(quote(actions),
+                                                                                       quote(ctx)))
+
+
+class _CleanupStep:
+    name = "cleanup"
+    kind = "cleanup"
+    description = "Undo what the case changed: remove uploaded test data, restore settings."
+    continue_on_failure = True
+
+
+_CLEANUP = PlacedStep("end", _CleanupStep())  # type: ignore[arg-type]
+
+
+def _do_cleanup(actions: list[Any], ctx: StepContext) -> StepResult | State:
+    try:
+        logger: Any = get_run_logger()
+    except Exception:
+        logger = log
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    done: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for action in actions:
+        try:
+            outcome = action.run()
+            done.append({"what": action.description, "step": action.step, "outcome": outcome})
+            logger.info("Clean-up: %s: %s", action.description, _text(outcome))
+        except StepError as exc:
+            errors.append(f"{action.description}: {exc.message}")
+            done.append({"what": action.description, "step": action.step, "error": exc.message})
+        except Exception as exc:
+            errors.append(f"{action.description}: unexpected {type(exc).__name__}: {exc}")
+            done.append({"what": action.description, "step": action.step, "error": str(exc)})
+    result = StepResult(
+        number="end", label="cleanup", kind="cleanup", description=_CleanupStep.description,
+        status="failed" if errors else "passed", started_at=started, duration_s=round(time.monotonic() - t0, 3),
+        summary=f"{len(done) - len(errors)} of {len(done)} clean-up action(s) done",
+        error="; ".join(errors) or None, error_code="CleanupFailed" if errors else None,
+        details={"actions": done},
+    )
+    rows = "\n".join(f"| {d['step']} | {d['what']} | {'❌ ' + d['error'] if 'error' in d else _text(d['outcome'])} |"
+                     for d in done)
+    outcome = StepOutcome(summary=result.summary, details=result.details,
+                          markdown="| from step | action | outcome |\n|---|---|---|\n" + rows)
+    try:
+        evidence.publish_step(result, outcome)
+    except Exception as exc:
+        logger.warning("Could not publish the clean-up evidence: %s", exc)
+    if errors:
+        logger.error("Clean-up incomplete: %s", result.error)
+        return Failed(message=f"clean-up incomplete: {result.error}", data=StepFailed(result))
+    return result
+
+
+def _text(outcome: dict[str, Any]) -> str:
+    if "action" in outcome:
+        return str(outcome["action"]).replace("|", "\\|")
+    return "; ".join(f"{k}: {v}" for k, v in outcome.items()).replace("|", "\\|") or "done"
+
+
+_cleanup_task = task(_do_cleanup, name="cleanup", cache_policy=NO_CACHE, retries=0)

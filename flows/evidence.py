@@ -1,0 +1,131 @@
+"""Evidence in the Prefect UI: a markdown artifact per step, and per case a summary table and a report.
+
+The case's artifacts use stable keys derived from the case name (``case-<slug>`` and ``case-<slug>-report``),
+so the Artifacts page shows that case's history run after run. Step artifacts carry no key: they show in the
+run's Artifacts tab beside the step's task run. Nothing here sees a secret: step outcomes are masked at the
+source.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from flows.results import CaseResult, StepResult
+from flows.spec import slug
+from tasks.base import StepOutcome
+
+ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
+MAX_LINK_ARTIFACTS = 3
+KEY_MAX = 100
+
+
+def case_key(case: str) -> str:
+    """The stable artifact key of a case's summary table: lowercase letters, digits and dashes."""
+    return f"case-{slug(case)}"[:KEY_MAX].rstrip("-")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
+    """The evidence of one step: what it was asked, what it did, what it proved (or why it failed)."""
+    lines = [f"## Step {result.number} · {result.label} · {ICON[result.status]}", ""]
+    if result.description:
+        lines += [f"_{result.description}_", ""]
+    facts = [("kind", f"`{result.kind}`"), ("status", ICON[result.status]), ("duration", _duration(result.duration_s))]
+    if result.group:
+        facts.append(("parallel group", result.group))
+    if result.started_at:
+        facts.append(("started", result.started_at.isoformat(timespec="seconds")))
+    if result.request_ids:
+        facts.append(("AWS request ids", ", ".join(f"`{r}`" for r in result.request_ids[:10])))
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts] + [""]
+    if result.error:
+        code = f" (`{result.error_code}`)" if result.error_code else ""
+        lines += ["### Failure" + code, "", "```text", result.error, "```", ""]
+        if result.details:
+            lines += ["What the step saw:", "", "```json", json.dumps(result.details, indent=2, default=str)[:6000],
+                      "```", ""]
+    if outcome is not None:
+        lines += ["### What was done and proved", "", outcome.markdown, ""]
+        if outcome.links:
+            lines += ["### Links", ""] + [f"- [{link.text}]({link.url})" for link in outcome.links] + [""]
+    return "\n".join(lines)
+
+
+def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:
+    """Create the step's artifacts (called inside its task run, so they attach to it)."""
+    create_markdown_artifact(
+        markdown=step_markdown(result, outcome),
+        description=f"Step {result.number} {result.label}: {result.status}",
+    )
+    if outcome is None:
+        return
+    for link in outcome.links[:MAX_LINK_ARTIFACTS]:
+        create_link_artifact(link=link.url, link_text=link.text, description=f"Step {result.label}: {link.text}")
+    for name, rows in outcome.tables.items():
+        if rows:
+            create_table_artifact(table=rows, description=f"Step {result.label}: {name}")
+
+
+def summary_rows(result: CaseResult) -> list[dict[str, str]]:
+    """One row per step: step, kind, status, duration, detail (the failure's message, or the summary)."""
+    return [
+        {
+            "step": f"{s.number} {s.label}",
+            "kind": s.kind,
+            "status": ICON[s.status],
+            "duration": _duration(s.duration_s) if s.status != "skipped" else "–",
+            "detail": (s.error or s.summary or "")[:500],
+        }
+        for s in result.steps
+    ]
+
+
+def case_markdown(result: CaseResult) -> str:
+    """The case report: status, run, variables, and the per-step table, failures first in the text."""
+    status = "✅ PASSED" if result.passed else "❌ FAILED"
+    lines = [f"# {result.case}: {status}", ""]
+    if result.description:
+        lines += [f"_{result.description}_", ""]
+    lines += [
+        "| | |", "|---|---|",
+        f"| started | {result.started_at.isoformat(timespec='seconds')} |",
+        f"| duration | {_duration(result.duration_s)} |",
+        f"| steps | {sum(s.ok for s in result.steps)} of {len(result.steps)} passed |",
+    ]
+    if result.flow_run_id:
+        run = f"[{result.flow_run_id}]({result.ui_url})" if result.ui_url else f"`{result.flow_run_id}`"
+        lines.append(f"| flow run | {run} |")
+    lines.append("")
+    failure = result.first_failure
+    if failure:
+        lines += [f"**First failure: step {failure.number} `{failure.label}`**", "", "```text",
+                  failure.error or "", "```", ""]
+    lines += ["| step | kind | status | duration | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {_cell(r['step'])} | `{r['kind']}` | {r['status']} | {r['duration']} | {_cell(r['detail'])} |"
+              for r in summary_rows(result)]
+    if result.variables:
+        lines += ["", "Variables:", ""] + [f"- `{k}` = `{_cell(v)}`" for k, v in result.variables.items()]
+    return "\n".join(lines) + "\n"
+
+
+def publish_case(result: CaseResult) -> None:
+    """Create the case's keyed summary table and report (called in the flow run)."""
+    key = case_key(result.case)
+    verdict = "passed" if result.passed else "FAILED"
+    create_table_artifact(table=summary_rows(result), key=key,
+                          description=f"{result.case}: {verdict} ({_duration(result.duration_s)})")
+    create_markdown_artifact(markdown=case_markdown(result), key=f"{key}-report"[:KEY_MAX],
+                             description=f"{result.case}: {verdict}")

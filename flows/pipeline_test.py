@@ -1,0 +1,180 @@
+"""The pipeline-test flow, and its command line.
+
+    python -m flows.pipeline_test SPEC.yaml [--var name=value ...]   run a case (exit 0 passed, 1 failed,
+                                                                     2 invalid spec: nothing touched AWS)
+    python -m flows.pipeline_test SPEC.yaml --validate               only validate
+    python -m flows.pipeline_test --schema                           print the spec's JSON Schema
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.states import Failed
+
+from flows import evidence
+from flows.engine import run_cleanup, run_steps
+from flows.results import CaseFailed, CaseResult
+from flows.spec import CaseSpec, SpecError, load_spec, parse_spec, read_spec_file, slug
+from flows.templating import builtin_values, render, resolve_variables
+from tasks.aws import ClientFactory
+from tasks.base import StepContext, UndoLog
+
+
+def _run_name() -> str:
+    """Flow run name: the case's slug and the start time, so runs of a case line up in the UI."""
+    params = flow_run.parameters or {}
+    spec = params.get("spec")
+    name = "case"
+    try:
+        if isinstance(spec, CaseSpec):
+            name = spec.case
+        elif isinstance(spec, dict):
+            name = str(spec.get("case", name))
+        elif spec:
+            raw = read_spec_file(Path(spec))
+            name = str(raw.get("case", name)) if isinstance(raw, dict) else name
+    except Exception:
+        pass
+    return f"{slug(name) or 'case'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, str] | None,
+                 base_dir: str | Path | None) -> tuple[CaseSpec, Path]:
+    """Accept a spec as a file path, a dict or a model; validate it in full; return it and its folder."""
+    if isinstance(spec, (str, Path)):
+        return load_spec(spec, variables)
+    folder = Path(base_dir) if base_dir else Path.cwd()
+    raw = spec.model_dump(mode="python", exclude_unset=True) if isinstance(spec, CaseSpec) else spec
+    return parse_spec(raw, "<spec>", folder, variables), folder
+
+
+def _ui_url() -> str | None:
+    """The flow run's page in the Prefect UI, when a UI URL is configured (not with a temporary server)."""
+    url = flow_run.ui_url
+    return url if url and url.startswith("http") else None
+
+
+@flow(name="pipeline-test", flow_run_name=_run_name, validate_parameters=False, log_prints=False)
+def pipeline_test(
+    spec: str | CaseSpec,
+    variables: dict[str, str] | None = None,
+    base_dir: str | None = None,
+) -> CaseResult:
+    """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
+
+    ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
+    its local files. The flow run fails when the case fails; its result is a ``CaseResult`` either way.
+    """
+    logger = get_run_logger()
+    case, spec_dir = resolve_spec(spec, variables, base_dir)
+    started = datetime.now(timezone.utc)
+    run_id = str(flow_run.id or "local")
+    values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
+    logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
+    ctx = StepContext(clients=ClientFactory(case.aws.target()), case_name=case.case, run_id=run_id, label="",
+                      spec_dir=spec_dir, undo=UndoLog(), render=lambda text: render(text, values), logger=logger)
+    steps = []
+    try:
+        steps = run_steps(case, values, ctx)
+    finally:
+        cleanup = run_cleanup(ctx)
+    if cleanup is not None:
+        steps.append(cleanup)
+    ended = datetime.now(timezone.utc)
+    result = CaseResult(
+        case=case.case, description=case.description,
+        status="passed" if all(s.ok for s in steps) else "failed",
+        flow_run_id=run_id, ui_url=_ui_url(), started_at=started, ended_at=ended,
+        duration_s=round((ended - started).total_seconds(), 3),
+        variables={"run_date": values["run_date"], **{k: values[k] for k in case.variables}},
+        steps=steps,
+    )
+    evidence.publish_case(result)
+    if result.passed:
+        logger.info("Case %r passed (%d steps)", case.case, len(steps))
+        return result
+    failure = CaseFailed(result)
+    return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
+
+
+# -------------------------------------------------------------------------------------------------- the CLI
+STATUS_TEXT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+
+
+def format_result(result: CaseResult, with_link: bool = True) -> str:
+    """A short plain-ASCII summary (Windows consoles may not print emoji)."""
+    lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"]
+    width = max((len(s.label) for s in result.steps), default=10)
+    for s in result.steps:
+        detail = s.error if s.error else s.summary
+        lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {s.duration_s:6.1f} s  {detail}")
+    if with_link and result.ui_url:
+        lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
+    return "\n".join(lines)
+
+
+def parse_vars(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SpecError("--var", [f"--var {pair!r}: expected name=value"])
+        out[name.strip()] = value
+    return out
+
+
+def result_of(state: Any) -> CaseResult | None:
+    """The CaseResult carried by a finished flow run's state (passed or failed), if any."""
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, CaseResult):
+        return value
+    if isinstance(value, CaseFailed):
+        return value.result
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file")
+    parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a variable declared in the case (repeatable)")
+    parser.add_argument("--validate", action="store_true", help="validate the spec and exit")
+    parser.add_argument("--schema", action="store_true", help="print the spec's JSON Schema and exit")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    if args.schema:
+        from flows.spec import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    if not args.spec:
+        parser.error("a spec file is required")
+    try:
+        overrides = parse_vars(args.var)
+        case, _ = load_spec(args.spec, overrides)
+    except SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        print("Nothing was run: no AWS call was made.", file=sys.stderr)
+        return 2
+    if args.validate:
+        print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
+        return 0
+    state = pipeline_test(spec=str(args.spec), variables=overrides or None, return_state=True)
+    result = result_of(state)
+    if result is None:
+        print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+        return 1
+    print(result.model_dump_json(indent=2) if args.json else format_result(result))
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

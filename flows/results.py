@@ -1,0 +1,75 @@
+"""What a run returns: the case's status and, per step, what it did and proved."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+StepStatus = Literal["passed", "failed", "error", "skipped"]
+
+
+class StepResult(BaseModel):
+    """One step's outcome. ``failed``: the step ran and what it checked did not hold (or AWS refused);
+    ``error``: the step broke unexpectedly (a bug or an unforeseen failure); ``skipped``: not run because an
+    earlier step failed."""
+
+    number: str
+    label: str
+    kind: str
+    group: str | None = None
+    description: str | None = None
+    status: StepStatus
+    started_at: datetime | None = None
+    duration_s: float = 0.0
+    summary: str = ""
+    error: str | None = None
+    error_code: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+    request_ids: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "passed"
+
+
+class CaseResult(BaseModel):
+    """The whole case: passed only when every step passed (and clean-up, if any, succeeded)."""
+
+    case: str
+    description: str = ""
+    status: Literal["passed", "failed"]
+    flow_run_id: str | None = None
+    ui_url: str | None = None
+    started_at: datetime
+    ended_at: datetime
+    duration_s: float
+    variables: dict[str, Any] = Field(default_factory=dict)
+    steps: list[StepResult]
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def first_failure(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status in ("failed", "error")), None)
+
+
+class StepFailed(Exception):
+    """Carried by a failed step's Prefect state, so the flow gets the step's result back."""
+
+    def __init__(self, result: StepResult) -> None:
+        super().__init__(result.error or "step failed")
+        self.result = result
+
+
+class CaseFailed(Exception):
+    """Raised (or carried by the flow run's Failed state) when the case fails; ``result`` has every step."""
+
+    def __init__(self, result: CaseResult) -> None:
+        failure = result.first_failure
+        where = f" at step {failure.number} '{failure.label}': {failure.error}" if failure else ""
+        super().__init__(f"case '{result.case}' failed{where}")
+        self.result = result

@@ -1,0 +1,370 @@
+"""The test-case spec: what a user writes (YAML or JSON) to describe one ingestion test.
+
+Validation happens in full before anything touches AWS: structure (pydantic, unknown keys rejected), unique
+step names, variables used in templates, and a trial rendering of every step. Every problem names the step
+(its number and name) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+# Importing a service module registers its step kinds.
+import tasks.s3  # noqa: F401
+from flows.templating import BUILTINS, TemplateError, builtin_values, check_template, render, resolve_variables
+from tasks.aws import AwsTarget
+from tasks.base import REGISTRY, SpecModel, StepBase
+
+CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key",
+                   "secret_key", "secret_access_key", "session_token", "password"}
+
+
+class AwsSettings(SpecModel):
+    """Where and as whom the case calls AWS. Credentials never go here: name a block or a profile."""
+
+    region: str | None = Field(None, description="AWS region; default: the credentials block's, else "
+                               "AWS_REGION / the profile's.")
+    profile: str | None = Field(None, description="Named profile from ~/.aws/config (SSO works); default: "
+                                "AWS_PROFILE or the default chain.")
+    credentials_block: str | None = Field(None, description="Name of a saved prefect-aws AwsCredentials block.")
+    max_attempts: int = Field(8, ge=1, le=20, description="Attempts per AWS call (botocore standard retry mode: "
+                              "throttling and transient errors are retried with backoff).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            found = sorted(k for k in data if str(k).lower() in CREDENTIAL_KEYS)
+            if found:
+                raise ValueError(f"credentials never go in a spec ({', '.join(found)}); save them in a prefect-aws "
+                                 "AwsCredentials block and name it in credentials_block, or use a profile")
+        return data
+
+    def target(self) -> AwsTarget:
+        return AwsTarget(region=self.region, profile=self.profile, credentials_block=self.credentials_block,
+                         max_attempts=self.max_attempts)
+
+
+def _step_union() -> Any:
+    models = tuple(k.model for k in REGISTRY.values())
+    return Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]
+
+
+Step = _step_union()
+
+
+class ParallelGroup(SpecModel):
+    """Steps that run side by side (e.g. an upload and a setting change, or several checks)."""
+
+    kind: Literal["parallel"] = "parallel"
+    name: str | None = Field(None, description="Name of the group (unique in the case).",
+                             pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$", max_length=80)
+    description: str | None = Field(None, description="What the group does.")
+    steps: list[Step] = Field(..., min_length=1, description="The steps to run side by side (no nesting).")
+
+
+CaseStep = Annotated[Union[tuple(k.model for k in REGISTRY.values()) + (ParallelGroup,)],  # type: ignore[misc]
+                     Field(discriminator="kind")]
+
+
+class CaseSpec(SpecModel):
+    """One test case: a named, ordered list of steps and the variables they use."""
+
+    case: str = Field(..., min_length=1, max_length=100, description="The case's name (shown in the UI, used "
+                      "in artifact keys).")
+    description: str = Field("", description="What the case proves.")
+    timezone: str = Field("UTC", description="Time zone of run_date and the other run_* variables (IANA name, "
+                          "e.g. Europe/Lisbon).")
+    variables: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="User variables, usable as {{ name }} in the steps; a value may use "
+        "built-ins and earlier variables. Override with --var name=value.")
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS region and credentials reference.")
+    steps: list[CaseStep] = Field(..., min_length=1, description="What to do, in order.")
+
+    @field_validator("case")
+    @classmethod
+    def _sluggable(cls, v: str) -> str:
+        if not slug(v):
+            raise ValueError("the case name needs at least one letter or digit")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as UTC or Europe/Lisbon)") from None
+        return v
+
+    @field_validator("variables")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"variable name {name!r} must be letters, digits and _, not starting with a digit")
+            if name in BUILTINS:
+                raise ValueError(f"variable {name!r} is built in; choose another name")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- step places
+@dataclass(frozen=True)
+class PlacedStep:
+    """A step with its place in the case: number ("2" or "3.1"), label (its name, or kind-number)."""
+
+    number: str
+    step: StepBase
+    group: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.step.name or f"{self.step.kind}-{self.number}"  # type: ignore[attr-defined]
+
+    @property
+    def kind(self) -> str:
+        return self.step.kind  # type: ignore[attr-defined]
+
+
+def iter_steps(spec: CaseSpec) -> Iterator[PlacedStep]:
+    """Every step of the case in order, children of parallel groups included."""
+    for i, item in enumerate(spec.steps, 1):
+        if isinstance(item, ParallelGroup):
+            for j, child in enumerate(item.steps, 1):
+                yield PlacedStep(f"{i}.{j}", child, group_label(item, i))
+        else:
+            yield PlacedStep(str(i), item)
+
+
+def group_label(group: ParallelGroup, index: int) -> str:
+    return group.name or f"parallel-{index}"
+
+
+def slug(text: str) -> str:
+    """Lowercase letters, digits and dashes only (what Prefect allows in artifact keys)."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
+
+
+# ---------------------------------------------------------------------------------------------- the errors
+class SpecError(Exception):
+    """The spec is invalid; ``problems`` are lines that each name the step and the field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"invalid spec {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _where(raw: Any, loc: tuple[Any, ...]) -> tuple[str, str]:
+    """Split a pydantic error location into ("step 3.1 'name' (kind)", "field.path")."""
+    parts = list(loc)
+    if not parts or parts[0] != "steps" or len(parts) < 2 or not isinstance(parts[1], int):
+        return "case", ".".join(str(p) for p in parts) or "(top level)"
+    steps = raw.get("steps") if isinstance(raw, dict) else None
+    number, item = str(parts[1] + 1), _index(steps, parts[1])
+    rest = parts[2:]
+    if rest and isinstance(item, dict) and rest[0] == item.get("kind"):
+        rest = rest[1:]
+    if len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int) and isinstance(item, dict) \
+            and item.get("kind") == "parallel":
+        number += f".{rest[1] + 1}"
+        item = _index(item.get("steps"), rest[1])
+        rest = rest[2:]
+        if rest and isinstance(item, dict) and rest[0] == item.get("kind"):
+            rest = rest[1:]
+    desc = f"step {number}"
+    if isinstance(item, dict):
+        if item.get("name"):
+            desc += f" {item['name']!r}"
+        if item.get("kind"):
+            desc += f" ({item['kind']})"
+    return desc, ".".join(str(p) for p in rest)
+
+
+def _index(seq: Any, i: int) -> Any:
+    return seq[i] if isinstance(seq, list) and 0 <= i < len(seq) else None
+
+
+def _pydantic_problems(raw: Any, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False):
+        where, fld = _where(raw, tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            kinds = ", ".join(sorted(REGISTRY) + ["parallel"])
+            msg = f"unknown kind {err.get('input', {}).get('kind')!r} (known kinds: {kinds})" \
+                if isinstance(err.get("input"), dict) else msg
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing 'kind'"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here; check the spelling)"
+        out.append(f"{where}: {('field ' + repr(fld) + ': ') if fld else ''}{msg}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the semantics
+def _strings(value: Any, path: str, skip: frozenset[str]) -> Iterator[tuple[str, str]]:
+    """(field path, string) for every string in a step's data, except the untemplated top-level fields."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python", exclude_none=True)
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if not path and k in skip:
+                continue
+            yield from _strings(v, f"{path}.{k}" if path else str(k), frozenset())
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]", frozenset())
+
+
+def _semantic_problems(spec: CaseSpec, spec_dir: Path, extra_vars: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for i, item in enumerate(spec.steps, 1):
+        if isinstance(item, ParallelGroup) and item.name:
+            seen[item.name] = str(i)
+    for placed in iter_steps(spec):
+        name = placed.step.name
+        if name:
+            if name in seen:
+                problems.append(f"{describe(placed)}: field 'name': {name!r} is already used by step {seen[name]}; "
+                                "step names must be unique in a case")
+            else:
+                seen[name] = placed.number
+    known = set(BUILTINS) | set(spec.variables) | set(extra_vars)
+    for name, value in spec.variables.items():
+        if isinstance(value, str):
+            try:
+                check_template(value, set(BUILTINS) | set(list(spec.variables)[: list(spec.variables).index(name)]))
+            except TemplateError as exc:
+                problems.append(f"case: field 'variables.{name}': {exc}")
+    for placed in iter_steps(spec):
+        step = placed.step
+        for fld, text in _strings(step, "", step.untemplated):
+            try:
+                check_template(text, known)
+            except TemplateError as exc:
+                problems.append(f"{describe(placed)}: field {fld!r}: {exc}")
+        for fld in step.template_files:
+            rel = getattr(step, fld, None)
+            if not rel:
+                continue
+            path = spec_dir / str(rel).replace("\\", "/")
+            if not path.is_file():
+                problems.append(f"{describe(placed)}: field {fld!r}: file not found: {path}")
+                continue
+            try:
+                check_template(path.read_text(encoding="utf-8"), known)
+            except TemplateError as exc:
+                problems.append(f"{describe(placed)}: field {fld!r} ({rel}): {exc}")
+        for msg in step.case_checks(spec):
+            problems.append(f"{describe(placed)}: {msg}")
+    return problems
+
+
+def describe(placed: PlacedStep) -> str:
+    """How errors and logs name a step: ``step 3.1 'name' (kind)``."""
+    text = f"step {placed.number}"
+    if placed.step.name:
+        text += f" {placed.step.name!r}"
+    return f"{text} ({placed.kind})"
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def parse_spec(raw: Any, source: str = "<spec>", spec_dir: Path | None = None,
+               overrides: dict[str, str] | None = None) -> CaseSpec:
+    """Validate raw spec data in full (structure, names, variables, a trial rendering); raise SpecError."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["case: the spec must be a mapping with 'case' and 'steps'"])
+    try:
+        spec = CaseSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(source, _pydantic_problems(raw, exc)) from None
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(spec.variables))
+    if unknown:
+        raise SpecError(source, [f"--var {n}: no such variable in the case (declared: "
+                                 f"{', '.join(spec.variables) or 'none'})" for n in unknown])
+    if overrides:
+        spec = spec.model_copy(update={"variables": {**spec.variables, **overrides}})
+    problems = _semantic_problems(spec, spec_dir or Path.cwd(), {})
+    if not problems:
+        problems = _trial_render(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def _trial_render(spec: CaseSpec) -> list[str]:
+    """Render every step with placeholder run values, to catch what only shows after templating."""
+    try:
+        values = resolve_variables(spec.variables, builtin_values(spec.case, "00000000-0000-0000-0000-000000000000",
+                                                                   datetime.now(timezone.utc), spec.timezone))
+    except TemplateError as exc:
+        return [f"case: field 'variables': {exc}"]
+    problems = []
+    for placed in iter_steps(spec):
+        try:
+            render_step(placed.step, values)
+        except TemplateError as exc:
+            problems.append(f"{describe(placed)}: {exc}")
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                fld = ".".join(str(p) for p in err["loc"])
+                problems.append(f"{describe(placed)}: field {fld!r} after templating: "
+                                f"{err['msg'].removeprefix('Value error, ')}")
+    return problems
+
+
+def render_step(step: StepBase, values: dict[str, Any]) -> StepBase:
+    """A copy of the step with every templated string rendered (names and kind are left as they are)."""
+
+    def walk(value: Any, top: bool) -> Any:
+        if isinstance(value, str):
+            return render(value, values)
+        if isinstance(value, dict):
+            return {k: (v if top and k in step.untemplated else walk(v, False)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, False) for v in value]
+        return value
+
+    data = step.model_dump(mode="python", exclude_unset=True)
+    return type(step).model_validate(walk(data, True))
+
+
+def read_spec_file(path: Path) -> Any:
+    """Read YAML or JSON (by extension; YAML is a superset, so anything else is read as YAML)."""
+    if not path.is_file():
+        raise SpecError(str(path), [f"case: spec file not found: {path}"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(str(path), [f"case: not valid JSON: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(str(path), [f"case: not valid YAML: {exc}"]) from None
+
+
+def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> tuple[CaseSpec, Path]:
+    """Load and validate a spec file; returns the spec and its folder (local paths are relative to it)."""
+    path = Path(path)
+    raw = read_spec_file(path)
+    return parse_spec(raw, str(path), path.resolve().parent, overrides), path.resolve().parent
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec (for editors: yaml-language-server, VS Code)."""
+    schema = CaseSpec.model_json_schema()
+    schema["title"] = "Pipeline test case"
+    return schema

@@ -1,0 +1,145 @@
+"""What every step kind shares: its spec base model, the context it runs in, what it returns, and the registry.
+
+A step kind is three things in its service module under ``tasks/``: a pydantic model (a subclass of
+:class:`StepBase` with a ``kind`` literal), plain functions that take boto3 clients, and a runner
+``run(step, ctx) -> StepOutcome`` registered with :func:`step_kind`. The flow's engine wraps every runner in a
+Prefect task named after the step, so adding a kind never touches the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.aws import ClientFactory
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class StepBase(SpecModel):
+    """Fields that every step has."""
+
+    #: string fields that are not templates (names); every other string field is rendered with the case's
+    #: variables by the engine before the runner sees the step
+    untemplated: ClassVar[frozenset[str]] = frozenset({"name", "kind", "description"})
+    #: fields naming a local file (relative to the spec) whose *content* is a template: the validator checks
+    #: its variables before the run, and the runner renders the content with ``ctx.render``
+    template_files: ClassVar[frozenset[str]] = frozenset()
+
+    name: str | None = Field(
+        None,
+        description="Unique name of the step in the case; shown as the task run's name in the Prefect UI.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:-]*$",
+        max_length=80,
+    )
+    description: str | None = Field(None, description="What this step proves, for the evidence.")
+    continue_on_failure: bool = Field(
+        False, description="When this step fails, go on with the next steps (the case still fails)."
+    )
+
+    def case_checks(self, case: Any) -> list[str]:
+        """Checks that need the whole case (e.g. its AWS guard rails); each problem names the field."""
+        return []
+
+
+@dataclass
+class UndoAction:
+    """Something to do when the case ends: remove test data, restore a setting."""
+
+    description: str
+    run: Callable[[], dict[str, Any]]
+    #: the step that registered it (its label)
+    step: str = ""
+
+
+@dataclass
+class UndoLog:
+    """Actions to run when the case ends, last registered first. Thread-safe for parallel steps."""
+
+    actions: list[UndoAction] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, action: UndoAction) -> None:
+        with self._lock:
+            self.actions.append(action)
+
+    def drain(self) -> list[UndoAction]:
+        """Take all pending actions, last registered first; each runs at most once."""
+        with self._lock:
+            pending, self.actions = list(reversed(self.actions)), []
+        return pending
+
+
+@dataclass
+class StepContext:
+    """What a step runner gets besides its (already templated) step model."""
+
+    clients: ClientFactory
+    case_name: str
+    run_id: str
+    label: str
+    spec_dir: Path = field(default_factory=Path.cwd)
+    undo: UndoLog = field(default_factory=UndoLog)
+    #: renders a template (e.g. the content of a payload or SQL file) with the case's variables
+    render: Callable[[str], str] = field(default=lambda text: text)
+    logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("pipeline_test"))
+
+
+@dataclass
+class Link:
+    """A link for the evidence (AWS console, or the emulator's URL)."""
+
+    url: str
+    text: str
+
+
+@dataclass
+class StepOutcome:
+    """What a step did and proved.
+
+    ``summary`` is one line for the summary table and CLI; ``details`` is JSON-serialisable data for the
+    result object and evidence; ``markdown`` is the body of the step's evidence artifact (no secrets);
+    ``tables`` are extra table artifacts (name -> rows); ``request_ids`` are AWS request ids for the record.
+    """
+
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    markdown: str = ""
+    links: list[Link] = field(default_factory=list)
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    request_ids: list[str] = field(default_factory=list)
+
+
+Runner = Callable[[Any, StepContext], StepOutcome]
+
+
+@dataclass(frozen=True)
+class StepKind:
+    kind: str
+    model: type[StepBase]
+    run: Runner
+
+
+REGISTRY: dict[str, StepKind] = {}
+
+
+def step_kind(model: type[StepBase]) -> Callable[[Runner], Runner]:
+    """Register ``run`` as the runner of ``model``'s kind (the model's ``kind`` literal)."""
+    kind = model.model_fields["kind"].default
+    if not isinstance(kind, str):
+        raise TypeError(f"{model.__name__}.kind needs a literal default")
+
+    def register(run: Runner) -> Runner:
+        REGISTRY[kind] = StepKind(kind, model, run)
+        return run
+
+    return register

@@ -1,0 +1,99 @@
+"""Waiting for something that AWS or a pipeline does in its own time, without fixed sleeps.
+
+The first check runs at once; then the interval grows geometrically from ``initial`` by ``factor`` up to
+``max_interval``. With the default factor of 1.25, an event at time D is noticed within about 0.2 x D
+(plus one initial interval), while a long wait costs few calls. Progress is logged every
+``log_every`` seconds. Clock and sleep are injectable so the logic is tested with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class PollSettings(BaseModel):
+    """How to wait: timeout and the growing interval between checks (all in seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout: float = Field(300.0, gt=0, description="Give up after this many seconds.")
+    initial: float = Field(0.2, gt=0, description="First interval between checks.")
+    factor: float = Field(1.25, ge=1.0, le=4.0, description="Each interval is the previous one times this.")
+    max_interval: float = Field(15.0, gt=0, description="Intervals never grow past this.")
+    log_every: float = Field(15.0, gt=0, description="Log progress at most this often while waiting.")
+
+
+@dataclass
+class Clock:
+    """Time and sleep, replaceable in tests."""
+
+    now: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+@dataclass
+class PollOutcome(Generic[T]):
+    """The last observation, whether it satisfied the condition, and what the wait cost."""
+
+    done: bool
+    value: T
+    checks: int
+    elapsed: float
+
+
+@dataclass
+class _Progress:
+    last_log: float | None = field(default=None)
+
+
+def intervals(settings: PollSettings):
+    """The sequence of sleeps between checks: initial, initial x factor, ... capped at max_interval."""
+    current = settings.initial
+    while True:
+        yield min(current, settings.max_interval)
+        current *= settings.factor
+
+
+def poll(
+    check: Callable[[], T],
+    is_done: Callable[[T], bool],
+    settings: PollSettings,
+    *,
+    describe: Callable[[T], str] = str,
+    what: str = "condition",
+    logger: logging.Logger | logging.LoggerAdapter | None = None,
+    clock: Clock | None = None,
+) -> PollOutcome[T]:
+    """Call ``check`` until ``is_done(result)`` or the timeout; never sleeps past the deadline.
+
+    Exceptions from ``check`` propagate at once: an error such as AccessDenied is not "not yet".
+    """
+    clock = clock or Clock()
+    log = logger or logging.getLogger(__name__)
+    start = clock.now()
+    deadline = start + settings.timeout
+    progress = _Progress()
+    checks = 0
+    for pause in intervals(settings):
+        value = check()
+        checks += 1
+        now = clock.now()
+        if is_done(value):
+            return PollOutcome(True, value, checks, now - start)
+        if now >= deadline:
+            return PollOutcome(False, value, checks, now - start)
+        if progress.last_log is None or now - progress.last_log >= settings.log_every:
+            progress.last_log = now
+            log.info(
+                "Waiting for %s: %s (%.0f s of %.0f s elapsed, %d checks)",
+                what, describe(value), now - start, settings.timeout, checks,
+            )
+        clock.sleep(max(0.0, min(pause, deadline - now)))
+    raise AssertionError("unreachable")  # pragma: no cover

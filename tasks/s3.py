@@ -1,0 +1,631 @@
+"""S3 steps: ``upload`` (put test files where the pipeline picks them up) and ``expect_objects`` (wait for what
+the pipeline writes). Plain functions take a boto3 S3 client; the runners at the bottom wire them to the spec.
+
+Uploads are checked end to end: a SHA-256 is sent with each upload (S3 rejects a body that does not match)
+and read back afterwards; an existing object is never replaced unless the step says ``overwrite: true``
+(checked before the first upload, and enforced atomically with S3's conditional write ``If-None-Match: *``).
+Waiting uses HEAD or LIST, never a download, with a growing interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import mimetypes
+import posixpath
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePath
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+from pydantic import Field, model_validator
+from s3transfer.utils import ChunksizeAdjuster
+
+from tasks.aws import is_real_aws
+from tasks.base import Link, StepBase, StepContext, StepOutcome, UndoAction, step_kind
+from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
+from tasks.polling import Clock, PollSettings, poll
+
+for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
+                    ".parquet": "application/vnd.apache.parquet", ".avro": "application/avro",
+                    ".orc": "application/octet-stream", ".gz": "application/gzip"}.items():
+    mimetypes.add_type(_type, _ext)
+
+MIB = 1024 * 1024
+TAG_RUN = "pipeline-test-run"
+TAG_CASE = "pipeline-test-case"
+
+
+# ---------------------------------------------------------------------------------------------- keys & files
+def s3_uri(bucket: str, key: str = "") -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def posix_key(prefix: str, local: PurePath) -> str:
+    """The object key for a local file under a key prefix: always POSIX, whatever the local OS's separator."""
+    prefix = prefix.replace("\\", "/")
+    return posixpath.join(prefix, local.name) if prefix else local.name
+
+
+def resolve_files(patterns: list[str], base: Path) -> list[Path]:
+    """Local files named by paths or glob patterns, relative to ``base`` (the spec's folder); sorted, unique.
+
+    Backslashes in patterns are read as separators, so a spec written on Windows works everywhere.
+    """
+    found: dict[Path, None] = {}
+    for raw in patterns:
+        pattern = raw.replace("\\", "/")
+        path = Path(pattern)
+        if any(ch in pattern for ch in "*?["):
+            root = Path(path.anchor) if path.is_absolute() else base
+            rel = pattern[len(path.anchor):] if path.is_absolute() else pattern
+            matches = sorted(p for p in root.glob(rel) if p.is_file())
+            if not matches:
+                raise StepError(f"no local file matches {raw!r} (relative to {base})")
+            found.update(dict.fromkeys(matches))
+        else:
+            full = path if path.is_absolute() else base / path
+            if not full.is_file():
+                raise StepError(f"local file {raw!r} not found (looked for {full})")
+            found[full] = None
+    return list(found)
+
+
+@dataclass
+class FileDigest:
+    """SHA-256 of a whole file, and S3's composite form when it goes up in parts."""
+
+    size: int
+    sha256_hex: str
+    sha256_b64: str
+    parts: int = 1
+    composite_b64: str | None = None
+
+
+def digest_file(path: Path, part_size: int | None = None) -> FileDigest:
+    """Hash a file in one pass; with ``part_size``, also the per-part hashes S3 combines for multipart uploads."""
+    whole = hashlib.sha256()
+    part_digests: list[bytes] = []
+    size = 0
+    chunk = part_size or 4 * MIB
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            whole.update(block)
+            size += len(block)
+            if part_size:
+                part_digests.append(hashlib.sha256(block).digest())
+    digest = whole.digest()
+    result = FileDigest(size, digest.hex(), base64.b64encode(digest).decode())
+    if part_size and len(part_digests) > 1:
+        result.parts = len(part_digests)
+        result.composite_b64 = base64.b64encode(hashlib.sha256(b"".join(part_digests)).digest()).decode()
+    return result
+
+
+def content_type(path: PurePath) -> str:
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+def tag_value(text: str) -> str:
+    """S3 tag values allow letters, digits, spaces and ``+ - = . _ : / @``; anything else becomes ``-``."""
+    cleaned = "".join(ch if ch.isalnum() or ch in " +-=._:/@" else "-" for ch in text)
+    return cleaned[:256]
+
+
+# ------------------------------------------------------------------------------------------------- objects
+@dataclass
+class ObjectInfo:
+    """What HEAD or LIST says of an object (never its content)."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: str = ""
+    version_id: str | None = None
+
+
+def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
+    """HEAD an object: its info, or None when it does not exist. AccessDenied and other errors raise.
+
+    Note: without ``s3:ListBucket``, S3 answers a HEAD on a missing key with 403, not 404; the error
+    message says so, because "not found yet" would hide a permissions problem forever.
+    """
+    try:
+        resp = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("NotFound", "NoSuchKey"):
+            return None
+        err = aws_error("S3 HeadObject", s3_uri(bucket, key), exc)
+        if code == "AccessDenied":
+            err.message += (" (the caller lacks s3:GetObject on the key, or lacks s3:ListBucket so that S3 "
+                            "reports a missing key as 403)")
+            err.args = (err.message,)
+        raise err from None
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 HeadObject", s3_uri(bucket, key), exc) from None
+    return ObjectInfo(key, int(resp.get("ContentLength", 0)), resp.get("ETag", "").strip('"'),
+                      str(resp.get("LastModified", "")), resp.get("VersionId"))
+
+
+def list_objects(client: Any, bucket: str, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
+    """LIST objects under a prefix through the paginator (all pages, or the first ``limit`` objects)."""
+    out: list[ObjectInfo] = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                out.append(ObjectInfo(obj["Key"], int(obj["Size"]), obj.get("ETag", "").strip('"'),
+                                      str(obj.get("LastModified", ""))))
+                if limit and len(out) >= limit:
+                    return out
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 ListObjectsV2", s3_uri(bucket, prefix), exc) from None
+    return out
+
+
+# -------------------------------------------------------------------------------------------------- upload
+@dataclass
+class UploadRecord:
+    """One uploaded file, for the evidence and for clean-up."""
+
+    local_path: str
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    etag: str
+    version_id: str | None
+    request_id: str | None
+    multipart: bool
+    parts: int
+    checksum_verified: bool | None
+    seconds: float
+
+
+_guard_lock = threading.Lock()
+_guarded: dict[int, set[tuple[str, str]]] = {}
+
+
+def _guard_multipart(client: Any, bucket: str, key: str) -> None:
+    """Make the multipart upload of (bucket, key) on this client conditional: If-None-Match: * on completion.
+
+    boto3's transfer manager does not pass ``IfNoneMatch`` through, so an event handler adds it to the
+    ``CompleteMultipartUpload`` call of guarded keys only.
+    """
+    with _guard_lock:
+        keys = _guarded.setdefault(id(client), set())
+        if not keys:
+            client.meta.events.register(
+                "before-parameter-build.s3.CompleteMultipartUpload", _add_if_none_match,
+                unique_id=f"pipeline-test-guard-{id(client)}",
+            )
+        keys.add((bucket, key))
+
+
+def _unguard_multipart(client: Any, bucket: str, key: str) -> None:
+    with _guard_lock:
+        _guarded.get(id(client), set()).discard((bucket, key))
+
+
+def _add_if_none_match(params: dict[str, Any], model: Any = None, **_: Any) -> None:
+    for keys in _guarded.values():
+        if (params.get("Bucket"), params.get("Key")) in keys:
+            params["IfNoneMatch"] = "*"
+            return
+
+
+def upload_file(
+    client: Any,
+    path: Path,
+    bucket: str,
+    key: str,
+    *,
+    overwrite: bool = False,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    multipart_threshold: int = 16 * MIB,
+    multipart_chunksize: int = 16 * MIB,
+    display_path: str | None = None,
+) -> UploadRecord:
+    """Upload one file with a SHA-256 checksum; refuse to replace an existing object unless ``overwrite``.
+
+    Small files go up in one PutObject carrying the whole-file SHA-256 (S3 rejects a mismatch with BadDigest);
+    large ones through boto3's transfer manager in parts, each with its SHA-256. Either way the checksum is
+    read back with HEAD and compared with the local one.
+    """
+    started = time.monotonic()
+    uri = s3_uri(bucket, key)
+    size = path.stat().st_size
+    multipart = size >= multipart_threshold
+    part_size = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size) if multipart else None
+    digest = digest_file(path, part_size)
+    ctype = content_type(path)
+    extra: dict[str, Any] = {"ContentType": ctype, "ChecksumAlgorithm": "SHA256"}
+    if sse:
+        extra["ServerSideEncryption"] = sse
+    if kms_key_id:
+        extra["SSEKMSKeyId"] = kms_key_id
+    if tags:
+        extra["Tagging"] = urlencode(tags)
+    try:
+        if multipart:
+            if not overwrite:
+                _guard_multipart(client, bucket, key)
+            try:
+                client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=TransferConfig(
+                    multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize))
+            finally:
+                _unguard_multipart(client, bucket, key)
+            rid = None
+        else:
+            if not overwrite:
+                extra["IfNoneMatch"] = "*"
+            with path.open("rb") as body:
+                resp = client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumSHA256=digest.sha256_b64,
+                                         **extra)
+            rid = request_id(resp)
+    except ClientError as exc:
+        if error_code(exc) == "PreconditionFailed":
+            raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
+                            "Set overwrite: true to replace it.", code="PreconditionFailed") from None
+        raise aws_error("S3 PutObject", uri, exc) from None
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 PutObject", uri, exc) from None
+    except Exception as exc:  # the transfer manager wraps ClientErrors in S3UploadFailedError
+        if "PreconditionFailed" in str(exc):
+            raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
+                            "Set overwrite: true to replace it.", code="PreconditionFailed") from None
+        raise StepError(f"S3 multipart upload to {uri} failed: {exc}") from None
+    verified, head = verify_checksum(client, bucket, key, digest)
+    return UploadRecord(
+        local_path=display_path or path.as_posix(), bucket=bucket, key=key, size=size, sha256=digest.sha256_hex,
+        content_type=ctype, etag=head.get("ETag", "").strip('"'), version_id=head.get("VersionId"),
+        request_id=rid or request_id(head), multipart=multipart, parts=digest.parts,
+        checksum_verified=verified, seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def verify_checksum(client: Any, bucket: str, key: str, digest: FileDigest) -> tuple[bool | None, dict[str, Any]]:
+    """Read the object's SHA-256 back with HEAD and compare it with the local file's.
+
+    Returns (True, head) on a match, (None, head) when S3 reports no checksum; raises on a mismatch.
+    A multipart object's checksum is S3's composite (hash of part hashes, ``-N`` suffix).
+    """
+    uri = s3_uri(bucket, key)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 HeadObject", uri, exc) from None
+    remote = head.get("ChecksumSHA256")
+    if not remote:
+        return None, head
+    expected = digest.composite_b64 or digest.sha256_b64
+    if remote.split("-")[0] != expected:
+        raise StepError(f"checksum mismatch after upload to {uri}: S3 has SHA-256 {remote}, the local file "
+                        f"{expected}", code="ChecksumMismatch")
+    return True, head
+
+
+def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
+    """Remove exactly what an upload put there: only if the object is still the one uploaded (same ETag)."""
+    uri = s3_uri(record.bucket, record.key)
+    current = head_object(client, record.bucket, record.key)
+    if current is None:
+        return {"object": uri, "action": "already gone"}
+    if current.etag != record.etag and not record.version_id:
+        return {"object": uri, "action": f"kept: changed since the upload (ETag {current.etag})"}
+    kwargs: dict[str, Any] = {"Bucket": record.bucket, "Key": record.key}
+    if record.version_id:
+        kwargs["VersionId"] = record.version_id
+    try:
+        client.delete_object(**kwargs)
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 DeleteObject", uri, exc) from None
+    return {"object": uri, "action": "deleted" + (f" (version {record.version_id})" if record.version_id else "")}
+
+
+# ------------------------------------------------------------------------------------------------- waiting
+@dataclass
+class Observation:
+    """One look at the bucket: what matches, what is there but does not count, what is missing."""
+
+    matched: list[ObjectInfo]
+    others: list[tuple[ObjectInfo, str]]
+    missing: list[str]
+
+    def describe(self) -> str:
+        text = f"{len(self.matched)} matching"
+        if self.missing:
+            text += f", missing {', '.join(self.missing[:5])}" + (" ..." if len(self.missing) > 5 else "")
+        return text
+
+
+def observe_keys(client: Any, bucket: str, keys: list[str], min_size: int) -> Observation:
+    """HEAD each expected key."""
+    obs = Observation([], [], [])
+    for key in keys:
+        info = head_object(client, bucket, key)
+        if info is None:
+            obs.missing.append(key)
+        elif info.size < min_size:
+            obs.others.append((info, f"smaller than {min_size} B"))
+        else:
+            obs.matched.append(info)
+    return obs
+
+
+def observe_prefix(client: Any, bucket: str, prefix: str, pattern: str, min_size: int) -> Observation:
+    """LIST the prefix; keys are matched to ``pattern`` by their part after the prefix (glob, ``*`` spans ``/``)."""
+    obs = Observation([], [], [])
+    for info in list_objects(client, bucket, prefix):
+        rest = info.key[len(prefix):]
+        if not fnmatch.fnmatchcase(rest, pattern):
+            obs.others.append((info, f"does not match {pattern!r}"))
+        elif info.size < min_size:
+            obs.others.append((info, f"smaller than {min_size} B"))
+        else:
+            obs.matched.append(info)
+    return obs
+
+
+def _fmt_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)
+
+
+# ------------------------------------------------------------------------------------------------ the steps
+class UploadStep(StepBase):
+    """Upload local test files to S3, where the pipeline under test picks them up."""
+
+    kind: Literal["upload"] = "upload"
+    files: list[str] = Field(..., min_length=1, description="Local files: paths or glob patterns, relative to "
+                             "the spec file (``/`` or ``\\`` as separator).")
+    bucket: str = Field(..., min_length=3, max_length=63, description="Target bucket.")
+    key: str | None = Field(None, description="Full object key, for a single file.")
+    key_prefix: str | None = Field(None, description="Key prefix; each file goes to prefix + its file name.")
+    content_type: str | None = Field(None, description="Content-Type; guessed from the file name when unset.")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption.")
+    kms_key_id: str | None = Field(None, description="KMS key id or ARN, with sse: aws:kms.")
+    overwrite: bool = Field(False, description="Replace an existing object. Without it an existing key fails "
+                            "the step before anything is uploaded, and the object stays as it was.")
+    tags: dict[str, str] | None = Field(None, description="Object tags. Default: pipeline-test-run (the flow "
+                                        "run id) and pipeline-test-case, so test data can be found; {} for none.")
+    cleanup: bool = Field(False, description="Delete the uploaded objects when the case ends (only those this "
+                          "case uploaded, and only if unchanged since).")
+    multipart_threshold_mb: int = Field(16, ge=5, description="Files of this size (MiB) or more go up in parts.")
+
+    @model_validator(mode="after")
+    def _one_key_form(self) -> "UploadStep":
+        if (self.key is None) == (self.key_prefix is None):
+            raise ValueError("give exactly one of 'key' (one file) or 'key_prefix' (one or more files)")
+        if self.key is not None and (len(self.files) != 1 or any(c in self.files[0] for c in "*?[")):
+            raise ValueError("'key' names one object, so 'files' must be exactly one path (no glob); "
+                             "use 'key_prefix' for several files")
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("'kms_key_id' needs sse: aws:kms")
+        return self
+
+
+class ExpectObjectsStep(StepBase):
+    """Wait for the pipeline to write objects, and check them (HEAD or LIST, never a download)."""
+
+    kind: Literal["expect_objects"] = "expect_objects"
+    bucket: str = Field(..., min_length=3, max_length=63, description="Bucket to look in.")
+    keys: list[str] | None = Field(None, min_length=1, description="Exact keys that must exist.")
+    prefix: str | None = Field(None, description="Key prefix to list (instead of keys).")
+    pattern: str = Field("*", description="Glob on the key's part after the prefix (``*`` also spans ``/``).")
+    count: int | None = Field(None, ge=0, description="Exactly this many matching objects (with prefix).")
+    min_count: int | None = Field(None, ge=1, description="At least this many matching objects (with prefix; "
+                                  "default 1).")
+    min_size: int = Field(0, ge=0, description="Minimum size in bytes of each matching object.")
+    wait: PollSettings = Field(default_factory=PollSettings, description="How long and how often to look.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "ExpectObjectsStep":
+        if (self.keys is None) == (self.prefix is None):
+            raise ValueError("give exactly one of 'keys' (exact keys) or 'prefix' (with optional 'pattern')")
+        if self.keys is not None and (self.count is not None or self.min_count is not None
+                                      or self.pattern != "*"):
+            raise ValueError("'count', 'min_count' and 'pattern' go with 'prefix', not with 'keys'")
+        if self.count is not None and self.min_count is not None:
+            raise ValueError("give 'count' (exact) or 'min_count' (minimum), not both")
+        return self
+
+
+def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
+    """A link to an object: the S3 console on AWS, the emulator's URL elsewhere."""
+    endpoint = ctx.clients.endpoint_url("s3")
+    if is_real_aws(endpoint):
+        region = ctx.clients.region or "us-east-1"
+        url = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={quote(key, safe='')}"
+        return Link(url, f"s3://{bucket}/{key} in the S3 console")
+    return Link(f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}", f"s3://{bucket}/{key} (local emulator)")
+
+
+def _md_table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@step_kind(UploadStep)
+def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
+    """Upload the step's files; every key is checked for existence before the first byte goes up."""
+    client = ctx.clients.client("s3")
+    files = resolve_files(step.files, ctx.spec_dir)
+    keys = [step.key.replace("\\", "/")] if step.key else [posix_key(step.key_prefix or "", f) for f in files]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise StepError(f"several files map to the same key: {', '.join(dupes)}")
+    if not step.overwrite:
+        existing = [(k, info) for k in keys if (info := head_object(client, step.bucket, k)) is not None]
+        if existing:
+            listing = "; ".join(f"{s3_uri(step.bucket, k)} ({_fmt_size(i.size)}, ETag {i.etag}, "
+                                f"modified {i.last_modified})" for k, i in existing)
+            raise StepError(f"refusing to overwrite existing object(s): {listing}. Nothing was uploaded and the "
+                            "objects are untouched; set overwrite: true to replace them.", code="ObjectExists",
+                            details={"existing": [asdict(i) for _, i in existing]})
+    tags = step.tags if step.tags is not None else {TAG_RUN: tag_value(ctx.run_id), TAG_CASE: tag_value(ctx.case_name)}
+    records: list[UploadRecord] = []
+    for path, key in zip(files, keys):
+        display = _display_path(path, ctx.spec_dir)
+        ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), _fmt_size(path.stat().st_size))
+        record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
+                             kms_key_id=step.kms_key_id, tags=tags,
+                             multipart_threshold=step.multipart_threshold_mb * MIB,
+                             multipart_chunksize=step.multipart_threshold_mb * MIB, display_path=display)
+        if step.content_type and step.content_type != record.content_type:
+            record = _retype(client, record, step.content_type)
+        records.append(record)
+        if step.cleanup:
+            ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",
+                                    (lambda r=record: delete_uploaded(client, r)), ctx.label))
+    total = sum(r.size for r in records)
+    summary = f"uploaded {len(records)} file(s), {_fmt_size(total)}, to {s3_uri(step.bucket, step.key_prefix or '')}"
+    if step.key:
+        summary = f"uploaded {records[0].local_path} ({_fmt_size(total)}) to {s3_uri(step.bucket, step.key)}"
+    rows = [[f"`{r.local_path}`", f"`{r.key}`", _fmt_size(r.size), f"`{r.sha256[:16]}…`",
+             {True: "✅ verified", None: "sent (not reported back)", False: "❌"}[r.checksum_verified],
+             f"`{r.etag}`", r.version_id or "–", r.request_id or "–"] for r in records]
+    md = "\n".join([
+        f"Uploaded **{len(records)}** file(s) to bucket `{step.bucket}`"
+        + (f", encrypted with `{step.sse}`" if step.sse else "") + (", overwriting allowed" if step.overwrite
+                                                                     else ", refusing to overwrite") + ".",
+        "",
+        _md_table(["local file", "key", "size", "SHA-256", "checksum", "ETag", "version", "request id"], rows),
+        "",
+        f"Tags: {', '.join(f'`{k}={v}`' for k, v in tags.items()) or 'none'}."
+        + (" Clean-up: these objects are deleted when the case ends." if step.cleanup else ""),
+    ])
+    return StepOutcome(
+        summary=summary,
+        details={"bucket": step.bucket, "uploads": [asdict(r) for r in records], "tags": tags,
+                 "cleanup": step.cleanup},
+        markdown=md,
+        links=[object_link(ctx, r.bucket, r.key) for r in records[:10]],
+        request_ids=[r.request_id for r in records if r.request_id],
+    )
+
+
+def _retype(client: Any, record: UploadRecord, ctype: str) -> UploadRecord:
+    """Apply an explicit Content-Type by copying the object onto itself (keeps the checksum)."""
+    try:
+        resp = client.copy_object(Bucket=record.bucket, Key=record.key, ContentType=ctype,
+                                  MetadataDirective="REPLACE", ChecksumAlgorithm="SHA256",
+                                  CopySource={"Bucket": record.bucket, "Key": record.key})
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 CopyObject", s3_uri(record.bucket, record.key), exc) from None
+    record.content_type = ctype
+    record.etag = resp.get("CopyObjectResult", {}).get("ETag", record.etag).strip('"')
+    record.version_id = resp.get("VersionId", record.version_id)
+    return record
+
+
+def _display_path(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
+                   clock: Clock | None = None) -> tuple[Observation, int, float]:
+    """Wait until the expected objects exist; returns the last observation, the checks made and seconds waited.
+
+    Raises StepError on timeout (listing what was found under the prefix), at once when an exact count is
+    exceeded (waiting cannot fix that), and on any AWS error such as AccessDenied or NoSuchBucket.
+    """
+    if step.keys is not None:
+        def check() -> Observation:
+            return observe_keys(client, step.bucket, step.keys or [], step.min_size)
+
+        def done(o: Observation) -> bool:
+            return not o.missing and not o.others
+        common = posixpath.commonprefix(step.keys)
+        where = s3_uri(step.bucket, common[: common.rfind("/") + 1])
+        what = f"{len(step.keys)} key(s) in s3://{step.bucket}"
+    else:
+        prefix = step.prefix or ""
+        wanted = step.count if step.count is not None else (step.min_count or 1)
+
+        def check() -> Observation:
+            return observe_prefix(client, step.bucket, prefix, step.pattern, step.min_size)
+
+        def done(o: Observation) -> bool:
+            return len(o.matched) >= wanted
+        where = s3_uri(step.bucket, prefix)
+        what = (f"{'exactly' if step.count is not None else 'at least'} {wanted} object(s) matching "
+                f"{step.pattern!r} under {where}")
+    outcome = poll(check, done, step.wait, describe=Observation.describe, what=what, logger=logger, clock=clock)
+    obs = outcome.value
+    if step.count is not None and len(obs.matched) != step.count:
+        if outcome.done:
+            raise StepError(f"expected exactly {step.count} object(s) matching {step.pattern!r} under {where}, "
+                            f"found {len(obs.matched)}: {_listing(obs)}", code="CountMismatch",
+                            details={"found": [asdict(o) for o in obs.matched]})
+    if not outcome.done:
+        found = obs
+        if step.keys is not None:  # show what *is* there near the expected keys
+            prefix = where[len(f"s3://{step.bucket}/"):]
+            found = Observation(list_objects(client, step.bucket, prefix, limit=20), obs.others, obs.missing)
+        raise StepError(
+            f"timed out after {outcome.elapsed:.0f} s ({outcome.checks} checks) waiting for {what}. "
+            f"Found under {where}: {_listing(found)}",
+            code="Timeout",
+            details={"found": [asdict(o) for o in found.matched],
+                     "not_counted": [{**asdict(o), "why": why} for o, why in found.others],
+                     "missing": found.missing},
+        )
+    return obs, outcome.checks, outcome.elapsed
+
+
+def _listing(obs: Observation, limit: int = 20) -> str:
+    items = [f"{o.key} ({_fmt_size(o.size)})" for o in obs.matched]
+    items += [f"{o.key} ({_fmt_size(o.size)}, {why})" for o, why in obs.others]
+    if obs.missing:
+        items += [f"missing: {', '.join(obs.missing)}"]
+    if not items:
+        return "nothing"
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@step_kind(ExpectObjectsStep)
+def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome:
+    """Wait for and check the objects the pipeline writes."""
+    client = ctx.clients.client("s3")
+    obs, checks, elapsed = expect_objects(client, step, logger=ctx.logger)
+    rows = [[f"`{o.key}`", _fmt_size(o.size), f"`{o.etag}`", o.last_modified] for o in obs.matched[:50]]
+    target = ", ".join(f"`{k}`" for k in step.keys) if step.keys else (
+        f"{'exactly' if step.count is not None else 'at least'} "
+        f"{step.count if step.count is not None else (step.min_count or 1)} object(s) matching `{step.pattern}` "
+        f"under `{step.prefix}`")
+    md = "\n".join([
+        f"Expected {target} in bucket `{step.bucket}`"
+        + (f", each at least {step.min_size} B" if step.min_size else "") + ".",
+        "",
+        f"Found **{len(obs.matched)}** after {elapsed:.1f} s and {checks} check(s) "
+        f"({'HEAD' if step.keys else 'LIST'}; no object was downloaded).",
+        "",
+        _md_table(["key", "size", "ETag", "last modified"], rows),
+    ])
+    return StepOutcome(
+        summary=f"found {len(obs.matched)} object(s) in s3://{step.bucket} after {elapsed:.1f} s ({checks} checks)",
+        details={"bucket": step.bucket, "found": [asdict(o) for o in obs.matched], "checks": checks,
+                 "waited_seconds": round(elapsed, 3)},
+        markdown=md,
+        links=[object_link(ctx, step.bucket, o.key) for o in obs.matched[:10]],
+    )

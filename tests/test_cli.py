@@ -1,0 +1,117 @@
+"""End to end: the CLI in a subprocess, against moto's server (AWS_ENDPOINT_URL) and the test Prefect server."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from flows.emulator import emulator_env
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(args: list[str], endpoint: str, api_url: str | None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
+    env.update(emulator_env(endpoint))
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONIOENCODING"] = "utf-8"
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return subprocess.run([sys.executable, "-m", "flows.pipeline_test", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def write_case(folder: Path, bucket: str, **step_overrides: Any) -> Path:
+    (folder / "data").mkdir(exist_ok=True)
+    (folder / "data" / "orders.csv").write_text("id,amount\n1,10\n")
+    case = {
+        "case": "CLI case",
+        "variables": {"bucket": bucket},
+        "steps": [
+            {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
+             "key": "in/orders.csv"},
+            {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}", "keys": ["in/orders.csv"],
+             "min_size": 1, "wait": {"timeout": 2}, **step_overrides},
+        ],
+    }
+    path = folder / "case.yaml"
+    path.write_text(yaml.safe_dump(case, sort_keys=False))
+    return path
+
+
+def test_cli_runs_a_case_against_the_emulator(moto_endpoint, emulated_s3, prefect_harness, tmp_path) -> None:
+    emulated_s3.create_bucket(Bucket="cli-pass")
+    spec = write_case(tmp_path, "cli-pass")
+    proc = run_cli([str(spec)], moto_endpoint, prefect_harness, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Case 'CLI case' PASSED" in proc.stdout
+    assert "PASS  1     land" in proc.stdout and "PASS  2     landed" in proc.stdout
+    assert emulated_s3.head_object(Bucket="cli-pass", Key="in/orders.csv")["ContentLength"] == 15
+    # a second run refuses to overwrite the object: the case fails with exit code 1
+    proc = run_cli([str(spec)], moto_endpoint, prefect_harness, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL  1     land" in proc.stdout and "refusing to overwrite" in proc.stdout
+    assert "SKIP  2     landed" in proc.stdout
+
+
+def test_cli_json_output_and_var_override(moto_endpoint, emulated_s3, prefect_harness, tmp_path) -> None:
+    emulated_s3.create_bucket(Bucket="cli-json")
+    spec = write_case(tmp_path, "no-such-bucket-here")
+    proc = run_cli([str(spec), "--var", "bucket=cli-json", "--json"], moto_endpoint, prefect_harness, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["status"] == "passed" and result["variables"]["bucket"] == "cli-json"
+
+
+class CountingHandler(http.server.BaseHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        CountingHandler.requests.append(self.path)
+        self.send_response(500)
+        self.end_headers()
+
+    do_PUT = do_POST = do_HEAD = do_GET  # noqa: N815
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_endpoint() -> Iterator[str]:
+    """A loopback HTTP server that counts every request (stands in for AWS to prove none is made)."""
+    CountingHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_invalid_spec_exits_2_names_step_and_field_and_calls_nothing(counting_endpoint, tmp_path) -> None:
+    spec = write_case(tmp_path, "some-bucket", min_sizee=1)
+    proc = run_cli([str(spec)], counting_endpoint, None, tmp_path)
+    assert proc.returncode == 2
+    assert "step 2 'landed' (expect_objects): field 'min_sizee': unknown field" in proc.stderr
+    assert "no AWS call was made" in proc.stderr
+    assert CountingHandler.requests == []
+
+
+def test_validate_and_schema(tmp_path, counting_endpoint) -> None:
+    spec = write_case(tmp_path, "some-bucket")
+    proc = run_cli([str(spec), "--validate"], counting_endpoint, None, tmp_path)
+    assert proc.returncode == 0 and "is valid" in proc.stdout
+    proc = run_cli(["--schema"], counting_endpoint, None, tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["title"] == "Pipeline test case"
+    assert CountingHandler.requests == []

@@ -1,0 +1,138 @@
+"""The flow under Prefect's test harness: task runs named after steps, failure handling, artifacts read back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.pipeline_test import pipeline_test, result_of
+from flows.results import CaseFailed, CaseResult
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def spec(*steps: dict[str, Any], name: str = "Flow test") -> dict[str, Any]:
+    return {"case": name, "variables": {"bucket": "flow-bucket"}, "aws": {"region": "us-east-1"},
+            "steps": list(steps)}
+
+
+UPLOAD = {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
+          "key_prefix": "in/{{ flow_run_id }}/", "cleanup": True}
+
+
+def read_artifacts(flow_run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def go() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+    return asyncio.run(go())
+
+
+def read_task_runs(flow_run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return asyncio.run(go())
+
+
+def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -> None:
+    s3.create_bucket(Bucket="flow-bucket")
+    check = {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}", "prefix": "in/{{ flow_run_id }}/",
+             "count": 1, "wait": {"timeout": 5}}
+    result = pipeline_test(spec=spec(UPLOAD, check, name="Passing case"), base_dir=str(data_dir))
+    assert isinstance(result, CaseResult) and result.passed
+    assert [(s.label, s.status) for s in result.steps] == [("land", "passed"), ("landed", "passed"),
+                                                           ("cleanup", "passed")]
+    # cleanup removed the uploaded object
+    assert s3.list_objects_v2(Bucket="flow-bucket").get("KeyCount", 0) == 0
+    names = {t.name for t in read_task_runs(result.flow_run_id)}
+    assert names == {"land", "landed", "cleanup"}
+    artifacts = read_artifacts(result.flow_run_id)
+    tables = [a for a in artifacts if a.type == "table" and a.key == "case-passing-case"]
+    assert len(tables) == 1
+    rows = json.loads(tables[0].data)
+    assert [(r["step"], r["kind"], r["status"]) for r in rows] == [
+        ("1 land", "upload", "✅ passed"), ("2 landed", "expect_objects", "✅ passed"), ("end cleanup", "cleanup", "✅ passed")]
+    assert set(rows[0]) == {"step", "kind", "status", "duration", "detail"}
+    step_md = [a for a in artifacts if a.type == "markdown" and a.key is None and a.data.startswith("## Step")]
+    assert len(step_md) == 3 and all(a.task_run_id for a in step_md)  # one per step, cleanup included
+    links = [a for a in artifacts if a.key is None and a.data.startswith("[s3://flow-bucket/in/")]
+    assert len(links) == 2  # the uploaded object and the object found
+    assert any("## Step 1 · land · ✅ passed" in a.data for a in step_md)
+    assert any(a.key == "case-passing-case-report" and "Passing case: ✅ PASSED" in a.data for a in artifacts)
+    assert all(a.key is None or set(a.key) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for a in artifacts)
+
+
+def test_failed_step_stops_the_case_and_the_flow_run_fails(s3, data_dir: Path) -> None:
+    s3.create_bucket(Bucket="flow-bucket")
+    missing = {"kind": "expect_objects", "name": "never", "bucket": "{{ bucket }}", "keys": ["nope.csv"],
+               "wait": {"timeout": 0.3}}
+    after = {"kind": "expect_objects", "name": "after", "bucket": "{{ bucket }}", "keys": ["x"]}
+    state = pipeline_test(spec=spec(UPLOAD, missing, after, name="Failing case"), base_dir=str(data_dir),
+                          return_state=True)
+    assert state.is_failed()
+    result = result_of(state)
+    assert result is not None and not result.passed
+    assert [(s.label, s.status) for s in result.steps] == [
+        ("land", "passed"), ("never", "failed"), ("after", "skipped"), ("cleanup", "passed")]
+    assert "timed out" in result.steps[1].error
+    # the uploaded test data was removed although a later step failed
+    assert s3.list_objects_v2(Bucket="flow-bucket").get("KeyCount", 0) == 0
+    with pytest.raises(CaseFailed, match="failed at step 2 'never': timed out"):
+        state.result()
+    table = [a for a in read_artifacts(result.flow_run_id) if a.key == "case-failing-case"][0]
+    assert [r["status"] for r in json.loads(table.data)] == ["✅ passed", "❌ failed", "⏭️ skipped", "✅ passed"]
+
+
+def test_continue_on_failure_and_parallel_groups(s3, data_dir: Path) -> None:
+    s3.create_bucket(Bucket="flow-bucket")
+    s3.put_object(Bucket="flow-bucket", Key="there.csv", Body=b"1")
+    group = {"kind": "parallel", "name": "checks", "steps": [
+        {"kind": "expect_objects", "name": "missing", "bucket": "{{ bucket }}", "keys": ["nope.csv"],
+         "wait": {"timeout": 0.2}, "continue_on_failure": True},
+        {"kind": "expect_objects", "name": "present", "bucket": "{{ bucket }}", "keys": ["there.csv"]},
+    ]}
+    last = {"kind": "expect_objects", "name": "last", "bucket": "{{ bucket }}", "keys": ["there.csv"]}
+    state = pipeline_test(spec=spec(group, last, name="Parallel case"), base_dir=str(data_dir), return_state=True)
+    result = result_of(state)
+    assert state.is_failed() and result is not None
+    assert [(s.number, s.label, s.group, s.status) for s in result.steps] == [
+        ("1.1", "missing", "checks", "failed"), ("1.2", "present", "checks", "passed"), ("2", "last", None, "passed")]
+
+
+def test_unexpected_exception_in_a_step_is_an_error_and_cleanup_still_runs(s3, data_dir, monkeypatch) -> None:
+    import tasks.s3
+
+    s3.create_bucket(Bucket="flow-bucket")
+    boom = {"kind": "expect_objects", "name": "boom", "bucket": "{{ bucket }}", "keys": ["x"]}
+
+    def explode(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("bug in a step")
+
+    monkeypatch.setattr(tasks.s3, "expect_objects", explode)
+    state = pipeline_test(spec=spec(UPLOAD, boom, name="Error case"), base_dir=str(data_dir), return_state=True)
+    result = result_of(state)
+    assert result is not None
+    assert [(s.label, s.status) for s in result.steps] == [("land", "passed"), ("boom", "error"),
+                                                           ("cleanup", "passed")]
+    assert result.steps[1].error == "unexpected RuntimeError: bug in a step"
+    assert s3.list_objects_v2(Bucket="flow-bucket").get("KeyCount", 0) == 0
+
+
+def test_invalid_spec_fails_the_flow_before_any_step(data_dir: Path) -> None:
+    bad = spec({"kind": "upload", "files": ["x"], "bucket": "b"})
+    state = pipeline_test(spec=bad, base_dir=str(data_dir), return_state=True)
+    assert state.is_failed()
+    assert "step 1 (upload)" in str(state.message)
