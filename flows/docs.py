@@ -18,9 +18,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from flows.spec import AwsSettings, CaseSpec, ParallelGroup, json_schema
+from flows.spec import AwsSettings, CaseSpec, ParallelGroup, json_schema, step_kinds
 from flows.templating import BUILTINS
-from tasks.base import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -87,7 +86,7 @@ def _nested_models() -> list[type[BaseModel]]:
         for arg in typing.get_args(annotation):
             visit(arg)
 
-    for kind in REGISTRY.values():
+    for kind in step_kinds():
         for info in kind.model.model_fields.values():
             visit(info.annotation)
     return list(seen)
@@ -115,19 +114,19 @@ def reference() -> str:
         "",
         "### Fields of every step",
         "",
-        model_table(next(iter(REGISTRY.values())).model, skip=tuple(
-            n for n in next(iter(REGISTRY.values())).model.model_fields
+        model_table(next(iter(step_kinds())).model, skip=tuple(
+            n for n in next(iter(step_kinds())).model.model_fields
             if n not in ("name", "description", "continue_on_failure"))),
         "",
     ]
-    for kind in REGISTRY.values():
+    for kind in step_kinds():
         doc = (kind.model.__doc__ or "").strip().split("\n")[0]
         parts += [f"### Step `{kind.kind}`", "", doc, "",
                   model_table(kind.model, skip=("name", "description", "continue_on_failure")), ""]
     parts += ["### Step `parallel`", "", (ParallelGroup.__doc__ or "").strip(), "",
               model_table(ParallelGroup), ""]
     for model in _nested_models():
-        if model in (CaseSpec, AwsSettings) or model in [k.model for k in REGISTRY.values()]:
+        if model in (CaseSpec, AwsSettings) or model in [k.model for k in step_kinds()]:
             continue
         parts += [f"### {model.__name__}", "", (model.__doc__ or "").strip().split("\n")[0], "",
                   model_table(model), ""]

@@ -21,8 +21,9 @@ from prefect.utilities.annotations import quote
 from flows import evidence
 from flows.results import StepFailed, StepResult
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
-from tasks.base import REGISTRY, StepContext, StepOutcome
+from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
 from tasks.errors import StepError
+from tasks.secrets import RedactFilter, redact, redact_json
 
 log = logging.getLogger("pipeline_test")
 
@@ -45,14 +46,19 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
     except Exception as exc:  # a bug or an unforeseen failure: say so plainly, keep the traceback at debug level
         status, error, code = "error", f"unexpected {type(exc).__name__}: {exc}", type(exc).__name__
         logger.debug("Traceback of %s", describe(placed), exc_info=True)
+    if outcome is None and isinstance(details.get("markdown"), str):
+        # a failed step's own evidence (what it checked and saw), shown as the step's report
+        details = dict(details)
+        outcome = StepOutcome(summary="", details={}, markdown=details.pop("markdown"))
     result = StepResult(
         number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
         description=placed.step.description, status=status, started_at=started,  # type: ignore[arg-type]
         duration_s=round(time.monotonic() - t0, 3),
         summary=outcome.summary if outcome else "", error=error, error_code=code,
-        details=outcome.details if outcome else details,
+        details=outcome.details if outcome and status == "passed" else details,
         request_ids=outcome.request_ids if outcome else [],
     )
+    result, outcome = scrub(result, outcome, ctx.secrets)
     try:
         evidence.publish_step(result, outcome)
     except Exception as exc:  # evidence must never turn a passed step into a crash
@@ -62,6 +68,20 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         return result
     logger.error("%s %s: %s", describe(placed), status, error)
     return Failed(message=f"{describe(placed)}: {error}", data=StepFailed(result))
+
+
+def scrub(result: StepResult, outcome: StepOutcome | None,
+          secrets: tuple[str, ...]) -> tuple[StepResult, StepOutcome | None]:
+    """Mask every known secret in a step's result and evidence (runners mask at the source; this is the net)."""
+    if not secrets:
+        return result, outcome
+    result = StepResult.model_validate(redact_json(result.model_dump(mode="json"), secrets))
+    if outcome is not None:
+        outcome = dataclasses.replace(
+            outcome, summary=redact(outcome.summary, secrets), markdown=redact(outcome.markdown, secrets),
+            details=redact_json(outcome.details, secrets),
+            tables={k: redact_json(v, secrets) for k, v in outcome.tables.items()})
+    return result, outcome
 
 
 _TASKS: dict[str, Any] = {}
@@ -92,9 +112,13 @@ def _collect(placed: PlacedStep, future: PrefectFuture[Any]) -> StepResult:
                       error_code=state.type.value)
 
 
-def run_steps(spec: CaseSpec, values: dict[str, Any], ctx: StepContext) -> list[StepResult]:
-    """Run the case's steps (already validated) with the run's variable values; returns every step's result."""
-    rendered = spec.model_copy(update={"steps": [_render_item(item, values) for item in spec.steps]})
+def render_case(spec: CaseSpec, values: dict[str, Any]) -> CaseSpec:
+    """The case with every step's templates rendered with the run's variable values."""
+    return spec.model_copy(update={"steps": [_render_item(item, values) for item in spec.steps]})
+
+
+def run_steps(rendered: CaseSpec, ctx: StepContext) -> list[StepResult]:
+    """Run the case's rendered steps in order; returns every step's result (skipped ones included)."""
     results: list[StepResult] = []
     stop = False
     places = list(iter_steps(rendered))
@@ -128,11 +152,22 @@ def _skipped(placed: PlacedStep) -> StepResult:
 
 def run_cleanup(ctx: StepContext) -> StepResult | None:
     """Run every pending undo action (last first) as one step named ``cleanup``; None when there is none."""
+    if not ctx.undo.actions:
+        return None
+    return _collect(_CLEANUP, _cleanup_task.with_options(task_run_name="cleanup").submit(quote(ctx)))
+
+
+def undo_now(ctx: StepContext, logger: Any) -> StepResult | None:
+    """Run pending undo actions at once, in this thread, without a task run: for a run that is being cancelled
+    or has crashed, when Prefect may no longer accept new task runs. Never raises."""
     actions = ctx.undo.drain()
     if not actions:
         return None
-    return _collect(_CLEANUP, _cleanup_task.with_options(task_run_name="cleanup").submit(quote(actions),
-                                                                                       quote(ctx)))
+    logger.warning("The run is ending abnormally: undoing %d change(s) now", len(actions))
+    result, _ = _undo(actions, ctx, logger)
+    for line in (result.details.get("actions") or []):
+        logger.warning("Clean-up: %s: %s", line["what"], line.get("error") or _text(line.get("outcome", {})))
+    return result
 
 
 class _CleanupStep:
@@ -145,11 +180,8 @@ class _CleanupStep:
 _CLEANUP = PlacedStep("end", _CleanupStep())  # type: ignore[arg-type]
 
 
-def _do_cleanup(actions: list[Any], ctx: StepContext) -> StepResult | State:
-    try:
-        logger: Any = get_run_logger()
-    except Exception:
-        logger = log
+def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[StepResult, StepOutcome]:
+    """Run undo actions, each even when an earlier one failed; the result is the ``cleanup`` step's."""
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     done: list[dict[str, Any]] = []
@@ -158,13 +190,14 @@ def _do_cleanup(actions: list[Any], ctx: StepContext) -> StepResult | State:
         try:
             outcome = action.run()
             done.append({"what": action.description, "step": action.step, "outcome": outcome})
-            logger.info("Clean-up: %s: %s", action.description, _text(outcome))
+            logger.info("Clean-up: %s: %s", action.description, redact(_text(outcome), ctx.secrets))
         except StepError as exc:
             errors.append(f"{action.description}: {exc.message}")
             done.append({"what": action.description, "step": action.step, "error": exc.message})
         except Exception as exc:
             errors.append(f"{action.description}: unexpected {type(exc).__name__}: {exc}")
             done.append({"what": action.description, "step": action.step, "error": str(exc)})
+    sections = [d["outcome"].pop("markdown") for d in done if isinstance(d.get("outcome", {}).get("markdown"), str)]
     result = StepResult(
         number="end", label="cleanup", kind="cleanup", description=_CleanupStep.description,
         status="failed" if errors else "passed", started_at=started, duration_s=round(time.monotonic() - t0, 3),
@@ -174,22 +207,64 @@ def _do_cleanup(actions: list[Any], ctx: StepContext) -> StepResult | State:
     )
     rows = "\n".join(f"| {d['step']} | {d['what']} | {'❌ ' + d['error'] if 'error' in d else _text(d['outcome'])} |"
                      for d in done)
-    outcome = StepOutcome(summary=result.summary, details=result.details,
-                          markdown="| from step | action | outcome |\n|---|---|---|\n" + rows)
+    markdown = "| from step | action | outcome |\n|---|---|---|\n" + rows
+    if sections:
+        markdown += "\n\n" + "\n\n".join(sections)
+    outcome = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)
+    result, scrubbed = scrub(result, outcome, ctx.secrets)
+    return result, scrubbed or outcome
+
+
+def _do_cleanup(ctx: StepContext) -> StepResult | State:
+    try:
+        logger: Any = get_run_logger()
+    except Exception:
+        logger = log
+    result, outcome = _undo(ctx.undo.drain(), ctx, logger)
     try:
         evidence.publish_step(result, outcome)
     except Exception as exc:
         logger.warning("Could not publish the clean-up evidence: %s", exc)
-    if errors:
+    if result.error:
         logger.error("Clean-up incomplete: %s", result.error)
         return Failed(message=f"clean-up incomplete: {result.error}", data=StepFailed(result))
     return result
 
 
 def _text(outcome: dict[str, Any]) -> str:
+    if "summary" in outcome:
+        return str(outcome["summary"]).replace("|", "\\|")
     if "action" in outcome:
         return str(outcome["action"]).replace("|", "\\|")
     return "; ".join(f"{k}: {v}" for k, v in outcome.items()).replace("|", "\\|") or "done"
 
 
 _cleanup_task = task(_do_cleanup, name="cleanup", cache_policy=NO_CACHE, retries=0)
+
+
+# --------------------------------------------------------------------------------- redaction and live runs
+SECRET_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "pipeline_test")
+
+
+def install_redaction(secrets: tuple[str, ...]) -> RedactFilter:
+    """Mask the case's secrets in every log record of the run's loggers (a net under the runners' masking)."""
+    redactor = RedactFilter(secrets)
+    for name in SECRET_LOGGERS:
+        logging.getLogger(name).addFilter(redactor)
+    return redactor
+
+
+def remove_redaction(redactor: RedactFilter) -> None:
+    for name in SECRET_LOGGERS:
+        logging.getLogger(name).removeFilter(redactor)
+
+
+#: the contexts of runs in progress in this process, by flow run id, for the crash and cancellation hooks
+LIVE: dict[str, StepContext] = {}
+
+
+def undo_hook(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook (on_crashed, on_cancellation): undo whatever a run in this process left pending."""
+    ctx = LIVE.pop(str(flow_run.id), None)
+    if ctx is not None:
+        undo_now(ctx, log)

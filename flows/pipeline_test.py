@@ -20,12 +20,13 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from flows import evidence
-from flows.engine import run_cleanup, run_steps
+from flows.engine import LIVE, install_redaction, remove_redaction, render_case, run_cleanup, run_steps, undo_hook, undo_now
 from flows.results import CaseFailed, CaseResult
-from flows.spec import CaseSpec, SpecError, load_spec, parse_spec, read_spec_file, slug
+from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory
 from tasks.base import StepContext, UndoLog
+from tasks.secrets import redact_json
 
 
 def _run_name() -> str:
@@ -62,7 +63,8 @@ def _ui_url() -> str | None:
     return url if url and url.startswith("http") else None
 
 
-@flow(name="pipeline-test", flow_run_name=_run_name, validate_parameters=False, log_prints=False)
+@flow(name="pipeline-test", flow_run_name=_run_name, validate_parameters=False, log_prints=False,
+      on_crashed=[undo_hook], on_cancellation=[undo_hook])
 def pipeline_test(
     spec: str | CaseSpec,
     variables: dict[str, str] | None = None,
@@ -78,31 +80,50 @@ def pipeline_test(
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
     values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
-    logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-    ctx = StepContext(clients=ClientFactory(case.aws.target()), case_name=case.case, run_id=run_id, label="",
-                      spec_dir=spec_dir, undo=UndoLog(), render=lambda text: render(text, values), logger=logger)
-    steps = []
+    rendered = render_case(case, values)
+    secrets = tuple(dict.fromkeys(s for p in iter_steps(rendered) for s in p.step.secrets() if s))
+    redactor = install_redaction(secrets)
     try:
-        steps = run_steps(case, values, ctx)
+        guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
+        if guard:  # the guard rails again, with the run's real values
+            raise SpecError("<spec>", guard)
+        logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
+        ctx = StepContext(clients=ClientFactory(case.aws.target()), case_name=case.case, run_id=run_id, label="",
+                          spec_dir=spec_dir, undo=UndoLog(), render=lambda text: render(text, values), logger=logger,
+                          secrets=secrets)
+        LIVE[run_id] = ctx
+        try:
+            steps = run_steps(rendered, ctx)
+            cleanup = run_cleanup(ctx)
+        except BaseException:
+            # cancelled (SIGTERM), interrupted or crashed: undo at once, then let Prefect record the end
+            undo_now(ctx, logger)
+            raise
+        LIVE.pop(run_id, None)
+        if cleanup is not None:
+            steps.append(cleanup)
+        result = _case_result(case, run_id, started, values, steps, secrets)
+        evidence.publish_case(result)
     finally:
-        cleanup = run_cleanup(ctx)
-    if cleanup is not None:
-        steps.append(cleanup)
-    ended = datetime.now(timezone.utc)
-    result = CaseResult(
-        case=case.case, description=case.description,
-        status="passed" if all(s.ok for s in steps) else "failed",
-        flow_run_id=run_id, ui_url=_ui_url(), started_at=started, ended_at=ended,
-        duration_s=round((ended - started).total_seconds(), 3),
-        variables={"run_date": values["run_date"], **{k: values[k] for k in case.variables}},
-        steps=steps,
-    )
-    evidence.publish_case(result)
+        remove_redaction(redactor)
     if result.passed:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result
     failure = CaseFailed(result)
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
+
+
+def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
+                 secrets: tuple[str, ...]) -> CaseResult:
+    ended = datetime.now(timezone.utc)
+    return CaseResult(
+        case=case.case, description=case.description,
+        status="passed" if all(s.ok for s in steps) else "failed",
+        flow_run_id=run_id, ui_url=_ui_url(), started_at=started, ended_at=ended,
+        duration_s=round((ended - started).total_seconds(), 3),
+        variables=redact_json({"run_date": values["run_date"], **{k: values[k] for k in case.variables}}, secrets),
+        steps=steps,
+    )
 
 
 # -------------------------------------------------------------------------------------------------- the CLI

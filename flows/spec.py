@@ -18,11 +18,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-# Importing a service module registers its step kinds.
-import tasks.s3  # noqa: F401
+import importlib
+
 from flows.templating import BUILTINS, TemplateError, builtin_values, check_template, render, resolve_variables
 from tasks.aws import AwsTarget
-from tasks.base import REGISTRY, SpecModel, StepBase
+from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
+
+#: the service modules whose step kinds a case can use; importing one registers its kinds
+SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena")
+for _module in SERVICE_MODULES:
+    importlib.import_module(_module)
+
+
+def step_kinds() -> list[StepKind]:
+    """Every registered step kind, in a stable order: by service module as listed above, then as defined."""
+    order = {name: i for i, name in enumerate(SERVICE_MODULES)}
+    return sorted(REGISTRY.values(), key=lambda k: (order.get(k.model.__module__, len(order)), k.model.__module__))
 
 CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key",
                    "secret_key", "secret_access_key", "session_token", "password"}
@@ -38,6 +49,9 @@ class AwsSettings(SpecModel):
     credentials_block: str | None = Field(None, description="Name of a saved prefect-aws AwsCredentials block.")
     max_attempts: int = Field(8, ge=1, le=20, description="Attempts per AWS call (botocore standard retry mode: "
                               "throttling and transient errors are retried with backoff).")
+    allowed_parameter_prefixes: list[str] | None = Field(
+        None, description="Guard rail: SSM parameters the case may write or delete must lie under one of these "
+        "prefixes (e.g. /test/); a write outside them is a validation error before anything runs. Unset: no limit.")
 
     @model_validator(mode="before")
     @classmethod
@@ -55,7 +69,7 @@ class AwsSettings(SpecModel):
 
 
 def _step_union() -> Any:
-    models = tuple(k.model for k in REGISTRY.values())
+    models = tuple(k.model for k in step_kinds())
     return Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 
@@ -72,7 +86,7 @@ class ParallelGroup(SpecModel):
     steps: list[Step] = Field(..., min_length=1, description="The steps to run side by side (no nesting).")
 
 
-CaseStep = Annotated[Union[tuple(k.model for k in REGISTRY.values()) + (ParallelGroup,)],  # type: ignore[misc]
+CaseStep = Annotated[Union[tuple(k.model for k in step_kinds()) + (ParallelGroup,)],  # type: ignore[misc]
                      Field(discriminator="kind")]
 
 
@@ -300,13 +314,13 @@ def parse_spec(raw: Any, source: str = "<spec>", spec_dir: Path | None = None,
         spec = spec.model_copy(update={"variables": {**spec.variables, **overrides}})
     problems = _semantic_problems(spec, spec_dir or Path.cwd(), {})
     if not problems:
-        problems = _trial_render(spec)
+        problems = _trial_render(spec, spec_dir or Path.cwd())
     if problems:
         raise SpecError(source, problems)
     return spec
 
 
-def _trial_render(spec: CaseSpec) -> list[str]:
+def _trial_render(spec: CaseSpec, spec_dir: Path) -> list[str]:
     """Render every step with placeholder run values, to catch what only shows after templating."""
     try:
         values = resolve_variables(spec.variables, builtin_values(spec.case, "00000000-0000-0000-0000-000000000000",
@@ -316,7 +330,9 @@ def _trial_render(spec: CaseSpec) -> list[str]:
     problems = []
     for placed in iter_steps(spec):
         try:
-            render_step(placed.step, values)
+            rendered = render_step(placed.step, values)
+            problems += [f"{describe(placed)}: {msg}" for msg in
+                         rendered.case_checks(spec) + rendered.rendered_checks(spec_dir, lambda t: render(t, values))]
         except TemplateError as exc:
             problems.append(f"{describe(placed)}: {exc}")
         except ValidationError as exc:

@@ -22,7 +22,7 @@ from tasks.aws import ClientFactory
 class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, so a typo never passes silently."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
 
 class StepBase(SpecModel):
@@ -47,7 +47,18 @@ class StepBase(SpecModel):
     )
 
     def case_checks(self, case: Any) -> list[str]:
-        """Checks that need the whole case (e.g. its AWS guard rails); each problem names the field."""
+        """Checks that need the whole case (e.g. its AWS guard rails); each problem names the field.
+
+        Called on the step as written (templates in place) and again on the rendered step before the run.
+        """
+        return []
+
+    def rendered_checks(self, spec_dir: Path, render: Callable[[str], str]) -> list[str]:
+        """Checks of the rendered step that need no AWS call (e.g. that SQL is read-only); each names the field."""
+        return []
+
+    def secrets(self) -> list[str]:
+        """Secret values this step handles (e.g. SecureString values): redacted from every output of the run."""
         return []
 
 
@@ -91,6 +102,8 @@ class StepContext:
     undo: UndoLog = field(default_factory=UndoLog)
     #: renders a template (e.g. the content of a payload or SQL file) with the case's variables
     render: Callable[[str], str] = field(default=lambda text: text)
+    #: secret values of the case (SecureString values, ...): the engine masks them in every output
+    secrets: tuple[str, ...] = ()
     logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("pipeline_test"))
 
 

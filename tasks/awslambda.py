@@ -1,0 +1,463 @@
+"""Step ``invoke_lambda``: invoke a Lambda function and prove that it did what it should.
+
+Unlike a bare ``Invoke`` call (and prefect-aws's ``LambdaFunction.invoke``), the step checks the result: the
+status code must be the one the invocation type promises (200 RequestResponse, 202 Event, 204 DryRun) and there
+must be no ``FunctionError``; a function error fails the step with the function's ``errorType`` and
+``errorMessage``. RequestResponse invocations ask for the log tail (``LogType=Tail``), whose decoded last 4 KB
+go into the evidence. An optional ``expect`` checks the response payload with a JSON subset and/or JMESPath
+expressions.
+
+Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.secrets`) are masked in the payload sent and
+in the response, and their values are redacted from the log tail and from error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from pydantic import ConfigDict, Field, model_validator
+
+from tasks.aws import is_real_aws
+from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, Link, step_kind
+from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
+from tasks.secrets import Segment, is_sensitive, mask_any, mask_paths, parse_path, redact, redact_json, secrets_at
+
+InvocationType = Literal["RequestResponse", "Event", "DryRun"]
+
+#: the status code that each invocation type returns on success
+EXPECTED_STATUS: dict[str, int] = {"RequestResponse": 200, "Event": 202, "DryRun": 204}
+#: AWS's limit on the base64-encoded client context
+MAX_CLIENT_CONTEXT_BYTES = 3583
+#: how much of the log tail the evidence keeps (AWS returns at most the last 4 KB anyway)
+LOG_TAIL_BYTES = 4096
+#: how many characters of the payload and the response the evidence shows
+MAX_SHOWN_CHARS = 4000
+
+_MISSING = object()
+
+
+class LambdaExpect(SpecModel):
+    """What the response payload must contain."""
+
+    json_subset: Any = Field(
+        None,
+        description="A JSON value the response must contain: objects match when every expected key matches "
+        "(extra keys are fine), lists when they have the same length and match item by item, scalars when equal.",
+    )
+    jmespath: dict[str, Any] = Field(
+        default_factory=dict,
+        description="JMESPath expression -> the value it must give on the response payload (compared with ==).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "LambdaExpect":
+        if "json_subset" not in self.model_fields_set and not self.jmespath:
+            raise ValueError("expect needs json_subset and/or jmespath")
+        for expr in self.jmespath:
+            try:
+                jmespath.compile(expr)
+            except JMESPathError as exc:
+                raise ValueError(f"invalid JMESPath expression {expr!r}: {exc}") from None
+        return self
+
+    @property
+    def has_subset(self) -> bool:
+        """True when a JSON subset was given (``null`` is a valid subset to expect)."""
+        return "json_subset" in self.model_fields_set
+
+
+class InvokeLambdaStep(StepBase):
+    """Invoke a Lambda function and check status, function error and (optionally) the response payload."""
+
+    #: a payload may hold secrets: validation errors do not echo input (the spec's root model needs this too)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+
+    untemplated: ClassVar[frozenset[str]] = StepBase.untemplated | {"sensitive_fields"}
+    template_files: ClassVar[frozenset[str]] = frozenset({"payload_file"})
+
+    kind: Literal["invoke_lambda"] = "invoke_lambda"
+    function: str = Field(..., min_length=1, description="Function name, partial ARN or ARN.")
+    qualifier: str | None = Field(None, min_length=1, description="Version or alias to invoke.")
+    invocation_type: InvocationType = Field(
+        "RequestResponse", description="RequestResponse (wait for the result), Event (async) or DryRun."
+    )
+    payload: Any = Field(None, description="The event, any JSON value (templated).")
+    payload_file: str | None = Field(
+        None, description="A JSON file (relative to the spec) whose content is templated and sent as the event."
+    )
+    client_context: dict[str, Any] | None = Field(
+        None,
+        description="Client context passed to the function (sent base64-encoded; at most 3583 bytes encoded; "
+        "Lambda passes it to synchronous invocations only).",
+    )
+    sensitive_fields: list[str] = Field(
+        default_factory=list,
+        description="Dotted paths (db.password, users[*].token) masked in the payload and response in the evidence.",
+    )
+    expect: LambdaExpect | None = Field(None, description="Checks on the response payload (RequestResponse only).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "InvokeLambdaStep":
+        if self.payload_file is not None and "payload" in self.model_fields_set:
+            raise ValueError("give payload or payload_file, not both")
+        if self.expect is not None and self.invocation_type != "RequestResponse":
+            raise ValueError(f"expect needs invocation_type RequestResponse ({self.invocation_type} has no response)")
+        for path in self.sensitive_fields:
+            parse_path(path)
+        if self.client_context is not None:
+            encode_client_context(self.client_context)
+        return self
+
+
+# --- plain functions -------------------------------------------------------------------------------------------
+
+
+def encode_client_context(context: dict[str, Any]) -> str:
+    """Base64 of the context's compact JSON, as Invoke wants it; ValueError when over AWS's 3583 bytes."""
+    encoded = base64.b64encode(json.dumps(context, separators=(",", ":")).encode("utf-8")).decode("ascii")
+    if len(encoded) > MAX_CLIENT_CONTEXT_BYTES:
+        raise ValueError(
+            f"client_context is {len(encoded)} bytes base64-encoded; AWS allows at most {MAX_CLIENT_CONTEXT_BYTES}"
+        )
+    return encoded
+
+
+def function_label(function: str, qualifier: str | None) -> str:
+    """How the evidence names the invoked function: ``name`` or ``name:qualifier``."""
+    return f"{function}:{qualifier}" if qualifier else function
+
+
+def function_name(function: str) -> str:
+    """The bare function name of a name, partial ARN or ARN (for console links)."""
+    parts = function.split(":")
+    if "function" in parts[:-1]:
+        return parts[parts.index("function") + 1]
+    return parts[0]
+
+
+def load_payload(step: InvokeLambdaStep, spec_dir: Path, render: Callable[[str], str]) -> Any:
+    """The event to send: the inline payload (already templated), or the payload file's rendered JSON."""
+    if step.payload_file is None:
+        return step.payload
+    path = (spec_dir / step.payload_file).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StepError(f"cannot read payload_file {step.payload_file} ({path}): {exc.strerror or exc}") from None
+    rendered = render(text)
+    try:
+        return json.loads(rendered)
+    except json.JSONDecodeError as exc:
+        raise StepError(
+            f"payload_file {step.payload_file} is not valid JSON after templating: {exc.msg} "
+            f"(line {exc.lineno}, column {exc.colno})"
+        ) from None
+
+
+def invoke(
+    client: Any,
+    function: str,
+    payload: Any,
+    *,
+    qualifier: str | None = None,
+    invocation_type: str = "RequestResponse",
+    client_context: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Call Invoke and return its response with ``Payload`` read into bytes; AWS failures raise AwsCallError.
+
+    Asks for the log tail on RequestResponse invocations. ``payload`` is any JSON value (``None`` sends none).
+    """
+    kwargs: dict[str, Any] = {"FunctionName": function, "InvocationType": invocation_type}
+    if payload is not None:
+        kwargs["Payload"] = json.dumps(payload).encode("utf-8")
+    if qualifier:
+        kwargs["Qualifier"] = qualifier
+    if invocation_type == "RequestResponse":
+        kwargs["LogType"] = "Tail"
+    if client_context is not None:
+        kwargs["ClientContext"] = encode_client_context(client_context)
+    try:
+        response = client.invoke(**kwargs)
+    except AWS_ERRORS as exc:
+        raise aws_error("Lambda Invoke", function_label(function, qualifier), exc) from None
+    body = response.get("Payload")
+    response["Payload"] = body.read() if body is not None else b""
+    return response
+
+
+def decode_log_tail(log_result: str | None, limit: int = LOG_TAIL_BYTES) -> str:
+    """The decoded last ``limit`` bytes of an Invoke ``LogResult`` (base64), or "" when there is none."""
+    if not log_result:
+        return ""
+    try:
+        raw = base64.b64decode(log_result)
+    except ValueError:
+        return ""
+    return raw[-limit:].decode("utf-8", errors="replace")
+
+
+def parse_json(body: bytes) -> Any:
+    """The response payload as JSON, or ``_MISSING`` when it is empty or not JSON."""
+    if not body:
+        return _MISSING
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _MISSING
+
+
+def truncate(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}\n… [truncated: showing {limit} of {len(text)} characters]"
+
+
+def _path_text(path: list[Segment]) -> str:
+    out = "$"
+    for seg in path:
+        out += f"[{seg}]" if isinstance(seg, int) else f".{seg}"
+    return out
+
+
+def json_subset_mismatches(
+    expected: Any,
+    actual: Any,
+    show: Callable[[list[Segment], Any], str] | None = None,
+    path: list[Segment] | None = None,
+) -> list[str]:
+    """Where ``actual`` does not contain ``expected`` (empty when it does), one line per difference.
+
+    Objects: every expected key must be present and match (extra keys are fine). Lists: same length, items
+    matched in order. Scalars: equal, and ``true`` is not ``1``. ``show(path, value)`` formats values in the
+    messages, so that callers can mask secrets.
+    """
+    path = path or []
+    show = show or (lambda _p, v: json.dumps(v, default=str))
+    where = _path_text(path)
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict):
+            return [f"{where}: expected an object, got {show(path, actual)}"]
+        problems: list[str] = []
+        for key, value in expected.items():
+            if key not in actual:
+                problems.append(f"{_path_text(path + [key])}: missing (expected {show(path + [key], value)})")
+            else:
+                problems += json_subset_mismatches(value, actual[key], show, path + [key])
+        return problems
+    if isinstance(expected, list):
+        if not isinstance(actual, list):
+            return [f"{where}: expected a list, got {show(path, actual)}"]
+        if len(expected) != len(actual):
+            return [f"{where}: expected {len(expected)} items, got {len(actual)}"]
+        pairs = enumerate(zip(expected, actual))
+        return [p for i, (e, a) in pairs for p in json_subset_mismatches(e, a, show, path + [i])]
+    if not _scalar_equal(expected, actual):
+        return [f"{where}: expected {show(path, expected)}, got {show(path, actual)}"]
+    return []
+
+
+def _scalar_equal(expected: Any, actual: Any) -> bool:
+    """JSON equality of scalars: numbers by value, but booleans never equal numbers."""
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(expected) is type(actual) and expected == actual
+    return bool(expected == actual)
+
+
+def json_equal(expected: Any, actual: Any) -> bool:
+    """JSON equality of any values (objects by keys, lists in order, ``true`` is not ``1``)."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and expected.keys() == actual.keys() and all(
+            json_equal(v, actual[k]) for k, v in expected.items()
+        )
+    if isinstance(expected, list):
+        return isinstance(actual, list) and len(expected) == len(actual) and all(
+            json_equal(e, a) for e, a in zip(expected, actual)
+        )
+    return not isinstance(actual, (dict, list)) and _scalar_equal(expected, actual)
+
+
+def jmespath_mismatches(
+    expressions: dict[str, Any], document: Any, show: Callable[[Any], str] | None = None
+) -> list[str]:
+    """Which JMESPath expressions do not give their expected value on ``document`` (compared with ==)."""
+    show = show or (lambda v: json.dumps(v, default=str))
+    problems = []
+    for expr, expected in expressions.items():
+        got = jmespath.search(expr, document)
+        if not json_equal(expected, got):
+            problems.append(f"{expr}: expected {show(expected)}, got {show(got)}")
+    return problems
+
+
+# --- the runner ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Masker:
+    """Masks the step's sensitive fields in documents and redacts their values from texts."""
+
+    patterns: list[list[Segment]]
+    paths: list[str]
+    secrets: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_step(cls, step: InvokeLambdaStep) -> "_Masker":
+        return cls([parse_path(p) for p in step.sensitive_fields], list(step.sensitive_fields))
+
+    def learn(self, document: Any) -> None:
+        """Remember the secret values that ``document`` holds at the sensitive paths."""
+        if self.paths and document is not _MISSING:
+            self.secrets += secrets_at(document, self.paths)
+
+    def doc(self, document: Any) -> Any:
+        """The document with sensitive paths masked, and known secrets masked wherever else they appear."""
+        return redact_json(mask_paths(document, self.paths), self.secrets) if self.paths else document
+
+    def text(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def show_at(self, path: list[Segment], value: Any) -> str:
+        return mask_any(value) if is_sensitive(path, self.patterns) else json.dumps(value, default=str)
+
+    def show(self, value: Any) -> str:
+        return mask_any(value) if self.paths else json.dumps(value, default=str)
+
+
+def _shown_json(document: Any, masker: _Masker) -> str:
+    return masker.text(truncate(json.dumps(masker.doc(document), indent=2, default=str)))
+
+
+def _response_text(body: bytes, parsed: Any, masker: _Masker) -> str:
+    """The response payload as shown in the evidence: masked, pretty-printed JSON or text, truncated."""
+    if parsed is not _MISSING:
+        return _shown_json(parsed, masker)
+    return masker.text(truncate(body.decode("utf-8", errors="replace")))
+
+
+def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: _Masker) -> str:
+    """The message for a function error: errorType and errorMessage from the function's error payload."""
+    if isinstance(parsed, dict) and ("errorType" in parsed or "errorMessage" in parsed):
+        what = f"{parsed.get('errorType', 'Error')}: {parsed.get('errorMessage', '')}"
+    else:
+        what = truncate(body.decode("utf-8", errors="replace"), 500) or "no error payload"
+    return masker.text(f"Lambda function {label} failed with a function error ({kind}): {what}")
+
+
+def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | None, log_tail: str,
+              problems: list[str]) -> str:
+    rows = "\n".join(f"| {k} | `{v}` |" for k, v in facts.items())
+    parts = ["| | |\n|---|---|\n" + rows, "**Payload sent**\n\n```json\n" + payload_text + "\n```"]
+    if response_text is not None:
+        parts.append("**Response**\n\n```\n" + response_text + "\n```")
+    if log_tail:
+        parts.append("**Log tail** (last 4 KB)\n\n```\n" + log_tail + "\n```")
+    if problems:
+        parts.append("**Expectations not met**\n\n" + "\n".join(f"- {p}" for p in problems))
+    return "\n\n".join(parts)
+
+
+def _links(client: Any, step: InvokeLambdaStep) -> list[Link]:
+    endpoint = str(client.meta.endpoint_url)
+    if not is_real_aws(endpoint):
+        return []
+    region = client.meta.region_name
+    name = function_name(step.function)
+    url = f"https://{region}.console.aws.amazon.com/lambda/home?region={region}#/functions/{name}"
+    return [Link(url=url, text=f"Lambda function {name}")]
+
+
+@step_kind(InvokeLambdaStep)
+def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
+    """Invoke the function, check status, function error and expectations, and record the evidence."""
+    masker = _Masker.for_step(step)
+    label = function_label(step.function, step.qualifier)
+    payload = load_payload(step, ctx.spec_dir, ctx.render)
+    masker.learn(payload)
+    client = ctx.clients.client("lambda")
+    ctx.logger.info("Invoking Lambda function %s (%s)", label, step.invocation_type)
+    try:
+        response = invoke(client, step.function, payload, qualifier=step.qualifier,
+                          invocation_type=step.invocation_type, client_context=step.client_context)
+    except StepError as exc:
+        raise type(exc)(masker.text(exc.message), code=exc.code, details=exc.details) from None
+
+    status = int(response.get("StatusCode", 0))
+    body: bytes = response["Payload"]
+    has_response = step.invocation_type == "RequestResponse"
+    parsed = parse_json(body) if has_response else _MISSING
+    masker.learn(parsed)
+    log_tail = masker.text(decode_log_tail(response.get("LogResult")))
+    rid = request_id(response)
+    facts = {
+        "function": step.function,
+        "qualifier": step.qualifier or "",
+        "executed version": response.get("ExecutedVersion") or "n/a",
+        "invocation type": step.invocation_type,
+        "status": status,
+        "request id": rid or "n/a",
+    }
+    details: dict[str, Any] = {k.replace(" ", "_"): v for k, v in facts.items()}
+    details["payload"] = _details_payload(payload, masker)
+    response_text = _response_text(body, parsed, masker) if has_response else None
+    if has_response:
+        details["response"] = _details_response(body, parsed, masker)
+        details["response_bytes"] = len(body)
+        details["log_tail"] = log_tail
+
+    problems = _problems(step, status, response.get("FunctionError"), parsed, body, label, masker)
+    markdown = _markdown(facts, _shown_json(payload, masker), response_text, log_tail, problems)
+    if problems:
+        details["problems"] = problems
+        # the evidence body rides along so the engine can show it for the failed step too
+        raise StepError("; ".join(problems), code="LambdaCheckFailed", details={**details, "markdown": markdown})
+    ctx.logger.info("Lambda function %s returned %s (request id %s)", label, status, rid)
+    checked = ", response as expected" if step.expect else ""
+    return StepOutcome(
+        summary=f"{label}: {step.invocation_type} returned {status}{checked}",
+        details=details,
+        markdown=markdown,
+        links=_links(client, step),
+        request_ids=[rid] if rid else [],
+    )
+
+
+def _details_payload(payload: Any, masker: _Masker) -> Any:
+    """The payload for ``details``: the masked JSON when small, else the truncated (redacted) text."""
+    if len(json.dumps(payload, default=str)) <= MAX_SHOWN_CHARS:
+        return masker.doc(payload)
+    return _shown_json(payload, masker)
+
+
+def _details_response(body: bytes, parsed: Any, masker: _Masker) -> Any:
+    """The response for ``details``: the masked JSON when small, else the truncated (redacted) text."""
+    if parsed is not _MISSING and len(body) <= MAX_SHOWN_CHARS:
+        return masker.doc(parsed)
+    return _response_text(body, parsed, masker)
+
+
+def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any, body: bytes,
+              label: str, masker: _Masker) -> list[str]:
+    """Everything wrong with the invocation's result, most fundamental first (each line already redacted)."""
+    expected = EXPECTED_STATUS[step.invocation_type]
+    if status != expected:
+        return [f"Lambda function {label} returned status {status}; a {step.invocation_type} invocation "
+                f"succeeds with {expected}"]
+    if function_error:
+        return [_function_error(label, function_error, parsed, body, masker)]
+    if step.expect is None:
+        return []
+    if parsed is _MISSING:
+        return [f"Lambda function {label} returned no JSON payload to check: "
+                f"{masker.text(truncate(body.decode('utf-8', errors='replace'), 200))!r}"]
+    problems: list[str] = []
+    if step.expect.has_subset:
+        problems += json_subset_mismatches(step.expect.json_subset, parsed, masker.show_at)
+    problems += jmespath_mismatches(step.expect.jmespath, parsed, masker.show)
+    return [masker.text(p) for p in problems]
