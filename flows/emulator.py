@@ -7,9 +7,11 @@ every SDK call at it, with fake credentials.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-from typing import Iterator
+import urllib.request
+from typing import Any, Iterator
 
 from moto.server import ThreadedMotoServer
 
@@ -33,10 +35,20 @@ def moto_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     try:
-        yield f"http://{host}:{port}"
+        moto_api(endpoint, "config", {"lambda": {"use_docker": False}})  # Lambda without Docker
+        yield endpoint
     finally:
         server.stop()
+
+
+def moto_api(endpoint: str, path: str, body: dict[str, Any]) -> None:
+    """POST to moto's own API (``/moto-api/...``): its configuration, queued Lambda and Athena results."""
+    request = urllib.request.Request(f"{endpoint}/moto-api/{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+        response.read()
 
 
 def emulator_env(endpoint: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, par
 from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory
 from tasks.base import StepContext, UndoLog
+from tasks.polling import clear_stop, request_stop
 from tasks.secrets import redact_json
 
 
@@ -76,6 +77,7 @@ def pipeline_test(
     its local files. The flow run fails when the case fails; its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
+    clear_stop()
     case, spec_dir = resolve_spec(spec, variables, base_dir)
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
@@ -96,7 +98,9 @@ def pipeline_test(
             steps = run_steps(rendered, ctx)
             cleanup = run_cleanup(ctx)
         except BaseException:
-            # cancelled (SIGTERM), interrupted or crashed: undo at once, then let Prefect record the end
+            # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
+            # then let Prefect record the end
+            request_stop()
             undo_now(ctx, logger)
             raise
         LIVE.pop(run_id, None)

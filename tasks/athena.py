@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Iterator, Literal, Sequence
 from zoneinfo import ZoneInfo
 
 import sqlglot
@@ -39,7 +39,7 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from tasks.aws import is_real_aws
-from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind
+from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
 from tasks.polling import Clock, PollSettings, poll
 
@@ -1076,9 +1076,8 @@ class AthenaQueryStep(StepBase):
     database: str | None = Field(None, description="The database (Glue schema) unqualified table names refer to.")
     catalog: str = Field("AwsDataCatalog", description="The data catalog.")
     workgroup: str = Field("primary", description="The Athena workgroup to run in.")
-    output_location: str | None = Field(
+    output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/")] = Field(
         None,
-        pattern=r"^s3://[^/]+(/.*)?$",
         description="Where Athena writes the result (s3://bucket/prefix/); optional when the workgroup sets one.",
     )
     allow_write: bool = Field(

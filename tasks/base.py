@@ -14,9 +14,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.aws import ClientFactory
+
+
+def is_template(text: str) -> bool:
+    """True when a string still holds ``{{ ... }}`` or ``{% ... %}`` (it is checked again once rendered)."""
+    return "{{" in text or "{%" in text
+
+
+def template_aware(pattern: str, message: str) -> AfterValidator:
+    """A string constraint that holds for rendered values and waits for rendering on templates.
+
+    Steps are validated as written (with templates) and again after rendering, so a field such as a bucket
+    name may be ``"{{ landing_bucket }}"`` in the spec and is still checked, on its real value, before the run.
+    """
+    compiled = re.compile(pattern)
+
+    def check(value: str | None) -> str | None:
+        if value is not None and not is_template(value) and not compiled.fullmatch(value):
+            raise ValueError(f"{message} (got {value!r})")
+        return value
+
+    return AfterValidator(check)
 
 
 class SpecModel(BaseModel):

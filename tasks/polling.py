@@ -9,11 +9,14 @@ The first check runs at once; then the interval grows geometrically from ``initi
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.errors import StepError
 
 T = TypeVar("T")
 
@@ -30,12 +33,38 @@ class PollSettings(BaseModel):
     log_every: float = Field(15.0, gt=0, description="Log progress at most this often while waiting.")
 
 
+_stopping = threading.Event()
+
+
+class WaitInterrupted(StepError):
+    """A wait was cut short because the run is stopping (cancelled, interrupted or crashed)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="Interrupted")
+
+
+def request_stop() -> None:
+    """Cut every wait in this process short: the run is being cancelled or has crashed."""
+    _stopping.set()
+
+
+def clear_stop() -> None:
+    """Allow waiting again (a new run starts)."""
+    _stopping.clear()
+
+
+def interruptible_sleep(seconds: float) -> None:
+    """Sleep, unless the run is stopping; then raise WaitInterrupted at once."""
+    if _stopping.wait(seconds):
+        raise WaitInterrupted("the run is stopping, so the wait was cut short")
+
+
 @dataclass
 class Clock:
-    """Time and sleep, replaceable in tests."""
+    """Time and sleep, replaceable in tests. The default sleep ends early when the run is stopping."""
 
     now: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
+    sleep: Callable[[float], None] = interruptible_sleep
 
 
 @dataclass

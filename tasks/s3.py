@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, urlencode
 
 from boto3.s3.transfer import TransferConfig
@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster
 
 from tasks.aws import is_real_aws
-from tasks.base import Link, StepBase, StepContext, StepOutcome, UndoAction, step_kind
+from tasks.base import Link, StepBase, template_aware, StepContext, StepOutcome, UndoAction, step_kind
 from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
 from tasks.polling import Clock, PollSettings, poll
 
@@ -37,6 +37,9 @@ for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjs
     mimetypes.add_type(_type, _ext)
 
 MIB = 1024 * 1024
+#: an S3 bucket name (3 to 63 lowercase letters, digits, dots and dashes), checked once templates are rendered
+BucketName = Annotated[str, template_aware(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+                                           "an S3 bucket name is 3 to 63 lowercase letters, digits, '.' and '-'")]
 TAG_RUN = "pipeline-test-run"
 TAG_CASE = "pipeline-test-case"
 
@@ -391,7 +394,7 @@ class UploadStep(StepBase):
     kind: Literal["upload"] = "upload"
     files: list[str] = Field(..., min_length=1, description="Local files: paths or glob patterns, relative to "
                              "the spec file (``/`` or ``\\`` as separator).")
-    bucket: str = Field(..., min_length=3, max_length=63, description="Target bucket.")
+    bucket: BucketName = Field(..., description="Target bucket.")
     key: str | None = Field(None, description="Full object key, for a single file.")
     key_prefix: str | None = Field(None, description="Key prefix; each file goes to prefix + its file name.")
     content_type: str | None = Field(None, description="Content-Type; guessed from the file name when unset.")
@@ -421,7 +424,7 @@ class ExpectObjectsStep(StepBase):
     """Wait for the pipeline to write objects, and check them (HEAD or LIST, never a download)."""
 
     kind: Literal["expect_objects"] = "expect_objects"
-    bucket: str = Field(..., min_length=3, max_length=63, description="Bucket to look in.")
+    bucket: BucketName = Field(..., description="Bucket to look in.")
     keys: list[str] | None = Field(None, min_length=1, description="Exact keys that must exist.")
     prefix: str | None = Field(None, description="Key prefix to list (instead of keys).")
     pattern: str = Field("*", description="Glob on the key's part after the prefix (``*`` also spans ``/``).")

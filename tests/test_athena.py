@@ -758,7 +758,7 @@ def test_model_defaults_registration_and_schema() -> None:
         ({"sql": "SELECT 1", "expect": {"rows": [{"a": 1}, {"b": 2}]}}, "same columns"),
         ({"sql": "SELECT 1", "expect": {"first_row": {"a": {}}}}, "at least one of"),
         ({"sql": "SELECT 1", "expect": {"first_row": {"a": {"is_null": True, "not_null": True}}}}, "cannot both"),
-        ({"sql": "SELECT 1", "output_location": "bucket/prefix"}, "should match pattern"),
+        ({"sql": "SELECT 1", "output_location": "bucket/prefix"}, "an S3 URI"),
         ({"sql": "SELECT 1", "wait": {"timeout": 0}}, "greater than 0"),
     ],
 )

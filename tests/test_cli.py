@@ -115,3 +115,87 @@ def test_validate_and_schema(tmp_path, counting_endpoint) -> None:
     proc = run_cli(["--schema"], counting_endpoint, None, tmp_path)
     assert proc.returncode == 0 and json.loads(proc.stdout)["title"] == "Pipeline test case"
     assert CountingHandler.requests == []
+
+
+CANARY = "canary-Secret-cli-91b2"
+
+
+def secret_case(folder: Path, wait_timeout: float, fail: bool = False) -> Path:
+    case = {
+        "case": "CLI secret case",
+        "aws": {"allowed_parameter_prefixes": ["/cli/"]},
+        "steps": [
+            {"kind": "set_parameters", "name": "point-at-test", "parameters": [
+                {"name": "/cli/source", "value": "test-bucket"},
+                {"name": "/cli/token", "value": CANARY, "type": "SecureString"}]},
+            {"kind": "expect_parameters", "name": "token-set", "parameters": [
+                {"name": "/cli/token", "equals": CANARY, "type": "SecureString"}]},
+            {"kind": "expect_objects", "name": "output", "bucket": "cli-secret", "keys": ["never.csv"],
+             "wait": {"timeout": wait_timeout}},
+        ],
+    }
+    path = folder / "secret.yaml"
+    path.write_text(yaml.safe_dump(case, sort_keys=False))
+    return path
+
+
+def test_cli_output_never_shows_a_secure_string(moto_endpoint, emulated_s3, prefect_harness, tmp_path) -> None:
+    import boto3
+
+    ssm = boto3.client("ssm", endpoint_url=moto_endpoint, region_name="us-east-1")
+    ssm.put_parameter(Name="/cli/source", Value="prod-bucket", Type="String", Overwrite=True)
+    emulated_s3.create_bucket(Bucket="cli-secret")
+    proc = run_cli([str(secret_case(tmp_path, 0.5))], moto_endpoint, prefect_harness, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "PASS  2     token-set" in proc.stdout and "FAIL  3     output" in proc.stdout
+    assert CANARY not in proc.stdout + proc.stderr
+    proc = run_cli([str(secret_case(tmp_path, 0.5)), "--json"], moto_endpoint, prefect_harness, tmp_path)
+    assert proc.returncode == 1 and CANARY not in proc.stdout + proc.stderr
+    assert "****(sha256:" in proc.stdout  # the result shows the masked form instead
+    assert ssm.get_parameter(Name="/cli/source")["Parameter"]["Value"] == "prod-bucket"
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name="/cli/token")
+
+
+def test_cancelled_run_puts_parameters_back(moto_endpoint, emulated_s3, prefect_harness, tmp_path) -> None:
+    """A run stopped with SIGTERM (how a worker cancels a flow run's process) restores what it changed."""
+    import signal
+    import time
+
+    import boto3
+
+    ssm = boto3.client("ssm", endpoint_url=moto_endpoint, region_name="us-east-1")
+    ssm.put_parameter(Name="/cli/source", Value="prod-bucket", Type="String", Overwrite=True,
+                      Description="source bucket")
+    ssm.delete_parameters(Names=["/cli/token"])
+    emulated_s3.create_bucket(Bucket="cli-secret")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
+    env.update(emulator_env(moto_endpoint), PREFECT_API_URL=prefect_harness, PYTHONPATH=str(ROOT),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline_test", str(secret_case(tmp_path, 120))],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait until the case has changed the setting and is waiting
+            value = ssm.get_parameter(Name="/cli/source")["Parameter"]["Value"]
+            if value == "test-bucket":
+                break
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        else:
+            pytest.fail("the case never changed the parameter")
+        time.sleep(1.5)  # well into the waiting step
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    param = ssm.get_parameter(Name="/cli/source")["Parameter"]
+    assert param["Value"] == "prod-bucket"
+    meta = ssm.describe_parameters(ParameterFilters=[{"Key": "Name", "Values": ["/cli/source"]}])["Parameters"][0]
+    assert meta["Description"] == "source bucket" and meta["Type"] == "String"
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name="/cli/token")
+    assert "undoing 2 change(s) now" in output
+    assert CANARY not in output

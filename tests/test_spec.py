@@ -134,7 +134,18 @@ def test_error_that_shows_only_after_templating() -> None:
     raw = good()
     raw["variables"]["landing"] = "x"  # a bucket name of 1 character, only known after rendering
     (msg,) = problems(raw)
-    assert msg.startswith("step 1 'land' (upload): field 'bucket' after templating: String should have at least 3")
+    assert msg.startswith("step 1 'land' (upload): field 'bucket' after templating: an S3 bucket name is 3 to 63")
+
+
+def test_constraints_wait_for_templates_then_apply() -> None:
+    raw = good()
+    raw["variables"]["landing"] = "Landing_Bucket"
+    (msg,) = problems(raw)
+    assert "field 'bucket' after templating: an S3 bucket name" in msg and "'Landing_Bucket'" in msg
+    raw["variables"]["landing"] = "landing-bucket"
+    raw["steps"][0]["bucket"] = "Not A Bucket"
+    (msg,) = problems(raw)
+    assert msg.startswith("step 1 'land' (upload): field 'bucket': an S3 bucket name")
 
 
 def test_render_step_renders_templates_but_not_names() -> None:
