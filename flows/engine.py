@@ -117,9 +117,12 @@ def render_case(spec: CaseSpec, values: dict[str, Any]) -> CaseSpec:
     return spec.model_copy(update={"steps": [_render_item(item, values) for item in spec.steps]})
 
 
-def run_steps(rendered: CaseSpec, ctx: StepContext) -> list[StepResult]:
-    """Run the case's rendered steps in order; returns every step's result (skipped ones included)."""
-    results: list[StepResult] = []
+def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | None = None) -> list[StepResult]:
+    """Run the case's rendered steps in order; returns every step's result (skipped ones included).
+
+    Results are appended to ``results`` as they come, so a run that is stopped half-way still has them.
+    """
+    results = [] if results is None else results
     stop = False
     places = list(iter_steps(rendered))
     for index, item in enumerate(rendered.steps, 1):

@@ -129,3 +129,9 @@ def publish_case(result: CaseResult) -> None:
                           description=f"{result.case}: {verdict} ({_duration(result.duration_s)})")
     create_markdown_artifact(markdown=case_markdown(result), key=f"{key}-report"[:KEY_MAX],
                              description=f"{result.case}: {verdict}")
+
+
+if __name__ == "__main__":  # python -m flows.evidence verify DIR: check an evidence pack
+    from flows.evidence_pack import main
+
+    raise SystemExit(main())

@@ -2,6 +2,7 @@
 
     python -m flows.pipeline_test SPEC.yaml [--var name=value ...]   run a case (exit 0 passed, 1 failed,
                                                                      2 invalid spec: nothing touched AWS)
+    python -m flows.pipeline_test SPEC.yaml --evidence-dir DIR       put the evidence pack in DIR
     python -m flows.pipeline_test SPEC.yaml --validate               only validate
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
 """
@@ -19,15 +20,18 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from flows import evidence
+from prefect.artifacts import create_link_artifact
+
+from flows import evidence, evidence_pack
 from flows.engine import LIVE, install_redaction, remove_redaction, render_case, run_cleanup, run_steps, undo_hook, undo_now
-from flows.results import CaseFailed, CaseResult
+from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory
+from tasks.aws import is_real_aws
 from tasks.base import StepContext, UndoLog
 from tasks.polling import clear_stop, request_stop
-from tasks.secrets import redact_json
+from tasks.secrets import redact, redact_json
 
 
 def _run_name() -> str:
@@ -70,21 +74,27 @@ def pipeline_test(
     spec: str | CaseSpec,
     variables: dict[str, str] | None = None,
     base_dir: str | None = None,
+    evidence_dir: str | None = None,
+    write_evidence: bool = True,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
     ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
-    its local files. The flow run fails when the case fails; its result is a ``CaseResult`` either way.
+    its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
+    under the working directory) unless ``write_evidence`` is false. The flow run fails when the case fails;
+    its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     clear_stop()
     case, spec_dir = resolve_spec(spec, variables, base_dir)
+    spec_path = Path(spec) if isinstance(spec, (str, Path)) else None
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
     values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
     rendered = render_case(case, values)
     secrets = tuple(dict.fromkeys(s for p in iter_steps(rendered) for s in p.step.secrets() if s))
     redactor = install_redaction(secrets)
+    steps: list[StepResult] = []
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
@@ -95,19 +105,28 @@ def pipeline_test(
                           secrets=secrets)
         LIVE[run_id] = ctx
         try:
-            steps = run_steps(rendered, ctx)
+            run_steps(rendered, ctx, steps)
             cleanup = run_cleanup(ctx)
-        except BaseException:
+        except BaseException as exc:
             # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
-            # then let Prefect record the end
+            # leave the evidence of what was done, then let Prefect record the end
             request_stop()
-            undo_now(ctx, logger)
+            undone = undo_now(ctx, logger)
+            stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
+                                 error=f"the run was stopped ({type(exc).__name__}) before the case ended",
+                                 error_code=type(exc).__name__)
+            partial = _case_result(case, run_id, started, values, [*steps, stopped, *([undone] if undone else [])],
+                                   secrets)
+            if write_evidence:
+                _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
             raise
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
         result = _case_result(case, run_id, started, values, steps, secrets)
         evidence.publish_case(result)
+        if write_evidence:
+            _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
     finally:
         remove_redaction(redactor)
     if result.passed:
@@ -130,6 +149,33 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
     )
 
 
+def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
+                secrets: tuple[str, ...], ctx: StepContext, logger: Any, upload: bool = True) -> Path | None:
+    """Write the evidence pack (and upload it when the case asks); a failure here is logged, never fatal."""
+    try:
+        folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
+        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets)
+        digest = evidence_pack.manifest_sha256(folder)
+        result.evidence_dir = str(folder.resolve())
+        logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
+        if upload and case.evidence is not None:
+            settings = case.evidence
+            prefix = evidence_pack.pack_prefix(settings.prefix, result)
+            evidence_pack.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
+                                      kms_key_id=settings.kms_key_id)
+            endpoint = ctx.clients.endpoint_url("s3")
+            url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
+                   else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
+            create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",
+                                 key=f"{evidence.case_key(result.case)}-evidence"[:100],
+                                 description=f"Evidence pack (manifest sha256 {digest})")
+            logger.info("Evidence pack uploaded to s3://%s/%s", settings.bucket, prefix)
+        return folder
+    except Exception as exc:
+        logger.error("Could not write or upload the evidence pack: %s", redact(str(exc), secrets))
+        return None
+
+
 # -------------------------------------------------------------------------------------------------- the CLI
 STATUS_TEXT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
@@ -143,6 +189,8 @@ def format_result(result: CaseResult, with_link: bool = True) -> str:
         lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {s.duration_s:6.1f} s  {detail}")
     if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
+    if result.evidence_dir:
+        lines.append(f"Evidence pack: {result.evidence_dir}")
     return "\n".join(lines)
 
 
@@ -174,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validate", action="store_true", help="validate the spec and exit")
     parser.add_argument("--schema", action="store_true", help="print the spec's JSON Schema and exit")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--evidence-dir", metavar="DIR", help="write the evidence pack to this (new or empty) "
+                        "folder; default: evidence/<case>/<time>-<run id>/")
+    parser.add_argument("--no-evidence", action="store_true", help="do not write an evidence pack")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -192,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.validate:
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return 0
-    state = pipeline_test(spec=str(args.spec), variables=overrides or None, return_state=True)
+    state = pipeline_test(spec=str(args.spec), variables=overrides or None, evidence_dir=args.evidence_dir,
+                          write_evidence=not args.no_evidence, return_state=True)
     result = result_of(state)
     if result is None:
         print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)

@@ -47,6 +47,8 @@ class CaseResult(BaseModel):
     duration_s: float
     variables: dict[str, Any] = Field(default_factory=dict)
     steps: list[StepResult]
+    #: the local folder of the run's evidence pack, once written
+    evidence_dir: str | None = None
 
     @property
     def passed(self) -> bool:

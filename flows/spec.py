@@ -68,6 +68,22 @@ class AwsSettings(SpecModel):
                          max_attempts=self.max_attempts)
 
 
+class EvidenceSettings(SpecModel):
+    """Where the run's evidence pack is also kept, besides the local folder: an S3 bucket, encrypted at rest."""
+
+    bucket: str = Field(..., description="Bucket to upload the evidence pack to.")
+    prefix: str = Field("pipeline-test-evidence/", description="Key prefix; the pack goes under "
+                        "<prefix><case>/<time>-<run id>/.")
+    sse: Literal["AES256", "aws:kms", "aws:kms:dsse"] = Field("AES256", description="Server-side encryption.")
+    kms_key_id: str | None = Field(None, description="KMS key id or ARN, with sse: aws:kms or aws:kms:dsse.")
+
+    @model_validator(mode="after")
+    def _kms(self) -> "EvidenceSettings":
+        if self.kms_key_id and not self.sse.startswith("aws:kms"):
+            raise ValueError("'kms_key_id' needs sse: aws:kms or aws:kms:dsse")
+        return self
+
+
 def _step_union() -> Any:
     models = tuple(k.model for k in step_kinds())
     return Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]
@@ -102,6 +118,8 @@ class CaseSpec(SpecModel):
         default_factory=dict, description="User variables, usable as {{ name }} in the steps; a value may use "
         "built-ins and earlier variables. Override with --var name=value.")
     aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS region and credentials reference.")
+    evidence: EvidenceSettings | None = Field(None, description="Also upload the evidence pack to S3 "
+                                              "(it is always written to a local folder).")
     steps: list[CaseStep] = Field(..., min_length=1, description="What to do, in order.")
 
     @field_validator("case")

@@ -21,6 +21,8 @@ Either way the rows are typed the same way from the result metadata.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import math
 import re
@@ -1204,17 +1206,27 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
     return "\n\n".join(parts)
 
 
+def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of the whole typed result (columns and every row, as canonical JSON), for the evidence manifest:
+    the same rows give the same digest whether they were paged or read from the result file."""
+    canonical = json.dumps({"columns": columns, "rows": json_safe(rows)}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def _outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[CheckResult],
              region: str | None, endpoint: str) -> StepOutcome:
     """Summary, details, evidence, preview table and console link of a finished query."""
     facts = _facts(run, step)
     preview = run.result.rows[: step.preview_rows]
     safe_preview = json_safe(preview)
+    columns = [{"name": c.name, "type": c.type} for c in run.result.columns]
     details = {
         "sql": sql,
         "parameters": list(step.parameters),
         **facts,
-        "columns": [{"name": c.name, "type": c.type} for c in run.result.columns],
+        "columns": columns,
+        "result_sha256": result_digest(columns, run.result.rows),
         "preview": safe_preview,
         "checks": [c.to_dict() for c in checks],
     }

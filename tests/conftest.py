@@ -81,3 +81,9 @@ def data_dir(tmp_path: Path) -> Path:
     (tmp_path / "data" / "orders.csv").write_text("id,amount\n1,10\n2,20\n")
     (tmp_path / "data" / "customers.csv").write_text("id,name\n1,Ana\n")
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test in its own folder, so evidence packs (written under ./evidence) never land in the repo."""
+    monkeypatch.chdir(tmp_path)

@@ -47,6 +47,23 @@ def read_task_runs(flow_run_id: str) -> list[Any]:
     return asyncio.run(go())
 
 
+def assert_complete_pack(result: CaseResult, steps: int) -> None:
+    """The run left an intact evidence pack under ./evidence with one JUnit testcase per step."""
+    import xml.etree.ElementTree as ET
+
+    from flows.evidence_pack import verify
+
+    assert result.evidence_dir is not None
+    folder = Path(result.evidence_dir)
+    assert folder.parent.parent == Path.cwd() / "evidence"
+    assert {p.name for p in folder.iterdir()} == {"report.json", "report.md", "report.html", "junit.xml",
+                                                  "manifest.json"}
+    assert verify(folder) == []
+    assert len(list(ET.parse(folder / "junit.xml").getroot().iter("testcase"))) == steps
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    assert report["status"] == result.status and report["run"]["flow_run_id"] == result.flow_run_id
+
+
 def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -> None:
     s3.create_bucket(Bucket="flow-bucket")
     check = {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}", "prefix": "in/{{ flow_run_id }}/",
@@ -73,6 +90,7 @@ def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -
     assert any("## Step 1 · land · ✅ passed" in a.data for a in step_md)
     assert any(a.key == "case-passing-case-report" and "Passing case: ✅ PASSED" in a.data for a in artifacts)
     assert all(a.key is None or set(a.key) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for a in artifacts)
+    assert_complete_pack(result, steps=3)
 
 
 def test_failed_step_stops_the_case_and_the_flow_run_fails(s3, data_dir: Path) -> None:
@@ -92,6 +110,7 @@ def test_failed_step_stops_the_case_and_the_flow_run_fails(s3, data_dir: Path) -
     assert s3.list_objects_v2(Bucket="flow-bucket").get("KeyCount", 0) == 0
     with pytest.raises(CaseFailed, match="failed at step 2 'never': timed out"):
         state.result()
+    assert_complete_pack(result, steps=4)
     table = [a for a in read_artifacts(result.flow_run_id) if a.key == "case-failing-case"][0]
     assert [r["status"] for r in json.loads(table.data)] == ["✅ passed", "❌ failed", "⏭️ skipped", "✅ passed"]
 

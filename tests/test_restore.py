@@ -114,6 +114,11 @@ def test_crash_of_the_flow_run_is_restored(ssm, tmp_path: Path, monkeypatch) -> 
     with pytest.raises(Crash):
         pipeline_test(spec=case(name="Crash case"), base_dir=str(tmp_path), return_state=True)
     assert snapshot_all(ssm) == before
+    # the evidence of what was done before the run stopped is kept, with the undo as its last step
+    (pack,) = (Path.cwd() / "evidence" / "crash-case").iterdir()
+    report = json.loads((pack / "report.json").read_text(encoding="utf-8"))
+    assert [s["label"] for s in report["steps"]] == ["change", "run stopped", "cleanup"]
+    assert report["status"] == "failed"
     assert flows.engine.LIVE == {} or all(not c.undo.actions for c in flows.engine.LIVE.values())
 
 

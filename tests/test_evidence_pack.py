@@ -1,0 +1,501 @@
+"""The evidence pack: complete for passing and failing runs, verifiable, valid JUnit, no secrets, readable in a
+real browser. Results are built directly: no Prefect server and no AWS (moto only for the upload)."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import evidence_pack as ep
+from flows.results import CaseResult, StepResult
+from flows.spec import CaseSpec, parse_spec
+from tasks.secrets import mask
+
+T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
+RUN_ID = "0f5e2a9c-1b2d-4c3e-8f90-123456789abc"
+CASE = "Orders ingestion"
+SHA_ORDERS = "a" * 64
+SHA_CUSTOMERS = "b" * 64
+SPEC_YAML = """\
+# the case under test
+case: Orders ingestion
+description: Orders land and the pipeline copies them to the curated zone.
+variables:
+  landing_bucket: demo-landing
+steps:
+  - kind: upload
+    name: land-orders-file
+    files: [data/orders.csv, data/customers.csv]
+    bucket: "{{ landing_bucket }}"
+    key_prefix: incoming/
+  - kind: parallel
+    name: outputs
+    steps:
+      - {kind: expect_objects, name: curated-file-written, bucket: demo-curated, prefix: curated/, count: 1}
+      - {kind: expect_objects, name: rejects-empty, bucket: demo-curated, keys: [rejects/_EMPTY]}
+  - kind: expect_objects
+    name: archive-written
+    bucket: demo-archive
+    prefix: archive/
+"""
+FAILURE_MESSAGE = "expected exactly 1 object(s) matching '*' under s3://demo-curated/curated/, found 0"
+ERROR_MESSAGE = "unexpected KeyError: 'Contents' <while listing & checking>"
+ALL_FILES = ("report.json", "report.md", "report.html", "junit.xml", "spec.yaml", "manifest.json")
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+def _case_spec() -> CaseSpec:
+    return parse_spec(yaml.safe_load(SPEC_YAML), "<spec>", Path.cwd())
+
+
+def _upload_step() -> StepResult:
+    uploads = [
+        {"local_path": "data/orders.csv", "bucket": "demo-landing", "key": "incoming/orders.csv", "size": 259,
+         "sha256": SHA_ORDERS, "etag": '"e1"', "request_id": "REQ-UP-1"},
+        {"local_path": "data/customers.csv", "bucket": "demo-landing", "key": "incoming/customers.csv",
+         "size": 17, "sha256": SHA_CUSTOMERS, "etag": '"e2"', "request_id": "REQ-UP-2"},
+    ]
+    return StepResult(number="1", label="land-orders-file", kind="upload", status="passed", started_at=T0,
+                      duration_s=0.21, summary="uploaded 2 file(s), 276 B, to s3://demo-landing/incoming/",
+                      details={"bucket": "demo-landing", "uploads": uploads}, request_ids=["REQ-UP-1", "REQ-UP-2"])
+
+
+def _check(number: str, label: str, group: str | None = None, **kw: object) -> StepResult:
+    base: dict[str, object] = dict(number=number, label=label, kind="expect_objects", group=group,
+                                   status="passed", started_at=T0 + timedelta(seconds=1), duration_s=2.3,
+                                   summary="found 1 object(s)", details={"found": ["curated/orders.csv"]},
+                                   request_ids=[f"REQ-{number}"])
+    base.update(kw)
+    return StepResult(**base)  # type: ignore[arg-type]
+
+
+def _cleanup() -> StepResult:
+    return StepResult(number="end", label="cleanup", kind="cleanup", status="passed", started_at=T0,
+                      duration_s=0.05, summary="1 of 1 clean-up action(s) done",
+                      details={"actions": [{"what": "delete 2 uploaded object(s)", "step": "land-orders-file"}]})
+
+
+def _result(steps: list[StepResult], status: str) -> CaseResult:
+    return CaseResult(case=CASE, description="Orders land and the pipeline copies them to the curated zone.",
+                      status=status, flow_run_id=RUN_ID,  # type: ignore[arg-type]
+                      ui_url=f"http://127.0.0.1:4200/runs/flow-run/{RUN_ID}", started_at=T0,
+                      ended_at=T0 + timedelta(seconds=3), duration_s=3.0,
+                      variables={"run_date": "2026-03-14", "landing_bucket": "demo-landing"}, steps=steps)
+
+
+def passing_result() -> CaseResult:
+    steps = [_upload_step(), _check("2.1", "curated-file-written", "outputs"),
+             _check("2.2", "rejects-empty", "outputs"), _check("3", "archive-written"), _cleanup()]
+    return _result(steps, "passed")
+
+
+def failing_result() -> CaseResult:
+    steps = [
+        _upload_step(),
+        _check("2.1", "curated-file-written", "outputs", status="failed", error=FAILURE_MESSAGE,
+               error_code="CountMismatch", summary="", details={"found": [], "waited_s": 60.0}),
+        _check("2.2", "rejects-empty", "outputs", status="error", error=ERROR_MESSAGE, error_code="KeyError",
+               summary="", details={}, request_ids=[]),
+        StepResult(number="3", label="archive-written", kind="expect_objects", status="skipped",
+                   summary="not run: an earlier step failed"),
+        _cleanup(),
+    ]
+    return _result(steps, "failed")
+
+
+def write(result: CaseResult, tmp_path: Path, **kw: object) -> Path:
+    folder = ep.default_pack_dir(tmp_path / "evidence", result)
+    return ep.write_pack(result, _case_spec(), folder, spec_text=SPEC_YAML, spec_path="cases/orders.yaml",
+                         generated_at=T0 + timedelta(seconds=4), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def passing_pack(tmp_path: Path) -> Path:
+    return write(passing_result(), tmp_path)
+
+
+@pytest.fixture
+def failing_pack(tmp_path: Path) -> Path:
+    return write(failing_result(), tmp_path)
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------- a complete pack
+def test_default_folder_and_prefix_name_the_case_time_and_run() -> None:
+    result = passing_result()
+    folder = ep.default_pack_dir(Path("evidence"), result)
+    assert folder.as_posix() == "evidence/orders-ingestion/20260314T092653Z-0f5e2a9c"
+    assert ep.pack_prefix("/audit/pipeline-test/", result) == \
+        "audit/pipeline-test/orders-ingestion/20260314T092653Z-0f5e2a9c/"
+    assert ep.pack_prefix("", result.model_copy(update={"flow_run_id": None})).endswith("-local/")
+
+
+@pytest.mark.parametrize("make", [passing_result, failing_result], ids=["passed", "failed"])
+def test_a_run_leaves_a_complete_intact_pack(make, tmp_path: Path) -> None:
+    result = make()
+    folder = write(result, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(ALL_FILES)
+    assert ep.verify(folder) == []
+    manifest = _json(folder / "manifest.json")
+    assert {f["path"] for f in manifest["files"]} == set(ALL_FILES) - {"manifest.json"}
+    for entry in manifest["files"]:
+        assert entry["sha256"] == ep.sha256_file(folder / entry["path"])
+        assert entry["size"] == (folder / entry["path"]).stat().st_size
+    assert [(i["location"], i["sha256"]) for i in manifest["inputs"]] == [
+        ("s3://demo-landing/incoming/orders.csv", SHA_ORDERS),
+        ("s3://demo-landing/incoming/customers.csv", SHA_CUSTOMERS)]
+    assert manifest["status"] == result.status and manifest["flow_run_id"] == RUN_ID
+    assert (folder / "spec.yaml").read_text(encoding="utf-8") == SPEC_YAML
+
+
+def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pack: Path) -> None:
+    import jsonschema
+
+    schema = json.loads(ep.SCHEMA_FILE.read_text(encoding="utf-8"))
+    report = _json(failing_pack / "report.json")
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)
+    assert (report["schema"], report["schema_version"]) == ("pipeline-test/evidence-report", 1)
+    assert report["case"]["name"] == CASE and report["status"] == "failed"
+    assert report["spec"]["sha256"] == ep.sha256_bytes(SPEC_YAML.encode("utf-8"))
+    assert report["spec"]["case_sha256"] and report["spec"]["validated"]["case"] == CASE
+    assert report["run"]["flow_run_id"] == RUN_ID and report["run"]["ui_url"].endswith(RUN_ID)
+    assert report["run"]["started_at"] == "2026-03-14T09:26:53Z"
+    assert report["variables"]["landing_bucket"] == "demo-landing"
+    assert report["counts"] == {"total": 5, "passed": 2, "failed": 1, "error": 1, "skipped": 1}
+    assert report["first_failure"]["label"] == "curated-file-written"
+    step = report["steps"][0]
+    assert (step["kind"], step["status"], step["duration_s"]) == ("upload", "passed", 0.21)
+    assert step["request_ids"] == ["REQ-UP-1", "REQ-UP-2"] and step["details"]["uploads"][0]["sha256"] == SHA_ORDERS
+
+
+def test_report_markdown_has_the_case_report_and_every_step(failing_pack: Path) -> None:
+    text = (failing_pack / "report.md").read_text(encoding="utf-8")
+    assert text.startswith(f"# {CASE}: ")
+    assert FAILURE_MESSAGE in text and ERROR_MESSAGE in text
+    for label in ("land-orders-file", "curated-file-written", "rejects-empty", "archive-written", "cleanup"):
+        assert f"· {label} ·" in text
+    assert SHA_ORDERS in text and "python -m flows.evidence verify" in text
+
+
+def test_query_results_with_a_recorded_hash_are_in_the_manifest(tmp_path: Path) -> None:
+    result = passing_result()
+    query = StepResult(number="4", label="orders-table", kind="athena_query", status="passed",
+                       details={"query_id": "q-123", "output_location": "s3://results/q-123.csv", "row_count": 2,
+                                "result_sha256": "C" * 64})
+    result = result.model_copy(update={"steps": [*result.steps[:-1], query, result.steps[-1]]})
+    folder = write(result, tmp_path)
+    manifest = _json(folder / "manifest.json")
+    assert manifest["query_results"] == [{"kind": "query_result", "step": "4", "label": "orders-table",
+                                          "location": "s3://results/q-123.csv", "sha256": "c" * 64, "size": None,
+                                          "local_path": None, "query_id": "q-123", "rows": 2}]
+    assert ep.verify(folder) == []
+
+
+def test_a_pack_goes_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "pack"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(FileExistsError, match="not empty"):
+        ep.write_pack(passing_result(), None, folder)
+    bare = ep.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
+    assert sorted(p.name for p in bare.iterdir()) == sorted(set(ALL_FILES) - {"spec.yaml"})
+    assert ep.verify(bare) == []
+
+
+# ------------------------------------------------------------------------------------------------ verify
+@pytest.mark.parametrize("name", [n for n in ALL_FILES if n != "manifest.json"])
+def test_verify_names_a_file_with_one_byte_changed(failing_pack: Path, name: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert ep.main(["verify", str(failing_pack)]) == 0
+    assert "is intact" in capsys.readouterr().out
+    path = failing_pack / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    problems = ep.verify(failing_pack)
+    assert len(problems) == 1 and problems[0].startswith(f"{name}: changed")
+    assert ep.main(["verify", str(failing_pack)]) == 1
+    out = capsys.readouterr().out
+    assert "NOT intact" in out and f"{name}: changed" in out
+
+
+def test_verify_from_the_command_line(passing_pack: Path) -> None:
+    cmd = [sys.executable, "-m", "flows.evidence_pack", "verify", str(passing_pack)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
+    assert done.returncode == 0 and "is intact" in done.stdout, done.stderr
+    (passing_pack / "junit.xml").write_text("<testsuites/>", encoding="utf-8")
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
+    assert done.returncode == 1 and "junit.xml: changed" in done.stdout
+
+
+def test_verify_names_a_deleted_and_an_added_file(passing_pack: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (passing_pack / "report.html").unlink()
+    (passing_pack / "extra.txt").write_text("slipped in\n", encoding="utf-8")
+    (passing_pack / "sub").mkdir()
+    (passing_pack / "sub" / "more.json").write_text("{}", encoding="utf-8")
+    assert ep.verify(passing_pack) == ["report.html: missing", "extra.txt: extra (not in manifest.json)",
+                                       "sub/more.json: extra (not in manifest.json)"]
+    assert ep.main(["verify", str(passing_pack)]) == 1
+    out = capsys.readouterr().out
+    assert "report.html: missing" in out and "extra.txt: extra" in out
+
+
+def test_verify_without_or_with_a_tampered_manifest(passing_pack: Path) -> None:
+    anchor = ep.manifest_sha256(passing_pack)
+    assert ep.verify(passing_pack, anchor) == []
+    manifest = _json(passing_pack / "manifest.json")
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "report.md"]  # hide a file from the check
+    (passing_pack / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    problems = ep.verify(passing_pack, anchor)
+    assert problems[0].startswith("manifest.json: changed")
+    assert "report.md: not listed in manifest.json (every pack has it)" in problems
+    (passing_pack / "manifest.json").unlink()
+    assert ep.verify(passing_pack)[0].startswith("manifest.json: missing")
+    assert ep.verify(passing_pack / "nope") == [f"{passing_pack / 'nope'}: not a folder"]
+
+
+def test_verify_refuses_manifest_paths_outside_the_pack(passing_pack: Path) -> None:
+    manifest = _json(passing_pack / "manifest.json")
+    manifest["files"].append({"path": "../outside.txt", "size": 1, "sha256": "0" * 64})
+    (passing_pack / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert any("bad file entry" in p for p in ep.verify(passing_pack))
+
+
+# ------------------------------------------------------------------------------------------------- junit
+def test_report_html_is_self_contained(failing_pack: Path) -> None:
+    page = (failing_pack / "report.html").read_text(encoding="utf-8")
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page  # the browser fetches nothing
+    for needle in ("<script", "<link", "<img", "<iframe", " src=", "@import", "url("):
+        assert needle not in page.lower()
+    assert "&lt;while listing &amp; checking&gt;" in page  # every text is escaped
+    hrefs = re.findall(r'href="([^"]*)"', page)
+    assert all(h.startswith("#") or h.startswith("http://127.0.0.1:4200/") for h in hrefs)
+
+
+def test_report_html_links_only_http_urls(tmp_path: Path) -> None:
+    result = failing_result().model_copy(update={"ui_url": "javascript:alert(1)"})
+    page = (write(result, tmp_path) / "report.html").read_text(encoding="utf-8")
+    assert "javascript:" not in page and f"<code>{RUN_ID}</code>" in page
+
+
+def test_junit_is_valid_with_one_testcase_per_step(failing_pack: Path) -> None:
+    from junitparser import Error, Failure, JUnitXml, Skipped
+
+    xml = JUnitXml.fromfile(str(failing_pack / "junit.xml"))
+    suites = list(xml)
+    assert len(suites) == 1
+    suite = suites[0]
+    assert (suite.name, suite.tests, suite.failures, suite.errors, suite.skipped) == (CASE, 5, 1, 1, 1)
+    cases = list(suite)
+    assert [c.name for c in cases] == ["1 land-orders-file", "2.1 curated-file-written", "2.2 rejects-empty",
+                                       "3 archive-written", "end cleanup"]
+    assert {c.classname for c in cases} == {CASE}
+    by_name = {c.name: c for c in cases}
+    assert by_name["1 land-orders-file"].is_passed and by_name["end cleanup"].is_passed
+    (failure,) = by_name["2.1 curated-file-written"].result
+    assert isinstance(failure, Failure) and failure.message == FAILURE_MESSAGE and failure.type == "CountMismatch"
+    (error,) = by_name["2.2 rejects-empty"].result
+    assert isinstance(error, Error) and error.message == ERROR_MESSAGE
+    (skipped,) = by_name["3 archive-written"].result
+    assert isinstance(skipped, Skipped)
+    assert abs(by_name["1 land-orders-file"].time - 0.21) < 1e-9
+
+
+def test_junit_of_a_passing_run_has_no_failures(passing_pack: Path) -> None:
+    from junitparser import JUnitXml
+
+    (suite,) = list(JUnitXml.fromfile(str(passing_pack / "junit.xml")))
+    assert (suite.tests, suite.failures, suite.errors, suite.skipped) == (5, 0, 0, 0)
+    assert all(c.is_passed for c in suite)
+
+
+def test_junit_drops_characters_xml_cannot_carry(tmp_path: Path) -> None:
+    from junitparser import JUnitXml
+
+    result = failing_result()
+    steps = list(result.steps)
+    steps[1] = steps[1].model_copy(update={"error": "bad \x1b[31mcolour\x1b[0m and \x00 nul"})
+    folder = write(result.model_copy(update={"steps": steps}), tmp_path)
+    (suite,) = list(JUnitXml.fromfile(str(folder / "junit.xml")))
+    assert list(suite)[1].result[0].message == "bad [31mcolour[0m and  nul"
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+CANARIES = ("CANARY-7f3a9c1e-do-not-leak", 'C4N4RY<&>"\'\\-x9')
+
+
+def _forms(secret: str) -> list[str]:
+    """How a secret could appear in a file: as is, HTML/XML-escaped, JSON-escaped."""
+    return sorted({secret, html.escape(secret, quote=True), html.escape(secret, quote=False),
+                   json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1],
+                   secret.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")})
+
+
+def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
+    plain, tricky = CANARIES
+    result = failing_result()
+    steps = list(result.steps)
+    steps[0] = steps[0].model_copy(update={"summary": f"uploaded with token {plain}",
+                                           "details": {**steps[0].details, "password": tricky, plain: "as a key"}})
+    steps[1] = steps[1].model_copy(update={"error": f"{FAILURE_MESSAGE} (auth {tricky})",
+                                           "description": f"uses {plain}", "request_ids": [f"id-{plain}"]})
+    result = result.model_copy(update={"steps": steps, "variables": {**result.variables, "api_key": tricky},
+                                       "description": f"desc {plain}"})
+    spec_text = SPEC_YAML + f"# leaked in a comment: {plain} {tricky}\n"
+    case = parse_spec({**yaml.safe_load(SPEC_YAML), "description": f"case {plain}"}, "<spec>", Path.cwd())
+    folder = ep.write_pack(result, case, tmp_path / "pack", spec_text=spec_text, spec_path=f"cases/{plain}.yaml",
+                           secrets=list(CANARIES))
+    files = ep.pack_files(folder)
+    assert set(files) == set(ALL_FILES)
+    for name in files:
+        text = (folder / name).read_text(encoding="utf-8")
+        for secret in CANARIES:
+            for form in _forms(secret):
+                assert form not in text, f"{name} holds the secret as {form!r}"
+    report = (folder / "report.json").read_text(encoding="utf-8")
+    assert mask(plain) in report and mask(tricky) in report  # masked, visibly, not dropped
+    spec = _json(folder / "report.json")["spec"]
+    assert spec["redacted"] is True  # and its hashes are of what the pack shows, so no guess can be confirmed
+    assert spec["sha256"] == ep.sha256_file(folder / "spec.yaml")
+    assert spec["case_sha256"] == ep.sha256_bytes(
+        json.dumps(spec["validated"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    assert ep.verify(folder) == []
+
+
+def test_the_spec_copy_and_its_hash_match_the_file_byte_for_byte(tmp_path: Path) -> None:
+    spec_file = tmp_path / "orders.yaml"
+    spec_file.write_bytes(SPEC_YAML.replace("\n", "\r\n").encode("utf-8"))  # a Windows checkout
+    folder = ep.write_pack(passing_result(), _case_spec(), tmp_path / "pack", spec_path=spec_file)
+    assert (folder / "spec.yaml").read_bytes() == spec_file.read_bytes()
+    report = _json(folder / "report.json")
+    assert report["spec"]["sha256"] == ep.sha256_file(spec_file) and report["spec"]["source"] == str(spec_file)
+    assert ep.verify(folder) == []
+
+
+# ---------------------------------------------------------------------------------------------- S3 upload
+def test_upload_pack_puts_every_file_encrypted_manifest_last(failing_pack: Path, s3, bucket: str) -> None:
+    prefix = ep.pack_prefix("evidence/", failing_result())
+    keys = ep.upload_pack(s3, failing_pack, bucket, prefix)
+    assert keys[-1] == prefix + "manifest.json"
+    assert sorted(keys) == sorted(prefix + n for n in ALL_FILES)
+    for key in keys:
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256"
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert body == (failing_pack / key.removeprefix(prefix)).read_bytes()
+    assert s3.head_object(Bucket=bucket, Key=prefix + "report.html")["ContentType"].startswith("text/html")
+    from tasks.errors import AwsCallError
+
+    with pytest.raises(AwsCallError, match="PreconditionFailed"):  # evidence is never replaced
+        ep.upload_pack(s3, failing_pack, bucket, prefix)
+
+
+def test_upload_pack_with_kms_and_refusals(passing_pack: Path, clients, s3, bucket: str) -> None:
+    key_id = clients.client("kms").create_key()["KeyMetadata"]["KeyId"]
+    keys = ep.upload_pack(s3, passing_pack, bucket, "kms/", sse="aws:kms", kms_key_id=key_id)
+    head = s3.head_object(Bucket=bucket, Key=keys[0])
+    assert head["ServerSideEncryption"] == "aws:kms" and key_id in head["SSEKMSKeyId"]
+    with pytest.raises(ValueError, match="kms_key_id goes with"):
+        ep.upload_pack(s3, passing_pack, bucket, "x/", kms_key_id=key_id)
+    with pytest.raises(ValueError, match="sse must be"):
+        ep.upload_pack(s3, passing_pack, bucket, "x/", sse="aes")
+    (passing_pack / "report.md").write_text("edited", encoding="utf-8")
+    with pytest.raises(ValueError, match="report.md: changed"):
+        ep.upload_pack(s3, passing_pack, bucket, "x/")
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="x/")
+
+
+# -------------------------------------------------------------------------------------------- the browser
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _require_chromium() -> str:
+    """The chromium binary; skip without it on a workstation, but fail in CI, where the test must run."""
+    binary = _chromium()
+    if binary:
+        return binary
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail("chromium is not installed but CI is set: the browser test must run in CI "
+                    "(install Debian's chromium package, as .ci/run does)")
+    pytest.skip("chromium is not installed (Debian: apt-get install chromium); in CI (CI set) this test fails")
+
+
+class _VisibleText(HTMLParser):
+    """The text a reader sees: everything in <body> except <style>, <script> and <template>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._hidden = 0
+        self._in_body = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "body":
+            self._in_body = True
+        if tag in ("style", "script", "template", "head"):
+            self._hidden += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "template", "head"):
+            self._hidden = max(0, self._hidden - 1)
+
+    def handle_data(self, data: str) -> None:
+        if self._in_body and not self._hidden:
+            self.parts.append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.parts).split())
+
+
+def _rendered_dom(binary: str, page: Path, tmp_path: Path) -> str:
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium-profile'}", "--dump-dom", page.resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=90)
+    assert done.returncode == 0 and "<body" in done.stdout, f"chromium failed: {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def test_report_html_reads_right_in_a_real_browser(failing_pack: Path, tmp_path: Path) -> None:
+    binary = _require_chromium()
+    dom = _rendered_dom(binary, failing_pack / "report.html", tmp_path)
+    parser = _VisibleText()
+    parser.feed(dom)
+    text = parser.text
+    assert f"{CASE} FAILED" in text  # the heading: case and verdict
+    assert "2 of 5 passed, 1 failed, 1 error, 1 skipped" in text
+    for label in ("land-orders-file", "curated-file-written", "rejects-empty", "archive-written", "cleanup"):
+        assert label in text
+    assert FAILURE_MESSAGE in text and ERROR_MESSAGE in text  # escaped in the file, shown as written
+    for word in ("PASSED", "FAILED", "ERROR", "SKIPPED"):
+        assert word in text
+    table = text[text.index("# step kind status duration detail"):]
+    assert table.index("curated-file-written") < table.index("rejects-empty") < table.index("land-orders-file")
+    assert "<script" not in dom.lower()
+
+
+def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_path: Path) -> None:
+    binary = _require_chromium()
+    dom = _rendered_dom(binary, passing_pack / "report.html", tmp_path)
+    parser = _VisibleText()
+    parser.feed(dom)
+    text = parser.text
+    assert f"{CASE} PASSED" in text and "5 of 5 passed" in text
+    assert 'class="failure-box"' not in dom and "FAILED" not in text and "ERROR" not in text
+    assert SHA_ORDERS in text and SHA_CUSTOMERS in text  # the hashed inputs are shown
