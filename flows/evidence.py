@@ -50,7 +50,7 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
         facts.append(("started", result.started_at.isoformat(timespec="seconds")))
     if result.request_ids:
         facts.append(("AWS request ids", ", ".join(f"`{r}`" for r in result.request_ids[:10])))
-    lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts] + [""]
+    lines += ["| fact | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts] + [""]
     if result.error:
         code = f" (`{result.error_code}`)" if result.error_code else ""
         lines += ["### Failure" + code, "", "```text", result.error, "```", ""]
@@ -100,7 +100,7 @@ def case_markdown(result: CaseResult) -> str:
     if result.description:
         lines += [f"_{result.description}_", ""]
     lines += [
-        "| | |", "|---|---|",
+        "| fact | value |", "|---|---|",
         f"| started | {result.started_at.isoformat(timespec='seconds')} |",
         f"| duration | {_duration(result.duration_s)} |",
         f"| steps | {sum(s.ok for s in result.steps)} of {len(result.steps)} passed |",

@@ -64,7 +64,9 @@ def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[s
 
 def _ui_url() -> str | None:
     """The flow run's page in the Prefect UI, when a UI URL is configured (not with a temporary server)."""
-    url = flow_run.ui_url
+    from prefect.utilities.urls import url_for
+
+    url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None
     return url if url and url.startswith("http") else None
 
 
