@@ -1,12 +1,51 @@
 @echo off
-rem Select the Prefect profile of pipeline-test (creating it when missing) and point it at the local
-rem server started with `prefect server start`. Run it in every new terminal, after activating .venv.
+rem Select the Prefect profile of pipeline-test (creating it when missing), point it at the local server
+rem started with `prefect server start`, and set PIPELINE_TEST_HOME to this folder (prefect.yaml's pull
+rem step uses it). Run it in every new cmd terminal, after activating .venv:
+rem
+rem     .venv\Scripts\activate
+rem     setenv.bat
+rem
+rem In PowerShell use setenv.ps1 instead (a .bat runs in a child cmd: PIPELINE_TEST_HOME would not stay).
+rem Overrides (set them first, e.g. `set PIPELINE_TEST_PORT=4300`, no quotes around the value):
+rem     PIPELINE_TEST_PORT      another port for the local server (default 4200; also the port that
+rem                             `prefect server start` listens on in this profile)
+rem     PIPELINE_TEST_API_URL   another server altogether (e.g. your team's), instead of the local one
+rem     PIPELINE_TEST_PROFILE   another profile name (default pipeline-test)
 setlocal
 set "PT_PROFILE=pipeline-test"
-set "PT_API_URL=http://127.0.0.1:4200/api"
-prefect profile inspect %PT_PROFILE% >nul 2>&1 || prefect profile create %PT_PROFILE%
-prefect profile use %PT_PROFILE%
-rem no quotes around the URL: cmd would pass them on to Prefect literally
-prefect config set PREFECT_API_URL=%PT_API_URL%
+if defined PIPELINE_TEST_PROFILE set "PT_PROFILE=%PIPELINE_TEST_PROFILE%"
+set "PT_PORT=4200"
+if defined PIPELINE_TEST_PORT set "PT_PORT=%PIPELINE_TEST_PORT%"
+set "PT_API_URL=http://127.0.0.1:%PT_PORT%/api"
+if defined PIPELINE_TEST_API_URL set "PT_API_URL=%PIPELINE_TEST_API_URL%"
+rem this script's folder, without its trailing backslash
+set "PT_HOME=%~dp0"
+set "PT_HOME=%PT_HOME:~0,-1%"
+
+where prefect >nul 2>&1
+if errorlevel 1 (
+    echo setenv.bat: prefect not found: activate the virtual environment first ^(.venv\Scripts\activate^)
+    endlocal
+    exit /b 1
+)
+rem creates the profile when it is missing (and says so, quietly, when it exists)
+prefect profile create %PT_PROFILE% >nul 2>&1
+rem set "NAME=value" keeps the quotes out of the value; here the URL goes to Prefect with no quotes at
+rem all: cmd passes quotes on literally, and PREFECT_API_URL='http://...' cannot be connected to
+if defined PIPELINE_TEST_API_URL (
+    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% >nul
+) else (
+    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% PREFECT_SERVER_API_PORT=%PT_PORT% >nul
+)
+if errorlevel 1 (
+    echo setenv.bat: could not configure the profile %PT_PROFILE%
+    endlocal
+    exit /b 1
+)
+rem `profile use` also checks the server, which need not be running yet: its verdict is not shown
+prefect profile use %PT_PROFILE% >nul 2>&1
 prefect config view
-endlocal
+rem keep PIPELINE_TEST_HOME after endlocal (the line is expanded before endlocal runs)
+endlocal & set "PIPELINE_TEST_HOME=%PT_HOME%"
+echo PIPELINE_TEST_HOME=%PIPELINE_TEST_HOME%

@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from flows.spec import AwsSettings, CaseSpec, ParallelGroup, json_schema, step_kinds
+from flows.notify import NotifySettings
+from flows.spec import AwsSettings, CaseSpec, EvidenceSettings, ParallelGroup, json_schema, step_kinds
 from flows.templating import BUILTINS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +106,14 @@ def reference() -> str:
         "### `aws`",
         "",
         model_table(AwsSettings),
+        "",
+        "### `evidence`",
+        "",
+        model_table(EvidenceSettings),
+        "",
+        "### `notify`",
+        "",
+        model_table(NotifySettings),
         "",
         "### Built-in variables",
         "",

@@ -21,9 +21,11 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from prefect.artifacts import create_link_artifact
+from pydantic import ValidationError
 
 from flows import evidence, evidence_pack
 from flows.engine import LIVE, install_redaction, remove_redaction, render_case, run_cleanup, run_steps, undo_hook, undo_now
+from flows.notify import NotifySettings, notify as send_notice
 from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.templating import builtin_values, render, resolve_variables
@@ -78,17 +80,24 @@ def pipeline_test(
     base_dir: str | None = None,
     evidence_dir: str | None = None,
     write_evidence: bool = True,
+    notify: dict[str, Any] | None = None,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
     ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
     its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
-    under the working directory) unless ``write_evidence`` is false. The flow run fails when the case fails;
-    its result is a ``CaseResult`` either way.
+    under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
+    notice settings (e.g. per deployment). The flow run fails when the case fails; its result is a
+    ``CaseResult`` either way.
     """
     logger = get_run_logger()
     clear_stop()
     case, spec_dir = resolve_spec(spec, variables, base_dir)
+    try:
+        notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
+    except ValidationError as exc:
+        raise SpecError("notify", [f"notify: field {'.'.join(map(str, e['loc'])) or '(top level)'!r}: {e['msg']}"
+                                   for e in exc.errors(include_url=False)]) from None
     spec_path = Path(spec) if isinstance(spec, (str, Path)) else None
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
@@ -121,6 +130,8 @@ def pipeline_test(
                                    secrets)
             if write_evidence:
                 _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
+            if notice is not None:
+                send_notice(partial, notice, ui_url=partial.ui_url)
             raise
         LIVE.pop(run_id, None)
         if cleanup is not None:
@@ -131,6 +142,8 @@ def pipeline_test(
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
     finally:
         remove_redaction(redactor)
+    if notice is not None:
+        send_notice(result, notice, ui_url=result.ui_url)  # logs a Slack failure, never changes the result
     if result.passed:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result

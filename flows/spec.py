@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 import importlib
 
+from flows.notify import NotifySettings
 from flows.templating import BUILTINS, TemplateError, builtin_values, check_template, render, resolve_variables
 from tasks.aws import AwsTarget
 from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
@@ -120,6 +121,9 @@ class CaseSpec(SpecModel):
     aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS region and credentials reference.")
     evidence: EvidenceSettings | None = Field(None, description="Also upload the evidence pack to S3 "
                                               "(it is always written to a local folder).")
+    notify: NotifySettings | None = Field(None, description="Slack notices of the result through prefect-slack: "
+                                          "a SlackWebhook block (or SlackCredentials and a channel), and when "
+                                          "(on failure by default).")
     steps: list[CaseStep] = Field(..., min_length=1, description="What to do, in order.")
 
     @field_validator("case")

@@ -1,0 +1,464 @@
+"""Deployments: prefect.yaml (one per example case), `prefect --no-prompt deploy --all` against a real
+`prefect server start`, a run of a deployment by a process worker, deployments/serve.py and the team file.
+
+The end-to-end test starts every process in a process group of its own (a new session on POSIX) and stops
+each group (terminate, then kill), then checks that none of them, nor anything they started, is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = ROOT / "prefect.yaml"
+ECS_YAML = ROOT / "deployments" / "prefect-ecs.yaml"
+ENTRYPOINT = "flows/pipeline_test.py:pipeline_test"
+FLOW_NAME = "pipeline-test"
+POOL = "pipeline-test"
+HOME_PLACEHOLDER = "{{ $PIPELINE_TEST_HOME }}"
+ECS_ENV = {
+    "PIPELINE_TEST_IMAGE": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/pipeline-test:test",
+    "PIPELINE_TEST_ECS_CLUSTER": "pipeline-test",
+    "PIPELINE_TEST_VPC_ID": "vpc-0123456789abcdef0",
+    "PIPELINE_TEST_TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/pipeline-test-task",
+    "PIPELINE_TEST_EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/pipeline-test-execution",
+}
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def deployments_of(path: Path) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in load_yaml(path)["deployments"]}
+
+
+def serve_module() -> Any:
+    spec = importlib.util.spec_from_file_location("pipeline_test_serve", ROOT / "deployments" / "serve.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------------- prefect.yaml, statically
+def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
+    from flows.spec import load_spec
+
+    config = load_yaml(PREFECT_YAML)
+    assert config["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": HOME_PLACEHOLDER}}]
+    deployments = config["deployments"]
+    cases = {p.relative_to(ROOT).as_posix() for p in (ROOT / "examples" / "cases").glob("*.y*ml")}
+    specs = [d["parameters"]["spec"] for d in deployments]
+    assert cases <= set(specs), f"example cases without a deployment: {sorted(cases - set(specs))}"
+    assert len(set(specs)) == len(specs), "two deployments of one case: their runs could overlap (the limit is per deployment)"
+    assert len({d["name"] for d in deployments}) == len(deployments)
+    for d in deployments:
+        assert d["entrypoint"] == ENTRYPOINT and d["work_pool"]["name"] == POOL
+        assert d["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        assert d["description"] and "pipeline-test" in d["tags"]
+        assert d["schedules"], f"{d['name']}: no schedule"
+        for schedule in d["schedules"]:
+            assert schedule["cron"] and schedule["slug"]
+            ZoneInfo(schedule["timezone"])  # a stated, real time zone
+        # the case is valid, with the deployment's variables
+        load_spec(ROOT / d["parameters"]["spec"], d["parameters"].get("variables"))
+
+
+def test_project_folder_placeholder_resolves_at_deploy_time_or_else_at_run_time(monkeypatch) -> None:
+    """What the pull step relies on: `prefect deploy` fills {{ $VAR }} from its environment when it is set,
+    and keeps the placeholder for the worker's environment when it is not (Windows paths pass as they are)."""
+    from prefect.utilities.templating import apply_values
+
+    step = load_yaml(PREFECT_YAML)["pull"]
+    monkeypatch.setenv("PIPELINE_TEST_HOME", r"C:\Users\Ana Lima\pipeline-test")
+    resolved = apply_values(step, {}, remove_notset=False)  # as `prefect deploy` does with pull steps
+    assert resolved[0]["prefect.deployments.steps.set_working_directory"]["directory"] == \
+        r"C:\Users\Ana Lima\pipeline-test"
+    monkeypatch.delenv("PIPELINE_TEST_HOME")
+    assert apply_values(step, {}, remove_notset=False) == step
+
+
+# ------------------------------------------------------------------------------------------ serve.py
+def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
+    serve = serve_module()
+    declared = deployments_of(PREFECT_YAML)
+    built = serve.build_deployments()
+    assert [d.name for d in built] == list(declared)
+    for d in built:
+        want = declared[d.name]
+        assert d.flow_name == FLOW_NAME and d.entrypoint == ENTRYPOINT
+        assert d.parameters == want["parameters"] and d.tags == want["tags"]
+        assert d.description == want["description"]
+        assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
+        assert d.work_pool_name is None  # served: no work pool
+        got = [(s.schedule.cron, s.schedule.timezone, s.active, s.slug) for s in d.schedules]
+        assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want["schedules"]]
+
+
+def test_serve_main_lists_and_never_serves_without_a_server(monkeypatch, capsys) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    serve = serve_module()
+    calls: list[Any] = []
+    monkeypatch.setattr("prefect.serve", lambda *a, **k: calls.append(a))
+    cwd = os.getcwd()
+    try:
+        assert serve.main(["--list"]) == 0
+        assert "orders-ingestion: examples/cases/orders_ingestion.yaml - 30 6 * * 1-5 UTC (off)" in capsys.readouterr().out
+        with temporary_settings({PREFECT_API_URL: None}):
+            assert serve.main([]) == 2
+        assert "No Prefect server configured" in capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
+    assert calls == []
+
+
+# ----------------------------------------------------------------------------------------- the team file
+def test_team_file_has_the_same_cases_parameters_and_schedules() -> None:
+    local, team = deployments_of(PREFECT_YAML), deployments_of(ECS_YAML)
+    assert list(team) == list(local)
+    for name, d in team.items():
+        for key in ("entrypoint", "parameters", "schedules", "concurrency_limit", "tags"):
+            assert d[key] == local[name][key], f"{name}: {key} differs from prefect.yaml"
+        assert d["work_pool"]["name"] == "pipeline-test-ecs"
+        variables = d["work_pool"]["job_variables"]
+        assert variables["image"] == "{{ $PIPELINE_TEST_IMAGE }}"  # nothing account-specific in the file
+    assert load_yaml(ECS_YAML)["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/opt/pipeline-test"}}]
+    assert "WORKDIR /opt/pipeline-test" in (ROOT / "deployments" / "Dockerfile").read_text()
+
+
+# ----------------------------------------------------------------------------- processes, for the e2e test
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _live_pids_with_marker(marker: str) -> list[int]:
+    """Linux: live processes (not zombies) whose environment holds ``marker`` (our temporary PREFECT_HOME):
+    everything the test started and everything those started, even once re-parented."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if stat[stat.rindex(")") + 2] == "Z":
+                continue
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+class Processes:
+    """Starts commands in process groups of their own, and stops every group it started."""
+
+    def __init__(self, logs: Path, marker: str) -> None:
+        self.logs = logs
+        self.marker = marker
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"  # type: ignore[attr-defined]
+                 else {"start_new_session": True})
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, **group)
+        log.close()
+        self.started.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+
+    def wait(self, name: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Wait for a command; it must succeed."""
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(proc)
+            pytest.fail(f"{name} did not finish in {timeout} s:\n{self.log(name)[-4000:]}")
+        assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{self.log(name)[-4000:]}"
+
+    def run(self, name: str, args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> str:
+        self.wait(name, self.start(name, args, env, cwd), timeout)
+        return self.log(name)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+        """Terminate the process's group, wait, then kill what is left of it."""
+        if os.name == "nt":
+            if proc.poll() is None:
+                proc.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+                try:
+                    proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True)
+            proc.wait(timeout=10)
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and (proc.poll() is None or _group_alive(proc.pid)):
+            time.sleep(0.1)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.started):
+            self.stop(proc)
+
+    def leftovers(self) -> list[int]:
+        """Processes still alive from what was started (Linux: found by the marker in their environment;
+        elsewhere: the started processes themselves)."""
+        if Path("/proc/self/environ").exists():
+            return _live_pids_with_marker(self.marker)
+        return [proc.pid for _, proc in self.started if proc.poll() is None]
+
+
+def _group_alive(pgid: int) -> bool:
+    if not Path("/proc").is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text()
+                rest = fields[fields.rindex(")") + 2:].split()
+                if int(rest[2]) == pgid and rest[0] != "Z":
+                    return True
+            except (OSError, ValueError, IndexError):
+                continue
+    return False
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    (tmp_path / "logs").mkdir()
+    procs = Processes(tmp_path / "logs", marker=str(tmp_path / "prefect-home"))
+    try:
+        yield procs
+    finally:  # a safety net: the test itself stops everything and checks
+        procs.stop_all()
+        for pid in procs.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists() or not shutil.which("setsid"),
+                    reason="the leftover check reads /proc (Linux)")
+def test_the_process_helper_stops_groups_and_sees_what_escaped(tmp_path: Path) -> None:
+    marker = str(tmp_path / "marker-home")
+    procs = Processes(tmp_path, marker)
+    env = {**os.environ, "PREFECT_HOME": marker}
+    # a shell with a child in its group, and a grandchild that leaves the group (setsid)
+    script = "sleep 60 & setsid sleep 61 & wait"
+    proc = procs.start("sleepers", ["sh", "-c", script], env, tmp_path)
+    deadline = time.monotonic() + 10
+    while len(procs.leftovers()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(procs.leftovers()) == 3
+    procs.stop_all()
+    assert proc.poll() is not None
+    escaped = procs.leftovers()
+    assert len(escaped) == 1  # stopping the group cannot reach it; the check still sees it
+    for pid in escaped:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while procs.leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert procs.leftovers() == []
+
+
+def wait_for_health(api_url: str, server: subprocess.Popen[bytes], procs: Processes, timeout: float = 90) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if server.poll() is not None:
+            pytest.fail(f"prefect server start exited {server.returncode}:\n{procs.log('server')[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"the server did not answer /api/health in {timeout} s:\n{procs.log('server')[-4000:]}")
+
+
+# ------------------------------------------------------------------------------------- the e2e test itself
+@pytest.mark.e2e
+def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: Path, processes: Processes) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.demo import FakePipeline
+    from flows.emulator import emulator_env, moto_server
+
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    home = tmp_path / "prefect-home"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "PIPELINE_TEST_"))}
+    base.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_UI_API_URL=api,
+                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+    prefect = [sys.executable, "-m", "prefect"]
+    yaml_before = PREFECT_YAML.read_bytes()
+    declared = deployments_of(PREFECT_YAML)
+
+    server = processes.start("server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                             base, tmp_path)
+    timings["server up"] = wait_for_health(api, server, processes)
+    # the UI is told this port's API (PREFECT_UI_API_URL), not 4200's
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as response:  # noqa: S310
+        assert json.loads(response.read())["api_url"] == api
+
+    # the documented steps: create the work pool first (deploy fails without it), then deploy everything
+    t = time.monotonic()
+    processes.run("pool", [*prefect, "work-pool", "create", POOL, "--type", "process"], base, ROOT)
+    out = processes.run("deploy", [*prefect, "--no-prompt", "deploy", "--all"],
+                        {**base, "PIPELINE_TEST_HOME": str(ROOT)}, ROOT)
+    timings["pool + deploy"] = time.monotonic() - t
+    assert out.count("successfully created") == len(declared), out
+    assert PREFECT_YAML.read_bytes() == yaml_before  # deploy wrote nothing back
+
+    async def read_deployments() -> dict[str, Any]:
+        async with get_client() as client:
+            return {name: await client.read_deployment_by_name(f"{FLOW_NAME}/{name}") for name in declared}
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        server_side = asyncio.run(read_deployments())
+        for name, want in declared.items():
+            got = server_side[name]
+            assert got.entrypoint == ENTRYPOINT and got.work_pool_name == POOL
+            assert got.description == want["description"] and got.tags == want["tags"]
+            assert got.parameters == want["parameters"]
+            # the project folder, stored when deploying (PIPELINE_TEST_HOME was set)
+            assert got.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+            assert got.global_concurrency_limit.limit == want["concurrency_limit"]["limit"] == 1
+            assert got.concurrency_options.collision_strategy.value == want["concurrency_limit"]["collision_strategy"]
+            assert [(s.schedule.cron, s.schedule.timezone, s.active, s.slug) for s in got.schedules] == \
+                [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want["schedules"]]
+
+        # serve.py sees these work-pool deployments and would not serve over them
+        serve = serve_module()
+        twins = asyncio.run(serve.work_pool_twins(serve.build_deployments()))
+        assert twins == [(f"{FLOW_NAME}/{name}", POOL) for name in declared]
+
+    # a run of the example's deployment, as deployed (its own parameters), by a process worker started in
+    # another folder, against the demo's emulator and fake pipeline
+    name = next(n for n, d in declared.items() if d["parameters"]["spec"] == "examples/cases/orders_ingestion.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    t = time.monotonic()
+    with moto_server() as endpoint:
+        pipeline = FakePipeline(endpoint, delay=0.3, interval=0.1)
+        pipeline.create_resources()
+        pipeline.start()
+        try:
+            # the run keeps the deployment's parameters; its evidence pack (when the flow writes one) goes to
+            # the test's folder rather than the project's evidence/
+            accepted = server_side[name].parameter_openapi_schema.get("properties", {})
+            extra = {"evidence_dir": str(tmp_path / "evidence")} if "evidence_dir" in accepted else {}
+
+            async def create_run() -> Any:
+                async with get_client() as client:
+                    return await client.create_flow_run_from_deployment(server_side[name].id, parameters=extra)
+
+            with temporary_settings({PREFECT_API_URL: api}):
+                flow_run = asyncio.run(create_run())
+            # the ECS work pool for the team file is made meanwhile (its check comes after the run)
+            ecs_pool = processes.start("ecs-pool", [*prefect, "work-pool", "create", "pipeline-test-ecs",
+                                                    "--type", "ecs"], base, tmp_path)
+            worker_env = {**base, **emulator_env(endpoint)}
+            processes.run("worker", [*prefect, "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"],
+                          worker_env, elsewhere, timeout=120)
+        finally:
+            pipeline.stop()
+    timings["run by the worker"] = time.monotonic() - t
+
+    async def read_run() -> tuple[Any, list[Any]]:
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run.id)
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+            return run, artifacts
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        run, artifacts = asyncio.run(read_run())
+    assert run.state.is_completed(), f"{run.state}\n{processes.log('worker')[-6000:]}"
+    assert run.name.startswith("orders-ingestion-")
+    assert run.parameters == {**declared[name]["parameters"], **extra}
+    assert any(a.key == "case-orders-ingestion" for a in artifacts), [a.key for a in artifacts]
+    assert "set_working_directory" in processes.log("worker")
+    if extra:
+        assert (tmp_path / "evidence").is_dir()  # the pack went where the run was told, not into the project
+
+    # the team file deploys too (onto the ECS pool: no run, there is no ECS here), its job variables known
+    # to the ECS worker's template
+    t = time.monotonic()
+    processes.wait("ecs-pool", ecs_pool, timeout=60)
+    out = processes.run("deploy-ecs", [*prefect, "--no-prompt", "deploy", "--all", "--prefect-file",
+                                       str(ECS_YAML.relative_to(ROOT))], {**base, **ECS_ENV}, ROOT)
+    timings["ECS pool + deploy"] = time.monotonic() - t
+
+    async def read_team() -> tuple[dict[str, Any], Any]:
+        async with get_client() as client:
+            pool = await client.read_work_pool("pipeline-test-ecs")
+            return {n: await client.read_deployment_by_name(f"{FLOW_NAME}/{n}") for n in declared}, pool
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        team, ecs = asyncio.run(read_team())
+    known = set(ecs.base_job_template["variables"]["properties"])
+    for got in team.values():
+        assert got.work_pool_name == "pipeline-test-ecs"
+        assert got.job_variables["image"] == ECS_ENV["PIPELINE_TEST_IMAGE"]
+        assert set(got.job_variables) <= known, set(got.job_variables) - known
+
+    # stop everything this test started, and check that nothing is left
+    t = time.monotonic()
+    processes.stop_all()
+    timings["stop"] = time.monotonic() - t
+    assert all(proc.poll() is not None for _, proc in processes.started)
+    assert processes.leftovers() == []
+    assert not port_open(port)
+    timings["total"] = time.monotonic() - t0
+    print("timings:", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
