@@ -15,7 +15,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from flows.results import CaseResult, StepResult
 from flows.spec import slug
-from tasks.base import StepOutcome
+from tasks.base import StepOutcome, format_duration, md_cell
 
 ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
 MAX_LINK_ARTIFACTS = 3
@@ -27,15 +27,6 @@ def case_key(case: str) -> str:
     return f"case-{slug(case)}"[:KEY_MAX].rstrip("-")
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s"
-
-
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
@@ -43,14 +34,14 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
     lines = [f"## Step {result.number} · {result.label} · {ICON[result.status]}", ""]
     if result.description:
         lines += [f"_{result.description}_", ""]
-    facts = [("kind", f"`{result.kind}`"), ("status", ICON[result.status]), ("duration", _duration(result.duration_s))]
+    facts = [("kind", f"`{result.kind}`"), ("status", ICON[result.status]), ("duration", format_duration(result.duration_s))]
     if result.group:
         facts.append(("parallel group", result.group))
     if result.started_at:
         facts.append(("started", result.started_at.isoformat(timespec="seconds")))
     if result.request_ids:
         facts.append(("AWS request ids", ", ".join(f"`{r}`" for r in result.request_ids[:10])))
-    lines += ["| fact | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in facts] + [""]
+    lines += ["| fact | value |", "|---|---|"] + [f"| {k} | {md_cell(v)} |" for k, v in facts] + [""]
     if result.error:
         code = f" (`{result.error_code}`)" if result.error_code else ""
         lines += ["### Failure" + code, "", "```text", result.error, "```", ""]
@@ -86,7 +77,7 @@ def summary_rows(result: CaseResult) -> list[dict[str, str]]:
             "step": f"{s.number} {s.label}",
             "kind": s.kind,
             "status": ICON[s.status],
-            "duration": _duration(s.duration_s) if s.status != "skipped" else "–",
+            "duration": format_duration(s.duration_s) if s.status != "skipped" else "–",
             "detail": (s.error or s.summary or "")[:500],
         }
         for s in result.steps
@@ -102,7 +93,7 @@ def case_markdown(result: CaseResult) -> str:
     lines += [
         "| fact | value |", "|---|---|",
         f"| started | {result.started_at.isoformat(timespec='seconds')} |",
-        f"| duration | {_duration(result.duration_s)} |",
+        f"| duration | {format_duration(result.duration_s)} |",
         f"| steps | {sum(s.ok for s in result.steps)} of {len(result.steps)} passed |",
     ]
     if result.flow_run_id:
@@ -114,10 +105,10 @@ def case_markdown(result: CaseResult) -> str:
         lines += [f"**First failure: step {failure.number} `{failure.label}`**", "", "```text",
                   failure.error or "", "```", ""]
     lines += ["| step | kind | status | duration | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {_cell(r['step'])} | `{r['kind']}` | {r['status']} | {r['duration']} | {_cell(r['detail'])} |"
+    lines += [f"| {md_cell(r['step'])} | `{r['kind']}` | {r['status']} | {r['duration']} | {md_cell(r['detail'])} |"
               for r in summary_rows(result)]
     if result.variables:
-        lines += ["", "Variables:", ""] + [f"- `{k}` = `{_cell(v)}`" for k, v in result.variables.items()]
+        lines += ["", "Variables:", ""] + [f"- `{k}` = `{md_cell(v)}`" for k, v in result.variables.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +117,7 @@ def publish_case(result: CaseResult) -> None:
     key = case_key(result.case)
     verdict = "passed" if result.passed else "FAILED"
     create_table_artifact(table=summary_rows(result), key=key,
-                          description=f"{result.case}: {verdict} ({_duration(result.duration_s)})")
+                          description=f"{result.case}: {verdict} ({format_duration(result.duration_s)})")
     create_markdown_artifact(markdown=case_markdown(result), key=f"{key}-report"[:KEY_MAX],
                              description=f"{result.case}: {verdict}")
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from flows.results import CaseResult, StepResult
+from tasks.base import format_duration, md_cell
 from tasks.secrets import redact, redact_json
 
 if TYPE_CHECKING:
@@ -266,15 +267,6 @@ def _json_text(data: Any) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- report.md
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s"
-
-
-def _md_cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def _items_markdown(items: Sequence[HashedItem]) -> list[str]:
@@ -283,10 +275,10 @@ def _items_markdown(items: Sequence[HashedItem]) -> list[str]:
     lines = ["## Files and results hashed by the run", "", "| step | what | location | size | SHA-256 |",
              "|---|---|---|---|---|"]
     for i in items:
-        what = "input" + (f" `{_md_cell(i.local_path)}`" if i.local_path else "") if i.kind == "input" \
-            else "query result" + (f" `{_md_cell(i.query_id)}`" if i.query_id else "")
+        what = "input" + (f" `{md_cell(i.local_path)}`" if i.local_path else "") if i.kind == "input" \
+            else "query result" + (f" `{md_cell(i.query_id)}`" if i.query_id else "")
         size = "–" if i.size is None else f"{i.size} B"
-        lines.append(f"| {_md_cell(i.step)} {_md_cell(i.label)} | {what} | `{_md_cell(i.location)}` | {size} "
+        lines.append(f"| {md_cell(i.step)} {md_cell(i.label)} | {what} | `{md_cell(i.location)}` | {size} "
                      f"| `{i.sha256}` |")
     return lines + [""]
 
@@ -308,7 +300,7 @@ def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[
 
     spec = report["spec"]
     lines = [case_markdown(result).rstrip("\n"), "", "## Spec", "", "| | |", "|---|---|",
-             f"| source | `{_md_cell(spec['source'] or '(given as a model)')}` |",
+             f"| source | `{md_cell(spec['source'] or '(given as a model)')}` |",
              f"| SHA-256 of the file | `{spec['sha256'] or '–'}` |",
              f"| SHA-256 of the validated case | `{spec['case_sha256'] or '–'}` |", ""]
     lines += _items_markdown(items)
@@ -400,7 +392,7 @@ def _case_facts(result: CaseResult, report: dict[str, Any]) -> str:
                      f"{c['skipped']} skipped")),
         ("started", _e(report["run"]["started_at"])),
         ("ended", _e(report["run"]["ended_at"])),
-        ("duration", _e(_duration(result.duration_s))),
+        ("duration", _e(format_duration(result.duration_s))),
     ]
     if result.flow_run_id:
         rows.append(("flow run", _link(result.ui_url, result.flow_run_id)))
@@ -428,7 +420,7 @@ def _steps_table(result: CaseResult) -> str:
     head = "<tr><th>#</th><th>step</th><th>kind</th><th>status</th><th>duration</th><th>detail</th></tr>"
     rows = []
     for s in failures_first(result.steps):
-        duration = "–" if s.status == "skipped" else _duration(s.duration_s)
+        duration = "–" if s.status == "skipped" else format_duration(s.duration_s)
         rows.append(f'<tr class="row-{_e(s.status)}"><td>{_e(s.number)}</td><td><a href="#{_anchor(s)}">'
                     f"{_e(s.label)}</a></td><td><code>{_e(s.kind)}</code></td><td>{_badge(s.status)}</td>"
                     f"<td>{_e(duration)}</td><td>{_e(s.error or s.summary)}</td></tr>")
@@ -439,7 +431,7 @@ def _steps_table(result: CaseResult) -> str:
 
 def _step_section(s: StepResult) -> str:
     facts = [("kind", f"<code>{_e(s.kind)}</code>"), ("status", _badge(s.status)),
-             ("duration", _e("–" if s.status == "skipped" else _duration(s.duration_s)))]
+             ("duration", _e("–" if s.status == "skipped" else format_duration(s.duration_s)))]
     if s.group:
         facts.append(("parallel group", _e(s.group)))
     if s.started_at:

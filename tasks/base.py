@@ -42,6 +42,26 @@ def template_aware(pattern: str, message: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+def md_cell(value: Any) -> str:
+    """A value as one markdown table cell: pipes escaped, line breaks flattened."""
+    return str(value).replace("|", "\\|").replace("\r", "").replace("\n", " ")
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table (the Prefect UI renders it in markdown artifacts)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    """``4.2 s`` under a minute, ``3 min 07 s`` above."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
 class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, so a typo never passes silently."""
 

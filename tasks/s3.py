@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster
 
 from tasks.aws import is_real_aws
-from tasks.base import Link, StepBase, template_aware, StepContext, StepOutcome, UndoAction, step_kind
+from tasks.base import Link, StepBase, md_table, template_aware, StepContext, StepOutcome, UndoAction, step_kind
 from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
 from tasks.polling import Clock, PollSettings, poll
 
@@ -456,15 +456,6 @@ def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
     return Link(f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}", f"s3://{bucket}/{key} (local emulator)")
 
 
-def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 @step_kind(UploadStep)
 def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     """Upload the step's files; every key is checked for existence before the first byte goes up."""
@@ -509,7 +500,7 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
         + (f", encrypted with `{step.sse}`" if step.sse else "") + (", overwriting allowed" if step.overwrite
                                                                      else ", refusing to overwrite") + ".",
         "",
-        _md_table(["local file", "key", "size", "SHA-256", "checksum", "ETag", "version", "request id"], rows),
+        md_table(["local file", "key", "size", "SHA-256", "checksum", "ETag", "version", "request id"], rows),
         "",
         f"Tags: {', '.join(f'`{k}={v}`' for k, v in tags.items()) or 'none'}."
         + (" Clean-up: these objects are deleted when the case ends." if step.cleanup else ""),
@@ -623,7 +614,7 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
         f"Found **{len(obs.matched)}** after {elapsed:.1f} s and {checks} check(s) "
         f"({'HEAD' if step.keys else 'LIST'}; no object was downloaded).",
         "",
-        _md_table(["key", "size", "ETag", "last modified"], rows),
+        md_table(["key", "size", "ETag", "last modified"], rows),
     ])
     return StepOutcome(
         summary=f"found {len(obs.matched)} object(s) in s3://{step.bucket} after {elapsed:.1f} s ({checks} checks)",
