@@ -155,3 +155,19 @@ def test_invalid_spec_fails_the_flow_before_any_step(data_dir: Path) -> None:
     state = pipeline_test(spec=bad, base_dir=str(data_dir), return_state=True)
     assert state.is_failed()
     assert "step 1 (upload)" in str(state.message)
+
+
+def test_evidence_pack_is_uploaded_encrypted_with_a_link_artifact(s3, data_dir: Path) -> None:
+    s3.create_bucket(Bucket="flow-bucket")
+    s3.create_bucket(Bucket="evidence-bucket")
+    check = {"kind": "expect_objects", "name": "listed", "bucket": "{{ bucket }}", "prefix": "none/", "count": 0}
+    raw = spec(check, name="Uploaded evidence")
+    raw["evidence"] = {"bucket": "evidence-bucket", "prefix": "packs/"}
+    result = pipeline_test(spec=raw, base_dir=str(data_dir))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="evidence-bucket")["Contents"]]
+    folder = Path(result.evidence_dir)
+    prefix = f"packs/uploaded-evidence/{folder.name}/"
+    assert sorted(keys) == sorted(prefix + p.name for p in folder.iterdir())
+    assert s3.head_object(Bucket="evidence-bucket", Key=prefix + "manifest.json")["ServerSideEncryption"] == "AES256"
+    (link,) = [a for a in read_artifacts(result.flow_run_id) if a.key == "case-uploaded-evidence-evidence"]
+    assert f"s3://evidence-bucket/{prefix}" in link.data and "manifest sha256" in (link.description or "")
