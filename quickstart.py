@@ -37,7 +37,7 @@ def ensure_env() -> Path:
     ).hexdigest()
     stamp = VENV / ".pipeline-test-installed"
     if not stamp.exists() or stamp.read_text() != stamp_text:
-        print("Installing the pinned dependencies (first time: a minute or two) ...", flush=True)
+        print("Installing the pinned dependencies (first time: two or three minutes) ...", flush=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                         "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"], check=True)
         stamp.write_text(stamp_text)
