@@ -114,6 +114,10 @@ class InvokeLambdaStep(StepBase):
             encode_client_context(self.client_context)
         return self
 
+    def secrets(self) -> list[str]:
+        """Values at the sensitive paths of an inline payload: the engine masks them in every output of the run."""
+        return secrets_at(self.payload, self.sensitive_fields) if self.sensitive_fields else []
+
 
 # --- plain functions -------------------------------------------------------------------------------------------
 

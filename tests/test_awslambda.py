@@ -437,3 +437,10 @@ def test_no_console_link_for_an_emulator_endpoint() -> None:
 
     emulator = SimpleNamespace(meta=SimpleNamespace(endpoint_url="http://localhost:5000", region_name=REGION))
     assert _links(emulator, step()) == []
+
+
+def test_sensitive_payload_values_are_declared_secrets_for_the_whole_run() -> None:
+    step = InvokeLambdaStep(function="f", payload={"auth": {"token": "tok-123"}, "n": 1},
+                            sensitive_fields=["auth.token"])
+    assert "tok-123" in step.secrets()
+    assert InvokeLambdaStep(function="f", payload={"auth": {"token": "x"}}).secrets() == []
