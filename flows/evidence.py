@@ -9,7 +9,6 @@ source.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 

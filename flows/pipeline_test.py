@@ -165,8 +165,9 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
 
 
 def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
-                secrets: tuple[str, ...], ctx: StepContext, logger: Any, upload: bool = True) -> Path | None:
-    """Write the evidence pack (and upload it when the case asks); a failure here is logged, never fatal."""
+                secrets: tuple[str, ...], ctx: StepContext, logger: Any, upload: bool = True) -> None:
+    """Write the evidence pack (and upload it when the case asks); its folder goes in ``result.evidence_dir``.
+    A failure here is logged, never fatal."""
     try:
         folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
         evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets)
@@ -185,10 +186,8 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
                                  key=f"{evidence.case_key(result.case)}-evidence"[:100],
                                  description=f"Evidence pack (manifest sha256 {digest})")
             logger.info("Evidence pack uploaded to s3://%s/%s", settings.bucket, prefix)
-        return folder
     except Exception as exc:
         logger.error("Could not write or upload the evidence pack: %s", redact(str(exc), secrets))
-        return None
 
 
 # -------------------------------------------------------------------------------------------------- the CLI

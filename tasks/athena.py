@@ -41,7 +41,8 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from tasks.aws import is_real_aws
-from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.base import (Link, SpecModel, StepBase, StepContext, StepOutcome, format_bytes, step_kind,
+                        template_aware)
 from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
 from tasks.polling import Clock, PollSettings, poll
 
@@ -441,7 +442,7 @@ def _describe_progress(execution: dict[str, Any]) -> str:
     """A progress line's state: ``RUNNING, 3.2 MB scanned``."""
     scanned = execution.get("Statistics", {}).get("DataScannedInBytes")
     state = state_of(execution)
-    return f"{state}, {human_bytes(scanned)} scanned" if scanned else state
+    return f"{state}, {format_bytes(scanned)} scanned" if scanned else state
 
 
 def failure_message(execution: dict[str, Any]) -> str:
@@ -1017,15 +1018,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def human_bytes(count: float | None) -> str:
-    """``2150`` -> ``2.1 KB``."""
-    size = float(count or 0)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
 
 def console_url(region: str, query_id: str) -> str:
     """The query in the Athena console's history."""
@@ -1173,7 +1165,7 @@ def _summary(facts: dict[str, Any], checks: list[CheckResult]) -> str:
         text += f", {passed} check{'s' if passed != 1 else ''} passed"
         if passed < len(checks):
             text += f", {len(checks) - passed} failed"
-    return text + f" ({_seconds(facts):.1f} s, {human_bytes(facts['data_scanned_bytes'])} scanned)"
+    return text + f" ({_seconds(facts):.1f} s, {format_bytes(facts['data_scanned_bytes'])} scanned)"
 
 
 def _ms(value: Any) -> str:
@@ -1190,7 +1182,7 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
         ("State", facts["state"]),
         ("Engine time", _ms(facts["engine_time_ms"])),
         ("Queue time", _ms(facts["queue_time_ms"])),
-        ("Data scanned", human_bytes(facts["data_scanned_bytes"])),
+        ("Data scanned", format_bytes(facts["data_scanned_bytes"])),
         ("Rows", f"{facts['row_count']} (read from {facts['result_source']})"),
     ]
     if step.parameters:

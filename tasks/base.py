@@ -54,6 +54,18 @@ def md_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_bytes(count: float | None) -> str:
+    """``2150`` -> ``2.1 KB``; whole bytes below 1 KB."""
+    size = float(count or 0)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            break
+        size /= 1024
+    else:
+        unit = "TB"
+    return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
 def format_duration(seconds: float) -> str:
     """``4.2 s`` under a minute, ``3 min 07 s`` above."""
     if seconds < 60:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,11 +77,6 @@ class PollOutcome(Generic[T]):
     elapsed: float
 
 
-@dataclass
-class _Progress:
-    last_log: float | None = field(default=None)
-
-
 def intervals(settings: PollSettings):
     """The sequence of sleeps between checks: initial, initial x factor, ... capped at max_interval."""
     current = settings.initial
@@ -108,7 +103,7 @@ def poll(
     log = logger or logging.getLogger(__name__)
     start = clock.now()
     deadline = start + settings.timeout
-    progress = _Progress()
+    last_log: float | None = None
     checks = 0
     for pause in intervals(settings):
         value = check()
@@ -118,8 +113,8 @@ def poll(
             return PollOutcome(True, value, checks, now - start)
         if now >= deadline:
             return PollOutcome(False, value, checks, now - start)
-        if progress.last_log is None or now - progress.last_log >= settings.log_every:
-            progress.last_log = now
+        if last_log is None or now - last_log >= settings.log_every:
+            last_log = now
             log.info(
                 "Waiting for %s: %s (%.0f s of %.0f s elapsed, %d checks)",
                 what, describe(value), now - start, settings.timeout, checks,

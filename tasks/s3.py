@@ -27,7 +27,8 @@ from pydantic import Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster
 
 from tasks.aws import is_real_aws
-from tasks.base import Link, StepBase, md_table, template_aware, StepContext, StepOutcome, UndoAction, step_kind
+from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, md_table, step_kind,
+                        template_aware)
 from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
 from tasks.polling import Clock, PollSettings, poll
 
@@ -379,13 +380,6 @@ def observe_prefix(client: Any, bucket: str, prefix: str, pattern: str, min_size
     return obs
 
 
-def _fmt_size(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
-
 
 # ------------------------------------------------------------------------------------------------ the steps
 class UploadStep(StepBase):
@@ -468,7 +462,7 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     if not step.overwrite:
         existing = [(k, info) for k in keys if (info := head_object(client, step.bucket, k)) is not None]
         if existing:
-            listing = "; ".join(f"{s3_uri(step.bucket, k)} ({_fmt_size(i.size)}, ETag {i.etag}, "
+            listing = "; ".join(f"{s3_uri(step.bucket, k)} ({format_bytes(i.size)}, ETag {i.etag}, "
                                 f"modified {i.last_modified})" for k, i in existing)
             raise StepError(f"refusing to overwrite existing object(s): {listing}. Nothing was uploaded and the "
                             "objects are untouched; set overwrite: true to replace them.", code="ObjectExists",
@@ -477,7 +471,7 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     records: list[UploadRecord] = []
     for path, key in zip(files, keys):
         display = _display_path(path, ctx.spec_dir)
-        ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), _fmt_size(path.stat().st_size))
+        ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), format_bytes(path.stat().st_size))
         record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
                              kms_key_id=step.kms_key_id, tags=tags,
                              multipart_threshold=step.multipart_threshold_mb * MIB,
@@ -489,10 +483,10 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
             ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",
                                     (lambda r=record: delete_uploaded(client, r)), ctx.label))
     total = sum(r.size for r in records)
-    summary = f"uploaded {len(records)} file(s), {_fmt_size(total)}, to {s3_uri(step.bucket, step.key_prefix or '')}"
+    summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, step.key_prefix or '')}"
     if step.key:
-        summary = f"uploaded {records[0].local_path} ({_fmt_size(total)}) to {s3_uri(step.bucket, step.key)}"
-    rows = [[f"`{r.local_path}`", f"`{r.key}`", _fmt_size(r.size), f"`{r.sha256[:16]}…`",
+        summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, step.key)}"
+    rows = [[f"`{r.local_path}`", f"`{r.key}`", format_bytes(r.size), f"`{r.sha256[:16]}…`",
              {True: "✅ verified", None: "sent (not reported back)", False: "❌"}[r.checksum_verified],
              f"`{r.etag}`", r.version_id or "–", r.request_id or "–"] for r in records]
     md = "\n".join([
@@ -566,11 +560,10 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
                 f"{step.pattern!r} under {where}")
     outcome = poll(check, done, step.wait, describe=Observation.describe, what=what, logger=logger, clock=clock)
     obs = outcome.value
-    if step.count is not None and len(obs.matched) != step.count:
-        if outcome.done:
-            raise StepError(f"expected exactly {step.count} object(s) matching {step.pattern!r} under {where}, "
-                            f"found {len(obs.matched)}: {_listing(obs)}", code="CountMismatch",
-                            details={"found": [asdict(o) for o in obs.matched]})
+    if outcome.done and step.count is not None and len(obs.matched) != step.count:
+        raise StepError(f"expected exactly {step.count} object(s) matching {step.pattern!r} under {where}, "
+                        f"found {len(obs.matched)}: {_listing(obs)}", code="CountMismatch",
+                        details={"found": [asdict(o) for o in obs.matched]})
     if not outcome.done:
         found = obs
         if step.keys is not None:  # show what *is* there near the expected keys
@@ -588,8 +581,8 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
 
 
 def _listing(obs: Observation, limit: int = 20) -> str:
-    items = [f"{o.key} ({_fmt_size(o.size)})" for o in obs.matched]
-    items += [f"{o.key} ({_fmt_size(o.size)}, {why})" for o, why in obs.others]
+    items = [f"{o.key} ({format_bytes(o.size)})" for o in obs.matched]
+    items += [f"{o.key} ({format_bytes(o.size)}, {why})" for o, why in obs.others]
     if obs.missing:
         items += [f"missing: {', '.join(obs.missing)}"]
     if not items:
@@ -602,7 +595,7 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
     """Wait for and check the objects the pipeline writes."""
     client = ctx.clients.client("s3")
     obs, checks, elapsed = expect_objects(client, step, logger=ctx.logger)
-    rows = [[f"`{o.key}`", _fmt_size(o.size), f"`{o.etag}`", o.last_modified] for o in obs.matched[:50]]
+    rows = [[f"`{o.key}`", format_bytes(o.size), f"`{o.etag}`", o.last_modified] for o in obs.matched[:50]]
     target = ", ".join(f"`{k}`" for k in step.keys) if step.keys else (
         f"{'exactly' if step.count is not None else 'at least'} "
         f"{step.count if step.count is not None else (step.min_count or 1)} object(s) matching `{step.pattern}` "
