@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -117,12 +120,15 @@ def render_case(spec: CaseSpec, values: dict[str, Any]) -> CaseSpec:
     return spec.model_copy(update={"steps": [_render_item(item, values) for item in spec.steps]})
 
 
-def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | None = None) -> list[StepResult]:
+def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | None = None,
+              running: list[PlacedStep] | None = None) -> list[StepResult]:
     """Run the case's rendered steps in order; returns every step's result (skipped ones included).
 
-    Results are appended to ``results`` as they come, so a run that is stopped half-way still has them.
+    Results are appended to ``results`` as they come, and the steps under way are kept in ``running``, so a run
+    that is stopped half-way still has both for its evidence.
     """
     results = [] if results is None else results
+    running = [] if running is None else running
     stop = False
     places = list(iter_steps(rendered))
     for index, item in enumerate(rendered.steps, 1):
@@ -132,9 +138,13 @@ def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | 
             continue
         if isinstance(item, ParallelGroup):
             ctx.logger.info("Running %d steps side by side (group %s)", len(group), group_label(item, index))
+        running[:] = group
         futures = [(p, _submit(p, ctx)) for p in group]
-        batch = [_collect(p, f) for p, f in futures]
-        results += batch
+        batch = []
+        for placed, future in futures:
+            batch.append(_collect(placed, future))
+            results.append(batch[-1])
+            running.remove(placed)
         failed = [(p, r) for p, r in zip(group, batch) if not r.ok]
         if any(not p.step.continue_on_failure for p, _ in failed):
             stop = True
@@ -145,6 +155,13 @@ def _render_item(item: Any, values: dict[str, Any]) -> Any:
     if isinstance(item, ParallelGroup):
         return item.model_copy(update={"steps": [render_step(s, values) for s in item.steps]})
     return render_step(item, values)
+
+
+def interrupted(placed: PlacedStep) -> StepResult:
+    """The result of a step that was under way when the run was stopped."""
+    return StepResult(number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
+                      description=placed.step.description, status="error", error_code="Interrupted",
+                      error="the run was stopped while this step was running")
 
 
 def _skipped(placed: PlacedStep) -> StepResult:
@@ -162,15 +179,75 @@ def run_cleanup(ctx: StepContext) -> StepResult | None:
 
 def undo_now(ctx: StepContext, logger: Any) -> StepResult | None:
     """Run pending undo actions at once, in this thread, without a task run: for a run that is being cancelled
-    or has crashed, when Prefect may no longer accept new task runs. Never raises."""
-    actions = ctx.undo.drain()
+    or has crashed, when Prefect may no longer accept new task runs. Further SIGINT/SIGTERM wait until the undo
+    is done (a second Ctrl+C must not leave settings changed). Never raises."""
+    actions = ctx.undo.pending()
     if not actions:
         return None
-    logger.warning("The run is ending abnormally: undoing %d change(s) now", len(actions))
-    result, _ = _undo(actions, ctx, logger)
-    for line in (result.details.get("actions") or []):
-        logger.warning("Clean-up: %s: %s", line["what"], line.get("error") or _text(line.get("outcome", {})))
+    with signals_deferred(logger):
+        logger.warning("The run is ending abnormally: undoing %d change(s) now", len(actions))
+        result, _ = _undo(actions, ctx, logger)
     return result
+
+
+@contextmanager
+def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
+    """While a case runs: the first SIGINT or SIGTERM stops it (sets ``stop``, then does what the handler in
+    place does: Prefect's raises TerminationSignal, Python's KeyboardInterrupt); any later one only logs, so it
+    can never interrupt the undo that follows. Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n)]
+    previous: dict[str, Any] = {}
+
+    def later(signum: int, frame: Any) -> None:
+        logger.warning("Signal %s received: the run is already stopping and undoing its changes",
+                       signal.Signals(signum).name)
+
+    def first(signum: int, frame: Any) -> None:
+        for name in previous:
+            signal.signal(getattr(signal, name), later)
+        stop.set()  # from here on the run is ending: `later` stays in place through the undo
+        handler = previous.get(signal.Signals(signum).name)
+        if callable(handler):
+            handler(signum, frame)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in names:
+        try:
+            previous[name] = signal.signal(getattr(signal, name), first)
+        except (ValueError, OSError):
+            pass
+    yield
+    if not stop.is_set():
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+@contextmanager
+def signals_deferred(logger: Any) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM only log that the run is finishing its undo (main thread only;
+    elsewhere a no-op, as Python delivers signals to the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n)]
+    previous = {}
+
+    def wait_for_undo(signum: int, frame: Any) -> None:
+        logger.warning("Signal %s received: finishing the undo first, then exiting", signal.Signals(signum).name)
+
+    for name in names:
+        try:
+            previous[name] = signal.signal(getattr(signal, name), wait_for_undo)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
 
 
 class _CleanupStep:
@@ -192,6 +269,7 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
     for action in actions:
         try:
             outcome = action.run()
+            ctx.undo.done(action)  # only now: an undo cut short leaves the rest pending (and journaled)
             done.append({"what": action.description, "step": action.step, "outcome": outcome})
             logger.info("Clean-up: %s: %s", action.description, redact(_text(outcome), ctx.secrets))
         except StepError as exc:
@@ -223,7 +301,7 @@ def _do_cleanup(ctx: StepContext) -> StepResult | State:
         logger: Any = get_run_logger()
     except Exception:
         logger = log
-    result, outcome = _undo(ctx.undo.drain(), ctx, logger)
+    result, outcome = _undo(ctx.undo.pending(), ctx, logger)
     try:
         evidence.publish_step(result, outcome)
     except Exception as exc:

@@ -1,30 +1,45 @@
 """The pipeline-test flow, and its command line.
 
-    python -m flows.pipeline_test SPEC.yaml [--var name=value ...]   run a case (exit 0 passed, 1 failed,
-                                                                     2 invalid spec: nothing touched AWS)
+    python -m flows.pipeline_test SPEC.yaml [--var name=value ...]   run a case
     python -m flows.pipeline_test SPEC.yaml --evidence-dir DIR       put the evidence pack in DIR
     python -m flows.pipeline_test SPEC.yaml --validate               only validate
+    python -m flows.pipeline_test SPEC.yaml --recover                first undo what dead runs left changed
+    python -m flows.pipeline_test recover [--dry-run]                undo what dead runs left changed
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
+
+Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
+run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
+130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
+
+import httpx
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from prefect.artifacts import create_link_artifact
 from pydantic import ValidationError
 
 from flows import evidence, evidence_pack
-from flows.engine import LIVE, install_redaction, remove_redaction, render_case, run_cleanup, run_steps, undo_hook, undo_now
+from flows import locks
+from flows.engine import (LIVE, first_signal_stops, install_redaction, interrupted, remove_redaction, render_case, run_cleanup, run_steps,
+                          undo_hook, undo_now)
+from flows.local_server import ServerUnavailable, temporary_server
+from flows.recover import CouldNotRun, Recovered, redo_entries, release_dead_locks
+from flows.recover import main as recover_main
 from flows.notify import NotifySettings, notify as send_notice
 from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
@@ -32,7 +47,8 @@ from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory
 from tasks.aws import is_real_aws
 from tasks.base import StepContext, UndoLog
-from tasks.polling import clear_stop, request_stop
+from tasks.errors import StepError
+from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import redact, redact_json
 
 
@@ -81,17 +97,18 @@ def pipeline_test(
     evidence_dir: str | None = None,
     write_evidence: bool = True,
     notify: dict[str, Any] | None = None,
+    recover: bool = False,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
     ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
     its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
-    notice settings (e.g. per deployment). The flow run fails when the case fails; its result is a
-    ``CaseResult`` either way.
+    notice settings (e.g. per deployment). ``recover`` first puts back what dead runs left changed on the
+    resources this case changes (else the run refuses to start). The flow run fails when the case fails; its
+    result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
-    clear_stop()
     case, spec_dir = resolve_spec(spec, variables, base_dir)
     try:
         notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
@@ -106,37 +123,67 @@ def pipeline_test(
     secrets = tuple(dict.fromkeys(s for p in iter_steps(rendered) for s in p.step.secrets() if s))
     redactor = install_redaction(secrets)
     steps: list[StepResult] = []
+    running: list[Any] = []
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-        ctx = StepContext(clients=ClientFactory(case.aws.target()), case_name=case.case, run_id=run_id, label="",
-                          spec_dir=spec_dir, undo=UndoLog(), render=lambda text: render(text, values), logger=logger,
-                          secrets=secrets)
-        LIVE[run_id] = ctx
+        clients = ClientFactory(case.aws.target())
+        ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
+                          undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
+        resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
-            run_steps(rendered, ctx, steps)
-            cleanup = run_cleanup(ctx)
-        except BaseException as exc:
-            # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
-            # leave the evidence of what was done, then let Prefect record the end
-            request_stop()
-            undone = undo_now(ctx, logger)
-            stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
-                                 error=f"the run was stopped ({type(exc).__name__}) before the case ended",
-                                 error_code=type(exc).__name__)
-            partial = _case_result(case, run_id, started, values, [*steps, stopped, *([undone] if undone else [])],
-                                   secrets)
-            if write_evidence:
-                _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
-            if notice is not None:
-                send_notice(partial, notice, ui_url=partial.ui_url)
+            if resources:
+                release_dead_locks(clients.client("ssm"), resources, case.aws.journal_prefix, logger)
+            held = locks.hold(resources, run_id, timeout=case.lock_timeout, logger=logger, stop=ctx.stop)
+            lock = held.__enter__()
+        except locks.LockError as exc:
+            return _could_not_run(f"case '{case.case}' did not start: {exc}", logger)  # type: ignore[return-value]
+        except StepError as exc:  # the journal could not be read (e.g. AccessDenied)
+            return _could_not_run(f"case '{case.case}' did not start: {exc.message}", logger)  # type: ignore[return-value]
+        try:
+            if resources:
+                ssm = clients.client("ssm")
+                try:
+                    _settle_leftovers(clients, ssm, resources, case, run_id, recover, logger)
+                except StepError as exc:
+                    raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
+                ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case, prefix=case.aws.journal_prefix,
+                                              lease_id=lambda: lock.lease_id)
+                logger.info("Holding %d lock(s) until the undo is done: %s", len(resources), ", ".join(resources))
+            LIVE[run_id] = ctx
+            try:
+                with first_signal_stops(ctx.stop, logger):
+                    run_steps(rendered, ctx, steps, running)
+                    cleanup = run_cleanup(ctx)
+            except BaseException as exc:
+                # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
+                # leave the evidence of what was done, then let Prefect record the end
+                ctx.stop.set()
+                undone = undo_now(ctx, logger)
+                stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
+                                     error=f"the run was stopped ({type(exc).__name__}) before the case ended",
+                                     error_code=type(exc).__name__)
+                partial = _case_result(case, run_id, started, values,
+                                       [*steps, *(interrupted(p) for p in running), stopped,
+                                        *([undone] if undone else [])], secrets, lock)
+                if write_evidence:
+                    _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
+                if notice is not None:
+                    send_notice(partial, notice, ui_url=partial.ui_url)
+                raise
+        except CouldNotRun as exc:
+            held.__exit__(None, None, None)
+            return _could_not_run(str(exc), logger)  # type: ignore[return-value]
+        except BaseException:
+            held.__exit__(*sys.exc_info())
             raise
+        held.__exit__(None, None, None)
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
-        result = _case_result(case, run_id, started, values, steps, secrets)
+        result = _case_result(case, run_id, started, values, steps, secrets, lock)
         evidence.publish_case(result)
         if write_evidence:
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
@@ -151,8 +198,37 @@ def pipeline_test(
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
 
 
+def _could_not_run(message: str, logger: Any) -> State:
+    """The flow run's end when the case never started its steps (nothing was changed): exit 3 in the CLI."""
+    logger.error("%s", message)
+    return Failed(message=message, data=CouldNotRun(message))
+
+
+def _settle_leftovers(clients: ClientFactory, ssm: Any, resources: list[str], case: CaseSpec, run_id: str,
+                      recover: bool, logger: Any) -> None:
+    """Unfinished undos of dead runs on this case's resources: recover them (``recover``) or refuse to start.
+
+    Called with the resources' locks held, so any entry of another run belongs to a dead run (a live run holds
+    the lock until its undo is done). Never takes the leftovers as the case's baseline."""
+    leftovers = [e for r in resources for e in read_entries(ssm, case.aws.journal_prefix, r) if e.run_id != run_id]
+    if not leftovers:
+        return
+    listing = "; ".join(f"{e.resource} (run {e.run_id}, case '{e.case}', since {e.written_at})" for e in leftovers)
+    if not recover:
+        raise CouldNotRun(
+            f"case '{case.case}' did not start: a run that died left changes that were never undone: {listing}. "
+            "Put them back first with `python -m flows.pipeline_test recover` (or run with --recover); nothing "
+            "was changed")
+    logger.warning("Recovering what dead runs left changed before starting: %s", listing)
+    report = Recovered()
+    redo_entries(clients, leftovers, logger, report)
+    if report.failed:
+        raise CouldNotRun(f"case '{case.case}' did not start: recovering the leftovers of dead runs failed: "
+                          + "; ".join(f"{d['resource']}: {d['error']}" for d in report.failed))
+
+
 def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
-                 secrets: tuple[str, ...]) -> CaseResult:
+                 secrets: tuple[str, ...], held: locks.HeldLocks | None = None) -> CaseResult:
     ended = datetime.now(timezone.utc)
     return CaseResult(
         case=case.case, description=case.description,
@@ -161,6 +237,7 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
         duration_s=round((ended - started).total_seconds(), 3),
         variables=redact_json({"run_date": values["run_date"], **{k: values[k] for k in case.variables}}, secrets),
         steps=steps,
+        locks=held.public() if held is not None and held.resources else None,
     )
 
 
@@ -228,7 +305,69 @@ def result_of(state: Any) -> CaseResult | None:
     return None
 
 
+#: exit codes of the CLI
+EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API to run against: ``PREFECT_API_URL`` when set (it must answer), else a temporary server of
+    this process's own (see ``flows.local_server``). Raises CouldNotRun when there is none."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if url:
+        try:
+            response = httpx.get(f"{url.rstrip('/')}/health", timeout=10)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise CouldNotRun(f"the Prefect API at {url} did not answer ({type(exc).__name__}: {exc}); start it "
+                              "with `prefect server start`, or unset PREFECT_API_URL to use a temporary one") from None
+        yield url
+        return
+    try:
+        server = temporary_server()
+        url = server.__enter__()
+    except ServerUnavailable as exc:
+        raise CouldNotRun(str(exc)) from None
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                _drain_prefect_workers()  # send the last logs and events while the server is still there
+    finally:
+        server.__exit__(None, None, None)
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=5)
+        except Exception:
+            pass
+
+
+def _stop_signals_as_interrupts() -> None:
+    """SIGTERM (how a worker or `kill` stops a process) ends the run like Ctrl+C: undo, evidence, exit 130."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    # a process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still stop the run
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["recover"]:
+        return _guarded(lambda: recover_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
@@ -239,12 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evidence-dir", metavar="DIR", help="write the evidence pack to this (new or empty) "
                         "folder; default: evidence/<case>/<time>-<run id>/")
     parser.add_argument("--no-evidence", action="store_true", help="do not write an evidence pack")
+    parser.add_argument("--recover", action="store_true", help="first put back what dead runs left changed on "
+                        "this case's resources (else the run refuses to start when there is any)")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
 
         print(json.dumps(json_schema(), indent=2))
-        return 0
+        return EXIT_PASSED
     if not args.spec:
         parser.error("a spec file is required")
     try:
@@ -253,18 +394,45 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(str(exc), file=sys.stderr)
         print("Nothing was run: no AWS call was made.", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     if args.validate:
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
-        return 0
-    state = pipeline_test(spec=str(args.spec), variables=overrides or None, evidence_dir=args.evidence_dir,
-                          write_evidence=not args.no_evidence, return_state=True)
-    result = result_of(state)
-    if result is None:
-        print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
-        return 1
-    print(result.model_dump_json(indent=2) if args.json else format_result(result))
-    return 0 if result.passed else 1
+        return EXIT_PASSED
+
+    def run() -> int:
+        state = pipeline_test(spec=str(args.spec), variables=overrides or None, evidence_dir=args.evidence_dir,
+                              write_evidence=not args.no_evidence, recover=args.recover, return_state=True)
+        result = result_of(state)
+        if result is None:
+            value = state.result(raise_on_failure=False)
+            if isinstance(value, CouldNotRun):
+                print(f"Could not run: {value}", file=sys.stderr)
+                return EXIT_COULD_NOT_RUN
+            if state.type.value in ("CANCELLED", "CRASHED"):
+                print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+            return EXIT_FAILED
+        print(result.model_dump_json(indent=2) if args.json else format_result(result))
+        return EXIT_PASSED if result.passed else EXIT_FAILED
+
+    return _guarded(run)
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
+    interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
+    _stop_signals_as_interrupts()
+    try:
+        with prefect_api():
+            return run()
+    except CouldNotRun as exc:
+        print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
+    except KeyboardInterrupt:
+        print("Interrupted: the run was stopped; what it had changed was undone (see the log above) and its "
+              "evidence pack is partial.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class CaseResult(BaseModel):
     duration_s: float
     variables: dict[str, Any] = Field(default_factory=dict)
     steps: list[StepResult]
+    #: the resources the run locked (SSM parameters, S3 prefixes) and how long it waited for them
+    locks: dict[str, Any] | None = None
     #: the local folder of the run's evidence pack, once written
     evidence_dir: str | None = None
 

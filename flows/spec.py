@@ -64,6 +64,11 @@ class AwsSettings(SpecModel):
                                  "AwsCredentials block and name it in credentials_block, or use a profile")
         return data
 
+    journal_prefix: str | None = Field(None, pattern=r"^/[A-Za-z0-9_.\-/]+$", description="SSM path of the "
+                                       "durable undo journal: what the run must undo is kept there, encrypted, "
+                                       "before each change, and removed once undone (see 'recover'). Default: "
+                                       "PIPELINE_TEST_JOURNAL_PREFIX, else /pipeline-test/journal.")
+
     def target(self) -> AwsTarget:
         return AwsTarget(region=self.region, profile=self.profile, credentials_block=self.credentials_block,
                          max_attempts=self.max_attempts)
@@ -124,6 +129,9 @@ class CaseSpec(SpecModel):
     notify: NotifySettings | None = Field(None, description="Slack notices of the result through prefect-slack: "
                                           "a SlackWebhook block (or SlackCredentials and a channel), and when "
                                           "(on failure by default).")
+    lock_timeout: float = Field(1800.0, gt=0, le=86400, description="How long (seconds) the run may wait for "
+                                "another run to release an SSM parameter or S3 prefix this case changes; then it "
+                                "gives up (exit 3) before changing anything.")
     steps: list[CaseStep] = Field(..., min_length=1, description="What to do, in order.")
 
     @field_validator("case")

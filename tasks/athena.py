@@ -86,8 +86,6 @@ TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 ERROR_CATEGORIES = {1: "SYSTEM", 2: "USER", 3: "OTHER"}
 #: the statements that run without allow_write
 READ_KINDS = ("SELECT", "WITH", "VALUES", "SHOW", "DESCRIBE", "EXPLAIN")
-#: the clock the runner waits with; tests replace it with a fake one
-CLOCK: Clock | None = None
 
 _log = logging.getLogger(__name__)
 Logger = logging.Logger | logging.LoggerAdapter
@@ -1253,7 +1251,7 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         parameters=step.parameters,
         wait=step.wait,
         logger=ctx.logger,
-        clock=CLOCK,
+        clock=ctx.clock,
     )
     checks = evaluate_checks(step.expect, run.result)
     outcome = _outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url))

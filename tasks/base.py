@@ -12,13 +12,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import re
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.aws import ClientFactory
+from tasks.polling import Clock
 
 
 def is_template(text: str) -> bool:
@@ -112,6 +113,12 @@ class StepBase(SpecModel):
         """Checks of the rendered step that need no AWS call (e.g. that SQL is read-only); each names the field."""
         return []
 
+    def resources(self, spec_dir: Path) -> list[str]:
+        """What this step (rendered) may change and the case will undo: ``ssm:/name``, ``s3:bucket/prefix``. The
+        run locks each one (a Prefect global concurrency limit) from before the first step until its undo is
+        done, so overlapping runs of any cases serialize on what they share."""
+        return []
+
     def secrets(self) -> list[str]:
         """Secret values this step handles (e.g. SecureString values): redacted from every output of the run."""
         return []
@@ -119,35 +126,82 @@ class StepBase(SpecModel):
 
 @dataclass
 class UndoAction:
-    """Something to do when the case ends: remove test data, restore a setting."""
+    """Something to do when the case ends: remove test data, restore a setting.
+
+    ``record`` makes the action durable: a JSON document ``{"kind": ..., ...}`` from which the undo kind
+    registered under that name (:func:`undo_kind`) can redo the action in another process, e.g. after the run
+    was killed (see ``tasks.journal``). It may hold a secret (a SecureString's earlier value): it is only ever
+    stored encrypted. ``resource`` names what the action puts back (``ssm:/name``, ``s3:bucket/key``).
+    """
 
     description: str
     run: Callable[[], dict[str, Any]]
     #: the step that registered it (its label)
     step: str = ""
+    record: dict[str, Any] | None = None
+    resource: str = ""
+    #: where the durable journal keeps this action (set by the journal when it writes it)
+    journal_id: str | None = None
+
+
+class Journal(Protocol):
+    """Where undo actions are kept durably before the change they undo (``tasks.journal.SsmJournal``)."""
+
+    def write(self, action: UndoAction) -> None: ...
+
+    def remove(self, action: UndoAction) -> None: ...
 
 
 @dataclass
 class UndoLog:
-    """Actions to run when the case ends, last registered first. Thread-safe for parallel steps."""
+    """Actions to run when the case ends, last registered first. Thread-safe for parallel steps.
+
+    An action stays pending until :meth:`done` is called for it, so an undo that is interrupted half-way
+    (a second Ctrl+C) leaves the rest for the next attempt. With a journal, every action is written to it
+    before :meth:`add` returns (so before the change it undoes) and removed from it once done.
+    """
 
     actions: list[UndoAction] = field(default_factory=list)
+    journal: Journal | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, action: UndoAction) -> None:
+        if self.journal is not None and action.record is not None:
+            self.journal.write(action)
         with self._lock:
             self.actions.append(action)
 
-    def drain(self) -> list[UndoAction]:
-        """Take all pending actions, last registered first; each runs at most once."""
+    def pending(self) -> list[UndoAction]:
+        """The actions still to run, last registered first."""
         with self._lock:
-            pending, self.actions = list(reversed(self.actions)), []
-        return pending
+            return list(reversed(self.actions))
+
+    def done(self, action: UndoAction) -> None:
+        """Mark an action as run: it leaves the log (and the journal)."""
+        with self._lock:
+            self.actions = [a for a in self.actions if a is not action]
+        if self.journal is not None and action.journal_id is not None:
+            self.journal.remove(action)
+
+
+#: how to redo a durable undo record of each kind in another process: (clients, record) -> outcome
+UndoKind = Callable[["ClientFactory", dict[str, Any]], dict[str, Any]]
+UNDO_KINDS: dict[str, UndoKind] = {}
+
+
+def undo_kind(name: str) -> Callable[[UndoKind], UndoKind]:
+    """Register how to redo an undo record of kind ``name`` (e.g. after the run that wrote it was killed)."""
+
+    def register(fn: UndoKind) -> UndoKind:
+        UNDO_KINDS[name] = fn
+        return fn
+
+    return register
 
 
 @dataclass
 class StepContext:
-    """What a step runner gets besides its (already templated) step model."""
+    """What a step runner gets besides its (already templated) step model: one per case run."""
 
     clients: ClientFactory
     case_name: str
@@ -160,6 +214,14 @@ class StepContext:
     #: secret values of the case (SecureString values, ...): the engine masks them in every output
     secrets: tuple[str, ...] = ()
     logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("pipeline_test"))
+    #: set when the run is stopping (cancelled, interrupted, crashed): every wait of this run ends at once
+    stop: threading.Event = field(default_factory=threading.Event)
+    #: time and sleep for waits; None: the real clock, sleeping on ``stop``
+    clock_override: Clock | None = None
+
+    @property
+    def clock(self) -> Clock:
+        return self.clock_override or Clock.stoppable(self.stop)
 
 
 @dataclass

@@ -33,9 +33,6 @@ class PollSettings(BaseModel):
     log_every: float = Field(15.0, gt=0, description="Log progress at most this often while waiting.")
 
 
-_stopping = threading.Event()
-
-
 class WaitInterrupted(StepError):
     """A wait was cut short because the run is stopping (cancelled, interrupted or crashed)."""
 
@@ -43,28 +40,27 @@ class WaitInterrupted(StepError):
         super().__init__(message, code="Interrupted")
 
 
-def request_stop() -> None:
-    """Cut every wait in this process short: the run is being cancelled or has crashed."""
-    _stopping.set()
+def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
+    """A sleep that ends early, raising WaitInterrupted, once ``stop`` is set (one event per case run)."""
 
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise WaitInterrupted("the run is stopping, so the wait was cut short")
 
-def clear_stop() -> None:
-    """Allow waiting again (a new run starts)."""
-    _stopping.clear()
-
-
-def interruptible_sleep(seconds: float) -> None:
-    """Sleep, unless the run is stopping; then raise WaitInterrupted at once."""
-    if _stopping.wait(seconds):
-        raise WaitInterrupted("the run is stopping, so the wait was cut short")
+    return sleep
 
 
 @dataclass
 class Clock:
-    """Time and sleep, replaceable in tests. The default sleep ends early when the run is stopping."""
+    """Time and sleep, replaceable in tests. A case run's clock (``StepContext.clock``) sleeps on the run's own
+    stop event, so stopping one case never cuts another case's waits short."""
 
     now: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = interruptible_sleep
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def stoppable(cls, stop: threading.Event) -> "Clock":
+        return cls(sleep=stoppable_sleep(stop))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster
 
 from tasks.aws import is_real_aws
-from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, md_table, step_kind,
+from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, md_table, step_kind, undo_kind,
                         template_aware)
 from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
 from tasks.polling import Clock, PollSettings, poll
@@ -318,6 +318,20 @@ def verify_checksum(client: Any, bucket: str, key: str, digest: FileDigest) -> t
     return True, head
 
 
+UNDO_KIND = "s3_object"
+
+
+def upload_resource(bucket: str, prefix: str) -> str:
+    """What a run locks (and journals under) when it uploads under ``prefix`` in ``bucket``."""
+    return f"s3:{bucket}/{prefix}"
+
+
+@undo_kind(UNDO_KIND)
+def redo_delete(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """Delete an uploaded test object from its journal record (in another process, e.g. ``recover``)."""
+    return delete_uploaded(clients.client("s3"), UploadRecord(**record["upload"]))
+
+
 def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
     """Remove exactly what an upload put there: only if the object is still the one uploaded (same ETag)."""
     uri = s3_uri(record.bucket, record.key)
@@ -402,6 +416,11 @@ class UploadStep(StepBase):
                           "case uploaded, and only if unchanged since).")
     multipart_threshold_mb: int = Field(16, ge=5, description="Files of this size (MiB) or more go up in parts.")
 
+    def resources(self, spec_dir: Path) -> list[str]:
+        """The key prefix (or key) this step uploads under: locked for the whole case run."""
+        target = (self.key if self.key is not None else self.key_prefix or "").replace("\\", "/")
+        return [upload_resource(self.bucket, target)]
+
     @model_validator(mode="after")
     def _one_key_form(self) -> "UploadStep":
         if (self.key is None) == (self.key_prefix is None):
@@ -481,7 +500,9 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
         records.append(record)
         if step.cleanup:
             ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",
-                                    (lambda r=record: delete_uploaded(client, r)), ctx.label))
+                                    (lambda r=record: delete_uploaded(client, r)), ctx.label,
+                                    record={"kind": UNDO_KIND, "upload": asdict(record)},
+                                    resource=step.resources(ctx.spec_dir)[0]))
     total = sum(r.size for r in records)
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, step.key_prefix or '')}"
     if step.key:
@@ -594,7 +615,7 @@ def _listing(obs: Observation, limit: int = 20) -> str:
 def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome:
     """Wait for and check the objects the pipeline writes."""
     client = ctx.clients.client("s3")
-    obs, checks, elapsed = expect_objects(client, step, logger=ctx.logger)
+    obs, checks, elapsed = expect_objects(client, step, logger=ctx.logger, clock=ctx.clock)
     rows = [[f"`{o.key}`", format_bytes(o.size), f"`{o.etag}`", o.last_modified] for o in obs.matched[:50]]
     target = ", ".join(f"`{k}`" for k in step.keys) if step.keys else (
         f"{'exactly' if step.count is not None else 'at least'} "

@@ -43,13 +43,14 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from botocore.exceptions import ClientError
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tasks.awslambda import json_subset_mismatches, truncate
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, UndoAction, UndoLog, step_kind
+from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, UndoAction, UndoLog, step_kind, undo_kind
 from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
 from tasks.secrets import mask, mask_any, redact
 
@@ -124,6 +125,10 @@ class SetParametersStep(StepBase):
         """The guard rail: every write inside the case's ``aws.allowed_parameter_prefixes``."""
         return [f"field 'parameters': {e}" for e in check_parameter_writes(self, case.aws.allowed_parameter_prefixes)]
 
+    def resources(self, spec_dir: Path) -> list[str]:
+        """The parameters this step writes: locked for the whole case run."""
+        return [parameter_resource(p.name) for p in self.parameters]
+
 
 class DeleteParametersStep(StepBase):
     """Delete SSM parameters (recreated when the case ends unless ``restore: false``)."""
@@ -141,6 +146,10 @@ class DeleteParametersStep(StepBase):
     def case_checks(self, case: Any) -> list[str]:
         """The guard rail: every delete inside the case's ``aws.allowed_parameter_prefixes``."""
         return [f"field 'names': {e}" for e in check_parameter_writes(self, case.aws.allowed_parameter_prefixes)]
+
+    def resources(self, spec_dir: Path) -> list[str]:
+        """The parameters this step deletes: locked for the whole case run."""
+        return [parameter_resource(n) for n in self.names]
 
 
 class ParameterExpectation(SpecModel):
@@ -489,8 +498,27 @@ def snapshot_before_change(ssm: Any, ctx: StepContext, name: str, restore: bool)
         if registered_restore(ctx.undo, name) is not None:
             return snapshot(ssm, name), "kept original"
         before = snapshot(ssm, name, with_tags=True)
-        ctx.undo.add(UndoAction(f"Restore SSM parameter {name}", RestoreParameter(ssm, before), step=ctx.label))
+        # durable (journaled, encrypted) before the write; the record holds the value: it is what a restore needs
+        record = {"kind": UNDO_KIND, "snapshot": dataclasses.asdict(before),
+                  "kms_key_id": before.key_id if before.secure else None}
+        ctx.undo.add(UndoAction(f"Restore SSM parameter {name}", RestoreParameter(ssm, before), step=ctx.label,
+                                record=record, resource=parameter_resource(name)))
         return before, "registered"
+
+
+UNDO_KIND = "ssm_parameter"
+
+
+def parameter_resource(name: str) -> str:
+    """What a run locks (and journals under) when it changes parameter ``name`` (given by name or ARN)."""
+    arn = _ARN.match(name)
+    return f"ssm:{arn.group(1) if arn else name}"
+
+
+@undo_kind(UNDO_KIND)
+def redo_restore(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """Restore a parameter from its journal record (in another process, e.g. ``recover``), and verify."""
+    return restore_parameter(clients.client("ssm"), ParameterSnapshot(**record["snapshot"]))
 
 
 # --- restore records: restoring from another process ------------------------------------------------------------

@@ -776,16 +776,14 @@ def test_model_rejects_bad_specs(data: dict[str, Any], message: str) -> None:
 
 
 @pytest.fixture
-def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(athena_mod, "CLOCK", fake.clock)
-    return fake
+def fake_clock() -> FakeClock:
+    return FakeClock()
 
 
-def context(clients: ClientFactory, spec_dir: Path) -> StepContext:
+def context(clients: ClientFactory, spec_dir: Path, clock: FakeClock | None = None) -> StepContext:
     return StepContext(
         clients=clients, case_name="case", run_id="run-1", label="athena", spec_dir=spec_dir,
-        render=lambda text: text.replace("{{ table }}", "orders"),
+        render=lambda text: text.replace("{{ table }}", "orders"), clock_override=clock.clock if clock else None,
     )
 
 
@@ -798,7 +796,7 @@ def test_runner_success_evidence(clients: ClientFactory, fake_clock: FakeClock, 
         "database": "sales", "output_location": OUTPUT, "preview_rows": 1,
         "expect": {"row_count": 2, "first_row": {"amount": {"equals": 12.5}, "name": {"not_null": True}}},
     })
-    result = run_athena_query(step, context(clients, tmp_path))
+    result = run_athena_query(step, context(clients, tmp_path, fake_clock))
 
     execution = backend().executions[result.details["query_id"]]
     assert execution.query == "SELECT * FROM orders WHERE id > ? ORDER BY id\n"  # the file, rendered
@@ -838,7 +836,7 @@ def test_runner_refuses_writes_before_any_call(clients: ClientFactory, fake_cloc
     calls = record_calls(athena, "athena")
     step = AthenaQueryStep.model_validate({"kind": "athena_query", "sql": "DROP TABLE sales.orders"})
     with pytest.raises(StepError, match="Refused to run a DROP statement"):
-        run_athena_query(step, context(clients, tmp_path))
+        run_athena_query(step, context(clients, tmp_path, fake_clock))
     assert calls == [] and backend().executions == {}
 
 
@@ -846,7 +844,7 @@ def test_runner_rejects_multiple_statements_before_any_call(clients: ClientFacto
                                                             tmp_path: Path) -> None:
     step = AthenaQueryStep.model_validate({"kind": "athena_query", "sql": "SELECT 1; SELECT 2", "allow_write": True})
     with pytest.raises(StepError, match="2 statements"):
-        run_athena_query(step, context(clients, tmp_path))
+        run_athena_query(step, context(clients, tmp_path, fake_clock))
     assert backend().executions == {}
 
 
@@ -855,7 +853,7 @@ def test_runner_allows_writes_when_asked(clients: ClientFactory, fake_clock: Fak
         {"kind": "athena_query", "sql": "MSCK REPAIR TABLE sales.orders", "allow_write": True,
          "output_location": OUTPUT}
     )
-    result = run_athena_query(step, context(clients, tmp_path))
+    result = run_athena_query(step, context(clients, tmp_path, fake_clock))
     assert result.summary.startswith("0 rows (")
     assert [e.query for e in backend().executions.values()] == ["MSCK REPAIR TABLE sales.orders"]
 
@@ -867,7 +865,7 @@ def test_runner_reports_all_failing_checks(clients: ClientFactory, fake_clock: F
         "expect": {"row_count": 3, "min_rows": 1, "columns": ["id"], "first_row": {"ok": {"equals": False}}},
     })
     with pytest.raises(StepError) as err:
-        run_athena_query(step, context(clients, tmp_path))
+        run_athena_query(step, context(clients, tmp_path, fake_clock))
     message = str(err.value)
     assert message.startswith("3 of 4 checks failed: row_count: expected 3, got 2; columns: expected ['id'], got [")
     assert message.endswith("first_row.ok ==: expected == False, got True")
@@ -882,7 +880,7 @@ def test_runner_timeout_stops_the_query(clients: ClientFactory, fake_clock: Fake
         {"kind": "athena_query", "sql": "SELECT 1", "output_location": OUTPUT, "wait": {"timeout": 5}}
     )
     with pytest.raises(StepError, match="did not finish within 5 s"):
-        run_athena_query(step, context(clients, tmp_path))
+        run_athena_query(step, context(clients, tmp_path, fake_clock))
     [execution] = backend().executions.values()
     assert execution.status == "CANCELLED"
     assert fake_clock.t == pytest.approx(5)

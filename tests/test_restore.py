@@ -117,7 +117,9 @@ def test_crash_of_the_flow_run_is_restored(ssm, tmp_path: Path, monkeypatch) -> 
     # the evidence of what was done before the run stopped is kept, with the undo as its last step
     (pack,) = (Path.cwd() / "evidence" / "crash-case").iterdir()
     report = json.loads((pack / "report.json").read_text(encoding="utf-8"))
-    assert [s["label"] for s in report["steps"]] == ["change", "run stopped", "cleanup"]
+    # the step that was under way when the run stopped is listed as interrupted
+    assert [s["label"] for s in report["steps"]] == ["change", "remove", "run stopped", "cleanup"]
+    assert report["steps"][1]["status"] == "error" and report["steps"][1]["error_code"] == "Interrupted"
     assert report["status"] == "failed"
     assert flows.engine.LIVE == {} or all(not c.undo.actions for c in flows.engine.LIVE.values())
 

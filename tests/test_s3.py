@@ -145,7 +145,7 @@ def test_cleanup_removes_only_what_the_case_uploaded(clients, s3, bucket, data_d
     ctx = ctx_for(clients, data_dir)
     run_upload(UploadStep(files=["data/*.csv"], bucket=bucket, key_prefix="in/", cleanup=True), ctx)
     s3.put_object(Bucket=bucket, Key="in/orders.csv", Body=b"replaced by the pipeline")
-    actions = {r["object"]: r["action"] for r in (a.run() for a in ctx.undo.drain())}
+    actions = {r["object"]: r["action"] for r in (a.run() for a in ctx.undo.pending())}
     assert actions["s3://test-bucket/in/customers.csv"] == "deleted"
     assert actions["s3://test-bucket/in/orders.csv"].startswith("kept: changed since the upload")
     assert head_object(s3, bucket, "in/customers.csv") is None

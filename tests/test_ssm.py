@@ -79,7 +79,7 @@ def run(step: StepBase, ctx: StepContext) -> StepOutcome:
 
 def undo_all(ctx: StepContext) -> list[dict[str, Any]]:
     """Run every pending undo action, last registered first, as the engine does when the case ends."""
-    return [action.run() for action in ctx.undo.drain()]
+    return [action.run() for action in ctx.undo.pending()]
 
 
 def run_case(steps: list[StepBase], ctx: StepContext) -> tuple[list[StepOutcome], Exception | None, list[dict]]:
