@@ -29,7 +29,7 @@ from s3transfer.utils import ChunksizeAdjuster
 from tasks.aws import is_real_aws
 from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, md_table, step_kind, undo_kind,
                         template_aware)
-from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
+from tasks.errors import AWS_ERRORS, AwsCallError, StepError, aws_error, error_code, request_id
 from tasks.polling import Clock, PollSettings, poll
 
 for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
@@ -156,6 +156,26 @@ def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
         raise aws_error("S3 HeadObject", s3_uri(bucket, key), exc) from None
     return ObjectInfo(key, int(resp.get("ContentLength", 0)), resp.get("ETag", "").strip('"'),
                       str(resp.get("LastModified", "")), resp.get("VersionId"))
+
+
+def require_bucket(client: Any, bucket: str) -> None:
+    """Raise NoSuchBucket when the bucket does not exist (HeadBucket).
+
+    S3 answers a HEAD of a key in a missing bucket with a bare 404, as for a missing key, so a wait for exact
+    keys asks this once a HEAD says 404. A HeadBucket refused with 403 proves nothing either way: the wait goes on.
+    """
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("NotFound", "NoSuchBucket"):
+            rid = request_id(exc.response)
+            raise AwsCallError(f"S3 HeadBucket on {s3_uri(bucket)} failed: NoSuchBucket: the bucket does not exist"
+                               + (f" (request id {rid})" if rid else ""), code="NoSuchBucket") from None
+        if code != "AccessDenied":
+            raise aws_error("S3 HeadBucket", s3_uri(bucket), exc) from None
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 HeadBucket", s3_uri(bucket), exc) from None
 
 
 def list_objects(client: Any, bucket: str, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
@@ -504,9 +524,10 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
                                     record={"kind": UNDO_KIND, "upload": asdict(record)},
                                     resource=step.resources(ctx.spec_dir)[0]))
     total = sum(r.size for r in records)
-    summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, step.key_prefix or '')}"
+    prefix = (step.key_prefix or "").replace("\\", "/")
+    summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, prefix)}"
     if step.key:
-        summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, step.key)}"
+        summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, records[0].key)}"
     rows = [[f"`{r.local_path}`", f"`{r.key}`", format_bytes(r.size), f"`{r.sha256[:16]}…`",
              {True: "✅ verified", None: "sent (not reported back)", False: "❌"}[r.checksum_verified],
              f"`{r.etag}`", r.version_id or "–", r.request_id or "–"] for r in records]
@@ -559,8 +580,15 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
     exceeded (waiting cannot fix that), and on any AWS error such as AccessDenied or NoSuchBucket.
     """
     if step.keys is not None:
+        bucket_checked = False
+
         def check() -> Observation:
-            return observe_keys(client, step.bucket, step.keys or [], step.min_size)
+            nonlocal bucket_checked
+            obs = observe_keys(client, step.bucket, step.keys or [], step.min_size)
+            if obs.missing and not bucket_checked:  # a 404 may mean no bucket: that fails at once, not at timeout
+                require_bucket(client, step.bucket)
+                bucket_checked = True
+            return obs
 
         def done(o: Observation) -> bool:
             return not o.missing and not o.others
@@ -587,9 +615,12 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
                         details={"found": [asdict(o) for o in obs.matched]})
     if not outcome.done:
         found = obs
-        if step.keys is not None:  # show what *is* there near the expected keys
+        if step.keys is not None:  # also show what *is* there near the expected keys, and that it does not count
             prefix = where[len(f"s3://{step.bucket}/"):]
-            found = Observation(list_objects(client, step.bucket, prefix, limit=20), obs.others, obs.missing)
+            nearby = [(o, "not one of the expected keys")
+                      for o in list_objects(client, step.bucket, prefix, limit=20 + len(step.keys))
+                      if o.key not in step.keys][:20]
+            found = Observation(obs.matched, obs.others + nearby, obs.missing)
         raise StepError(
             f"timed out after {outcome.elapsed:.0f} s ({outcome.checks} checks) waiting for {what}. "
             f"Found under {where}: {_listing(found)}",

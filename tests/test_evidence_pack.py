@@ -323,6 +323,27 @@ def test_junit_of_a_passing_run_has_no_failures(passing_pack: Path) -> None:
     assert all(c.is_passed for c in suite)
 
 
+JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
+
+
+@pytest.mark.parametrize("pack", ["failing_pack", "passing_pack"])
+def test_junit_is_valid_against_the_jenkins_xunit_schema(pack: str, request: pytest.FixtureRequest) -> None:
+    """junit-10.xsd of Jenkins' xUnit plugin (e.g. no ``skipped`` attribute on <testsuites>); the failing run
+    has a passed, a failed, an error and a skipped step, each with its own element."""
+    import xmlschema
+    from xml.etree import ElementTree as ET
+
+    junit = request.getfixturevalue(pack) / "junit.xml"
+    errors = [str(e.reason) for e in xmlschema.XMLSchema(str(JUNIT_XSD)).iter_errors(str(junit))]
+    assert errors == []
+    outcome = {c.get("name"): [e.tag for e in c if e.tag != "system-out"] for c in ET.parse(junit).iter("testcase")}
+    if pack == "failing_pack":
+        assert outcome == {"1 land-orders-file": [], "2.1 curated-file-written": ["failure"],
+                           "2.2 rejects-empty": ["error"], "3 archive-written": ["skipped"], "end cleanup": []}
+    else:
+        assert all(tags == [] for tags in outcome.values())
+
+
 def test_junit_drops_characters_xml_cannot_carry(tmp_path: Path) -> None:
     from junitparser import JUnitXml
 

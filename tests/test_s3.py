@@ -110,6 +110,17 @@ def test_conditional_write_catches_an_object_that_appears_meanwhile(s3, bucket, 
     assert s3.get_object(Bucket=bucket, Key="k.csv")["Body"].read() == b"theirs"
 
 
+def test_upload_summaries_show_the_posix_keys_not_the_local_separators(clients, s3, bucket, data_dir) -> None:
+    ctx = ctx_for(clients, data_dir)
+    many = run_upload(UploadStep(files=[r"data\*.csv"], bucket=bucket, key_prefix="in\\x\\"), ctx)
+    one = run_upload(UploadStep(files=[r"data\orders.csv"], bucket=bucket, key="single\\one.csv"), ctx)
+    assert [u["key"] for u in many.details["uploads"]] == ["in/x/customers.csv", "in/x/orders.csv"]
+    assert many.summary == "uploaded 2 file(s), 34 B, to s3://test-bucket/in/x/"
+    assert one.summary == "uploaded data/orders.csv (20 B) to s3://test-bucket/single/one.csv"
+    assert head_object(s3, bucket, "single/one.csv") is not None
+    assert "\\" not in many.markdown + one.markdown
+
+
 def test_overwrite_true_replaces(clients, s3, bucket, data_dir) -> None:
     s3.put_object(Bucket=bucket, Key="one.csv", Body=b"old")
     step = UploadStep(files=["data/orders.csv"], bucket=bucket, key="one.csv", overwrite=True, tags={})
@@ -207,8 +218,26 @@ def test_timeout_on_keys_lists_neighbours(s3, bucket) -> None:
     step = ExpectObjectsStep(bucket=bucket, keys=["out/2026/a.csv", "out/2026/b.csv"], wait=PollSettings(timeout=1))
     with pytest.raises(StepError) as info:
         expect_objects(s3, step, clock=FakeClock().clock())
-    assert "Found under s3://test-bucket/out/2026/: out/2026/other.csv (1 B)" in info.value.message
-    assert "missing: out/2026/a.csv, out/2026/b.csv" in info.value.message
+    assert ("Found under s3://test-bucket/out/2026/: out/2026/other.csv (1 B, not one of the expected keys); "
+            "missing: out/2026/a.csv, out/2026/b.csv") in info.value.message
+    assert info.value.details["found"] == []
+
+
+def test_timeout_on_keys_lists_each_object_once_with_why_it_did_not_count(s3, bucket) -> None:
+    s3.put_object(Bucket=bucket, Key="out/a.csv", Body=b"12345")
+    s3.put_object(Bucket=bucket, Key="out/b.csv", Body=b"12")
+    s3.put_object(Bucket=bucket, Key="out/other.csv", Body=b"123456")
+    step = ExpectObjectsStep(bucket=bucket, keys=["out/a.csv", "out/b.csv", "out/c.csv"], min_size=5,
+                             wait=PollSettings(timeout=1))
+    with pytest.raises(StepError) as info:
+        expect_objects(s3, step, clock=FakeClock().clock())
+    msg, details = info.value.message, info.value.details
+    assert msg.endswith("Found under s3://test-bucket/out/: out/a.csv (5 B); out/b.csv (2 B, smaller than 5 B); "
+                        "out/other.csv (6 B, not one of the expected keys); missing: out/c.csv")
+    assert [o["key"] for o in details["found"]] == ["out/a.csv"]  # only what counted towards the check
+    assert [(o["key"], o["why"]) for o in details["not_counted"]] == [
+        ("out/b.csv", "smaller than 5 B"), ("out/other.csv", "not one of the expected keys")]
+    assert details["missing"] == ["out/c.csv"]
 
 
 def test_exact_count_exceeded_fails_at_once(s3, bucket) -> None:
@@ -242,3 +271,35 @@ def test_missing_bucket_fails_at_once(s3) -> None:
     with pytest.raises(StepError, match="NoSuchBucket"):
         expect_objects(s3, ExpectObjectsStep(bucket="no-such-bucket", prefix="x/"), clock=fake.clock())
     assert fake.t == 0
+
+
+def test_missing_bucket_fails_at_once_with_keys_too(emulated_s3) -> None:
+    """Over HTTP (moto's server, as S3), a HEAD of a key in a missing bucket is a bare 404, as for a missing key:
+    the bucket is checked then. (moto's in-process mock answers NoSuchBucket, which S3 cannot for a HEAD.)"""
+    fake = FakeClock()
+    with pytest.raises(StepError) as info:
+        expect_objects(emulated_s3, ExpectObjectsStep(bucket="no-such-bucket-keys", keys=["x/a.csv"]),
+                       clock=fake.clock())
+    assert info.value.code == "NoSuchBucket" and "s3://no-such-bucket-keys/" in info.value.message
+    assert fake.t == 0
+
+
+def test_bucket_is_checked_once_while_waiting_for_keys(s3, bucket) -> None:
+    calls = count_calls(s3)
+    step = ExpectObjectsStep(bucket=bucket, keys=["a.csv"], wait=PollSettings(timeout=3))
+    with pytest.raises(StepError, match="timed out"):
+        expect_objects(s3, step, clock=FakeClock().clock())
+    assert calls.count("HeadBucket") == 1 and calls.count("HeadObject") > 3
+
+
+def test_a_refused_bucket_check_does_not_end_the_wait(s3) -> None:
+    step = ExpectObjectsStep(bucket="locked-bucket", keys=["a.csv"], wait=PollSettings(timeout=0.1))
+    with Stubber(s3) as stub:
+        stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
+        stub.add_client_error("head_bucket", service_error_code="403", http_status_code=403)
+        stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
+        stub.add_response("list_objects_v2", {"KeyCount": 0})  # what is near the key, for the message
+        with pytest.raises(StepError) as info:
+            expect_objects(s3, step, clock=FakeClock().clock())
+        stub.assert_no_pending_responses()
+    assert info.value.code == "Timeout"
