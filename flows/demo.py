@@ -135,7 +135,7 @@ def main() -> int:
     from flows.pipeline_test import format_result, pipeline_test, result_of
 
     print("Starting the local AWS emulator (moto) ...")
-    with moto_server() as endpoint, use_emulator(endpoint):
+    with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
         print(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
         pipeline = FakePipeline(endpoint)
         pipeline.create_resources()

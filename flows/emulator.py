@@ -28,10 +28,31 @@ REAL_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED
             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
+def _lambda_like_aws() -> None:
+    """moto's Lambda without Docker answers any function name with 200; real Lambda says
+    ResourceNotFoundException for a function that does not exist. Make the emulator do the same (for the demo,
+    whose moto runs in its own process: the unit tests' in-process mocks are left as moto makes them)."""
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    if getattr(LambdaSimpleBackend.invoke, "_checks_function", False):
+        return
+    simple_invoke = LambdaSimpleBackend.invoke
+
+    def invoke(self: Any, function_name: str, qualifier: Any, *args: Any, **kwargs: Any) -> Any:
+        self.get_function(function_name, qualifier)  # raises UnknownFunctionException (404) like AWS
+        return simple_invoke(self, function_name, qualifier, *args, **kwargs)
+
+    invoke._checks_function = True  # type: ignore[attr-defined]
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+
+
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """Run moto's threaded server on a free loopback port; yields its URL (``http://127.0.0.1:PORT``)."""
+def moto_server(lambda_like_aws: bool = False) -> Iterator[str]:
+    """Run moto's threaded server on a free loopback port; yields its URL (``http://127.0.0.1:PORT``).
+    ``lambda_like_aws``: invoking a function that does not exist fails as on AWS (this process's moto)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per AWS call is noise
+    if lambda_like_aws:
+        _lambda_like_aws()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
