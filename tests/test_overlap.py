@@ -4,6 +4,7 @@ Flow runs in threads of one process, against Prefect's test harness and moto."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,17 +30,17 @@ def ssm(clients):
     return client
 
 
-def case(name: str, value: str, *, hold: float = 0.0) -> dict[str, Any]:
-    """Set the shared parameters to ``value``, (optionally wait a while), then check the run still sees them."""
+def case(name: str, value: str, *, hold: str | None = None) -> dict[str, Any]:
+    """Set the shared parameters to ``value``, (optionally hold them until the test puts the object ``hold``),
+    then check the run still sees its own values."""
     steps: list[dict[str, Any]] = [
         {"kind": "set_parameters", "name": "set", "parameters": [
             {"name": "/shared/source", "value": value},
             {"name": "/shared/token", "value": f"{value}-token", "type": "SecureString"}]},
     ]
     if hold:
-        # a wait that ends by its timeout (nothing ever lands there): the run keeps its values this long
-        steps.append({"kind": "expect_objects", "name": "hold", "bucket": "overlap", "prefix": "never/",
-                      "wait": {"timeout": hold, "initial": 0.05}, "continue_on_failure": True})
+        steps.append({"kind": "expect_objects", "name": "hold", "bucket": "overlap", "keys": [hold],
+                      "wait": {"timeout": 60, "initial": 0.05, "max_interval": 0.2}})
     steps.append({"kind": "expect_parameters", "name": "still-mine", "parameters": [
         {"name": "/shared/source", "equals": value},
         {"name": "/shared/token", "equals": f"{value}-token", "type": "SecureString"}]})
@@ -64,10 +65,12 @@ def still_mine(result: CaseResult) -> bool:
 
 
 def test_five_runs_of_one_case_at_once(ssm, clients, tmp_path: Path) -> None:
-    clients.client("s3").create_bucket(Bucket="overlap")
+    s3 = clients.client("s3")
+    s3.create_bucket(Bucket="overlap")
+    s3.put_object(Bucket="overlap", Key="go", Body=b"")  # each run's hold step passes at its first look
     with ThreadPoolExecutor(5) as pool:
-        results = list(pool.map(lambda i: run(case("Same case", f"test-{i}", hold=0.3), tmp_path), range(5)))
-    assert all(still_mine(r) for r in results), [r.first_failure for r in results]
+        results = list(pool.map(lambda i: run(case("Same case", f"test-{i}", hold="go"), tmp_path), range(5)))
+    assert all(r.passed for r in results), [r.first_failure for r in results]
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")
     # they took turns: in the parameter's history every test value is followed by the restore of the original
     history = [h["Value"] for h in ssm.get_parameter_history(Name="/shared/source")["Parameters"]]
@@ -77,23 +80,51 @@ def test_five_runs_of_one_case_at_once(ssm, clients, tmp_path: Path) -> None:
     assert read_entries(ssm) == []  # nothing left in the undo journal
 
 
+class WaitingSeen(logging.Handler):
+    """Set when a run logs that it waits for a lock another run holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Waiting for") and "lock(s) that another run holds" in record.getMessage():
+            self.event.set()
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("shape", ["crossing", "nested"])
 def test_two_cases_that_set_one_parameter(ssm, clients, tmp_path: Path, shape: str) -> None:
-    """A starts and changes the parameter; B starts while A runs. Crossing: B would end after A; nested: B is
-    short and would end inside A. Either way B waits for A's restore, then changes and restores it itself."""
-    clients.client("s3").create_bucket(Bucket="overlap")
-    first: list[CaseResult] = []
-    a = threading.Thread(target=lambda: first.append(run(case("Case A", "value-a", hold=1.0), tmp_path)))
+    """A changes the parameter and holds it; B starts while A runs (crossing: B holds it too, so it would end
+    after A; nested: B is short and would end inside A). B waits for A's restore, then sets and restores it."""
+    s3 = clients.client("s3")
+    waiting = WaitingSeen()
+    logging.getLogger("prefect.flow_runs").addHandler(waiting)
+    s3.create_bucket(Bucket="overlap")
+    got: dict[str, CaseResult] = {}
+    a = threading.Thread(target=lambda: got.update(a=run(case("Case A", "value-a", hold=f"go-a-{shape}"),
+                                                          tmp_path)))
     a.start()
-    deadline = time.monotonic() + 30
-    while ssm.get_parameter(Name="/shared/source")["Parameter"]["Value"] != "value-a":
-        assert time.monotonic() < deadline and a.is_alive()
-        time.sleep(0.02)
-    second = run(case("Case B", "value-b", hold=1.5 if shape == "crossing" else 0.0), tmp_path)
-    a.join(30)
-    (result_a,) = first
-    assert still_mine(result_a) and still_mine(second)
-    assert second.locks and second.locks["waited_seconds"] > 0.3  # B waited for A's lock, and says so
+    wait_for(lambda: ssm.get_parameter(Name="/shared/source")["Parameter"]["Value"] == "value-a", "A changed it")
+    b = threading.Thread(target=lambda: got.update(b=run(case("Case B", "value-b", hold=(
+        f"go-b-{shape}" if shape == "crossing" else None)), tmp_path)))
+    b.start()
+    try:
+        assert waiting.event.wait(60), "B never waited for A's lock"
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(waiting)
+    s3.put_object(Bucket="overlap", Key=f"go-a-{shape}", Body=b"")  # A may finish now
+    s3.put_object(Bucket="overlap", Key=f"go-b-{shape}", Body=b"")
+    a.join(60)
+    b.join(60)
+    assert got["a"].passed and got["b"].passed, (got["a"].first_failure, got["b"].first_failure)
+    assert got["b"].locks and got["b"].locks["waited_seconds"] > 0  # B says that it waited
     history = [h["Value"] for h in ssm.get_parameter_history(Name="/shared/source")["Parameters"]]
     assert history == ["prod-bucket", "value-a", "prod-bucket", "value-b", "prod-bucket"]
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")
