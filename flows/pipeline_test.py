@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from prefect.artifacts import create_link_artifact
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from flows import evidence, evidence_pack
 from flows.engine import LIVE, install_redaction, remove_redaction, render_case, run_cleanup, run_steps, undo_hook, undo_now
@@ -33,7 +33,7 @@ from tasks.aws import ClientFactory
 from tasks.aws import is_real_aws
 from tasks.base import StepContext, UndoLog
 from tasks.polling import clear_stop, request_stop
-from tasks.secrets import redact, redact_json
+from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
 
 
 def _run_name() -> str:
@@ -54,9 +54,25 @@ def _run_name() -> str:
     return f"{slug(name) or 'case'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
-def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, str] | None,
+def plain_variables(variables: dict[str, str | SecretStr] | None) -> dict[str, str] | None:
+    """Variable overrides as plain strings (the CLI passes them as SecretStr, which Prefect stores hidden)."""
+    if variables is None:
+        return None
+    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in variables.items()}
+
+
+def short_secret_warnings(steps: Any) -> list[str]:
+    """A warning per step handling a secret too short to be searched for in free texts (see tasks.secrets)."""
+    return [f"{describe(p)}: a secret value is shorter than {MIN_SECRET_CHARS} characters: it is masked where it "
+            "is known to be secret (the value itself), but not searched for in messages and log tails (it would "
+            "mask ordinary words); use a longer value" for p in steps
+            if any(len(s) < MIN_SECRET_CHARS for s in p.step.secrets() if s and "{{" not in s)]
+
+
+def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, Any] | None,
                  base_dir: str | Path | None) -> tuple[CaseSpec, Path]:
     """Accept a spec as a file path, a dict or a model; validate it in full; return it and its folder."""
+    variables = plain_variables(variables)
     if isinstance(spec, (str, Path)):
         return load_spec(spec, variables)
     folder = Path(base_dir) if base_dir else Path.cwd()
@@ -76,7 +92,7 @@ def _ui_url() -> str | None:
       on_crashed=[undo_hook], on_cancellation=[undo_hook])
 def pipeline_test(
     spec: str | CaseSpec,
-    variables: dict[str, str] | None = None,
+    variables: dict[str, str | SecretStr] | None = None,
     base_dir: str | None = None,
     evidence_dir: str | None = None,
     write_evidence: bool = True,
@@ -84,7 +100,8 @@ def pipeline_test(
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
-    ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
+    ``variables`` override the case's declared variables (values may be ``SecretStr``: Prefect stores those
+    hidden, and the CLI passes every ``--var`` so); ``base_dir`` is where a spec given as a model finds
     its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
     notice settings (e.g. per deployment). The flow run fails when the case fails; its result is a
@@ -103,8 +120,11 @@ def pipeline_test(
     run_id = str(flow_run.id or "local")
     values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
     rendered = render_case(case, values)
-    secrets = tuple(dict.fromkeys(s for p in iter_steps(rendered) for s in p.step.secrets() if s))
+    # the run's secret registry: the log filter, the runners, the net and the pack all share it
+    secrets = Secrets(s for p in iter_steps(rendered) for s in p.step.secrets())
     redactor = install_redaction(secrets)
+    for warning in short_secret_warnings(iter_steps(rendered)):
+        logger.warning(warning)
     steps: list[StepResult] = []
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
@@ -152,20 +172,21 @@ def pipeline_test(
 
 
 def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
-                 secrets: tuple[str, ...]) -> CaseResult:
+                 secrets: Secrets) -> CaseResult:
     ended = datetime.now(timezone.utc)
     return CaseResult(
         case=case.case, description=case.description,
         status="passed" if all(s.ok for s in steps) else "failed",
         flow_run_id=run_id, ui_url=_ui_url(), started_at=started, ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 3),
-        variables=redact_json({"run_date": values["run_date"], **{k: values[k] for k in case.variables}}, secrets),
+        variables=redact_json({"run_date": values["run_date"], **{k: values[k] for k in case.variables}}, secrets,
+                              exact=True),
         steps=steps,
     )
 
 
 def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
-                secrets: tuple[str, ...], ctx: StepContext, logger: Any, upload: bool = True) -> None:
+                secrets: Secrets, ctx: StepContext, logger: Any, upload: bool = True) -> None:
     """Write the evidence pack (and upload it when the case asks); its folder goes in ``result.evidence_dir``.
     A failure here is logged, never fatal."""
     try:
@@ -255,9 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         print("Nothing was run: no AWS call was made.", file=sys.stderr)
         return 2
     if args.validate:
+        for warning in short_secret_warnings(iter_steps(case)):
+            print(f"Warning: {warning}", file=sys.stderr)
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return 0
-    state = pipeline_test(spec=str(args.spec), variables=overrides or None, evidence_dir=args.evidence_dir,
+    # --var values may be secrets (a SecureString's value): Prefect stores SecretStr parameters hidden
+    hidden = {k: SecretStr(v) for k, v in overrides.items()}
+    state = pipeline_test(spec=str(args.spec), variables=hidden or None, evidence_dir=args.evidence_dir,
                           write_evidence=not args.no_evidence, return_state=True)
     result = result_of(state)
     if result is None:

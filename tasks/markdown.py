@@ -29,6 +29,8 @@ _LINE_START = re.compile(r"^(\s*)([#+=>-]|\d+[.)])")
 _URL = re.compile(r"https?://[^\s<>\"`]+", re.IGNORECASE)
 _LANG = re.compile(r"[^A-Za-z0-9_+-]")
 ZWSP = "\u200b"
+#: Slack formatting characters (inside a word, as in expect_objects, they cannot format)
+_SLACK_FORMAT = re.compile(r"(`|(?<![A-Za-z0-9])[*_~]|[*_~](?![A-Za-z0-9]))")
 
 
 class Md(str):
@@ -148,7 +150,7 @@ def _slack_escape(value: str) -> str:
 def slack_text(value: Any) -> str:
     """A value as Slack mrkdwn text: ``& < >`` escaped, ``* _ ~ ``` `` neutralised, on one line."""
     escaped = _slack_escape(one_line(value))
-    return re.sub(r"([*_~`])", lambda m: m.group(1) + ZWSP, escaped)
+    return _SLACK_FORMAT.sub(lambda m: m.group(1) + ZWSP, escaped)
 
 
 def slack_code(value: Any) -> str:
