@@ -26,7 +26,8 @@ from flows.results import StepFailed, StepResult
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
 from tasks.errors import StepError
-from tasks.secrets import RedactFilter, redact, redact_json
+from tasks import markdown as md
+from tasks.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
 
 log = logging.getLogger("pipeline_test")
 
@@ -74,16 +75,19 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
 
 
 def scrub(result: StepResult, outcome: StepOutcome | None,
-          secrets: tuple[str, ...]) -> tuple[StepResult, StepOutcome | None]:
-    """Mask every known secret in a step's result and evidence (runners mask at the source; this is the net)."""
-    if not secrets:
+          secrets: Secrets | tuple[str, ...]) -> tuple[StepResult, StepOutcome | None]:
+    """The net under the runners' masking: the run's known secrets (long enough to search for) masked in the
+    string values of a step's result and evidence, never in its names, kinds or keys."""
+    known = tuple(secrets)
+    if not known:
         return result, outcome
-    result = StepResult.model_validate(redact_json(result.model_dump(mode="json"), secrets))
+    result = StepResult.model_validate(redact_json(result.model_dump(mode="json"), known, keep=NAMES))
     if outcome is not None:
         outcome = dataclasses.replace(
-            outcome, summary=redact(outcome.summary, secrets), markdown=redact(outcome.markdown, secrets),
-            details=redact_json(outcome.details, secrets),
-            tables={k: redact_json(v, secrets) for k, v in outcome.tables.items()})
+            outcome, summary=redact(outcome.summary, known), markdown=redact(outcome.markdown, known),
+            details=redact_json(outcome.details, known, keep=NAMES),
+            tables={k: redact_json(v, known, keep=NAMES) for k, v in outcome.tables.items()},
+            links=[dataclasses.replace(link, text=redact(link.text, known)) for link in outcome.links])
     return result, outcome
 
 
@@ -286,9 +290,9 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
         error="; ".join(errors) or None, error_code="CleanupFailed" if errors else None,
         details={"actions": done},
     )
-    rows = "\n".join(f"| {d['step']} | {d['what']} | {'❌ ' + d['error'] if 'error' in d else _text(d['outcome'])} |"
-                     for d in done)
-    markdown = "| from step | action | outcome |\n|---|---|---|\n" + rows
+    markdown = md.table(["from step", "action", "outcome"],
+                        [[d["step"], d["what"], "❌ " + d["error"] if "error" in d else _text(d["outcome"])]
+                         for d in done])
     if sections:
         markdown += "\n\n" + "\n\n".join(sections)
     outcome = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)
@@ -314,10 +318,10 @@ def _do_cleanup(ctx: StepContext) -> StepResult | State:
 
 def _text(outcome: dict[str, Any]) -> str:
     if "summary" in outcome:
-        return str(outcome["summary"]).replace("|", "\\|")
+        return str(outcome["summary"])
     if "action" in outcome:
-        return str(outcome["action"]).replace("|", "\\|")
-    return "; ".join(f"{k}: {v}" for k, v in outcome.items()).replace("|", "\\|") or "done"
+        return str(outcome["action"])
+    return "; ".join(f"{k}: {v}" for k, v in outcome.items()) or "done"
 
 
 _cleanup_task = task(_do_cleanup, name="cleanup", cache_policy=NO_CACHE, retries=0)
@@ -327,8 +331,9 @@ _cleanup_task = task(_do_cleanup, name="cleanup", cache_policy=NO_CACHE, retries
 SECRET_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "pipeline_test")
 
 
-def install_redaction(secrets: tuple[str, ...]) -> RedactFilter:
-    """Mask the case's secrets in every log record of the run's loggers (a net under the runners' masking)."""
+def install_redaction(secrets: Secrets | tuple[str, ...]) -> RedactFilter:
+    """Mask the run's secrets in every log record of the run's loggers (a net under the runners' masking); the
+    filter shares the run's registry, so secrets that runners discover are masked from then on."""
     redactor = RedactFilter(secrets)
     for name in SECRET_LOGGERS:
         logging.getLogger(name).addFilter(redactor)

@@ -3,18 +3,21 @@
 The case's artifacts use stable keys derived from the case name (``case-<slug>`` and ``case-<slug>-report``),
 so the Artifacts page shows that case's history run after run. Step artifacts carry no key: they show in the
 run's Artifacts tab beside the step's task run. Nothing here sees a secret: step outcomes are masked at the
-source.
+source. Every value is escaped by :mod:`tasks.markdown`: only these templates make headings, verdicts, tables
+and links.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.results import CaseResult, StepResult
 from flows.spec import slug
-from tasks.base import StepOutcome, format_duration, md_cell
+from tasks import markdown as md
+from tasks.base import StepOutcome, format_duration
 
 ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
 MAX_LINK_ARTIFACTS = 3
@@ -29,28 +32,32 @@ def case_key(case: str) -> str:
 
 
 def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
-    """The evidence of one step: what it was asked, what it did, what it proved (or why it failed)."""
-    lines = [f"## Step {result.number} · {result.label} · {ICON[result.status]}", ""]
+    """The evidence of one step: what it was asked, what it did, what it proved (or why it failed).
+
+    Every value goes through :mod:`tasks.markdown`, so only this template makes headings, verdicts and links.
+    """
+    lines = [f"## Step {md.text(result.number)} · {md.text(result.label)} · {ICON[result.status]}", ""]
     if result.description:
-        lines += [f"_{result.description}_", ""]
-    facts = [("kind", f"`{result.kind}`"), ("status", ICON[result.status]), ("duration", format_duration(result.duration_s))]
+        lines += [md.emphasis(result.description), ""]
+    facts: list[tuple[str, Any]] = [("kind", md.code(result.kind)), ("status", ICON[result.status]),
+                                    ("duration", format_duration(result.duration_s))]
     if result.group:
         facts.append(("parallel group", result.group))
     if result.started_at:
         facts.append(("started", result.started_at.isoformat(timespec="seconds")))
     if result.request_ids:
-        facts.append(("AWS request ids", ", ".join(f"`{r}`" for r in result.request_ids[:10])))
-    lines += ["| fact | value |", "|---|---|"] + [f"| {k} | {md_cell(v)} |" for k, v in facts] + [""]
+        facts.append(("AWS request ids", md.Md(", ".join(md.cell(md.code(r)) for r in result.request_ids[:10]))))
+    lines += [md.table(["fact", "value"], facts), ""]
     if result.error:
-        code = f" (`{result.error_code}`)" if result.error_code else ""
-        lines += ["### Failure" + code, "", "```text", result.error, "```", ""]
+        code = f" ({md.code(result.error_code)})" if result.error_code else ""
+        lines += ["### Failure" + code, "", md.code_block(result.error, "text"), ""]
         if result.details:
-            lines += ["What the step saw:", "", "```json", json.dumps(result.details, indent=2, default=str)[:6000],
-                      "```", ""]
+            lines += ["What the step saw:", "",
+                      md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json"), ""]
     if outcome is not None:
         lines += ["### What was done and proved", "", outcome.markdown, ""]
         if outcome.links:
-            lines += ["### Links", ""] + [f"- [{link.text}]({link.url})" for link in outcome.links] + [""]
+            lines += ["### Links", "", md.bullets(md.link(link.text, link.url) for link in outcome.links), ""]
     return "\n".join(lines)
 
 
@@ -58,15 +65,17 @@ def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:
     """Create the step's artifacts (called inside its task run, so they attach to it)."""
     create_markdown_artifact(
         markdown=step_markdown(result, outcome),
-        description=f"Step {result.number} {result.label}: {result.status}",
+        description=f"Step {md.text(result.number)} {md.text(result.label)}: {result.status}",
     )
     if outcome is None:
         return
-    for link in outcome.links[:MAX_LINK_ARTIFACTS]:
-        create_link_artifact(link=link.url, link_text=link.text, description=f"Step {result.label}: {link.text}")
+    for link in [link for link in outcome.links if md.safe_url(link.url)][:MAX_LINK_ARTIFACTS]:
+        create_link_artifact(link=md.safe_url(link.url), link_text=md.text(link.text),
+                             description=f"Step {md.text(result.label)}: {md.text(link.text)}")
     for name, rows in outcome.tables.items():
         if rows:
-            create_table_artifact(table=rows, description=f"Step {result.label}: {name}")
+            create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in rows],
+                                  description=f"Step {md.text(result.label)}: {md.text(name)}")
 
 
 def summary_rows(result: CaseResult) -> list[dict[str, str]]:
@@ -86,28 +95,28 @@ def summary_rows(result: CaseResult) -> list[dict[str, str]]:
 def case_markdown(result: CaseResult) -> str:
     """The case report: status, run, variables, and the per-step table, failures first in the text."""
     status = "✅ PASSED" if result.passed else "❌ FAILED"
-    lines = [f"# {result.case}: {status}", ""]
+    lines = [f"# {md.text(result.case)}: {status}", ""]
     if result.description:
-        lines += [f"_{result.description}_", ""]
-    lines += [
-        "| fact | value |", "|---|---|",
-        f"| started | {result.started_at.isoformat(timespec='seconds')} |",
-        f"| duration | {format_duration(result.duration_s)} |",
-        f"| steps | {sum(s.ok for s in result.steps)} of {len(result.steps)} passed |",
+        lines += [md.emphasis(result.description), ""]
+    facts: list[tuple[str, Any]] = [
+        ("started", result.started_at.isoformat(timespec="seconds")),
+        ("duration", format_duration(result.duration_s)),
+        ("steps", f"{sum(s.ok for s in result.steps)} of {len(result.steps)} passed"),
     ]
     if result.flow_run_id:
-        run = f"[{result.flow_run_id}]({result.ui_url})" if result.ui_url else f"`{result.flow_run_id}`"
-        lines.append(f"| flow run | {run} |")
-    lines.append("")
+        run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
+        facts.append(("flow run", run))
+    lines += [md.table(["fact", "value"], facts), ""]
     failure = result.first_failure
     if failure:
-        lines += [f"**First failure: step {failure.number} `{failure.label}`**", "", "```text",
-                  failure.error or "", "```", ""]
-    lines += ["| step | kind | status | duration | detail |", "|---|---|---|---|---|"]
-    lines += [f"| {md_cell(r['step'])} | `{r['kind']}` | {r['status']} | {r['duration']} | {md_cell(r['detail'])} |"
-              for r in summary_rows(result)]
+        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**", "",
+                  md.code_block(failure.error or "", "text"), ""]
+    lines.append(md.table(["step", "kind", "status", "duration", "detail"],
+                          [[r["step"], md.code(r["kind"]), md.Md(r["status"]), r["duration"], r["detail"]]
+                           for r in summary_rows(result)]))
     if result.variables:
-        lines += ["", "Variables:", ""] + [f"- `{k}` = `{md_cell(v)}`" for k, v in result.variables.items()]
+        lines += ["", "Variables:", "", md.bullets(md.Md(f"{md.code(k)} = {md.code(v)}")
+                                                   for k, v in result.variables.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -115,10 +124,11 @@ def publish_case(result: CaseResult) -> None:
     """Create the case's keyed summary table and report (called in the flow run)."""
     key = case_key(result.case)
     verdict = "passed" if result.passed else "FAILED"
-    create_table_artifact(table=summary_rows(result), key=key,
-                          description=f"{result.case}: {verdict} ({format_duration(result.duration_s)})")
+    create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
+                          key=key, description=f"{md.text(result.case)}: {verdict} "
+                          f"({format_duration(result.duration_s)})")
     create_markdown_artifact(markdown=case_markdown(result), key=f"{key}-report"[:KEY_MAX],
-                             description=f"{result.case}: {verdict}")
+                             description=f"{md.text(result.case)}: {verdict}")
 
 
 if __name__ == "__main__":  # python -m flows.evidence verify DIR: check an evidence pack

@@ -21,8 +21,14 @@ Hashes of things outside the pack come from the steps' details, by these convent
 - ``details["result_sha256"]`` (with ``query_id``, ``output_location`` or ``result_location``, and
   ``row_count``): a query result.
 
-No secret may reach the pack: step results are masked at the source, and :func:`write_pack` also masks every
-known secret it is given (``secrets``) in every file, before escaping and again on the final text.
+No secret may reach the pack: step results are masked at the source, and :func:`write_pack` masks the run's
+known secrets (``secrets``, the run's registry) in the *values* of the result and report before any file is
+built (never in a file's finished text, so no file's syntax can break): long secrets inside any string value,
+and, in the spec's copy, its validated form and the variables, any value that *is* a secret. The spec's copy
+is masked at the YAML value level (parsed, masked, dumped). Names, keys and schema strings are never masked.
+
+The pack is private by default: folders 0700, files 0600 (set ``PIPELINE_TEST_PACK_PRIVATE=false``, or pass
+``private=False``, for the process's usual permissions).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -41,8 +48,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from flows.results import CaseResult, StepResult
-from tasks.base import format_duration, md_cell
-from tasks.secrets import redact, redact_json
+from tasks import markdown as md
+from tasks.base import format_duration
+from tasks.secrets import NAMES, mask_document_text, redact_json
 
 if TYPE_CHECKING:
     from flows.spec import CaseSpec
@@ -71,6 +79,8 @@ STATUS_WORD = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skippe
 SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HTML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+PRIVATE_ENV = "PIPELINE_TEST_PACK_PRIVATE"
 
 
 # --------------------------------------------------------------------------------------------------- naming
@@ -180,13 +190,18 @@ def hashed_items(result: CaseResult) -> list[HashedItem]:
 
 # ---------------------------------------------------------------------------------------------- redaction
 def redact_result(result: CaseResult, secrets: Sequence[str]) -> CaseResult:
-    """A copy of the result with every known secret masked in every string (a no-op without secrets)."""
+    """A copy of the result with known secrets masked in its string values (names kept; the variables, as
+    values of the spec, also when one *is* a short secret)."""
     data = result.model_dump(mode="json", fallback=str)
-    return CaseResult.model_validate(redact_json(data, secrets) if secrets else data)
+    if not secrets:
+        return CaseResult.model_validate(data)
+    data = redact_json(data, secrets, keep=NAMES)
+    data["variables"] = redact_json(data.get("variables") or {}, secrets, exact=True)
+    return CaseResult.model_validate(data)
 
 
 def _redact_item(item: HashedItem, secrets: Sequence[str]) -> HashedItem:
-    return HashedItem(**redact_json(item.to_json(), secrets)) if secrets else item
+    return HashedItem(**redact_json(item.to_json(), secrets, keep=NAMES)) if secrets else item
 
 
 # ------------------------------------------------------------------------------------------------- report.json
@@ -224,8 +239,9 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
     anyone confirm a guess of a weak secret offline.
     """
     validated = case.model_dump(mode="json", exclude_unset=True, fallback=str) if case is not None else None
-    validated = redact_json(validated, secrets) if validated is not None and secrets else validated
-    shown_text = redact(spec_text, secrets) if spec_text is not None else None
+    validated = redact_json(validated, secrets, keep=NAMES, exact=True) if validated is not None else None
+    shown_text = (mask_document_text(spec_text, secrets, spec_copy_name(spec_path) == "spec.json")
+                  if spec_text is not None else None)
     failure = result.first_failure
     return {
         "schema": REPORT_SCHEMA,
@@ -234,8 +250,8 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
         "generator": {"name": "pipeline-test", "version": _generator_version()},
         "case": {"name": result.case, "slug": _case_slug(result.case), "description": result.description},
         "spec": {
-            "source": redact(spec_path, secrets) if spec_path else None,
-            "file": spec_copy_name(spec_path) if spec_text is not None else None,
+            "source": spec_path,
+            "file": spec_copy_name(spec_path) if shown_text is not None else None,
             "sha256": sha256_bytes(shown_text.encode("utf-8")) if shown_text is not None else None,
             "case_sha256": sha256_bytes(_canonical(validated)) if validated is not None else None,
             "redacted": shown_text is not None and shown_text != spec_text,
@@ -247,7 +263,8 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             "started_at": _iso(result.started_at),
             "ended_at": _iso(result.ended_at),
             "duration_s": result.duration_s,
-            "aws": redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets) if case else {},
+            "aws": redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets, keep=NAMES)
+            if case else {},
         },
         "status": result.status,
         "counts": _counts(result),
@@ -272,15 +289,16 @@ def _json_text(data: Any) -> str:
 def _items_markdown(items: Sequence[HashedItem]) -> list[str]:
     if not items:
         return []
-    lines = ["## Files and results hashed by the run", "", "| step | what | location | size | SHA-256 |",
-             "|---|---|---|---|---|"]
+    rows = []
     for i in items:
-        what = "input" + (f" `{md_cell(i.local_path)}`" if i.local_path else "") if i.kind == "input" \
-            else "query result" + (f" `{md_cell(i.query_id)}`" if i.query_id else "")
-        size = "–" if i.size is None else f"{i.size} B"
-        lines.append(f"| {md_cell(i.step)} {md_cell(i.label)} | {what} | `{md_cell(i.location)}` | {size} "
-                     f"| `{i.sha256}` |")
-    return lines + [""]
+        if i.kind == "input":
+            what = md.Md("input" + (f" {md.cell(md.code(i.local_path))}" if i.local_path else ""))
+        else:
+            what = md.Md("query result" + (f" {md.cell(md.code(i.query_id))}" if i.query_id else ""))
+        rows.append([f"{i.step} {i.label}", what, md.code(i.location), "–" if i.size is None else f"{i.size} B",
+                     md.code(i.sha256)])
+    return ["## Files and results hashed by the run", "",
+            md.table(["step", "what", "location", "size", "SHA-256"], rows), ""]
 
 
 def _step_section_md(step: StepResult) -> str:
@@ -289,8 +307,8 @@ def _step_section_md(step: StepResult) -> str:
 
     text = step_markdown(step, None).rstrip("\n") + "\n"
     if step.details and not step.error:
-        text += "\n".join(["", "Details:", "", "```json", json.dumps(step.details, indent=2, ensure_ascii=False,
-                                                                    default=str), "```", ""])
+        details = json.dumps(step.details, indent=2, ensure_ascii=False, default=str)
+        text += "\n".join(["", "Details:", "", md.code_block(details, "json"), ""])
     return text
 
 
@@ -299,14 +317,14 @@ def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[
     from flows.evidence import case_markdown  # lazy: flows.evidence loads prefect
 
     spec = report["spec"]
-    lines = [case_markdown(result).rstrip("\n"), "", "## Spec", "", "| | |", "|---|---|",
-             f"| source | `{md_cell(spec['source'] or '(given as a model)')}` |",
-             f"| SHA-256 of the file | `{spec['sha256'] or '–'}` |",
-             f"| SHA-256 of the validated case | `{spec['case_sha256'] or '–'}` |", ""]
+    facts = [("source", md.code(spec["source"] or "(given as a model)")),
+             ("SHA-256 of the file", md.code(spec["sha256"] or "–")),
+             ("SHA-256 of the validated case", md.code(spec["case_sha256"] or "–"))]
+    lines = [case_markdown(result).rstrip("\n"), "", "## Spec", "", md.table(["", ""], facts), ""]
     lines += _items_markdown(items)
     lines += [_step_section_md(s) for s in result.steps]
-    lines += ["---", "", f"Written by pipeline-test {report['generator']['version']} at {report['generated_at']}. "
-              "Check this pack with `python -m flows.evidence verify <this folder>`.", ""]
+    lines += ["---", "", f"Written by pipeline-test {md.text(report['generator']['version'])} at "
+              f"{report['generated_at']}. Check this pack with `python -m flows.evidence verify <this folder>`.", ""]
     return "\n".join(lines)
 
 
@@ -354,8 +372,8 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'n
 
 
 def _e(value: Any) -> str:
-    """HTML-escape anything (quotes included)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """HTML-escape anything (quotes included; control characters other than line breaks and tabs dropped)."""
+    return html.escape(_HTML_INVALID.sub("", "" if value is None else str(value)), quote=True)
 
 
 def _badge(status: str, extra: str = "") -> str:
@@ -580,17 +598,31 @@ def build_manifest(folder: Path, result: CaseResult, report: dict[str, Any], ite
 
 
 # ------------------------------------------------------------------------------------------------- write_pack
-def _write_text(path: Path, text: str) -> None:
-    """Write UTF-8 with LF line ends on every OS (the hashes must not depend on the platform)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+def _write_text(path: Path, text: str, private: bool = True) -> None:
+    """Write UTF-8 with LF line ends on every OS (the hashes must not depend on the platform); a private file
+    is created readable by its owner only (0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+    if private:
+        os.chmod(path, 0o600)
+    with open(fd, "w", encoding="utf-8", newline="\n") as handle:
         handle.write(text)
 
 
-def _prepare_folder(folder: Path) -> None:
-    """Create the folder; refuse one that holds anything, so a pack never mixes with other files."""
+def private_default() -> bool:
+    """Whether packs are private unless said otherwise: yes, unless PIPELINE_TEST_PACK_PRIVATE is false/0/no."""
+    return os.environ.get(PRIVATE_ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _prepare_folder(folder: Path, private: bool = True) -> None:
+    """Create the folder; refuse one that holds anything, so a pack never mixes with other files. A private
+    pack's folder, and every folder created for it, is 0700."""
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"evidence folder {folder} already exists and is not empty; choose a new folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+    if private:
+        os.chmod(folder, 0o700)
 
 
 def write_pack(
@@ -603,14 +635,16 @@ def write_pack(
     secrets: Iterable[str] = (),
     extra_items: Iterable[HashedItem] = (),
     generated_at: datetime | None = None,
+    private: bool | None = None,
 ) -> Path:
     """Write the evidence pack of a finished run into ``folder`` (new or empty) and return the folder.
 
     ``case`` is the validated spec (None if the run had none); ``spec_text`` is the spec file's text as the
     run read it, best as ``path.read_bytes().decode("utf-8")`` so the copy and its hash match the file byte
     for byte (``spec_path`` is its path, for the record; the text is read from it when not given);
-    ``secrets`` are values to mask in every file; ``extra_items`` are hashed inputs or query results beyond
-    those in the steps' details. The manifest is written last, after every other file.
+    ``secrets`` are the run's secret values (its registry), masked in the values every file is built from;
+    ``extra_items`` are hashed inputs or query results beyond those in the steps' details. ``private`` (default:
+    :func:`private_default`) makes folders 0700 and files 0600. The manifest is written last.
     """
     folder = Path(folder)
     known = [s for s in dict.fromkeys(secrets) if s]
@@ -627,13 +661,13 @@ def write_pack(
         REPORT_HTML: report_html(clean, report, items),
         JUNIT_XML: junit_xml(clean, report),
     }
-    if spec_text is not None:
-        files[report["spec"]["file"]] = spec_text
-    _prepare_folder(folder)
+    if spec_text is not None and report["spec"]["sha256"] is not None:
+        files[report["spec"]["file"]] = mask_document_text(spec_text, known, report["spec"]["file"] == "spec.json")
+    private = private_default() if private is None else private
+    _prepare_folder(folder, private)
     for name, text in files.items():
-        _write_text(folder / name, redact(text, known))
-    manifest = build_manifest(folder, clean, report, items)
-    _write_text(folder / MANIFEST, redact(_json_text(manifest), known))
+        _write_text(folder / name, text, private)
+    _write_text(folder / MANIFEST, _json_text(build_manifest(folder, clean, report, items)), private)
     return folder
 
 

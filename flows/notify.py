@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.results import CaseResult, StepResult
+from tasks.markdown import slack_code, slack_code_block, slack_link, slack_text
 
 #: seconds to wait for Slack before giving up (the run waits this long at most)
 TIMEOUT_S = 10
@@ -80,11 +81,6 @@ class NotifySettings(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------- the message
-def _escape(text: Any) -> str:
-    """Slack's mrkdwn gives &, < and > a meaning: escape them in anything that comes from a run."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def run_url(result: CaseResult, ui_url: str | None = None) -> str | None:
     """The flow run's page in the Prefect UI: ``ui_url`` if given, else the result's, else built from
     PREFECT_UI_URL (which Prefect derives from PREFECT_API_URL) and the flow run id."""
@@ -106,19 +102,20 @@ def run_url(result: CaseResult, ui_url: str | None = None) -> str | None:
 
 def _step_line(step: StepResult) -> str:
     icon = STATUS_ICON.get(step.status, "")
-    where = f" (in {_escape(step.group)})" if step.group else ""
-    return (f"{icon} `{_escape(step.number)}` {_escape(step.label)} · {_escape(step.kind)}{where} · "
+    where = f" (in {slack_text(step.group)})" if step.group else ""
+    return (f"{icon} {slack_code(step.number)} {slack_text(step.label)} · {slack_text(step.kind)}{where} · "
             f"{step.status} · {step.duration_s:.1f} s")
 
 
 def build_message(result: CaseResult, ui_url: str | None = None) -> str:
-    """The notice's text (Slack mrkdwn): verdict, steps, the failing step's error, the link to the run."""
+    """The notice's text (Slack mrkdwn): verdict, steps, the failing step's error, the link to the run. Every
+    value is escaped by :mod:`tasks.markdown` (its ``slack_*`` builders): only this template formats."""
     verdict = "PASSED" if result.passed else "FAILED"
     icon = ":white_check_mark:" if result.passed else ":x:"
-    lines = [f"{icon} *pipeline-test: case '{_escape(result.case)}' {verdict}* in {result.duration_s:.1f} s"]
+    lines = [f"{icon} *pipeline-test: case '{slack_text(result.case)}' {verdict}* in {result.duration_s:.1f} s"]
     run_date = result.variables.get("run_date")
     if run_date:
-        lines.append(f"Run date {_escape(run_date)}")
+        lines.append(f"Run date {slack_text(run_date)}")
     lines.append("")
     for step in result.steps[:MAX_STEPS_LISTED]:
         lines.append(_step_line(step))
@@ -129,15 +126,15 @@ def build_message(result: CaseResult, ui_url: str | None = None) -> str:
         error = failure.error or "(no error message)"
         if len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + " …"
-        code = f" [{_escape(failure.error_code)}]" if failure.error_code else ""
-        lines += ["", f"*Failed at step {_escape(failure.number)} '{_escape(failure.label)}'*{code}:",
-                  f"```{_escape(error)}```"]
+        code = f" [{slack_text(failure.error_code)}]" if failure.error_code else ""
+        lines += ["", f"*Failed at step {slack_text(failure.number)} '{slack_text(failure.label)}'*{code}:",
+                  slack_code_block(error)]
     link = run_url(result, ui_url)
     lines.append("")
     if link:
-        lines.append(f"<{link}|Open the flow run in Prefect> (logs and evidence in its Artifacts tab)")
+        lines.append(f"{slack_link('Open the flow run in Prefect', link)} (logs and evidence in its Artifacts tab)")
     else:
-        lines.append(f"Flow run {_escape(result.flow_run_id or '?')} (no Prefect UI URL: set PREFECT_API_URL or "
+        lines.append(f"Flow run {slack_text(result.flow_run_id or '?')} (no Prefect UI URL: set PREFECT_API_URL or "
                      "PREFECT_UI_URL to link to it)")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from prefect.artifacts import create_link_artifact
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from flows import evidence, evidence_pack
 from flows import locks
@@ -49,7 +49,7 @@ from tasks.aws import is_real_aws
 from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries
-from tasks.secrets import redact, redact_json
+from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
 
 
 def _run_name() -> str:
@@ -70,9 +70,25 @@ def _run_name() -> str:
     return f"{slug(name) or 'case'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
-def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, str] | None,
+def plain_variables(variables: dict[str, str | SecretStr] | None) -> dict[str, str] | None:
+    """Variable overrides as plain strings (the CLI passes them as SecretStr, which Prefect stores hidden)."""
+    if variables is None:
+        return None
+    return {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in variables.items()}
+
+
+def short_secret_warnings(steps: Any) -> list[str]:
+    """A warning per step handling a secret too short to be searched for in free texts (see tasks.secrets)."""
+    return [f"{describe(p)}: a secret value is shorter than {MIN_SECRET_CHARS} characters: it is masked where it "
+            "is known to be secret (the value itself), but not searched for in messages and log tails (it would "
+            "mask ordinary words); use a longer value" for p in steps
+            if any(len(s) < MIN_SECRET_CHARS for s in p.step.secrets() if s and "{{" not in s)]
+
+
+def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, Any] | None,
                  base_dir: str | Path | None) -> tuple[CaseSpec, Path]:
     """Accept a spec as a file path, a dict or a model; validate it in full; return it and its folder."""
+    variables = plain_variables(variables)
     if isinstance(spec, (str, Path)):
         return load_spec(spec, variables)
     folder = Path(base_dir) if base_dir else Path.cwd()
@@ -92,7 +108,7 @@ def _ui_url() -> str | None:
       on_crashed=[undo_hook], on_cancellation=[undo_hook])
 def pipeline_test(
     spec: str | CaseSpec,
-    variables: dict[str, str] | None = None,
+    variables: dict[str, str | SecretStr] | None = None,
     base_dir: str | None = None,
     evidence_dir: str | None = None,
     write_evidence: bool = True,
@@ -101,7 +117,8 @@ def pipeline_test(
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
-    ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
+    ``variables`` override the case's declared variables (values may be ``SecretStr``: Prefect stores those
+    hidden, and the CLI passes every ``--var`` so); ``base_dir`` is where a spec given as a model finds
     its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
     notice settings (e.g. per deployment). ``recover`` first puts back what dead runs left changed on the
@@ -120,8 +137,11 @@ def pipeline_test(
     run_id = str(flow_run.id or "local")
     values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
     rendered = render_case(case, values)
-    secrets = tuple(dict.fromkeys(s for p in iter_steps(rendered) for s in p.step.secrets() if s))
+    # the run's secret registry: the log filter, the runners, the net and the pack all share it
+    secrets = Secrets(s for p in iter_steps(rendered) for s in p.step.secrets())
     redactor = install_redaction(secrets)
+    for warning in short_secret_warnings(iter_steps(rendered)):
+        logger.warning(warning)
     steps: list[StepResult] = []
     running: list[Any] = []
     try:
@@ -228,21 +248,22 @@ def _settle_leftovers(clients: ClientFactory, ssm: Any, resources: list[str], ca
 
 
 def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
-                 secrets: tuple[str, ...], held: locks.HeldLocks | None = None) -> CaseResult:
+                 secrets: Secrets, held: locks.HeldLocks | None = None) -> CaseResult:
     ended = datetime.now(timezone.utc)
     return CaseResult(
         case=case.case, description=case.description,
         status="passed" if all(s.ok for s in steps) else "failed",
         flow_run_id=run_id, ui_url=_ui_url(), started_at=started, ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 3),
-        variables=redact_json({"run_date": values["run_date"], **{k: values[k] for k in case.variables}}, secrets),
+        variables=redact_json({"run_date": values["run_date"], **{k: values[k] for k in case.variables}}, secrets,
+                              exact=True),
         steps=steps,
         locks=held.public() if held is not None and held.resources else None,
     )
 
 
 def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
-                secrets: tuple[str, ...], ctx: StepContext, logger: Any, upload: bool = True) -> None:
+                secrets: Secrets, ctx: StepContext, logger: Any, upload: bool = True) -> None:
     """Write the evidence pack (and upload it when the case asks); its folder goes in ``result.evidence_dir``.
     A failure here is logged, never fatal."""
     try:
@@ -396,11 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         print("Nothing was run: no AWS call was made.", file=sys.stderr)
         return EXIT_INVALID
     if args.validate:
+        for warning in short_secret_warnings(iter_steps(case)):
+            print(f"Warning: {warning}", file=sys.stderr)
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return EXIT_PASSED
 
     def run() -> int:
-        state = pipeline_test(spec=str(args.spec), variables=overrides or None, evidence_dir=args.evidence_dir,
+        # --var values may be secrets (a SecureString's value): Prefect stores SecretStr parameters hidden
+        hidden = {k: SecretStr(v) for k, v in overrides.items()}
+        state = pipeline_test(spec=str(args.spec), variables=hidden or None, evidence_dir=args.evidence_dir,
                               write_evidence=not args.no_evidence, recover=args.recover, return_state=True)
         result = result_of(state)
         if result is None:

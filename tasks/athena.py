@@ -40,6 +40,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
+from tasks import markdown
 from tasks.aws import is_real_aws
 from tasks.base import (Link, SpecModel, StepBase, StepContext, StepOutcome, format_bytes, step_kind,
                         template_aware)
@@ -1022,18 +1023,12 @@ def console_url(region: str, query_id: str) -> str:
     return f"https://{region}.console.aws.amazon.com/athena/home?region={region}#/query-editor/history/{query_id}"
 
 
-def _md_cell(value: Any) -> str:
-    text = "NULL" if value is None else str(json_safe(value))
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Rows as a markdown table."""
+def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Result rows as a markdown table (NULL for a null; every name and value escaped)."""
     if not columns:
         return "_(no columns)_"
-    lines = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_md_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown.table(columns, [["NULL" if row.get(c) is None else json_safe(row.get(c)) for c in columns]
+                                    for row in rows])
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1174,7 +1169,7 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
               preview: list[dict[str, Any]], checks: list[CheckResult]) -> str:
     """The evidence body: SQL, facts, preview rows, checks."""
     fact_rows = [
-        ("Query id", f"`{facts['query_id']}`"),
+        ("Query id", markdown.code(facts["query_id"])),
         ("Workgroup", facts["workgroup"]),
         ("Catalog / database", f"{facts['catalog']} / {facts['database'] or '–'}"),
         ("State", facts["state"]),
@@ -1184,15 +1179,16 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
         ("Rows", f"{facts['row_count']} (read from {facts['result_source']})"),
     ]
     if step.parameters:
-        fact_rows.insert(1, ("Parameters", ", ".join(f"`{p}`" for p in step.parameters)))
+        fact_rows.insert(1, ("Parameters", markdown.Md(", ".join(markdown.cell(markdown.code(p))
+                                                                 for p in step.parameters))))
     parts = [
-        f"```sql\n{sql.strip()}\n```",
-        "| Fact | Value |\n|---|---|\n" + "\n".join(f"| {k} | {_md_cell(v)} |" for k, v in fact_rows),
+        markdown.code_block(sql.strip(), "sql"),
+        markdown.table(["Fact", "Value"], fact_rows),
         f"**Preview** ({len(preview)} of {facts['row_count']} rows)\n\n"
-        + markdown_table(preview, run.result.column_names),
+        + preview_table(preview, run.result.column_names),
     ]
     if checks:
-        parts.append("**Checks**\n\n" + "\n".join(f"- {c.line()}" for c in checks))
+        parts.append("**Checks**\n\n" + markdown.bullets(c.line() for c in checks))
     return "\n\n".join(parts)
 
 

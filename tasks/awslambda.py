@@ -7,8 +7,11 @@ must be no ``FunctionError``; a function error fails the step with the function'
 go into the evidence. An optional ``expect`` checks the response payload with a JSON subset and/or JMESPath
 expressions.
 
-Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.secrets`) are masked in the payload sent and
-in the response, and their values are redacted from the log tail and from error messages.
+Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.secrets`) are masked where they are
+*reported*: at their paths in the payload sent and in the response (and in what a check shows of them), and
+their values, which become secrets of the run, are redacted from the log tail and from error messages (values
+of at least 8 characters). What is *compared* is never masked: a check of another field that happens to hold
+the same short string shows it as it is.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import ConfigDict, Field, model_validator
 
+from tasks import markdown as md
 from tasks.aws import is_real_aws
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, Link, step_kind
 from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
-from tasks.secrets import Segment, is_sensitive, mask_any, mask_paths, parse_path, redact, redact_json, secrets_at
+from tasks.secrets import (Secrets, Segment, is_sensitive, mask_any, mask_paths, parse_path, redact, redact_json,
+                           secrets_at)
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 
@@ -288,15 +293,20 @@ def json_equal(expected: Any, actual: Any) -> bool:
 
 
 def jmespath_mismatches(
-    expressions: dict[str, Any], document: Any, show: Callable[[Any], str] | None = None
+    expressions: dict[str, Any], document: Any, show: Callable[[Any], str] | None = None, shown: Any = None
 ) -> list[str]:
-    """Which JMESPath expressions do not give their expected value on ``document`` (compared with ==)."""
+    """Which JMESPath expressions do not give their expected value on ``document`` (compared with ==).
+
+    ``shown`` is the document as the evidence may show it (sensitive paths masked): what an expression gives
+    is reported from it, so a value drawn from a sensitive field shows masked and any other value as it is.
+    """
     show = show or (lambda v: json.dumps(v, default=str))
     problems = []
     for expr, expected in expressions.items():
         got = jmespath.search(expr, document)
         if not json_equal(expected, got):
-            problems.append(f"{expr}: expected {show(expected)}, got {show(got)}")
+            reported = got if shown is None else jmespath.search(expr, shown)
+            problems.append(f"{expr}: expected {show(expected)}, got {show(reported)}")
     return problems
 
 
@@ -305,24 +315,25 @@ def jmespath_mismatches(
 
 @dataclass
 class _Masker:
-    """Masks the step's sensitive fields in documents and redacts their values from texts."""
+    """Masks the step's sensitive fields where documents are reported, and the run's secrets in texts."""
 
     patterns: list[list[Segment]]
     paths: list[str]
-    secrets: list[str] = field(default_factory=list)
+    #: the run's registry: values found at sensitive paths are added to it
+    secrets: Secrets = field(default_factory=Secrets)
 
     @classmethod
-    def for_step(cls, step: InvokeLambdaStep) -> "_Masker":
-        return cls([parse_path(p) for p in step.sensitive_fields], list(step.sensitive_fields))
+    def for_step(cls, step: InvokeLambdaStep, secrets: Secrets) -> "_Masker":
+        return cls([parse_path(p) for p in step.sensitive_fields], list(step.sensitive_fields), secrets)
 
     def learn(self, document: Any) -> None:
-        """Remember the secret values that ``document`` holds at the sensitive paths."""
+        """Remember the secret values that ``document`` holds at the sensitive paths (secrets of the run)."""
         if self.paths and document is not _MISSING:
-            self.secrets += secrets_at(document, self.paths)
+            self.secrets.add(*secrets_at(document, self.paths))
 
     def doc(self, document: Any) -> Any:
-        """The document with sensitive paths masked, and known secrets masked wherever else they appear."""
-        return redact_json(mask_paths(document, self.paths), self.secrets) if self.paths else document
+        """The document as reported: sensitive paths masked, the run's (long) secrets masked in other values."""
+        return redact_json(mask_paths(document, self.paths) if self.paths else document, self.secrets)
 
     def text(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -331,7 +342,7 @@ class _Masker:
         return mask_any(value) if is_sensitive(path, self.patterns) else json.dumps(value, default=str)
 
     def show(self, value: Any) -> str:
-        return mask_any(value) if self.paths else json.dumps(value, default=str)
+        return json.dumps(value, default=str)
 
 
 def _shown_json(document: Any, masker: _Masker) -> str:
@@ -356,14 +367,14 @@ def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: _Ma
 
 def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | None, log_tail: str,
               problems: list[str]) -> str:
-    rows = "\n".join(f"| {k} | `{v}` |" for k, v in facts.items())
-    parts = ["| | |\n|---|---|\n" + rows, "**Payload sent**\n\n```json\n" + payload_text + "\n```"]
+    parts = [md.table(["", ""], [[k, md.code(v)] for k, v in facts.items()]),
+             "**Payload sent**\n\n" + md.code_block(payload_text, "json")]
     if response_text is not None:
-        parts.append("**Response**\n\n```\n" + response_text + "\n```")
+        parts.append("**Response**\n\n" + md.code_block(response_text))
     if log_tail:
-        parts.append("**Log tail** (last 4 KB)\n\n```\n" + log_tail + "\n```")
+        parts.append("**Log tail** (last 4 KB)\n\n" + md.code_block(log_tail))
     if problems:
-        parts.append("**Expectations not met**\n\n" + "\n".join(f"- {p}" for p in problems))
+        parts.append("**Expectations not met**\n\n" + md.bullets(problems))
     return "\n\n".join(parts)
 
 
@@ -380,7 +391,7 @@ def _links(client: Any, step: InvokeLambdaStep) -> list[Link]:
 @step_kind(InvokeLambdaStep)
 def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     """Invoke the function, check status, function error and expectations, and record the evidence."""
-    masker = _Masker.for_step(step)
+    masker = _Masker.for_step(step, ctx.secrets)
     label = function_label(step.function, step.qualifier)
     payload = load_payload(step, ctx.spec_dir, ctx.render)
     masker.learn(payload)
@@ -463,5 +474,5 @@ def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, p
     problems: list[str] = []
     if step.expect.has_subset:
         problems += json_subset_mismatches(step.expect.json_subset, parsed, masker.show_at)
-    problems += jmespath_mismatches(step.expect.jmespath, parsed, masker.show)
+    problems += jmespath_mismatches(step.expect.jmespath, parsed, masker.show, shown=masker.doc(parsed))
     return [masker.text(p) for p in problems]

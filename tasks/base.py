@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.aws import ClientFactory
 from tasks.polling import Clock
+from tasks.secrets import Secrets
 
 
 def is_template(text: str) -> bool:
@@ -41,18 +42,6 @@ def template_aware(pattern: str, message: str) -> AfterValidator:
         return value
 
     return AfterValidator(check)
-
-
-def md_cell(value: Any) -> str:
-    """A value as one markdown table cell: pipes escaped, line breaks flattened."""
-    return str(value).replace("|", "\\|").replace("\r", "").replace("\n", " ")
-
-
-def md_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table (the Prefect UI renders it in markdown artifacts)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def format_bytes(count: float | None) -> str:
@@ -211,8 +200,10 @@ class StepContext:
     undo: UndoLog = field(default_factory=UndoLog)
     #: renders a template (e.g. the content of a payload or SQL file) with the case's variables
     render: Callable[[str], str] = field(default=lambda text: text)
-    #: secret values of the case (SecureString values, ...): the engine masks them in every output
-    secrets: tuple[str, ...] = ()
+    #: the run's secret registry (SecureString values, sensitive fields, ...): runners mask these values where
+    #: they put them in their outcome, and add every secret they discover (a SecureString read or compared),
+    #: so that later log lines, the engine's net and the evidence pack mask it too
+    secrets: Secrets = field(default_factory=Secrets)
     logger: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("pipeline_test"))
     #: set when the run is stopping (cancelled, interrupted, crashed): every wait of this run ends at once
     stop: threading.Event = field(default_factory=threading.Event)
@@ -222,6 +213,10 @@ class StepContext:
     @property
     def clock(self) -> Clock:
         return self.clock_override or Clock.stoppable(self.stop)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secrets, Secrets):
+            self.secrets = Secrets(self.secrets)
 
 
 @dataclass

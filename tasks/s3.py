@@ -26,8 +26,9 @@ from botocore.exceptions import ClientError
 from pydantic import Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster
 
+from tasks import markdown
 from tasks.aws import is_real_aws
-from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, md_table, step_kind, undo_kind,
+from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, step_kind, undo_kind,
                         template_aware)
 from tasks.errors import AWS_ERRORS, AwsCallError, StepError, aws_error, error_code, request_id
 from tasks.polling import Clock, PollSettings, poll
@@ -528,17 +529,18 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, prefix)}"
     if step.key:
         summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, records[0].key)}"
-    rows = [[f"`{r.local_path}`", f"`{r.key}`", format_bytes(r.size), f"`{r.sha256[:16]}…`",
+    rows = [[markdown.code(r.local_path), markdown.code(r.key), format_bytes(r.size),
+             markdown.code(f"{r.sha256[:16]}…"),
              {True: "✅ verified", None: "sent (not reported back)", False: "❌"}[r.checksum_verified],
-             f"`{r.etag}`", r.version_id or "–", r.request_id or "–"] for r in records]
+             markdown.code(r.etag), r.version_id or "–", r.request_id or "–"] for r in records]
     md = "\n".join([
-        f"Uploaded **{len(records)}** file(s) to bucket `{step.bucket}`"
-        + (f", encrypted with `{step.sse}`" if step.sse else "") + (", overwriting allowed" if step.overwrite
-                                                                     else ", refusing to overwrite") + ".",
+        f"Uploaded **{len(records)}** file(s) to bucket {markdown.code(step.bucket)}"
+        + (f", encrypted with {markdown.code(step.sse)}" if step.sse else "")
+        + (", overwriting allowed" if step.overwrite else ", refusing to overwrite") + ".",
         "",
-        md_table(["local file", "key", "size", "SHA-256", "checksum", "ETag", "version", "request id"], rows),
+        markdown.table(["local file", "key", "size", "SHA-256", "checksum", "ETag", "version", "request id"], rows),
         "",
-        f"Tags: {', '.join(f'`{k}={v}`' for k, v in tags.items()) or 'none'}."
+        f"Tags: {', '.join(markdown.code(f'{k}={v}') for k, v in tags.items()) or 'none'}."
         + (" Clean-up: these objects are deleted when the case ends." if step.cleanup else ""),
     ])
     return StepOutcome(
@@ -647,19 +649,20 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
     """Wait for and check the objects the pipeline writes."""
     client = ctx.clients.client("s3")
     obs, checks, elapsed = expect_objects(client, step, logger=ctx.logger, clock=ctx.clock)
-    rows = [[f"`{o.key}`", format_bytes(o.size), f"`{o.etag}`", o.last_modified] for o in obs.matched[:50]]
-    target = ", ".join(f"`{k}`" for k in step.keys) if step.keys else (
+    rows = [[markdown.code(o.key), format_bytes(o.size), markdown.code(o.etag), o.last_modified]
+            for o in obs.matched[:50]]
+    target = ", ".join(markdown.code(k) for k in step.keys) if step.keys else (
         f"{'exactly' if step.count is not None else 'at least'} "
-        f"{step.count if step.count is not None else (step.min_count or 1)} object(s) matching `{step.pattern}` "
-        f"under `{step.prefix}`")
+        f"{step.count if step.count is not None else (step.min_count or 1)} object(s) matching "
+        f"{markdown.code(step.pattern)} under {markdown.code(step.prefix)}")
     md = "\n".join([
-        f"Expected {target} in bucket `{step.bucket}`"
+        f"Expected {target} in bucket {markdown.code(step.bucket)}"
         + (f", each at least {step.min_size} B" if step.min_size else "") + ".",
         "",
         f"Found **{len(obs.matched)}** after {elapsed:.1f} s and {checks} check(s) "
         f"({'HEAD' if step.keys else 'LIST'}; no object was downloaded).",
         "",
-        md_table(["key", "size", "ETag", "last modified"], rows),
+        markdown.table(["key", "size", "ETag", "last modified"], rows),
     ])
     return StepOutcome(
         summary=f"found {len(obs.matched)} object(s) in s3://{step.bucket} after {elapsed:.1f} s ({checks} checks)",

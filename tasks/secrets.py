@@ -1,15 +1,19 @@
-"""Keeping secret values out of evidence, logs and error messages, while still showing that they changed.
+"""Keeping secret values out of evidence, logs and error messages.
 
-A secret is shown as ``****(sha256:1a2b3c)``: four stars and the first 6 hex digits (24 bits) of the value's
-SHA-256. Two different values almost always get different fingerprints, so a reviewer sees "before" and "after"
-differ, or that an expected value matched, without seeing either.
+**Where masking happens.** A value known to be secret is replaced where it enters a result, an evidence field,
+a log record or a message: runners mask SecureString values and sensitive JSON fields themselves (structurally,
+by position, whatever their length), and add every secret they discover to the run's :class:`Secrets`
+registry (``StepContext.secrets``). Nothing is ever masked by searching the finished text of a file (XML,
+JSON, HTML, markdown documents of the pack): the last net (:func:`redact_json`) runs on the *values* of
+JSON-able data before it is serialised, string values only, never keys, and never for a secret shorter than
+:data:`MIN_SECRET_CHARS` characters (a short secret would mask ordinary words and its surroundings would give
+it away). Such short secrets are still masked where they are known to be secret (a SecureString's value
+column, a sensitive path), and the flow warns about them.
 
-Trade-off of the fingerprint length: 24 bits tell nothing useful about a long random secret (an API key or a
-generated password has far more than 24 bits of entropy, so each fingerprint matches billions of candidates).
-They do let someone *confirm a guess* of a weak secret (a dictionary word, a PIN), as any deterministic
-fingerprint would. Set ``PIPELINE_TEST_MASK_KEY`` to any string to make fingerprints an HMAC with that key
-(shown as ``hmac:``): guesses then cannot be checked offline, and fingerprints still compare within and across
-runs that share the key.
+**The masked form.** Without a key a secret is shown as ``****``. With ``PIPELINE_TEST_MASK_KEY`` set (any
+string the user keeps secret), it is shown as ``****(hmac:1a2b3c)``: 6 hex digits of an HMAC-SHA256 keyed with
+it, so a reviewer sees "before" and "after" differ, or that an expected value matched, and nobody without the
+key can check a guess offline (an unkeyed hash of a 6-digit PIN is reversed in a second).
 
 Sensitive fields of a JSON document are named by dotted paths (see :func:`parse_path`)::
 
@@ -32,10 +36,18 @@ import json
 import logging
 import os
 import re
-from typing import Any, Iterable, Union
+import threading
+from typing import Any, Iterable, Iterator, Union
 
 MASK_KEY_ENV = "PIPELINE_TEST_MASK_KEY"
 FINGERPRINT_HEX_DIGITS = 6
+#: the net (free-text and value redaction) never searches for a secret shorter than this
+MIN_SECRET_CHARS = 8
+STARS = "****"
+#: keys whose values are names, labels, kinds or schema strings: the net never changes them (a secret that
+#: happens to equal a step's name must not rename the step, nor break a report's schema id)
+NAMES = frozenset({"case", "name", "names", "label", "kind", "number", "group", "status", "error_code", "schema",
+                   "schema_version", "bucket", "key", "keys", "prefix", "tags", "flow_run_id", "ui_url", "slug"})
 
 #: a path segment: an object key, a list index, or ``WILDCARD`` (every key or item)
 Segment = Union[str, int]
@@ -44,19 +56,20 @@ WILDCARD = "*"
 _SEGMENT = re.compile(r"(?:^|\.)([^.\[\]]+)|\[(\*|\d+)\]")
 
 
-def fingerprint(value: str) -> str:
-    """Short fingerprint of a value: ``sha256:`` and 6 hex digits, or ``hmac:`` when a mask key is set."""
-    data = value.encode("utf-8")
+def fingerprint(value: str) -> str | None:
+    """``hmac:`` and 6 hex digits of the value's HMAC-SHA256 keyed with ``PIPELINE_TEST_MASK_KEY``; None
+    without a key (an unkeyed digest would let anyone confirm a guess of a weak secret offline)."""
     key = os.environ.get(MASK_KEY_ENV)
-    if key:
-        digest = hmac.new(key.encode("utf-8"), data, hashlib.sha256).hexdigest()
-        return f"hmac:{digest[:FINGERPRINT_HEX_DIGITS]}"
-    return f"sha256:{hashlib.sha256(data).hexdigest()[:FINGERPRINT_HEX_DIGITS]}"
+    if not key:
+        return None
+    digest = hmac.new(key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"hmac:{digest[:FINGERPRINT_HEX_DIGITS]}"
 
 
 def mask(value: str) -> str:
-    """The masked form of a secret string, e.g. ``****(sha256:1a2b3c)``."""
-    return f"****({fingerprint(value)})"
+    """The masked form of a secret string: ``****``, or ``****(hmac:1a2b3c)`` when a mask key is set."""
+    mark = fingerprint(value)
+    return f"{STARS}({mark})" if mark else STARS
 
 
 def mask_any(value: Any) -> str:
@@ -64,6 +77,59 @@ def mask_any(value: Any) -> str:
     if isinstance(value, str):
         return mask(value)
     return mask(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str))
+
+
+def searchable(secret: str) -> bool:
+    """Whether the net may search texts for this secret (long enough not to match ordinary words)."""
+    return len(secret) >= MIN_SECRET_CHARS
+
+
+class Secrets:
+    """The secrets of one run, as the runners discover them; thread-safe (parallel steps add to it).
+
+    One registry per run (on ``StepContext.secrets``), shared by the log filter, the engine's net and the
+    evidence pack writer. Iterating gives the values known so far, in the order they were added.
+    """
+
+    def __init__(self, values: Iterable[Any] = ()) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, None] = {}
+        self.add(*values)
+
+    def add(self, *values: Any) -> None:
+        """Start treating these values as secret (strings as they are, numbers by their text; empty ignored)."""
+        texts = [v if isinstance(v, str) else str(v) for v in values
+                 if v is not None and not isinstance(v, bool) and v != ""]
+        with self._lock:
+            self._values.update(dict.fromkeys(texts))
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        with self._lock:
+            return tuple(self._values)
+
+    def short(self) -> list[str]:
+        """Known secrets too short for the net (masked only where they are known to be secret)."""
+        return [s for s in self.values if not searchable(s)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __contains__(self, value: object) -> bool:
+        with self._lock:
+            return value in self._values
+
+    def __repr__(self) -> str:  # never the values
+        return f"Secrets({len(self)} value(s))"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Secrets":
+        return self  # one registry per run: copies of the context share it
+
+    def __reduce__(self) -> Any:  # pickled (e.g. to hash task inputs): without the values
+        return (Secrets, ())
 
 
 def parse_path(path: str) -> list[Segment]:
@@ -127,18 +193,6 @@ def mask_paths(data: Any, paths: Iterable[str]) -> Any:
     return result
 
 
-def redact_json(data: Any, secrets: Iterable[str]) -> Any:
-    """A copy of a JSON document with known secrets masked inside every string (keys included)."""
-    known = [s for s in secrets if s]
-    if not known:
-        return data
-    if isinstance(data, dict):
-        return {redact(str(k), known) if isinstance(k, str) else k: redact_json(v, known) for k, v in data.items()}
-    if isinstance(data, list):
-        return [redact_json(v, known) for v in data]
-    return redact(data, known) if isinstance(data, str) else data
-
-
 def _leaves(value: Any) -> list[str]:
     """String forms of a value's scalar leaves (strings and numbers; booleans and null are not secrets)."""
     if isinstance(value, dict):
@@ -151,7 +205,7 @@ def _leaves(value: Any) -> list[str]:
 
 
 def secrets_at(data: Any, paths: Iterable[str]) -> list[str]:
-    """The secret strings found at ``paths`` (for :func:`redact`): each scalar leaf, and compact JSON of objects."""
+    """The secret strings found at ``paths``: each scalar leaf, and compact JSON of objects."""
     found: list[str] = []
     for path in paths:
         for container, key in _select(data, parse_path(path)):
@@ -171,10 +225,14 @@ def _variants(secret: str) -> list[str]:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of a known secret in ``text`` with its mask (in one pass, longest first)."""
+    """Mask every occurrence of a known secret in a free text (a message, a log tail, one string value).
+
+    Only secrets of at least :data:`MIN_SECRET_CHARS` characters are searched for (longest first, one pass):
+    use it on values, never on the finished text of a document (its syntax is not a value).
+    """
     lookup: dict[str, str] = {}
     for secret in secrets:
-        if not secret:
+        if not secret or not searchable(secret):
             continue
         for variant in _variants(secret):
             lookup.setdefault(variant, mask(secret))
@@ -184,23 +242,95 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return pattern.sub(lambda m: lookup[m.group(0)], text)
 
 
-class RedactFilter(logging.Filter):
-    """A logging filter that masks known secrets in records' messages; add secrets as they become known."""
+def redact_json(data: Any, secrets: Iterable[str], *, keep: Iterable[str] = (), exact: bool = False) -> Any:
+    """A copy of JSON-able data with known secrets masked in its string *values* (the net, before serialising).
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    Keys are never changed, nor the values of keys named in ``keep`` (names, kinds, schema strings), at any
+    depth. A string value that contains a secret of at least :data:`MIN_SECRET_CHARS` characters has it
+    masked; with ``exact``, a value that *is* a secret is masked whatever its length (for values the spec or
+    a runner put there as that secret, e.g. the spec's own copy).
+    """
+    known = [s for s in secrets if s]
+    if not known:
+        return data
+    whole = set(known) if exact else {s for s in known if searchable(s)}
+    kept = frozenset(keep)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (v if k in kept else walk(v)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return [walk(v) for v in node]
+        if isinstance(node, str):
+            return mask(node) if node in whole else redact(node, known)
+        if isinstance(node, (int, float)) and not isinstance(node, bool) and str(node) in whole:
+            return mask(str(node))
+        return node
+
+    return walk(data)
+
+
+def mask_document_text(text: str, secrets: Iterable[str], json_format: bool = False) -> str | None:
+    """A YAML (or JSON) document's text with its secret *values* masked: parsed, masked value by value
+    (:func:`redact_json` with ``exact``, names kept), dumped again. The text itself when no value holds a
+    secret (and no long secret is anywhere in it, comments included); None when it cannot be parsed."""
+    import yaml  # lazy: only the pack's spec copy needs it
+
+    known = [s for s in secrets if s]
+    try:
+        data = json.loads(text) if json_format else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError):
+        return None
+    masked = redact_json(data, known, keep=NAMES, exact=True)
+    if masked == data and not any(searchable(s) and s in text for s in known):
+        return text
+    if json_format:
+        return json.dumps(masked, indent=2, ensure_ascii=False) + "\n"
+    return ("# secret values masked by pipeline-test (comments and layout of the original not kept)\n"
+            + yaml.safe_dump(masked, sort_keys=False, allow_unicode=True, width=120))
+
+
+class RedactFilter(logging.Filter):
+    """A logging filter that masks the run's secrets in records: in each argument, in a message without
+    arguments, and in the text of an exception (secrets shorter than the minimum are left to the runners)."""
+
+    def __init__(self, secrets: Secrets | Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets: set[str] = {s for s in secrets if s}
+        self.secrets: Secrets = secrets if isinstance(secrets, Secrets) else Secrets(secrets)
 
     def add(self, *secrets: str) -> None:
         """Start masking more secrets."""
-        self.secrets.update(s for s in secrets if s)
+        self.secrets.add(*secrets)
+
+    def _arg(self, value: Any, known: list[str]) -> Any:
+        if isinstance(value, str):
+            return redact(value, known)
+        if isinstance(value, bool) or value is None:
+            return value
+        text = str(value)
+        cleaned = redact(text, known)
+        return value if cleaned == text else cleaned
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            cleaned = redact(message, self.secrets)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
+        known = [s for s in self.secrets if searchable(s)]
+        if not known:
+            return True
+        msg, args = record.msg, record.args
+        try:
+            if isinstance(args, dict):
+                record.args = {k: self._arg(v, known) for k, v in args.items()}
+            elif args:
+                record.args = tuple(self._arg(v, known) for v in args)
+            if isinstance(msg, str):
+                record.msg = redact(msg, known)
+            record.getMessage()
+        except (TypeError, ValueError):  # an argument changed type: mask the formatted message instead
+            record.msg, record.args = msg, args
+            record.msg, record.args = redact(record.getMessage(), known), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, known)
         return True
 
 

@@ -52,7 +52,8 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from tasks.awslambda import json_subset_mismatches, truncate
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, UndoAction, UndoLog, step_kind, undo_kind
 from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code, request_id
-from tasks.secrets import mask, mask_any, redact
+from tasks import markdown as md
+from tasks.secrets import Secrets, mask, mask_any, redact
 
 ParameterType = Literal["String", "StringList", "SecureString"]
 SECURE = "SecureString"
@@ -440,10 +441,8 @@ _RESTORE_WORDS = {
 def _restore_record(original: ParameterSnapshot, current: ParameterSnapshot, after: ParameterSnapshot,
                     action: str) -> dict[str, Any]:
     summary = f"SSM parameter {original.name}: {_RESTORE_WORDS[action]}"
-    markdown = (
-        "| parameter | before restore | after restore | action |\n|---|---|---|---|\n"
-        f"| `{original.name}` | {_cell(current)} | {_cell(after)} | {_RESTORE_WORDS[action]} |"
-    )
+    markdown = md.table(["parameter", "before restore", "after restore", "action"],
+                        [[md.code(original.name), _cell(current), _cell(after), _RESTORE_WORDS[action]]])
     return {
         "parameter": original.name,
         "action": action,
@@ -629,57 +628,50 @@ def check_parameter_writes(step: Any, allowed_prefixes: Sequence[str] | None) ->
 # --- evidence helpers ---------------------------------------------------------------------------------------------
 
 
-def _cell(snap: ParameterSnapshot) -> str:
-    """A markdown table cell for a snapshot's value (masked for SecureString), with type and version."""
+def _cell(snap: ParameterSnapshot, secrets: Iterable[str] = ()) -> md.Md:
+    """A markdown table cell for a snapshot's value (masked for SecureString, known secrets masked in a plain
+    value), with type and version."""
     if not snap.exists:
-        return "(absent)"
-    shown = snap.shown_value().replace("|", "\\|").replace("\n", " ")
-    return f"`{shown}` ({snap.type}, v{snap.version})"
+        return md.Md("(absent)")
+    shown = md.cell(md.code(redact(snap.shown_value(), secrets)))
+    return md.Md(f"{shown} ({md.text(snap.type)}, v{md.text(snap.version)})")
 
 
 def _desc(snap: ParameterSnapshot) -> str:
-    return (snap.description or "").replace("|", "\\|").replace("\n", " ") if snap.exists else ""
+    return md.text(snap.description or "") if snap.exists else ""
 
 
-class _Secrets:
-    """The secrets a runner has seen, for redacting messages."""
+def _learn(secrets: Secrets, snap: ParameterSnapshot) -> None:
+    """A SecureString's value, once read, is a secret of the run from then on (logs, evidence, the pack)."""
+    if snap.secure and snap.value:
+        secrets.add(snap.value)
 
-    def __init__(self, initial: Iterable[str] = ()) -> None:
-        self.values: list[str] = [s for s in initial if s]
 
-    def add(self, snap: ParameterSnapshot) -> None:
-        if snap.secure and snap.value:
-            self.values.append(snap.value)
-
-    def scrub(self, exc: StepError, **details: Any) -> StepError:
-        clean = _scrubbed(exc, self.values)
-        clean.details = {**exc.details, **details}
-        return clean
+def _scrub(exc: StepError, secrets: Iterable[str], **details: Any) -> StepError:
+    clean = _scrubbed(exc, secrets)
+    clean.details = {**exc.details, **details}
+    return clean
 
 
 # --- runners -----------------------------------------------------------------------------------------------------
 
 
-def _set_one(ssm: Any, spec: ParameterSpec, step: SetParametersStep, ctx: StepContext,
-             secrets: _Secrets) -> dict[str, Any]:
+def _set_one(ssm: Any, spec: ParameterSpec, step: SetParametersStep, ctx: StepContext) -> dict[str, Any]:
     before, restore = snapshot_before_change(ssm, ctx, spec.name, step.restore)
-    secrets.add(before)
+    _learn(ctx.secrets, before)
     response = put(ssm, spec.name, spec.value, spec.type, key_id=spec.key_id, description=spec.description,
                    overwrite=spec.overwrite)
     after = snapshot(ssm, spec.name)
-    secrets.add(after)
+    _learn(ctx.secrets, after)
     ctx.logger.info("Set SSM parameter %s (%s, version %s)", spec.name, spec.type, response.get("Version"))
     return {"name": spec.name, "before": before.public(), "after": after.public(), "restore": restore,
             "request_id": request_id(response), "_snaps": (before, after)}
 
 
-def _set_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| parameter | before | after | description (before → after) | restore |", "|---|---|---|---|---|"]
-    for row in rows:
-        before, after = row["_snaps"]
-        lines.append(f"| `{row['name']}` | {_cell(before)} | {_cell(after)} | "
-                     f"{_desc(before)} → {_desc(after)} | {row['restore']} |")
-    return "\n".join(lines)
+def _set_markdown(rows: list[dict[str, Any]], secrets: Iterable[str]) -> str:
+    table = [[md.code(row["name"]), _cell(row["_snaps"][0], secrets), _cell(row["_snaps"][1], secrets),
+              md.Md(f"{_desc(row['_snaps'][0])} → {_desc(row['_snaps'][1])}"), row["restore"]] for row in rows]
+    return md.table(["parameter", "before", "after", "description (before → after)", "restore"], table)
 
 
 def _public_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -690,13 +682,13 @@ def _public_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_set_parameters(step: SetParametersStep, ctx: StepContext) -> StepOutcome:
     """Write each parameter, after snapshotting it and registering its restore; evidence shows before and after."""
     ssm = ctx.clients.client("ssm")
-    secrets = _Secrets(step.secrets())
+    ctx.secrets.add(*step.secrets())
     rows: list[dict[str, Any]] = []
     try:
         for spec in step.parameters:
-            rows.append(_set_one(ssm, spec, step, ctx, secrets))
+            rows.append(_set_one(ssm, spec, step, ctx))
     except StepError as exc:
-        raise secrets.scrub(exc, parameters=_public_rows(rows)) from None
+        raise _scrub(exc, ctx.secrets, parameters=_public_rows(rows)) from None
     created = sum(1 for r in rows if not r["_snaps"][0].exists)
     restored = sum(1 for r in rows if r["restore"] != "off")
     summary = (f"set {len(rows)} SSM parameter(s) ({created} created, {len(rows) - created} changed); "
@@ -704,15 +696,14 @@ def run_set_parameters(step: SetParametersStep, ctx: StepContext) -> StepOutcome
     return StepOutcome(
         summary=summary,
         details={"parameters": _public_rows(rows), "restore": step.restore},
-        markdown=_set_markdown(rows),
+        markdown=_set_markdown(rows, ctx.secrets),
         request_ids=[r["request_id"] for r in rows if r["request_id"]],
     )
 
 
-def _delete_one(ssm: Any, name: str, step: DeleteParametersStep, ctx: StepContext,
-                secrets: _Secrets) -> dict[str, Any]:
+def _delete_one(ssm: Any, name: str, step: DeleteParametersStep, ctx: StepContext) -> dict[str, Any]:
     before, restore = snapshot_before_change(ssm, ctx, name, step.restore)
-    secrets.add(before)
+    _learn(ctx.secrets, before)
     deleted = delete(ssm, name, missing_ok=step.missing_ok) if before.exists else False
     ctx.logger.info("SSM parameter %s %s", name, "deleted" if deleted else "did not exist")
     after = ParameterSnapshot(name=name, exists=False)
@@ -724,7 +715,6 @@ def _delete_one(ssm: Any, name: str, step: DeleteParametersStep, ctx: StepContex
 def run_delete_parameters(step: DeleteParametersStep, ctx: StepContext) -> StepOutcome:
     """Delete each parameter after snapshotting it; without missing_ok, a missing one fails the step first."""
     ssm = ctx.clients.client("ssm")
-    secrets = _Secrets()
     if not step.missing_ok:
         missing = [n for n in step.names if not snapshot(ssm, n).exists]
         if missing:
@@ -733,15 +723,15 @@ def run_delete_parameters(step: DeleteParametersStep, ctx: StepContext) -> StepO
     rows: list[dict[str, Any]] = []
     try:
         for name in step.names:
-            rows.append(_delete_one(ssm, name, step, ctx, secrets))
+            rows.append(_delete_one(ssm, name, step, ctx))
     except StepError as exc:
-        raise secrets.scrub(exc, parameters=_public_rows(rows)) from None
+        raise _scrub(exc, ctx.secrets, parameters=_public_rows(rows)) from None
     deleted = sum(1 for r in rows if r["deleted"])
     return StepOutcome(
         summary=f"deleted {deleted} of {len(rows)} SSM parameter(s)"
         + (f"; {sum(1 for r in rows if r['restore'] != 'off')} will be restored" if step.restore else ""),
         details={"parameters": _public_rows(rows), "restore": step.restore},
-        markdown=_set_markdown(rows),
+        markdown=_set_markdown(rows, ctx.secrets),
     )
 
 
@@ -782,36 +772,38 @@ def _json_problems(name: str, value: str, expected: Any, show: Any) -> list[str]
     return [f"SSM parameter {name} {p}" for p in json_subset_mismatches(expected, document, lambda _p, v: show(v))]
 
 
-def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]]) -> str:
-    lines = ["| parameter | check | expected | actual | result |", "|---|---|---|---|---|"]
+def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]],
+                     secrets: Iterable[str]) -> str:
+    table = []
     for exp, snap, problems in rows:
         secure = snap.secure or exp.type == SECURE
         expected = mask_any(exp.expected) if secure else truncate(json.dumps(exp.expected), MAX_SHOWN_VALUE)
-        expected = expected.replace("|", "\\|")
-        result = "ok" if not problems else "FAILED: " + "; ".join(problems).replace("|", "\\|")
-        lines.append(f"| `{exp.name}` | {exp.check} | `{expected}` | {_cell(snap)} | {result} |")
-    return "\n".join(lines)
+        result = "ok" if not problems else "FAILED: " + "; ".join(problems)
+        table.append([md.code(exp.name), exp.check, md.code(redact(expected, secrets)), _cell(snap, secrets),
+                      redact(result, secrets)])
+    return md.table(["parameter", "check", "expected", "actual", "result"], table)
 
 
 @step_kind(ExpectParametersStep)
 def run_expect_parameters(step: ExpectParametersStep, ctx: StepContext) -> StepOutcome:
     """Read every parameter with decryption and check all expectations; fails listing every one not met."""
     ssm = ctx.clients.client("ssm")
-    secrets = _Secrets(step.secrets())
+    secrets = ctx.secrets
+    secrets.add(*step.secrets())
     rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]] = []
     try:
         for exp in step.parameters:
             snap = snapshot(ssm, exp.name)
-            secrets.add(snap)
-            if snap.secure:
-                secrets.values += _expected_texts(exp)
+            _learn(secrets, snap)
+            if snap.secure:  # compared with a SecureString: a secret from now on, declared or not
+                secrets.add(*_expected_texts(exp))
             rows.append((exp, snap, compare(snap, exp)))
     except StepError as exc:
-        raise secrets.scrub(exc) from None
-    problems = [redact(p, secrets.values) for _, _, ps in rows for p in ps]
-    details = {"parameters": [{"name": e.name, "check": e.check, "actual": s.public(), "problems": p}
-                              for e, s, p in rows]}
-    markdown = redact(_expect_markdown(rows), secrets.values)
+        raise _scrub(exc, secrets) from None
+    problems = [redact(p, secrets) for _, _, ps in rows for p in ps]
+    details = {"parameters": [{"name": e.name, "check": e.check, "actual": s.public(),
+                               "problems": [redact(x, secrets) for x in p]} for e, s, p in rows]}
+    markdown = _expect_markdown(rows, secrets)
     if problems:
         raise StepError("; ".join(problems), code="ExpectationFailed", details={**details, "markdown": markdown})
     ctx.logger.info("All %d SSM parameter expectation(s) met", len(rows))

@@ -154,7 +154,7 @@ def test_cli_output_never_shows_a_secure_string(moto_endpoint, emulated_s3, pref
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert [(s["label"], s["status"]) for s in result["steps"]] == [
         ("point-at-test", "passed"), ("token-set", "passed"), ("output", "failed"), ("cleanup", "passed")]
-    assert "****(sha256:" in proc.stdout  # the result shows the masked form instead
+    assert "****" in proc.stdout  # the result shows the masked form instead (no fingerprint without a key)
     pack = Path(result["evidence_dir"])
     assert all(CANARY not in f.read_text(encoding="utf-8") for f in pack.iterdir())
     assert ssm.get_parameter(Name="/cli/source")["Parameter"]["Value"] == "prod-bucket"

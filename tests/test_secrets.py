@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import threading
 
 import pytest
 
 from tasks.secrets import (
     MASK_KEY_ENV,
+    MIN_SECRET_CHARS,
+    NAMES,
     RedactFilter,
+    Secrets,
+    mask_document_text,
     fingerprint,
     is_sensitive,
     mask,
@@ -30,25 +36,43 @@ def _no_mask_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(MASK_KEY_ENV, raising=False)
 
 
-def test_mask_shows_stars_and_a_short_sha256_prefix() -> None:
-    expected = hashlib.sha256(CANARY.encode()).hexdigest()[:6]
-    assert mask(CANARY) == f"****(sha256:{expected})"
+def test_without_a_key_a_mask_is_stars_only() -> None:
+    assert fingerprint(CANARY) is None
+    assert mask(CANARY) == "****" == mask("a")
+
+
+def test_mask_with_a_key_differs_for_different_values_and_is_stable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MASK_KEY_ENV, "k1")
+    assert mask("a") == mask("a")
+    assert mask("a") != mask("b")
     assert CANARY not in mask(CANARY)
 
 
-def test_mask_differs_for_different_values_and_is_stable() -> None:
-    assert mask("a") == mask("a")
-    assert mask("a") != mask("b")
-
-
 def test_mask_key_makes_an_hmac_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
-    plain = fingerprint(CANARY)
     monkeypatch.setenv(MASK_KEY_ENV, "k1")
     keyed = fingerprint(CANARY)
     assert keyed.startswith("hmac:") and len(keyed) == len("hmac:") + 6
-    assert keyed != plain
+    assert mask(CANARY) == f"****({keyed})"
     monkeypatch.setenv(MASK_KEY_ENV, "k2")
     assert fingerprint(CANARY) != keyed
+
+
+def test_a_pin_fingerprint_cannot_be_matched_without_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unkeyed sha256(pin)[:6] of a 6-digit PIN was reversed in a second; a keyed one cannot be."""
+    pin = "123456"
+    assert pin not in mask(pin) and hashlib.sha256(pin.encode()).hexdigest()[:6] not in mask(pin)
+    key = "kept-by-the-user-" + "x" * 16
+    monkeypatch.setenv(MASK_KEY_ENV, key)
+    shown = fingerprint(pin).removeprefix("hmac:")
+    assert shown != hashlib.sha256(pin.encode()).hexdigest()[:6]
+    assert shown == hmac.new(key.encode(), pin.encode(), hashlib.sha256).hexdigest()[:6]  # the key matches it
+    # an attacker without the key: the same brute force over every PIN, unkeyed or with a wrong key, finds
+    # nothing reliable (a 24-bit fingerprint may collide by chance: never on the PIN itself)
+    for guess_key in (b"", b"wrong-key"):
+        hits = {f"{n:06d}" for n in range(0, 1_000_000, 7)
+                if (hmac.new(guess_key, f"{n:06d}".encode(), hashlib.sha256).hexdigest()[:6] if guess_key
+                    else hashlib.sha256(f"{n:06d}".encode()).hexdigest()[:6]) == shown}
+        assert pin not in hits
 
 
 def test_mask_any_masks_non_strings_by_canonical_json() -> None:
@@ -120,7 +144,7 @@ def test_is_sensitive_matches_paths_under_a_pattern() -> None:
 
 
 def test_redact_replaces_plain_and_json_escaped_occurrences() -> None:
-    secret = 'p"w\\d-ü'
+    secret = 'p"w\\d-ü-long'
     text = f"raw {secret} json {json.dumps({'x': secret})} ascii {json.dumps(secret, ensure_ascii=False)}"
     out = redact(text, [secret])
     assert secret not in out
@@ -128,9 +152,16 @@ def test_redact_replaces_plain_and_json_escaped_occurrences() -> None:
     assert out.count(mask(secret)) == 3
 
 
-def test_redact_prefers_the_longest_secret_and_does_not_rescan_its_output() -> None:
-    out = redact("token=abcdef and abc", ["abc", "abcdef", "", "a"])
-    assert out == f"token={mask('abcdef')} {mask('a')}nd {mask('abc')}"
+def test_redact_prefers_the_longest_secret_and_does_not_rescan_its_output(monkeypatch) -> None:
+    monkeypatch.setenv(MASK_KEY_ENV, "k")
+    out = redact("token=abcdefghij and abcdefgh", ["abcdefgh", "abcdefghij", ""])
+    assert out == f"token={mask('abcdefghij')} and {mask('abcdefgh')}"
+
+
+def test_redact_never_searches_for_short_secrets() -> None:
+    assert MIN_SECRET_CHARS == 8
+    text = '<?xml version="1.0"?><testsuites name="pipeline-test"/>'
+    assert redact(text, ["test", "x", "1234567"]) == text
 
 
 def test_redact_without_secrets_is_identity() -> None:
@@ -140,18 +171,66 @@ def test_redact_without_secrets_is_identity() -> None:
 
 def test_redact_filter_masks_log_records(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("test.secrets.filter")
-    filt = RedactFilter()
-    filt.add(CANARY, "")
+    registry = Secrets()
+    filt = RedactFilter(registry)
+    filt.add(CANARY, "", "test")
+    registry.add("12345678")  # learnt later by a runner: the filter shares the registry
     logger.addFilter(filt)
     try:
         with caplog.at_level(logging.INFO, logger=logger.name):
             logger.info("value is %s", CANARY)
             logger.info("nothing secret here: %d", 5)
+            logger.info("pin %d in step %s", 12345678, "test-step")
+            logger.info(f"inline {CANARY}")
+            try:
+                raise ValueError(f"bad {CANARY}")
+            except ValueError:
+                logger.exception("failed")
     finally:
         logger.removeFilter(filt)
-    assert CANARY not in caplog.text
+    assert CANARY not in caplog.text and "12345678" not in caplog.text
     assert mask(CANARY) in caplog.text
     assert "nothing secret here: 5" in caplog.text
+    assert "in step test-step" in caplog.text  # a short secret never masks names or words
+
+
+def test_secrets_registry_is_shared_thread_safe_and_never_shows_values() -> None:
+    registry = Secrets(["a-long-secret", None, ""])
+    threads = [threading.Thread(target=registry.add, args=(f"value-{i:04d}",)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(registry) == 51 and "value-0007" in registry
+    registry.add(1234, True)
+    assert "1234" in registry and "True" not in registry and registry.short() == ["1234"]
+    assert "secret" not in repr(registry)
+    import copy
+    assert copy.deepcopy(registry) is registry
+
+
+def test_redact_json_masks_string_values_never_keys_or_names(monkeypatch) -> None:
+    monkeypatch.setenv(MASK_KEY_ENV, "k")
+    doc = {"msg": f"token {CANARY} used", CANARY: [CANARY, 1, None], "n": 2, "label": CANARY, "short": "test"}
+    out = redact_json(doc, [CANARY, "test"], keep=NAMES)
+    assert out["msg"] == f"token {mask(CANARY)} used" and out["n"] == 2
+    assert out[CANARY] == [mask(CANARY), 1, None]  # the key is a name: kept
+    assert out["label"] == CANARY and out["short"] == "test"
+    assert redact_json(doc, [CANARY, "test"], keep=NAMES, exact=True)["short"] == mask("test")
+    assert redact_json(doc, []) is doc
+
+
+def test_mask_document_text_masks_values_not_names_or_syntax() -> None:
+    text = "# a comment\ncase: test\nsteps:\n  - kind: set_parameters\n    name: test\n    parameters:\n" \
+           "      - {name: /p, value: test, type: SecureString}\n"
+    masked = mask_document_text(text, ["test"])
+    import yaml
+    data = yaml.safe_load(masked)
+    assert data["case"] == "test" and data["steps"][0]["name"] == "test"
+    assert data["steps"][0]["parameters"][0]["value"] == "****"
+    assert mask_document_text("case: c\n# keep me\n", ["test"]) == "case: c\n# keep me\n"
+    assert "long-secret-1" not in mask_document_text("case: c\n# long-secret-1\n", ["long-secret-1"])
+    assert json.loads(mask_document_text('{"case": "c", "v": "test"}', ["test"], json_format=True))["v"] == "****"
 
 
 def test_mask_paths_with_overlapping_paths_masks_each_value_once() -> None:
@@ -161,9 +240,4 @@ def test_mask_paths_with_overlapping_paths_masks_each_value_once() -> None:
     assert mask_paths(doc, ["creds.password", "*.password"]) == {"creds": {"password": mask(CANARY)}}
 
 
-def test_redact_json_masks_secrets_inside_strings_and_keys() -> None:
-    doc = {"msg": f"token {CANARY} used", CANARY: [CANARY, 1, None], "n": 2}
-    out = redact_json(doc, [CANARY])
-    assert CANARY not in json.dumps(out)
-    assert out["msg"] == f"token {mask(CANARY)} used" and out["n"] == 2
-    assert redact_json(doc, []) is doc
+
