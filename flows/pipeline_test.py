@@ -55,13 +55,13 @@ def _run_name() -> str:
 
 
 def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, str] | None,
-                 base_dir: str | Path | None) -> tuple[CaseSpec, Path]:
+                 base_dir: str | Path | None, files_root: str | Path | None = None) -> tuple[CaseSpec, Path]:
     """Accept a spec as a file path, a dict or a model; validate it in full; return it and its folder."""
     if isinstance(spec, (str, Path)):
-        return load_spec(spec, variables)
+        return load_spec(spec, variables, files_root)
     folder = Path(base_dir) if base_dir else Path.cwd()
     raw = spec.model_dump(mode="python", exclude_unset=True) if isinstance(spec, CaseSpec) else spec
-    return parse_spec(raw, "<spec>", folder, variables), folder
+    return parse_spec(raw, "<spec>", folder, variables, files_root), folder
 
 
 def _ui_url() -> str | None:
@@ -81,18 +81,20 @@ def pipeline_test(
     evidence_dir: str | None = None,
     write_evidence: bool = True,
     notify: dict[str, Any] | None = None,
+    files_root: str | None = None,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
     ``variables`` override the case's declared variables; ``base_dir`` is where a spec given as a model finds
     its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
-    notice settings (e.g. per deployment). The flow run fails when the case fails; its result is a
+    notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
+    ``files_root``. The flow run fails when the case fails; its result is a
     ``CaseResult`` either way.
     """
     logger = get_run_logger()
     clear_stop()
-    case, spec_dir = resolve_spec(spec, variables, base_dir)
+    case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
     try:
         notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
     except ValidationError as exc:
@@ -228,6 +230,13 @@ def result_of(state: Any) -> CaseResult | None:
     return None
 
 
+def check_evidence_dir(folder: Path, spec: str) -> None:
+    """--evidence-dir must be a new or empty folder: found before the run, not after it."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "is not a folder" if not folder.is_dir() else "is not empty"
+        raise SpecError(spec, [f"--evidence-dir {folder} {what}; give a new or empty folder"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file")
@@ -239,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evidence-dir", metavar="DIR", help="write the evidence pack to this (new or empty) "
                         "folder; default: evidence/<case>/<time>-<run id>/")
     parser.add_argument("--no-evidence", action="store_true", help="do not write an evidence pack")
+    parser.add_argument("--files-root", metavar="DIR", help="local files named by steps may also lie under DIR "
+                        "(default: only under the spec's folder)")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -249,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("a spec file is required")
     try:
         overrides = parse_vars(args.var)
-        case, _ = load_spec(args.spec, overrides)
+        case, _ = load_spec(args.spec, overrides, args.files_root)
+        if args.evidence_dir and not args.no_evidence:
+            check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
         print(str(exc), file=sys.stderr)
         print("Nothing was run: no AWS call was made.", file=sys.stderr)
@@ -258,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return 0
     state = pipeline_test(spec=str(args.spec), variables=overrides or None, evidence_dir=args.evidence_dir,
-                          write_evidence=not args.no_evidence, return_state=True)
+                          write_evidence=not args.no_evidence, files_root=args.files_root, return_state=True)
     result = result_of(state)
     if result is None:
         print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
