@@ -8,9 +8,9 @@ and ``--var`` values. Refused are:
   something shaped like an AWS secret access key (40 characters of letters, digits, ``/`` and ``+`` mixing
   upper case, lower case and digits).
 
-An ordinary ``password`` or ``token`` field (say, in a Lambda payload) is *not* refused: a case may need one;
-give its value as a template (``{{ db_password }}``) or list it in the step's ``sensitive_fields`` so it is
-masked. Under ``aws:`` the wider :data:`flows.spec.AWS_SETTINGS_CREDENTIAL_KEYS` are refused too.
+An ordinary ``password`` or ``token`` field (say, in a Lambda payload) is *not* refused: a test may need a test
+user's password; listing it in the step's ``sensitive_fields`` masks it in every output. Under ``aws:`` the wider
+:data:`flows.spec.AWS_SETTINGS_CREDENTIAL_KEYS` are refused too.
 Messages name where the problem is, never the value.
 """
 

@@ -23,7 +23,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 #: the largest spec file read
 MAX_SPEC_BYTES = 1_000_000
 #: nodes (mappings, lists, keys, scalars) of a spec, counting every use of an alias and every merged key
-MAX_NODES = 100_000
+MAX_NODES = 50_000
 #: how deep mappings and lists may nest
 MAX_DEPTH = 64
 #: aliases (``*name``) in one YAML spec

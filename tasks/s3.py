@@ -417,7 +417,8 @@ class UploadStep(StepBase):
                                         "run id) and pipeline-test-case, so test data can be found; {} for none.")
     cleanup: bool = Field(False, description="Delete the uploaded objects when the case ends (only those this "
                           "case uploaded, and only if unchanged since).")
-    multipart_threshold_mb: int = Field(16, ge=5, le=5120, description="Files of this size (MiB) or more go up in parts.")
+    multipart_threshold_mb: int = Field(16, ge=5, le=5120,
+                                        description="Files of this size (MiB) or more go up in parts.")
 
     @model_validator(mode="after")
     def _one_key_form(self) -> "UploadStep":
