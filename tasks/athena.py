@@ -45,6 +45,7 @@ from tasks.base import (Link, SpecModel, StepBase, StepContext, StepOutcome, for
                         template_aware)
 from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
 from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.s3 import S3_URI_KEY
 
 __all__ = [
     "AthenaExpect",
@@ -1072,7 +1073,8 @@ class AthenaQueryStep(StepBase):
     database: str | None = Field(None, description="The database (Glue schema) unqualified table names refer to.")
     catalog: str = Field("AwsDataCatalog", description="The data catalog.")
     workgroup: str = Field("primary", description="The Athena workgroup to run in.")
-    output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/")] = Field(
+    output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/"),
+                               S3_URI_KEY] = Field(
         None,
         description="Where Athena writes the result (s3://bucket/prefix/); optional when the workgroup sets one.",
     )

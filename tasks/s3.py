@@ -54,8 +54,17 @@ def _safe_key(value: str) -> str:
     return value
 
 
+def _safe_uri_key(value: str | None) -> str | None:
+    """An ``s3://bucket/key`` URI whose key part is a safe key (see :func:`_safe_key`)."""
+    if value and value.startswith("s3://"):
+        _safe_key(value[len("s3://"):].partition("/")[2])
+    return value
+
+
 #: an S3 key or prefix: no '..' segment, no leading '/', checked as written and again once rendered
 S3Key = Annotated[str, AfterValidator(_safe_key)]
+#: the same check on the key part of an s3:// URI (use in an Annotated string field)
+S3_URI_KEY = AfterValidator(_safe_uri_key)
 TAG_RUN = "pipeline-test-run"
 TAG_CASE = "pipeline-test-case"
 

@@ -244,6 +244,8 @@ CASES: list[Bad] = [
     Bad("expect-keys-dotdot", [STEP_EXPECT, "keys.0", "'..'"], change=step(1, prefix=..., keys=["a/../b"])),
     Bad("prefix-rendered-slash", [STEP_EXPECT, "prefix", "after templating", "start with '/'"],
         change=lambda raw: (variables(p="/abs")(raw), step(1, prefix="{{ p }}/x")(raw))),
+    Bad("athena-output-dotdot", [STEP_ATHENA, "output_location", "'..'"],
+        change=step(3, output_location="s3://results-bucket/a/../b/")),
     Bad("evidence-prefix-dotdot", ["case: field 'evidence.prefix'", "'..'"],
         change=top(evidence={"bucket": "evidence-bucket", "prefix": "../up/"})),
     # ---- the evidence folder, before anything runs
