@@ -86,14 +86,14 @@ def short_secret_warnings(steps: Any) -> list[str]:
 
 
 def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[str, Any] | None,
-                 base_dir: str | Path | None) -> tuple[CaseSpec, Path]:
+                 base_dir: str | Path | None, files_root: str | Path | None = None) -> tuple[CaseSpec, Path]:
     """Accept a spec as a file path, a dict or a model; validate it in full; return it and its folder."""
     variables = plain_variables(variables)
     if isinstance(spec, (str, Path)):
-        return load_spec(spec, variables)
+        return load_spec(spec, variables, files_root)
     folder = Path(base_dir) if base_dir else Path.cwd()
     raw = spec.model_dump(mode="python", exclude_unset=True) if isinstance(spec, CaseSpec) else spec
-    return parse_spec(raw, "<spec>", folder, variables), folder
+    return parse_spec(raw, "<spec>", folder, variables, files_root), folder
 
 
 def _ui_url() -> str | None:
@@ -114,6 +114,7 @@ def pipeline_test(
     write_evidence: bool = True,
     notify: dict[str, Any] | None = None,
     recover: bool = False,
+    files_root: str | None = None,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
@@ -121,12 +122,13 @@ def pipeline_test(
     hidden, and the CLI passes every ``--var`` so); ``base_dir`` is where a spec given as a model finds
     its local files. The evidence pack goes to ``evidence_dir`` (default: ``evidence/<case>/<time>-<run id>/``
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
-    notice settings (e.g. per deployment). ``recover`` first puts back what dead runs left changed on the
-    resources this case changes (else the run refuses to start). The flow run fails when the case fails; its
-    result is a ``CaseResult`` either way.
+    notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
+    ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
+    (else the run refuses to start). The flow run fails when the case fails; its result is a ``CaseResult``
+    either way.
     """
     logger = get_run_logger()
-    case, spec_dir = resolve_spec(spec, variables, base_dir)
+    case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
     try:
         notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
     except ValidationError as exc:
@@ -385,6 +387,13 @@ def _stop_signals_as_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def check_evidence_dir(folder: Path, spec: str) -> None:
+    """--evidence-dir must be a new or empty folder: found before the run, not after it."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "is not a folder" if not folder.is_dir() else "is not empty"
+        raise SpecError(spec, [f"--evidence-dir {folder} {what}; give a new or empty folder"])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
@@ -401,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-evidence", action="store_true", help="do not write an evidence pack")
     parser.add_argument("--recover", action="store_true", help="first put back what dead runs left changed on "
                         "this case's resources (else the run refuses to start when there is any)")
+    parser.add_argument("--files-root", metavar="DIR", help="local files named by steps may also lie under DIR "
+                        "(default: only under the spec's folder)")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -411,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("a spec file is required")
     try:
         overrides = parse_vars(args.var)
-        case, _ = load_spec(args.spec, overrides)
+        case, _ = load_spec(args.spec, overrides, args.files_root)
+        if args.evidence_dir and not args.no_evidence:
+            check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
         print(str(exc), file=sys.stderr)
         print("Nothing was run: no AWS call was made.", file=sys.stderr)
@@ -426,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         # --var values may be secrets (a SecureString's value): Prefect stores SecretStr parameters hidden
         hidden = {k: SecretStr(v) for k, v in overrides.items()}
         state = pipeline_test(spec=str(args.spec), variables=hidden or None, evidence_dir=args.evidence_dir,
-                              write_evidence=not args.no_evidence, recover=args.recover, return_state=True)
+                              write_evidence=not args.no_evidence, recover=args.recover,
+                              files_root=args.files_root, return_state=True)
         result = result_of(state)
         if result is None:
             value = state.result(raise_on_failure=False)

@@ -1,14 +1,16 @@
 """The test-case spec: what a user writes (YAML or JSON) to describe one ingestion test.
 
-Validation happens in full before anything touches AWS: structure (pydantic, unknown keys rejected), unique
-step names, variables used in templates, and a trial rendering of every step. Every problem names the step
-(its number and name) and the field.
+Validation happens in full before anything touches AWS: the file (bounded: :mod:`flows.spec_file`), credentials
+anywhere (:mod:`flows.credentials`), structure (pydantic, unknown keys rejected), unique step names, variables
+used in templates, local files (confined and present: :mod:`flows.local_files`), and a trial rendering of every
+step (bounded: :mod:`flows.sandbox`), all within VALIDATION_SECONDS. Every problem names the step (its number
+and name) and the field.
 """
 
 from __future__ import annotations
 
-import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +22,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 import importlib
 
+from flows import local_files, spec_file
+from flows.credentials import credential_problems
 from flows.notify import NotifySettings
-from flows.templating import BUILTINS, TemplateError, builtin_values, check_template, render, resolve_variables
+from flows.templating import (BUILTINS, TemplateError, builtin_values, check_template, is_templated, render,
+                              resolve_variables)
 from tasks.aws import AwsTarget
 from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
+from tasks.s3 import S3Key
 
 #: the service modules whose step kinds a case can use; importing one registers its kinds
 SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena")
@@ -36,8 +42,13 @@ def step_kinds() -> list[StepKind]:
     order = {name: i for i, name in enumerate(SERVICE_MODULES)}
     return sorted(REGISTRY.values(), key=lambda k: (order.get(k.model.__module__, len(order)), k.model.__module__))
 
-CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key",
-                   "secret_key", "secret_access_key", "session_token", "password"}
+#: keys refused under ``aws:`` (anywhere else, flows.credentials refuses the AWS credential keys)
+AWS_SETTINGS_CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key",
+                                "secret_key", "secret_access_key", "session_token", "password"}
+#: how long validation may take (checked between steps and while templates render)
+VALIDATION_SECONDS = 10.0
+#: how many problems an error message lists
+SHOWN_PROBLEMS = 50
 
 
 class AwsSettings(SpecModel):
@@ -58,7 +69,7 @@ class AwsSettings(SpecModel):
     @classmethod
     def _no_credentials(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            found = sorted(k for k in data if str(k).lower() in CREDENTIAL_KEYS)
+            found = sorted(k for k in data if str(k).lower() in AWS_SETTINGS_CREDENTIAL_KEYS)
             if found:
                 raise ValueError(f"credentials never go in a spec ({', '.join(found)}); save them in a prefect-aws "
                                  "AwsCredentials block and name it in credentials_block, or use a profile")
@@ -78,7 +89,7 @@ class EvidenceSettings(SpecModel):
     """Where the run's evidence pack is also kept, besides the local folder: an S3 bucket, encrypted at rest."""
 
     bucket: str = Field(..., description="Bucket to upload the evidence pack to.")
-    prefix: str = Field("pipeline-test-evidence/", description="Key prefix; the pack goes under "
+    prefix: S3Key = Field("pipeline-test-evidence/", description="Key prefix; the pack goes under "
                         "<prefix><case>/<time>-<run id>/.")
     sse: Literal["AES256", "aws:kms", "aws:kms:dsse"] = Field("AES256", description="Server-side encryption.")
     kms_key_id: str | None = Field(None, description="KMS key id or ARN, with sse: aws:kms or aws:kms:dsse.")
@@ -205,7 +216,24 @@ class SpecError(Exception):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems
-        super().__init__(f"invalid spec {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+        shown = [f"  - {p}" for p in problems[:SHOWN_PROBLEMS]]
+        if len(problems) > SHOWN_PROBLEMS:
+            shown.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more problem(s)")
+        super().__init__(f"invalid spec {source}:\n" + "\n".join(shown))
+
+
+class _Deadline:
+    """When validation must stop (``time.monotonic()``); checked between steps and while templates render."""
+
+    def __init__(self, source: str, seconds: float) -> None:
+        self.source = source
+        self.at = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def check(self, where: str) -> None:
+        if time.monotonic() > self.at:
+            raise SpecError(self.source, [f"{where}: validation took longer than {self.seconds:g} s and was "
+                                          "stopped (a template or a spec that is too big?)"])
 
 
 def _where(raw: Any, loc: tuple[Any, ...]) -> tuple[str, str]:
@@ -272,7 +300,7 @@ def _strings(value: Any, path: str, skip: frozenset[str]) -> Iterator[tuple[str,
             yield from _strings(v, f"{path}[{i}]", frozenset())
 
 
-def _semantic_problems(spec: CaseSpec, spec_dir: Path, extra_vars: dict[str, Any]) -> list[str]:
+def _semantic_problems(spec: CaseSpec, spec_dir: Path, allowed: tuple[Path, ...], deadline: _Deadline) -> list[str]:
     problems: list[str] = []
     seen: dict[str, str] = {}
     for i, item in enumerate(spec.steps, 1):
@@ -286,7 +314,7 @@ def _semantic_problems(spec: CaseSpec, spec_dir: Path, extra_vars: dict[str, Any
                                 "step names must be unique in a case")
             else:
                 seen[name] = placed.number
-    known = set(BUILTINS) | set(spec.variables) | set(extra_vars)
+    known = set(BUILTINS) | set(spec.variables)
     for name, value in spec.variables.items():
         if isinstance(value, str):
             try:
@@ -294,22 +322,23 @@ def _semantic_problems(spec: CaseSpec, spec_dir: Path, extra_vars: dict[str, Any
             except TemplateError as exc:
                 problems.append(f"case: field 'variables.{name}': {exc}")
     for placed in iter_steps(spec):
+        deadline.check(describe(placed))
         step = placed.step
         for fld, text in _strings(step, "", step.untemplated):
+            deadline.check(describe(placed))
             try:
                 check_template(text, known)
             except TemplateError as exc:
                 problems.append(f"{describe(placed)}: field {fld!r}: {exc}")
-        for fld in step.template_files:
+        for fld in sorted(step.template_files):
             rel = getattr(step, fld, None)
-            if not rel:
-                continue
-            path = spec_dir / str(rel).replace("\\", "/")
-            if not path.is_file():
-                problems.append(f"{describe(placed)}: field {fld!r}: file not found: {path}")
+            if not rel or is_templated(str(rel)):  # a templated path is checked once rendered
                 continue
             try:
-                check_template(path.read_text(encoding="utf-8"), known)
+                (path,) = local_files.check_path(str(rel), spec_dir, allowed, must_exist=True, glob=False)
+                check_template(local_files.read_template_file(path, str(rel)), known)
+            except local_files.LocalPathError as exc:
+                problems.append(f"{describe(placed)}: field {fld!r}: {exc}")
             except TemplateError as exc:
                 problems.append(f"{describe(placed)}: field {fld!r} ({rel}): {exc}")
         for msg in step.case_checks(spec):
@@ -327,42 +356,68 @@ def describe(placed: PlacedStep) -> str:
 
 # ------------------------------------------------------------------------------------------------- loading
 def parse_spec(raw: Any, source: str = "<spec>", spec_dir: Path | None = None,
-               overrides: dict[str, str] | None = None) -> CaseSpec:
-    """Validate raw spec data in full (structure, names, variables, a trial rendering); raise SpecError."""
+               overrides: dict[str, str] | None = None, files_root: str | Path | None = None) -> CaseSpec:
+    """Validate raw spec data in full (credentials, structure, names, variables, local files, a trial
+    rendering) within VALIDATION_SECONDS; raise SpecError.
+
+    Local files must lie under ``spec_dir`` (default: the working directory) or ``files_root``.
+    """
+    deadline = _Deadline(source, VALIDATION_SECONDS)
     if not isinstance(raw, dict):
         raise SpecError(source, ["case: the spec must be a mapping with 'case' and 'steps'"])
+    try:
+        spec_file.expanded_size(raw, spec_file.json_children, "spec")
+    except spec_file.SpecFileError as exc:
+        raise SpecError(source, [f"case: {exc}"]) from None
+    overrides = overrides or {}
+    found = [*credential_problems(raw), *credential_problems(overrides, ("variables",))]
+    if found:
+        raise SpecError(source, [_located(raw, loc, msg) for loc, msg in found])
     try:
         spec = CaseSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(source, _pydantic_problems(raw, exc)) from None
-    overrides = overrides or {}
     unknown = sorted(set(overrides) - set(spec.variables))
     if unknown:
         raise SpecError(source, [f"--var {n}: no such variable in the case (declared: "
                                  f"{', '.join(spec.variables) or 'none'})" for n in unknown])
     if overrides:
         spec = spec.model_copy(update={"variables": {**spec.variables, **overrides}})
-    problems = _semantic_problems(spec, spec_dir or Path.cwd(), {})
+    folder = spec_dir or Path.cwd()
+    if files_root and not Path(files_root).expanduser().is_dir():
+        raise SpecError(source, [f"--files-root {files_root}: not a folder"])
+    allowed = local_files.roots(folder, files_root)
+    problems = _semantic_problems(spec, folder, allowed, deadline)
     if not problems:
-        problems = _trial_render(spec, spec_dir or Path.cwd())
+        problems = _trial_render(spec, folder, allowed, deadline)
     if problems:
         raise SpecError(source, problems)
     return spec
 
 
-def _trial_render(spec: CaseSpec, spec_dir: Path) -> list[str]:
+def _located(raw: Any, loc: tuple[Any, ...], msg: str) -> str:
+    where, fld = _where(raw, loc)
+    return f"{where}: {('field ' + repr(fld) + ': ') if fld else ''}{msg}"
+
+
+def _trial_render(spec: CaseSpec, spec_dir: Path, allowed: tuple[Path, ...], deadline: _Deadline) -> list[str]:
     """Render every step with placeholder run values, to catch what only shows after templating."""
     try:
         values = resolve_variables(spec.variables, builtin_values(spec.case, "00000000-0000-0000-0000-000000000000",
-                                                                   datetime.now(timezone.utc), spec.timezone))
+                                                                   datetime.now(timezone.utc), spec.timezone),
+                                   deadline.at)
     except TemplateError as exc:
         return [f"case: field 'variables': {exc}"]
     problems = []
     for placed in iter_steps(spec):
+        deadline.check(describe(placed))
         try:
-            rendered = render_step(placed.step, values)
-            problems += [f"{describe(placed)}: {msg}" for msg in
-                         rendered.case_checks(spec) + rendered.rendered_checks(spec_dir, lambda t: render(t, values))]
+            rendered = render_step(placed.step, values, deadline.at)
+            paths = _local_file_problems(placed.step, rendered, spec_dir, allowed)
+            checks = rendered.case_checks(spec)
+            if not paths:  # the step's own checks may read its files: only once they are known to be allowed
+                checks += rendered.rendered_checks(spec_dir, lambda t: render(t, values, deadline.at))
+            problems += [f"{describe(placed)}: {msg}" for msg in paths + checks]
         except TemplateError as exc:
             problems.append(f"{describe(placed)}: {exc}")
         except ValidationError as exc:
@@ -373,40 +428,68 @@ def _trial_render(spec: CaseSpec, spec_dir: Path) -> list[str]:
     return problems
 
 
-def render_step(step: StepBase, values: dict[str, Any]) -> StepBase:
+def _local_file_problems(written: StepBase, rendered: StepBase, spec_dir: Path,
+                         allowed: tuple[Path, ...]) -> list[str]:
+    """Local paths of a step: confined once rendered; present when written without a template."""
+    problems = []
+    for fld in sorted(written.local_files | written.template_files):
+        before, after = getattr(written, fld, None), getattr(rendered, fld, None)
+        if before is None or after is None:
+            continue
+        pairs = zip(before, after) if isinstance(before, list) else [(before, after)]
+        for i, (raw, value) in enumerate(pairs):
+            where = f"{fld}[{i}]" if isinstance(before, list) else fld
+            try:
+                local_files.check_path(str(value), spec_dir, allowed, must_exist=not is_templated(str(raw)),
+                                       glob=fld in written.local_files)
+            except local_files.LocalPathError as exc:
+                problems.append(f"field {where!r}: {exc}")
+    return problems
+
+
+def render_step(step: StepBase, values: dict[str, Any], deadline: float | None = None) -> StepBase:
     """A copy of the step with every templated string rendered (names and kind are left as they are)."""
 
-    def walk(value: Any, top: bool) -> Any:
+    def walk(value: Any, path: str) -> Any:
         if isinstance(value, str):
-            return render(value, values)
+            try:
+                return render(value, values, deadline)
+            except TemplateError as exc:
+                raise TemplateError(f"field {path!r}: {exc}") from None
         if isinstance(value, dict):
-            return {k: (v if top and k in step.untemplated else walk(v, False)) for k, v in value.items()}
+            return {k: (v if not path and k in step.untemplated else walk(v, f"{path}.{k}" if path else str(k)))
+                    for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v, False) for v in value]
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
 
     data = step.model_dump(mode="python", exclude_unset=True)
-    return type(step).model_validate(walk(data, True))
+    return type(step).model_validate(walk(data, ""))
 
 
 def read_spec_file(path: Path) -> Any:
-    """Read YAML or JSON (by extension; YAML is a superset, so anything else is read as YAML)."""
-    if not path.is_file():
-        raise SpecError(str(path), [f"case: spec file not found: {path}"])
-    text = path.read_text(encoding="utf-8")
+    """Read YAML or JSON (by extension; YAML is a superset, so anything else is read as YAML), bounded and
+    strict (:mod:`flows.spec_file`: size, UTF-8, duplicate keys, aliases, nodes, depth)."""
     try:
-        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
+        text = spec_file.read_text(path)
+        return spec_file.load_json(text) if path.suffix.lower() == ".json" else spec_file.load_yaml(text)
+    except spec_file.SpecFileError as exc:
+        raise SpecError(str(path), [f"case: {exc}"]) from None
+    except ValueError as exc:  # json.JSONDecodeError
         raise SpecError(str(path), [f"case: not valid JSON: {exc}"]) from None
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [f"case: not valid YAML: {exc}"]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [f"case: cannot read the spec file: {exc.strerror or exc}"]) from None
 
 
-def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> tuple[CaseSpec, Path]:
+def load_spec(path: str | Path, overrides: dict[str, str] | None = None,
+              files_root: str | Path | None = None) -> tuple[CaseSpec, Path]:
     """Load and validate a spec file; returns the spec and its folder (local paths are relative to it)."""
     path = Path(path)
     raw = read_spec_file(path)
-    return parse_spec(raw, str(path), path.resolve().parent, overrides), path.resolve().parent
+    folder = path.resolve().parent
+    return parse_spec(raw, str(path), folder, overrides, files_root), folder
 
 
 def json_schema() -> dict[str, Any]:

@@ -6,13 +6,17 @@ variables come from the spec and ``--var``. A name that is neither is an error b
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, meta
 from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from flows.sandbox import (BUDGET_KEY, MAX_TAG_CHARS, MAX_TEMPLATE, MAX_TEMPLATE_TAGS, MAX_TEXT, RENDER_SECONDS,
+                           BoundedEnvironment, Budget, TemplateLimit)
 
 BUILTINS: dict[str, str] = {
     "case_name": "The case's name.",
@@ -23,19 +27,49 @@ BUILTINS: dict[str, str] = {
     "run_at": "The run's start as a datetime in the case's time zone: {{ run_at.strftime('%Y/%m/%d') }}.",
 }
 
-_env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+_env = BoundedEnvironment()
+#: how much of a template an error message quotes
+SHOWN_TEMPLATE_CHARS = 200
+_TAG = re.compile(r"\{\{.*?(?:\}\}|$)|\{%.*?(?:%\}|$)", re.DOTALL)
 
 
 class TemplateError(ValueError):
     """A template that does not parse, names an unknown variable, or fails to render."""
 
 
+def shown(text: str) -> str:
+    """A template as error messages quote it: cut to a readable length."""
+    if len(text) <= SHOWN_TEMPLATE_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_TEMPLATE_CHARS]!r}… ({len(text):,} characters)"
+
+
+def _check_size(text: str) -> None:
+    if not is_templated(text):
+        return
+    if len(text) > MAX_TEMPLATE:
+        raise TemplateError(f"a template of {len(text):,} characters is longer than the limit of "
+                            f"{MAX_TEMPLATE:,}: {shown(text)}")
+    tags = _TAG.findall(text)
+    if len(tags) > MAX_TEMPLATE_TAGS or sum(map(len, tags)) > MAX_TAG_CHARS:
+        raise TemplateError(f"a template with {len(tags):,} tags ({{{{ }}}} or {{% %}}) of {sum(map(len, tags)):,} "
+                            f"characters is over the limit of {MAX_TEMPLATE_TAGS:,} tags and {MAX_TAG_CHARS:,} "
+                            f"characters in tags: {shown(text)}")
+
+
+def is_templated(text: str) -> bool:
+    return "{{" in text or "{%" in text or "{#" in text
+
+
 def variables_in(text: str) -> set[str]:
     """The variable names a template uses."""
+    _check_size(text)
     try:
         return set(meta.find_undeclared_variables(_env.parse(text)))
     except TemplateSyntaxError as exc:
-        raise TemplateError(f"template syntax error: {exc.message} in {text!r}") from None
+        raise TemplateError(f"template syntax error: {exc.message} in {shown(text)}") from None
+    except (RecursionError, MemoryError):
+        raise TemplateError(f"template nested too deeply: {shown(text)}") from None
 
 
 def check_template(text: str, known: set[str]) -> None:
@@ -43,21 +77,40 @@ def check_template(text: str, known: set[str]) -> None:
     unknown = sorted(variables_in(text) - known)
     if unknown:
         raise TemplateError(
-            f"unknown variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {text!r} "
+            f"unknown variable{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in {shown(text)} "
             f"(known: {', '.join(sorted(known))})"
         )
 
 
-def render(text: str, values: dict[str, Any]) -> str:
-    """Render one template; plain strings without ``{{``/``{%`` are returned as they are."""
+def render(text: str, values: dict[str, Any], deadline: float | None = None) -> str:
+    """Render one template; plain strings without ``{{``/``{%`` are returned as they are.
+
+    Bounded (see :mod:`flows.sandbox`): the result is at most MAX_TEXT characters, and the rendering stops at
+    ``deadline`` (a ``time.monotonic()`` value) or after RENDER_SECONDS, whichever comes first.
+    """
     if "{{" not in text and "{%" not in text:
         return text
+    _check_size(text)
+    limit = time.monotonic() + RENDER_SECONDS
+    budget = Budget(limit if deadline is None else min(deadline, limit))
     try:
-        return _env.from_string(text).render(values)
+        parts: list[str] = []
+        size = 0
+        for part in _env.from_string(text).generate({**values, BUDGET_KEY: budget}):
+            size += len(part)
+            if size > MAX_TEXT:
+                raise TemplateLimit(f"the rendered text would be more than {MAX_TEXT:,} characters")
+            parts.append(part)
+        budget.check_time()
+        return "".join(parts)
+    except TemplateLimit as exc:
+        raise TemplateError(f"cannot render {shown(text)}: refused: {exc}") from None
     except (UndefinedError, SecurityError, TemplateSyntaxError) as exc:
-        raise TemplateError(f"cannot render {text!r}: {exc}") from None
+        raise TemplateError(f"cannot render {shown(text)}: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise TemplateError(f"cannot render {shown(text)}: the template nests or recurses too deeply") from None
     except Exception as exc:  # an expression that fails, e.g. a bad strftime or index
-        raise TemplateError(f"cannot render {text!r}: {type(exc).__name__}: {exc}") from None
+        raise TemplateError(f"cannot render {shown(text)}: {type(exc).__name__}: {exc}") from None
 
 
 def builtin_values(case_name: str, flow_run_id: str, started: datetime, timezone: str) -> dict[str, Any]:
@@ -73,9 +126,10 @@ def builtin_values(case_name: str, flow_run_id: str, started: datetime, timezone
     }
 
 
-def resolve_variables(user: dict[str, Any], builtins: dict[str, Any]) -> dict[str, Any]:
+def resolve_variables(user: dict[str, Any], builtins: dict[str, Any],
+                      deadline: float | None = None) -> dict[str, Any]:
     """All variables: built-ins, then user variables in order; a user value may use built-ins and earlier ones."""
     values = dict(builtins)
     for name, value in user.items():
-        values[name] = render(value, values) if isinstance(value, str) else value
+        values[name] = render(value, values, deadline) if isinstance(value, str) else value
     return values

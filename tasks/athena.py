@@ -45,7 +45,8 @@ from tasks.aws import is_real_aws
 from tasks.base import (Link, SpecModel, StepBase, StepContext, StepOutcome, format_bytes, step_kind,
                         template_aware)
 from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
-from tasks.polling import Clock, PollSettings, poll
+from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.s3 import S3_URI_KEY
 
 __all__ = [
     "AthenaExpect",
@@ -1039,8 +1040,10 @@ def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 class AthenaWait(PollSettings):
     """Waiting for a query: as :class:`PollSettings`, but a query may take up to 10 minutes by default."""
 
-    timeout: float = Field(600.0, gt=0, description="Stop the query and fail after this many seconds.")
-    initial: float = Field(0.2, gt=0, description="First interval between checks (a 2 s query is seen at once).")
+    timeout: float = Field(600.0, gt=0, le=MAX_WAIT_SECONDS,
+                           description="Stop the query and fail after this many seconds.")
+    initial: float = Field(0.2, gt=0, le=MAX_INTERVAL_SECONDS,
+                           description="First interval between checks (a 2 s query is seen at once).")
 
 
 class AthenaQueryStep(StepBase):
@@ -1063,7 +1066,8 @@ class AthenaQueryStep(StepBase):
     database: str | None = Field(None, description="The database (Glue schema) unqualified table names refer to.")
     catalog: str = Field("AwsDataCatalog", description="The data catalog.")
     workgroup: str = Field("primary", description="The Athena workgroup to run in.")
-    output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/")] = Field(
+    output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/"),
+                               S3_URI_KEY] = Field(
         None,
         description="Where Athena writes the result (s3://bucket/prefix/); optional when the workgroup sets one.",
     )

@@ -119,6 +119,16 @@ class InvokeLambdaStep(StepBase):
             encode_client_context(self.client_context)
         return self
 
+    def rendered_checks(self, spec_dir: Path, render: Callable[[str], str]) -> list[str]:
+        """A payload_file must be readable JSON once rendered: found before the run, not when invoking."""
+        if self.payload_file is None:
+            return []
+        try:
+            load_payload(self, spec_dir, render)
+        except StepError as exc:
+            return [f"field 'payload_file': {exc.message}"]
+        return []
+
     def secrets(self) -> list[str]:
         """Values at the sensitive paths of an inline payload: the engine masks them in every output of the run."""
         return secrets_at(self.payload, self.sensitive_fields) if self.sensitive_fields else []

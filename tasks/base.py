@@ -67,7 +67,7 @@ def format_duration(seconds: float) -> str:
 class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, so a typo never passes silently."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class StepBase(SpecModel):
@@ -79,6 +79,10 @@ class StepBase(SpecModel):
     #: fields naming a local file (relative to the spec) whose *content* is a template: the validator checks
     #: its variables before the run, and the runner renders the content with ``ctx.render``
     template_files: ClassVar[frozenset[str]] = frozenset()
+    #: fields naming local files or glob patterns (a string or a list of them), relative to the spec: the
+    #: validator checks that they lie under the allowed folders and, when untemplated, that they exist
+    #: (``template_files`` are local files too)
+    local_files: ClassVar[frozenset[str]] = frozenset()
 
     name: str | None = Field(
         None,

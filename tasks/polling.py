@@ -21,16 +21,23 @@ from tasks.errors import StepError
 T = TypeVar("T")
 
 
+#: the longest wait a step may ask for: 7 days
+MAX_WAIT_SECONDS = 7 * 24 * 3600.0
+#: the longest interval between checks or between progress lines: 1 day
+MAX_INTERVAL_SECONDS = 24 * 3600.0
+
+
 class PollSettings(BaseModel):
-    """How to wait: timeout and the growing interval between checks (all in seconds)."""
+    """How to wait: timeout and the growing interval between checks (all in seconds; finite, at most 7 days)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    timeout: float = Field(300.0, gt=0, description="Give up after this many seconds.")
-    initial: float = Field(0.2, gt=0, description="First interval between checks.")
+    timeout: float = Field(300.0, gt=0, le=MAX_WAIT_SECONDS, description="Give up after this many seconds.")
+    initial: float = Field(0.2, gt=0, le=MAX_INTERVAL_SECONDS, description="First interval between checks.")
     factor: float = Field(1.25, ge=1.0, le=4.0, description="Each interval is the previous one times this.")
-    max_interval: float = Field(15.0, gt=0, description="Intervals never grow past this.")
-    log_every: float = Field(15.0, gt=0, description="Log progress at most this often while waiting.")
+    max_interval: float = Field(15.0, gt=0, le=MAX_INTERVAL_SECONDS, description="Intervals never grow past this.")
+    log_every: float = Field(15.0, gt=0, le=MAX_INTERVAL_SECONDS,
+                             description="Log progress at most this often while waiting.")
 
 
 class WaitInterrupted(StepError):

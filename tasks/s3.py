@@ -18,12 +18,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster
 
 from tasks import markdown
@@ -42,6 +42,30 @@ MIB = 1024 * 1024
 #: an S3 bucket name (3 to 63 lowercase letters, digits, dots and dashes), checked once templates are rendered
 BucketName = Annotated[str, template_aware(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
                                            "an S3 bucket name is 3 to 63 lowercase letters, digits, '.' and '-'")]
+
+
+def _safe_key(value: str) -> str:
+    """An S3 key (or prefix) with no ``..`` segment and no leading ``/`` (also checked once rendered)."""
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith(("/", "\\")):
+        raise ValueError("an S3 key must not start with '/' (S3 keys are relative: write in/a.csv, not /in/a.csv)")
+    if ".." in parts:
+        raise ValueError("an S3 key must not hold a '..' segment (S3 does not resolve it; the object would land "
+                         "under a key with '..' in it)")
+    return value
+
+
+def _safe_uri_key(value: str | None) -> str | None:
+    """An ``s3://bucket/key`` URI whose key part is a safe key (see :func:`_safe_key`)."""
+    if value and value.startswith("s3://"):
+        _safe_key(value[len("s3://"):].partition("/")[2])
+    return value
+
+
+#: an S3 key or prefix: no '..' segment, no leading '/', checked as written and again once rendered
+S3Key = Annotated[str, AfterValidator(_safe_key)]
+#: the same check on the key part of an s3:// URI (use in an Annotated string field)
+S3_URI_KEY = AfterValidator(_safe_uri_key)
 TAG_RUN = "pipeline-test-run"
 TAG_CASE = "pipeline-test-case"
 
@@ -420,12 +444,14 @@ def observe_prefix(client: Any, bucket: str, prefix: str, pattern: str, min_size
 class UploadStep(StepBase):
     """Upload local test files to S3, where the pipeline under test picks them up."""
 
+    local_files: ClassVar[frozenset[str]] = frozenset({"files"})
+
     kind: Literal["upload"] = "upload"
     files: list[str] = Field(..., min_length=1, description="Local files: paths or glob patterns, relative to "
                              "the spec file (``/`` or ``\\`` as separator).")
     bucket: BucketName = Field(..., description="Target bucket.")
-    key: str | None = Field(None, description="Full object key, for a single file.")
-    key_prefix: str | None = Field(None, description="Key prefix; each file goes to prefix + its file name.")
+    key: S3Key | None = Field(None, description="Full object key, for a single file.")
+    key_prefix: S3Key | None = Field(None, description="Key prefix; each file goes to prefix + its file name.")
     content_type: str | None = Field(None, description="Content-Type; guessed from the file name when unset.")
     sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption.")
     kms_key_id: str | None = Field(None, description="KMS key id or ARN, with sse: aws:kms.")
@@ -435,7 +461,8 @@ class UploadStep(StepBase):
                                         "run id) and pipeline-test-case, so test data can be found; {} for none.")
     cleanup: bool = Field(False, description="Delete the uploaded objects when the case ends (only those this "
                           "case uploaded, and only if unchanged since).")
-    multipart_threshold_mb: int = Field(16, ge=5, description="Files of this size (MiB) or more go up in parts.")
+    multipart_threshold_mb: int = Field(16, ge=5, le=5120,
+                                        description="Files of this size (MiB) or more go up in parts.")
 
     def resources(self, spec_dir: Path) -> list[str]:
         """The key prefix (or key) this step uploads under: locked for the whole case run."""
@@ -459,8 +486,8 @@ class ExpectObjectsStep(StepBase):
 
     kind: Literal["expect_objects"] = "expect_objects"
     bucket: BucketName = Field(..., description="Bucket to look in.")
-    keys: list[str] | None = Field(None, min_length=1, description="Exact keys that must exist.")
-    prefix: str | None = Field(None, description="Key prefix to list (instead of keys).")
+    keys: list[S3Key] | None = Field(None, min_length=1, description="Exact keys that must exist.")
+    prefix: S3Key | None = Field(None, description="Key prefix to list (instead of keys).")
     pattern: str = Field("*", description="Glob on the key's part after the prefix (``*`` also spans ``/``).")
     count: int | None = Field(None, ge=0, description="Exactly this many matching objects (with prefix).")
     min_count: int | None = Field(None, ge=1, description="At least this many matching objects (with prefix; "

@@ -55,6 +55,11 @@ ALL_FILES = ("report.json", "report.md", "report.html", "junit.xml", "spec.yaml"
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def _spec_files(data_dir: Path) -> None:
+    """The files SPEC_YAML uploads exist in the working folder (validation checks local files)."""
+
+
 def _case_spec() -> CaseSpec:
     return parse_spec(yaml.safe_load(SPEC_YAML), "<spec>", Path.cwd())
 

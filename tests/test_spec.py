@@ -30,6 +30,13 @@ def good() -> dict[str, Any]:
     }
 
 
+@pytest.fixture(autouse=True)
+def local_data(tmp_path: Path) -> None:
+    """The file good() uploads, in the working folder (each test's own tmp_path), where validation looks."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "orders.csv").write_text("id\n1\n")
+
+
 def problems(raw: dict[str, Any], **kw: Any) -> list[str]:
     with pytest.raises(SpecError) as info:
         parse_spec(raw, **kw)
@@ -111,8 +118,11 @@ def test_credentials_are_refused() -> None:
     raw = good()
     raw["aws"] = {"region": "eu-west-1", "aws_secret_access_key": "abc"}
     (msg,) = problems(raw)
-    assert msg.startswith("case: field 'aws': credentials never go in a spec")
-    assert "abc" not in msg
+    assert msg.startswith("case: field 'aws.aws_secret_access_key': 'aws_secret_access_key' is an AWS credential")
+    assert "credentials never go in a spec" in msg and "abc" not in msg
+    raw["aws"] = {"region": "eu-west-1", "password": "abc"}  # under aws:, the wider list
+    (msg,) = problems(raw)
+    assert msg.startswith("case: field 'aws': credentials never go in a spec (password)") and "abc" not in msg
 
 
 def test_bad_timezone_and_builtin_shadowing() -> None:

@@ -1,0 +1,413 @@
+"""Bad input cannot hurt: a table of bad specs, each refused by ``--validate`` the way a user would run it.
+
+For every input: exit code 2, a message naming the file and the field (and the step when there is one), no
+traceback, within 5 s, under 300 MB, and no AWS call. Most run in-process (``main([...])``, memory measured
+with tracemalloc, AWS calls refused by a patched botocore); two also run in a real Python process the way
+``python -m flows.pipeline_test`` does (``sys.exit(main())``; memory measured with ru_maxrss, AWS pointed at a
+closed port): one whose template work is too slow to measure under tracemalloc, and a binary file (which used
+to end with a traceback and exit code 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from flows import pipeline_test, spec as spec_module
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = "case.yaml"
+MAX_SECONDS = 5.0
+MAX_BYTES = 300 * 1024 * 1024
+# an AWS access key id and secret access key of AWS's documentation (not real credentials)
+ACCESS_KEY_ID = "AKIA" + "IOSFODNN7EXAMPLE"
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYEXAMPLEKEY"
+
+
+def base() -> dict[str, Any]:
+    """A valid case using every step kind; each bad input changes one thing."""
+    return {
+        "case": "Bad input",
+        "variables": {"bucket": "landing-bucket", "dir": "data"},
+        "aws": {"region": "us-east-1", "allowed_parameter_prefixes": ["/test/"]},
+        "steps": [
+            {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
+             "key_prefix": "in/"},
+            {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}", "prefix": "in/",
+             "wait": {"timeout": 5}},
+            {"kind": "invoke_lambda", "name": "start", "function": "ingest", "payload": {"bucket": "{{ bucket }}"}},
+            {"kind": "athena_query", "name": "rows", "sql": "SELECT 1", "output_location": "s3://results-bucket/"},
+            {"kind": "set_parameters", "name": "point", "parameters": [{"name": "/test/source", "value": "x"}]},
+        ],
+    }
+
+
+@dataclass
+class Bad:
+    """One bad input: how to make it (a change of base(), or the spec's text or bytes) and what the error says."""
+
+    id: str
+    expect: list[str]
+    change: Callable[[dict[str, Any]], Any] | None = None
+    text: str | bytes | None = None
+    name: str = SPEC
+    args: list[str] = field(default_factory=list)
+    setup: Callable[[Path], None] | None = None
+    patch: dict[str, Any] = field(default_factory=dict)
+    subprocess: bool = False
+    #: False for a bad command-line argument found before the file is read
+    names_file: bool = True
+
+
+def step(i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
+    """A change that sets fields of step ``i`` (0-based; a value of ``...`` removes the field)."""
+    def change(raw: dict[str, Any]) -> None:
+        for key, value in fields.items():
+            if value is ...:
+                raw["steps"][i].pop(key, None)
+            else:
+                raw["steps"][i][key] = value
+    return change
+
+
+def top(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        raw.update(fields)
+    return change
+
+
+def variables(**values: Any) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        raw["variables"].update(values)
+    return change
+
+
+def payload(value: Any) -> Callable[[dict[str, Any]], None]:
+    return step(2, payload=value)
+
+
+def wait(i: int, **values: Any) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        raw["steps"][i].setdefault("wait", {}).update(values)
+    return change
+
+
+def header(extra: str) -> str:
+    """A spec's text: base() as YAML with ``extra`` (a step's YAML, indented as a list item) appended."""
+    return yaml.safe_dump(base(), sort_keys=False) + extra
+
+
+LAMBDA_STEP = "  - kind: invoke_lambda\n    name: bomb\n    function: f\n    payload:\n"
+ALIAS_BOMB = LAMBDA_STEP + "".join(
+    f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else ', '.join(['lol'] * 9)}]\n" for i in range(9))
+MERGE_BOMB = LAMBDA_STEP + "      m0: &m0 {a: 1, b: 2}\n" + "".join(
+    f"      m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: 1}}\n" for i in range(1, 22))
+TEMPLATE = "payload.x"  # where the template bombs go
+
+
+def _write(folder: Path, name: str, content: str | bytes) -> Path:
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+STEP_LAMBDA = "step 3 'start' (invoke_lambda)"
+STEP_UPLOAD = "step 1 'land' (upload)"
+STEP_EXPECT = "step 2 'landed' (expect_objects)"
+STEP_ATHENA = "step 4 'rows' (athena_query)"
+STEP_SSM = "step 5 'point' (set_parameters)"
+
+CASES: list[Bad] = [
+    # ---- bounded: the file and its YAML
+    Bad("alias-bomb", ["more than 50,000 values", "alias"], text=header(ALIAS_BOMB)),
+    Bad("too-many-aliases", ["more than 100 aliases"],
+        text=header(LAMBDA_STEP + "      a: &a x\n      b: [" + ", ".join(["*a"] * 150) + "]\n")),
+    Bad("merge-bomb", ["more than 50,000 values"], text=header(MERGE_BOMB)),
+    Bad("recursive-alias", ["refers to itself"], text=header(LAMBDA_STEP + "      a: &a [1, *a]\n")),
+    Bad("deep-nesting-yaml", ["nests deeper than 64"],
+        text=header(LAMBDA_STEP + "      a: " + "[" * 200 + "]" * 200 + "\n")),
+    Bad("deep-nesting-json", ["nests deeper than 64"], name="case.json",
+        text=json.dumps({**base(), "description": "x"})[:-1] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}"),
+    Bad("huge-file", ["1,000,000 bytes"], text="case: x\n# " + "x" * 1_000_100 + "\n"),
+    Bad("huge-list", ["more than 50,000 values"],
+        text=header(LAMBDA_STEP + "      a: [" + ",".join(["1"] * 60_000) + "]\n")),
+    Bad("huge-list-json", ["more than 50,000 values"], name="case.json",
+        change=step(2, payload=[0] * 60_000)),
+    Bad("many-problems-listed-briefly", ["and 350 more problem(s)", "field 'files."],
+        change=step(0, files=[1] * 400)),
+    # ---- bounded: templates
+    Bad("repeat-bomb", [STEP_LAMBDA, TEMPLATE, "more than 1,000,000 characters"],
+        change=payload({"x": "{{ 'a' * 3000000000 }}"})),
+    Bad("power-bomb", [STEP_LAMBDA, TEMPLATE, "100,000 bits"], change=payload({"x": "{{ 9 ** 99999999 }}"})),
+    Bad("list-repeat-bomb", [STEP_LAMBDA, TEMPLATE, "repeated"], change=payload({"x": "{{ [1, 2] * 10**9 }}"})),
+    Bad("center-bomb", [STEP_LAMBDA, TEMPLATE, "center"], change=payload({"x": "{{ 'x'|center(3000000000) }}"})),
+    Bad("ljust-bomb", [STEP_LAMBDA, TEMPLATE, "ljust"], change=payload({"x": "{{ 'x'.ljust(10**9) }}"})),
+    Bad("printf-width-bomb", [STEP_LAMBDA, TEMPLATE, "% format"], change=payload({"x": "{{ '%0999999999d' % 1 }}"})),
+    Bad("format-width-bomb", [STEP_LAMBDA, TEMPLATE, "format spec"],
+        change=payload({"x": "{{ '{:>999999999}'.format(1) }}"})),
+    Bad("concat-doubling", [STEP_LAMBDA, TEMPLATE, "joined with ~"],
+        change=payload({"x": "{% set s = 'a' * 1000000 %}{% set s = s ~ s %}{{ s }}"})),
+    Bad("join-bomb", [STEP_LAMBDA, TEMPLATE, "more than"], change=payload({"x": "{{ (['a' * 1000] * 5000)|join }}"})),
+    Bad("replace-bomb", [STEP_LAMBDA, TEMPLATE, "replace"],
+        change=payload({"x": "{{ ('a' * 1000)|replace('a', 'b' * 10000) }}"})),
+    Bad("slice-bomb", [STEP_LAMBDA, TEMPLATE, "slice"], change=payload({"x": "{{ [1]|slice(10**9)|list }}"})),
+    Bad("empty-nested-loops", [STEP_LAMBDA, TEMPLATE, "loop iterations"],
+        change=payload({"x": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"})),
+    Bad("long-output", [STEP_LAMBDA, TEMPLATE, "rendered text would be more than"],
+        change=payload({"x": "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}"})),
+    Bad("recursive-macro", [STEP_LAMBDA, TEMPLATE, "recurses too deeply"],
+        change=payload({"x": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"})),
+    Bad("exponential-macro", [STEP_LAMBDA, TEMPLATE, "loop iterations, calls and operations"], subprocess=True,
+        change=payload({"x": "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}"
+                             "{{ f(40) }}"})),
+    Bad("too-many-tags", [STEP_LAMBDA, TEMPLATE, "tags"], change=payload({"x": "{{ bucket }}" * 300})),
+    Bad("variable-bomb", ["case: field 'variables'", "more than 1,000,000 characters"],
+        change=variables(big="{{ 'a' * 10**8 }}")),
+    Bad("validation-time-limit", ["validation took longer than"], patch={"VALIDATION_SECONDS": -1.0}),
+    # ---- the file itself
+    Bad("duplicate-key-top", ["duplicate key 'case' on line 2 (first on line 1)"],
+        text="case: one\ncase: two\nsteps: []\n"),
+    Bad("duplicate-key-step", ["duplicate key 'bucket' on line"], text=header(
+        "  - kind: expect_objects\n    bucket: bucket-one\n    bucket: bucket-two\n    prefix: x/\n")),
+    Bad("duplicate-key-json", ["duplicate key 'case'"], name="case.json", text='{"case": "a", "case": "b"}'),
+    Bad("binary-file", ["binary"], text=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))),
+    Bad("not-utf8", ["not UTF-8"], text="case: caf\xe9\nsteps: []\n".encode("latin-1")),
+    Bad("directory", ["is a directory"], setup=lambda d: (d / "folder.yaml").mkdir(), name="folder.yaml"),
+    Bad("missing-file", ["spec file not found"], name="nowhere.yaml"),
+    Bad("empty-file", ["must be a mapping"], text=""),
+    Bad("list-at-top", ["must be a mapping"], text="- case: x\n"),
+    Bad("yaml-syntax", ["not valid YAML", "line"], text="case: [unclosed\nsteps: x\n"),
+    Bad("json-syntax", ["not valid JSON"], name="case.json", text='{"case": "x",}'),
+    # ---- numbers: finite and bounded
+    Bad("timeout-inf", [STEP_EXPECT, "wait.timeout", "finite"], change=wait(1, timeout=float("inf"))),
+    Bad("timeout-nan", [STEP_EXPECT, "wait.timeout", "finite"], change=wait(1, timeout=float("nan"))),
+    Bad("timeout-1e300", [STEP_EXPECT, "wait.timeout", "less than or equal to 604800"], change=wait(1, timeout=1e300)),
+    Bad("interval-inf", [STEP_EXPECT, "wait.max_interval"], change=wait(1, max_interval=float("inf"))),
+    Bad("initial-negative", [STEP_EXPECT, "wait.initial", "greater than 0"], change=wait(1, initial=-1)),
+    Bad("athena-timeout-1e300", [STEP_ATHENA, "wait.timeout"], change=wait(3, timeout=1e300)),
+    Bad("variable-inf", ["case: field 'variables.x", "finite number"], change=variables(x=float("inf"))),
+    Bad("multipart-absurd", [STEP_UPLOAD, "multipart_threshold_mb"], change=step(0, multipart_threshold_mb=10**300)),
+    # ---- local files: present, readable, confined
+    Bad("upload-missing", [STEP_UPLOAD, "files[0]", "not found"], change=step(0, files=["data/nope.csv"])),
+    Bad("glob-no-match", [STEP_UPLOAD, "files[0]", "no local file matches"], change=step(0, files=["data/*.parquet"])),
+    Bad("payload-file-not-json", [STEP_LAMBDA, "payload_file", "not valid JSON"],
+        change=step(2, payload=..., payload_file="event.json"), setup=lambda d: _write(d, "event.json", "{not json")),
+    Bad("payload-file-missing", [STEP_LAMBDA, "payload_file", "not found"],
+        change=step(2, payload=..., payload_file="nope.json")),
+    Bad("payload-file-directory", [STEP_LAMBDA, "payload_file", "is a directory"],
+        change=step(2, payload=..., payload_file="data")),
+    Bad("sql-file-missing", [STEP_ATHENA, "sql_file", "not found"], change=step(3, sql=..., sql_file="q.sql")),
+    Bad("sql-file-not-utf8", [STEP_ATHENA, "sql_file", "not UTF-8"], change=step(3, sql=..., sql_file="q.sql"),
+        setup=lambda d: _write(d, "q.sql", "SELECT 'caf\xe9'".encode("latin-1"))),
+    Bad("upload-dotdot", [STEP_UPLOAD, "files[0]", "outside", "--files-root"],
+        change=step(0, files=["../outside.csv"]), setup=lambda d: _write(d.parent, "outside.csv", "secret")),
+    Bad("upload-absolute", [STEP_UPLOAD, "files[0]", "outside", "--files-root"],
+        change=step(0, files=["/etc/hostname"])),
+    Bad("upload-symlink-out", [STEP_UPLOAD, "files[0]", "outside"], change=step(0, files=["data/link.csv"]),
+        setup=lambda d: (d / "data" / "link.csv").symlink_to("/etc/hostname")),
+    Bad("glob-dotdot", [STEP_UPLOAD, "files[0]", "outside"], change=step(0, files=["../*.csv"])),
+    Bad("templated-path-escapes", [STEP_UPLOAD, "files[0]", "outside"],
+        change=lambda raw: (variables(dir="..")(raw), step(0, files=["{{ dir }}/x.csv"])(raw))),
+    Bad("sql-file-outside", [STEP_ATHENA, "sql_file", "outside"], change=step(3, sql=..., sql_file="/etc/hostname")),
+    Bad("files-root-missing", ["--files-root", "not a folder"], args=["--files-root", "no/such/folder"]),
+    # ---- credentials anywhere
+    Bad("credential-variable", ["case: field 'variables.aws_secret_access_key'", "credential"],
+        change=variables(aws_secret_access_key="abc")),
+    Bad("credential-key-in-payload", [STEP_LAMBDA, "payload.auth.Session_Token", "credential"],
+        change=payload({"auth": {"Session_Token": "abc"}})),
+    Bad("access-key-id-value", ["case: field 'variables.key'", "access key id"], change=variables(key=ACCESS_KEY_ID)),
+    Bad("access-key-id-in-payload", [STEP_LAMBDA, "payload.items.1", "access key id"],
+        change=payload({"items": ["a", f"id={ACCESS_KEY_ID}"]})),
+    Bad("secret-key-in-parameter", [STEP_SSM, "parameters.0.value", "secret access key"],
+        change=step(4, parameters=[{"name": "/test/k", "value": SECRET_KEY, "type": "SecureString"}])),
+    Bad("credential-in-var", ["variables.bucket", "access key id"], args=["--var", f"bucket={ACCESS_KEY_ID}"]),
+    Bad("password-under-aws", ["case: field 'aws'", "credentials never go in a spec"],
+        change=lambda raw: raw["aws"].update(password="abc")),
+    # ---- S3 keys
+    Bad("key-prefix-dotdot", [STEP_UPLOAD, "key_prefix", "'..'"], change=step(0, key_prefix="in/../out/")),
+    Bad("key-leading-slash", [STEP_UPLOAD, "key", "start with '/'"], change=step(0, key_prefix=..., key="/in/a.csv")),
+    Bad("expect-keys-dotdot", [STEP_EXPECT, "keys.0", "'..'"], change=step(1, prefix=..., keys=["a/../b"])),
+    Bad("prefix-rendered-slash", [STEP_EXPECT, "prefix", "after templating", "start with '/'"],
+        change=lambda raw: (variables(p="/abs")(raw), step(1, prefix="{{ p }}/x")(raw))),
+    Bad("athena-output-dotdot", [STEP_ATHENA, "output_location", "'..'"],
+        change=step(3, output_location="s3://results-bucket/a/../b/")),
+    Bad("evidence-prefix-dotdot", ["case: field 'evidence.prefix'", "'..'"],
+        change=top(evidence={"bucket": "evidence-bucket", "prefix": "../up/"})),
+    # ---- the evidence folder, before anything runs
+    Bad("evidence-dir-not-empty", ["--evidence-dir", "is not empty"], args=["--evidence-dir", "full"],
+        setup=lambda d: _write(d, "full/old.txt", "x")),
+    Bad("evidence-dir-is-a-file", ["--evidence-dir", "is not a folder"], args=["--evidence-dir", "data/orders.csv"]),
+    # ---- everyday mistakes
+    Bad("wrong-type", [STEP_EXPECT, "min_size", "valid integer"], change=step(1, min_size="big")),
+    Bad("unknown-kind", ["step 6 (uplod)", "unknown kind 'uplod'"],
+        change=lambda raw: raw["steps"].append({"kind": "uplod"})),
+    Bad("missing-kind", ["step 6", "missing 'kind'"], change=lambda raw: raw["steps"].append({"name": "x"})),
+    Bad("unknown-field", [STEP_UPLOAD, "buckett", "unknown field"], change=step(0, buckett="x")),
+    Bad("unknown-variable", [STEP_UPLOAD, "key_prefix", "unknown variable run_dat"],
+        change=step(0, key_prefix="in/{{ run_dat }}/")),
+    Bad("template-syntax", [STEP_UPLOAD, "key_prefix", "template syntax error"], change=step(0, key_prefix="{{ x")),
+    Bad("later-variable", ["case: field 'variables.a'", "unknown variable b"],
+        change=lambda raw: raw.update(variables={"a": "{{ b }}", "b": "x", "bucket": "landing-bucket", "dir": "d"})),
+    Bad("bad-name-pattern", ["step 1 'bad/name!' (upload)", "field 'name'", "pattern"],
+        change=step(0, name="bad/name!")),
+    Bad("bad-jmespath", [STEP_LAMBDA, "expect", "JMESPath"], change=step(2, expect={"jmespath": {"a[": 1}})),
+    Bad("writing-sql", [STEP_ATHENA, "field 'sql'", "DELETE"], change=step(3, sql="DELETE FROM t")),
+    Bad("two-statements", [STEP_ATHENA, "field 'sql'", "2 statements"], change=step(3, sql="SELECT 1; SELECT 2")),
+    Bad("unparsable-sql", [STEP_ATHENA, "field 'sql'", "could not be parsed"], change=step(3, sql="SELEC 1 FROM")),
+    Bad("wrong-enum", [STEP_LAMBDA, "invocation_type"], change=step(2, invocation_type="Sync")),
+    Bad("negative-count", [STEP_EXPECT, "count", "greater than or equal to 0"], change=step(1, count=-1)),
+    Bad("unknown-timezone", ["case: field 'timezone'", "unknown time zone"], change=top(timezone="Mars/Olympus")),
+    Bad("empty-steps", ["case: field 'steps'", "at least 1 item"], change=top(steps=[])),
+    Bad("steps-not-a-list", ["case: field 'steps'", "valid list"], change=top(steps={"kind": "upload"})),
+    Bad("missing-case-name", ["case: field 'case'", "Field required"], change=lambda raw: raw.pop("case")),
+    Bad("bad-bucket", [STEP_UPLOAD, "bucket", "S3 bucket name"], change=step(0, bucket="Not A Bucket")),
+    Bad("bad-bucket-rendered", [STEP_UPLOAD, "bucket", "after templating"], change=variables(bucket="x")),
+    Bad("duplicate-step-name", ["step 2 'land' (expect_objects)", "already used by step 1"],
+        change=step(1, name="land")),
+    Bad("parameter-outside-prefix", [STEP_SSM, "parameters", "outside the allowed parameter prefixes"],
+        change=step(4, parameters=[{"name": "/prod/x", "value": "y"}])),
+    Bad("nested-parallel", ["step 6.1", "unknown kind 'parallel'"],
+        change=lambda raw: raw["steps"].append({"kind": "parallel", "steps": [{"kind": "parallel", "steps": []}]})),
+    Bad("unknown-var-override", ["--var nope", "no such variable"], args=["--var", "nope=1"]),
+    Bad("bad-var-syntax", ["--var 'novalue'", "expected name=value"], args=["--var", "novalue"], names_file=False),
+]
+SUBPROCESS_TOO = {"binary-file"}  # also run for real: no traceback, exit code 2
+
+
+def make(bad: Bad, folder: Path) -> Path:
+    """Write the bad input (and the files a valid case needs) into ``folder``; returns the spec's path."""
+    _write(folder, "data/orders.csv", "id,amount\n1,10\n")
+    if bad.setup:
+        bad.setup(folder)
+    path = folder / bad.name
+    if bad.text is not None:
+        _write(folder, bad.name, bad.text)
+    elif bad.id != "missing-file" and not path.exists():
+        raw = base()
+        if bad.change:
+            bad.change(raw)
+        _write(folder, bad.name, json.dumps(raw) if bad.name.endswith(".json") else yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def no_aws(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail any AWS API call (and record it)."""
+    calls: list[str] = []
+
+    def refuse(self: Any, operation: str, params: Any) -> Any:
+        calls.append(operation)
+        raise AssertionError(f"validation made an AWS call: {operation}")
+
+    monkeypatch.setattr("botocore.client.BaseClient._make_api_call", refuse)
+    return calls
+
+
+def test_the_base_case_is_valid(tmp_path: Path, no_aws: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    path = make(Bad("valid", []), tmp_path)
+    assert pipeline_test.main([str(path), "--validate"]) == 0, capsys.readouterr().err
+    assert no_aws == []
+
+
+def test_the_table_is_big_enough() -> None:
+    assert len(CASES) >= 60 and len({b.id for b in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("bad", [b for b in CASES if not b.subprocess], ids=lambda b: b.id)
+def test_bad_input_is_refused_in_process(bad: Bad, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         no_aws: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    path = make(bad, tmp_path)
+    for name, value in bad.patch.items():
+        monkeypatch.setattr(spec_module, name, value)
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        code = pipeline_test.main([str(path), "--validate", *bad.args])
+    finally:
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    _check_message(bad, path, out + err)
+    assert elapsed < MAX_SECONDS, f"{bad.id} took {elapsed:.1f} s"
+    assert peak < MAX_BYTES, f"{bad.id} peaked at {peak / 1e6:.0f} MB"
+    assert no_aws == []
+
+
+def _check_message(bad: Bad, path: Path, output: str) -> None:
+    assert "Traceback" not in output, output
+    assert path.name in output or not bad.names_file, output
+    for text in bad.expect:
+        assert text in output, f"{bad.id}: {text!r} not in:\n{output}"
+    assert "Nothing was run: no AWS call was made." in output
+
+
+#: the child reports how much its resident memory grew while validating (ru_maxrss is in KiB on Linux)
+CHILD = """
+import resource, sys, time
+from flows.pipeline_test import main
+before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+code = main(sys.argv[1:])
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(f"grown-kib={grown} seconds={time.monotonic() - started:.2f}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_bad_input_is_refused_by_the_real_command(tmp_path: Path) -> None:
+    """Real processes, side by side: exit code 2 and no traceback; validation's time and memory (ru_maxrss growth)
+    measured in the child after its imports; AWS points at a closed port, so a call could not succeed."""
+    chosen = [b for b in CASES if b.subprocess or b.id in SUBPROCESS_TOO]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
+    env.update(PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8", AWS_ENDPOINT_URL="http://127.0.0.1:9",
+               AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    runs = []
+    for bad in chosen:  # started together: the file waits for about one Python start-up
+        folder = tmp_path / bad.id
+        folder.mkdir()
+        path = make(bad, folder)
+        argv = [sys.executable, "-c", CHILD, str(path), "--validate", *bad.args]
+        runs.append((bad, path, subprocess.Popen(argv, cwd=folder, env=env, text=True, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.PIPE)))
+    for bad, path, proc in runs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, out + err
+        _check_message(bad, path, out + err)
+        grown, seconds = re.search(r"grown-kib=(\d+) seconds=([\d.]+)", err).groups()  # type: ignore[union-attr]
+        assert int(grown) * 1024 < MAX_BYTES, f"{bad.id} grew by {int(grown) / 1024:.0f} MB"
+        assert float(seconds) < MAX_SECONDS, f"{bad.id} took {seconds} s"
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("{{ bucket }}/{{ run_at.strftime('%Y/%m') }}", "b/2026/01"),
+    ("{% for i in range(3) %}{{ i }}{% if not loop.last %},{% endif %}{% endfor %}", "0,1,2"),
+    ("{{ bucket ~ '-' ~ 7 }}|{{ bucket|upper }}|{{ '%05d' % 42 }}|{{ '{:>4}'.format(bucket) }}", "b-7|B|00042|   b"),
+    ("{{ ','.join(['a', 'b']) }}|{{ [1, 2]|join('-') }}|{{ 'x' * 3 }}|{{ 2 ** 10 }}|{{ 'ab'|replace('a', 'c') }}",
+     "a,b|1-2|xxx|1024|cb"),
+    ("{% macro m(a) %}<{{ a }}>{% endmacro %}{{ m(1) }}{{ (bucket + 'y')|center(5) }}", "<1>  by "),
+    ("{% set ns = namespace(n=1) %}{% for _ in range(3) %}{% set ns.n = ns.n * 2 %}{% endfor %}{{ ns.n }}", "8"),
+])
+def test_ordinary_templates_still_render(template: str, expected: str) -> None:
+    """The bounds refuse bombs, not everyday templates."""
+    from datetime import datetime, timezone
+
+    from flows.templating import builtin_values, render
+
+    values = {**builtin_values("c", "r", datetime(2026, 1, 2, tzinfo=timezone.utc), "UTC"), "bucket": "b"}
+    assert render(template, values) == expected
