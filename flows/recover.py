@@ -164,14 +164,14 @@ def recover(clients: ClientFactory, *, prefix: str | None, logger: Any, dry_run:
 
 # ------------------------------------------------------------------------------------------- flow and CLI
 def _report_markdown(entries: list[JournalEntry], report: Recovered) -> str:
-    from tasks.base import md_table
+    from tasks import markdown
 
     rows = [["restored", d["resource"], d["outcome"], d["run_id"], d["case"]] for d in report.done]
     rows += [["FAILED", d["resource"], d["error"], d["run_id"], d["case"]] for d in report.failed]
     rows += [["skipped", d["resource"], d["why"], d["run_id"], d["case"]] for d in report.skipped]
     head = (f"Found **{len(entries)}** unfinished undo(s) in the journal: {len(report.done)} restored, "
             f"{len(report.failed)} failed, {len(report.skipped)} skipped.")
-    return head + ("\n\n" + md_table(["result", "resource", "what happened", "run", "case"], rows) if rows else "")
+    return head + ("\n\n" + markdown.table(["result", "resource", "what happened", "run", "case"], rows) if rows else "")
 
 
 def recover_flow_fn(region: str | None = None, profile: str | None = None, credentials_block: str | None = None,
