@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from botocore import UNSIGNED
 from botocore.exceptions import ClientError, ConnectionClosedError
 from moto import mock_aws
 from moto.athena.models import QueryResults, athena_backends
@@ -39,12 +40,13 @@ from prefect.states import State
 
 import flows.evidence
 import tasks.athena as athena_mod
+from flows.emulator import FAKE_ENV, REAL_ENV
 from flows.engine import execute_step, undo_now
 from flows.evidence_pack import verify, write_pack
-from flows.results import CaseResult, StepFailed, StepResult
-from flows.spec import CaseSpec, iter_steps, parse_spec
+from flows.results import CaseResult, StepResult
+from flows.spec import iter_steps, parse_spec
 from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import REGISTRY, StepKind, UndoLog, StepContext
+from tasks.base import REGISTRY, StepContext, StepKind, UndoLog
 from tasks.polling import Clock
 
 REGION = "us-east-1"
@@ -252,17 +254,37 @@ def case_spec(variant: str, targets: list[dict[str, Any]] | None = None) -> dict
 
 
 def seed(factory: ClientFactory) -> None:
-    """What exists before every case: the parameters, the bucket with one object, Athena's result bucket and
-    the next query's result (moto's no-Docker Lambda echoes any function's payload)."""
+    """What exists before every case: the parameters, the bucket with one object, Athena's result bucket (moto's
+    no-Docker Lambda echoes any function's payload)."""
     ssm, s3 = factory.client("ssm"), factory.client("s3")
     for name, (value, type_, description) in PARAMETERS.items():
         ssm.put_parameter(Name=name, Value=value, Type=type_, Description=description)
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key=KEPT_KEY, Body=b"id\n1\n")
     s3.create_bucket(Bucket=RESULTS_BUCKET)
+
+
+def queue_query_result() -> None:
+    """The result of the next Athena query (one row), and only that one (moto takes it at StartQueryExecution)."""
     columns = [{"Name": "id", "Label": "id", "Type": "integer", "Nullable": "UNKNOWN", "CaseSensitive": False}]
     rows = [{"Data": [{"VarCharValue": "id"}]}, {"Data": [{"VarCharValue": "1"}]}]
-    athena_backends[DEFAULT_ACCOUNT_ID][REGION].query_results_queue.append(QueryResults(rows, columns))
+    athena_backends[DEFAULT_ACCOUNT_ID][REGION].query_results_queue[:] = [QueryResults(rows, columns)]
+
+
+def put_back(factory: ClientFactory, world: "World") -> None:
+    """Make the account as :func:`seed` left it again, after a case that could not (or did not) undo everything."""
+    ssm, s3 = factory.client("ssm"), factory.client("s3")
+    for name in world.parameters.keys() - PARAMETERS.keys():
+        ssm.delete_parameter(Name=name)
+    for name, (value, type_, description) in PARAMETERS.items():
+        if world.parameters.get(name) != (value, type_, description):
+            ssm.put_parameter(Name=name, Value=value, Type=type_, Description=description, Overwrite=True)
+    for key in world.keys - BEFORE.keys:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    if KEPT_KEY not in world.keys:
+        s3.put_object(Bucket=BUCKET, Key=KEPT_KEY, Body=b"id\n1\n")
+    for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
 
 
 @dataclass(frozen=True)
@@ -305,11 +327,14 @@ class Harness:
     injector: Injector
     spec_dir: Path
     pack_dir: Path
+    #: the world as last read after the last case (None before it is read)
+    seen: World | None = None
 
-    def run(self, raw: dict[str, Any], plan: dict[Call, Fault] | None = None) -> CaseResult:
+    def run(self, raw: dict[str, Any], plan: dict[Call, Fault] | None = None, pack: bool = True) -> CaseResult:
         """Run a case as the flow's tasks do, in-process: each step through ``execute_step`` (stopping at the
-        first failure), then the clean-up; write and verify its evidence pack."""
+        first failure), then the clean-up; write and verify its evidence pack as the flow does (``pack``)."""
         self.injector.reset(plan)
+        self.seen = None
         case = parse_spec(raw, "<spec>", self.spec_dir)
         secrets = tuple(dict.fromkeys(s for p in iter_steps(case) for s in p.step.secrets() if s))
         ctx = StepContext(clients=self.factory, case_name=case.case, run_id="fault-run", label="",
@@ -328,13 +353,16 @@ class Harness:
         result = CaseResult(case=case.case, status="passed" if all(s.ok for s in steps) else "failed",
                             flow_run_id="fault-run", started_at=started, ended_at=ended,
                             duration_s=(ended - started).total_seconds(), steps=steps)
-        folder = write_pack(result, case, self.pack_dir / str(len(list(self.pack_dir.iterdir()))), secrets=secrets)
-        assert verify(folder) == []
-        result.evidence_dir = str(folder)
+        if pack:
+            folder = write_pack(result, case, self.pack_dir / str(len(list(self.pack_dir.iterdir()))),
+                                secrets=secrets)
+            assert verify(folder) == []
+            result.evidence_dir = str(folder)
         return result
 
     def world(self) -> World:
-        return World.read(self.factory)
+        self.seen = World.read(self.factory)
+        return self.seen
 
 
 @pytest.fixture(scope="module")
@@ -354,31 +382,46 @@ def injector() -> Injector:
 
 
 @pytest.fixture(scope="module")
-def shared_factory(injector: Injector) -> ClientFactory:
-    """One client factory for the module's in-process cases (making clients is the slow part), hooked."""
-    factory = ClientFactory(AwsTarget(region=REGION, max_attempts=1))
-    original = factory.client
-    factory.client = lambda service: injector.attach(original(service))  # type: ignore[method-assign]
-    return factory
+def account(injector: Injector) -> Iterator[ClientFactory]:
+    """One moto account for the module, seeded once (each test puts back what it left different), and one
+    client factory for the in-process cases (making clients is the slow part), its clients hooked."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in REAL_ENV:
+            mp.delenv(key, raising=False)
+        for key, value in FAKE_ENV.items():
+            mp.setenv(key, value)
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            factory = ClientFactory(AwsTarget(region=REGION, max_attempts=1))
+            original = factory.client
+            factory.client = lambda service: unsigned(injector.attach(original(service)))  # type: ignore[method-assign]
+            seed(factory)
+            yield factory
+
+
+def unsigned(client: Any) -> Any:
+    """Skip request signing (moto does not check it; it is a tenth of an in-process case's time)."""
+    client.meta.events.register("choose-signer", lambda **_: UNSIGNED, unique_id="fault-unsigned")
+    return client
 
 
 def hook_runners(monkeypatch: pytest.MonkeyPatch, injector: Injector) -> None:
-    """Every step runner opens its injection window (see :class:`Injector`)."""
+    """Every step runner opens its injection window (see :class:`Injector`); Athena waits on a fake clock."""
     for kind, entry in list(REGISTRY.items()):
         monkeypatch.setitem(REGISTRY, kind, injector.wrap_runner(entry))
+    monkeypatch.setattr(athena_mod, "CLOCK", Clock(now=lambda: 0.0, sleep=lambda _: None))
+    queue_query_result()
 
 
 @pytest.fixture
-def harness(shared_factory: ClientFactory, injector: Injector, spec_dir: Path, tmp_path: Path,
+def harness(account: ClientFactory, injector: Injector, spec_dir: Path, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
-    """A fresh moto account seeded with :func:`seed`; step evidence is not sent to Prefect (no run here)."""
+    """Cases in-process on the module's account; step evidence is not sent to Prefect (there is no run here)."""
     hook_runners(monkeypatch, injector)
     monkeypatch.setattr(flows.evidence, "publish_step", lambda result, outcome: None)
-    monkeypatch.setattr(athena_mod, "CLOCK", Clock(now=lambda: 0.0, sleep=lambda _: None))
     (tmp_path / "packs").mkdir()
-    with mock_aws(config={"lambda": {"use_docker": False}}):
-        seed(shared_factory)
-        yield Harness(shared_factory, injector, spec_dir, tmp_path / "packs")
+    harness = Harness(account, injector, spec_dir, tmp_path / "packs")
+    yield harness
+    put_back(account, harness.seen or World.read(account))
 
 
 # --- the calls, and the pairs -----------------------------------------------------------------------------------
@@ -423,8 +466,11 @@ def calls_of(variant: str) -> list[Call]:
     return out
 
 
-PAIRS = [pytest.param(variant, call, fault, id=f"{variant}-{call.operation}#{call.n}-{fault.name}")
-         for variant in CALLS for call in calls_of(variant) for fault in FAULTS]
+#: every (call, fault) pair; the evidence pack is written for each call with one of its faults, in turn (writing
+#: one costs as much as a dozen AWS calls), and the flow tests write theirs as the flow does
+PAIRS = [pytest.param(variant, call, fault, i % len(FAULTS) == j,
+                      id=f"{variant}-{call.operation}#{call.n}-{fault.name}")
+         for variant in CALLS for i, call in enumerate(calls_of(variant)) for j, fault in enumerate(FAULTS)]
 
 
 #: the calls of boto3's transfer manager: a connection error does not say which of them it hit
@@ -440,18 +486,22 @@ def assert_named_failure(text: str | None, call: Call, fault: Fault, resource: s
 
 
 def assert_no_secret(result: CaseResult) -> None:
-    texts = [result.model_dump_json(), *(p.read_text(encoding="utf-8") for p in Path(result.evidence_dir or "").iterdir())]
+    """Neither SecureString value shows in the result or its evidence pack, whatever failed."""
+    files = Path(result.evidence_dir).iterdir() if result.evidence_dir else []
+    texts = [result.model_dump_json(), *(f.read_text(encoding="utf-8") for f in files)]
     assert not [t for t in texts if SECRET in t or NEW_SECRET in t]
 
 
-@pytest.mark.parametrize(("variant", "call", "fault"), PAIRS)
-def test_fault(harness: Harness, variant: str, call: Call, fault: Fault, record_property: Callable[..., None]) -> None:
+@pytest.mark.parametrize(("variant", "call", "fault", "pack"), PAIRS)
+def test_fault(harness: Harness, variant: str, call: Call, fault: Fault, pack: bool,
+               record_property: Callable[..., None]) -> None:
     """The call fails: the case fails naming it, and whatever the case changed is undone.
 
     For a call of the clean-up itself, "left as it was" cannot hold for the one resource whose undo failed: the
     clean-up must still run every other undo action, and fail naming what it could not undo.
     """
-    result = harness.run(case_spec(variant), {call: fault})
+    record_property("fault_pair", f"{call}/{fault.name}")
+    result = harness.run(case_spec(variant), {call: fault}, pack=pack)
     assert harness.injector.fired == [call]
     [resource] = harness.injector.resources
     cleanup = result.steps[-1]
@@ -472,4 +522,87 @@ def test_fault(harness: Harness, variant: str, call: Call, fault: Fault, record_
         assert failed.error_code == fault.expected_code(call.service, call.operation)
         assert cleanup.ok and harness.world() == BEFORE
     assert_no_secret(result)
+
+
+@pytest.mark.parametrize("variant", CALLS)
+def test_calls_are_the_ones_listed(harness: Harness, variant: str) -> None:
+    """Without a fault the case passes and leaves nothing changed, making exactly the calls listed in ``CALLS``:
+    a product change that adds an AWS call fails here until the call is listed (and so gets its faults)."""
+    result = harness.run(case_spec(variant))
+    window, listed = CALLS[variant]
+    assert result.passed and harness.world() == BEFORE
+    assert [f"{service}.{operation}" for service, operation in harness.injector.calls[window]] == listed
+
+
+# --- the real flow ---------------------------------------------------------------------------------------------
+
+#: one pair per step kind, run as one case whose steps go on after a failure (one flow run for all of them)
+FLOW_PAIRS = {
+    "set_parameters": Call("set", SSM, "PutParameter", 2),  # creating /ft/new
+    "delete_parameters": Call("delete", SSM, "DeleteParameter"),
+    "expect_parameters": Call("expect-ssm", SSM, "GetParameter", 2),  # the SecureString
+    "upload": Call("upload", S3, "HeadObject", 2),  # reading the checksum back, after the upload
+    "upload_multipart": Call("upload-parts", S3, "UploadPart"),
+    "expect_objects_keys": Call("expect-keys", S3, "HeadObject"),
+    "expect_objects_prefix": Call("expect-prefix", S3, "ListObjectsV2"),
+    "invoke_lambda": Call("invoke", "lambda", "Invoke"),
+    "athena_query": Call("query", "athena", "GetQueryExecution"),
+}
+
+
+@pytest.fixture
+def flow_harness(account: ClientFactory, injector: Injector, monkeypatch: pytest.MonkeyPatch,
+                 prefect_harness: str) -> Iterator[ClientFactory]:
+    """The module's account; every client the flow's own ClientFactory makes is hooked."""
+    hook_runners(monkeypatch, injector)
+    original = ClientFactory.client
+    monkeypatch.setattr(ClientFactory, "client", lambda self, service: injector.attach(original(self, service)))
+    yield account
+    put_back(account, World.read(account))
+
+
+def run_flow(raw: dict[str, Any], spec_dir: Path, injector: Injector, plan: dict[Call, Fault]) -> CaseResult:
+    from flows.pipeline_test import pipeline_test, result_of
+
+    injector.reset(plan)
+    state = pipeline_test(spec=raw, base_dir=str(spec_dir), return_state=True)
+    injector.open(None)
+    result = result_of(state)
+    assert state.is_failed() and result is not None and not result.passed
+    assert result.evidence_dir and Path(result.evidence_dir).is_dir() and verify(Path(result.evidence_dir)) == []
+    assert sorted(injector.fired, key=str) == sorted(plan, key=str)
+    return result
+
+
+def test_flow_every_kind_fails_named_and_undone(flow_harness: ClientFactory, injector: Injector, spec_dir: Path,
+                                                record_property: Callable[..., None]) -> None:
+    """One flow run, each step kind failing at one call (its step goes on after failing): every step fails with
+    its named error, the clean-up undoes everything, and the evidence pack verifies."""
+    targets = [{**TARGETS[variant][0], "continue_on_failure": True} for variant in FLOW_PAIRS]
+    plan = {call: FAULTS[i % len(FAULTS)] for i, call in enumerate(FLOW_PAIRS.values())}
+    for call, fault in plan.items():
+        record_property("fault_pair", f"{call}/{fault.name}")
+    result = run_flow(case_spec("flow", targets), spec_dir, injector, plan)
+    resources = dict(zip(injector.fired, injector.resources))
+    failed = {s.label: s for s in result.steps if not s.ok}
+    assert set(failed) == {call.window for call in plan} and "error" not in {s.status for s in result.steps}
+    for call, fault in plan.items():
+        assert_named_failure(failed[call.window].error, call, fault, resources[call])
+    assert result.steps[-1].label == "cleanup" and result.steps[-1].ok
+    assert World.read(flow_harness) == BEFORE
+    assert_no_secret(result)
+
+
+def test_flow_cleanup_fault_undoes_the_rest_and_names_what_it_could_not(
+        flow_harness: ClientFactory, injector: Injector, spec_dir: Path, record_property: Callable[..., None]) -> None:
+    """A clean-up call fails in a real flow run: every other change is still undone, and the case fails naming
+    the parameter that could not be put back ("as it was" cannot hold for that one: it stays deleted)."""
+    call, fault = Call("cleanup", SSM, "PutParameter"), FAULTS[1]  # recreating the deleted /ft/doomed
     record_property("fault_pair", f"{call}/{fault.name}")
+    result = run_flow(case_spec("cleanup"), spec_dir, injector, {call: fault})
+    cleanup = result.steps[-1]
+    assert cleanup.label == "cleanup" and cleanup.status == "failed" and cleanup.error_code == "CleanupFailed"
+    assert_named_failure(cleanup.error, call, fault, "/ft/doomed")
+    assert [a["what"] for a in cleanup.details["actions"] if "error" in a] == ["Restore SSM parameter /ft/doomed"]
+    assert World.read(flow_harness) == BEFORE.without("/ft/doomed")
+    assert "/ft/doomed" not in World.read(flow_harness).parameters
