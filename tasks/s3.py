@@ -246,7 +246,6 @@ def upload_file(
     read back with HEAD and compared with the local one.
     """
     started = time.monotonic()
-    uri = s3_uri(bucket, key)
     size = path.stat().st_size
     multipart = size >= multipart_threshold
     part_size = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size) if multipart else None
@@ -266,8 +265,9 @@ def upload_file(
         verified, head = verify_checksum(client, bucket, key, digest)
     except StepError as exc:
         # the object may be there all the same (a lost response, a failed read-back): say what was sent, so that
-        # the clean-up can tell it from another writer's (see delete_leftover)
+        # the clean-up can tell it from another writer's, and whether it went up in parts (see delete_leftover)
         exc.details.setdefault("checksum_sha256", digest.composite_b64 or digest.sha256_b64)
+        exc.details.setdefault("multipart", multipart)
         raise
     return UploadRecord(
         local_path=display_path or path.as_posix(), bucket=bucket, key=key, size=size, sha256=digest.sha256_hex,
@@ -343,23 +343,44 @@ def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
     return {"object": uri, "action": _delete_object(client, record.bucket, record.key, record.version_id)}
 
 
-def delete_leftover(client: Any, bucket: str, key: str, checksum_sha256: str) -> dict[str, Any]:
+def delete_leftover(client: Any, bucket: str, key: str, checksum_sha256: str,
+                    multipart: bool = False) -> dict[str, Any]:
     """Remove what a failed upload may have left at ``key``: only an object with the content that was sent (its
-    SHA-256 as S3 reports it), never another writer's."""
+    SHA-256 as S3 reports it), never another writer's. After a failed multipart upload, also abort the unfinished
+    multipart uploads of exactly this key (the step's own target): one whose CreateMultipartUpload response was
+    lost has no id the transfer manager could abort it by, and its parts would be billed unseen."""
     uri = s3_uri(bucket, key)
+    aborted = _abort_uploads(client, bucket, key) if multipart else 0
+    also = f"; aborted {aborted} unfinished multipart upload(s)" if aborted else ""
     try:
         head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as exc:
         if error_code(exc) in ("NotFound", "NoSuchKey"):
-            return {"object": uri, "action": "nothing to delete: the failed upload left no object"}
+            return {"object": uri, "action": "nothing to delete: the failed upload left no object" + also}
         raise aws_error("S3 HeadObject", uri, exc) from None
     except AWS_ERRORS as exc:
         raise aws_error("S3 HeadObject", uri, exc) from None
     remote = str(head.get("ChecksumSHA256") or "").split("-")[0]
     if remote != checksum_sha256:
         why = "S3 reports no checksum to tell it apart from" if not remote else "its content differs from"
-        return {"object": uri, "action": f"kept: {why} the failed upload's"}
-    return {"object": uri, "action": _delete_object(client, bucket, key, head.get("VersionId"))}
+        return {"object": uri, "action": f"kept: {why} the failed upload's" + also}
+    return {"object": uri, "action": _delete_object(client, bucket, key, head.get("VersionId")) + also}
+
+
+def _abort_uploads(client: Any, bucket: str, key: str) -> int:
+    """Abort the unfinished multipart uploads of exactly ``key``; returns how many."""
+    uri = s3_uri(bucket, key)
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 ListMultipartUploads", uri, exc) from None
+    ours = [u for u in uploads if u.get("Key") == key]
+    for upload in ours:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        except AWS_ERRORS as exc:
+            raise aws_error("S3 AbortMultipartUpload", uri, exc) from None
+    return len(ours)
 
 
 def _delete_object(client: Any, bucket: str, key: str, version_id: str | None) -> str:
@@ -515,10 +536,11 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
                                  multipart_threshold=step.multipart_threshold_mb * MIB,
                                  multipart_chunksize=step.multipart_threshold_mb * MIB, display_path=display)
         except StepError as exc:
-            sent = exc.details.get("checksum_sha256")
+            sent, parts = exc.details.get("checksum_sha256"), bool(exc.details.get("multipart"))
             if step.cleanup and sent and exc.code != "PreconditionFailed":
                 ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)} if the failed upload left it",
-                                        (lambda k=key, c=sent: delete_leftover(client, step.bucket, k, c)), ctx.label))
+                                        (lambda k=key, c=sent, p=parts: delete_leftover(client, step.bucket, k, c, p)),
+                                        ctx.label))
             raise
         if step.cleanup:  # before the copy below, whose failure leaves the uploaded object behind
             ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",

@@ -18,6 +18,9 @@ representative case really calls and fails when the list is out of date. Most pa
 own functions in-process (``execute_step`` per step, ``undo_now`` for the clean-up: what the flow's tasks
 run); ``test_flow_*`` run pairs through the real flow under Prefect's test harness, one per step kind. The
 count of pairs covered is printed in the terminal summary (``pytest_terminal_summary`` in conftest.py).
+
+Two more kinds of failure are covered beyond the four: a response lost after AWS made the change (every call
+that changes SSM or S3; the change must still be undone), and throttling met by botocore's own retry loop.
 """
 
 from __future__ import annotations
@@ -28,10 +31,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
+import botocore.endpoint
 import pytest
 from botocore import UNSIGNED
+from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ConnectionClosedError
 from moto import mock_aws
 from moto.athena.models import QueryResults, athena_backends
@@ -79,6 +85,8 @@ class Fault:
     name: str
     codes: ClientCodes = field(default_factory=dict)  # service -> (code, HTTP status); "*" for the rest
     message: str = ""
+    #: raised once AWS has answered (the call took effect, its response is lost), not before the call is sent
+    after: bool = False
 
     def error(self, service: str, operation: str, endpoint: str) -> Exception:
         if not self.codes:
@@ -114,6 +122,8 @@ FAULTS = [
           "User: arn:aws:iam::123456789012:user/tester is not authorized to perform this action"),
     Fault("reset"),
 ]
+#: a connection reset after AWS acted on the call: the change is made, but the case never hears of it
+LOST = Fault("lost", after=True)
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,12 @@ class Call:
 def _keep_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
     """Keep a call's API parameters where its ``before-call`` hook finds them (that one sees the HTTP request)."""
     context["fault_injector_params"] = dict(params)
+
+
+def _lose_response(context: dict[str, Any], **_: Any) -> None:
+    """Raise the planned error of a call that AWS has answered (see :data:`LOST`)."""
+    if "fault_injector_lost" in context:
+        raise context.pop("fault_injector_lost")
 
 
 def resource_of(service: str, params: dict[str, Any]) -> str:
@@ -176,6 +192,7 @@ class Injector:
         events = client.meta.events
         events.register("before-parameter-build", _keep_params, unique_id="fault-injector-params")
         events.register("before-call", self._before_call, unique_id="fault-injector")
+        events.register("after-call", _lose_response, unique_id="fault-injector-after")
         return client
 
     def _before_call(self, model: Any, context: dict[str, Any], **_: Any) -> None:
@@ -190,8 +207,11 @@ class Injector:
             if fault is not None:
                 self.fired.append(call)
                 self.resources.append(resource_of(service, context["fault_injector_params"]))
-        if fault is not None:
-            raise fault.error(service, operation, f"https://{service}.{REGION}.amazonaws.com/")
+        error = fault.error(service, operation, f"https://{service}.{REGION}.amazonaws.com/") if fault else None
+        if fault is not None and fault.after:
+            context["fault_injector_lost"] = error
+        elif error is not None:
+            raise error
 
     def wrap_runner(self, kind: StepKind) -> StepKind:
         def run(step: Any, ctx: StepContext) -> Any:
@@ -606,3 +626,64 @@ def test_flow_cleanup_fault_undoes_the_rest_and_names_what_it_could_not(
     assert [a["what"] for a in cleanup.details["actions"] if "error" in a] == ["Restore SSM parameter /ft/doomed"]
     assert World.read(flow_harness) == BEFORE.without("/ft/doomed")
     assert "/ft/doomed" not in World.read(flow_harness).parameters
+
+
+# --- beyond the four faults ------------------------------------------------------------------------------------
+
+#: the calls that change SSM or S3, whose response can be lost after AWS made the change
+CHANGES = [pytest.param(variant, call, id=f"{variant}-{call.operation}#{call.n}")
+           for variant in CALLS if variant != "cleanup" for call in calls_of(variant)
+           if call.operation.startswith(("Put", "Delete", "Copy", "Create", "Complete", "UploadPart"))]
+
+
+@pytest.mark.parametrize(("variant", "call"), CHANGES)
+def test_lost_response_is_undone(harness: Harness, variant: str, call: Call,
+                                 record_property: Callable[..., None]) -> None:
+    """The connection drops after AWS made the change: the case fails naming the call, and the change it never
+    heard of is undone all the same (a parameter's restore is registered before it is written; an object is
+    deleted when it holds the content the failed upload sent)."""
+    record_property("fault_pair", f"{call}/{LOST.name}")
+    result = harness.run(case_spec(variant), {call: LOST}, pack=False)
+    assert harness.injector.fired == [call]
+    failed = [s for s in result.steps if not s.ok]
+    assert [(s.label, s.status) for s in failed] == [(call.window, "failed")]
+    assert_named_failure(failed[0].error, call, LOST, harness.injector.resources[0])
+    assert result.steps[-1].label == "cleanup" and result.steps[-1].ok and harness.world() == BEFORE
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+
+def test_throttling_through_botocore_retries(harness: Harness, monkeypatch: pytest.MonkeyPatch,
+                                             record_property: Callable[..., None]) -> None:
+    """Throttling as botocore's standard retry mode meets it: every attempt answered 400 ThrottlingException
+    (``before-send``, so the retry handler sees each one; its back-off sleeps recorded, not slept) until the
+    spec's ``max_attempts`` are used up; the step then fails naming the call and the code, all undone."""
+    call = Call("expect-ssm", SSM, "GetParameter")
+    record_property("fault_pair", f"{call}/throttling")
+    raw = case_spec("expect_parameters")
+    raw["aws"]["max_attempts"] = 3
+    factory = ClientFactory(parse_spec(raw, "<spec>", harness.spec_dir).aws.target())
+    attempts: list[str] = []
+
+    def throttle(request: Any, **_: Any) -> AWSResponse | None:
+        if harness.injector.window != call.window:
+            return None
+        attempts.append(request.url)
+        body = b'{"__type": "ThrottlingException", "message": "Rate exceeded"}'
+        return AWSResponse(request.url, 400, {"x-amzn-RequestId": f"throttled-{len(attempts)}"}, _Body(body))
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=sleeps.append))
+    factory.client("ssm").meta.events.register("before-send.ssm.GetParameter", throttle)
+    result = Harness(factory, harness.injector, harness.spec_dir, harness.pack_dir).run(raw)
+    assert len(attempts) == 3 and len(sleeps) == 2
+    failed = [s for s in result.steps if not s.ok]
+    assert [(s.label, s.error_code) for s in failed] == [("expect-ssm", "ThrottlingException")]
+    assert_named_failure(failed[0].error, call, FAULTS[0], "/ft/name")
+    assert result.steps[-1].ok and harness.world() == BEFORE
