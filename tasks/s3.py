@@ -530,24 +530,22 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     for path, key in zip(files, keys):
         display = _display_path(path, ctx.spec_dir)
         ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), format_bytes(path.stat().st_size))
+        record: UploadRecord | None = None
         try:
             record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
                                  kms_key_id=step.kms_key_id, tags=tags,
                                  multipart_threshold=step.multipart_threshold_mb * MIB,
                                  multipart_chunksize=step.multipart_threshold_mb * MIB, display_path=display)
+            if step.content_type and step.content_type != record.content_type:
+                record = _retype(client, record, step.content_type)
         except StepError as exc:
-            sent, parts = exc.details.get("checksum_sha256"), bool(exc.details.get("multipart"))
-            if step.cleanup and sent and exc.code != "PreconditionFailed":
-                ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)} if the failed upload left it",
-                                        (lambda k=key, c=sent, p=parts: delete_leftover(client, step.bucket, k, c, p)),
-                                        ctx.label))
+            if step.cleanup and exc.code != "PreconditionFailed":
+                ctx.undo.add(_failed_upload_cleanup(client, step.bucket, key, record, exc, ctx.label))
             raise
-        if step.cleanup:  # before the copy below, whose failure leaves the uploaded object behind
+        records.append(record)
+        if step.cleanup:
             ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",
                                     (lambda r=record: delete_uploaded(client, r)), ctx.label))
-        if step.content_type and step.content_type != record.content_type:
-            record = _retype(client, record, step.content_type)
-        records.append(record)
     total = sum(r.size for r in records)
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, step.key_prefix or '')}"
     if step.key:
@@ -573,6 +571,19 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
         links=[object_link(ctx, r.bucket, r.key) for r in records[:10]],
         request_ids=[r.request_id for r in records if r.request_id],
     )
+
+
+def _failed_upload_cleanup(client: Any, bucket: str, key: str, record: UploadRecord | None, exc: StepError,
+                           label: str) -> UndoAction:
+    """The clean-up of an upload that failed part-way: its object may be there all the same (a lost response, a
+    failed read-back or content-type copy), so it is removed when it is the one uploaded (same ETag, or the
+    content that was sent)."""
+    uri = s3_uri(bucket, key)
+    if record is not None:  # uploaded and verified; the copy that applies the content type failed
+        return UndoAction(f"delete {uri}", lambda: delete_uploaded(client, record), label)
+    sent, parts = str(exc.details["checksum_sha256"]), bool(exc.details.get("multipart"))  # see upload_file
+    return UndoAction(f"delete {uri} if the failed upload left it",
+                      lambda: delete_leftover(client, bucket, key, sent, parts), label)
 
 
 def _retype(client: Any, record: UploadRecord, ctype: str) -> UploadRecord:
