@@ -10,7 +10,9 @@ makes (``aws.max_attempts: 1``, so the call fails as it would once botocore's re
 
 Each pair must leave every SSM parameter as it was (value, type, description), no uploaded object behind (and
 no multipart upload pending), the case failed with a message that names the AWS operation, the resource and the
-fault's code (never an "unexpected ..." error or a traceback), and an evidence pack that verifies.
+fault's code (never an "unexpected ..." error or a traceback), and an evidence pack that verifies (written for
+each call with one of its faults in turn, and by every flow run). By design, AccessDenied on
+``ssm:ListTagsForResource`` is no failure (tags are reported unknown and not restored: ``TOLERATED``).
 
 The calls are listed in ``CALLS`` (one entry per call, in the order the step makes them, so the second
 ``HeadObject`` of an upload is its own pair); ``test_calls_are_the_ones_listed`` records what each
@@ -428,7 +430,7 @@ def hook_runners(monkeypatch: pytest.MonkeyPatch, injector: Injector) -> None:
     """Every step runner opens its injection window (see :class:`Injector`); Athena waits on a fake clock."""
     for kind, entry in list(REGISTRY.items()):
         monkeypatch.setitem(REGISTRY, kind, injector.wrap_runner(entry))
-    monkeypatch.setattr(athena_mod, "CLOCK", Clock(now=lambda: 0.0, sleep=lambda _: None))
+    monkeypatch.setattr(athena_mod, "CLOCK", Clock(now=lambda: 0.0, sleep=lambda _: None), raising=False)
     queue_query_result()
 
 
