@@ -321,7 +321,7 @@ class World:
     def read(cls, factory: ClientFactory) -> "World":
         ssm, s3 = factory.client("ssm"), factory.client("s3")
         found = ssm.get_parameters_by_path(Path="/ft", Recursive=True, WithDecryption=True)["Parameters"]
-        described = {m["Name"]: m.get("Description") for m in ssm.describe_parameters()["Parameters"]}
+        described = {m["Name"]: m.get("Description") for m in ssm.describe_parameters(MaxResults=50)["Parameters"]}
         return cls(
             {p["Name"]: (p["Value"], p["Type"], described.get(p["Name"])) for p in found},
             frozenset(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])),
@@ -354,7 +354,8 @@ class Harness:
 
     def run(self, raw: dict[str, Any], plan: dict[Call, Fault] | None = None, pack: bool = True) -> CaseResult:
         """Run a case as the flow's tasks do, in-process: each step through ``execute_step`` (stopping at the
-        first failure), then the clean-up; write and verify its evidence pack as the flow does (``pack``)."""
+        first failure), then the clean-up through ``undo_now`` (the clean-up task's undo loop, without a task
+        run); write and verify its evidence pack as the flow does (``pack``)."""
         self.injector.reset(plan)
         self.seen = None
         case = parse_spec(raw, "<spec>", self.spec_dir)
