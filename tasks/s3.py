@@ -291,7 +291,6 @@ def upload_file(
     read back with HEAD and compared with the local one.
     """
     started = time.monotonic()
-    uri = s3_uri(bucket, key)
     size = path.stat().st_size
     multipart = size >= multipart_threshold
     part_size = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size) if multipart else None
@@ -305,41 +304,56 @@ def upload_file(
     if tags:
         extra["Tagging"] = urlencode(tags)
     try:
-        if multipart:
-            if not overwrite:
-                _guard_multipart(client, bucket, key)
-            try:
-                client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=TransferConfig(
-                    multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize))
-            finally:
-                _unguard_multipart(client, bucket, key)
-            rid = None
-        else:
-            if not overwrite:
-                extra["IfNoneMatch"] = "*"
-            with path.open("rb") as body:
-                resp = client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumSHA256=digest.sha256_b64,
-                                         **extra)
-            rid = request_id(resp)
-    except ClientError as exc:
-        if error_code(exc) == "PreconditionFailed":
-            raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
-                            "Set overwrite: true to replace it.", code="PreconditionFailed") from None
-        raise aws_error("S3 PutObject", uri, exc) from None
-    except AWS_ERRORS as exc:
-        raise aws_error("S3 PutObject", uri, exc) from None
-    except Exception as exc:  # the transfer manager wraps ClientErrors in S3UploadFailedError
-        if "PreconditionFailed" in str(exc):
-            raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
-                            "Set overwrite: true to replace it.", code="PreconditionFailed") from None
-        raise StepError(f"S3 multipart upload to {uri} failed: {exc}") from None
-    verified, head = verify_checksum(client, bucket, key, digest)
+        rid = _send(client, path, bucket, key, extra, digest, overwrite=overwrite, multipart=multipart,
+                    config=TransferConfig(multipart_threshold=multipart_threshold,
+                                          multipart_chunksize=multipart_chunksize))
+        verified, head = verify_checksum(client, bucket, key, digest)
+    except StepError as exc:
+        # the object may be there all the same (a lost response, a failed read-back): say what was sent, so that
+        # the clean-up can tell it from another writer's, and whether it went up in parts (see delete_leftover)
+        exc.details.setdefault("checksum_sha256", digest.composite_b64 or digest.sha256_b64)
+        exc.details.setdefault("multipart", multipart)
+        raise
     return UploadRecord(
         local_path=display_path or path.as_posix(), bucket=bucket, key=key, size=size, sha256=digest.sha256_hex,
         content_type=ctype, etag=head.get("ETag", "").strip('"'), version_id=head.get("VersionId"),
         request_id=rid or request_id(head), multipart=multipart, parts=digest.parts,
         checksum_verified=verified, seconds=round(time.monotonic() - started, 3),
     )
+
+
+def _send(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any], digest: FileDigest, *,
+          overwrite: bool, multipart: bool, config: TransferConfig) -> str | None:
+    """PutObject (returns its request id), or the transfer manager's multipart upload (returns None)."""
+    uri = s3_uri(bucket, key)
+    action = "S3 multipart upload" if multipart else "S3 PutObject"
+    try:
+        if not multipart:
+            if not overwrite:
+                extra["IfNoneMatch"] = "*"
+            with path.open("rb") as body:
+                resp = client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumSHA256=digest.sha256_b64,
+                                         **extra)
+            return request_id(resp)
+        if not overwrite:
+            _guard_multipart(client, bucket, key)
+        try:
+            client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
+        finally:
+            _unguard_multipart(client, bucket, key)
+        return None
+    except ClientError as exc:
+        failed = exc
+    except AWS_ERRORS as exc:
+        raise aws_error(action, uri, exc) from None
+    except Exception as exc:  # the transfer manager wraps the failed call's ClientError in S3UploadFailedError
+        if not isinstance(exc.__context__, ClientError):
+            raise StepError(f"{action} to {uri} failed: {exc}") from None
+        failed = exc.__context__
+    if error_code(failed) == "PreconditionFailed":
+        raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
+                        "Set overwrite: true to replace it.", code="PreconditionFailed") from None
+    raise aws_error(f"{action} ({failed.operation_name})" if multipart else action, uri, failed) from None
 
 
 def verify_checksum(client: Any, bucket: str, key: str, digest: FileDigest) -> tuple[bool | None, dict[str, Any]]:
@@ -385,14 +399,58 @@ def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
         return {"object": uri, "action": "already gone"}
     if current.etag != record.etag and not record.version_id:
         return {"object": uri, "action": f"kept: changed since the upload (ETag {current.etag})"}
-    kwargs: dict[str, Any] = {"Bucket": record.bucket, "Key": record.key}
-    if record.version_id:
-        kwargs["VersionId"] = record.version_id
+    return {"object": uri, "action": _delete_object(client, record.bucket, record.key, record.version_id)}
+
+
+def delete_leftover(client: Any, bucket: str, key: str, checksum_sha256: str,
+                    multipart: bool = False) -> dict[str, Any]:
+    """Remove what a failed upload may have left at ``key``: only an object with the content that was sent (its
+    SHA-256 as S3 reports it), never another writer's. After a failed multipart upload, also abort the unfinished
+    multipart uploads of exactly this key (the step's own target): one whose CreateMultipartUpload response was
+    lost has no id the transfer manager could abort it by, and its parts would be billed unseen."""
+    uri = s3_uri(bucket, key)
+    aborted = _abort_uploads(client, bucket, key) if multipart else 0
+    also = f"; aborted {aborted} unfinished multipart upload(s)" if aborted else ""
+    try:
+        head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    except ClientError as exc:
+        if error_code(exc) in ("NotFound", "NoSuchKey"):
+            return {"object": uri, "action": "nothing to delete: the failed upload left no object" + also}
+        raise aws_error("S3 HeadObject", uri, exc) from None
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 HeadObject", uri, exc) from None
+    remote = str(head.get("ChecksumSHA256") or "").split("-")[0]
+    if remote != checksum_sha256:
+        why = "S3 reports no checksum to tell it apart from" if not remote else "its content differs from"
+        return {"object": uri, "action": f"kept: {why} the failed upload's" + also}
+    return {"object": uri, "action": _delete_object(client, bucket, key, head.get("VersionId")) + also}
+
+
+def _abort_uploads(client: Any, bucket: str, key: str) -> int:
+    """Abort the unfinished multipart uploads of exactly ``key``; returns how many."""
+    uri = s3_uri(bucket, key)
+    try:
+        uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 ListMultipartUploads", uri, exc) from None
+    ours = [u for u in uploads if u.get("Key") == key]
+    for upload in ours:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        except AWS_ERRORS as exc:
+            raise aws_error("S3 AbortMultipartUpload", uri, exc) from None
+    return len(ours)
+
+
+def _delete_object(client: Any, bucket: str, key: str, version_id: str | None) -> str:
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        kwargs["VersionId"] = version_id
     try:
         client.delete_object(**kwargs)
     except AWS_ERRORS as exc:
-        raise aws_error("S3 DeleteObject", uri, exc) from None
-    return {"object": uri, "action": "deleted" + (f" (version {record.version_id})" if record.version_id else "")}
+        raise aws_error("S3 DeleteObject", s3_uri(bucket, key), exc) from None
+    return "deleted" + (f" (version {version_id})" if version_id else "")
 
 
 # ------------------------------------------------------------------------------------------------- waiting
@@ -539,12 +597,18 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     for path, key in zip(files, keys):
         display = _display_path(path, ctx.spec_dir)
         ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), format_bytes(path.stat().st_size))
-        record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
-                             kms_key_id=step.kms_key_id, tags=tags,
-                             multipart_threshold=step.multipart_threshold_mb * MIB,
-                             multipart_chunksize=step.multipart_threshold_mb * MIB, display_path=display)
-        if step.content_type and step.content_type != record.content_type:
-            record = _retype(client, record, step.content_type)
+        record: UploadRecord | None = None
+        try:
+            record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
+                                 kms_key_id=step.kms_key_id, tags=tags,
+                                 multipart_threshold=step.multipart_threshold_mb * MIB,
+                                 multipart_chunksize=step.multipart_threshold_mb * MIB, display_path=display)
+            if step.content_type and step.content_type != record.content_type:
+                record = _retype(client, record, step.content_type)
+        except StepError as exc:
+            if step.cleanup and exc.code != "PreconditionFailed":
+                ctx.undo.add(_failed_upload_cleanup(client, step.bucket, key, record, exc, ctx.label))
+            raise
         records.append(record)
         if step.cleanup:
             ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",
@@ -578,6 +642,19 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
         links=[object_link(ctx, r.bucket, r.key) for r in records[:10]],
         request_ids=[r.request_id for r in records if r.request_id],
     )
+
+
+def _failed_upload_cleanup(client: Any, bucket: str, key: str, record: UploadRecord | None, exc: StepError,
+                           label: str) -> UndoAction:
+    """The clean-up of an upload that failed part-way: its object may be there all the same (a lost response, a
+    failed read-back or content-type copy), so it is removed when it is the one uploaded (same ETag, or the
+    content that was sent)."""
+    uri = s3_uri(bucket, key)
+    if record is not None:  # uploaded and verified; the copy that applies the content type failed
+        return UndoAction(f"delete {uri}", lambda: delete_uploaded(client, record), label)
+    sent, parts = str(exc.details["checksum_sha256"]), bool(exc.details.get("multipart"))  # see upload_file
+    return UndoAction(f"delete {uri} if the failed upload left it",
+                      lambda: delete_leftover(client, bucket, key, sent, parts), label)
 
 
 def _retype(client: Any, record: UploadRecord, ctype: str) -> UploadRecord:

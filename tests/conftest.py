@@ -87,3 +87,15 @@ def data_dir(tmp_path: Path) -> Path:
 def work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run every test in its own folder, so evidence packs (written under ./evidence) never land in the repo."""
     monkeypatch.chdir(tmp_path)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many (AWS call, fault) pairs tests/test_faults.py covered, in the summary (CI does not pass -s)."""
+    def pairs(*outcomes: str) -> set[str]:
+        reports = [r for outcome in outcomes for r in terminalreporter.stats.get(outcome, [])]
+        return {value for r in reports for key, value in r.user_properties if key == "fault_pair"}
+
+    planned, broken = pairs("passed", "failed", "error"), pairs("failed", "error")
+    if planned:
+        terminalreporter.write_line(f"fault injection: {len(planned - broken)} of {len(planned)} (AWS call, fault) "
+                                    "pairs covered")
