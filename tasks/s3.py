@@ -402,6 +402,16 @@ def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
     return {"object": uri, "action": _delete_object(client, record.bucket, record.key, record.version_id)}
 
 
+LEFTOVER_KIND = "s3_leftover"
+
+
+@undo_kind(LEFTOVER_KIND)
+def redo_delete_leftover(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """Remove what a failed upload left, from its journal record (in another process, e.g. ``recover``)."""
+    return delete_leftover(clients.client("s3"), record["bucket"], record["key"], record["checksum_sha256"],
+                           bool(record.get("multipart")))
+
+
 def delete_leftover(client: Any, bucket: str, key: str, checksum_sha256: str,
                     multipart: bool = False) -> dict[str, Any]:
     """Remove what a failed upload may have left at ``key``: only an object with the content that was sent (its
@@ -607,7 +617,8 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
                 record = _retype(client, record, step.content_type)
         except StepError as exc:
             if step.cleanup and exc.code != "PreconditionFailed":
-                ctx.undo.add(_failed_upload_cleanup(client, step.bucket, key, record, exc, ctx.label))
+                ctx.undo.add(_failed_upload_cleanup(client, step.bucket, key, record, exc, ctx.label,
+                                                     step.resources(ctx.spec_dir)[0]))
             raise
         records.append(record)
         if step.cleanup:
@@ -645,16 +656,19 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
 
 
 def _failed_upload_cleanup(client: Any, bucket: str, key: str, record: UploadRecord | None, exc: StepError,
-                           label: str) -> UndoAction:
+                           label: str, resource: str) -> UndoAction:
     """The clean-up of an upload that failed part-way: its object may be there all the same (a lost response, a
     failed read-back or content-type copy), so it is removed when it is the one uploaded (same ETag, or the
-    content that was sent)."""
+    content that was sent). Journaled like any other undo, so ``recover`` can finish it after a kill."""
     uri = s3_uri(bucket, key)
     if record is not None:  # uploaded and verified; the copy that applies the content type failed
-        return UndoAction(f"delete {uri}", lambda: delete_uploaded(client, record), label)
+        return UndoAction(f"delete {uri}", lambda: delete_uploaded(client, record), label,
+                          record={"kind": UNDO_KIND, "upload": asdict(record)}, resource=resource)
     sent, parts = str(exc.details["checksum_sha256"]), bool(exc.details.get("multipart"))  # see upload_file
     return UndoAction(f"delete {uri} if the failed upload left it",
-                      lambda: delete_leftover(client, bucket, key, sent, parts), label)
+                      lambda: delete_leftover(client, bucket, key, sent, parts), label,
+                      record={"kind": LEFTOVER_KIND, "bucket": bucket, "key": key, "checksum_sha256": sent,
+                              "multipart": parts}, resource=resource)
 
 
 def _retype(client: Any, record: UploadRecord, ctype: str) -> UploadRecord:
