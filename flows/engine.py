@@ -7,6 +7,7 @@ The engine knows no step kind: it looks each one up in the registry (``tasks.bas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import signal
 import threading
@@ -91,14 +92,10 @@ def scrub(result: StepResult, outcome: StepOutcome | None,
     return result, outcome
 
 
-_TASKS: dict[str, Any] = {}
-
-
+@functools.cache
 def step_task(kind: str) -> Any:
-    """The Prefect task for a step kind (one per kind, so the UI groups runs by kind)."""
-    if kind not in _TASKS:
-        _TASKS[kind] = task(execute_step, name=kind, cache_policy=NO_CACHE, retries=0)
-    return _TASKS[kind]
+    """The Prefect task for a step kind (one per kind, so the UI groups runs by kind); made once, never changed."""
+    return task(execute_step, name=kind, cache_policy=NO_CACHE, retries=0)
 
 
 def _submit(placed: PlacedStep, ctx: StepContext) -> PrefectFuture[Any]:

@@ -10,15 +10,15 @@ Waiting uses HEAD or LIST, never a download, with a growing interval.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import hashlib
 import mimetypes
 import posixpath
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePath
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Iterator, Literal
 from urllib.parse import quote, urlencode
 
 from boto3.s3.transfer import TransferConfig
@@ -238,36 +238,26 @@ class UploadRecord:
     seconds: float
 
 
-_guard_lock = threading.Lock()
-_guarded: dict[int, set[tuple[str, str]]] = {}
+@contextlib.contextmanager
+def _conditional_completion(client: Any, bucket: str, key: str) -> Iterator[None]:
+    """While the block runs, the multipart upload of (bucket, key) on this client completes only if no object is
+    there yet: ``If-None-Match: *`` on CompleteMultipartUpload.
 
-
-def _guard_multipart(client: Any, bucket: str, key: str) -> None:
-    """Make the multipart upload of (bucket, key) on this client conditional: If-None-Match: * on completion.
-
-    boto3's transfer manager does not pass ``IfNoneMatch`` through, so an event handler adds it to the
-    ``CompleteMultipartUpload`` call of guarded keys only.
+    boto3's transfer manager does not pass ``IfNoneMatch`` through, so an event handler adds it, for this key
+    only (parallel uploads on one client each register their own), and is removed when the upload ends.
     """
-    with _guard_lock:
-        keys = _guarded.setdefault(id(client), set())
-        if not keys:
-            client.meta.events.register(
-                "before-parameter-build.s3.CompleteMultipartUpload", _add_if_none_match,
-                unique_id=f"pipeline-test-guard-{id(client)}",
-            )
-        keys.add((bucket, key))
 
-
-def _unguard_multipart(client: Any, bucket: str, key: str) -> None:
-    with _guard_lock:
-        _guarded.get(id(client), set()).discard((bucket, key))
-
-
-def _add_if_none_match(params: dict[str, Any], model: Any = None, **_: Any) -> None:
-    for keys in _guarded.values():
-        if (params.get("Bucket"), params.get("Key")) in keys:
+    def add_if_none_match(params: dict[str, Any], **_: Any) -> None:
+        if (params.get("Bucket"), params.get("Key")) == (bucket, key):
             params["IfNoneMatch"] = "*"
-            return
+
+    event = "before-parameter-build.s3.CompleteMultipartUpload"
+    unique_id = f"pipeline-test-if-none-match-{id(add_if_none_match)}"
+    client.meta.events.register(event, add_if_none_match, unique_id=unique_id)
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, unique_id=unique_id)
 
 
 def upload_file(
@@ -335,12 +325,8 @@ def _send(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any],
                 resp = client.put_object(Bucket=bucket, Key=key, Body=body, ChecksumSHA256=digest.sha256_b64,
                                          **extra)
             return request_id(resp)
-        if not overwrite:
-            _guard_multipart(client, bucket, key)
-        try:
+        with _conditional_completion(client, bucket, key) if not overwrite else contextlib.nullcontext():
             client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=config)
-        finally:
-            _unguard_multipart(client, bucket, key)
         return None
     except ClientError as exc:
         failed = exc
