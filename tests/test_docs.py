@@ -1,7 +1,10 @@
-"""The README's spec reference and spec.schema.json are generated from the models: they must be current."""
+"""The spec reference (docs/reference.md) and spec.schema.json are generated from the models: they must be current;
+and the documentation (README.md, docs/*.md) holds together: links and anchors resolve, every page is reachable
+from the README, and every Python command it quotes names a module or file that exists."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -17,11 +20,11 @@ def test_spec_reference_and_schema_are_current() -> None:
 
 
 def test_every_field_of_every_kind_is_documented() -> None:
-    readme = docs.README.read_text(encoding="utf-8")
+    reference = docs.REFERENCE.read_text(encoding="utf-8")
     for kind in REGISTRY.values():
-        assert f"### Step `{kind.kind}`" in readme
+        assert f"## Step `{kind.kind}`" in reference
         for name, info in kind.model.model_fields.items():
-            assert f"| `{name}` |" in readme
+            assert f"| `{name}` |" in reference
             assert info.description or name == "kind", f"{kind.kind}.{name} has no description"
 
 
@@ -45,12 +48,37 @@ def test_link_targets_skip_code() -> None:
 def test_the_generator_refuses_a_link_to_no_heading(monkeypatch: pytest.MonkeyPatch) -> None:
     section = f"{docs.START}\n### `aws`\n[AwsSettings](#aws) [EvidenceSettings](#evidencesettings)\n{docs.END}"
     monkeypatch.setattr(docs, "reference", lambda: section)
-    with pytest.raises(SystemExit, match="#evidencesettings, which is no single heading"):
-        docs.updated_readme(f"# Title\n{docs.START}{docs.END}\n")
+    with pytest.raises(SystemExit, match="#evidencesettings, which is no single heading of docs/reference.md"):
+        docs.updated_page(f"# Title\n{docs.START}{docs.END}\n")
+
+
+def test_the_generated_section_is_in_docs_reference_not_the_readme() -> None:
+    assert docs.START in docs.REFERENCE.read_text(encoding="utf-8")
+    assert docs.START not in docs.README.read_text(encoding="utf-8")
+
+
+def test_the_staleness_check_sees_an_edited_reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    stale = tmp_path / "reference.md"
+    stale.write_text(docs.REFERENCE.read_text(encoding="utf-8").replace("| `case` |", "| `kase` |"), encoding="utf-8")
+    monkeypatch.setattr(docs, "REFERENCE", stale)
+    monkeypatch.setattr(docs, "ROOT", tmp_path)
+    assert docs.main(["--check"]) == 1
+
+
+def _docs_pages() -> list[Path]:
+    return sorted((docs.ROOT / "docs").glob("**/*.md"))
 
 
 def _markdown_pages() -> list[Path]:
-    return [docs.README, *sorted((docs.ROOT / "docs").glob("**/*.md"))]
+    return [docs.README, *_docs_pages(), *sorted((docs.ROOT / "deployments").glob("*.md"))]
+
+
+def test_the_docs_pages_are_checked_and_each_is_linked_from_the_readme() -> None:
+    pages = _docs_pages()
+    assert docs.REFERENCE in pages and len(pages) >= 8, "the docs/ pages are missing: the link tests would check nothing"
+    linked = {(docs.README.parent / t.partition("#")[0]).resolve()
+              for t in docs.link_targets(docs.README.read_text(encoding="utf-8")) if t.startswith("docs/")}
+    assert [p.relative_to(docs.ROOT).as_posix() for p in pages if p.resolve() not in linked] == []
 
 
 @pytest.mark.parametrize("page", _markdown_pages(), ids=lambda p: p.relative_to(docs.ROOT).as_posix())
@@ -68,3 +96,44 @@ def test_every_in_page_and_relative_link_resolves(page: Path) -> None:
         elif anchor and file.suffix == ".md" and anchor not in docs.heading_anchors(file.read_text(encoding="utf-8")):
             broken.append(f"{target} (no such heading)")
     assert broken == []
+
+
+# ------------------------------------------------------------------------------- quoted commands exist
+def test_python_commands_are_found_in_prose_and_code() -> None:
+    page = ("Run `python -m flows.demo`, then `py quickstart.py test -k spec`.\n```\n"
+            "python3 deployments\\serve.py --list\n.venv\\Scripts\\python -m pip install -e .\n"
+            "python -m flows.pipeline_test my_case.yaml\n```\nInstall python.exe to PATH; Python 3.11 is fine.\n")
+    assert docs.python_commands(page) == [("module", "flows.demo"), ("file", "quickstart.py"),
+                                          ("file", "deployments/serve.py"), ("module", "pip"),
+                                          ("module", "flows.pipeline_test")]
+
+
+def _command_target_exists(kind: str, name: str) -> bool:
+    """A file of the repository; a module of the repository (``flows.demo``: a ``.py`` file or a package), or,
+    when its top-level name is not the repository's, an installed one (``pytest``, ``pip``, ``venv``)."""
+    if kind == "file":
+        return (docs.ROOT / name).is_file()
+    path = docs.ROOT.joinpath(*name.split("."))
+    top = docs.ROOT / name.split(".")[0]
+    if top.is_dir() or top.with_suffix(".py").is_file():
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.parametrize("page", _markdown_pages(), ids=lambda p: p.relative_to(docs.ROOT).as_posix())
+def test_every_quoted_python_command_names_a_module_or_file_that_exists(page: Path) -> None:
+    commands = docs.python_commands(page.read_text(encoding="utf-8"))
+    assert [f"python {'-m ' if kind == 'module' else ''}{name}" for kind, name in commands
+            if not _command_target_exists(kind, name)] == []
+
+
+def test_a_command_naming_nothing_is_caught() -> None:
+    assert _command_target_exists("module", "flows.pipeline_test") and _command_target_exists("module", "pytest")
+    assert not _command_target_exists("module", "flows.no_such_module")
+    assert not _command_target_exists("module", "flows.pipeline_test.sub")
+    assert not _command_target_exists("file", "deployments/no_such.py")
+
+
+def test_the_readme_quotes_its_commands() -> None:
+    commands = docs.python_commands(docs.README.read_text(encoding="utf-8"))
+    assert ("file", "quickstart.py") in commands and ("module", "flows.pipeline_test") in commands
