@@ -128,7 +128,7 @@ def where_to_look(result_url: str | None, case: str) -> str:
                 f"(key {case_key(case)}).")
     return ("Evidence: this run used a temporary Prefect server; its records are kept in "
             f"{settings.home}. Run `prefect server start` and open http://127.0.0.1:4200 to see the run and its "
-            "artifacts (see the README's 'Local Prefect server, on Windows first').")
+            "artifacts (see docs/server-and-deployments.md).")
 
 
 def main() -> int:

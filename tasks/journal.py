@@ -18,7 +18,7 @@ the run's lock (so ``recover`` can tell a dead run from a live one, see ``flows.
 **Limits.** An entry must fit in 8 KB (SSM's Advanced tier; entries use Intelligent-Tiering, so small ones stay
 Standard and free): a parameter value near 8 KB cannot be journaled and the step fails before changing it. The
 journal needs ``ssm:PutParameter``, ``ssm:GetParametersByPath`` and ``ssm:DeleteParameter`` on the prefix and
-``kms:Encrypt``/``kms:Decrypt`` on the keys (see the README's IAM section).
+``kms:Encrypt``/``kms:Decrypt`` on the keys (see docs/aws.md, IAM permissions).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def stop_scenario(sc: Scenario, sig: signal.Signals, times: int, group: bool) ->
     t0 = time.monotonic()
     deliver(proc, sig, times, group)
     try:
-        output, _ = proc.communicate(timeout=60)
+        output, _ = proc.communicate(timeout=150)  # generous: 9 CLIs share 2 cores here
     finally:
         if proc.poll() is None:
             proc.kill()
