@@ -59,6 +59,11 @@ _log = logging.getLogger("tasks.athena")
 Logger = logging.Logger | logging.LoggerAdapter
 
 
+# --------------------------------------------------------------------------------------------------------
+# Athena calls: start, wait, stop
+# --------------------------------------------------------------------------------------------------------
+
+
 def _record(request_ids: list[str] | None, response: dict[str, Any]) -> None:
     """Keep a response's request id for the evidence."""
     rid = request_id(response)
@@ -204,6 +209,11 @@ def wait_for_query(
             },
         )
     return execution
+
+
+# --------------------------------------------------------------------------------------------------------
+# Results: GetQueryResults pages or the CSV result file
+# --------------------------------------------------------------------------------------------------------
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -382,6 +392,11 @@ def fetch_results(
         raise aws_error("Athena GetQueryResults", resource, exc) from None
     log.info("Read %d rows of Athena query %s in %d GetQueryResults page(s)", len(rows), query_id, count)
     return QueryResult(columns, rows, "GetQueryResults", pages=count)
+
+
+# --------------------------------------------------------------------------------------------------------
+# One query from start to typed rows
+# --------------------------------------------------------------------------------------------------------
 
 
 @dataclass

@@ -143,7 +143,6 @@ class RowTyper:
             raise  # pragma: no cover
 
 
-
 @dataclass
 class QueryResult:
     """Typed rows and where they came from (``GetQueryResults`` or the result file's S3 URI)."""
