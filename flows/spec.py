@@ -37,10 +37,17 @@ for _module in SERVICE_MODULES:
     importlib.import_module(_module)
 
 
+def _service_index(module: str) -> int:
+    """The place of the service module (or package, e.g. tasks.athena for tasks.athena.step) defining a model."""
+    for i, name in enumerate(SERVICE_MODULES):
+        if module == name or module.startswith(name + "."):
+            return i
+    return len(SERVICE_MODULES)
+
+
 def step_kinds() -> list[StepKind]:
     """Every registered step kind, in a stable order: by service module as listed above, then as defined."""
-    order = {name: i for i, name in enumerate(SERVICE_MODULES)}
-    return sorted(REGISTRY.values(), key=lambda k: (order.get(k.model.__module__, len(order)), k.model.__module__))
+    return sorted(REGISTRY.values(), key=lambda k: (_service_index(k.model.__module__), k.model.__module__))
 
 #: keys refused under ``aws:`` (anywhere else, flows.credentials refuses the AWS credential keys)
 AWS_SETTINGS_CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "access_key",

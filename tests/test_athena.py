@@ -27,6 +27,7 @@ from moto.moto_api import state_manager
 from pydantic import ValidationError
 
 import tasks.athena as athena_mod
+import tasks.athena.evidence as athena_evidence
 from tasks.athena import (
     AthenaExpect,
     AthenaQueryStep,
@@ -825,8 +826,8 @@ def test_runner_success_evidence(clients: ClientFactory, fake_clock: FakeClock, 
 def test_runner_makes_no_console_link_for_an_emulator(monkeypatch: pytest.MonkeyPatch) -> None:
     run = athena_mod.QueryRun("q-9", {"Status": {"State": "SUCCEEDED"}}, RESULT, 0.5)
     step = AthenaQueryStep.model_validate({"kind": "athena_query", "sql": "SELECT 1"})
-    outcome_moto = athena_mod._outcome("SELECT 1", step, run, [], REGION, "http://localhost:5000")
-    outcome_aws = athena_mod._outcome("SELECT 1", step, run, [], REGION, "https://athena.us-east-1.amazonaws.com")
+    outcome_moto = athena_evidence.query_outcome("SELECT 1", step, run, [], REGION, "http://localhost:5000")
+    outcome_aws = athena_evidence.query_outcome("SELECT 1", step, run, [], REGION, "https://athena.us-east-1.amazonaws.com")
     assert outcome_moto.links == [] and len(outcome_aws.links) == 1
     assert outcome_moto.summary == "3 rows (0.5 s, 0 B scanned)"
 

@@ -1,0 +1,444 @@
+"""Athena calls on a boto3 client: start a query, wait for it (stopping it on timeout), read its typed rows.
+
+* :func:`start_query`, :func:`wait_for_query` (the project's growing-interval :func:`~tasks.polling.poll`; on
+  timeout the query is stopped with ``StopQueryExecution``), :func:`fetch_results` (typed rows), and
+  :func:`run_query` for all three.
+
+Reading results: the first page of ``GetQueryResults`` (1,000 rows, Athena's maximum page) always comes from
+the API, since it also carries the column types. When it is the only page the result is *small* and that is
+all. When Athena says there is more (a ``NextToken``), the result is *large*: the rows are streamed from the
+CSV result file in S3 in one ``GetObject`` (a 100,000-row result is 1 call instead of 100); if the file
+cannot be read (no ``s3:GetObject`` permission, not Athena's CSV, a value past the csv module's field size
+limit) the step logs why and pages on instead.
+Either way the rows are typed the same way from the result metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+from pydantic import Field
+
+from tasks.athena.values import Column, QueryResult, RowTyper, columns_from_metadata
+from tasks.base import format_bytes
+from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
+from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+
+__all__ = [
+    "ERROR_CATEGORIES",
+    "PAGE_SIZE",
+    "TERMINAL_STATES",
+    "AthenaWait",
+    "QueryRun",
+    "failure_message",
+    "fetch_results",
+    "get_execution",
+    "parse_athena_csv",
+    "read_result_csv",
+    "run_query",
+    "split_s3_uri",
+    "start_query",
+    "state_of",
+    "stop_query",
+    "wait_for_query",
+]
+
+#: Athena's largest GetQueryResults page; a result bigger than one page is read from the CSV result file
+PAGE_SIZE = 1000
+#: states after which a query never changes again
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+#: what AthenaError.ErrorCategory's numbers mean
+ERROR_CATEGORIES = {1: "SYSTEM", 2: "USER", 3: "OTHER"}
+
+#: the package's logger (as before it was split), for calls made without one
+_log = logging.getLogger("tasks.athena")
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+# --------------------------------------------------------------------------------------------------------
+# Athena calls: start, wait, stop
+# --------------------------------------------------------------------------------------------------------
+
+
+def _record(request_ids: list[str] | None, response: dict[str, Any]) -> None:
+    """Keep a response's request id for the evidence."""
+    rid = request_id(response)
+    if request_ids is not None and rid:
+        request_ids.append(rid)
+
+
+def start_query(
+    athena: Any,
+    sql: str,
+    *,
+    database: str | None = None,
+    catalog: str = "AwsDataCatalog",
+    workgroup: str = "primary",
+    output_location: str | None = None,
+    parameters: Sequence[str] = (),
+    request_ids: list[str] | None = None,
+) -> str:
+    """StartQueryExecution; returns the query id. Values go in ``parameters`` (``?``), never into the SQL."""
+    context: dict[str, str] = {"Catalog": catalog}
+    if database:
+        context["Database"] = database
+    kwargs: dict[str, Any] = {"QueryString": sql, "QueryExecutionContext": context, "WorkGroup": workgroup}
+    if output_location:
+        kwargs["ResultConfiguration"] = {"OutputLocation": output_location}
+    if parameters:
+        kwargs["ExecutionParameters"] = list(parameters)
+    try:
+        response = athena.start_query_execution(**kwargs)
+    except AWS_ERRORS as exc:
+        raise aws_error("Athena StartQueryExecution", f"workgroup {workgroup}", exc) from None
+    _record(request_ids, response)
+    return str(response["QueryExecutionId"])
+
+
+def get_execution(athena: Any, query_id: str, request_ids: list[str] | None = None) -> dict[str, Any]:
+    """GetQueryExecution's ``QueryExecution``."""
+    try:
+        response = athena.get_query_execution(QueryExecutionId=query_id)
+    except AWS_ERRORS as exc:
+        raise aws_error("Athena GetQueryExecution", f"query {query_id}", exc) from None
+    _record(request_ids, response)
+    return response["QueryExecution"]
+
+
+def stop_query(athena: Any, query_id: str, request_ids: list[str] | None = None) -> str | None:
+    """StopQueryExecution, so nothing runs on and bills; returns why stopping failed, or None."""
+    try:
+        response = athena.stop_query_execution(QueryExecutionId=query_id)
+    except AWS_ERRORS as exc:
+        return aws_error("Athena StopQueryExecution", f"query {query_id}", exc).message
+    _record(request_ids, response)
+    return None
+
+
+def state_of(execution: dict[str, Any]) -> str:
+    """The execution's state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)."""
+    return str(execution.get("Status", {}).get("State") or "UNKNOWN")
+
+
+def _describe_progress(execution: dict[str, Any]) -> str:
+    """A progress line's state: ``RUNNING, 3.2 MB scanned``."""
+    scanned = execution.get("Statistics", {}).get("DataScannedInBytes")
+    state = state_of(execution)
+    return f"{state}, {format_bytes(scanned)} scanned" if scanned else state
+
+
+def failure_message(execution: dict[str, Any]) -> str:
+    """Why a query FAILED or was CANCELLED, with Athena's state change reason and error category and type."""
+    status = execution.get("Status", {})
+    query_id = execution.get("QueryExecutionId", "?")
+    reason = status.get("StateChangeReason") or "Athena gave no reason"
+    text = f"Athena query {query_id} {state_of(execution)}: {reason}"
+    error = status.get("AthenaError") or {}
+    facts = []
+    if "ErrorCategory" in error:
+        category = error["ErrorCategory"]
+        facts.append(f"error category {ERROR_CATEGORIES.get(category, category)}")
+    if "ErrorType" in error:
+        facts.append(f"error type {error['ErrorType']}")
+    if error.get("Retryable"):
+        facts.append("retryable")
+    return text + (f" ({', '.join(facts)})" if facts else "")
+
+
+class AthenaWait(PollSettings):
+    """Waiting for a query: as :class:`PollSettings`, but a query may take up to 10 minutes by default."""
+
+    timeout: float = Field(600.0, gt=0, le=MAX_WAIT_SECONDS,
+                           description="Stop the query and fail after this many seconds.")
+    initial: float = Field(0.2, gt=0, le=MAX_INTERVAL_SECONDS,
+                           description="First interval between checks (a 2 s query is seen at once).")
+
+
+def wait_for_query(
+    athena: Any,
+    query_id: str,
+    settings: PollSettings,
+    *,
+    logger: Logger | None = None,
+    clock: Clock | None = None,
+    request_ids: list[str] | None = None,
+) -> dict[str, Any]:
+    """Wait until the query ends; return its SUCCEEDED execution.
+
+    Checks at once, then at growing intervals (:func:`~tasks.polling.poll`). On timeout, or when waiting is
+    interrupted (an AWS error, a cancelled flow), the query is stopped so it does not run on. A FAILED or
+    CANCELLED query is a StepError with Athena's reason.
+    """
+    try:
+        outcome = poll(
+            lambda: get_execution(athena, query_id, request_ids),
+            lambda execution: state_of(execution) in TERMINAL_STATES,
+            settings,
+            describe=_describe_progress,
+            what=f"Athena query {query_id}",
+            logger=logger,
+            clock=clock,
+        )
+    except BaseException:
+        stop_query(athena, query_id, request_ids)
+        raise
+    execution = outcome.value
+    if not outcome.done:
+        problem = stop_query(athena, query_id, request_ids)
+        stopped = "stopped it with StopQueryExecution" if problem is None else f"could not stop it: {problem}"
+        raise StepError(
+            f"Athena query {query_id} did not finish within {settings.timeout:g} s (still {state_of(execution)} "
+            f"after {outcome.checks} checks); {stopped}",
+            code="Timeout",
+            details={"query_id": query_id, "state": state_of(execution), "stopped": problem is None},
+        )
+    if state_of(execution) != "SUCCEEDED":
+        status = execution.get("Status", {})
+        raise StepError(
+            failure_message(execution),
+            code=state_of(execution),
+            details={
+                "query_id": query_id,
+                "state": state_of(execution),
+                "reason": status.get("StateChangeReason"),
+                "athena_error": status.get("AthenaError"),
+            },
+        )
+    return execution
+
+
+# --------------------------------------------------------------------------------------------------------
+# Results: GetQueryResults pages or the CSV result file
+# --------------------------------------------------------------------------------------------------------
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b.csv`` -> ``("bucket", "a/b.csv")``."""
+    if not uri.startswith("s3://"):
+        raise StepError(f"Not an S3 URI: {uri!r}")
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    if not bucket or not key:
+        raise StepError(f"Not an S3 object URI (s3://bucket/key): {uri!r}")
+    return bucket, key
+
+
+#: one raw CSV field with the comma after it: quoted (quotes kept) or bare
+_CSV_RAW_FIELD = re.compile(r'(?:"[^"]*(?:""[^"]*)*"|[^,"\r\n]*)(?:,|$)')
+
+
+def _mark_nulls(raw: str, fields: list[str]) -> list[str | None]:
+    """Make the empty *unquoted* fields of a record None; the slow path, for records with an empty value.
+
+    ``fields`` is csv's reading of the record ``raw``; one C-level ``findall`` gives the raw fields, whose
+    first character says whether each was quoted.
+    """
+    if not fields:  # a blank line: the one value of a one-column row is NULL
+        return [None]
+    tokens = _CSV_RAW_FIELD.findall(raw.rstrip("\r\n"))
+    if len(tokens) < len(fields):
+        raise csv.Error(f"cannot split record {raw[:80]!r}")
+    marked: list[str | None] = list(fields)
+    for i, value in enumerate(fields):
+        if value == "" and not tokens[i].startswith('"'):
+            marked[i] = None
+    return marked
+
+
+class _LineTap:
+    """Hands lines to csv.reader and keeps those of the current record, for the null-aware slow path."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.taken: list[str] = []
+
+    def __iter__(self) -> "_LineTap":
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        self.taken.append(line)
+        return line
+
+
+def parse_athena_csv(lines: Iterable[str]) -> Iterator[list[str | None]]:
+    """Records of an Athena CSV result file as lists of texts, None for SQL NULL.
+
+    Athena quotes every value and writes NULL as an empty unquoted field, so ``,,`` is NULL and ``,"",`` an
+    empty string. Python's csv module reads both as ``''``; it does the fast work here, and only records
+    holding an empty value are looked at again by :func:`_mark_nulls`, which tells the two apart.
+    """
+    tap = _LineTap(lines)
+    for fields in csv.reader(tap, strict=True):
+        raw = "".join(tap.taken)
+        tap.taken.clear()
+        yield _mark_nulls(raw, fields) if not fields or "" in fields else fields
+
+
+def _body_lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[str]:
+    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them)."""
+    for line in body.iter_lines(chunk_size=chunk_size, keepends=True):
+        yield line.decode("utf-8")
+
+
+def read_result_csv(
+    s3: Any,
+    location: str,
+    columns: list[Column],
+    *,
+    request_ids: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Stream Athena's CSV result file at ``location`` (one GetObject) into typed rows.
+
+    The file starts with a header row, which must name the query's columns.
+    """
+    bucket, key = split_s3_uri(location)
+    typer = RowTyper(columns)
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+        _record(request_ids, response)
+        body = response["Body"]
+        try:
+            records = parse_athena_csv(_body_lines(body))
+            header = next(records, None)
+            if header is None:
+                raise StepError(f"The Athena result file {location} is empty (no header row)")
+            if not _is_header(header, columns):
+                raise StepError(
+                    f"The Athena result file {location} starts with {header}, not the header row of the "
+                    f"query's columns {[c.source_name or c.name for c in columns]}"
+                )
+            return [typer(values) for values in records]
+        finally:
+            body.close()
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 GetObject", location, exc) from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise StepError(f"The Athena result file {location} is not valid CSV: {exc}") from None
+
+
+def _is_header(row: Sequence[str | None], columns: list[Column]) -> bool:
+    """Whether a row repeats the column names: the header Athena puts first in a SELECT's results and file.
+
+    Decided by content rather than by statement type (as PyAthena does): SHOW and DESCRIBE results have no
+    header row, and a stand-in that leaves the header out must not lose a data row.
+    """
+    return len(row) == len(columns) and all(v in c.header_names() for v, c in zip(row, columns))
+
+
+def _page_values(page: dict[str, Any]) -> list[list[str | None]]:
+    """A GetQueryResults page's rows as lists of texts; a datum without VarCharValue is NULL."""
+    return [[d.get("VarCharValue") for d in row.get("Data", [])] for row in page.get("ResultSet", {}).get("Rows", [])]
+
+
+def _csv_location(execution: dict[str, Any]) -> str | None:
+    """The execution's CSV result file, if it has one (SELECTs do; SHOW and DDL write text files)."""
+    location = execution.get("ResultConfiguration", {}).get("OutputLocation")
+    if location and location.endswith(".csv") and execution.get("StatementType", "DML") == "DML":
+        return str(location)
+    return None
+
+
+def fetch_results(
+    athena: Any,
+    s3: Any,
+    execution: dict[str, Any],
+    *,
+    page_size: int = PAGE_SIZE,
+    request_ids: list[str] | None = None,
+    logger: Logger | None = None,
+) -> QueryResult:
+    """All rows of a SUCCEEDED query, typed by the result metadata.
+
+    The first ``GetQueryResults`` page (with the metadata) decides: one page is a small result, read from the
+    paginator; more is a large one, streamed from the CSV result file (falling back to paging when that file
+    cannot be read).
+    """
+    log = logger or _log
+    query_id = str(execution["QueryExecutionId"])
+    pages = iter(athena.get_paginator("get_query_results").paginate(
+        QueryExecutionId=query_id, PaginationConfig={"PageSize": page_size}
+    ))
+    resource = f"query {query_id}"
+    try:
+        first = next(pages)
+    except AWS_ERRORS as exc:
+        raise aws_error("Athena GetQueryResults", resource, exc) from None
+    _record(request_ids, first)
+    columns = columns_from_metadata(first.get("ResultSet", {}).get("ResultSetMetadata", {}).get("ColumnInfo", []))
+    typer = RowTyper(columns)
+    values = _page_values(first)
+    if values and _is_header(values[0], columns):
+        values = values[1:]
+    location = _csv_location(execution)
+    if first.get("NextToken") and location:
+        try:
+            rows = read_result_csv(s3, location, columns, request_ids=request_ids)
+            log.info("Read %d rows of Athena query %s from its result file %s", len(rows), query_id, location)
+            return QueryResult(columns, rows, location, pages=1)
+        except StepError as exc:  # no permission, no file, a file that is not Athena's CSV, ...
+            log.warning("Could not read the result file (%s); paging GetQueryResults instead", exc.message)
+    rows = [typer(v) for v in values]
+    count = 1
+    try:
+        for page in pages:
+            _record(request_ids, page)
+            rows.extend(typer(v) for v in _page_values(page))
+            count += 1
+    except AWS_ERRORS as exc:
+        raise aws_error("Athena GetQueryResults", resource, exc) from None
+    log.info("Read %d rows of Athena query %s in %d GetQueryResults page(s)", len(rows), query_id, count)
+    return QueryResult(columns, rows, "GetQueryResults", pages=count)
+
+
+# --------------------------------------------------------------------------------------------------------
+# One query from start to typed rows
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class QueryRun:
+    """A finished query: its final execution, its typed result, how long we waited, the AWS request ids."""
+
+    query_id: str
+    execution: dict[str, Any]
+    result: QueryResult
+    elapsed: float
+    request_ids: list[str] = field(default_factory=list)
+
+
+def run_query(
+    athena: Any,
+    s3: Any,
+    sql: str,
+    *,
+    database: str | None = None,
+    catalog: str = "AwsDataCatalog",
+    workgroup: str = "primary",
+    output_location: str | None = None,
+    parameters: Sequence[str] = (),
+    wait: PollSettings | None = None,
+    page_size: int = PAGE_SIZE,
+    logger: Logger | None = None,
+    clock: Clock | None = None,
+) -> QueryRun:
+    """Start, wait for (stopping it on timeout) and read one query. Call :func:`check_sql` first."""
+    log = logger or _log
+    clock = clock or Clock()
+    ids: list[str] = []
+    started = clock.now()
+    query_id = start_query(
+        athena, sql, database=database, catalog=catalog, workgroup=workgroup,
+        output_location=output_location, parameters=parameters, request_ids=ids,
+    )
+    log.info("Started Athena query %s in workgroup %s", query_id, workgroup)
+    execution = wait_for_query(
+        athena, query_id, wait or AthenaWait(), logger=log, clock=clock, request_ids=ids
+    )
+    elapsed = clock.now() - started
+    log.info("Athena query %s SUCCEEDED after %.1f s; reading its results", query_id, elapsed)
+    result = fetch_results(athena, s3, execution, page_size=page_size, request_ids=ids, logger=log)
+    return QueryRun(query_id, execution, result, elapsed, ids)

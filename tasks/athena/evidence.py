@@ -1,0 +1,139 @@
+"""The evidence of a finished query: summary, details, markdown (SQL, facts, preview, checks), console link."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from tasks import markdown
+from tasks.athena.checks import CheckResult
+from tasks.athena.client import QueryRun, state_of
+from tasks.athena.values import json_safe
+from tasks.aws import is_real_aws
+from tasks.base import Link, StepOutcome, format_bytes
+
+if TYPE_CHECKING:
+    from tasks.athena.step import AthenaQueryStep
+
+__all__ = ["console_url", "preview_table", "query_outcome", "result_digest"]
+
+
+def console_url(region: str, query_id: str) -> str:
+    """The query in the Athena console's history."""
+    return f"https://{region}.console.aws.amazon.com/athena/home?region={region}#/query-editor/history/{query_id}"
+
+
+def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Result rows as a markdown table (NULL for a null; every name and value escaped)."""
+    if not columns:
+        return "_(no columns)_"
+    return markdown.table(columns, [["NULL" if row.get(c) is None else json_safe(row.get(c)) for c in columns]
+                                    for row in rows])
+
+
+def _facts(run: QueryRun, step: AthenaQueryStep) -> dict[str, Any]:
+    """The query's facts for details and evidence (Athena's statistics, in ms and bytes)."""
+    stats = run.execution.get("Statistics", {})
+    return {
+        "query_id": run.query_id,
+        "workgroup": run.execution.get("WorkGroup") or step.workgroup,
+        "catalog": step.catalog,
+        "database": step.database,
+        "state": state_of(run.execution),
+        "statement_type": run.execution.get("StatementType"),
+        "output_location": run.execution.get("ResultConfiguration", {}).get("OutputLocation"),
+        "engine_time_ms": stats.get("EngineExecutionTimeInMillis"),
+        "queue_time_ms": stats.get("QueryQueueTimeInMillis"),
+        "total_time_ms": stats.get("TotalExecutionTimeInMillis"),
+        "data_scanned_bytes": stats.get("DataScannedInBytes"),
+        "waited_s": round(run.elapsed, 3),
+        "row_count": len(run.result.rows),
+        "result_source": run.result.source,
+    }
+
+
+def _seconds(facts: dict[str, Any]) -> float:
+    """Athena's total time when it reports one, else how long we waited."""
+    total = facts.get("total_time_ms")
+    return total / 1000 if total else float(facts["waited_s"])
+
+
+def _summary(facts: dict[str, Any], checks: list[CheckResult]) -> str:
+    """``12 rows, 3 checks passed (1.4 s, 2.1 KB scanned)``."""
+    rows = facts["row_count"]
+    text = f"{rows} row{'s' if rows != 1 else ''}"
+    passed = sum(c.passed for c in checks)
+    if checks:
+        text += f", {passed} check{'s' if passed != 1 else ''} passed"
+        if passed < len(checks):
+            text += f", {len(checks) - passed} failed"
+    return text + f" ({_seconds(facts):.1f} s, {format_bytes(facts['data_scanned_bytes'])} scanned)"
+
+
+def _ms(value: Any) -> str:
+    return "–" if value is None else f"{value / 1000:.1f} s"
+
+
+def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: QueryRun,
+              preview: list[dict[str, Any]], checks: list[CheckResult]) -> str:
+    """The evidence body: SQL, facts, preview rows, checks."""
+    fact_rows = [
+        ("Query id", markdown.code(facts["query_id"])),
+        ("Workgroup", facts["workgroup"]),
+        ("Catalog / database", f"{facts['catalog']} / {facts['database'] or '–'}"),
+        ("State", facts["state"]),
+        ("Engine time", _ms(facts["engine_time_ms"])),
+        ("Queue time", _ms(facts["queue_time_ms"])),
+        ("Data scanned", format_bytes(facts["data_scanned_bytes"])),
+        ("Rows", f"{facts['row_count']} (read from {facts['result_source']})"),
+    ]
+    if step.parameters:
+        fact_rows.insert(1, ("Parameters", markdown.Md(", ".join(markdown.cell(markdown.code(p))
+                                                                 for p in step.parameters))))
+    parts = [
+        markdown.code_block(sql.strip(), "sql"),
+        markdown.table(["Fact", "Value"], fact_rows),
+        f"**Preview** ({len(preview)} of {facts['row_count']} rows)\n\n"
+        + preview_table(preview, run.result.column_names),
+    ]
+    if checks:
+        parts.append("**Checks**\n\n" + markdown.bullets(c.line() for c in checks))
+    return "\n\n".join(parts)
+
+
+def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> str:
+    """SHA-256 of the whole typed result (columns and every row, as canonical JSON), for the evidence manifest:
+    the same rows give the same digest whether they were paged or read from the result file."""
+    canonical = json.dumps({"columns": columns, "rows": json_safe(rows)}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[CheckResult],
+             region: str | None, endpoint: str) -> StepOutcome:
+    """Summary, details, evidence, preview table and console link of a finished query."""
+    facts = _facts(run, step)
+    preview = run.result.rows[: step.preview_rows]
+    safe_preview = json_safe(preview)
+    columns = [{"name": c.name, "type": c.type} for c in run.result.columns]
+    details = {
+        "sql": sql,
+        "parameters": list(step.parameters),
+        **facts,
+        "columns": columns,
+        "result_sha256": result_digest(columns, run.result.rows),
+        "preview": safe_preview,
+        "checks": [c.to_dict() for c in checks],
+    }
+    links = []
+    if region and is_real_aws(endpoint):
+        links.append(Link(console_url(region, run.query_id), f"Athena query {run.query_id}"))
+    return StepOutcome(
+        summary=_summary(facts, checks),
+        details=details,
+        markdown=_markdown(sql, step, facts, run, preview, checks),
+        links=links,
+        tables={"preview": safe_preview},
+        request_ids=list(run.request_ids),
+    )

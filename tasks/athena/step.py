@@ -1,0 +1,131 @@
+"""Step ``athena_query``: its model, and the runner that checks the SQL, runs it, reads the rows and checks them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Callable, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tasks.athena.checks import AthenaExpect, evaluate_checks
+from tasks.athena.client import AthenaWait, run_query
+from tasks.athena.evidence import query_outcome
+from tasks.athena.sql_guard import SqlCheck, check_sql
+from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.errors import StepError
+from tasks.s3 import S3_URI_KEY
+
+__all__ = ["AthenaQueryStep", "check_step_sql", "load_sql", "run_athena_query"]
+
+
+class AthenaQueryStep(StepBase):
+    """Run one Athena query (read-only unless allowed), wait for it, and check its rows."""
+
+    template_files: ClassVar[frozenset[str]] = frozenset({"sql_file"})
+
+    kind: Literal["athena_query"] = "athena_query"
+    sql: str | None = Field(None, description="The SQL, templated with the case's variables. Give sql or sql_file.")
+    sql_file: str | None = Field(
+        None,
+        description="A file holding the SQL, relative to the spec; its content is templated. Give sql or sql_file.",
+    )
+    parameters: list[str] = Field(
+        default_factory=list,
+        description="Athena execution parameters, one per `?` in the SQL, in order. Each is a SQL literal: "
+                    "`'2024-01-31'` (with quotes) for a string, `42` for a number. Use these for values "
+                    "rather than templating them into the SQL.",
+    )
+    database: str | None = Field(None, description="The database (Glue schema) unqualified table names refer to.")
+    catalog: str = Field("AwsDataCatalog", description="The data catalog.")
+    workgroup: str = Field("primary", description="The Athena workgroup to run in.")
+    output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/"),
+                               S3_URI_KEY] = Field(
+        None,
+        description="Where Athena writes the result (s3://bucket/prefix/); optional when the workgroup sets one.",
+    )
+    allow_write: bool = Field(
+        False,
+        description="Allow statements other than SELECT, WITH, VALUES, SHOW, DESCRIBE and EXPLAIN "
+                    "(INSERT, CTAS, DDL, MSCK, ...). Off by default: a test should not change data by accident.",
+    )
+    wait: AthenaWait = Field(
+        default_factory=AthenaWait,
+        description="How long to wait for the query (it is stopped when this runs out) and how often to check.",
+    )
+    preview_rows: int = Field(20, ge=0, le=1000, description="How many rows to show in the evidence.")
+    expect: AthenaExpect = Field(default_factory=AthenaExpect, description="Checks on the result.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AthenaQueryStep":
+        if (self.sql is None) == (self.sql_file is None):
+            raise ValueError("give exactly one of sql and sql_file")
+        if self.sql is not None and not self.sql.strip():
+            raise ValueError("sql is empty")
+        return self
+
+    @field_validator("sql_file")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("sql_file is empty")
+        return value
+
+    def rendered_checks(self, spec_dir: Path, render: Callable[[str], str]) -> list[str]:
+        """Refuse writes and multiple statements at validation time, before anything is sent to Athena."""
+        try:
+            check_step_sql(self, spec_dir, render)
+        except StepError as exc:
+            return [f"field {'sql_file' if self.sql_file else 'sql'!r}: {exc.message}"]
+        return []
+
+
+def load_sql(step: AthenaQueryStep, spec_dir: Path, render: Callable[[str], str]) -> str:
+    """The SQL as it will run: inline (already templated by the engine), or the file's content rendered."""
+    if step.sql is not None:
+        return step.sql
+    assert step.sql_file is not None
+    path = Path(spec_dir) / step.sql_file
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StepError(f"Cannot read sql_file {step.sql_file} ({path}): {exc.strerror or exc}") from None
+    return render(text)
+
+
+def check_step_sql(step: AthenaQueryStep, spec_dir: Path, render: Callable[[str], str]) -> tuple[str, SqlCheck]:
+    """The step's SQL as it will run, and :func:`check_sql`'s verdict on it; for the runner and the validator."""
+    sql = load_sql(step, spec_dir, render)
+    return sql, check_sql(sql, allow_write=step.allow_write, parameters=step.parameters)
+
+
+@step_kind(AthenaQueryStep)
+def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
+    """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read, check."""
+    sql, found = check_step_sql(step, ctx.spec_dir, ctx.render)
+    ctx.logger.info("Running %s statement on Athena (workgroup %s, catalog %s, database %s)",
+                    found.kind, step.workgroup, step.catalog, step.database or "-")
+    athena = ctx.clients.client("athena")
+    run = run_query(
+        athena,
+        ctx.clients.client("s3"),
+        sql,
+        database=step.database,
+        catalog=step.catalog,
+        workgroup=step.workgroup,
+        output_location=step.output_location,
+        parameters=step.parameters,
+        wait=step.wait,
+        logger=ctx.logger,
+        clock=ctx.clock,
+    )
+    checks = evaluate_checks(step.expect, run.result)
+    outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url))
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        raise StepError(
+            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.line()[2:] for c in failed),
+            code="ChecksFailed",
+            details={**outcome.details, "markdown": outcome.markdown},
+        )
+    ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
+    return outcome

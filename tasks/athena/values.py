@@ -1,0 +1,174 @@
+"""Athena's values as Python: columns from the result metadata, texts typed by column type, JSON-safe values.
+
+Athena returns every value as text; :data:`CONVERTERS` maps its types to Python (``decimal`` -> Decimal,
+``date`` -> date, ...), any other type stays a string and SQL NULL is None. :class:`QueryResult` holds typed
+rows, whatever read them (the check functions of :mod:`tasks.athena.checks` only need this).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, time as dtime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Sequence
+from zoneinfo import ZoneInfo
+
+from tasks.errors import StepError
+
+__all__ = [
+    "CONVERTERS",
+    "Column",
+    "QueryResult",
+    "RowTyper",
+    "columns_from_metadata",
+    "convert_value",
+    "json_safe",
+    "normalise_type",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A result column: its (unique) name in the rows, Athena's type, and the name Athena gave it."""
+
+    name: str
+    type: str
+    #: Athena's Name and Label (the header row of a result repeats the labels)
+    source_name: str = ""
+    label: str = ""
+
+    def header_names(self) -> set[str]:
+        """The texts a header row may hold for this column."""
+        return {n for n in (self.source_name, self.label, self.name) if n}
+
+
+def normalise_type(athena_type: str) -> str:
+    """``decimal(10,2)`` -> ``decimal``, ``timestamp(3) with time zone`` -> ``timestamp with time zone``."""
+    return " ".join(re.sub(r"\(.*?\)", " ", athena_type.lower()).split())
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _to_timestamp_tz(text: str) -> datetime | str:
+    """``2024-01-02 03:04:05.123 UTC`` or ``... Europe/Paris`` or ``... +01:00``; left as text if unknown."""
+    stamp, _, zone = text.strip().rpartition(" ")
+    try:
+        if zone.upper() in ("UTC", "Z"):
+            return datetime.fromisoformat(stamp).replace(tzinfo=timezone.utc)
+        if zone[:1] in "+-":
+            return datetime.fromisoformat(stamp + zone)
+        return datetime.fromisoformat(stamp).replace(tzinfo=ZoneInfo(zone))
+    except (ValueError, KeyError):
+        return text
+
+
+CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "tinyint": int, "smallint": int, "integer": int, "int": int, "bigint": int,
+    "decimal": Decimal,
+    "double": float, "float": float, "real": float,
+    "boolean": _to_bool,
+    "date": date.fromisoformat,
+    "timestamp": datetime.fromisoformat,
+    "timestamp with time zone": _to_timestamp_tz,
+    "time": dtime.fromisoformat,
+}
+"""Athena type -> function from Athena's text to a Python value; any other type (varchar, char, json, array,
+map, row, varbinary, ...) stays a string."""
+
+
+def convert_value(text: str | None, athena_type: str) -> Any:
+    """Athena's text for one value -> a Python value of its column's type (None for SQL NULL)."""
+    if text is None:
+        return None
+    converter = CONVERTERS.get(normalise_type(athena_type))
+    if converter is None:
+        return text
+    try:
+        return converter(text)
+    except (ValueError, InvalidOperation):
+        raise StepError(f"Athena returned {text!r} for a {athena_type} value, which cannot be read as one") from None
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Column names as row keys: a repeated name gets ``_2``, ``_3`` so no value is lost."""
+    seen: dict[str, int] = {}
+    unique: list[str] = []
+    for name in names:
+        count = seen.get(name, 0) + 1
+        seen[name] = count
+        unique.append(name if count == 1 else f"{name}_{count}")
+    return unique
+
+
+def columns_from_metadata(column_info: list[dict[str, Any]]) -> list[Column]:
+    """``ResultSetMetadata.ColumnInfo`` -> columns (name, type)."""
+    names = [str(info.get("Name") or info.get("Label") or f"_col{i}") for i, info in enumerate(column_info)]
+    return [
+        Column(name=unique, type=str(info.get("Type") or "varchar"), source_name=name,
+               label=str(info.get("Label") or name))
+        for unique, name, info in zip(_unique_names(names), names, column_info)
+    ]
+
+
+class RowTyper:
+    """Turns lists of Athena texts into dicts of typed values, with the converters looked up once per column."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = columns
+        self.names = [c.name for c in columns]
+        self.converters = [CONVERTERS.get(normalise_type(c.type)) for c in columns]
+
+    def __call__(self, values: Sequence[str | None]) -> dict[str, Any]:
+        if len(values) != len(self.columns):
+            raise StepError(
+                f"A result row has {len(values)} values but the result has {len(self.columns)} columns "
+                f"({', '.join(self.names)})"
+            )
+        try:
+            return {
+                name: value if value is None or convert is None else convert(value)
+                for name, convert, value in zip(self.names, self.converters, values)
+            }
+        except (ValueError, InvalidOperation):
+            # find the culprit for a clear message
+            for column, value in zip(self.columns, values):
+                convert_value(value, column.type)
+            raise  # pragma: no cover
+
+
+@dataclass
+class QueryResult:
+    """Typed rows and where they came from (``GetQueryResults`` or the result file's S3 URI)."""
+
+    columns: list[Column]
+    rows: list[dict[str, Any]]
+    source: str
+    pages: int = 0
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def json_safe(value: Any) -> Any:
+    """Decimals, dates, times and odd floats as strings, recursively, so the value is JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime, date, dtime)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
