@@ -24,6 +24,7 @@ import importlib
 
 from flows import local_files, spec_file
 from flows.credentials import credential_problems
+from flows.naming import slug
 from flows.notify import NotifySettings
 from flows.templating import (BUILTINS, TemplateError, builtin_values, check_template, is_templated, render,
                               resolve_variables)
@@ -209,11 +210,6 @@ def iter_steps(spec: CaseSpec) -> Iterator[PlacedStep]:
 
 def group_label(group: ParallelGroup, index: int) -> str:
     return group.name or f"parallel-{index}"
-
-
-def slug(text: str) -> str:
-    """Lowercase letters, digits and dashes only (what Prefect allows in artifact keys)."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
 
 
 # ---------------------------------------------------------------------------------------------- the errors

@@ -13,6 +13,7 @@ from moto import mock_aws
 from pydantic import ValidationError
 
 from tasks import ssm as ssm_mod
+from tasks import ssm_restore
 from tasks.aws import AwsTarget, ClientFactory
 from tasks.base import REGISTRY, StepBase, StepContext, StepOutcome
 from tasks.errors import AwsCallError, StepError
@@ -338,7 +339,8 @@ def test_restore_that_does_not_stick_fails_naming_fields_not_values(client: Any,
     client.put_parameter(Name="/p/s", Value=CANARY, Type="SecureString", Description="d")
     original = snapshot(client, "/p/s")
     client.put_parameter(Name="/p/s", Value=CANARY2, Type="SecureString", Overwrite=True)
-    monkeypatch.setattr(ssm_mod, "put", lambda *a, **k: {})  # a put that silently does nothing
+    # restore_parameter lives in tasks.ssm_restore and calls put there
+    monkeypatch.setattr(ssm_restore, "put", lambda *a, **k: {})  # a put that silently does nothing
     with pytest.raises(StepError, match="left its value different") as info:
         restore_parameter(client, original)
     assert CANARY not in str(info.value) and CANARY2 not in str(info.value)
