@@ -124,6 +124,7 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             "started_at": _iso(result.started_at),
             "ended_at": _iso(result.ended_at),
             "duration_s": result.duration_s,
+            "locks": result.locks,
             "aws": redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets, keep=NAMES)
             if case else {},
         },
