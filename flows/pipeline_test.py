@@ -15,6 +15,7 @@ run (Prefect API unreachable, locks not obtained, a dead run's changes not yet r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -156,52 +157,39 @@ def pipeline_test(
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
-            if resources:
-                release_dead_locks(clients.client("ssm"), resources, case.aws.journal_prefix, logger)
-            held = locks.hold(resources, run_id, timeout=case.lock_timeout, logger=logger, stop=ctx.stop)
-            lock = held.__enter__()
-        except locks.LockError as exc:
-            return _could_not_run(f"case '{case.case}' did not start: {exc}", logger)  # type: ignore[return-value]
-        except StepError as exc:  # the journal could not be read (e.g. AccessDenied)
-            return _could_not_run(f"case '{case.case}' did not start: {exc.message}", logger)  # type: ignore[return-value]
-        try:
-            if resources:
-                ssm = clients.client("ssm")
-                try:
+            with contextlib.ExitStack() as stack:
+                # the locks first (none of this run's changes may start before), then the journal's leftovers
+                lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
+                if resources:
+                    ssm = clients.client("ssm")
                     _settle_leftovers(clients, ssm, resources, case, run_id, recover, logger)
-                except StepError as exc:
-                    raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
-                ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case, prefix=case.aws.journal_prefix,
-                                              lease_id=lambda: lock.lease_id)
-                logger.info("Holding %d lock(s) until the undo is done: %s", len(resources), ", ".join(resources))
-            LIVE[run_id] = ctx
-            try:
-                with first_signal_stops(ctx.stop, logger):
-                    run_steps(rendered, ctx, steps, running)
-                    cleanup = run_cleanup(ctx)
-            except BaseException as exc:
-                # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
-                # leave the evidence of what was done, then let Prefect record the end
-                ctx.stop.set()
-                undone = undo_now(ctx, logger)
-                stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
-                                     error=f"the run was stopped ({type(exc).__name__}) before the case ended",
-                                     error_code=type(exc).__name__)
-                partial = _case_result(case, run_id, started, values,
-                                       [*steps, *(interrupted(p) for p in running), stopped,
-                                        *([undone] if undone else [])], secrets, lock)
-                if write_evidence:
-                    _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
-                if notice is not None:
-                    send_notice(partial, notice, ui_url=partial.ui_url)
-                raise
+                    ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case,
+                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id)
+                    logger.info("Holding %d lock(s) until the undo is done: %s", len(resources),
+                                ", ".join(resources))
+                LIVE[run_id] = ctx
+                try:
+                    with first_signal_stops(ctx.stop, logger):
+                        run_steps(rendered, ctx, steps, running)
+                        cleanup = run_cleanup(ctx)
+                except BaseException as exc:
+                    # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
+                    # leave the evidence of what was done, then let Prefect record the end
+                    ctx.stop.set()
+                    undone = undo_now(ctx, logger)
+                    stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
+                                         error=f"the run was stopped ({type(exc).__name__}) before the case ended",
+                                         error_code=type(exc).__name__)
+                    partial = _case_result(case, run_id, started, values,
+                                           [*steps, *(interrupted(p) for p in running), stopped,
+                                            *([undone] if undone else [])], secrets, lock)
+                    if write_evidence:
+                        _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
+                    if notice is not None:
+                        send_notice(partial, notice, ui_url=partial.ui_url)
+                    raise
         except CouldNotRun as exc:
-            held.__exit__(None, None, None)
             return _could_not_run(str(exc), logger)  # type: ignore[return-value]
-        except BaseException:
-            held.__exit__(*sys.exc_info())
-            raise
-        held.__exit__(None, None, None)
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
@@ -226,13 +214,36 @@ def _could_not_run(message: str, logger: Any) -> State:
     return Failed(message=message, data=CouldNotRun(message))
 
 
+@contextlib.contextmanager
+def _locked(clients: ClientFactory, resources: list[str], case: CaseSpec, run_id: str, ctx: StepContext,
+            logger: Any) -> Iterator[locks.HeldLocks]:
+    """Hold the locks of the case's resources (after freeing those that dead runs still hold); CouldNotRun when
+    they cannot be had."""
+    try:
+        if resources:
+            release_dead_locks(clients.client("ssm"), resources, case.aws.journal_prefix, logger)
+        held = locks.hold(resources, run_id, timeout=case.lock_timeout, logger=logger, stop=ctx.stop)
+        lock = held.__enter__()
+    except locks.LockError as exc:
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc}") from None
+    except StepError as exc:  # the journal could not be read (e.g. AccessDenied)
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
+    with contextlib.ExitStack() as stack:
+        stack.push(held.__exit__)
+        yield lock
+
+
 def _settle_leftovers(clients: ClientFactory, ssm: Any, resources: list[str], case: CaseSpec, run_id: str,
                       recover: bool, logger: Any) -> None:
     """Unfinished undos of dead runs on this case's resources: recover them (``recover``) or refuse to start.
 
     Called with the resources' locks held, so any entry of another run belongs to a dead run (a live run holds
     the lock until its undo is done). Never takes the leftovers as the case's baseline."""
-    leftovers = [e for r in resources for e in read_entries(ssm, case.aws.journal_prefix, r) if e.run_id != run_id]
+    try:
+        leftovers = [e for r in resources for e in read_entries(ssm, case.aws.journal_prefix, r)
+                     if e.run_id != run_id]
+    except StepError as exc:  # the journal could not be read (e.g. AccessDenied)
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
     if not leftovers:
         return
     listing = "; ".join(f"{e.resource} (run {e.run_id}, case '{e.case}', since {e.written_at})" for e in leftovers)
@@ -374,17 +385,25 @@ def _drain_prefect_workers() -> None:
             pass
 
 
-def _stop_signals_as_interrupts() -> None:
-    """SIGTERM (how a worker or `kill` stops a process) ends the run like Ctrl+C: undo, evidence, exit 130."""
+@contextlib.contextmanager
+def _stop_signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM (how a worker or `kill` stops a process) ends the run like Ctrl+C: undo, evidence, exit 130. The
+    handlers in place before are put back at the end (the CLI's ``main`` may be called in a longer process)."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-    signal.signal(signal.SIGTERM, interrupt)
-    # a process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still stop the run
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
+                # a process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def check_evidence_dir(folder: Path, spec: str) -> None:
@@ -461,9 +480,8 @@ def main(argv: list[str] | None = None) -> int:
 def _guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
-    _stop_signals_as_interrupts()
     try:
-        with prefect_api():
+        with _stop_signals_as_interrupts(), prefect_api():
             return run()
     except CouldNotRun as exc:
         print(f"Could not run: {exc}", file=sys.stderr)

@@ -128,3 +128,32 @@ def test_two_cases_that_set_one_parameter(ssm, clients, tmp_path: Path, shape: s
     history = [h["Value"] for h in ssm.get_parameter_history(Name="/shared/source")["Parameters"]]
     assert history == ["prod-bucket", "value-a", "prod-bucket", "value-b", "prod-bucket"]
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")
+
+
+def test_a_run_that_cannot_get_its_lock_in_time_changes_nothing(ssm, tmp_path: Path) -> None:
+    """Another run holds the parameter past the case's lock_timeout: the case does not start (exit 3 in the
+    CLI), says why, and the parameter is untouched."""
+    from flows import locks
+    from flows.recover import CouldNotRun
+
+    spec = {**case("Impatient", "value-x"), "lock_timeout": 1}
+    with locks.hold(["ssm:/shared/source"], "other-run", timeout=5, logger=logging.getLogger("test")):
+        state = pipeline_test(spec=spec, base_dir=str(tmp_path), write_evidence=False, return_state=True)
+    assert result_of(state) is None
+    reason = state.result(raise_on_failure=False)
+    assert isinstance(reason, CouldNotRun) and "timed out after 1 s" in str(reason)
+    assert originals(ssm) == ("prod-bucket", SECRET, "prod")
+
+
+def test_the_cli_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.pipeline_test import main
+
+    (tmp_path / "case.yaml").write_text(__import__("json").dumps(case("Down", "value-y")))
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        code = main([str(tmp_path / "case.yaml")])
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "Could not run: the Prefect API at http://127.0.0.1:9/api did not answer" in err
+    assert "Traceback" not in err
