@@ -156,7 +156,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """How many (AWS call, fault) pairs tests/test_faults.py covered, in the summary (CI does not pass -s)."""
     def pairs(*outcomes: str) -> set[str]:
         reports = [r for outcome in outcomes for r in terminalreporter.stats.get(outcome, [])]
-        return {value for r in reports for key, value in r.user_properties if key == "fault_pair"}
+        return {value for r in reports for key, value in getattr(r, "user_properties", ()) if key == "fault_pair"}
 
     planned, broken = pairs("passed", "failed", "error"), pairs("failed", "error")
     if planned:
