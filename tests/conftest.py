@@ -1,4 +1,11 @@
-"""Shared fixtures: fake AWS credentials for every test, moto, moto's server, and one Prefect test harness."""
+"""Shared fixtures: fake AWS credentials for every test, moto, moto's server, one Prefect test harness, and the
+one fake clock.
+
+Fixture names mean one thing in every test file: ``clients`` is a ClientFactory inside a fresh function-scoped moto
+mock; ``module_clients`` is one ClientFactory inside one moto mock for a whole module (``module_moto`` is that
+mock, for ``reset()``), for files where making boto3 clients per test is the slow part; ``fake_clock`` is a
+:class:`FakeClock`.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,9 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import boto3
 import pytest
@@ -15,24 +23,79 @@ from moto import mock_aws
 
 from flows.emulator import FAKE_ENV, REAL_ENV, moto_server
 from tasks.aws import AwsTarget, ClientFactory
+from tasks.polling import Clock
 
 REGION = "us-east-1"
+#: moto's settings for every in-process mock made here: Lambda runs without Docker
+MOTO_CONFIG: Any = {"lambda": {"use_docker": False}}
 
 
-@pytest.fixture(autouse=True)
-def fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test can reach a real account: fake credentials, no profile, no endpoint unless a test sets one."""
-    for key in (*REAL_ENV, "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+@dataclass
+class FakeClock:
+    """A fake monotonic clock: time moves only when the code sleeps, by exactly the time slept.
+
+    ``sleeps`` lists every sleep; ``on_sleep(t)`` (if set) is called after each, with the new time, so a test can
+    change the world meanwhile. Pass ``.clock`` (a :class:`tasks.polling.Clock`) to the code under test.
+    """
+
+    t: float = 0.0
+    on_sleep: Callable[[float], None] | None = None
+    sleeps: list[float] = field(default_factory=list)
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        if self.on_sleep:
+            self.on_sleep(self.t)
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(now=self.now, sleep=self.sleep)
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+def use_fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region; no profile, no endpoint (general or per service) unless a test sets one."""
+    for key in (*REAL_ENV, *(k for k in os.environ if k.startswith("AWS_ENDPOINT_URL"))):
         monkeypatch.delenv(key, raising=False)
     for key, value in FAKE_ENV.items():
         monkeypatch.setenv(key, value)
 
 
+@pytest.fixture(autouse=True)
+def fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test can reach a real account: fake credentials, no profile, no endpoint unless a test sets one."""
+    use_fake_aws_env(monkeypatch)
+
+
 @pytest.fixture
 def aws() -> Iterator[None]:
     """moto's in-process mock of every AWS service."""
-    with mock_aws():
+    with mock_aws(config=MOTO_CONFIG):
         yield
+
+
+@pytest.fixture(scope="module")
+def module_moto() -> Iterator[Any]:
+    """One moto mock for a whole module (call ``module_moto.reset()`` for an empty account), with the fake
+    environment set for as long as it lives (the autouse ``fake_aws_env`` is per test)."""
+    with pytest.MonkeyPatch.context() as mp:
+        use_fake_aws_env(mp)
+        with mock_aws(config=MOTO_CONFIG) as mock:
+            yield mock
+
+
+@pytest.fixture(scope="module")
+def module_clients(module_moto: Any) -> ClientFactory:
+    """One client factory inside ``module_moto`` for a whole module (making boto3 clients is the slow part)."""
+    return ClientFactory(AwsTarget(region=REGION))
 
 
 @pytest.fixture
@@ -93,7 +156,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """How many (AWS call, fault) pairs tests/test_faults.py covered, in the summary (CI does not pass -s)."""
     def pairs(*outcomes: str) -> set[str]:
         reports = [r for outcome in outcomes for r in terminalreporter.stats.get(outcome, [])]
-        return {value for r in reports for key, value in r.user_properties if key == "fault_pair"}
+        return {value for r in reports for key, value in getattr(r, "user_properties", ()) if key == "fault_pair"}
 
     planned, broken = pairs("passed", "failed", "error"), pairs("failed", "error")
     if planned:

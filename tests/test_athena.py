@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +19,6 @@ import boto3
 import pytest
 import requests
 from botocore.stub import Stubber
-from moto import mock_aws
 from moto.athena.models import athena_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api import state_manager
@@ -49,10 +47,11 @@ from tasks.athena import (
     start_query,
     wait_for_query,
 )
-from tasks.aws import AwsTarget, ClientFactory
+from conftest import FakeClock
+from tasks.aws import ClientFactory
 from tasks.base import REGISTRY, StepContext
 from tasks.errors import StepError
-from tasks.polling import Clock, PollSettings
+from tasks.polling import PollSettings
 
 REGION = "us-east-1"
 MOTO_API = "http://motoapi.amazonaws.com/moto-api"
@@ -64,28 +63,14 @@ OUTPUT = f"s3://{BUCKET}/results/"
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials and region; nothing that could reach a real account or endpoint."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_ATHENA", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-
-
 @pytest.fixture
-def clients() -> Iterator[ClientFactory]:
-    """A ClientFactory inside moto, with a result bucket; state transitions are reset afterwards."""
-    with mock_aws():
-        factory = ClientFactory(AwsTarget(region=REGION))
-        factory.client("s3").create_bucket(Bucket=BUCKET)
-        try:
-            yield factory
-        finally:
-            state_manager.unset_transition("athena::execution")
+def athena_clients(clients: ClientFactory) -> Iterator[ClientFactory]:
+    """conftest's ``clients`` (moto) with a result bucket; moto's state transitions are reset afterwards."""
+    clients.client("s3").create_bucket(Bucket=BUCKET)
+    try:
+        yield clients
+    finally:
+        state_manager.unset_transition("athena::execution")
 
 
 def backend() -> Any:
@@ -138,24 +123,6 @@ def page_like_athena(client: Any) -> None:
     client.meta.events.register("before-parameter-build.athena.GetQueryResults", remember)
     client.meta.events.register("after-call.athena.GetQueryResults", cut)
 
-
-@dataclass
-class FakeClock:
-    """Time that moves only when the code sleeps; ``on_sleep`` lets a test change the world meanwhile."""
-
-    t: float = 0.0
-    sleeps: list[float] = field(default_factory=list)
-    on_sleep: Callable[[float], None] | None = None
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-        if self.on_sleep:
-            self.on_sleep(self.t)
-
-    @property
-    def clock(self) -> Clock:
-        return Clock(now=lambda: self.t, sleep=self.sleep)
 
 
 # A result with every type, as Athena's text, and the same rows typed
@@ -359,10 +326,10 @@ def test_csv_single_null_column_is_an_empty_line() -> None:
 
 
 def test_wait_checks_at_once_then_at_growing_intervals(
-    clients: ClientFactory, caplog: pytest.LogCaptureFixture
+    athena_clients: ClientFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     manual_states(times=4)  # QUEUED for 4 checks, RUNNING for 4, then SUCCEEDED
-    athena = clients.client("athena")
+    athena = athena_clients.client("athena")
     calls = record_calls(athena, "athena")
     query_id = start_query(athena, "SELECT 1", output_location=OUTPUT)
     fake = FakeClock()
@@ -380,9 +347,9 @@ def test_wait_checks_at_once_then_at_growing_intervals(
     assert any("RUNNING" in r.getMessage() for r in caplog.records)
 
 
-def test_timeout_stops_the_query(clients: ClientFactory) -> None:
+def test_timeout_stops_the_query(athena_clients: ClientFactory) -> None:
     manual_states(times=10**6)  # never leaves QUEUED
-    athena = clients.client("athena")
+    athena = athena_clients.client("athena")
     calls = record_calls(athena, "athena")
     query_id = start_query(athena, "SELECT 1", output_location=OUTPUT)
     fake = FakeClock()
@@ -396,9 +363,9 @@ def test_timeout_stops_the_query(clients: ClientFactory) -> None:
     assert calls.count("GetQueryExecution") < 30  # growing interval: few calls
 
 
-def test_failed_query_fails_the_step(clients: ClientFactory) -> None:
+def test_failed_query_fails_the_step(athena_clients: ClientFactory) -> None:
     manual_states(times=10**6)
-    athena = clients.client("athena")
+    athena = athena_clients.client("athena")
     query_id = start_query(athena, "SELECT 1", output_location=OUTPUT)
     fake = FakeClock(on_sleep=lambda _: setattr(backend().executions[query_id], "status", "FAILED"))
     with pytest.raises(StepError, match=rf"Athena query {query_id} FAILED: Athena gave no reason") as err:
@@ -428,9 +395,9 @@ def test_failed_query_message_has_reason_and_error_category() -> None:
     assert err.value.details["athena_error"]["ErrorType"] == 1301
 
 
-def test_query_stopped_elsewhere_is_cancelled(clients: ClientFactory) -> None:
+def test_query_stopped_elsewhere_is_cancelled(athena_clients: ClientFactory) -> None:
     manual_states(times=10**6)
-    athena = clients.client("athena")
+    athena = athena_clients.client("athena")
     query_id = start_query(athena, "SELECT 1", output_location=OUTPUT)
     fake = FakeClock(on_sleep=lambda _: boto3.client("athena", region_name=REGION)
                      .stop_query_execution(QueryExecutionId=query_id))
@@ -438,9 +405,9 @@ def test_query_stopped_elsewhere_is_cancelled(clients: ClientFactory) -> None:
         wait_for_query(athena, query_id, PollSettings(), clock=fake.clock)
 
 
-def test_interrupted_wait_stops_the_query(clients: ClientFactory) -> None:
+def test_interrupted_wait_stops_the_query(athena_clients: ClientFactory) -> None:
     manual_states(times=10**6)
-    athena = clients.client("athena")
+    athena = athena_clients.client("athena")
     query_id = start_query(athena, "SELECT 1", output_location=OUTPUT)
 
     def interrupt(_: float) -> None:
@@ -456,30 +423,30 @@ def test_interrupted_wait_stops_the_query(clients: ClientFactory) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_start_query_passes_context_workgroup_location_and_parameters(clients: ClientFactory) -> None:
-    athena = clients.client("athena")
+def test_start_query_passes_context_workgroup_location_and_parameters(athena_clients: ClientFactory) -> None:
+    athena = athena_clients.client("athena")
     athena.create_work_group(Name="tests", Configuration={})
     query_id = start_query(
         athena, "SELECT * FROM orders WHERE day = ?", database="sales", catalog="AwsDataCatalog",
         workgroup="tests", output_location=OUTPUT, parameters=["DATE '2024-01-31'"],
     )
-    execution = execution_of(clients, query_id)
+    execution = execution_of(athena_clients, query_id)
     assert execution["QueryExecutionContext"] == {"Catalog": "AwsDataCatalog", "Database": "sales"}
     assert execution["WorkGroup"] == "tests"
     assert execution["ExecutionParameters"] == ["DATE '2024-01-31'"]
     assert execution["ResultConfiguration"]["OutputLocation"] == f"{OUTPUT}{query_id}.csv"
 
 
-def test_start_query_error_names_action_and_code(clients: ClientFactory) -> None:
+def test_start_query_error_names_action_and_code(athena_clients: ClientFactory) -> None:
     with pytest.raises(StepError, match="Athena StartQueryExecution on workgroup nope failed: InvalidRequestException"):
-        start_query(clients.client("athena"), "SELECT 1", workgroup="nope")
+        start_query(athena_clients.client("athena"), "SELECT 1", workgroup="nope")
 
 
-def test_paginator_and_result_file_give_the_same_typed_rows(clients: ClientFactory) -> None:
-    athena, s3 = clients.client("athena"), clients.client("s3")
+def test_paginator_and_result_file_give_the_same_typed_rows(athena_clients: ClientFactory) -> None:
+    athena, s3 = athena_clients.client("athena"), athena_clients.client("s3")
     inject(ALL_COLUMNS, ALL_TEXT)  # moto writes the CSV result file to the output location
     query_id = start_query(athena, "SELECT * FROM everything", output_location=OUTPUT)
-    execution = execution_of(clients, query_id)
+    execution = execution_of(athena_clients, query_id)
 
     paged = fetch_results(athena, s3, execution)
     assert paged.source == "GetQueryResults"
@@ -497,12 +464,12 @@ def _many_rows(count: int) -> list[list[str | None]]:
 MANY_COLUMNS = [("n", "integer"), ("amount", "decimal"), ("name", "varchar"), ("flag", "varchar")]
 
 
-def test_large_result_is_streamed_from_the_result_file(clients: ClientFactory) -> None:
-    athena, s3 = clients.client("athena"), clients.client("s3")
+def test_large_result_is_streamed_from_the_result_file(athena_clients: ClientFactory) -> None:
+    athena, s3 = athena_clients.client("athena"), athena_clients.client("s3")
     page_like_athena(athena)
     inject(MANY_COLUMNS, _many_rows(25))
     query_id = start_query(athena, "SELECT * FROM many", output_location=OUTPUT)
-    execution = execution_of(clients, query_id)
+    execution = execution_of(athena_clients, query_id)
     athena_calls, s3_calls = record_calls(athena, "athena"), record_calls(s3, "s3")
 
     from_file = fetch_results(athena, s3, execution, page_size=10)
@@ -520,15 +487,15 @@ def test_large_result_is_streamed_from_the_result_file(clients: ClientFactory) -
     assert from_file.rows[4]["flag"] == ""
 
 
-def test_seeded_result_file_with_quotes_newlines_and_nulls(clients: ClientFactory) -> None:
+def test_seeded_result_file_with_quotes_newlines_and_nulls(athena_clients: ClientFactory) -> None:
     """A result file as Athena writes it (moto's own writer does not escape quotes), seeded where the query's
     output location says."""
-    athena, s3 = clients.client("athena"), clients.client("s3")
+    athena, s3 = athena_clients.client("athena"), athena_clients.client("s3")
     page_like_athena(athena)
     columns = [("id", "integer"), ("note", "varchar"), ("at", "timestamp")]
     inject(columns, [["1", "a", None], ["2", "b", None]])
     query_id = start_query(athena, "SELECT * FROM notes", output_location=OUTPUT)
-    execution = execution_of(clients, query_id)
+    execution = execution_of(athena_clients, query_id)
     s3.put_object(
         Bucket=BUCKET, Key=f"results/{query_id}.csv",
         Body='"id","note","at"\n"1","say ""hi"", twice",\n"2","",\n"3","two\nlines","2024-01-01 00:00:00.000"\n',
@@ -542,30 +509,30 @@ def test_seeded_result_file_with_quotes_newlines_and_nulls(clients: ClientFactor
     ]
 
 
-def test_unreadable_result_file_falls_back_to_paging(clients: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
-    athena, s3 = clients.client("athena"), clients.client("s3")
+def test_unreadable_result_file_falls_back_to_paging(athena_clients: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    athena, s3 = athena_clients.client("athena"), athena_clients.client("s3")
     page_like_athena(athena)
     inject(MANY_COLUMNS, _many_rows(5))
     query_id = start_query(athena, "SELECT * FROM many", output_location="s3://no-such-bucket/results/")
-    execution = execution_of(clients, query_id)
+    execution = execution_of(athena_clients, query_id)
     with caplog.at_level(logging.WARNING):
         result = fetch_results(athena, s3, execution, page_size=2)
     assert result.source == "GetQueryResults" and result.pages == 3 and len(result.rows) == 5
     assert "NoSuchBucket" in caplog.text and "paging GetQueryResults instead" in caplog.text
 
 
-def test_result_file_that_is_not_athena_csv_falls_back_to_paging(clients: ClientFactory) -> None:
-    athena, s3 = clients.client("athena"), clients.client("s3")
+def test_result_file_that_is_not_athena_csv_falls_back_to_paging(athena_clients: ClientFactory) -> None:
+    athena, s3 = athena_clients.client("athena"), athena_clients.client("s3")
     page_like_athena(athena)
     inject(MANY_COLUMNS, _many_rows(5))
     query_id = start_query(athena, "SELECT * FROM many", output_location=OUTPUT)
     s3.put_object(Bucket=BUCKET, Key=f"results/{query_id}.csv", Body='"n","amount","name","flag"\n"1","2"x,\n')
-    result = fetch_results(athena, s3, execution_of(clients, query_id), page_size=2)
+    result = fetch_results(athena, s3, execution_of(athena_clients, query_id), page_size=2)
     assert result.source == "GetQueryResults" and len(result.rows) == 5
 
 
-def test_result_file_with_other_columns_is_an_error(clients: ClientFactory) -> None:
-    s3 = clients.client("s3")
+def test_result_file_with_other_columns_is_an_error(athena_clients: ClientFactory) -> None:
+    s3 = athena_clients.client("s3")
     s3.put_object(Bucket=BUCKET, Key="x.csv", Body='"a","b"\n"1","2"\n')
     with pytest.raises(StepError, match=r"starts with \['a', 'b'\], not the header row"):
         read_result_csv(s3, f"s3://{BUCKET}/x.csv", [Column("a", "integer", "a"), Column("c", "integer", "c")])
@@ -612,11 +579,11 @@ def test_show_results_have_no_header_row() -> None:
     assert result.rows == [{"tab_name": "orders"}, {"tab_name": "customers"}]
 
 
-def test_run_query_returns_rows_facts_and_request_ids(clients: ClientFactory) -> None:
+def test_run_query_returns_rows_facts_and_request_ids(athena_clients: ClientFactory) -> None:
     manual_states(times=1)
     inject(MANY_COLUMNS, _many_rows(3))
     fake = FakeClock()
-    run = run_query(clients.client("athena"), clients.client("s3"), "SELECT * FROM many",
+    run = run_query(athena_clients.client("athena"), athena_clients.client("s3"), "SELECT * FROM many",
                     output_location=OUTPUT, clock=fake.clock)
     assert run.execution["Status"]["State"] == "SUCCEEDED"
     assert len(run.result.rows) == 3
@@ -776,10 +743,6 @@ def test_model_rejects_bad_specs(data: dict[str, Any], message: str) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock()
-
 
 def context(clients: ClientFactory, spec_dir: Path, clock: FakeClock | None = None) -> StepContext:
     return StepContext(
@@ -788,7 +751,7 @@ def context(clients: ClientFactory, spec_dir: Path, clock: FakeClock | None = No
     )
 
 
-def test_runner_success_evidence(clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
+def test_runner_success_evidence(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
     manual_states(times=2)
     inject(ALL_COLUMNS, ALL_TEXT)
     (tmp_path / "q.sql").write_text("SELECT * FROM {{ table }} WHERE id > ? ORDER BY id\n")
@@ -797,7 +760,7 @@ def test_runner_success_evidence(clients: ClientFactory, fake_clock: FakeClock, 
         "database": "sales", "output_location": OUTPUT, "preview_rows": 1,
         "expect": {"row_count": 2, "first_row": {"amount": {"equals": 12.5}, "name": {"not_null": True}}},
     })
-    result = run_athena_query(step, context(clients, tmp_path, fake_clock))
+    result = run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
 
     execution = backend().executions[result.details["query_id"]]
     assert execution.query == "SELECT * FROM orders WHERE id > ? ORDER BY id\n"  # the file, rendered
@@ -832,41 +795,41 @@ def test_runner_makes_no_console_link_for_an_emulator(monkeypatch: pytest.Monkey
     assert outcome_moto.summary == "3 rows (0.5 s, 0 B scanned)"
 
 
-def test_runner_refuses_writes_before_any_call(clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
-    athena = clients.client("athena")
+def test_runner_refuses_writes_before_any_call(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
+    athena = athena_clients.client("athena")
     calls = record_calls(athena, "athena")
     step = AthenaQueryStep.model_validate({"kind": "athena_query", "sql": "DROP TABLE sales.orders"})
     with pytest.raises(StepError, match="Refused to run a DROP statement"):
-        run_athena_query(step, context(clients, tmp_path, fake_clock))
+        run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     assert calls == [] and backend().executions == {}
 
 
-def test_runner_rejects_multiple_statements_before_any_call(clients: ClientFactory, fake_clock: FakeClock,
+def test_runner_rejects_multiple_statements_before_any_call(athena_clients: ClientFactory, fake_clock: FakeClock,
                                                             tmp_path: Path) -> None:
     step = AthenaQueryStep.model_validate({"kind": "athena_query", "sql": "SELECT 1; SELECT 2", "allow_write": True})
     with pytest.raises(StepError, match="2 statements"):
-        run_athena_query(step, context(clients, tmp_path, fake_clock))
+        run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     assert backend().executions == {}
 
 
-def test_runner_allows_writes_when_asked(clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
+def test_runner_allows_writes_when_asked(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
     step = AthenaQueryStep.model_validate(
         {"kind": "athena_query", "sql": "MSCK REPAIR TABLE sales.orders", "allow_write": True,
          "output_location": OUTPUT}
     )
-    result = run_athena_query(step, context(clients, tmp_path, fake_clock))
+    result = run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     assert result.summary.startswith("0 rows (")
     assert [e.query for e in backend().executions.values()] == ["MSCK REPAIR TABLE sales.orders"]
 
 
-def test_runner_reports_all_failing_checks(clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
+def test_runner_reports_all_failing_checks(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
     inject(ALL_COLUMNS, ALL_TEXT)
     step = AthenaQueryStep.model_validate({
         "kind": "athena_query", "sql": "SELECT * FROM orders", "output_location": OUTPUT,
         "expect": {"row_count": 3, "min_rows": 1, "columns": ["id"], "first_row": {"ok": {"equals": False}}},
     })
     with pytest.raises(StepError) as err:
-        run_athena_query(step, context(clients, tmp_path, fake_clock))
+        run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     message = str(err.value)
     assert message.startswith("3 of 4 checks failed: row_count: expected 3, got 2; columns: expected ['id'], got [")
     assert message.endswith("first_row.ok ==: expected == False, got True")
@@ -875,13 +838,13 @@ def test_runner_reports_all_failing_checks(clients: ClientFactory, fake_clock: F
     assert "❌ row_count" in err.value.details["markdown"] and err.value.details["query_id"]
 
 
-def test_runner_timeout_stops_the_query(clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
+def test_runner_timeout_stops_the_query(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:
     manual_states(times=10**6)
     step = AthenaQueryStep.model_validate(
         {"kind": "athena_query", "sql": "SELECT 1", "output_location": OUTPUT, "wait": {"timeout": 5}}
     )
     with pytest.raises(StepError, match="did not finish within 5 s"):
-        run_athena_query(step, context(clients, tmp_path, fake_clock))
+        run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     [execution] = backend().executions.values()
     assert execution.status == "CANCELLED"
     assert fake_clock.t == pytest.approx(5)

@@ -15,17 +15,16 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api._internal.models import moto_api_backend
 from pydantic import ValidationError
 
-from tasks.aws import AwsTarget, ClientFactory
+from tasks.aws import ClientFactory
 from tasks.awslambda import (
     EXPECTED_STATUS,
     MAX_SHOWN_CHARS,
@@ -76,21 +75,6 @@ class Script:
         return reply
 
 
-@pytest.fixture(scope="module")
-def factory() -> Iterator[ClientFactory]:
-    """One moto mock (Lambda without Docker) and one client factory for the module."""
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_LAMBDA", "AWS_SESSION_TOKEN"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        with mock_aws(config={"lambda": {"use_docker": False}}) as mock:
-            factory = ClientFactory(AwsTarget(region=REGION))
-            factory._moto = mock  # type: ignore[attr-defined]
-            yield factory
-
-
 def _zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -99,15 +83,16 @@ def _zip() -> bytes:
 
 
 @pytest.fixture
-def ctx(factory: ClientFactory, tmp_path: Path) -> StepContext:
+def ctx(module_moto: Any, module_clients: ClientFactory, tmp_path: Path) -> StepContext:
     """A fresh moto account with function ``ingest`` (version 1 published, alias ``live``)."""
-    factory._moto.reset()  # type: ignore[attr-defined]
-    role = factory.client("iam").create_role(RoleName="lambda-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    client = factory.client("lambda")
+    module_moto.reset()
+    iam = module_clients.client("iam")
+    role = iam.create_role(RoleName="lambda-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    client = module_clients.client("lambda")
     client.create_function(FunctionName=FUNCTION, Runtime="python3.12", Role=role, Handler="handler.handler",
                            Code={"ZipFile": _zip()}, Publish=True)
     client.create_alias(FunctionName=FUNCTION, Name="live", FunctionVersion="1")
-    return StepContext(clients=factory, case_name="case", run_id="run-1", label="invoke", spec_dir=tmp_path,
+    return StepContext(clients=module_clients, case_name="case", run_id="run-1", label="invoke", spec_dir=tmp_path,
                        logger=logging.getLogger("test.awslambda"))
 
 

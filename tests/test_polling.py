@@ -6,28 +6,14 @@ import logging
 
 import pytest
 
-from tasks.polling import Clock, PollSettings, intervals, poll
+from conftest import FakeClock
+from tasks.polling import PollSettings, intervals, poll
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
-
-    def clock(self) -> Clock:
-        return Clock(self.now, self.sleep)
 
 
 def test_first_check_is_immediate_and_done_stops() -> None:
     fake = FakeClock()
-    out = poll(lambda: True, bool, PollSettings(), clock=fake.clock())
+    out = poll(lambda: True, bool, PollSettings(), clock=fake.clock)
     assert out.done and out.checks == 1 and fake.sleeps == []
 
 
@@ -39,7 +25,7 @@ def test_intervals_grow_and_are_capped() -> None:
 def test_event_at_d_is_noticed_within_a_quarter_of_d_plus_half_a_second() -> None:
     for d in (0.5, 2, 5, 20, 60, 200):
         fake = FakeClock()
-        out = poll(lambda: fake.t >= d, bool, PollSettings(timeout=1000), clock=fake.clock())
+        out = poll(lambda: fake.t >= d, bool, PollSettings(timeout=1000), clock=fake.clock)
         assert out.done
         assert out.elapsed - d <= 0.25 * d + 0.5, (d, out.elapsed)
         assert out.checks <= 40, (d, out.checks)
@@ -47,7 +33,7 @@ def test_event_at_d_is_noticed_within_a_quarter_of_d_plus_half_a_second() -> Non
 
 def test_timeout_is_never_overshot_and_reports_last_value() -> None:
     fake = FakeClock()
-    out = poll(lambda: fake.t, lambda v: False, PollSettings(timeout=10, max_interval=3), clock=fake.clock())
+    out = poll(lambda: fake.t, lambda v: False, PollSettings(timeout=10, max_interval=3), clock=fake.clock)
     assert not out.done
     assert out.elapsed == pytest.approx(10)
     assert out.value == pytest.approx(10)
@@ -60,14 +46,14 @@ def test_errors_propagate_at_once() -> None:
         raise PermissionError("AccessDenied")
 
     with pytest.raises(PermissionError):
-        poll(check, bool, PollSettings(), clock=fake.clock())
+        poll(check, bool, PollSettings(), clock=fake.clock)
     assert fake.sleeps == []
 
 
 def test_progress_is_logged_but_throttled(caplog: pytest.LogCaptureFixture) -> None:
     fake = FakeClock()
     caplog.set_level(logging.INFO)
-    poll(lambda: False, bool, PollSettings(timeout=60, log_every=15), what="thing", clock=fake.clock(),
+    poll(lambda: False, bool, PollSettings(timeout=60, log_every=15), what="thing", clock=fake.clock,
          logger=logging.getLogger("t"))
     lines = [r.getMessage() for r in caplog.records if "Waiting for thing" in r.getMessage()]
     assert 3 <= len(lines) <= 5  # at t=0, then about every 15 s of 60

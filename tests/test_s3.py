@@ -11,10 +11,11 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from conftest import FakeClock
 from tasks.aws import ClientFactory
 from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
-from tasks.polling import Clock, PollSettings
+from tasks.polling import PollSettings
 from tasks.s3 import (
     ExpectObjectsStep,
     UploadStep,
@@ -39,19 +40,6 @@ def count_calls(client: Any) -> list[str]:
     calls: list[str] = []
     client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
     return calls
-
-
-class FakeClock:
-    def __init__(self, on_sleep: Any = None) -> None:
-        self.t = 0.0
-        self.on_sleep = on_sleep
-
-    def clock(self) -> Clock:
-        def sleep(s: float) -> None:
-            self.t += s
-            if self.on_sleep:
-                self.on_sleep(self.t)
-        return Clock(lambda: self.t, sleep)
 
 
 # ------------------------------------------------------------------------------------------------- keys
@@ -191,10 +179,10 @@ def test_expect_prefix_waits_until_objects_appear(s3, bucket) -> None:
 
     landed: list[float] = []
 
-    fake = FakeClock(land)
+    fake = FakeClock(on_sleep=land)
     calls = count_calls(s3)
     step = ExpectObjectsStep(bucket=bucket, prefix="out/", pattern="*.parquet", count=1, min_size=1)
-    obs, checks, elapsed = expect_objects(s3, step, clock=fake.clock())
+    obs, checks, elapsed = expect_objects(s3, step, clock=fake.clock)
     assert [o.key for o in obs.matched] == ["out/2026/part-0.parquet"]
     assert 3 <= elapsed <= 3 * 1.25 + 0.5 and checks > 1
     assert set(calls) == {"ListObjectsV2"}
@@ -206,7 +194,7 @@ def test_timeout_lists_what_was_found(s3, bucket) -> None:
     step = ExpectObjectsStep(bucket=bucket, prefix="out/", pattern="*.csv", min_size=1,
                              wait=PollSettings(timeout=5))
     with pytest.raises(StepError) as info:
-        expect_objects(s3, step, clock=FakeClock().clock())
+        expect_objects(s3, step, clock=FakeClock().clock)
     msg = info.value.message
     assert msg.startswith("timed out after 5 s")
     assert "out/a.json (2 B, does not match '*.csv')" in msg and "out/b.csv (0 B, smaller than 1 B)" in msg
@@ -217,7 +205,7 @@ def test_timeout_on_keys_lists_neighbours(s3, bucket) -> None:
     s3.put_object(Bucket=bucket, Key="out/2026/other.csv", Body=b"1")
     step = ExpectObjectsStep(bucket=bucket, keys=["out/2026/a.csv", "out/2026/b.csv"], wait=PollSettings(timeout=1))
     with pytest.raises(StepError) as info:
-        expect_objects(s3, step, clock=FakeClock().clock())
+        expect_objects(s3, step, clock=FakeClock().clock)
     assert ("Found under s3://test-bucket/out/2026/: out/2026/other.csv (1 B, not one of the expected keys); "
             "missing: out/2026/a.csv, out/2026/b.csv") in info.value.message
     assert info.value.details["found"] == []
@@ -230,7 +218,7 @@ def test_timeout_on_keys_lists_each_object_once_with_why_it_did_not_count(s3, bu
     step = ExpectObjectsStep(bucket=bucket, keys=["out/a.csv", "out/b.csv", "out/c.csv"], min_size=5,
                              wait=PollSettings(timeout=1))
     with pytest.raises(StepError) as info:
-        expect_objects(s3, step, clock=FakeClock().clock())
+        expect_objects(s3, step, clock=FakeClock().clock)
     msg, details = info.value.message, info.value.details
     assert msg.endswith("Found under s3://test-bucket/out/: out/a.csv (5 B); out/b.csv (2 B, smaller than 5 B); "
                         "out/other.csv (6 B, not one of the expected keys); missing: out/c.csv")
@@ -245,7 +233,7 @@ def test_exact_count_exceeded_fails_at_once(s3, bucket) -> None:
         s3.put_object(Bucket=bucket, Key=f"out/{i}.csv", Body=b"1")
     fake = FakeClock()
     with pytest.raises(StepError, match="expected exactly 2 object.*found 3"):
-        expect_objects(s3, ExpectObjectsStep(bucket=bucket, prefix="out/", count=2), clock=fake.clock())
+        expect_objects(s3, ExpectObjectsStep(bucket=bucket, prefix="out/", count=2), clock=fake.clock)
     assert fake.t == 0
 
 
@@ -254,7 +242,7 @@ def test_access_denied_is_reported_as_such_not_as_not_found(s3) -> None:
     with Stubber(s3) as stub:
         stub.add_client_error("head_object", service_error_code="403", http_status_code=403)
         with pytest.raises(StepError) as info:
-            expect_objects(s3, step, clock=FakeClock().clock())
+            expect_objects(s3, step, clock=FakeClock().clock)
     assert info.value.code == "AccessDenied"
     assert "S3 HeadObject on s3://locked-bucket/a.csv failed: AccessDenied" in info.value.message
     assert "s3:ListBucket" in info.value.message
@@ -263,13 +251,13 @@ def test_access_denied_is_reported_as_such_not_as_not_found(s3) -> None:
         stub.add_client_error("list_objects_v2", service_error_code="AccessDenied", service_message="Access Denied",
                               http_status_code=403)
         with pytest.raises(StepError, match="S3 ListObjectsV2 on s3://locked-bucket/p/ failed: AccessDenied"):
-            expect_objects(s3, step, clock=FakeClock().clock())
+            expect_objects(s3, step, clock=FakeClock().clock)
 
 
 def test_missing_bucket_fails_at_once(s3) -> None:
     fake = FakeClock()
     with pytest.raises(StepError, match="NoSuchBucket"):
-        expect_objects(s3, ExpectObjectsStep(bucket="no-such-bucket", prefix="x/"), clock=fake.clock())
+        expect_objects(s3, ExpectObjectsStep(bucket="no-such-bucket", prefix="x/"), clock=fake.clock)
     assert fake.t == 0
 
 
@@ -279,7 +267,7 @@ def test_missing_bucket_fails_at_once_with_keys_too(emulated_s3) -> None:
     fake = FakeClock()
     with pytest.raises(StepError) as info:
         expect_objects(emulated_s3, ExpectObjectsStep(bucket="no-such-bucket-keys", keys=["x/a.csv"]),
-                       clock=fake.clock())
+                       clock=fake.clock)
     assert info.value.code == "NoSuchBucket" and "s3://no-such-bucket-keys/" in info.value.message
     assert fake.t == 0
 
@@ -288,7 +276,7 @@ def test_bucket_is_checked_once_while_waiting_for_keys(s3, bucket) -> None:
     calls = count_calls(s3)
     step = ExpectObjectsStep(bucket=bucket, keys=["a.csv"], wait=PollSettings(timeout=3))
     with pytest.raises(StepError, match="timed out"):
-        expect_objects(s3, step, clock=FakeClock().clock())
+        expect_objects(s3, step, clock=FakeClock().clock)
     assert calls.count("HeadBucket") == 1 and calls.count("HeadObject") > 3
 
 
@@ -300,6 +288,6 @@ def test_a_refused_bucket_check_does_not_end_the_wait(s3) -> None:
         stub.add_client_error("head_object", service_error_code="404", http_status_code=404)
         stub.add_response("list_objects_v2", {"KeyCount": 0})  # what is near the key, for the message
         with pytest.raises(StepError) as info:
-            expect_objects(s3, step, clock=FakeClock().clock())
+            expect_objects(s3, step, clock=FakeClock().clock)
         stub.assert_no_pending_responses()
     assert info.value.code == "Timeout"

@@ -5,16 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 from pydantic import ValidationError
 
 from tasks import ssm as ssm_mod
 from tasks import ssm_restore
-from tasks.aws import AwsTarget, ClientFactory
+from tasks.aws import ClientFactory
 from tasks.base import REGISTRY, StepBase, StepContext, StepOutcome
 from tasks.errors import AwsCallError, StepError
 from tasks.secrets import mask
@@ -32,7 +31,6 @@ from tasks.ssm import (
     snapshot,
 )
 
-REGION = "us-east-1"
 CANARY = "canary-SecureString-9d81e6b2"
 CANARY2 = "canary-SecureString-second-55aa"
 
@@ -40,26 +38,11 @@ CANARY2 = "canary-SecureString-second-55aa"
 # --- fixtures ------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def factory() -> Iterator[ClientFactory]:
-    """One moto mock and one client factory for the module (making boto3 clients is the slow part)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM", "AWS_SESSION_TOKEN"):
-            mp.delenv(var, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        with mock_aws() as mock:
-            factory = ClientFactory(AwsTarget(region=REGION))
-            factory._moto = mock  # type: ignore[attr-defined]
-            yield factory
-
-
 @pytest.fixture
-def ctx(factory: ClientFactory) -> StepContext:
+def ctx(module_moto: Any, module_clients: ClientFactory) -> StepContext:
     """A fresh case (empty undo log) on an empty moto account."""
-    factory._moto.reset()  # type: ignore[attr-defined]
-    return StepContext(clients=factory, case_name="case", run_id="run-1", label="step",
+    module_moto.reset()
+    return StepContext(clients=module_clients, case_name="case", run_id="run-1", label="step",
                        logger=logging.getLogger("test.ssm"))
 
 
