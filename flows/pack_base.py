@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from flows.naming import slug
 from flows.results import CaseResult, StepResult
@@ -97,27 +97,20 @@ def manifest_sha256(folder: Path) -> str:
 
 
 @dataclass(frozen=True)
-class PackItem:
-    """Something outside the pack whose SHA-256 the run recorded (an uploaded input file or a query result), with
+class PackItem(HashedItem):
+    """Something outside the pack whose SHA-256 the run recorded (a step's :class:`~tasks.errors.HashedItem`), with
     the step that recorded it: an entry of the manifest's and report.json's ``inputs`` / ``query_results``."""
 
-    kind: Literal["input", "query_result"]
-    step: str
-    label: str
-    location: str
-    sha256: str
-    size: int | None = None
-    local_path: str | None = None
-    query_id: str | None = None
-    rows: int | None = None
+    step: str = ""
+    label: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        return {"kind": fields.pop("kind"), "step": fields.pop("step"), "label": fields.pop("label"), **fields}
 
     @classmethod
     def of(cls, step: StepResult, item: HashedItem) -> PackItem:
-        return cls(item.kind, step.number, step.label, item.location, item.sha256.lower(), size=item.size,
-                   local_path=item.local_path, query_id=item.query_id, rows=item.rows)
+        return cls(**{**asdict(item), "sha256": item.sha256.lower()}, step=step.number, label=step.label)
 
 
 def hashed_items(result: CaseResult) -> list[PackItem]:
