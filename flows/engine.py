@@ -26,7 +26,7 @@ from flows import evidence
 from flows.results import StepFailed, StepResult
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
-from tasks.errors import StepError
+from tasks.errors import CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
 from tasks import markdown as md
 from tasks.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
 
@@ -43,25 +43,27 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     outcome: StepOutcome | None = None
-    status, error, code, details = "passed", None, None, {}
+    status, error, code, details, items = "passed", None, None, {}, []
     try:
         outcome = REGISTRY[placed.kind].run(placed.step, ctx)
+        items = outcome.hashed_items
     except StepError as exc:
-        status, error, code, details = "failed", exc.message, exc.code, exc.details
+        # CheckFailed: what the step checked did not hold; any other: the step could not do or check it (AWS
+        # refused, a wait for AWS timed out, a bad input, the run was stopped)
+        status = "failed" if isinstance(exc, CheckFailed) else "error"
+        error, code, details, items = exc.message, exc.code, exc.details, exc.hashed_items
+        if exc.markdown is not None:  # the step's own evidence (what it did and saw), shown as its report
+            outcome = StepOutcome(summary="", details={}, markdown=exc.markdown)
     except Exception as exc:  # a bug or an unforeseen failure: say so plainly, keep the traceback at debug level
         status, error, code = "error", f"unexpected {type(exc).__name__}: {exc}", type(exc).__name__
         logger.debug("Traceback of %s", describe(placed), exc_info=True)
-    if outcome is None and isinstance(details.get("markdown"), str):
-        # a failed step's own evidence (what it checked and saw), shown as the step's report
-        details = dict(details)
-        outcome = StepOutcome(summary="", details={}, markdown=details.pop("markdown"))
     result = StepResult(
         number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
         description=placed.step.description, status=status, started_at=started,  # type: ignore[arg-type]
         duration_s=round(time.monotonic() - t0, 3),
         summary=outcome.summary if outcome else "", error=error, error_code=code,
         details=outcome.details if outcome and status == "passed" else details,
-        request_ids=outcome.request_ids if outcome else [],
+        request_ids=outcome.request_ids if outcome else [], items=items,
     )
     result, outcome = scrub(result, outcome, ctx.secrets)
     try:
@@ -161,7 +163,7 @@ def _render_item(item: Any, values: dict[str, Any]) -> Any:
 def interrupted(placed: PlacedStep) -> StepResult:
     """The result of a step that was under way when the run was stopped."""
     return StepResult(number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
-                      description=placed.step.description, status="error", error_code="Interrupted",
+                      description=placed.step.description, status="error", error_code=INTERRUPTED,
                       error="the run was stopped while this step was running")
 
 
@@ -282,9 +284,10 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
     sections = [d["outcome"].pop("markdown") for d in done if isinstance(d.get("outcome", {}).get("markdown"), str)]
     result = StepResult(
         number="end", label="cleanup", kind="cleanup", description=_CleanupStep.description,
-        status="failed" if errors else "passed", started_at=started, duration_s=round(time.monotonic() - t0, 3),
+        # an undo that did not go through is not a check that did not hold: the case's changes may remain
+        status="error" if errors else "passed", started_at=started, duration_s=round(time.monotonic() - t0, 3),
         summary=f"{len(done) - len(errors)} of {len(done)} clean-up action(s) done",
-        error="; ".join(errors) or None, error_code="CleanupFailed" if errors else None,
+        error="; ".join(errors) or None, error_code=CLEANUP_FAILED if errors else None,
         details={"actions": done},
     )
     markdown = md.table(["from step", "action", "outcome"],

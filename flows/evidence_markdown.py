@@ -16,6 +16,18 @@ from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
 
 ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
+#: what a step's status means, for the reader of a report that is not passed
+MEANING = {"failed": "a check did not hold", "error": "the step could not do or check what it was asked (AWS "
+           "refused, a wait for AWS timed out, a bad input, the run was stopped, a bug)"}
+
+
+def step_counts(result: CaseResult) -> str:
+    """``2 of 5 passed, 1 failed, 1 error, 1 skipped`` (only the passed count when all passed)."""
+    count = {status: sum(s.status == status for s in result.steps) for status in ICON}
+    text = f"{count['passed']} of {len(result.steps)} passed"
+    if count["passed"] < len(result.steps):
+        text += f", {count['failed']} failed, {count['error']} error, {count['skipped']} skipped"
+    return text
 KEY_MAX = 100
 
 
@@ -44,7 +56,10 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
     lines += [md.table(["fact", "value"], facts), ""]
     if result.error:
         code = f" ({md.code(result.error_code)})" if result.error_code else ""
-        lines += ["### Failure" + code, "", md.code_block(result.error, "text"), ""]
+        lines += [("### Error" if result.status == "error" else "### Failure") + code, ""]
+        if result.status in MEANING:
+            lines += [md.emphasis(MEANING[result.status]), ""]
+        lines += [md.code_block(result.error, "text"), ""]
         if result.details:
             lines += ["What the step saw:", "",
                       md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json"), ""]
@@ -78,7 +93,7 @@ def case_markdown(result: CaseResult) -> str:
     facts: list[tuple[str, Any]] = [
         ("started", result.started_at.isoformat(timespec="seconds")),
         ("duration", format_duration(result.duration_s)),
-        ("steps", f"{sum(s.ok for s in result.steps)} of {len(result.steps)} passed"),
+        ("steps", step_counts(result)),
     ]
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
@@ -86,7 +101,8 @@ def case_markdown(result: CaseResult) -> str:
     lines += [md.table(["fact", "value"], facts), ""]
     failure = result.first_failure
     if failure:
-        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**", "",
+        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
+                  f" ({md.text(MEANING[failure.status])})", "",
                   md.code_block(failure.error or "", "text"), ""]
     lines.append(md.table(["step", "kind", "status", "duration", "detail"],
                           [[r["step"], md.code(r["kind"]), md.Md(r["status"]), r["duration"], r["detail"]]

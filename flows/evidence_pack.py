@@ -48,7 +48,7 @@ from flows.pack_base import (  # noqa: F401
     SSE_VALUES,
     STATUS_WORD,
     _SHA256,
-    HashedItem,
+    PackItem,
     default_pack_dir,
     hashed_items,
     manifest_sha256,

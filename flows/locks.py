@@ -33,6 +33,8 @@ from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.concurrency._sync import release_concurrency_slots_with_lease
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from tasks.errors import INTERRUPTED, LOCK_TIMEOUT, LOCK_UNAVAILABLE
+
 LEASE_ENV = "PIPELINE_TEST_LOCK_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 #: a waiting run asks again at least this often (the server suggests when, from how long slots are held)
@@ -118,27 +120,27 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
                 body = response.json()
                 if len(body.get("limits") or []) < len(names):
                     raise LockError(f"the locks {', '.join(names)} do not exist on the Prefect server",
-                                    code="LockUnavailable")
+                                    code=LOCK_UNAVAILABLE)
                 return str(body["lease_id"]), time.monotonic() - t0
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:
                     raise LockError(f"the Prefect server refused the locks: {exc.response.status_code} "
-                                    f"{exc.response.text[:200]}", code="LockUnavailable") from None
+                                    f"{exc.response.text[:200]}", code=LOCK_UNAVAILABLE) from None
                 retry_after = float(exc.response.headers.get("Retry-After", 1.0))
             except httpx.HTTPError as exc:
                 raise LockError(f"the Prefect server did not answer while taking the locks: {exc}",
-                                code="LockUnavailable") from None
+                                code=LOCK_UNAVAILABLE) from None
             waited = time.monotonic() - t0
             if waited >= timeout:
                 raise LockError(f"timed out after {timeout:.0f} s waiting for another run to release "
-                                f"{', '.join(names)}; nothing was changed", code="LockTimeout")
+                                f"{', '.join(names)}; nothing was changed", code=LOCK_TIMEOUT)
             if logged is None or waited - logged >= LOG_EVERY:
                 logged = waited
                 logger.warning("Waiting for %d lock(s) that another run holds (%.0f s of at most %.0f s): %s",
                                len(names), waited, timeout, ", ".join(names))
             if stop.wait(min(max(retry_after, 0.05), MAX_RETRY_INTERVAL, timeout - waited)):
                 raise LockError("the run was stopped while waiting for its locks; nothing was changed",
-                                code="Interrupted")
+                                code=INTERRUPTED)
 
 
 @contextmanager
@@ -155,7 +157,7 @@ def hold(resources: list[str], run_id: str, *, timeout: float, logger: Any,
         ensure_limits(held.names)
     except Exception as exc:
         raise LockError(f"could not create the resource locks on the Prefect server: {exc}",
-                        code="LockUnavailable") from None
+                        code=LOCK_UNAVAILABLE) from None
     lease_id, held.waited_s = acquire(held.names, run_id, timeout, lease, logger, stop)
     held.lease_id = lease_id
     if held.waited_s >= 0.5:

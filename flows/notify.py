@@ -127,7 +127,8 @@ def build_message(result: CaseResult, ui_url: str | None = None) -> str:
         if len(error) > MAX_ERROR_CHARS:
             error = error[:MAX_ERROR_CHARS] + " …"
         code = f" [{slack_text(failure.error_code)}]" if failure.error_code else ""
-        lines += ["", f"*Failed at step {slack_text(failure.number)} '{slack_text(failure.label)}'*{code}:",
+        at = "Error at step" if failure.status == "error" else "Failed at step"
+        lines += ["", f"*{at} {slack_text(failure.number)} '{slack_text(failure.label)}'*{code}:",
                   slack_code_block(error)]
     link = run_url(result, ui_url)
     lines.append("")

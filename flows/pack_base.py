@@ -3,11 +3,9 @@
 No Prefect, no boto3: :mod:`flows.evidence_pack` (verify, upload, the CLI) and the writers of the pack's
 formats (:mod:`flows.pack_formats`, :mod:`flows.pack_html`, :mod:`flows.pack_junit`) build on it.
 
-Hashes of things outside the pack come from the steps' details, by these conventions:
-
-- ``details["uploads"][i]`` with ``sha256`` (and ``bucket``, ``key``, ``size``, ``local_path``): an input;
-- ``details["result_sha256"]`` (with ``query_id``, ``output_location`` or ``result_location``, and
-  ``row_count``): a query result.
+Hashes of things outside the pack (uploaded inputs, query results) come from the steps' typed
+``StepResult.items`` (:class:`tasks.errors.HashedItem`, set by the runners on their outcome or on a failure), never
+from keys in ``details``.
 """
 
 from __future__ import annotations
@@ -17,10 +15,11 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from flows.naming import slug
 from flows.results import CaseResult, StepResult
+from tasks.errors import HashedItem
 
 REPORT_SCHEMA = "pipeline-test/evidence-report"
 MANIFEST_SCHEMA = "pipeline-test/evidence-manifest"
@@ -98,56 +97,26 @@ def manifest_sha256(folder: Path) -> str:
 
 
 @dataclass(frozen=True)
-class HashedItem:
-    """Something outside the pack whose SHA-256 the run recorded: an uploaded input file or a query result."""
+class PackItem(HashedItem):
+    """Something outside the pack whose SHA-256 the run recorded (a step's :class:`~tasks.errors.HashedItem`), with
+    the step that recorded it: an entry of the manifest's and report.json's ``inputs`` / ``query_results``."""
 
-    kind: Literal["input", "query_result"]
-    step: str
-    label: str
-    location: str
-    sha256: str
-    size: int | None = None
-    local_path: str | None = None
-    query_id: str | None = None
-    rows: int | None = None
+    step: str = ""
+    label: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        fields = asdict(self)
+        return {"kind": fields.pop("kind"), "step": fields.pop("step"), "label": fields.pop("label"), **fields}
+
+    @classmethod
+    def of(cls, step: StepResult, item: HashedItem) -> PackItem:
+        return cls(**{**asdict(item), "sha256": item.sha256.lower()}, step=step.number, label=step.label)
 
 
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and bool(_SHA256.match(value.lower()))
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _uploads(step: StepResult) -> list[HashedItem]:
-    uploads = step.details.get("uploads")
-    items = []
-    for entry in uploads if isinstance(uploads, list) else []:
-        if isinstance(entry, dict) and _is_sha256(entry.get("sha256")):
-            location = f"s3://{entry.get('bucket') or step.details.get('bucket', '')}/{entry.get('key', '')}"
-            items.append(HashedItem("input", step.number, step.label, location, entry["sha256"].lower(),
-                                    size=_int_or_none(entry.get("size")), local_path=entry.get("local_path")))
-    return items
-
-
-def _query_result(step: StepResult) -> list[HashedItem]:
-    digest = step.details.get("result_sha256")
-    if not _is_sha256(digest):
-        return []
-    d = step.details
-    location = str(d.get("result_location") or d.get("output_location") or f"query {d.get('query_id', '?')}")
-    return [HashedItem("query_result", step.number, step.label, location, digest.lower(),
-                       size=_int_or_none(d.get("result_size")), query_id=d.get("query_id"),
-                       rows=_int_or_none(d.get("row_count")))]
-
-
-def hashed_items(result: CaseResult) -> list[HashedItem]:
-    """Every input file and query result whose SHA-256 a step recorded in its details, in step order."""
-    return [item for step in result.steps for item in _uploads(step) + _query_result(step)]
+def hashed_items(result: CaseResult) -> list[PackItem]:
+    """Every input file and query result whose SHA-256 a step recorded (``StepResult.items``), in step order."""
+    return [PackItem.of(step, item) for step in result.steps for item in step.items
+            if _SHA256.match(item.sha256.lower())]
 
 
 def pack_files(folder: Path) -> list[str]:

@@ -31,7 +31,7 @@ from flows.pack_base import (
     REPORT_MD,
     REPORT_SCHEMA,
     SCHEMA_VERSION,
-    HashedItem,
+    PackItem,
     _case_slug,
     _iso,
     hashed_items,
@@ -61,8 +61,8 @@ def redact_result(result: CaseResult, secrets: Sequence[str]) -> CaseResult:
     return CaseResult.model_validate(data)
 
 
-def _redact_item(item: HashedItem, secrets: Sequence[str]) -> HashedItem:
-    return HashedItem(**redact_json(item.to_json(), secrets, keep=NAMES)) if secrets else item
+def _redact_item(item: PackItem, secrets: Sequence[str]) -> PackItem:
+    return PackItem(**redact_json(item.to_json(), secrets, keep=NAMES)) if secrets else item
 
 
 # ------------------------------------------------------------------------------------------------- report.json
@@ -92,7 +92,7 @@ def spec_copy_name(spec_path: str | Path | None) -> str:
 
 
 def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | None, spec_path: str | None,
-                 items: Sequence[HashedItem], generated_at: datetime, secrets: Sequence[str] = ()) -> dict[str, Any]:
+                 items: Sequence[PackItem], generated_at: datetime, secrets: Sequence[str] = ()) -> dict[str, Any]:
     """The content of report.json (see flows/report.schema.json); ``result`` is already redacted.
 
     The spec's hashes are of what the pack shows (the copy, ``spec.validated``), so a reviewer can recompute
@@ -135,7 +135,7 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             "error": failure.error, "error_code": failure.error_code,
         },
         "variables": result.variables,
-        "steps": [s.model_dump(mode="json", fallback=str) for s in result.steps],
+        "steps": [s.model_dump(mode="json", fallback=str, exclude={"items"}) for s in result.steps],
         "inputs": [i.to_json() for i in items if i.kind == "input"],
         "query_results": [i.to_json() for i in items if i.kind == "query_result"],
     }
@@ -148,7 +148,7 @@ def _json_text(data: Any) -> str:
 # --------------------------------------------------------------------------------------------------- report.md
 
 
-def _items_markdown(items: Sequence[HashedItem]) -> list[str]:
+def _items_markdown(items: Sequence[PackItem]) -> list[str]:
     if not items:
         return []
     rows = []
@@ -172,7 +172,7 @@ def _step_section_md(step: StepResult) -> str:
     return text
 
 
-def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[HashedItem]) -> str:
+def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]) -> str:
     """report.md: the case report of the UI, the spec's hashes, hashed inputs, and every step's evidence."""
     spec = report["spec"]
     facts = [("source", md.code(spec["source"] or "(given as a model)")),
@@ -188,7 +188,7 @@ def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------- manifest.json
-def build_manifest(folder: Path, result: CaseResult, report: dict[str, Any], items: Sequence[HashedItem]
+def build_manifest(folder: Path, result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]
                    ) -> dict[str, Any]:
     """manifest.json: SHA-256 and size of every file of the pack (itself excepted) and the recorded hashes."""
     files = [{"path": name, "size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
@@ -245,7 +245,7 @@ def write_pack(
     spec_text: str | None = None,
     spec_path: str | Path | None = None,
     secrets: Iterable[str] = (),
-    extra_items: Iterable[HashedItem] = (),
+    extra_items: Iterable[PackItem] = (),
     generated_at: datetime | None = None,
     private: bool | None = None,
 ) -> Path:
@@ -255,7 +255,7 @@ def write_pack(
     run read it, best as ``path.read_bytes().decode("utf-8")`` so the copy and its hash match the file byte
     for byte (``spec_path`` is its path, for the record; the text is read from it when not given);
     ``secrets`` are the run's secret values (its registry), masked in the values every file is built from;
-    ``extra_items`` are hashed inputs or query results beyond those in the steps' details. ``private`` (default:
+    ``extra_items`` are hashed inputs or query results beyond those in the steps' ``items``. ``private`` (default:
     :func:`private_default`) makes folders 0700 and files 0600. The manifest is written last.
     """
     folder = Path(folder)

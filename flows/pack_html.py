@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from flows.pack_base import STATUS_WORD, HashedItem, _iso
+from flows.pack_base import STATUS_WORD, PackItem, _iso
 from flows.results import CaseResult, StepResult
 from tasks.base import format_duration
 
@@ -157,7 +157,7 @@ def _step_section(s: StepResult) -> str:
     return "".join(parts) + "</section>"
 
 
-def _items_table(items: Sequence[HashedItem]) -> str:
+def _items_table(items: Sequence[PackItem]) -> str:
     if not items:
         return ""
     rows = "".join(
@@ -177,7 +177,7 @@ def _variables_table(variables: dict[str, Any]) -> str:
     return f'<h2>Variables</h2><table class="facts">{rows}</table>'
 
 
-def report_html(result: CaseResult, report: dict[str, Any], items: Sequence[HashedItem]) -> str:
+def report_html(result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]) -> str:
     """report.html: one page, no script, no network (a CSP forbids it), readable on screen and on paper."""
     verdict = STATUS_WORD[result.status]
     body = [

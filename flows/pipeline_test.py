@@ -36,6 +36,7 @@ from pydantic import SecretStr, ValidationError
 
 from flows import evidence, evidence_pack
 from flows import locks
+from flows.evidence_markdown import MEANING, step_counts
 from flows.engine import (LIVE, first_signal_stops, install_redaction, interrupted, remove_redaction, render_case, run_cleanup, run_steps,
                           undo_hook, undo_now)
 from flows.local_server import ServerUnavailable, temporary_server
@@ -307,11 +308,14 @@ STATUS_TEXT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:
     """A short plain-ASCII summary (Windows consoles may not print emoji)."""
-    lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"]
+    lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"
+             + ("" if result.passed else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
     for s in result.steps:
         detail = s.error if s.error else s.summary
         lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {s.duration_s:6.1f} s  {detail}")
+    if any(s.status in MEANING for s in result.steps):
+        lines.append("  " + "; ".join(f"{STATUS_TEXT[k]}: {v}" for k, v in MEANING.items()))
     if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
     if result.evidence_dir:

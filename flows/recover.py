@@ -25,7 +25,7 @@ from typing import Any
 
 from tasks.aws import ClientFactory
 from tasks.base import UNDO_KINDS
-from tasks.errors import StepError
+from tasks.errors import UNKNOWN_UNDO_KIND, StepError
 from tasks.journal import JournalEntry, read_entries, remove_entry
 
 #: Prefect state types after which a run will never undo anything itself
@@ -113,7 +113,7 @@ def redo(clients: ClientFactory, entry: JournalEntry) -> dict[str, Any]:
     kind = entry.record.get("kind")
     handler = UNDO_KINDS.get(str(kind))
     if handler is None:
-        raise StepError(f"unknown undo kind {kind!r} in journal entry {entry.name}", code="UnknownUndoKind")
+        raise StepError(f"unknown undo kind {kind!r} in journal entry {entry.name}", code=UNKNOWN_UNDO_KIND)
     outcome = handler(clients, entry.record)
     remove_entry(clients.client("ssm"), entry.name)
     return outcome

@@ -7,13 +7,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.errors import HashedItem
+
 StepStatus = Literal["passed", "failed", "error", "skipped"]
 
 
 class StepResult(BaseModel):
-    """One step's outcome. ``failed``: the step ran and what it checked did not hold (or AWS refused);
-    ``error``: the step broke unexpectedly (a bug or an unforeseen failure); ``skipped``: not run because an
-    earlier step failed."""
+    """One step's outcome. ``failed``: the step ran and what it checked did not hold (a
+    :class:`~tasks.errors.CheckFailed`); ``error``: the step could not do or check what it was asked (AWS refused,
+    a wait for AWS timed out, a bad input, the run was stopped, a bug); ``skipped``: not run because an earlier
+    step failed. ``items`` are what the step hashed (uploaded inputs, query results) for the evidence pack; the
+    pack lists them as its ``inputs`` and ``query_results``, not in the step's entry."""
 
     number: str
     label: str
@@ -28,6 +32,7 @@ class StepResult(BaseModel):
     error_code: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
     request_ids: list[str] = Field(default_factory=list)
+    items: list[HashedItem] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

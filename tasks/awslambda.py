@@ -29,7 +29,7 @@ from pydantic import ConfigDict, Field, model_validator
 from tasks import markdown as md
 from tasks.aws import is_real_aws
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, Link, step_kind
-from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
+from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
 from tasks.secrets import (Secrets, Segment, is_sensitive, mask_any, mask_paths, parse_path, redact, redact_json,
                            secrets_at)
 
@@ -411,7 +411,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
         response = invoke(client, step.function, payload, qualifier=step.qualifier,
                           invocation_type=step.invocation_type, client_context=step.client_context)
     except StepError as exc:
-        raise type(exc)(masker.text(exc.message), code=exc.code, details=exc.details) from None
+        raise exc.with_message(masker.text(exc.message)) from None
 
     status = int(response.get("StatusCode", 0))
     body: bytes = response["Payload"]
@@ -441,7 +441,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     if problems:
         details["problems"] = problems
         # the evidence body rides along so the engine can show it for the failed step too
-        raise StepError("; ".join(problems), code="LambdaCheckFailed", details={**details, "markdown": markdown})
+        raise CheckFailed("; ".join(problems), details=details, markdown=markdown)
     ctx.logger.info("Lambda function %s returned %s (request id %s)", label, status, rid)
     checked = ", response as expected" if step.expect else ""
     return StepOutcome(

@@ -19,6 +19,7 @@ import re
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.aws import ClientFactory
+from tasks.errors import HashedItem
 from tasks.polling import Clock
 from tasks.secrets import Secrets
 
@@ -237,7 +238,9 @@ class StepOutcome:
 
     ``summary`` is one line for the summary table and CLI; ``details`` is JSON-serialisable data for the
     result object and evidence; ``markdown`` is the body of the step's evidence artifact (no secrets);
-    ``tables`` are extra table artifacts (name -> rows); ``request_ids`` are AWS request ids for the record.
+    ``tables`` are extra table artifacts (name -> rows); ``request_ids`` are AWS request ids for the record;
+    ``hashed_items`` are the files uploaded and query results read, with their SHA-256, for the evidence pack's
+    manifest (a typed field, not a convention in ``details``).
     """
 
     summary: str
@@ -246,6 +249,7 @@ class StepOutcome:
     links: list[Link] = field(default_factory=list)
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)
+    hashed_items: list[HashedItem] = field(default_factory=list)
 
 
 Runner = Callable[[Any, StepContext], StepOutcome]

@@ -1,12 +1,19 @@
 """Errors that a step raises, with messages a user can act on (no bare tracebacks).
 
 Every failure names the step, the AWS resource and, for AWS calls, AWS's error code. The plain functions
-under ``tasks/`` raise these; the flow turns them into a failed step with the message as its error.
+under ``tasks/`` raise these; the flow turns them into a step with the message as its error.
+
+Two kinds of failure, told apart by class: :class:`CheckFailed` -- the step could look and what it checked did
+not hold (the step is ``failed``); any other :class:`StepError` -- the step could not do or check what it was
+asked (AWS refused, a wait for AWS timed out, a bad input, ...: the step is ``error``). Codes are the constants
+below, one per meaning, or AWS's own error code passed through as AWS gives it (``AccessDenied``, ...).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+import dataclasses
+from typing import Any, Literal
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -17,16 +24,95 @@ from botocore.exceptions import (
     ProfileNotFound,
 )
 
+# ------------------------------------------------------------------------------------------------ error codes
+#: what a step checked did not hold (an expectation, a count, a Lambda response, a query's checks)
+CHECK_FAILED = "CheckFailed"
+#: a wait ran out of time (for objects to appear, for a query to finish)
+TIMED_OUT = "Timeout"
+#: the run was stopped (Ctrl+C, SIGTERM, cancelled) while the step or wait was under way
+INTERRUPTED = "Interrupted"
+#: one or more undo actions of the clean-up failed
+CLEANUP_FAILED = "CleanupFailed"
+#: something the step needs does not exist (a parameter to delete, ...)
+NOT_FOUND = "NotFound"
+#: an object the step would write is already there and overwriting is not allowed
+OBJECT_EXISTS = "ObjectExists"
+#: what S3 stored is not what was sent
+CHECKSUM_MISMATCH = "ChecksumMismatch"
+#: an undo could not put everything back / cannot be done at all
+RESTORE_INCOMPLETE = "RestoreIncomplete"
+RESTORE_IMPOSSIBLE = "RestoreImpossible"
+#: an undo record is too large for the journal
+JOURNAL_ENTRY_TOO_LARGE = "JournalEntryTooLarge"
+#: a journal entry names an undo kind this version does not know
+UNKNOWN_UNDO_KIND = "UnknownUndoKind"
+#: the run's resource locks could not be taken (the Prefect server refused) / not within the wait
+LOCK_UNAVAILABLE = "LockUnavailable"
+LOCK_TIMEOUT = "LockTimeout"
+#: local set-up problems of the AWS client (no botocore error code exists for these)
+NO_CREDENTIALS = "NoCredentials"
+NO_REGION = "NoRegion"
+PROFILE_NOT_FOUND = "ProfileNotFound"
+ENDPOINT_UNREACHABLE = "EndpointConnectionError"
+#: AWS's codes that the tool itself raises with (same meaning as AWS's, so the same name)
+AWS_NO_SUCH_BUCKET = "NoSuchBucket"
+AWS_PARAMETER_NOT_FOUND = "ParameterNotFound"
+AWS_PRECONDITION_FAILED = "PreconditionFailed"
+
+
+@dataclasses.dataclass(frozen=True)
+class HashedItem:
+    """Something outside the evidence pack whose SHA-256 a step recorded, for the pack's manifest: an uploaded
+    input file (``kind="input"``) or a query result (``kind="query_result"``). Build with :meth:`input` or
+    :meth:`query_result`."""
+
+    kind: Literal["input", "query_result"]
+    location: str
+    sha256: str
+    size: int | None = None
+    local_path: str | None = None
+    query_id: str | None = None
+    rows: int | None = None
+
+    @classmethod
+    def input(cls, *, local_path: str, bucket: str, key: str, size: int, sha256: str) -> HashedItem:
+        return cls("input", f"s3://{bucket}/{key}", sha256.lower(), size=size, local_path=local_path)
+
+    @classmethod
+    def query_result(cls, *, query_id: str, location: str | None, rows: int, sha256: str,
+                     size: int | None = None) -> HashedItem:
+        return cls("query_result", location or f"query {query_id}", sha256.lower(), size=size, query_id=query_id,
+                   rows=rows)
+
 
 class StepError(Exception):
-    """A step could not do or prove what it was asked to; the message is shown to the user as is."""
+    """A step could not do or check what it was asked to (its status is ``error``); the message is shown to
+    the user as is. ``markdown`` is the step's own evidence (what it did and saw before it stopped), shown as
+    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack)."""
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
+                 markdown: str | None = None, hashed_items: list[HashedItem] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         #: what the step found before it failed (shown in the evidence)
         self.details: dict[str, Any] = details or {}
+        self.markdown = markdown
+        self.hashed_items: list[HashedItem] = list(hashed_items or [])
+
+    def with_message(self, message: str) -> StepError:
+        """The same error (class, code, details, evidence) with another message, e.g. one with secrets masked."""
+        twin = copy.copy(self)
+        twin.message, twin.args = message, (message,)
+        return twin
+
+
+class CheckFailed(StepError):
+    """The step could look, and what it checked did not hold: the step's status is ``failed``."""
+
+    def __init__(self, message: str, *, code: str | None = CHECK_FAILED, details: dict[str, Any] | None = None,
+                 markdown: str | None = None, hashed_items: list[HashedItem] | None = None) -> None:
+        super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items)
 
 
 class AwsCallError(StepError):
@@ -37,7 +123,7 @@ def error_code(exc: ClientError) -> str:
     """AWS's error code of a ClientError, falling back to the HTTP status for bodiless HEAD errors."""
     err = exc.response.get("Error", {})
     code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "Unknown")
-    return {"403": "AccessDenied", "404": "NotFound", "412": "PreconditionFailed"}.get(code, code)
+    return {"403": "AccessDenied", "404": NOT_FOUND, "412": AWS_PRECONDITION_FAILED}.get(code, code)
 
 
 def request_id(response: dict[str, Any]) -> str | None:
@@ -65,18 +151,18 @@ def aws_error(action: str, resource: str, exc: Exception) -> AwsCallError:
             f"{action} on {resource} failed: no AWS credentials found (set a profile with AWS_PROFILE, "
             "name a prefect-aws AwsCredentials block in the spec's aws.credentials_block, or run in an "
             "environment that provides credentials)",
-            code="NoCredentials",
+            code=NO_CREDENTIALS,
         )
     if isinstance(exc, NoRegionError):
         return AwsCallError(
             f"{action} on {resource} failed: no AWS region (set aws.region in the spec, or AWS_REGION)",
-            code="NoRegion",
+            code=NO_REGION,
         )
     if isinstance(exc, ProfileNotFound):
-        return AwsCallError(f"{action} on {resource} failed: {exc}", code="ProfileNotFound")
+        return AwsCallError(f"{action} on {resource} failed: {exc}", code=PROFILE_NOT_FOUND)
     if isinstance(exc, EndpointConnectionError):
         return AwsCallError(f"{action} on {resource} failed: cannot reach {exc.kwargs.get('endpoint_url')}",
-                            code="EndpointConnectionError")
+                            code=ENDPOINT_UNREACHABLE)
     if isinstance(exc, BotoCoreError):
         return AwsCallError(f"{action} on {resource} failed: {type(exc).__name__}: {exc}", code=type(exc).__name__)
     raise TypeError(f"not a botocore error: {exc!r}")

@@ -38,7 +38,7 @@ from typing import Any, Callable
 from botocore.exceptions import ClientError
 
 from tasks.base import UndoAction
-from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code
+from tasks.errors import AWS_ERRORS, JOURNAL_ENTRY_TOO_LARGE, StepError, aws_error, error_code
 
 DEFAULT_PREFIX = "/pipeline-test/journal"
 PREFIX_ENV = "PIPELINE_TEST_JOURNAL_PREFIX"
@@ -128,7 +128,7 @@ class SsmJournal:
         if len(document.encode("utf-8")) > MAX_ENTRY_BYTES:
             raise StepError(f"cannot keep the undo of {action.resource} in the journal: it needs "
                             f"{len(document.encode('utf-8'))} bytes, more than SSM's {MAX_ENTRY_BYTES}; nothing "
-                            "was changed", code="JournalEntryTooLarge")
+                            "was changed", code=JOURNAL_ENTRY_TOO_LARGE)
         kwargs: dict[str, Any] = {"Name": name, "Value": document, "Type": "SecureString", "Overwrite": False,
                                   "Tier": "Intelligent-Tiering",
                                   "Description": f"pipeline-test undo journal: run {self.run_id}"[:1024]}

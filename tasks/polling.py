@@ -16,7 +16,7 @@ from typing import Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.errors import StepError
+from tasks.errors import INTERRUPTED, StepError
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class WaitInterrupted(StepError):
     """A wait was cut short because the run is stopping (cancelled, interrupted or crashed)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="Interrupted")
+        super().__init__(message, code=INTERRUPTED)
 
 
 def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:

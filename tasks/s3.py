@@ -30,7 +30,9 @@ from tasks import markdown
 from tasks.aws import is_real_aws
 from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, step_kind, undo_kind,
                         template_aware)
-from tasks.errors import AWS_ERRORS, AwsCallError, StepError, aws_error, error_code, request_id
+from tasks.errors import (AWS_ERRORS, AWS_NO_SUCH_BUCKET, AWS_PRECONDITION_FAILED, CHECKSUM_MISMATCH, OBJECT_EXISTS,
+                          TIMED_OUT, AwsCallError, CheckFailed, HashedItem, StepError, aws_error, error_code,
+                          request_id)
 from tasks.polling import Clock, PollSettings, poll
 
 for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
@@ -196,7 +198,7 @@ def require_bucket(client: Any, bucket: str) -> None:
         if code in ("NotFound", "NoSuchBucket"):
             rid = request_id(exc.response)
             raise AwsCallError(f"S3 HeadBucket on {s3_uri(bucket)} failed: NoSuchBucket: the bucket does not exist"
-                               + (f" (request id {rid})" if rid else ""), code="NoSuchBucket") from None
+                               + (f" (request id {rid})" if rid else ""), code=AWS_NO_SUCH_BUCKET) from None
         if code != "AccessDenied":
             raise aws_error("S3 HeadBucket", s3_uri(bucket), exc) from None
     except AWS_ERRORS as exc:
@@ -338,7 +340,7 @@ def _send(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any],
         failed = exc.__context__
     if error_code(failed) == "PreconditionFailed":
         raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
-                        "Set overwrite: true to replace it.", code="PreconditionFailed") from None
+                        "Set overwrite: true to replace it.", code=AWS_PRECONDITION_FAILED) from None
     raise aws_error(f"{action} ({failed.operation_name})" if multipart else action, uri, failed) from None
 
 
@@ -359,7 +361,7 @@ def verify_checksum(client: Any, bucket: str, key: str, digest: FileDigest) -> t
     expected = digest.composite_b64 or digest.sha256_b64
     if remote.split("-")[0] != expected:
         raise StepError(f"checksum mismatch after upload to {uri}: S3 has SHA-256 {remote}, the local file "
-                        f"{expected}", code="ChecksumMismatch")
+                        f"{expected}", code=CHECKSUM_MISMATCH)
     return True, head
 
 
@@ -586,7 +588,7 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
             listing = "; ".join(f"{s3_uri(step.bucket, k)} ({format_bytes(i.size)}, ETag {i.etag}, "
                                 f"modified {i.last_modified})" for k, i in existing)
             raise StepError(f"refusing to overwrite existing object(s): {listing}. Nothing was uploaded and the "
-                            "objects are untouched; set overwrite: true to replace them.", code="ObjectExists",
+                            "objects are untouched; set overwrite: true to replace them.", code=OBJECT_EXISTS,
                             details={"existing": [asdict(i) for _, i in existing]})
     tags = step.tags if step.tags is not None else {TAG_RUN: tag_value(ctx.run_id), TAG_CASE: tag_value(ctx.case_name)}
     records: list[UploadRecord] = []
@@ -602,7 +604,7 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
             if step.content_type and step.content_type != record.content_type:
                 record = _retype(client, record, step.content_type)
         except StepError as exc:
-            if step.cleanup and exc.code != "PreconditionFailed":
+            if step.cleanup and exc.code != AWS_PRECONDITION_FAILED:
                 ctx.undo.add(_failed_upload_cleanup(client, step.bucket, key, record, exc, ctx.label,
                                                      step.resources(ctx.spec_dir)[0]))
             raise
@@ -638,6 +640,8 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
         markdown=md,
         links=[object_link(ctx, r.bucket, r.key) for r in records[:10]],
         request_ids=[r.request_id for r in records if r.request_id],
+        hashed_items=[HashedItem.input(local_path=r.local_path, bucket=r.bucket, key=r.key, size=r.size,
+                                       sha256=r.sha256) for r in records],
     )
 
 
@@ -716,8 +720,8 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
     outcome = poll(check, done, step.wait, describe=Observation.describe, what=what, logger=logger, clock=clock)
     obs = outcome.value
     if outcome.done and step.count is not None and len(obs.matched) != step.count:
-        raise StepError(f"expected exactly {step.count} object(s) matching {step.pattern!r} under {where}, "
-                        f"found {len(obs.matched)}: {_listing(obs)}", code="CountMismatch",
+        raise CheckFailed(f"expected exactly {step.count} object(s) matching {step.pattern!r} under {where}, "
+                          f"found {len(obs.matched)}: {_listing(obs)}",
                         details={"found": [asdict(o) for o in obs.matched]})
     if not outcome.done:
         found = obs
@@ -727,10 +731,11 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
                       for o in list_objects(client, step.bucket, prefix, limit=20 + len(step.keys))
                       if o.key not in step.keys][:20]
             found = Observation(obs.matched, obs.others + nearby, obs.missing)
-        raise StepError(
+        # what the step waits for is what it checks: not there in time is a check that did not hold
+        raise CheckFailed(
             f"timed out after {outcome.elapsed:.0f} s ({outcome.checks} checks) waiting for {what}. "
             f"Found under {where}: {_listing(found)}",
-            code="Timeout",
+            code=TIMED_OUT,
             details={"found": [asdict(o) for o in found.matched],
                      "not_counted": [{**asdict(o), "why": why} for o, why in found.others],
                      "missing": found.missing},

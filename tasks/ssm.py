@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tasks.awslambda import json_subset_mismatches, truncate
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind
-from tasks.errors import StepError, request_id
+from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
 from tasks import markdown as md
 from tasks.secrets import Secrets, mask, mask_any, redact
 from tasks.ssm_restore import (  # re-exported: the library's public names stay importable from tasks.ssm
@@ -317,7 +317,7 @@ def run_delete_parameters(step: DeleteParametersStep, ctx: StepContext) -> StepO
         missing = [n for n in step.names if not snapshot(ssm, n).exists]
         if missing:
             raise StepError(f"SSM parameter(s) to delete do not exist: {', '.join(missing)} (nothing was deleted; "
-                            "set missing_ok: true to allow this)", code="ParameterNotFound")
+                            "set missing_ok: true to allow this)", code=AWS_PARAMETER_NOT_FOUND)
     rows: list[dict[str, Any]] = []
     try:
         for name in step.names:
@@ -403,6 +403,6 @@ def run_expect_parameters(step: ExpectParametersStep, ctx: StepContext) -> StepO
                                "problems": [redact(x, secrets) for x in p]} for e, s, p in rows]}
     markdown = _expect_markdown(rows, secrets)
     if problems:
-        raise StepError("; ".join(problems), code="ExpectationFailed", details={**details, "markdown": markdown})
+        raise CheckFailed("; ".join(problems), details=details, markdown=markdown)
     ctx.logger.info("All %d SSM parameter expectation(s) met", len(rows))
     return StepOutcome(summary=f"{len(rows)} SSM parameter expectation(s) met", details=details, markdown=markdown)

@@ -49,7 +49,7 @@ from botocore.exceptions import ClientError
 
 from tasks.awslambda import truncate
 from tasks.base import StepContext, UndoAction, UndoLog, undo_kind
-from tasks.errors import AWS_ERRORS, StepError, aws_error, error_code
+from tasks.errors import AWS_ERRORS, RESTORE_IMPOSSIBLE, RESTORE_INCOMPLETE, StepError, aws_error, error_code
 from tasks import markdown as md
 from tasks.secrets import mask, redact
 
@@ -245,7 +245,7 @@ def restore_parameter(ssm: Any, original: ParameterSnapshot) -> dict[str, Any]:
     if left:
         raise StepError(
             f"restoring SSM parameter {original.name} left its {', '.join(left)} different from before the case",
-            code="RestoreIncomplete",
+            code=RESTORE_INCOMPLETE,
         )
     return _restore_record(original, current, after, action)
 
@@ -297,7 +297,7 @@ def _restore_record(original: ParameterSnapshot, current: ParameterSnapshot, aft
 def _scrubbed(exc: StepError, secrets: Iterable[str]) -> StepError:
     """A copy of a StepError with known secrets masked in its message (raise it ``from None``)."""
     known = [s for s in secrets if s]
-    return type(exc)(redact(exc.message, known), code=exc.code, details=exc.details)
+    return exc.with_message(redact(exc.message, known))
 
 
 # --- restore registry --------------------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def _value_from_history(ssm: Any, name: str, version: int | None) -> str:
     raise StepError(
         f"cannot restore SSM parameter {name}: version {version} is no longer in its history (the parameter was "
         "deleted, or more than 100 versions were written since); its value was deliberately not persisted",
-        code="RestoreImpossible",
+        code=RESTORE_IMPOSSIBLE,
     )
 
 

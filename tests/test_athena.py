@@ -50,7 +50,7 @@ from tasks.athena import (
 from conftest import FakeClock
 from tasks.aws import ClientFactory
 from tasks.base import REGISTRY, StepContext
-from tasks.errors import StepError
+from tasks.errors import CHECK_FAILED, CheckFailed, StepError
 from tasks.polling import PollSettings
 
 REGION = "us-east-1"
@@ -828,14 +828,16 @@ def test_runner_reports_all_failing_checks(athena_clients: ClientFactory, fake_c
         "kind": "athena_query", "sql": "SELECT * FROM orders", "output_location": OUTPUT,
         "expect": {"row_count": 3, "min_rows": 1, "columns": ["id"], "first_row": {"ok": {"equals": False}}},
     })
-    with pytest.raises(StepError) as err:
+    with pytest.raises(CheckFailed) as err:
         run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     message = str(err.value)
     assert message.startswith("3 of 4 checks failed: row_count: expected 3, got 2; columns: expected ['id'], got [")
     assert message.endswith("first_row.ok ==: expected == False, got True")
-    assert err.value.code == "ChecksFailed"
+    assert err.value.code == CHECK_FAILED
     assert [c["passed"] for c in err.value.details["checks"]] == [False, True, False, False]
-    assert "❌ row_count" in err.value.details["markdown"] and err.value.details["query_id"]
+    assert "❌ row_count" in (err.value.markdown or "") and err.value.details["query_id"]
+    [item] = err.value.hashed_items  # the failed query's result still goes into the evidence pack
+    assert item.kind == "query_result" and item.sha256 == err.value.details["result_sha256"] and item.rows == 2
 
 
 def test_runner_timeout_stops_the_query(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:

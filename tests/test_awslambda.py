@@ -40,7 +40,7 @@ from tasks.awslambda import (
     truncate,
 )
 from tasks.base import REGISTRY, StepContext, StepOutcome
-from tasks.errors import AwsCallError, StepError
+from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
 from tasks.secrets import mask
 
 REGION = "us-east-1"
@@ -279,10 +279,10 @@ def test_a_function_error_fails_with_error_type_and_message(ctx: StepContext, sc
         run(step(payload={}), ctx)
     err = info.value
     assert err.message == f"Lambda function ingest failed with a function error ({kind}): KeyError: 'bucket'"
-    assert err.code == "LambdaCheckFailed"
+    assert isinstance(err, CheckFailed) and err.code == CHECK_FAILED
     assert "KeyError: 'bucket'" in err.details["log_tail"]
     assert err.details["status"] == 200 and err.details["request_id"]
-    assert "Log tail" in err.details["markdown"]
+    assert "Log tail" in (err.markdown or "")
 
 
 def test_a_function_error_without_a_json_payload(ctx: StepContext, scripted: Script) -> None:
@@ -329,7 +329,7 @@ def test_expectations_not_met_fail_listing_each(ctx: StepContext, scripted: Scri
     assert info.value.message == '$.status: expected "ok", got "partial"; length(rows): expected 3, got 2'
     assert info.value.details["problems"] == ['$.status: expected "ok", got "partial"',
                                               "length(rows): expected 3, got 2"]
-    assert "Expectations not met" in info.value.details["markdown"]
+    assert "Expectations not met" in (info.value.markdown or "")
 
 
 def test_expect_on_a_non_json_response_fails(ctx: StepContext, scripted: Script) -> None:

@@ -58,10 +58,11 @@ def test_cli_runs_a_case_against_the_emulator(moto_endpoint, emulated_s3, prefec
     assert "Case 'CLI case' PASSED" in proc.stdout
     assert "PASS  1     land" in proc.stdout and "PASS  2     landed" in proc.stdout
     assert emulated_s3.head_object(Bucket="cli-pass", Key="in/orders.csv")["ContentLength"] == 15
-    # a second run refuses to overwrite the object: the case fails with exit code 1
+    # a second run refuses to overwrite the object: the case fails with exit code 1 (the step could not do what
+    # it was asked, an ERROR, not a check that did not hold)
     proc = run_cli([str(spec)], moto_endpoint, prefect_harness, tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL  1     land" in proc.stdout and "refusing to overwrite" in proc.stdout
+    assert "ERROR 1     land" in proc.stdout and "refusing to overwrite" in proc.stdout
     assert "SKIP  2     landed" in proc.stdout
 
 

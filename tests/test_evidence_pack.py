@@ -20,6 +20,7 @@ import yaml
 from flows import evidence_pack as ep
 from flows.results import CaseResult, StepResult
 from flows.spec import CaseSpec, parse_spec
+from tasks.errors import HashedItem
 from tasks.secrets import mask
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -73,7 +74,9 @@ def _upload_step() -> StepResult:
     ]
     return StepResult(number="1", label="land-orders-file", kind="upload", status="passed", started_at=T0,
                       duration_s=0.21, summary="uploaded 2 file(s), 276 B, to s3://demo-landing/incoming/",
-                      details={"bucket": "demo-landing", "uploads": uploads}, request_ids=["REQ-UP-1", "REQ-UP-2"])
+                      details={"bucket": "demo-landing", "uploads": uploads}, request_ids=["REQ-UP-1", "REQ-UP-2"],
+                      items=[HashedItem.input(local_path=u["local_path"], bucket=u["bucket"], key=u["key"],
+                                              size=u["size"], sha256=u["sha256"]) for u in uploads])
 
 
 def _check(number: str, label: str, group: str | None = None, **kw: object) -> StepResult:
@@ -200,7 +203,9 @@ def test_query_results_with_a_recorded_hash_are_in_the_manifest(tmp_path: Path) 
     result = passing_result()
     query = StepResult(number="4", label="orders-table", kind="athena_query", status="passed",
                        details={"query_id": "q-123", "output_location": "s3://results/q-123.csv", "row_count": 2,
-                                "result_sha256": "C" * 64})
+                                "result_sha256": "C" * 64},
+                       items=[HashedItem.query_result(query_id="q-123", location="s3://results/q-123.csv", rows=2,
+                                                      sha256="C" * 64)])
     result = result.model_copy(update={"steps": [*result.steps[:-1], query, result.steps[-1]]})
     folder = write(result, tmp_path)
     manifest = _json(folder / "manifest.json")

@@ -55,6 +55,7 @@ from flows.results import CaseResult, StepResult
 from flows.spec import iter_steps, parse_spec
 from tasks.aws import AwsTarget, ClientFactory
 from tasks.base import REGISTRY, StepContext, StepKind, UndoLog
+from tasks.errors import CLEANUP_FAILED
 from tasks.polling import Clock
 
 REGION = "us-east-1"
@@ -518,7 +519,8 @@ def assert_no_secret(result: CaseResult) -> None:
 @pytest.mark.parametrize(("variant", "call", "fault", "pack"), PAIRS)
 def test_fault(harness: Harness, variant: str, call: Call, fault: Fault, pack: bool,
                record_property: Callable[..., None]) -> None:
-    """The call fails: the case fails naming it, and whatever the case changed is undone.
+    """The call fails: the case fails naming it (an AWS fault is an ``error`` of the step, never a check that
+    did not hold), and whatever the case changed is undone.
 
     For a call of the clean-up itself, "left as it was" cannot hold for the one resource whose undo failed: the
     clean-up must still run every other undo action, and fail naming what it could not undo.
@@ -528,18 +530,18 @@ def test_fault(harness: Harness, variant: str, call: Call, fault: Fault, pack: b
     assert harness.injector.fired == [call]
     [resource] = harness.injector.resources
     cleanup = result.steps[-1]
-    assert cleanup.label == "cleanup" and "error" not in {s.status for s in result.steps}
+    assert cleanup.label == "cleanup" and "failed" not in {s.status for s in result.steps}
     if (call.operation, fault.name) in TOLERATED:
         assert result.passed and harness.world() == BEFORE
     elif call.window == "cleanup":
-        assert all(s.ok for s in result.steps[:-1]) and cleanup.status == "failed"
+        assert all(s.ok for s in result.steps[:-1]) and cleanup.status == "error"
         actions = cleanup.details["actions"]
         assert len(actions) == 5 and [a["what"] for a in actions if "error" in a] == [
             next(a["what"] for a in actions if a["what"].endswith(f" {resource}"))]
         assert_named_failure(cleanup.error, call, fault, resource)
         assert harness.world().without(resource) == BEFORE.without(resource)
     else:
-        assert [(s.label, s.status) for s in result.steps if not s.ok] == [(call.window, "failed")]
+        assert [(s.label, s.status) for s in result.steps if not s.ok] == [(call.window, "error")]
         failed = next(s for s in result.steps if not s.ok)
         assert_named_failure(failed.error, call, fault, resource)
         assert failed.error_code == fault.expected_code(call.service, call.operation)
@@ -608,7 +610,7 @@ def test_flow_every_kind_fails_named_and_undone(flow_harness: ClientFactory, inj
     result = run_flow(case_spec("flow", targets), spec_dir, injector, plan)
     resources = dict(zip(injector.fired, injector.resources))
     failed = {s.label: s for s in result.steps if not s.ok}
-    assert set(failed) == {call.window for call in plan} and "error" not in {s.status for s in result.steps}
+    assert set(failed) == {call.window for call in plan} and "failed" not in {s.status for s in result.steps}
     for call, fault in plan.items():
         assert_named_failure(failed[call.window].error, call, fault, resources[call])
     assert result.steps[-1].label == "cleanup" and result.steps[-1].ok
@@ -624,7 +626,7 @@ def test_flow_cleanup_fault_undoes_the_rest_and_names_what_it_could_not(
     record_property("fault_pair", f"{call}/{fault.name}")
     result = run_flow(case_spec("cleanup"), spec_dir, injector, {call: fault})
     cleanup = result.steps[-1]
-    assert cleanup.label == "cleanup" and cleanup.status == "failed" and cleanup.error_code == "CleanupFailed"
+    assert cleanup.label == "cleanup" and cleanup.status == "error" and cleanup.error_code == CLEANUP_FAILED
     assert_named_failure(cleanup.error, call, fault, "/ft/doomed")
     assert [a["what"] for a in cleanup.details["actions"] if "error" in a] == ["Restore SSM parameter /ft/doomed"]
     assert World.read(flow_harness) == BEFORE.without("/ft/doomed")
@@ -649,7 +651,7 @@ def test_lost_response_is_undone(harness: Harness, variant: str, call: Call,
     result = harness.run(case_spec(variant), {call: LOST}, pack=False)
     assert harness.injector.fired == [call]
     failed = [s for s in result.steps if not s.ok]
-    assert [(s.label, s.status) for s in failed] == [(call.window, "failed")]
+    assert [(s.label, s.status) for s in failed] == [(call.window, "error")]
     assert_named_failure(failed[0].error, call, LOST, harness.injector.resources[0])
     assert result.steps[-1].label == "cleanup" and result.steps[-1].ok and harness.world() == BEFORE
 

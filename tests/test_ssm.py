@@ -15,7 +15,7 @@ from tasks import ssm as ssm_mod
 from tasks import ssm_restore
 from tasks.aws import ClientFactory
 from tasks.base import REGISTRY, StepBase, StepContext, StepOutcome
-from tasks.errors import AwsCallError, StepError
+from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
 from tasks.secrets import mask
 from tasks.ssm import (
     DeleteParametersStep,
@@ -451,10 +451,10 @@ def test_expect_failure_lists_every_problem_with_secrets_masked(ctx: StepContext
     with pytest.raises(StepError) as info:
         run(step, ctx)
     err = info.value
-    assert err.code == "ExpectationFailed"
+    assert isinstance(err, CheckFailed) and err.code == CHECK_FAILED
     assert f"is {mask(CANARY)}, expected {mask(CANARY2)}" in err.message
     assert "$.password: expected" in err.message
-    blob = str(err) + json.dumps(err.details) + caplog.text
+    blob = str(err) + json.dumps(err.details) + (err.markdown or "") + caplog.text
     for secret in (CANARY, CANARY2):
         assert secret not in blob
     assert [p["problems"] == [] for p in err.details["parameters"]] == [False, False, False, True]
@@ -543,7 +543,7 @@ def test_canary_securestring_never_leaks(ctx: StepContext, client: Any, kms_key:
             texts.append(json.dumps(result))
     texts.append(caplog.text)
     blob = "\n".join(texts)
-    assert "ValidationException" in blob and "failed: ExpectationFailed" not in blob
+    assert "ValidationException" in blob and f"failed: {CHECK_FAILED}" not in blob
     for secret in (CANARY, CANARY2):
         assert secret not in blob
     assert mask(CANARY) in blob and mask(CANARY2) in blob

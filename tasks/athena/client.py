@@ -25,7 +25,7 @@ from pydantic import Field
 
 from tasks.athena.values import Column, QueryResult, RowTyper, columns_from_metadata
 from tasks.base import format_bytes
-from tasks.errors import AWS_ERRORS, StepError, aws_error, request_id
+from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
 from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
 
 __all__ = [
@@ -193,7 +193,7 @@ def wait_for_query(
         raise StepError(
             f"Athena query {query_id} did not finish within {settings.timeout:g} s (still {state_of(execution)} "
             f"after {outcome.checks} checks); {stopped}",
-            code="Timeout",
+            code=TIMED_OUT,
             details={"query_id": query_id, "state": state_of(execution), "stopped": problem is None},
         )
     if state_of(execution) != "SUCCEEDED":

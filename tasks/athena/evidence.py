@@ -12,6 +12,7 @@ from tasks.athena.client import QueryRun, state_of
 from tasks.athena.values import json_safe
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepOutcome, format_bytes
+from tasks.errors import HashedItem
 
 if TYPE_CHECKING:
     from tasks.athena.step import AthenaQueryStep
@@ -117,12 +118,13 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
     preview = run.result.rows[: step.preview_rows]
     safe_preview = json_safe(preview)
     columns = [{"name": c.name, "type": c.type} for c in run.result.columns]
+    digest = result_digest(columns, run.result.rows)
     details = {
         "sql": sql,
         "parameters": list(step.parameters),
         **facts,
         "columns": columns,
-        "result_sha256": result_digest(columns, run.result.rows),
+        "result_sha256": digest,
         "preview": safe_preview,
         "checks": [c.to_dict() for c in checks],
     }
@@ -136,4 +138,6 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         links=links,
         tables={"preview": safe_preview},
         request_ids=list(run.request_ids),
+        hashed_items=[HashedItem.query_result(query_id=run.query_id, location=facts["output_location"],
+                                              rows=facts["row_count"], sha256=digest)],
     )

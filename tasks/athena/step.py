@@ -12,7 +12,7 @@ from tasks.athena.client import AthenaWait, run_query
 from tasks.athena.evidence import query_outcome
 from tasks.athena.sql_guard import SqlCheck, check_sql
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.errors import StepError
+from tasks.errors import CheckFailed, StepError
 from tasks.s3 import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "check_step_sql", "load_sql", "run_athena_query"]
@@ -122,10 +122,9 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url))
     failed = [c for c in checks if not c.passed]
     if failed:
-        raise StepError(
+        raise CheckFailed(
             f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.line()[2:] for c in failed),
-            code="ChecksFailed",
-            details={**outcome.details, "markdown": outcome.markdown},
+            details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
         )
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
     return outcome
