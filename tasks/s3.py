@@ -16,7 +16,7 @@ import hashlib
 import mimetypes
 import posixpath
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import Annotated, Any, ClassVar, Iterator, Literal
 from urllib.parse import quote, urlencode
@@ -262,6 +262,14 @@ def _conditional_completion(client: Any, bucket: str, key: str) -> Iterator[None
         client.meta.events.unregister(event, unique_id=unique_id)
 
 
+def digest_for_upload(path: Path, multipart_threshold: int, multipart_chunksize: int) -> FileDigest:
+    """The file's SHA-256, and for a multipart upload its parts' (in the parts boto3 will send)."""
+    size = path.stat().st_size
+    multipart = size >= multipart_threshold
+    part_size = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size) if multipart else None
+    return digest_file(path, part_size)
+
+
 def upload_file(
     client: Any,
     path: Path,
@@ -275,18 +283,19 @@ def upload_file(
     multipart_threshold: int = 16 * MIB,
     multipart_chunksize: int = 16 * MIB,
     display_path: str | None = None,
+    digest: FileDigest | None = None,
 ) -> UploadRecord:
     """Upload one file with a SHA-256 checksum; refuse to replace an existing object unless ``overwrite``.
 
     Small files go up in one PutObject carrying the whole-file SHA-256 (S3 rejects a mismatch with BadDigest);
     large ones through boto3's transfer manager in parts, each with its SHA-256. Either way the checksum is
-    read back with HEAD and compared with the local one.
+    read back with HEAD and compared with the local one. ``digest``: the file's, from :func:`digest_for_upload`
+    with the same sizes, when the caller needed it first (e.g. to register the upload's undo before it).
     """
     started = time.monotonic()
     size = path.stat().st_size
     multipart = size >= multipart_threshold
-    part_size = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size) if multipart else None
-    digest = digest_file(path, part_size)
+    digest = digest or digest_for_upload(path, multipart_threshold, multipart_chunksize)
     ctype = content_type(path)
     extra: dict[str, Any] = {"ContentType": ctype, "ChecksumAlgorithm": "SHA256"}
     if sse:
@@ -595,25 +604,27 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     for path, key in zip(files, keys):
         display = _display_path(path, ctx.spec_dir)
         ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), format_bytes(path.stat().st_size))
-        record: UploadRecord | None = None
+        threshold = chunksize = step.multipart_threshold_mb * MIB
+        digest = digest_for_upload(path, threshold, chunksize)
+        undo = _upload_undo(client, step.bucket, key, digest, path.stat().st_size >= threshold, ctx.label,
+                            step.resources(ctx.spec_dir)[0]) if step.cleanup else None
+        if undo is not None:
+            ctx.undo.add(undo.action)  # before the first byte goes up: journaled, so even a kill is undone
         try:
             record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
-                                 kms_key_id=step.kms_key_id, tags=tags,
-                                 multipart_threshold=step.multipart_threshold_mb * MIB,
-                                 multipart_chunksize=step.multipart_threshold_mb * MIB, display_path=display)
+                                 kms_key_id=step.kms_key_id, tags=tags, multipart_threshold=threshold,
+                                 multipart_chunksize=chunksize, display_path=display, digest=digest)
+            if undo is not None:
+                undo.record = record
             if step.content_type and step.content_type != record.content_type:
                 record = _retype(client, record, step.content_type)
+                if undo is not None:
+                    undo.record = record
         except StepError as exc:
-            if step.cleanup and exc.code != AWS_PRECONDITION_FAILED:
-                ctx.undo.add(_failed_upload_cleanup(client, step.bucket, key, record, exc, ctx.label,
-                                                     step.resources(ctx.spec_dir)[0]))
+            if undo is not None and exc.code == AWS_PRECONDITION_FAILED:
+                ctx.undo.done(undo.action)  # another writer's object is there, not ours: nothing to undo
             raise
         records.append(record)
-        if step.cleanup:
-            ctx.undo.add(UndoAction(f"delete {s3_uri(step.bucket, key)}",
-                                    (lambda r=record: delete_uploaded(client, r)), ctx.label,
-                                    record={"kind": UNDO_KIND, "upload": asdict(record)},
-                                    resource=step.resources(ctx.spec_dir)[0]))
     total = sum(r.size for r in records)
     prefix = (step.key_prefix or "").replace("\\", "/")
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, prefix)}"
@@ -645,20 +656,35 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     )
 
 
-def _failed_upload_cleanup(client: Any, bucket: str, key: str, record: UploadRecord | None, exc: StepError,
-                           label: str, resource: str) -> UndoAction:
-    """The clean-up of an upload that failed part-way: its object may be there all the same (a lost response, a
-    failed read-back or content-type copy), so it is removed when it is the one uploaded (same ETag, or the
-    content that was sent). Journaled like any other undo, so ``recover`` can finish it after a kill."""
-    uri = s3_uri(bucket, key)
-    if record is not None:  # uploaded and verified; the copy that applies the content type failed
-        return UndoAction(f"delete {uri}", lambda: delete_uploaded(client, record), label,
-                          record={"kind": UNDO_KIND, "upload": asdict(record)}, resource=resource)
-    sent, parts = str(exc.details["checksum_sha256"]), bool(exc.details.get("multipart"))  # see upload_file
-    return UndoAction(f"delete {uri} if the failed upload left it",
-                      lambda: delete_leftover(client, bucket, key, sent, parts), label,
-                      record={"kind": LEFTOVER_KIND, "bucket": bucket, "key": key, "checksum_sha256": sent,
-                              "multipart": parts}, resource=resource)
+@dataclass
+class _UploadUndo:
+    """The undo of one upload, registered before it: deletes the object the upload put there. Once the upload
+    is known (ETag, version) exactly that; before (a kill, a lost response, a failed read-back), whatever is at
+    the key only if it has the content that was sent (see :func:`delete_leftover`); never another writer's.
+    The journal keeps the second form, which is right in both cases."""
+
+    client: Any = field(repr=False)
+    bucket: str
+    key: str
+    checksum_sha256: str
+    multipart: bool
+    record: UploadRecord | None = None
+    action: UndoAction = field(init=False, repr=False)
+
+    def run(self) -> dict[str, Any]:
+        if self.record is not None:
+            return delete_uploaded(self.client, self.record)
+        return delete_leftover(self.client, self.bucket, self.key, self.checksum_sha256, self.multipart)
+
+
+def _upload_undo(client: Any, bucket: str, key: str, digest: FileDigest, multipart: bool, label: str,
+                 resource: str) -> _UploadUndo:
+    sent = digest.composite_b64 or digest.sha256_b64
+    undo = _UploadUndo(client, bucket, key, sent, multipart)
+    undo.action = UndoAction(f"delete {s3_uri(bucket, key)}", undo.run, label,
+                             record={"kind": LEFTOVER_KIND, "bucket": bucket, "key": key, "checksum_sha256": sent,
+                                     "multipart": multipart}, resource=resource)
+    return undo
 
 
 def _retype(client: Any, record: UploadRecord, ctype: str) -> UploadRecord:

@@ -63,13 +63,7 @@ def changes_state(kind: str) -> bool:
     return kind in MINIMAL and bool(minimal(kind).resources(Path(".")))
 
 
-#: known breaches of the undo-first contract (strict: a fix makes the test XPASS, so the mark must go then)
-UNDO_AFTER_WRITE = {
-    "upload": "run_upload registers the clean-up of each object after its PutObject (tasks/s3.py): a run killed "
-              "in between leaves the object with no journal record",
-}
-STATEFUL = [pytest.param(kind, marks=pytest.mark.xfail(reason=UNDO_AFTER_WRITE[kind], strict=True))
-            if kind in UNDO_AFTER_WRITE else kind for kind in KINDS if changes_state(kind)]
+STATEFUL = [kind for kind in KINDS if changes_state(kind)]
 
 
 def described_fields(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> list[tuple[str, str]]:

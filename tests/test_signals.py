@@ -133,10 +133,10 @@ def stop_scenario(sc: Scenario, sig: signal.Signals, times: int, group: bool) ->
     t0 = time.monotonic()
     deliver(proc, sig, times, group)
     try:
-        output, _ = proc.communicate(timeout=150)  # generous: 9 CLIs share 2 cores here
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        output, _ = proc.communicate(timeout=150)  # generous: the CLIs share 2 cores here
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output = "(still running after 150 s: killed)\n" + proc.communicate()[0]
     return {"code": proc.returncode, "output": output, "seconds": time.monotonic() - t0, "servers": servers,
             "temp_server": temp_server, "as_before": sc.as_before(), "journal": sc.journal()}
 
@@ -160,7 +160,7 @@ MATRIX = [(sig, times, group) for sig in (signal.SIGINT, signal.SIGTERM) for tim
 def test_signals_always_leave_aws_as_it_was(moto_endpoint, prefect_harness, tmp_path: Path) -> None:
     scenarios = {f"{s.name.lower()}-{t}x-{'group' if g else 'pid'}": (s, t, g) for s, t, g in MATRIX}
     made = {name: Scenario(name, moto_endpoint, prefect_harness, tmp_path / name) for name in [*scenarios, "kill"]}
-    with ThreadPoolExecutor(len(made)) as pool:
+    with ThreadPoolExecutor(5) as pool:  # at most 5 CLIs at once, against one SQLite-backed test server
         futures = {name: pool.submit(stop_scenario, made[name], *args) for name, args in scenarios.items()}
         killed = pool.submit(kill_then_refuse_then_recover, made["kill"])
         outcomes = {name: f.result() for name, f in futures.items()}
