@@ -2,6 +2,7 @@
 
     python quickstart.py demo     create .venv, install the pinned dependencies, run the demo
     python quickstart.py test     the same, with pytest, then run the test suite (extra args go to pytest)
+    python quickstart.py lint     the same, then check the code with ruff (pyflakes, pycodestyle, import order)
 
 The virtual environment is made once, in .venv beside this file, and reinstalled only when pyproject.toml or
 constraints.txt change. Afterwards you can also use it directly (see the README).
@@ -45,12 +46,13 @@ def ensure_env() -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test"):
+    if not argv or argv[0] not in ("demo", "test", "lint"):
         print(__doc__)
         return 2
     python = ensure_env()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUTF8": "1"}
-    command = [str(python), "-m", "flows.demo"] if argv[0] == "demo" else [str(python), "-m", "pytest", *argv[1:]]
+    command = {"demo": [str(python), "-m", "flows.demo"], "test": [str(python), "-m", "pytest", *argv[1:]],
+               "lint": [str(python), "-m", "ruff", "check", "."]}[argv[0]]
     return subprocess.run(command, cwd=ROOT, env=env).returncode
 
 

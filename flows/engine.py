@@ -25,9 +25,9 @@ from prefect.utilities.annotations import quote
 from flows import evidence
 from flows.results import StepFailed, StepResult
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
+from tasks import markdown as md
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
 from tasks.errors import CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
-from tasks import markdown as md
 from tasks.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
 
 log = logging.getLogger("pipeline_test")

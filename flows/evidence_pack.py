@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 # re-exported: what the flow, the tests and the CLI import from here
 from flows.pack_base import (  # noqa: F401
+    _SHA256,
     CONTENT_TYPES,
     JUNIT_XML,
     MANIFEST,
@@ -47,7 +48,6 @@ from flows.pack_base import (  # noqa: F401
     SCHEMA_VERSION,
     SSE_VALUES,
     STATUS_WORD,
-    _SHA256,
     PackItem,
     default_pack_dir,
     hashed_items,

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import httpx
-
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder

@@ -46,7 +46,8 @@ section.step.error { border-left-color: var(--err); background: none; }
 section.step.skipped { border-left-color: var(--skip); background: none; }
 section.step { color: #1f2328; } section.step.failed h3, section.step.failed .msg { color: var(--fail); }
 section.step.error h3, section.step.error .msg { color: var(--err); }
-td.nowrap, table.steps td:nth-child(-n+5) { white-space: nowrap; } table.steps td code { overflow-wrap: normal; } td.hash code { font-size: 12px; }
+td.nowrap, table.steps td:nth-child(-n+5) { white-space: nowrap; }
+table.steps td code { overflow-wrap: normal; } td.hash code { font-size: 12px; }
 footer { margin-top: 32px; font-size: 13px; color: var(--muted); }
 @page { margin: 14mm; }
 @media print { body { max-width: none; padding: 0; font-size: 12px; } a { color: inherit; }
@@ -163,7 +164,8 @@ def _items_table(items: Sequence[PackItem]) -> str:
     rows = "".join(
         f"<tr><td>{_e(i.step)} {_e(i.label)}</td><td>{_e('input' if i.kind == 'input' else 'query result')}"
         f"{('<br><code>' + _e(i.local_path or i.query_id) + '</code>') if (i.local_path or i.query_id) else ''}"
-        f"</td><td><code>{_e(i.location)}</code></td><td class=\"nowrap\">{_e('–' if i.size is None else f'{i.size} B')}"
+        f"</td><td><code>{_e(i.location)}</code></td>"
+        f"<td class=\"nowrap\">{_e('–' if i.size is None else f'{i.size} B')}"
         f"</td><td class=\"hash\"><code>{_e(i.sha256)}</code></td></tr>" for i in items)
     return ("<h2>Files and results hashed by the run</h2><table><thead><tr><th>step</th><th>what</th>"
             f"<th>location</th><th>size</th><th>SHA-256</th></tr></thead><tbody>{rows}</tbody></table>")

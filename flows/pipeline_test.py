@@ -26,28 +26,35 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import httpx
-
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
-
-from prefect.artifacts import create_link_artifact
 from pydantic import SecretStr, ValidationError
 
-from flows import evidence, evidence_pack
-from flows import locks
+from flows import evidence, evidence_pack, locks
+from flows.engine import (
+    LIVE,
+    first_signal_stops,
+    install_redaction,
+    interrupted,
+    remove_redaction,
+    render_case,
+    run_cleanup,
+    run_steps,
+    undo_hook,
+    undo_now,
+)
 from flows.evidence_markdown import MEANING, step_counts
-from flows.engine import (LIVE, first_signal_stops, install_redaction, interrupted, remove_redaction, render_case, run_cleanup, run_steps,
-                          undo_hook, undo_now)
 from flows.local_server import ServerUnavailable, temporary_server
+from flows.notify import NotifySettings
+from flows.notify import notify as send_notice
 from flows.recover import CouldNotRun, Recovered, redo_entries, release_dead_locks
 from flows.recover import main as recover_main
-from flows.notify import NotifySettings, notify as send_notice
 from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.templating import builtin_values, render, resolve_variables
-from tasks.aws import ClientFactory
-from tasks.aws import is_real_aws
+from tasks.aws import ClientFactory, is_real_aws
 from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries

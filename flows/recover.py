@@ -49,10 +49,10 @@ class Recovered:
         return not self.failed and not self.skipped
 
     def lines(self) -> list[str]:
-        out = [f"  RESTORED  {d['resource']}: {d['outcome']} (run {d['run_id']}, case '{d['case']}')" for d in self.done]
-        out += [f"  FAILED    {d['resource']}: {d['error']} (run {d['run_id']}, case '{d['case']}')" for d in self.failed]
-        out += [f"  SKIPPED   {d['resource']}: {d['why']} (run {d['run_id']}, case '{d['case']}')" for d in self.skipped]
-        return out
+        rows = [("RESTORED", d, d["outcome"]) for d in self.done] + [("FAILED", d, d["error"]) for d in self.failed]
+        rows += [("SKIPPED", d, d["why"]) for d in self.skipped]
+        return [f"  {word:<9} {d['resource']}: {text} (run {d['run_id']}, case '{d['case']}')"
+                for word, d, text in rows]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -171,7 +171,8 @@ def _report_markdown(entries: list[JournalEntry], report: Recovered) -> str:
     rows += [["skipped", d["resource"], d["why"], d["run_id"], d["case"]] for d in report.skipped]
     head = (f"Found **{len(entries)}** unfinished undo(s) in the journal: {len(report.done)} restored, "
             f"{len(report.failed)} failed, {len(report.skipped)} skipped.")
-    return head + ("\n\n" + markdown.table(["result", "resource", "what happened", "run", "case"], rows) if rows else "")
+    table = markdown.table(["result", "resource", "what happened", "run", "case"], rows)
+    return head + ("\n\n" + table if rows else "")
 
 
 def recover_flow_fn(region: str | None = None, profile: str | None = None, credentials_block: str | None = None,

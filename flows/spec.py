@@ -9,6 +9,7 @@ and name) and the field.
 
 from __future__ import annotations
 
+import importlib
 import re
 import time
 from dataclasses import dataclass
@@ -20,14 +21,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-import importlib
-
 from flows import local_files, spec_file
 from flows.credentials import credential_problems
 from flows.naming import slug
 from flows.notify import NotifySettings
-from flows.templating import (BUILTINS, TemplateError, builtin_values, check_template, is_templated, render,
-                              resolve_variables)
+from flows.templating import (
+    BUILTINS,
+    TemplateError,
+    builtin_values,
+    check_template,
+    is_templated,
+    render,
+    resolve_variables,
+)
 from tasks.aws import AwsTarget
 from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
 from tasks.s3 import S3Key

@@ -15,8 +15,17 @@ from zoneinfo import ZoneInfo
 from jinja2 import TemplateSyntaxError, meta
 from jinja2.exceptions import SecurityError, UndefinedError
 
-from flows.sandbox import (BUDGET_KEY, MAX_TAG_CHARS, MAX_TEMPLATE, MAX_TEMPLATE_TAGS, MAX_TEXT, RENDER_SECONDS,
-                           BoundedEnvironment, Budget, TemplateLimit)
+from flows.sandbox import (
+    BUDGET_KEY,
+    MAX_TAG_CHARS,
+    MAX_TEMPLATE,
+    MAX_TEMPLATE_TAGS,
+    MAX_TEXT,
+    RENDER_SECONDS,
+    BoundedEnvironment,
+    Budget,
+    TemplateLimit,
+)
 
 BUILTINS: dict[str, str] = {
     "case_name": "The case's name.",

@@ -28,10 +28,19 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
 from tasks.aws import is_real_aws
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, Link, step_kind
+from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
-from tasks.secrets import (Secrets, Segment, is_sensitive, mask_any, mask_paths, parse_path, redact, redact_json,
-                           secrets_at)
+from tasks.secrets import (
+    Secrets,
+    Segment,
+    is_sensitive,
+    mask_any,
+    mask_paths,
+    parse_path,
+    redact,
+    redact_json,
+    secrets_at,
+)
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 

@@ -9,12 +9,11 @@ Prefect task named after the step, so adding a kind never touches the engine.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
-
-import re
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 

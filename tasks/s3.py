@@ -28,11 +28,32 @@ from s3transfer.utils import ChunksizeAdjuster
 
 from tasks import markdown
 from tasks.aws import is_real_aws
-from tasks.base import (Link, StepBase, StepContext, StepOutcome, UndoAction, format_bytes, step_kind, undo_kind,
-                        template_aware)
-from tasks.errors import (AWS_ERRORS, AWS_NO_SUCH_BUCKET, AWS_PRECONDITION_FAILED, CHECKSUM_MISMATCH, OBJECT_EXISTS,
-                          TIMED_OUT, AwsCallError, CheckFailed, HashedItem, StepError, aws_error, error_code,
-                          request_id)
+from tasks.base import (
+    Link,
+    StepBase,
+    StepContext,
+    StepOutcome,
+    UndoAction,
+    format_bytes,
+    step_kind,
+    template_aware,
+    undo_kind,
+)
+from tasks.errors import (
+    AWS_ERRORS,
+    AWS_NO_SUCH_BUCKET,
+    AWS_PRECONDITION_FAILED,
+    CHECKSUM_MISMATCH,
+    OBJECT_EXISTS,
+    TIMED_OUT,
+    AwsCallError,
+    CheckFailed,
+    HashedItem,
+    StepError,
+    aws_error,
+    error_code,
+    request_id,
+)
 from tasks.polling import Clock, PollSettings, poll
 
 for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",

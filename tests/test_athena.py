@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import boto3
 import pytest
 import requests
 from botocore.stub import Stubber
+from conftest import FakeClock
 from moto.athena.models import athena_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api import state_manager
@@ -29,7 +31,6 @@ import tasks.athena.evidence as athena_evidence
 from tasks.athena import (
     AthenaExpect,
     AthenaQueryStep,
-    result_digest,
     Column,
     QueryResult,
     check_sql,
@@ -42,12 +43,12 @@ from tasks.athena import (
     json_safe,
     parse_athena_csv,
     read_result_csv,
+    result_digest,
     run_athena_query,
     run_query,
     start_query,
     wait_for_query,
 )
-from conftest import FakeClock
 from tasks.aws import ClientFactory
 from tasks.base import REGISTRY, StepContext
 from tasks.errors import CHECK_FAILED, CheckFailed, StepError

@@ -34,9 +34,9 @@ from tasks.awslambda import (
     function_label,
     function_name,
     invoke,
+    jmespath_mismatches,
     json_equal,
     json_subset_mismatches,
-    jmespath_mismatches,
     truncate,
 )
 from tasks.base import REGISTRY, StepContext, StepOutcome

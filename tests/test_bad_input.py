@@ -24,7 +24,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from flows import pipeline_test, spec as spec_module
+from flows import pipeline_test
+from flows import spec as spec_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "case.yaml"

@@ -340,8 +340,9 @@ JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
 def test_junit_is_valid_against_the_jenkins_xunit_schema(pack: str, request: pytest.FixtureRequest) -> None:
     """junit-10.xsd of Jenkins' xUnit plugin (e.g. no ``skipped`` attribute on <testsuites>); the failing run
     has a passed, a failed, an error and a skipped step, each with its own element."""
-    import xmlschema
     from xml.etree import ElementTree as ET
+
+    import xmlschema
 
     junit = request.getfixturevalue(pack) / "junit.xml"
     errors = [str(e.reason) for e in xmlschema.XMLSchema(str(JUNIT_XSD)).iter_errors(str(junit))]

@@ -178,7 +178,6 @@ def read_artifact_texts(flow_run_id: str | None) -> str:
 def read_log_texts(flow_run_id: str | None) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
     from prefect.logging.handlers import APILogHandler
 
     async def go() -> str:

@@ -10,8 +10,8 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-
 from conftest import FakeClock
+
 from tasks.aws import ClientFactory
 from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError

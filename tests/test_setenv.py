@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import toml
 from pathlib import Path
 
 import pytest
+import toml
 
 ROOT = Path(__file__).resolve().parent.parent
 BAT, PS1, SH = ROOT / "setenv.bat", ROOT / "setenv.ps1", ROOT / "setenv.sh"

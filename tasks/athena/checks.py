@@ -8,7 +8,8 @@ that produces a QueryResult can use it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime
+from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Literal
 

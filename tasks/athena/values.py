@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import date, datetime, time as dtime, timezone
+from datetime import date, datetime, timezone
+from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Sequence
 from zoneinfo import ZoneInfo
