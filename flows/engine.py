@@ -193,6 +193,26 @@ def undo_now(ctx: StepContext, logger: Any) -> StepResult | None:
     return result
 
 
+#: the signals that stop a run (SIGBREAK: Ctrl+Break on Windows)
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n))
+
+
+def _handle_stop_signals(handler: Any) -> dict[int, Any]:
+    """Install ``handler`` for every stop signal; returns the handlers it replaced (main thread only)."""
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (ValueError, OSError):
+            pass
+    return previous
+
+
+def _put_back(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
 @contextmanager
 def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
     """While a case runs: the first SIGINT or SIGTERM stops it (sets ``stop``, then does what the handler in
@@ -201,31 +221,23 @@ def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = [n for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n)]
-    previous: dict[str, Any] = {}
 
     def later(signum: int, frame: Any) -> None:
         logger.warning("Signal %s received: the run is already stopping and undoing its changes",
                        signal.Signals(signum).name)
 
     def first(signum: int, frame: Any) -> None:
-        for name in previous:
-            signal.signal(getattr(signal, name), later)
+        _handle_stop_signals(later)
         stop.set()  # from here on the run is ending: `later` stays in place through the undo
-        handler = previous.get(signal.Signals(signum).name)
+        handler = previous.get(signum)
         if callable(handler):
             handler(signum, frame)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for name in names:
-        try:
-            previous[name] = signal.signal(getattr(signal, name), first)
-        except (ValueError, OSError):
-            pass
+    previous = _handle_stop_signals(first)
     yield
     if not stop.is_set():
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+        _put_back(previous)
 
 
 @contextmanager
@@ -235,22 +247,15 @@ def signals_deferred(logger: Any) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    names = [n for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n)]
-    previous = {}
 
     def wait_for_undo(signum: int, frame: Any) -> None:
         logger.warning("Signal %s received: finishing the undo first, then exiting", signal.Signals(signum).name)
 
-    for name in names:
-        try:
-            previous[name] = signal.signal(getattr(signal, name), wait_for_undo)
-        except (ValueError, OSError):
-            pass
+    previous = _handle_stop_signals(wait_for_undo)
     try:
         yield
     finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+        _put_back(previous)
 
 
 class _CleanupStep:

@@ -83,10 +83,8 @@ def _run_ended(run_id: str) -> bool:
     return state is not None and state.type.value in ENDED
 
 
-def known_dead(entry: JournalEntry, live_runs: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+def known_dead(entry: JournalEntry) -> bool:
     """True when the entry's run is certainly not running any more."""
-    if entry.run_id in live_runs:
-        return False
     owner = entry.owner
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
             and owner["pid"] != os.getpid() and not _pid_alive(owner["pid"]):

@@ -331,8 +331,8 @@ def upload_file(
                                           multipart_chunksize=multipart_chunksize))
         verified, head = verify_checksum(client, bucket, key, digest)
     except StepError as exc:
-        # the object may be there all the same (a lost response, a failed read-back): say what was sent, so that
-        # the clean-up can tell it from another writer's, and whether it went up in parts (see delete_leftover)
+        # the object may be there all the same (a lost response, a failed read-back): the evidence says what was
+        # sent and whether it went up in parts (the upload's undo, registered before, deletes only that content)
         exc.details.setdefault("checksum_sha256", digest.composite_b64 or digest.sha256_b64)
         exc.details.setdefault("multipart", multipart)
         raise
@@ -395,18 +395,9 @@ def verify_checksum(client: Any, bucket: str, key: str, digest: FileDigest) -> t
     return True, head
 
 
-UNDO_KIND = "s3_object"
-
-
 def upload_resource(bucket: str, prefix: str) -> str:
     """What a run locks (and journals under) when it uploads under ``prefix`` in ``bucket``."""
     return f"s3:{bucket}/{prefix}"
-
-
-@undo_kind(UNDO_KIND)
-def redo_delete(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
-    """Delete an uploaded test object from its journal record (in another process, e.g. ``recover``)."""
-    return delete_uploaded(clients.client("s3"), UploadRecord(**record["upload"]))
 
 
 def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
