@@ -32,7 +32,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import evidence, evidence_pack, locks
+from flows import evidence, evidence_pack, locks, prefect_logs
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -59,6 +59,8 @@ from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
+
+prefect_logs.install()  # a failed case is a failure in the logs, not a crash report
 
 
 def _run_name() -> str:
