@@ -197,12 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail", action="store_true",
                         help="break the fake pipeline (it loses a row), to see what a failed case looks like")
     args = parser.parse_args(argv)
-    from flows.pipeline_test import format_result, pipeline_test, result_of
+    from flows.pipeline_test import format_result, guarded, pipeline_test, result_of
 
-    with demo_pipeline(loses_a_row=args.fail) as pipeline:
-        state = pipeline_test(spec=str(DEMO_CASE), return_state=True)
-        setting = source_setting(pipeline)
-    result = result_of(state)
+    seen: dict[str, Any] = {}
+
+    def run() -> int:
+        with demo_pipeline(loses_a_row=args.fail) as pipeline:
+            state = pipeline_test(spec=str(DEMO_CASE), return_state=True)
+            seen.update(state=state, result=result_of(state), setting=source_setting(pipeline))
+        return 0
+
+    # against PREFECT_API_URL when set, else a temporary server of its own (exit 3, one line, when there is none);
+    # where to look is said once that server is gone
+    code = guarded(run)
+    if not seen:
+        return code
+    result, state, setting = seen["result"], seen["state"], seen["setting"]
     print()
     if result is None:
         print(f"The demo's flow run ended {state.type.value}: {state.message}")
@@ -212,7 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SSM {SOURCE_PARAMETER} after the run: {setting!r} ({restored}: the case changed it for the test)")
     print(where_to_look(result.ui_url, result.case))
     return 0 if result.passed else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -429,7 +429,7 @@ def check_evidence_dir(folder: Path, spec: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
-        return _guarded(lambda: recover_main(argv[1:]))
+        return guarded(lambda: recover_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
@@ -487,10 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         print(result.model_dump_json(indent=2) if args.json else format_result(result))
         return EXIT_PASSED if result.passed else EXIT_FAILED
 
-    return _guarded(run)
+    return guarded(run)
 
 
-def _guarded(run: Callable[[], int]) -> int:
+def guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
     try:
