@@ -1,0 +1,136 @@
+"""Step ``expect_dynamodb_items`` (tasks/dynamodb.py) against moto's DynamoDB."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.aws import ClientFactory
+from tasks.base import REGISTRY, StepContext
+from tasks.dynamodb import ExpectItemsStep, from_dynamodb, plain, to_dynamodb
+from tasks.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
+from tests.conftest import FakeClock
+
+TABLE = "audit"
+
+
+@pytest.fixture
+def table(clients: ClientFactory) -> Any:
+    ddb = clients.client("dynamodb")
+    ddb.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                           {"AttributeName": "sk", "AttributeType": "S"}])
+    return ddb
+
+
+def put(ddb: Any, **item: Any) -> None:
+    ddb.put_item(TableName=TABLE, Item={k: to_dynamodb(v) for k, v in item.items()})
+
+
+def step(**data: Any) -> ExpectItemsStep:
+    return ExpectItemsStep.model_validate({"kind": "expect_dynamodb_items", "table": TABLE,
+                                           "wait": {"timeout": 5}, **data})
+
+
+def run(s: ExpectItemsStep, clients: ClientFactory, clock: FakeClock) -> Any:
+    ctx = StepContext(clients=clients, case_name="c", run_id="r", label="audit", clock_override=clock.clock)
+    return REGISTRY["expect_dynamodb_items"].run(s, ctx)
+
+
+def test_item_by_key_found_and_checked_values_as_plain_json(table: Any, clients: ClientFactory,
+                                                            fake_clock: FakeClock) -> None:
+    put(table, pk="orders", sk="a.csv", status="LOADED", rows=5, total=Decimal("585.24"),
+        big=Decimal("12345678901234567890.123456789"), tags={"x", "y"}, meta={"by": "lambda"})
+    out = run(step(key={"pk": "orders", "sk": "a.csv"},
+                   expect={"attributes": {"status": "LOADED", "rows": 5, "total": 585.24},
+                           "json_subset": {"meta": {"by": "lambda"}, "tags": ["x", "y"]}}), clients, fake_clock)
+    assert out.details["count"] == 1 and fake_clock.sleeps == []
+    item = out.details["items"][0]
+    assert item["total"] == 585.24 and item["rows"] == 5 and item["tags"] == ["x", "y"]
+    assert item["big"] == "12345678901234567890.123456789"  # exact, never rounded through a float
+    assert '"total": 585.24' in out.markdown and "```json" in out.markdown
+
+
+def test_item_that_the_pipeline_writes_later_is_waited_for(table: Any, clients: ClientFactory,
+                                                           fake_clock: FakeClock) -> None:
+    fake_clock.on_sleep = lambda t: put(table, pk="orders", sk="a.csv", status="LOADED") if t >= 1.0 else None
+    out = run(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED"}}),
+              clients, fake_clock)
+    assert out.details["count"] == 1 and 1.0 <= fake_clock.t < 1.5
+
+
+def test_attribute_mismatch_fails_with_the_reason_at_timeout(table: Any, clients: ClientFactory,
+                                                            fake_clock: FakeClock) -> None:
+    put(table, pk="orders", sk="a.csv", status="RUNNING", rows=4)
+    with pytest.raises(CheckFailed) as info:
+        run(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED", "rows": 5}}),
+            clients, fake_clock)
+    assert info.value.code == TIMED_OUT and fake_clock.t == pytest.approx(5.0)
+    assert 'attribute status: expected "LOADED", got "RUNNING"' in info.value.details["problems"]
+    assert "attribute rows: expected 5, got 4" in info.value.details["problems"]
+    assert "Expectations not met" in (info.value.markdown or "")
+
+
+def test_missing_item_times_out(table: Any, clients: ClientFactory, fake_clock: FakeClock) -> None:
+    with pytest.raises(CheckFailed, match=r"timed out after 5 s .* waiting for the item .*found 0 item"):
+        run(step(key={"pk": "orders", "sk": "nope"}), clients, fake_clock)
+
+
+def test_absent_item_holds_for_the_hold_time_and_breaks_when_written(table: Any, clients: ClientFactory,
+                                                                     fake_clock: FakeClock) -> None:
+    out = run(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=3), clients, fake_clock)
+    assert out.details["count"] == 0 and fake_clock.t == pytest.approx(3.0)
+    fake_clock.on_sleep = lambda t: put(table, pk="orders", sk="bad.csv") if t >= 4.0 else None
+    with pytest.raises(CheckFailed) as info:
+        run(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=10), clients, fake_clock)
+    assert info.value.code == CHECK_FAILED and "no longer after" in info.value.message
+
+
+def test_query_counts_filters_and_checks_every_item(table: Any, clients: ClientFactory,
+                                                    fake_clock: FakeClock) -> None:
+    for name, status in (("a.csv", "LOADED"), ("b.csv", "LOADED"), ("c.csv", "REJECTED")):
+        put(table, pk="orders", sk=f"2026-01-01/{name}", status=status)
+    query = {"key_condition": "pk = :pk AND begins_with(sk, :day)", "filter": "#s = :loaded",
+             "values": {":pk": "orders", ":day": "2026-01-01/", ":loaded": "LOADED"}, "names": {"#s": "status"}}
+    out = run(step(query=query, count=2, expect={"json_subset": {"status": "LOADED"}}), clients, fake_clock)
+    assert out.details["count"] == 2
+    with pytest.raises(CheckFailed) as info:
+        run(step(query={**query, "filter": None, "names": {}, "values": {":pk": "orders", ":day": "2026-01-01/"}},
+                 count={"max": 3}, expect={"attributes": {"status": "LOADED"}}, wait={"timeout": 1}),
+            clients, fake_clock)
+    assert info.value.details["problems"] == ['item 3: attribute status: expected "LOADED", got "REJECTED"']
+
+
+def test_missing_table_fails_at_once_with_aws_code(clients: ClientFactory, fake_clock: FakeClock) -> None:
+    with pytest.raises(AwsCallError) as info:
+        run(step(key={"pk": "x", "sk": "y"}), clients, fake_clock)
+    assert info.value.code == "ResourceNotFoundException" and "DynamoDB GetItem on table audit" in info.value.message
+    assert fake_clock.sleeps == []
+
+
+@pytest.mark.parametrize("data, message", [
+    ({}, "give exactly one of 'key'"),
+    ({"key": {"pk": "a"}, "count": 1}, "'count' goes with 'query'"),
+    ({"key": {"pk": "a"}, "absent": True, "expect": {"attributes": {"a": 1}}}, "nothing to 'expect'"),
+    ({"key": {"pk": "a"}, "expect": {}}, "attributes and/or json_subset"),
+    ({"query": {"key_condition": "pk = :pk"}}, ":pk used in the expressions but not given in 'values'"),
+    ({"query": {"key_condition": "pk = :pk", "values": {":pk": "a", ":x": 1}}}, ":x not used"),
+    ({"query": {"key_condition": "#p = :pk", "values": {":pk": "a"}}}, "#p used in the expressions"),
+    ({"query": {"key_condition": "pk = :pk", "values": {":pk": "a"}}, "count": {"min": 3, "max": 1}},
+     "min .3. is greater than max"),
+    ({"table": "x", "key": {"pk": "a"}}, "a DynamoDB table or index name"),
+])
+def test_bad_input_is_refused_at_validation(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        step(**data)
+
+
+def test_typed_values_round_trip_exactly() -> None:
+    typed = {"n": {"N": "0.1"}, "l": {"L": [{"N": "3"}, {"BOOL": True}]}, "b": {"B": b"\x00\x01"},
+             "ns": {"NS": ["2", "1"]}, "nul": {"NULL": True}}
+    assert plain(from_dynamodb(typed)) == {"n": 0.1, "l": [3, True], "b": "AAE=", "ns": [1, 2], "nul": None}
+    assert to_dynamodb(585.24) == {"N": "585.24"}
