@@ -21,10 +21,9 @@ from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from pydantic import Field, model_validator
 
 from tasks import markdown as md
-from tasks.aws import is_real_aws
-from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, StepError, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
+from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
 from tasks.json_match import exact_number, json_equal, json_subset_mismatches
 from tasks.polling import PollSettings
 from tasks.secrets import redact, redact_json
@@ -327,14 +326,6 @@ def _markdown(step: ExpectItemsStep, watched: Watched[ItemsSeen], ctx: StepConte
     return "\n\n".join(parts)
 
 
-def _links(ctx: StepContext, table: str) -> list[Link]:
-    if not is_real_aws(ctx.clients.endpoint_url("dynamodb")):
-        return []
-    region = ctx.clients.region or "us-east-1"
-    url = f"https://{region}.console.aws.amazon.com/dynamodbv2/home?region={region}#item-explorer?table={table}"
-    return [Link(url, f"DynamoDB table {table}")]
-
-
 @step_kind(ExpectItemsStep)
 def run_expect_items(step: ExpectItemsStep, ctx: StepContext) -> StepOutcome:
     """Wait for the items and check them; the evidence shows them as plain JSON."""
@@ -349,5 +340,7 @@ def run_expect_items(step: ExpectItemsStep, ctx: StepContext) -> StepOutcome:
     if not watched.met:
         details["problems"] = [redact(p, ctx.secrets) for p in seen.problems]
         raise unmet(watched, step.wanted(), redact(seen.describe(), ctx.secrets), details=details, markdown=markdown)
+    link = console_link(ctx, "dynamodb", f"dynamodbv2/home?region={{region}}#item-explorer?table={step.table}",
+                        f"DynamoDB table {step.table}")
     return StepOutcome(summary=f"found {seen.count} item(s) in DynamoDB table {step.table} {watched.timing()}",
-                       details=details, markdown=markdown, links=_links(ctx, step.table))
+                       details=details, markdown=markdown, links=link)

@@ -16,10 +16,9 @@ from urllib.parse import quote
 from pydantic import Field, model_validator
 
 from tasks import markdown as md
-from tasks.aws import is_real_aws
-from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
+from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
 from tasks.polling import PollSettings
 
 if TYPE_CHECKING:
@@ -126,14 +125,6 @@ def _markdown(step: ExpectQueueDepthStep, url: str, watched: Watched[Depth]) -> 
     ])
 
 
-def _links(ctx: StepContext, url: str) -> list[Link]:
-    if not is_real_aws(ctx.clients.endpoint_url("sqs")):
-        return []
-    region = ctx.clients.region or "us-east-1"
-    target = f"https://{region}.console.aws.amazon.com/sqs/v3/home?region={region}#/queues/{quote(url, safe='')}"
-    return [Link(target, f"SQS queue {url.rsplit('/', 1)[-1]}")]
-
-
 @step_kind(ExpectQueueDepthStep)
 def run_expect_queue_depth(step: ExpectQueueDepthStep, ctx: StepContext) -> StepOutcome:
     """Wait until the queue's counts meet the step's (and keep meeting them for ``hold``)."""
@@ -150,4 +141,6 @@ def run_expect_queue_depth(step: ExpectQueueDepthStep, ctx: StepContext) -> Step
     if not watched.met:
         raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown)
     return StepOutcome(summary=f"SQS queue {step.queue}: {depth.describe()} {watched.timing()}", details=details,
-                       markdown=markdown, links=_links(ctx, url))
+                       markdown=markdown,
+                       links=console_link(ctx, "sqs", f"sqs/v3/home?region={{region}}#/queues/{quote(url, safe='')}",
+                                          f"SQS queue {url.rsplit('/', 1)[-1]}"))

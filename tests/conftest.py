@@ -61,6 +61,15 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
+def run_step(step: Any, clients: ClientFactory, clock: FakeClock, **context: Any) -> Any:
+    """Run a step (a validated model) through its registered runner, on a fresh context with the fake clock."""
+    from tasks.base import REGISTRY, StepContext
+
+    ctx = StepContext(clients=clients, case_name="case", run_id="run-1", label=step.name or step.kind,
+                      clock_override=clock.clock, **context)
+    return REGISTRY[step.kind].run(step, ctx)
+
+
 def use_fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and region; no profile, no endpoint (general or per service) unless a test sets one."""
     for key in (*REAL_ENV, *(k for k in os.environ if k.startswith("AWS_ENDPOINT_URL"))):

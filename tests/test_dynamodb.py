@@ -9,10 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, StepContext
 from tasks.dynamodb import ExpectItemsStep, from_dynamodb, plain, to_dynamodb
 from tasks.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, run_step
 
 TABLE = "audit"
 
@@ -36,16 +35,11 @@ def step(**data: Any) -> ExpectItemsStep:
                                            "wait": {"timeout": 5}, **data})
 
 
-def run(s: ExpectItemsStep, clients: ClientFactory, clock: FakeClock) -> Any:
-    ctx = StepContext(clients=clients, case_name="c", run_id="r", label="audit", clock_override=clock.clock)
-    return REGISTRY["expect_dynamodb_items"].run(s, ctx)
-
-
 def test_item_by_key_found_and_checked_values_as_plain_json(table: Any, clients: ClientFactory,
                                                             fake_clock: FakeClock) -> None:
     put(table, pk="orders", sk="a.csv", status="LOADED", rows=5, total=Decimal("585.24"),
         big=Decimal("12345678901234567890.123456789"), tags={"x", "y"}, meta={"by": "lambda"})
-    out = run(step(key={"pk": "orders", "sk": "a.csv"},
+    out = run_step(step(key={"pk": "orders", "sk": "a.csv"},
                    expect={"attributes": {"status": "LOADED", "rows": 5, "total": 585.24},
                            "json_subset": {"meta": {"by": "lambda"}, "tags": ["x", "y"]}}), clients, fake_clock)
     assert out.details["count"] == 1 and fake_clock.sleeps == []
@@ -58,7 +52,7 @@ def test_item_by_key_found_and_checked_values_as_plain_json(table: Any, clients:
 def test_item_that_the_pipeline_writes_later_is_waited_for(table: Any, clients: ClientFactory,
                                                            fake_clock: FakeClock) -> None:
     fake_clock.on_sleep = lambda t: put(table, pk="orders", sk="a.csv", status="LOADED") if t >= 1.0 else None
-    out = run(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED"}}),
+    out = run_step(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED"}}),
               clients, fake_clock)
     assert out.details["count"] == 1 and 1.0 <= fake_clock.t < 1.5
 
@@ -67,7 +61,7 @@ def test_attribute_mismatch_fails_with_the_reason_at_timeout(table: Any, clients
                                                             fake_clock: FakeClock) -> None:
     put(table, pk="orders", sk="a.csv", status="RUNNING", rows=4)
     with pytest.raises(CheckFailed) as info:
-        run(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED", "rows": 5}}),
+        run_step(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED", "rows": 5}}),
             clients, fake_clock)
     assert info.value.code == TIMED_OUT and fake_clock.t == pytest.approx(5.0)
     assert 'attribute status: expected "LOADED", got "RUNNING"' in info.value.details["problems"]
@@ -77,16 +71,16 @@ def test_attribute_mismatch_fails_with_the_reason_at_timeout(table: Any, clients
 
 def test_missing_item_times_out(table: Any, clients: ClientFactory, fake_clock: FakeClock) -> None:
     with pytest.raises(CheckFailed, match=r"timed out after 5 s .* waiting for the item .*found 0 item"):
-        run(step(key={"pk": "orders", "sk": "nope"}), clients, fake_clock)
+        run_step(step(key={"pk": "orders", "sk": "nope"}), clients, fake_clock)
 
 
 def test_absent_item_holds_for_the_hold_time_and_breaks_when_written(table: Any, clients: ClientFactory,
                                                                      fake_clock: FakeClock) -> None:
-    out = run(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=3), clients, fake_clock)
+    out = run_step(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=3), clients, fake_clock)
     assert out.details["count"] == 0 and fake_clock.t == pytest.approx(3.0)
     fake_clock.on_sleep = lambda t: put(table, pk="orders", sk="bad.csv") if t >= 4.0 else None
     with pytest.raises(CheckFailed) as info:
-        run(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=10), clients, fake_clock)
+        run_step(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=10), clients, fake_clock)
     assert info.value.code == CHECK_FAILED and "no longer after" in info.value.message
 
 
@@ -96,10 +90,10 @@ def test_query_counts_filters_and_checks_every_item(table: Any, clients: ClientF
         put(table, pk="orders", sk=f"2026-01-01/{name}", status=status)
     query = {"key_condition": "pk = :pk AND begins_with(sk, :day)", "filter": "#s = :loaded",
              "values": {":pk": "orders", ":day": "2026-01-01/", ":loaded": "LOADED"}, "names": {"#s": "status"}}
-    out = run(step(query=query, count=2, expect={"json_subset": {"status": "LOADED"}}), clients, fake_clock)
+    out = run_step(step(query=query, count=2, expect={"json_subset": {"status": "LOADED"}}), clients, fake_clock)
     assert out.details["count"] == 2
     with pytest.raises(CheckFailed) as info:
-        run(step(query={**query, "filter": None, "names": {}, "values": {":pk": "orders", ":day": "2026-01-01/"}},
+        run_step(step(query={**query, "filter": None, "names": {}, "values": {":pk": "orders", ":day": "2026-01-01/"}},
                  count={"max": 3}, expect={"attributes": {"status": "LOADED"}}, wait={"timeout": 1}),
             clients, fake_clock)
     assert info.value.details["problems"] == ['item 3: attribute status: expected "LOADED", got "REJECTED"']
@@ -107,7 +101,7 @@ def test_query_counts_filters_and_checks_every_item(table: Any, clients: ClientF
 
 def test_missing_table_fails_at_once_with_aws_code(clients: ClientFactory, fake_clock: FakeClock) -> None:
     with pytest.raises(AwsCallError) as info:
-        run(step(key={"pk": "x", "sk": "y"}), clients, fake_clock)
+        run_step(step(key={"pk": "x", "sk": "y"}), clients, fake_clock)
     assert info.value.code == "ResourceNotFoundException" and "DynamoDB GetItem on table audit" in info.value.message
     assert fake_clock.sleeps == []
 
