@@ -173,7 +173,7 @@ def to_dynamodb(value: Any) -> dict[str, Any]:
             return [exact(v) for v in node]
         return node
 
-    return TypeSerializer().serialize(exact(value))
+    return dict(TypeSerializer().serialize(exact(value)))
 
 
 def from_dynamodb(item: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +188,7 @@ def from_dynamodb(item: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, (set, frozenset)):
             return sorted(python(v) for v in node)
         if isinstance(node, Binary):
-            return base64.b64encode(node.value).decode("ascii")
+            return base64.b64encode(node.value).decode("ascii")  # type: ignore[attr-defined]  # not in the stubs
         if isinstance(node, bytes):
             return base64.b64encode(node).decode("ascii")
         return node
@@ -314,7 +314,7 @@ def _markdown(step: ExpectItemsStep, watched: Watched[ItemsSeen], ctx: StepConte
             facts.append(["index", md.code(step.query.index)])
     facts += [["consistent read", "yes" if step.consistent_read else "no"], ["expected", step.wanted()],
               ["found", f"{seen.count} item(s) {watched.timing()}"]]
-    parts = [md.table(["", ""], facts)]
+    parts: list[str] = [md.table(["", ""], facts)]
     if seen.items:
         shown = json.dumps(redact_json(plain(seen.items), ctx.secrets), indent=2, ensure_ascii=False, default=str)
         if len(shown) > MAX_SHOWN_CHARS:

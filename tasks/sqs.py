@@ -86,7 +86,8 @@ def queue_url(client: SQSClient, queue: str) -> str:
 def queue_attributes(client: SQSClient, url: str) -> dict[str, str]:
     """Every attribute of the queue (GetQueueAttributes ``All``): counts, ARN, redrive policy, ..."""
     try:
-        return dict(client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {}))
+        found = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
+        return {str(k): v for k, v in found.items()}
     except AWS_ERRORS as exc:
         raise aws_error("SQS GetQueueAttributes", url, exc) from None
 
