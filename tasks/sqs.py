@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 #: the spec's name of each count -> SQS's attribute
 DEPTHS = {"messages": "ApproximateNumberOfMessages", "in_flight": "ApproximateNumberOfMessagesNotVisible",
           "delayed": "ApproximateNumberOfMessagesDelayed"}
+#: the spec's name of each count -> how messages and the evidence say it
+LABELS = {"messages": "visible", "in_flight": "in flight", "delayed": "delayed"}
 #: how many characters of an attribute's value the evidence shows (a queue policy can be long)
 MAX_ATTRIBUTE_CHARS = 300
 
@@ -65,8 +67,7 @@ class ExpectQueueDepthStep(StepBase):
         return {DEPTHS[name]: count for name, count in self.counts().items()}
 
     def wanted(self) -> str:
-        labels = {"messages": "visible", "in_flight": "in flight", "delayed": "delayed"}
-        parts = [f"{count.describe()} {labels[name]}" for name, count in self.counts().items()]
+        parts = [f"{count.describe()} {LABELS[name]}" for name, count in self.counts().items()]
         return f"{', '.join(parts)} message(s) in SQS queue {self.queue}"
 
 
@@ -106,7 +107,8 @@ class Depth:
         return all(c.holds(self.count(a)) for a, c in self.conditions.items())
 
     def describe(self) -> str:
-        return ", ".join(f"{a} {self.count(a)}" for a in DEPTHS.values())
+        """``0 visible, 0 in flight, 0 delayed``."""
+        return ", ".join(f"{self.count(a)} {LABELS[n]}" for n, a in DEPTHS.items())
 
 
 # --- the runner ------------------------------------------------------------------------------------------------
