@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from tasks.aws import ClientFactory
 from tasks.dynamodb import ExpectItemsStep, from_dynamodb, plain, to_dynamodb
 from tasks.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
+from tasks.secrets import Secrets
 from tests.conftest import FakeClock, run_step
 
 TABLE = "audit"
@@ -128,3 +129,15 @@ def test_typed_values_round_trip_exactly() -> None:
              "ns": {"NS": ["2", "1"]}, "nul": {"NULL": True}}
     assert plain(from_dynamodb(typed)) == {"n": 0.1, "l": [3, True], "b": "AAE=", "ns": [1, 2], "nul": None}
     assert to_dynamodb(585.24) == {"N": "585.24"}
+
+
+def test_secrets_and_hostile_values_never_reach_the_evidence_raw(table: Any, clients: ClientFactory,
+                                                                 fake_clock: FakeClock) -> None:
+    secret = "canary-DynamoSecret-1a2b3c"
+    put(table, pk="orders", sk="a.csv", token=secret, note="```\n# heading | cell")
+    with pytest.raises(CheckFailed) as info:
+        run_step(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"token": "other-value-123"}},
+                      wait={"timeout": 1}), clients, fake_clock, secrets=Secrets([secret]))
+    shown = f"{info.value.message} {info.value.details} {info.value.markdown}"
+    assert secret not in shown and "****" in shown
+    assert "````json" in (info.value.markdown or "")  # the fence outgrows the value's backticks: no escape
