@@ -150,8 +150,7 @@ class ExpectItemsStep(StepBase):
     def wanted(self) -> str:
         """What the step waits for, in words."""
         if self.key is not None:
-            key = ", ".join(f"{k}={v!r}" for k, v in self.key.items())
-            return f"{'no' if self.absent else 'the'} item {{{key}}} in DynamoDB table {self.table}" + (
+            return f"{'no' if self.absent else 'the'} item {show(self.key)} in DynamoDB table {self.table}" + (
                 ", as expected" if self.expect else "")
         where = f"index {self.query.index} of " if self.query and self.query.index else ""
         return (f"{self.expected_count().describe()} item(s) matching the query in {where}DynamoDB table "
