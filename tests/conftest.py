@@ -113,6 +113,14 @@ def clients(aws: None) -> ClientFactory:
 
 
 @pytest.fixture
+def fresh_clients(module_moto: Any, module_clients: ClientFactory) -> ClientFactory:
+    """``module_clients`` on an empty account (the module's mock reset): a fresh account per test, without making
+    new boto3 clients per test."""
+    module_moto.reset()
+    return module_clients
+
+
+@pytest.fixture
 def s3(clients: ClientFactory):
     return clients.client("s3")
 

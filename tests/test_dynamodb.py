@@ -18,8 +18,8 @@ TABLE = "audit"
 
 
 @pytest.fixture
-def table(clients: ClientFactory) -> Any:
-    ddb = clients.client("dynamodb")
+def table(fresh_clients: ClientFactory) -> Any:
+    ddb = fresh_clients.client("dynamodb")
     ddb.create_table(TableName=TABLE, BillingMode="PAY_PER_REQUEST",
                      KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                      AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
@@ -36,13 +36,13 @@ def step(**data: Any) -> ExpectItemsStep:
                                            "wait": {"timeout": 5}, **data})
 
 
-def test_item_by_key_found_and_checked_values_as_plain_json(table: Any, clients: ClientFactory,
+def test_item_by_key_found_and_checked_values_as_plain_json(table: Any, fresh_clients: ClientFactory,
                                                             fake_clock: FakeClock) -> None:
     put(table, pk="orders", sk="a.csv", status="LOADED", rows=5, total=Decimal("585.24"),
         big=Decimal("12345678901234567890.123456789"), tags={"x", "y"}, meta={"by": "lambda"})
     out = run_step(step(key={"pk": "orders", "sk": "a.csv"},
                    expect={"attributes": {"status": "LOADED", "rows": 5, "total": 585.24},
-                           "json_subset": {"meta": {"by": "lambda"}, "tags": ["x", "y"]}}), clients, fake_clock)
+                           "json_subset": {"meta": {"by": "lambda"}, "tags": ["x", "y"]}}), fresh_clients, fake_clock)
     assert out.details["count"] == 1 and fake_clock.sleeps == []
     item = out.details["items"][0]
     assert item["total"] == 585.24 and item["rows"] == 5 and item["tags"] == ["x", "y"]
@@ -50,59 +50,59 @@ def test_item_by_key_found_and_checked_values_as_plain_json(table: Any, clients:
     assert '"total": 585.24' in out.markdown and "```json" in out.markdown
 
 
-def test_item_that_the_pipeline_writes_later_is_waited_for(table: Any, clients: ClientFactory,
+def test_item_that_the_pipeline_writes_later_is_waited_for(table: Any, fresh_clients: ClientFactory,
                                                            fake_clock: FakeClock) -> None:
     fake_clock.on_sleep = lambda t: put(table, pk="orders", sk="a.csv", status="LOADED") if t >= 1.0 else None
     out = run_step(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED"}}),
-              clients, fake_clock)
+              fresh_clients, fake_clock)
     assert out.details["count"] == 1 and 1.0 <= fake_clock.t < 1.5
 
 
-def test_attribute_mismatch_fails_with_the_reason_at_timeout(table: Any, clients: ClientFactory,
+def test_attribute_mismatch_fails_with_the_reason_at_timeout(table: Any, fresh_clients: ClientFactory,
                                                             fake_clock: FakeClock) -> None:
     put(table, pk="orders", sk="a.csv", status="RUNNING", rows=4)
     with pytest.raises(CheckFailed) as info:
         run_step(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"status": "LOADED", "rows": 5}}),
-            clients, fake_clock)
+            fresh_clients, fake_clock)
     assert info.value.code == TIMED_OUT and fake_clock.t == pytest.approx(5.0)
     assert 'attribute status: expected "LOADED", got "RUNNING"' in info.value.details["problems"]
     assert "attribute rows: expected 5, got 4" in info.value.details["problems"]
     assert "Expectations not met" in (info.value.markdown or "")
 
 
-def test_missing_item_times_out(table: Any, clients: ClientFactory, fake_clock: FakeClock) -> None:
+def test_missing_item_times_out(table: Any, fresh_clients: ClientFactory, fake_clock: FakeClock) -> None:
     with pytest.raises(CheckFailed, match=r"timed out after 5 s .* waiting for the item .*found 0 item"):
-        run_step(step(key={"pk": "orders", "sk": "nope"}), clients, fake_clock)
+        run_step(step(key={"pk": "orders", "sk": "nope"}), fresh_clients, fake_clock)
 
 
-def test_absent_item_holds_for_the_hold_time_and_breaks_when_written(table: Any, clients: ClientFactory,
+def test_absent_item_holds_for_the_hold_time_and_breaks_when_written(table: Any, fresh_clients: ClientFactory,
                                                                      fake_clock: FakeClock) -> None:
-    out = run_step(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=3), clients, fake_clock)
+    out = run_step(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=3), fresh_clients, fake_clock)
     assert out.details["count"] == 0 and fake_clock.t == pytest.approx(3.0)
     fake_clock.on_sleep = lambda t: put(table, pk="orders", sk="bad.csv") if t >= 4.0 else None
     with pytest.raises(CheckFailed) as info:
-        run_step(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=10), clients, fake_clock)
+        run_step(step(key={"pk": "orders", "sk": "bad.csv"}, absent=True, hold=10), fresh_clients, fake_clock)
     assert info.value.code == CHECK_FAILED and "no longer after" in info.value.message
 
 
-def test_query_counts_filters_and_checks_every_item(table: Any, clients: ClientFactory,
+def test_query_counts_filters_and_checks_every_item(table: Any, fresh_clients: ClientFactory,
                                                     fake_clock: FakeClock) -> None:
     for name, status in (("a.csv", "LOADED"), ("b.csv", "LOADED"), ("c.csv", "REJECTED")):
         put(table, pk="orders", sk=f"2026-01-01/{name}", status=status)
     query = {"key_condition": "pk = :pk AND begins_with(sk, :day)", "filter": "#s = :loaded",
              "values": {":pk": "orders", ":day": "2026-01-01/", ":loaded": "LOADED"}, "names": {"#s": "status"}}
-    out = run_step(step(query=query, count=2, expect={"json_subset": {"status": "LOADED"}}), clients, fake_clock)
+    out = run_step(step(query=query, count=2, expect={"json_subset": {"status": "LOADED"}}), fresh_clients, fake_clock)
     assert out.details["count"] == 2
     with pytest.raises(CheckFailed) as info:
         run_step(step(query={**query, "filter": None, "names": {}, "values": {":pk": "orders", ":day": "2026-01-01/"}},
                  count={"max": 3}, expect={"attributes": {"status": "LOADED"}}, wait={"timeout": 1}),
-            clients, fake_clock)
+            fresh_clients, fake_clock)
     assert info.value.details["problems"] == ['item 3: attribute status: expected "LOADED", got "REJECTED"']
 
 
-def test_missing_table_fails_at_once_with_aws_code(clients: ClientFactory, fake_clock: FakeClock) -> None:
+def test_missing_table_fails_at_once_with_aws_code(fresh_clients: ClientFactory, fake_clock: FakeClock) -> None:
     with pytest.raises(AwsCallError) as info:
-        run_step(step(key={"pk": "x", "sk": "y"}), clients, fake_clock)
+        run_step(step(key={"pk": "x", "sk": "y"}), fresh_clients, fake_clock)
     assert info.value.code == "ResourceNotFoundException" and "DynamoDB GetItem on table audit" in info.value.message
     assert fake_clock.sleeps == []
 
@@ -131,13 +131,13 @@ def test_typed_values_round_trip_exactly() -> None:
     assert to_dynamodb(585.24) == {"N": "585.24"}
 
 
-def test_secrets_and_hostile_values_never_reach_the_evidence_raw(table: Any, clients: ClientFactory,
+def test_secrets_and_hostile_values_never_reach_the_evidence_raw(table: Any, fresh_clients: ClientFactory,
                                                                  fake_clock: FakeClock) -> None:
     secret = "canary-DynamoSecret-1a2b3c"
     put(table, pk="orders", sk="a.csv", token=secret, note="```\n# heading | cell")
     with pytest.raises(CheckFailed) as info:
         run_step(step(key={"pk": "orders", "sk": "a.csv"}, expect={"attributes": {"token": "other-value-123"}},
-                      wait={"timeout": 1}), clients, fake_clock, secrets=Secrets([secret]))
+                      wait={"timeout": 1}), fresh_clients, fake_clock, secrets=Secrets([secret]))
     shown = f"{info.value.message} {info.value.details} {info.value.markdown}"
     assert secret not in shown and "****" in shown
     assert "````json" in (info.value.markdown or "")  # the fence outgrows the value's backticks: no escape

@@ -14,8 +14,8 @@ from tests.conftest import FakeClock, run_step
 
 
 @pytest.fixture
-def sqs(clients: ClientFactory) -> Any:
-    return clients.client("sqs")
+def sqs(fresh_clients: ClientFactory) -> Any:
+    return fresh_clients.client("sqs")
 
 
 @pytest.fixture
@@ -28,19 +28,19 @@ def step(**data: Any) -> ExpectQueueDepthStep:
                                                 "wait": {"timeout": 5}, **data})
 
 
-def test_empty_dead_letter_queue_stays_empty_for_the_hold_time(dlq: str, clients: ClientFactory,
+def test_empty_dead_letter_queue_stays_empty_for_the_hold_time(dlq: str, fresh_clients: ClientFactory,
                                                                fake_clock: FakeClock) -> None:
-    out = run_step(step(messages=0, in_flight=0, hold=10), clients, fake_clock)
+    out = run_step(step(messages=0, in_flight=0, hold=10), fresh_clients, fake_clock)
     assert out.details["counts"]["ApproximateNumberOfMessages"] == 0 and fake_clock.t == pytest.approx(10.0)
     assert out.details["queue_url"] == dlq and "QueueArn" in out.details["attributes"]
     assert "no message was received" in out.markdown and "`QueueArn`" in out.markdown
 
 
-def test_a_message_arriving_during_the_hold_fails_and_nothing_is_consumed(dlq: str, sqs: Any, clients: ClientFactory,
+def test_a_message_arriving_during_the_hold_fails_and_nothing_is_consumed(dlq: str, sqs: Any, fresh_clients: ClientFactory,
                                                                           fake_clock: FakeClock) -> None:
     fake_clock.on_sleep = lambda t: sqs.send_message(QueueUrl=dlq, MessageBody="bad") if 2 <= t < 2.5 else None
     with pytest.raises(CheckFailed) as info:
-        run_step(step(messages=0, hold=30), clients, fake_clock)
+        run_step(step(messages=0, hold=30), fresh_clients, fake_clock)
     assert info.value.code == CHECK_FAILED and "then no longer after" in info.value.message
     assert info.value.details["counts"]["ApproximateNumberOfMessages"] >= 1
     # the step never received: the message is still visible
@@ -48,7 +48,7 @@ def test_a_message_arriving_during_the_hold_fails_and_nothing_is_consumed(dlq: s
     assert int(attrs["ApproximateNumberOfMessages"]) >= 1
 
 
-def test_waits_for_exactly_n_messages_by_url(dlq: str, sqs: Any, clients: ClientFactory,
+def test_waits_for_exactly_n_messages_by_url(dlq: str, sqs: Any, fresh_clients: ClientFactory,
                                              fake_clock: FakeClock) -> None:
     def send(t: float) -> None:
         if t >= 1 and not getattr(send, "done", False):
@@ -57,20 +57,20 @@ def test_waits_for_exactly_n_messages_by_url(dlq: str, sqs: Any, clients: Client
                 sqs.send_message(QueueUrl=dlq, MessageBody=f"m{i}")
 
     fake_clock.on_sleep = send
-    out = run_step(step(queue=dlq, messages=2, delayed={"max": 0}), clients, fake_clock)
+    out = run_step(step(queue=dlq, messages=2, delayed={"max": 0}), fresh_clients, fake_clock)
     assert out.details["counts"]["ApproximateNumberOfMessages"] == 2 and 1 <= fake_clock.t < 1.5
 
 
-def test_timeout_names_the_counts(dlq: str, clients: ClientFactory, fake_clock: FakeClock) -> None:
+def test_timeout_names_the_counts(dlq: str, fresh_clients: ClientFactory, fake_clock: FakeClock) -> None:
     with pytest.raises(CheckFailed, match=r"timed out after 5 s .*at least 1 visible message.* in SQS queue orders-dlq; found 0 visible"
                        ) as info:
-        run_step(step(messages={"min": 1}), clients, fake_clock)
+        run_step(step(messages={"min": 1}), fresh_clients, fake_clock)
     assert info.value.code == TIMED_OUT
 
 
-def test_missing_queue_fails_at_once_with_aws_code(clients: ClientFactory, fake_clock: FakeClock) -> None:
+def test_missing_queue_fails_at_once_with_aws_code(fresh_clients: ClientFactory, fake_clock: FakeClock) -> None:
     with pytest.raises(AwsCallError, match="SQS GetQueueUrl on queue nope failed") as info:
-        run_step(step(queue="nope", messages=0), clients, fake_clock)
+        run_step(step(queue="nope", messages=0), fresh_clients, fake_clock)
     assert "NonExistentQueue" in str(info.value.code) and fake_clock.sleeps == []
 
 
