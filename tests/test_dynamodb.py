@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -141,3 +142,32 @@ def test_secrets_and_hostile_values_never_reach_the_evidence_raw(table: Any, fre
     shown = f"{info.value.message} {info.value.details} {info.value.markdown}"
     assert secret not in shown and "****" in shown
     assert "````json" in (info.value.markdown or "")  # the fence outgrows the value's backticks: no escape
+
+
+def test_the_demo_pipeline_writes_what_the_example_case_checks(monkeypatch: pytest.MonkeyPatch,
+                                                              fake_clock: FakeClock) -> None:
+    """The example case's audit-item and dead-letter steps, rendered, pass against the demo's fake pipeline."""
+    from flows.demo import CURATED_BUCKET, DEMO_CASE, LANDING_BUCKET, SOURCE_PARAMETER, FakePipeline
+    from flows.emulator import emulator_env, moto_server
+    from flows.spec import iter_steps, load_spec, render_step
+    from flows.templating import builtin_values, resolve_variables
+    from tasks.aws import AwsTarget
+
+    spec, folder = load_spec(DEMO_CASE)
+    values = resolve_variables(spec.variables, builtin_values(spec.case, "run-1", datetime.now(timezone.utc), "UTC"))
+    with moto_server() as endpoint:
+        for key, value in emulator_env(endpoint).items():
+            monkeypatch.setenv(key, value)
+        pipeline = FakePipeline(endpoint, delay=0)
+        pipeline.create_audit_resources()  # and of the rest only what processing a file needs (no Lambda: slow)
+        for bucket in (LANDING_BUCKET, CURATED_BUCKET):
+            pipeline.s3.create_bucket(Bucket=bucket)
+        pipeline.ssm.put_parameter(Name=SOURCE_PARAMETER, Value=LANDING_BUCKET, Type="String")
+        pipeline.s3.upload_file(str(folder / "data" / "orders_sample.csv"), LANDING_BUCKET,
+                                f"incoming/{values['run_prefix']}orders_sample.csv")
+        pipeline.tick(0.0)
+        kinds = {"expect_dynamodb_items", "expect_queue_depth"}
+        steps = [render_step(p.step, values) for p in iter_steps(spec) if p.kind in kinds]
+        outcomes = [run_step(s, ClientFactory(AwsTarget(region="us-east-1")), fake_clock) for s in steps]
+    assert [s.kind for s in steps] == ["expect_dynamodb_items", "expect_queue_depth"]
+    assert outcomes[0].details["items"][0]["total_amount"] == 585.24 and fake_clock.sleeps == []
