@@ -7,9 +7,11 @@ Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipelin
 - an SSM parameter, ``/demo/orders/source_bucket``, that tells the pipeline which bucket to read (it points at
   a production bucket until the test case points it at the landing bucket; the case puts it back);
 - a Lambda function, ``demo-orders-ingest``, that the case invokes to start an ingestion;
+- a DynamoDB table, ``demo-ingest-audit``, where the pipeline records each file it ingested, and its
+  dead-letter queue, ``demo-orders-dlq`` (SQS), which stays empty while files load;
 - a background worker standing in for the pipeline: it copies each file that lands under ``incoming/`` in the
-  bucket the parameter names to ``curated/`` in the curated bucket after a short delay, and makes the rows
-  available to the Athena table ``demo_db.orders``.
+  bucket the parameter names to ``curated/`` in the curated bucket after a short delay, writes an audit item
+  for it, and makes the rows available to the Athena table ``demo_db.orders``.
 Then it runs ``examples/cases/orders_ingestion.yaml`` as a Prefect flow and prints the result and where to see
 the evidence. No AWS account, no network. ``--fail`` breaks the fake pipeline (it loses a row), to show what a
 failed case and its evidence look like.
@@ -52,6 +54,8 @@ ATHENA_BUCKET = "demo-athena-results"
 SOURCE_PARAMETER = "/demo/orders/source_bucket"
 PRODUCTION_SOURCE = "acme-prod-landing"
 FUNCTION = "demo-orders-ingest"
+AUDIT_TABLE = "demo-ingest-audit"
+DEAD_LETTER_QUEUE = "demo-orders-dlq"
 
 
 class FakePipeline:
@@ -64,6 +68,7 @@ class FakePipeline:
         self.loses_a_row = loses_a_row
         self.s3: Any = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
         self.ssm: Any = boto3.client("ssm", endpoint_url=endpoint, region_name=REGION)
+        self.dynamodb: Any = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
         self.delay = delay
         self.interval = interval
         self.seen: dict[tuple[str, str], float] = {}
@@ -87,6 +92,22 @@ class FakePipeline:
         # what the function answers (moto runs no code without Docker: its answer is queued here)
         moto_api(self.endpoint, "static/lambda-simple/response",
                  {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})]})
+        self.create_audit_resources()
+
+    def create_audit_resources(self) -> None:
+        """The audit table (one item per ingested file, keyed by its S3 URI) and the dead-letter queue."""
+        self.dynamodb.create_table(TableName=AUDIT_TABLE, BillingMode="PAY_PER_REQUEST",
+                                   KeySchema=[{"AttributeName": "file", "KeyType": "HASH"}],
+                                   AttributeDefinitions=[{"AttributeName": "file", "AttributeType": "S"}])
+        boto3.client("sqs", endpoint_url=self.endpoint, region_name=REGION).create_queue(QueueName=DEAD_LETTER_QUEUE)
+
+    def write_audit(self, bucket: str, key: str, target: str, rows: int, total: Decimal) -> None:
+        """The audit item of one ingested file: where it came from and went, its rows and total, when."""
+        loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.dynamodb.put_item(TableName=AUDIT_TABLE, Item={
+            "file": {"S": f"s3://{bucket}/{key}"}, "status": {"S": "LOADED"}, "rows": {"N": str(rows)},
+            "total_amount": {"N": f"{total:.2f}"}, "curated_key": {"S": f"s3://{CURATED_BUCKET}/{target}"},
+            "loaded_at": {"S": loaded_at}})
 
     def start(self) -> "FakePipeline":
         self._thread.start()
@@ -125,6 +146,7 @@ class FakePipeline:
         if self.loses_a_row:
             rows = rows[:-1]
         total = sum((Decimal(r["amount"]) for r in rows), Decimal("0"))
+        self.write_audit(bucket, key, target, len(rows), total)
         columns = [("orders", "bigint"), ("total_amount", "decimal(12,2)"), ("currencies", "bigint")]
         data = [[c for c, _ in columns], [str(len(rows)), f"{total:.2f}", str(len({r['currency'] for r in rows}))]]
         moto_api(self.endpoint, "static/athena/query-results", {"region": REGION, "results": [{
