@@ -449,6 +449,8 @@ def _text(value: Any) -> str:
 
 
 def _shown(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return "null"
     text = repr(value) if isinstance(value, str) else _text(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -683,7 +685,7 @@ def _streamed(client: Any, bucket: str, key: str, content: ObjectContent, stats:
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
-        return f"not valid {exc.encoding} at byte {exc.start:,} of the text"
+        return f"not valid {exc.encoding} text ({exc.reason}: {exc.object[exc.start:exc.end]!r})"
     if isinstance(exc, (EOFError, gzip.BadGzipFile)):
         return f"not a complete gzip stream ({exc})"
     return f"{type(exc).__name__}: {exc}"
