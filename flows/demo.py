@@ -9,9 +9,10 @@ Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipelin
 - a Lambda function, ``demo-orders-ingest``, that the case invokes to start an ingestion;
 - a background worker standing in for the pipeline: it copies each file that lands under ``incoming/`` in the
   bucket the parameter names to ``curated/`` in the curated bucket after a short delay, and makes the rows
-  available to the Athena table ``demo_db.orders``.
-Then it runs ``examples/cases/orders_ingestion.yaml`` as a Prefect flow and prints the result and where to see
-the evidence. No AWS account, no network.
+  available to the Athena table ``demo_db.orders``; a file whose CSV header is not the orders header is moved
+  to ``quarantine/`` in the landing bucket instead, and never reaches curated.
+Then it runs ``examples/cases/orders_ingestion.yaml`` and the negative case ``orders_bad_header.yaml`` as Prefect
+flows and prints the results and where to see the evidence. No AWS account, no network.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from flows.emulator import moto_api, moto_server, use_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
+#: the negative case: a file with a wrong header is quarantined, not loaded
+NEGATIVE_CASE = ROOT / "examples" / "cases" / "orders_bad_header.yaml"
+#: the header the pipeline accepts; any other file is quarantined
+ORDERS_HEADER = "order_id,customer_id,order_date,amount,currency,status"
 REGION = "us-east-1"
 LANDING_BUCKET = "demo-landing"
 CURATED_BUCKET = "demo-curated"
@@ -102,10 +107,16 @@ class FakePipeline:
                 self.done.add((bucket, key))
 
     def process(self, bucket: str, key: str) -> None:
-        """Copy the file to the curated zone and make its rows what the Athena table answers."""
+        """Copy the file to the curated zone and make its rows what the Athena table answers; or, when its header
+        is not the orders header, move it to ``quarantine/`` in its own bucket instead."""
+        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        if body.splitlines()[:1] != [ORDERS_HEADER]:
+            self.s3.copy_object(Bucket=bucket, Key="quarantine/" + key[len("incoming/"):],
+                                CopySource={"Bucket": bucket, "Key": key})
+            self.s3.delete_object(Bucket=bucket, Key=key)
+            return
         target = "curated/" + key[len("incoming/"):]
         self.s3.copy_object(Bucket=CURATED_BUCKET, Key=target, CopySource={"Bucket": bucket, "Key": key})
-        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
         rows = list(csv.DictReader(io.StringIO(body)))
         total = sum((Decimal(r["amount"]) for r in rows), Decimal("0"))
         columns = [("orders", "bigint"), ("total_amount", "decimal(12,2)"), ("currencies", "bigint")]
@@ -141,20 +152,24 @@ def main() -> int:
         pipeline.create_resources()
         pipeline.start()
         try:
-            state = pipeline_test(spec=str(DEMO_CASE), return_state=True)
+            states = [pipeline_test(spec=str(case), return_state=True) for case in (DEMO_CASE, NEGATIVE_CASE)]
         finally:
             pipeline.stop()
         setting = pipeline.ssm.get_parameter(Name=SOURCE_PARAMETER)["Parameter"]["Value"]
-    result = result_of(state)
-    print()
-    if result is None:
-        print(f"The demo's flow run ended {state.type.value}: {state.message}")
-        return 1
-    print(format_result(result, with_link=False))
+    passed = True
+    for state in states:
+        result = result_of(state)
+        print()
+        if result is None:
+            print(f"The demo's flow run ended {state.type.value}: {state.message}")
+            passed = False
+            continue
+        print(format_result(result, with_link=False))
+        print(where_to_look(result.ui_url, result.case))
+        passed = passed and result.passed
     restored = "restored" if setting == PRODUCTION_SOURCE else "NOT restored"
-    print(f"SSM {SOURCE_PARAMETER} after the run: {setting!r} ({restored}: the case changed it for the test)")
-    print(where_to_look(result.ui_url, result.case))
-    return 0 if result.passed else 1
+    print(f"SSM {SOURCE_PARAMETER} after the runs: {setting!r} ({restored}: the cases changed it for the test)")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
