@@ -374,3 +374,28 @@ def _tally(stream: Any, content: ObjectContent) -> Any:
     tally = object_content._Tally(content)
     object_content._csv_pass(stream, content, tally)
     return tally
+
+
+# ------------------------------------------------------------------------------------- the negative example
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_negative_example_passes_against_the_demo_pipeline() -> None:
+    """examples/cases/orders_bad_header.yaml as the demo runs it: the fake pipeline quarantines the file with the
+    wrong header (unchanged) and loads nothing; the case proves both, and puts the setting back."""
+    from flows.demo import NEGATIVE_CASE, PRODUCTION_SOURCE, SOURCE_PARAMETER, FakePipeline
+    from flows.emulator import moto_server, use_emulator
+    from flows.pipeline_test import pipeline_test, result_of
+
+    with moto_server() as endpoint, use_emulator(endpoint):
+        pipeline = FakePipeline(endpoint, delay=0.3, interval=0.1)
+        pipeline.create_resources()
+        pipeline.start()
+        try:
+            result = result_of(pipeline_test(spec=str(NEGATIVE_CASE), return_state=True))
+        finally:
+            pipeline.stop()
+        assert pipeline.ssm.get_parameter(Name=SOURCE_PARAMETER)["Parameter"]["Value"] == PRODUCTION_SOURCE
+        curated = pipeline.s3.list_objects_v2(Bucket="demo-curated").get("KeyCount", 0)
+    assert result is not None and result.passed, result
+    steps = {s.label: s for s in result.steps}
+    assert steps["bad-file-quarantined"].details["content"][0]["passed"]
+    assert steps["nothing-reached-curated"].details["watched_seconds"] >= 2 and curated == 0
