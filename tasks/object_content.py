@@ -8,12 +8,12 @@ How each format is read:
 
 - ``csv``, ``jsonl``: one GET, streamed (``Body.read`` in 256 KiB chunks), gunzipped on the fly when the key ends
   in ``.gz`` or the object starts with gzip's magic bytes, decoded incrementally, one line / row at a time (a line
-  longer than :data:`MAX_LINE_CHARS` fails the check rather than growing memory);
+  longer than :data:`tasks.object_stream.MAX_LINE_CHARS` fails the check rather than growing memory);
 - ``json``: the same stream; a top-level array is parsed one element at a time (an element may be up to
-  :data:`MAX_JSON_VALUE_CHARS`), a top-level object is one record (up to the same size);
-- ``parquet``: random access through ranged GETs (:class:`RangedObject`, no temporary file): the footer gives
-  the row count, column names and types without reading any data; per-column conditions read only the columns
-  they name, one record batch at a time.
+  :data:`tasks.object_stream.MAX_JSON_VALUE_CHARS`), a top-level object is one record (up to the same size);
+- ``parquet``: random access through ranged GETs (:class:`tasks.object_stream.RangedObject`, no temporary
+  file): the footer gives the row count, column names and types without reading any data; per-column conditions
+  read only the columns they name, one record batch at a time.
 
 The SHA-256 (``same_as_upload``) is of the bytes as stored, computed in the same pass (for parquet, one more
 streamed pass); sizes are compared first, so a copy of the wrong size is not downloaded at all.
@@ -40,18 +40,12 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator,
 from tasks import markdown
 from tasks.base import SpecModel, format_bytes
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
-from tasks.polling import WaitInterrupted
+from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 MIB = 1024 * 1024
-#: bytes asked of S3 per read of a streamed body
-CHUNK = 256 * 1024
-#: a CSV or JSONL line (a CSV row may span lines) longer than this fails the check instead of growing memory
-MAX_LINE_CHARS = 8 * MIB
-#: the largest JSON array element (or top-level object) read
-MAX_JSON_VALUE_CHARS = 16 * MIB
 #: content checks read at most this many objects per step
 MAX_OBJECTS = 50
 #: how many rows a parquet record batch holds while conditions are checked
@@ -192,7 +186,7 @@ class ObjectContent(SpecModel):
                              "leave 'compression' at auto")
         if self.min_rows is not None and self.max_rows is not None and self.min_rows > self.max_rows:
             raise ValueError(f"min_rows ({self.min_rows}) is greater than max_rows ({self.max_rows})")
-        csv_opts = self.csv or ObjectCsvOptions()
+        csv_opts = self.csv or ObjectCsvOptions.model_validate({})
         if self.format == "csv" and not csv_opts.header:
             if self.columns is not None:
                 raise ValueError("'columns' needs csv.header: true (without a header the object names no columns)")
@@ -244,16 +238,6 @@ class Check:
 
 
 @dataclass
-class ReadStats:
-    """What reading an object cost: bytes fetched from S3, GET requests, and what was held in memory."""
-
-    bytes_read: int = 0
-    requests: int = 0
-    gunzipped: bool = False
-    held: str = ""
-
-
-@dataclass
 class ObjectReport:
     """The content checks of one object."""
 
@@ -272,171 +256,6 @@ class ObjectReport:
                 "bytes_read": self.stats.bytes_read, "requests": self.stats.requests,
                 "gunzipped": self.stats.gunzipped, "held_in_memory": self.stats.held,
                 "checks": [c.__dict__ for c in self.checks]}
-
-
-class Unreadable(Exception):
-    """The object is not what its format says (bad encoding, invalid JSON, not parquet): a check that failed."""
-
-
-# ------------------------------------------------------------------------------------------------- streaming
-class _Body(io.RawIOBase):
-    """An S3 body (anything with ``read(n)``) as a raw stream: counts and hashes the bytes as stored, and stops
-    when the run stops."""
-
-    def __init__(self, body: Any, stats: ReadStats, stop: threading.Event | None) -> None:
-        self.body, self.stats, self.stop = body, stats, stop
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.stop is not None and self.stop.is_set():
-            raise WaitInterrupted("the run is stopping, so reading the object was cut short")
-        data = self.body.read(len(buffer))
-        buffer[: len(data)] = data
-        self.stats.bytes_read += len(data)
-        self.sha256.update(data)
-        return len(data)
-
-
-def open_stream(body: Any, key: str, compression: str, stats: ReadStats,
-                stop: threading.Event | None = None) -> tuple[io.BufferedIOBase, _Body]:
-    """The object's bytes (gunzipped when compressed), streamed; and the raw body, which hashes what it read."""
-    raw = _Body(body, stats, stop)
-    buffered = io.BufferedReader(raw, CHUNK)
-    gzipped = compression == "gzip" or (compression == "auto" and (key.endswith(".gz")
-                                                                   or buffered.peek(2)[:2] == b"\x1f\x8b"))
-    if gzipped:
-        stats.gunzipped = True
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), raw  # type: ignore[return-value]
-    return buffered, raw
-
-
-def _lines(text: io.TextIOBase) -> Iterator[str]:
-    """The lines of a text stream, each at most MAX_LINE_CHARS long (or Unreadable)."""
-    number = 0
-    while line := text.readline(MAX_LINE_CHARS):
-        number += 1
-        if len(line) >= MAX_LINE_CHARS and not line.endswith(("\n", "\r")):
-            raise Unreadable(f"line {number} is longer than {MAX_LINE_CHARS:,} characters")
-        yield line
-
-
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def json_values(text: io.TextIOBase) -> Iterator[Any]:
-    """The records of a JSON document: each element of a top-level array, streamed (one element in memory at a
-    time), or the one top-level value. A value longer than MAX_JSON_VALUE_CHARS is Unreadable."""
-    decoder = json.JSONDecoder()
-    buf, pos, eof, want = "", 0, False, CHUNK
-
-    def fill() -> None:
-        nonlocal buf, pos, eof
-        chunk = text.read(want)
-        eof = not chunk
-        buf, pos = buf[pos:] + chunk, 0
-        if len(buf) > MAX_JSON_VALUE_CHARS + CHUNK:
-            raise Unreadable(f"a JSON value is longer than {MAX_JSON_VALUE_CHARS:,} characters")
-
-    def skip_ws() -> bool:
-        """Move past white space; False at the end of the document."""
-        nonlocal pos
-        while True:
-            pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
-            if pos < len(buf):
-                return True
-            if eof:
-                return False
-            fill()
-
-    fill()
-    if not skip_ws():
-        raise Unreadable("the object holds no JSON value")
-    if buf[pos] != "[":
-        while not eof:
-            want = min(want * 2, MAX_JSON_VALUE_CHARS)
-            fill()
-        try:
-            yield json.loads(buf[pos:])
-        except ValueError as exc:
-            raise Unreadable(f"not valid JSON: {exc}") from None
-        return
-    pos += 1
-    count = 0
-    if skip_ws() and buf[pos] == "]":
-        pos += 1
-    else:
-        while True:
-            while True:  # decode one element, reading more (twice as much each time) while it is incomplete
-                try:
-                    value, end = decoder.raw_decode(buf, pos)
-                    if end < len(buf) or eof:
-                        break
-                except ValueError as exc:
-                    if eof:
-                        raise Unreadable(f"array element {count + 1}: not valid JSON: {exc}") from None
-                want = min(want * 2, MAX_JSON_VALUE_CHARS)
-                fill()
-            want = CHUNK
-            count += 1
-            yield value
-            pos = end
-            if not skip_ws():
-                raise Unreadable(f"the array ends after element {count} without ']'")
-            if buf[pos] == "]":
-                pos += 1
-                break
-            if buf[pos] != ",":
-                raise Unreadable(f"after array element {count}: expected ',' or ']', found {buf[pos]!r}")
-            pos += 1
-            if not skip_ws():
-                raise Unreadable(f"the array ends after element {count} without ']'")
-    if skip_ws():
-        raise Unreadable("data after the top-level array")
-
-
-class RangedObject(io.RawIOBase):
-    """An S3 object as a seekable file: each read is one ranged GET (for parquet, which reads its footer first and
-    then only the column chunks it needs). Nothing is spooled to disk; memory holds only what pyarrow asked for."""
-
-    def __init__(self, client: S3Client | Any, bucket: str, key: str, size: int, stats: ReadStats,
-                 stop: threading.Event | None = None) -> None:
-        self.client, self.bucket, self.key, self.size = client, bucket, key, size
-        self.stats, self.stop, self.pos = stats, stop, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        if self.stop is not None and self.stop.is_set():
-            raise WaitInterrupted("the run is stopping, so reading the object was cut short")
-        count = min(len(buffer), self.size - self.pos)
-        if count <= 0:
-            return 0
-        try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.key,
-                                          Range=f"bytes={self.pos}-{self.pos + count - 1}")
-            data = resp["Body"].read()
-        except AWS_ERRORS as exc:
-            raise aws_error("S3 GetObject (range)", f"s3://{self.bucket}/{self.key}", exc) from None
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        self.stats.requests += 1
-        self.stats.bytes_read += len(data)
-        return len(data)
 
 
 # ------------------------------------------------------------------------------------------------- the checks
@@ -531,7 +350,7 @@ class _Column:
                 out.append(Check(label, expected, "no such column", False))
             elif condition in self.bad:
                 count, examples = self.bad[condition]
-                out.append(Check(label, expected, f"{count:,} value(s) did not: {'; '.join(examples)}", False))
+                out.append(Check(label, expected, f"{count:,} value(s) broke it: {'; '.join(examples)}", False))
             else:
                 out.append(Check(label, expected, "every value", True))
         return out
@@ -559,9 +378,9 @@ class _Tally:
 
 
 def _csv_pass(stream: io.BufferedIOBase, content: ObjectContent, tally: _Tally) -> None:
-    opts = content.csv or ObjectCsvOptions()
-    text = io.TextIOWrapper(stream, encoding=opts.encoding, newline="")  # type: ignore[arg-type]
-    reader = csv.reader(_lines(text), delimiter=opts.delimiter, quotechar=opts.quote_char)
+    opts = content.csv or ObjectCsvOptions.model_validate({})
+    text = io.TextIOWrapper(stream, encoding=opts.encoding, newline="")  # type: ignore[type-var]
+    reader = csv.reader(lines(text), delimiter=opts.delimiter, quotechar=opts.quote_char)
     names = opts.names
     if opts.header:
         names = next(reader, [])
@@ -596,8 +415,8 @@ def _record_pass(records: Iterable[Any], tally: _Tally) -> None:
 
 
 def _jsonl_records(stream: io.BufferedIOBase) -> Iterator[Any]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
-    for number, line in enumerate(_lines(text), 1):
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[type-var]
+    for number, line in enumerate(lines(text), 1):
         if line.strip():
             try:
                 yield json.loads(line)
@@ -747,7 +566,7 @@ class LocalFile:
         return cls(name, path.stat().st_size, digest.hexdigest())
 
 
-def check_object(client: S3Client | Any, bucket: str, key: str, size: int, content: ObjectContent, *,
+def check_object(client: S3Client, bucket: str, key: str, size: int, content: ObjectContent, *,
                  upload: LocalFile | None = None, stop: threading.Event | None = None) -> ObjectReport:
     """Read one object (``size`` as LIST or HEAD gave it) and run the content checks on it; every check is
     reported, passed or not. AWS errors raise (naming the object); content that cannot be read is a failed check.
@@ -773,7 +592,7 @@ def check_object(client: S3Client | Any, bucket: str, key: str, size: int, conte
         elif content.format == "jsonl":
             _record_pass(_jsonl_records(stream), tally)
         else:
-            text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
+            text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[type-var]
             _record_pass(json_values(text), tally)
         return _shape_checks(content, tally)
 

@@ -18,10 +18,11 @@ from botocore.response import StreamingBody
 from conftest import FakeClock
 
 from flows.spec import SpecError, parse_spec
-from tasks import object_content
+from tasks import object_content, object_stream
 from tasks.base import StepContext
 from tasks.errors import CheckFailed, StepError
-from tasks.object_content import ObjectContent, ReadStats, json_values, open_stream
+from tasks.object_content import ObjectContent
+from tasks.object_stream import ReadStats, json_values, open_stream
 from tasks.polling import PollSettings
 from tasks.s3 import ExpectObjectsStep, expect_absent, run_expect_objects
 
@@ -88,10 +89,10 @@ def test_csv_failures_name_each_check_with_examples(module_clients, s3, tmp_path
                            "amount": {"min": 0}, "nope": {"not_null": True}}})
     failed = failed_checks(info)
     assert failed["row count (min)"] == "4"
-    assert failed["id: not_null"] == "1 value(s) did not: row 3: null"
-    assert failed["id: unique"] == "1 value(s) did not: row 2: '1'"
-    assert failed["cur: one_of"] == "1 value(s) did not: row 2: 'GBP'"
-    assert failed["amount: min"] == "2 value(s) did not: row 2: '-5'; row 3: 'abc'"
+    assert failed["id: not_null"] == "1 value(s) broke it: row 3: null"
+    assert failed["id: unique"] == "1 value(s) broke it: row 2: '1'"
+    assert failed["cur: one_of"] == "1 value(s) broke it: row 2: 'GBP'"
+    assert failed["amount: min"] == "2 value(s) broke it: row 2: '-5'; row 3: 'abc'"
     assert failed["nope: not_null"] == "no such column"
     assert failed["fields per row"] == "1 row(s) differ, first row 4: 4 field(s)"
     assert "content check(s) did not hold" in info.value.message and info.value.markdown
@@ -132,7 +133,7 @@ def test_jsonl_records_keys_and_a_bad_line(module_clients, s3, tmp_path) -> None
         run(module_clients, tmp_path, "out/a.jsonl", {
             "format": "jsonl", "row_count": 4, "columns": ["id", "status"],
             "conditions": {"id": {"unique": True, "max": 4}, "status": {"not_null": True}}})
-    assert failed_checks(info) == {"status: not_null": "2 value(s) did not: row 3: null; row 4: null"}
+    assert failed_checks(info) == {"status: not_null": "2 value(s) broke it: row 3: null; row 4: null"}
     s3.put_object(Bucket=BUCKET, Key="out/b.jsonl", Body=b'{"id": 1}\n{"id": \n')
     with pytest.raises(CheckFailed) as info:
         run(module_clients, tmp_path, "out/b.jsonl", {"format": "jsonl", "row_count": 2})
@@ -152,13 +153,13 @@ def test_json_array_and_object_and_records_with_other_keys(module_clients, s3, t
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 4096])
 def test_json_array_is_parsed_element_by_element_across_any_chunking(monkeypatch, chunk: int) -> None:
-    monkeypatch.setattr(object_content, "CHUNK", chunk)
+    monkeypatch.setattr(object_stream, "CHUNK", chunk)
     doc = ' [ {"a": [1, 2, {"b": "x,]"}]}, 12345 , "s\\"", null, 1.5e3 ] \n'
     assert list(json_values(io.StringIO(doc))) == [{"a": [1, 2, {"b": "x,]"}]}, 12345, 's"', None, 1500.0]
     assert list(json_values(io.StringIO("[]"))) == []
     for bad, why in (('[1, 2', "without ']'"), ('[1 2]', "expected ',' or ']'"), ('[1] x', "after the top-level"),
                      ("", "no JSON value"), ('[{"a": }]', "element 1: not valid JSON")):
-        with pytest.raises(object_content.Unreadable, match=why):
+        with pytest.raises(object_stream.Unreadable, match=why):
             list(json_values(io.StringIO(bad)))
 
 
@@ -194,8 +195,8 @@ def test_parquet_conditions_read_only_their_columns_batch_by_batch(module_client
         run(module_clients, tmp_path, "out/c.parquet", {
             "format": "parquet", "conditions": {"order_id": {"unique": True, "min": 0, "max": 24_999},
                                                 "currency": {"one_of": ["EUR"]}, "note": {"not_null": True}}})
-    assert failed_checks(info) == {"currency: one_of": "8,334 value(s) did not: row 1: 'USD'; row 4: 'USD'; "
-                                                       "row 7: 'USD'", "note: not_null": "1 value(s) did not: "
+    assert failed_checks(info) == {"currency: one_of": "8,334 value(s) broke it: row 1: 'USD'; row 4: 'USD'; "
+                                                       "row 7: 'USD'", "note: not_null": "1 value(s) broke it: "
                                                                                           "row 25000: null"}
     s3.put_object(Bucket=BUCKET, Key="out/not.parquet", Body=b"order_id\n1\n")
     with pytest.raises(CheckFailed) as info:
@@ -360,7 +361,7 @@ def test_a_large_csv_is_checked_in_memory_far_below_its_size() -> None:
         stats = ReadStats()
         stream, raw = open_stream(StreamingBody(source, None), "big.csv", "auto", stats)
         report_checks = object_content._shape_checks(content, _tally(stream, content))
-        while raw.read(object_content.CHUNK):
+        while raw.read(object_stream.CHUNK):
             pass
         _, peak = tracemalloc.get_traced_memory()
     finally:
