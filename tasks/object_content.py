@@ -29,6 +29,7 @@ import io
 import json
 import re
 import threading
+import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -491,7 +492,7 @@ def _streamed(client: Any, bucket: str, key: str, content: ObjectContent, stats:
             checks = parse(stream) if parse is not None else []
         except Unreadable as exc:
             checks = [Check("readable as " + (content.format or "bytes"), "well-formed", str(exc), False)]
-        except (UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile, OSError) as exc:
+        except (UnicodeDecodeError, csv.Error, EOFError, OSError, zlib.error, RecursionError) as exc:
             checks = [Check("readable as " + (content.format or "bytes"), "well-formed", _reason(exc), False)]
         while raw.read(CHUNK):  # the rest, so the digest covers every byte stored
             pass
@@ -505,8 +506,10 @@ def _streamed(client: Any, bucket: str, key: str, content: ObjectContent, stats:
 def _reason(exc: Exception) -> str:
     if isinstance(exc, UnicodeDecodeError):
         return f"not valid {exc.encoding} text ({exc.reason}: {exc.object[exc.start:exc.end]!r})"
-    if isinstance(exc, (EOFError, gzip.BadGzipFile)):
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
         return f"not a complete gzip stream ({exc})"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply to read"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -123,6 +123,11 @@ def test_csv_gz_by_extension_and_by_magic_bytes(module_clients, s3, tmp_path) ->
         run(module_clients, tmp_path, "out/orders-no-suffix", {"format": "csv", "row_count": 3,
                                                                "compression": "none"})
     assert "readable as csv" in failed_checks(info)
+    for broken in (packed[: len(packed) // 2], packed[:12] + b"\xff" * 20 + packed[32:]):
+        s3.put_object(Bucket=BUCKET, Key="out/broken.csv.gz", Body=broken)
+        with pytest.raises(CheckFailed) as info:
+            run(module_clients, tmp_path, "out/broken.csv.gz", {"format": "csv", "row_count": 3})
+        assert failed_checks(info)["readable as csv"].startswith("not a complete gzip stream")
 
 
 # ---------------------------------------------------------------------------------------------------- json
@@ -157,6 +162,8 @@ def test_json_array_is_parsed_element_by_element_across_any_chunking(monkeypatch
     doc = ' [ {"a": [1, 2, {"b": "x,]"}]}, 12345 , "s\\"", null, 1.5e3 ] \n'
     assert list(json_values(io.StringIO(doc))) == [{"a": [1, 2, {"b": "x,]"}]}, 12345, 's"', None, 1500.0]
     assert list(json_values(io.StringIO("[]"))) == []
+    with pytest.raises(RecursionError):
+        list(json_values(io.StringIO("[" * 100_000)))
     for bad, why in (('[1, 2', "without ']'"), ('[1 2]', "expected ',' or ']'"), ('[1] x', "after the top-level"),
                      ("", "no JSON value"), ('[{"a": }]', "element 1: not valid JSON")):
         with pytest.raises(object_stream.Unreadable, match=why):
@@ -304,6 +311,7 @@ def expect(**fields: Any) -> dict[str, Any]:
     ({"absent": True}, "absent: true needs 'hold'"),
     ({"absent": True, "hold": 2, "count": 0}, "'count' cannot go with absent: true"),
     ({"hold": 2}, "'hold' goes with absent: true"),
+    ({"absent": True, "hold": 2, "wait": {"timeout": 9}}, "'wait.timeout' cannot go with absent: true"),
 ])
 def test_bad_content_and_absent_input_names_step_and_field(tmp_path, fields: dict[str, Any], message: str) -> None:
     (tmp_path / "data").mkdir()
