@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -210,7 +211,11 @@ class ObjectContent(SpecModel):
             return [f"{where}.step': no upload step named {ref.step!r} in the case"]
         wanted = ref.file.replace("\\", "/")
         patterns = [f.replace("\\", "/") for f in step.files]
-        if not any(wanted == p or (any(c in p for c in "*?[") and Path(wanted).match(p)) for p in patterns):
+        # a file the upload names as it is, or one of its globs matches: relative, with no '..' (so it lies where
+        # the upload's files lie, which validation confines)
+        plain = not wanted.startswith("/") and ":" not in wanted and ".." not in wanted.split("/")
+        if not any(wanted == p or (plain and any(c in p for c in "*?[") and fnmatch.fnmatchcase(wanted, p))
+                   for p in patterns):
             return [f"{where}.file': {ref.file!r} is not one of the files of step {ref.step!r} "
                     f"({', '.join(step.files)})"]
         return []

@@ -308,6 +308,8 @@ def expect(**fields: Any) -> dict[str, Any]:
      "field 'content.same_as_upload.step': no upload step named 'check'"),
     ({"content": {"same_as_upload": {"step": "land", "file": "other/a.csv"}}},
      "field 'content.same_as_upload.file': 'other/a.csv' is not one of the files of step 'land'"),
+    ({"content": {"same_as_upload": {"step": "land", "file": "data/../../etc/a.csv"}}},
+     "field 'content.same_as_upload.file': 'data/../../etc/a.csv' is not one of the files of step 'land'"),
     ({"absent": True}, "absent: true needs 'hold'"),
     ({"absent": True, "hold": 2, "count": 0}, "'count' cannot go with absent: true"),
     ({"hold": 2}, "'hold' goes with absent: true"),
