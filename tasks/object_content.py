@@ -266,6 +266,8 @@ class ObjectReport:
 
 # ------------------------------------------------------------------------------------------------- the checks
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
@@ -280,26 +282,41 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _compare(value: Any, bound: Any) -> int | None:
-    """-1, 0 or 1 as ``value`` is below, at or above ``bound``; None when they cannot be compared."""
-    try:
-        if isinstance(bound, (int, float)):
-            if isinstance(value, bool):
+Comparator = Callable[[Any], Union[int, None]]
+
+
+def comparator(bound: Any) -> Comparator:
+    """A function giving -1, 0 or 1 as a value is below, at or above ``bound``, or None when they cannot be
+    compared: a number bound compares numbers exactly (a text must read as a finite number), a text bound compares
+    dates and timestamps as such (the bound in ISO form) and anything else as text."""
+    if isinstance(bound, (int, float)):
+        limit = Decimal(str(bound))
+
+        def numeric(value: Any) -> int | None:
+            if type(value) is not str and (isinstance(value, bool) or not isinstance(value, (int, float, Decimal))):
                 return None
-            number = Decimal(str(value).strip()) if isinstance(value, (str, int, float, Decimal)) else None
-            if number is None or not number.is_finite():
+            try:
+                number = Decimal(value if type(value) is str else str(value))
+            except InvalidOperation:
                 return None
-            limit = Decimal(str(bound))
-            return (number > limit) - (number < limit)
-        if isinstance(value, datetime):
-            other: Any = datetime.fromisoformat(bound)
-        elif isinstance(value, date):
-            other = date.fromisoformat(bound)
-        else:
-            value, other = _text(value), bound
-        return (value > other) - (value < other)
-    except (InvalidOperation, ValueError, TypeError):
-        return None
+            return (number > limit) - (number < limit) if number.is_finite() else None
+
+        return numeric
+
+    def other(value: Any) -> int | None:
+        try:
+            if isinstance(value, datetime):
+                when = datetime.fromisoformat(bound)
+                return (value > when) - (value < when)
+            if isinstance(value, date):
+                day = date.fromisoformat(bound)
+                return (value > day) - (value < day)
+        except (ValueError, TypeError):
+            return None
+        text = _text(value)
+        return (text > bound) - (text < bound)
+
+    return other
 
 
 class _Column:
@@ -309,6 +326,8 @@ class _Column:
         self.name, self.rule = name, rule
         self.allowed = {_text(v) for v in rule.one_of} if rule.one_of is not None else None
         self.pattern = re.compile(rule.regex) if rule.regex is not None else None
+        self.above_min = comparator(rule.min) if rule.min is not None else None
+        self.below_max = comparator(rule.max) if rule.max is not None else None
         self.seen: set[bytes] | None = set() if rule.unique else None
         self.bad: dict[str, list[Any]] = {}  # condition -> [count, examples]
         self.missing = False
@@ -333,9 +352,9 @@ class _Column:
                 self.seen.add(digest)
         if self.allowed is not None and _text(value) not in self.allowed:
             self._fail("one_of", row, value)
-        if rule.min is not None and _compare(value, rule.min) in (None, -1):
+        if self.above_min is not None and self.above_min(value) in (None, -1):
             self._fail("min", row, value)
-        if rule.max is not None and _compare(value, rule.max) in (None, 1):
+        if self.below_max is not None and self.below_max(value) in (None, 1):
             self._fail("max", row, value)
         if self.pattern is not None and not self.pattern.fullmatch(_text(value)):
             self._fail("regex", row, value)
@@ -395,16 +414,18 @@ def _csv_pass(stream: io.BufferedIOBase, content: ObjectContent, tally: _Tally) 
     for column in tally.state.values():
         column.missing = column.name not in index
     nulls = set(opts.null_values)
-    checked = [(c, index[c.name]) for c in tally.state.values() if not c.missing]
+    checked = [(c.add, index[c.name]) for c in tally.state.values() if not c.missing]
+    width, count = len(names) if names else None, 0
     for row in reader:
         if not row:
             continue  # a blank line is no row
-        tally.rows += 1
-        if names and len(row) != len(names):
-            tally.note_odd(tally.rows, f"{len(row)} field(s)")
-        for column, i in checked:
+        count += 1
+        if width is not None and len(row) != width:
+            tally.note_odd(count, f"{len(row)} field(s)")
+        for add, i in checked:
             value = row[i] if i < len(row) else None
-            column.add(value, tally.rows, value is None or value in nulls)
+            add(value, count, value is None or value in nulls)
+    tally.rows = count
 
 
 def _record_pass(records: Iterable[Any], tally: _Tally) -> None:
