@@ -849,7 +849,10 @@ def expect_absent(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
             f"{target} for {hold:g} s",
             details={"found": [asdict(o) for o in obs.matched], "polls": outcome.checks,
                      "watched_seconds": round(outcome.elapsed, 3), "hold_seconds": hold},
-            markdown=markdown.table(["check", "expected", "actual", "verdict"], rows))
+            markdown=markdown.Md(f"Watched {markdown.text(target)} for a hold of {hold:g} s: "
+                                 f"{markdown.text(_listing(found))} appeared after {outcome.elapsed:.1f} s "
+                                 f"(poll {outcome.checks}).\n\n"
+                                 + markdown.table(["check", "expected", "actual", "verdict"], rows)))
     return obs, outcome.checks, outcome.elapsed
 
 
