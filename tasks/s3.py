@@ -4,7 +4,8 @@ the pipeline writes). Plain functions take a boto3 S3 client; the runners at the
 Uploads are checked end to end: a SHA-256 is sent with each upload (S3 rejects a body that does not match)
 and read back afterwards; an existing object is never replaced unless the step says ``overwrite: true``
 (checked before the first upload, and enforced atomically with S3's conditional write ``If-None-Match: *``).
-Waiting uses HEAD or LIST, never a download, with a growing interval.
+Waiting uses HEAD or LIST, never a download, with a growing interval. ``content`` then reads each object found,
+streamed (:mod:`tasks.object_content`); ``absent: true`` watches for a hold time that nothing appears.
 """
 
 from __future__ import annotations
@@ -567,7 +568,7 @@ class UploadStep(StepBase):
 
 
 class ExpectObjectsStep(StepBase):
-    """Wait for the pipeline to write objects, and check them (HEAD or LIST, never a download)."""
+    """Wait for the pipeline to write objects (HEAD or LIST), and check what they hold; or that none appear."""
 
     kind: Literal["expect_objects"] = "expect_objects"
     bucket: BucketName = Field(..., description="Bucket to look in.")
