@@ -429,12 +429,16 @@ def _csv_pass(stream: io.BufferedIOBase, content: ObjectContent, tally: _Tally) 
 
 
 def _record_pass(records: Iterable[Any], tally: _Tally) -> None:
+    """JSON records: the first one's keys are the columns; a record with other keys (in another order too, unless
+    columns_ordered is false) is noted."""
+    same: Callable[[list[str], list[str]], bool] = (
+        (lambda a, b: a == b) if tally.content.columns_ordered else (lambda a, b: set(a) == set(b)))
     for record in records:
         tally.rows += 1
         keys = list(record) if isinstance(record, dict) else []
         if tally.rows == 1:
             tally.columns = keys
-        elif keys != tally.columns:
+        elif not same(keys, tally.columns or []):
             tally.note_odd(tally.rows, f"keys {', '.join(keys) or '(not an object)'}")
         for column in tally.state.values():
             value = record.get(column.name) if isinstance(record, dict) else None

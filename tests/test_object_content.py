@@ -150,6 +150,10 @@ def test_json_array_and_object_and_records_with_other_keys(module_clients, s3, t
     with pytest.raises(CheckFailed) as info:
         run(module_clients, tmp_path, "out/a.json", {"format": "json", "row_count": 2, "columns": ["id", "v"]})
     assert failed_checks(info) == {"columns": "id, v; but 1 record(s) differ, first record 2: keys id, w"}
+    s3.put_object(Bucket=BUCKET, Key="out/b.json", Body=json.dumps([{"id": 1, "v": "x"}, {"v": "y", "id": 2}]).encode())
+    out = run(module_clients, tmp_path, "out/b.json", {"format": "json", "columns": ["v", "id"],
+                                                       "columns_ordered": False})
+    assert out.details["content"][0]["passed"]
     s3.put_object(Bucket=BUCKET, Key="out/one.json", Body=b'{"id": 7, "name": "only"}')
     out = run(module_clients, tmp_path, "out/one.json", {"format": "json", "row_count": 1,
                                                          "conditions": {"id": {"min": 7, "max": 7.0}}})
