@@ -100,7 +100,7 @@ class ObjectColumnRule(SpecModel):
 
     not_null: bool = Field(False, description="No value is null (CSV: a cell in `null_values`; JSON: null or a "
                            "missing key; parquet: null).")
-    unique: bool = Field(False, description="No value occurs twice (an 8-byte digest per distinct value is kept).")
+    unique: bool = Field(False, description="No value occurs twice (a 64-bit hash per distinct value is kept).")
     one_of: list[Scalar] | None = Field(None, min_length=1, description="Every value is one of these (compared as "
                                         "text: `1` matches CSV's `1`, `true` JSON's true).")
     min: Bound | None = Field(None, description="Every value is at least this: a number compares numerically (a "
@@ -504,7 +504,7 @@ def _held(content: ObjectContent) -> str:
     if content.format == "parquet" and content.conditions:
         what += f", then one batch of {PARQUET_BATCH_ROWS:,} rows of the conditions' columns"
     if any(rule.unique for rule in content.conditions.values()):
-        what += "; for unique, an 8-byte digest per distinct value"
+        what += "; for unique, a 64-bit hash per distinct value"
     return what
 
 
