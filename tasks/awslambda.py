@@ -18,29 +18,26 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
-import jmespath
-from jmespath.exceptions import JMESPathError
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
 from tasks.aws import is_real_aws
-from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind
+from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
-from tasks.secrets import (
-    Secrets,
-    Segment,
-    is_sensitive,
-    mask_any,
-    mask_paths,
-    parse_path,
-    redact,
-    redact_json,
-    secrets_at,
+from tasks.json_checks import (
+    MAX_SHOWN_CHARS,
+    MISSING,
+    JsonExpect,
+    JsonMasker,
+    expect_mismatches,
+    parse_json,
+    shown_json,
+    truncate,
 )
+from tasks.secrets import parse_path, secrets_at
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 
@@ -50,40 +47,10 @@ EXPECTED_STATUS: dict[str, int] = {"RequestResponse": 200, "Event": 202, "DryRun
 MAX_CLIENT_CONTEXT_BYTES = 3583
 #: how much of the log tail the evidence keeps (AWS returns at most the last 4 KB anyway)
 LOG_TAIL_BYTES = 4096
-#: how many characters of the payload and the response the evidence shows
-MAX_SHOWN_CHARS = 4000
-
-_MISSING = object()
 
 
-class LambdaExpect(SpecModel):
+class LambdaExpect(JsonExpect):
     """What the response payload must contain."""
-
-    json_subset: Any = Field(
-        None,
-        description="A JSON value the response must contain: objects match when every expected key matches "
-        "(extra keys are fine), lists when they have the same length and match item by item, scalars when equal.",
-    )
-    jmespath: dict[str, Any] = Field(
-        default_factory=dict,
-        description="JMESPath expression -> the value it must give on the response payload (compared with ==).",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> "LambdaExpect":
-        if "json_subset" not in self.model_fields_set and not self.jmespath:
-            raise ValueError("expect needs json_subset and/or jmespath")
-        for expr in self.jmespath:
-            try:
-                jmespath.compile(expr)
-            except JMESPathError as exc:
-                raise ValueError(f"invalid JMESPath expression {expr!r}: {exc}") from None
-        return self
-
-    @property
-    def has_subset(self) -> bool:
-        """True when a JSON subset was given (``null`` is a valid subset to expect)."""
-        return "json_subset" in self.model_fields_set
 
 
 class InvokeLambdaStep(StepBase):
@@ -230,152 +197,14 @@ def decode_log_tail(log_result: str | None, limit: int = LOG_TAIL_BYTES) -> str:
     return raw[-limit:].decode("utf-8", errors="replace")
 
 
-def parse_json(body: bytes) -> Any:
-    """The response payload as JSON, or ``_MISSING`` when it is empty or not JSON."""
-    if not body:
-        return _MISSING
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _MISSING
-
-
-def truncate(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}\n… [truncated: showing {limit} of {len(text)} characters]"
-
-
-def _path_text(path: list[Segment]) -> str:
-    out = "$"
-    for seg in path:
-        out += f"[{seg}]" if isinstance(seg, int) else f".{seg}"
-    return out
-
-
-def json_subset_mismatches(
-    expected: Any,
-    actual: Any,
-    show: Callable[[list[Segment], Any], str] | None = None,
-    path: list[Segment] | None = None,
-) -> list[str]:
-    """Where ``actual`` does not contain ``expected`` (empty when it does), one line per difference.
-
-    Objects: every expected key must be present and match (extra keys are fine). Lists: same length, items
-    matched in order. Scalars: equal, and ``true`` is not ``1``. ``show(path, value)`` formats values in the
-    messages, so that callers can mask secrets.
-    """
-    path = path or []
-    show = show or (lambda _p, v: json.dumps(v, default=str))
-    where = _path_text(path)
-    if isinstance(expected, dict):
-        if not isinstance(actual, dict):
-            return [f"{where}: expected an object, got {show(path, actual)}"]
-        problems: list[str] = []
-        for key, value in expected.items():
-            if key not in actual:
-                problems.append(f"{_path_text(path + [key])}: missing (expected {show(path + [key], value)})")
-            else:
-                problems += json_subset_mismatches(value, actual[key], show, path + [key])
-        return problems
-    if isinstance(expected, list):
-        if not isinstance(actual, list):
-            return [f"{where}: expected a list, got {show(path, actual)}"]
-        if len(expected) != len(actual):
-            return [f"{where}: expected {len(expected)} items, got {len(actual)}"]
-        pairs = enumerate(zip(expected, actual))
-        return [p for i, (e, a) in pairs for p in json_subset_mismatches(e, a, show, path + [i])]
-    if not _scalar_equal(expected, actual):
-        return [f"{where}: expected {show(path, expected)}, got {show(path, actual)}"]
-    return []
-
-
-def _scalar_equal(expected: Any, actual: Any) -> bool:
-    """JSON equality of scalars: numbers by value, but booleans never equal numbers."""
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return type(expected) is type(actual) and expected == actual
-    return bool(expected == actual)
-
-
-def json_equal(expected: Any, actual: Any) -> bool:
-    """JSON equality of any values (objects by keys, lists in order, ``true`` is not ``1``)."""
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and expected.keys() == actual.keys() and all(
-            json_equal(v, actual[k]) for k, v in expected.items()
-        )
-    if isinstance(expected, list):
-        return isinstance(actual, list) and len(expected) == len(actual) and all(
-            json_equal(e, a) for e, a in zip(expected, actual)
-        )
-    return not isinstance(actual, (dict, list)) and _scalar_equal(expected, actual)
-
-
-def jmespath_mismatches(
-    expressions: dict[str, Any], document: Any, show: Callable[[Any], str] | None = None, shown: Any = None
-) -> list[str]:
-    """Which JMESPath expressions do not give their expected value on ``document`` (compared with ==).
-
-    ``shown`` is the document as the evidence may show it (sensitive paths masked): what an expression gives
-    is reported from it, so a value drawn from a sensitive field shows masked and any other value as it is.
-    """
-    show = show or (lambda v: json.dumps(v, default=str))
-    problems = []
-    for expr, expected in expressions.items():
-        got = jmespath.search(expr, document)
-        if not json_equal(expected, got):
-            reported = got if shown is None else jmespath.search(expr, shown)
-            problems.append(f"{expr}: expected {show(expected)}, got {show(reported)}")
-    return problems
-
-
-# --- the runner ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Masker:
-    """Masks the step's sensitive fields where documents are reported, and the run's secrets in texts."""
-
-    patterns: list[list[Segment]]
-    paths: list[str]
-    #: the run's registry: values found at sensitive paths are added to it
-    secrets: Secrets = field(default_factory=Secrets)
-
-    @classmethod
-    def for_step(cls, step: InvokeLambdaStep, secrets: Secrets) -> "_Masker":
-        return cls([parse_path(p) for p in step.sensitive_fields], list(step.sensitive_fields), secrets)
-
-    def learn(self, document: Any) -> None:
-        """Remember the secret values that ``document`` holds at the sensitive paths (secrets of the run)."""
-        if self.paths and document is not _MISSING:
-            self.secrets.add(*secrets_at(document, self.paths))
-
-    def doc(self, document: Any) -> Any:
-        """The document as reported: sensitive paths masked, the run's (long) secrets masked in other values."""
-        return redact_json(mask_paths(document, self.paths) if self.paths else document, self.secrets)
-
-    def text(self, text: str) -> str:
-        return redact(text, self.secrets)
-
-    def show_at(self, path: list[Segment], value: Any) -> str:
-        return mask_any(value) if is_sensitive(path, self.patterns) else json.dumps(value, default=str)
-
-    def show(self, value: Any) -> str:
-        return json.dumps(value, default=str)
-
-
-def _shown_json(document: Any, masker: _Masker) -> str:
-    return masker.text(truncate(json.dumps(masker.doc(document), indent=2, default=str)))
-
-
-def _response_text(body: bytes, parsed: Any, masker: _Masker) -> str:
+def _response_text(body: bytes, parsed: Any, masker: JsonMasker) -> str:
     """The response payload as shown in the evidence: masked, pretty-printed JSON or text, truncated."""
-    if parsed is not _MISSING:
-        return _shown_json(parsed, masker)
+    if parsed is not MISSING:
+        return shown_json(parsed, masker)
     return masker.text(truncate(body.decode("utf-8", errors="replace")))
 
 
-def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: _Masker) -> str:
+def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: JsonMasker) -> str:
     """The message for a function error: errorType and errorMessage from the function's error payload."""
     if isinstance(parsed, dict) and ("errorType" in parsed or "errorMessage" in parsed):
         what = f"{parsed.get('errorType', 'Error')}: {parsed.get('errorMessage', '')}"
@@ -410,7 +239,7 @@ def _links(client: Any, step: InvokeLambdaStep) -> list[Link]:
 @step_kind(InvokeLambdaStep)
 def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     """Invoke the function, check status, function error and expectations, and record the evidence."""
-    masker = _Masker.for_step(step, ctx.secrets)
+    masker = JsonMasker.for_paths(step.sensitive_fields, ctx.secrets)
     label = function_label(step.function, step.qualifier)
     payload = load_payload(step, ctx.spec_dir, ctx.render)
     masker.learn(payload)
@@ -425,7 +254,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     status = int(response.get("StatusCode", 0))
     body: bytes = response["Payload"]
     has_response = step.invocation_type == "RequestResponse"
-    parsed = parse_json(body) if has_response else _MISSING
+    parsed = parse_json(body) if has_response else MISSING
     masker.learn(parsed)
     log_tail = masker.text(decode_log_tail(response.get("LogResult")))
     rid = request_id(response)
@@ -446,7 +275,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
         details["log_tail"] = log_tail
 
     problems = _problems(step, status, response.get("FunctionError"), parsed, body, label, masker)
-    markdown = _markdown(facts, _shown_json(payload, masker), response_text, log_tail, problems)
+    markdown = _markdown(facts, shown_json(payload, masker), response_text, log_tail, problems)
     if problems:
         details["problems"] = problems
         # the evidence body rides along so the engine can show it for the failed step too
@@ -462,22 +291,22 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     )
 
 
-def _details_payload(payload: Any, masker: _Masker) -> Any:
+def _details_payload(payload: Any, masker: JsonMasker) -> Any:
     """The payload for ``details``: the masked JSON when small, else the truncated (redacted) text."""
     if len(json.dumps(payload, default=str)) <= MAX_SHOWN_CHARS:
         return masker.doc(payload)
-    return _shown_json(payload, masker)
+    return shown_json(payload, masker)
 
 
-def _details_response(body: bytes, parsed: Any, masker: _Masker) -> Any:
+def _details_response(body: bytes, parsed: Any, masker: JsonMasker) -> Any:
     """The response for ``details``: the masked JSON when small, else the truncated (redacted) text."""
-    if parsed is not _MISSING and len(body) <= MAX_SHOWN_CHARS:
+    if parsed is not MISSING and len(body) <= MAX_SHOWN_CHARS:
         return masker.doc(parsed)
     return _response_text(body, parsed, masker)
 
 
 def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any, body: bytes,
-              label: str, masker: _Masker) -> list[str]:
+              label: str, masker: JsonMasker) -> list[str]:
     """Everything wrong with the invocation's result, most fundamental first (each line already redacted)."""
     expected = EXPECTED_STATUS[step.invocation_type]
     if status != expected:
@@ -487,11 +316,7 @@ def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, p
         return [_function_error(label, function_error, parsed, body, masker)]
     if step.expect is None:
         return []
-    if parsed is _MISSING:
+    if parsed is MISSING:
         return [f"Lambda function {label} returned no JSON payload to check: "
                 f"{masker.text(truncate(body.decode('utf-8', errors='replace'), 200))!r}"]
-    problems: list[str] = []
-    if step.expect.has_subset:
-        problems += json_subset_mismatches(step.expect.json_subset, parsed, masker.show_at)
-    problems += jmespath_mismatches(step.expect.jmespath, parsed, masker.show, shown=masker.doc(parsed))
-    return [masker.text(p) for p in problems]
+    return expect_mismatches(step.expect, parsed, masker)
