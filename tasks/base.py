@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -213,6 +214,9 @@ class StepContext:
     stop: threading.Event = field(default_factory=threading.Event)
     #: time and sleep for waits; None: the real clock, sleeping on ``stop``
     clock_override: Clock | None = None
+    #: when the case began (UTC, wall clock): steps that wait for what the pipeline started look at what
+    #: started since then
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
     @property
     def clock(self) -> Clock:
