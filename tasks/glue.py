@@ -39,6 +39,8 @@ JOB_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "ERROR", "TIMEOUT", "STOPPE
 #: argument names whose values are masked without being listed (``--db-password``, ``--api_token``, ...)
 SENSITIVE_ARGUMENT = re.compile(r"pass(word|wd)?|secret|token|credential|api[-_]?key|private[-_]?key|"
                                 r"access[-_]?key|auth|pwd|conn(ection)?[-_]?str", re.IGNORECASE)
+#: DPUs of one worker of each type
+WORKER_DPUS = {"G.025X": 0.25, "G.1X": 1.0, "G.2X": 2.0, "G.4X": 4.0, "G.8X": 8.0, "Z.2X": 2.0}
 #: the state shown while no run of the pipeline's has been seen yet
 NO_RUN_YET = "NO RUN YET"
 #: how many of a job's runs are looked at for the pipeline's (GetJobRuns' largest page, newest first)
@@ -171,11 +173,14 @@ def job_state(run: dict[str, Any]) -> str:
 
 def dpu_seconds(run: dict[str, Any]) -> tuple[float | None, bool]:
     """The run's DPU seconds (Glue reports them for auto-scaling and Flex runs) or, else, the estimate execution
-    time x capacity; and whether it is that estimate."""
+    time x capacity (workers x DPUs per worker, or MaxCapacity); and whether it is that estimate."""
     if run.get("DPUSeconds") is not None:
         return float(run["DPUSeconds"]), False
-    if run.get("ExecutionTime") is not None and run.get("MaxCapacity") is not None:
-        return float(run["ExecutionTime"]) * float(run["MaxCapacity"]), True
+    per_worker = WORKER_DPUS.get(str(run.get("WorkerType")))
+    capacity = run["NumberOfWorkers"] * per_worker if per_worker and run.get("NumberOfWorkers") else \
+        run.get("MaxCapacity")
+    if run.get("ExecutionTime") is not None and capacity:
+        return float(run["ExecutionTime"]) * float(capacity), True
     return None, False
 
 
