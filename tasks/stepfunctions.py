@@ -164,17 +164,15 @@ def stop_execution(sfn: SFNClient, execution_arn: str, why: str) -> str:
 
 
 def failed_state(sfn: SFNClient, execution_arn: str) -> str | None:
-    """The state the execution was in when it ended: the last state entered, from the newest history events."""
+    """The state the execution was in when it ended: the last state entered (highest event id) among the newest
+    history events."""
     try:
         events = sfn.get_execution_history(executionArn=execution_arn, reverseOrder=True, maxResults=HISTORY_EVENTS,
                                            includeExecutionData=False)["events"]
     except AWS_ERRORS as exc:
         raise aws_error("Step Functions GetExecutionHistory", f"execution {execution_arn}", exc) from None
-    for event in events:
-        entered = event.get("stateEnteredEventDetails")
-        if entered and entered.get("name"):
-            return str(entered["name"])
-    return None
+    entered = [e for e in events if (e.get("stateEnteredEventDetails") or {}).get("name")]
+    return str(max(entered, key=lambda e: e.get("id", 0))["stateEnteredEventDetails"]["name"]) if entered else None
 
 
 def _status(execution: dict[str, Any]) -> str:
