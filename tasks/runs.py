@@ -28,7 +28,8 @@ Logger = logging.Logger | logging.LoggerAdapter
 
 
 class RunWait(PollSettings):
-    """Waiting for a run: as :class:`~tasks.polling.PollSettings`, with defaults for jobs that take minutes."""
+    """Waiting for a run (a job run, a crawl, an execution): its timeout and the growing interval between looks,
+    with defaults for work that takes minutes."""
 
     timeout: float = Field(3600.0, gt=0, le=MAX_WAIT_SECONDS,
                            description="Give up after this many seconds (and stop the run, with stop_on_timeout).")

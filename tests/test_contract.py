@@ -52,6 +52,9 @@ MINIMAL: dict[str, Minimal] = {
     "delete_parameters": Minimal({"names": ["/contract/p"]}, _seed_parameter),
     "expect_parameters": Minimal({"parameters": [{"name": "/contract/p", "equals": "before"}]}),
     "athena_query": Minimal({"sql": "SELECT 1"}),
+    "glue_job": Minimal({"job": "transform"}),
+    "glue_crawler": Minimal({"crawler": "curated"}),
+    "step_functions": Minimal({"state_machine": "ingest"}),
 }
 
 
