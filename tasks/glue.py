@@ -130,7 +130,7 @@ class GlueJobStep(StepBase):
 def start_job_run(glue: GlueClient, job: str, arguments: dict[str, str]) -> str:
     """StartJobRun; the run id."""
     try:
-        response = glue.start_job_run(JobName=job, **({"Arguments": arguments} if arguments else {}))
+        response = glue.start_job_run(JobName=job, Arguments=arguments)
     except AWS_ERRORS as exc:
         raise aws_error("Glue StartJobRun", f"job {job}", exc) from None
     return str(response["JobRunId"])
@@ -150,8 +150,11 @@ def pipeline_job_run(glue: GlueClient, job: str, since: datetime, match: dict[st
         runs = glue.get_job_runs(JobName=job, MaxResults=RUNS_PAGE)["JobRuns"]
     except AWS_ERRORS as exc:
         raise aws_error("Glue GetJobRuns", f"job {job}", exc) from None
-    return newest_since([dict(r) for r in runs], lambda r: r.get("StartedOn"), since,
-                        lambda r: all((r.get("Arguments") or {}).get(k) == v for k, v in match.items()))
+    def matches(run: dict[str, Any]) -> bool:
+        arguments: dict[str, Any] = dict(run.get("Arguments") or {})
+        return all(arguments.get(k) == v for k, v in match.items())
+
+    return newest_since([dict(r) for r in runs], lambda r: r.get("StartedOn"), since, matches)
 
 
 def stop_job_run(glue: GlueClient, job: str, run_id: str) -> str:
@@ -162,7 +165,7 @@ def stop_job_run(glue: GlueClient, job: str, run_id: str) -> str:
         return f"could not stop it: {aws_error('Glue BatchStopJobRun', f'job {job} run {run_id}', exc).message}"
     errors = response.get("Errors") or []
     if errors:
-        detail = errors[0].get("ErrorDetail", {})
+        detail: dict[str, Any] = dict(errors[0].get("ErrorDetail") or {})
         return f"could not stop it: BatchStopJobRun: {detail.get('ErrorCode', '?')}: {detail.get('ErrorMessage', '')}"
     return "stopped it with BatchStopJobRun"
 
@@ -286,7 +289,7 @@ def _job_markdown(step: GlueJobStep, run: dict[str, Any], history: StateHistory,
     ]
     if d["error_message"]:
         rows.append(("Error message", d["error_message"]))
-    parts = [_facts_table(rows)]
+    parts: list[str] = [_facts_table(rows)]
     if d["arguments"]:
         parts.append("**Arguments**\n\n" + md.table(["Name", "Value"], [[md.code(k), md.code(v)]
                                                                          for k, v in d["arguments"].items()]))
@@ -499,7 +502,7 @@ def _crawler_markdown(step: GlueCrawlerStep, details: dict[str, Any], history: S
         rows.append(("Error message", details["error_message"]))
     if details.get("log_group"):
         rows.append(("Log", md.code(f"{details['log_group']} / {details.get('log_stream') or ''}")))
-    parts = [_facts_table(rows)]
+    parts: list[str] = [_facts_table(rows)]
     if tables:
         parts.append(f"**Tables in {md.text(step.database)}**\n\n" + md.table(
             ["Table", "Exists", "Columns", "Partition keys", "As expected"],

@@ -171,8 +171,9 @@ def failed_state(sfn: SFNClient, execution_arn: str) -> str | None:
                                            includeExecutionData=False)["events"]
     except AWS_ERRORS as exc:
         raise aws_error("Step Functions GetExecutionHistory", f"execution {execution_arn}", exc) from None
-    entered = [e for e in events if (e.get("stateEnteredEventDetails") or {}).get("name")]
-    return str(max(entered, key=lambda e: e.get("id", 0))["stateEnteredEventDetails"]["name"]) if entered else None
+    entered = [(e["id"], e["stateEnteredEventDetails"]["name"]) for e in events
+               if "stateEnteredEventDetails" in e and e["stateEnteredEventDetails"].get("name")]
+    return str(max(entered)[1]) if entered else None
 
 
 def _status(execution: dict[str, Any]) -> str:
@@ -235,6 +236,7 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
         raise exc.with_message(masker.text(exc.message)) from None
     execution = watched.value
     output = _json(execution.get("output"))
+    masker.learn(_json(execution.get("input")))  # the pipeline's input may hold secrets too
     masker.learn(output)
     status = _status(execution)
     failed_in = failed_state(sfn, str(execution["executionArn"])) if status != "SUCCEEDED" else None
@@ -306,7 +308,7 @@ def _markdown(details: dict[str, Any], problems: list[str]) -> str:
     for label, key in (("Error", "error"), ("Cause", "cause"), ("Failed in state", "failed_state")):
         if details.get(key):
             rows.append((label, details[key]))
-    parts = [md.table(["Fact", "Value"], rows)]
+    parts: list[str] = [md.table(["Fact", "Value"], rows)]
     if details.get("input") is not None:
         parts.append("**Input**\n\n" + md.code_block(details["input"], "json"))
     if details.get("output") is not None:

@@ -300,7 +300,7 @@ def test_waits_for_the_crawl_the_pipeline_starts(glue_clients: ClientFactory, tm
     glue.start_crawler(Name=CRAWLER)  # an earlier crawl, finished an hour before the case began
     finish_crawl()
     backend().crawlers[CRAWLER].crawls[-1].start_time -= timedelta(hours=1)
-    started = []
+    started: list[Any] = []
 
     def pipeline(_: float) -> None:
         if not started:  # the pipeline starts a crawl; it ends two looks later
