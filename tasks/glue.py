@@ -362,6 +362,32 @@ def crawl_status(crawler: dict[str, Any]) -> str | None:
     return {"COMPLETED": "SUCCEEDED"}.get(status, status) if status else None
 
 
+class CrawlHistory:
+    """The crawler's newest crawl from ListCrawls (its id, DPU hours, end, per-crawl state), for the evidence.
+
+    Optional: without the ``glue:ListCrawls`` permission (or where it is not offered) the step logs so once
+    and does without; GetCrawler's LastCrawl decides the outcome either way.
+    """
+
+    def __init__(self, glue: GlueClient, name: str, logger: Any) -> None:
+        self.glue, self.name, self.logger = glue, name, logger
+        self.latest: dict[str, Any] | None = None
+        self.available = True
+
+    def look(self) -> None:
+        if not self.available:
+            return
+        try:
+            crawls = self.glue.list_crawls(CrawlerName=self.name, MaxResults=100).get("Crawls", [])
+        except AWS_ERRORS as exc:
+            self.available = False
+            self.logger.info("Not reading the crawl history (%s)", aws_error("Glue ListCrawls", f"crawler {self.name}",
+                                                                              exc).message)
+            return
+        dated = [dict(c) for c in crawls if as_utc(c.get("StartTime")) is not None]
+        self.latest = max(dated, key=lambda c: as_utc(c["StartTime"])) if dated else self.latest
+
+
 def stop_crawler(glue: GlueClient, name: str) -> str:
     try:
         glue.stop_crawler(Name=name)
@@ -417,8 +443,11 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     else:
         ctx.logger.info("Waiting for the crawl of Glue crawler %s that the pipeline starts", step.crawler)
 
+    crawls = CrawlHistory(glue, step.crawler, ctx.logger)
+
     def describe() -> dict[str, Any]:
         nonlocal seen_running
+        crawls.look()  # first: moto (the local emulator) ends a crawl only when crawls are listed
         crawler = get_crawler(glue, step.crawler)
         seen_running = seen_running or crawler.get("State") in ("RUNNING", "STOPPING")
         return crawler
@@ -462,8 +491,12 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
             problems += found_problems
             tables.append({**found, "ok": not found_problems})
     problems = [redact(p, ctx.secrets) for p in problems]
+    crawl = crawls.latest if crawls.latest and crawls.latest.get("StartTime") == last.get("StartTime") else {}
     details = {
         "crawler": step.crawler,
+        "crawl_id": crawl.get("CrawlId"),
+        "dpu_hours": crawl.get("DPUHour"),
+        "crawl_ended": when(crawl.get("EndTime")) if crawl.get("EndTime") else None,
         "started_by": "this step" if step.start else "the pipeline",
         "status": status,
         "expected_status": step.expect_status,
@@ -496,7 +529,9 @@ def _crawler_markdown(step: GlueCrawlerStep, details: dict[str, Any], history: S
         ("Started by", "this step" if step.start else "the pipeline"),
         ("Crawl status", f"{details.get('status') or '–'} (expected {step.expect_status})"),
         ("States observed", history.markdown()),
-        ("Crawl started", details.get("crawl_started") or "–"),
+        ("Crawl id", md.code(details.get("crawl_id") or "–")),
+        ("Crawl started / ended", f"{details.get('crawl_started') or '–'} / {details.get('crawl_ended') or '–'}"),
+        ("DPU hours", "–" if details.get("dpu_hours") is None else f"{details['dpu_hours']:g}"),
     ]
     if details.get("error_message"):
         rows.append(("Error message", details["error_message"]))

@@ -260,6 +260,7 @@ def test_crawl_succeeds_and_tables_are_checked(glue_clients: ClientFactory, tmp_
     d = outcome.details
     assert d["status"] == "SUCCEEDED" and d["tables"][0]["ok"]
     assert [s["state"] for s in d["states_observed"]] == ["RUNNING", "READY"]
+    assert d["crawl_id"] == backend().crawlers[CRAWLER].crawls[-1].crawl_id and d["dpu_hours"] == 100
     assert "orders" in outcome.markdown and outcome.summary.endswith("1 table(s) as expected")
 
 
@@ -343,3 +344,33 @@ def spec_problems(step: dict[str, Any]) -> list[str]:
 def test_bad_input_is_refused_at_validation(step: dict[str, Any], message: str) -> None:
     (problem,) = spec_problems(step)
     assert problem.startswith(message.split(": ", 1)[0]) and message.split(": ", 1)[1] in problem, problem
+
+
+# ------------------------------------------------------------------------------------------------- in a flow
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_case_with_a_glue_job_and_crawler_leaves_evidence_in_the_ui_and_the_pack(
+        glue_clients: ClientFactory, tmp_path: Path) -> None:
+    from flows.pipeline_test import pipeline_test
+    from tests.test_flow import assert_complete_pack, read_artifacts
+
+    add_table(glue_clients.client("glue"), "orders", [("id", "bigint")], [("dt", "string")])
+    case = {"case": "Glue flow", "variables": {"password": PASSWORD}, "aws": {"region": REGION}, "steps": [
+        {"kind": "glue_job", "name": "transform", "job": JOB, "wait": {"timeout": 20},
+         "arguments": {"--source_key": "in/{{ flow_run_id }}.csv", "--db-password": "{{ password }}"}},
+        {"kind": "glue_crawler", "name": "catalog", "crawler": CRAWLER, "database": DATABASE, "wait": {"timeout": 20},
+         "tables": [{"name": "orders", "columns": ["id:bigint"], "partition_keys": ["dt"]}]},
+    ]}
+    # moto's default (immediate) states: the run succeeds at once, the crawl once the step lists the crawls
+    result = pipeline_test(spec=case, base_dir=str(tmp_path))
+    assert result.passed, [s.error for s in result.steps]
+    (run_,) = job_runs()
+    assert run_.arguments["--db-password"] == PASSWORD  # sent as given, shown masked
+    assert_complete_pack(result, steps=2)
+    pack = "".join(p.read_text(encoding="utf-8") for p in Path(str(result.evidence_dir)).iterdir())
+    assert run_.job_run_id in pack and PASSWORD not in pack
+    bodies = [str(a.data) for a in read_artifacts(result.flow_run_id) if a.type == "markdown"]
+    assert any(run_.job_run_id in b and "States observed" in b for b in bodies)
+    assert any("orders" in b and "Partition keys" in b for b in bodies)
+    assert not any(PASSWORD in b for b in bodies)
