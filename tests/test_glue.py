@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.glue.models import glue_backends
 from moto.moto_api import state_manager
@@ -53,6 +54,7 @@ def glue_clients(module_moto: Any, module_clients: ClientFactory) -> Iterator[Cl
         state_manager.unset_transition("glue::job_run")
         state_manager.unset_transition("glue::crawl")
         glue.meta.events.unregister("before-call.glue.BatchStopJobRun", unique_id="answer-batch-stop")
+        glue.meta.events.unregister("before-call.glue", unique_id="fault")
 
 
 def manual(model: str, times: int) -> None:
@@ -220,6 +222,44 @@ def test_sensitive_argument_names() -> None:
                                                                                        "--env": "x"}
 
 
+def fail_calls(glue: Any, faults: dict[str, str]) -> None:
+    """Each operation named fails with that AWS error code (a botocore hook, as tests/test_faults.py does)."""
+    def fail(model: Any, **_: Any) -> None:
+        if model.name in faults:
+            raise ClientError({"Error": {"Code": faults[model.name], "Message": "injected"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}, model.name)
+
+    glue.meta.events.register("before-call.glue", fail, unique_id="fault")
+
+
+@pytest.mark.parametrize("operation, data, resource", [
+    ("StartJobRun", {}, f"job {JOB}"),
+    ("GetJobRun", {}, f"job {JOB} run jr_"),
+    ("GetJobRuns", {"start": False}, f"job {JOB}"),
+])
+def test_aws_failures_name_the_call_the_resource_and_the_code(
+        glue_clients: ClientFactory, tmp_path: Path, operation: str, data: dict[str, Any], resource: str) -> None:
+    glue = glue_clients.client("glue")
+    stops = answer_batch_stop(glue)
+    fail_calls(glue, {operation: "AccessDeniedException"})
+    with pytest.raises(StepError) as err:
+        run(job_step(**data), make_ctx(glue_clients, tmp_path, FakeClock()))
+    assert not isinstance(err.value, CheckFailed) and err.value.code == "AccessDeniedException"
+    assert err.value.message.startswith(f"Glue {operation} on {resource}"), err.value.message
+    # a run the step started and could no longer watch is stopped, not left running
+    assert len(stops) == (1 if operation == "GetJobRun" else 0)
+
+
+def test_a_run_that_cannot_be_stopped_says_why(glue_clients: ClientFactory, tmp_path: Path) -> None:
+    manual("glue::job_run", 10**6)
+    fail_calls(glue_clients.client("glue"), {"BatchStopJobRun": "AccessDeniedException"})
+    with pytest.raises(StepError) as err:
+        run(job_step(wait={"timeout": 5}), make_ctx(glue_clients, tmp_path, FakeClock()))
+    assert err.value.code == TIMED_OUT
+    assert "could not stop it: Glue BatchStopJobRun on job" in err.value.message
+    assert "failed: AccessDeniedException: injected" in err.value.message
+
+
 # -------------------------------------------------------------------------------------------------- Glue crawler
 
 
@@ -285,6 +325,27 @@ def test_failed_crawl_fails_with_glues_error_message(glue_clients: ClientFactory
         run(crawler_step(), make_ctx(glue_clients, tmp_path,
                                      FakeClock(on_sleep=lambda _: finish_crawl("FAILED", "Access denied"))))
     assert err.value.message == f"Glue crawler {CRAWLER}'s crawl ended FAILED (expected SUCCEEDED): Access denied"
+
+
+@pytest.mark.parametrize("operation, code", [("GetCrawler", "EntityNotFoundException"),
+                                             ("StartCrawler", "CrawlerRunningException"),
+                                             ("GetTable", "AccessDeniedException")])
+def test_crawler_aws_failures_name_the_call_the_resource_and_the_code(
+        glue_clients: ClientFactory, tmp_path: Path, operation: str, code: str) -> None:
+    fail_calls(glue_clients.client("glue"), {operation: code})
+    step = crawler_step(database=DATABASE, tables=[{"name": "orders"}])
+    with pytest.raises(StepError) as err:
+        run(step, make_ctx(glue_clients, tmp_path, FakeClock()))
+    resource = f"table {DATABASE}.orders" if operation == "GetTable" else f"crawler {CRAWLER}"
+    assert not isinstance(err.value, CheckFailed) and err.value.code == code
+    assert err.value.message.startswith(f"Glue {operation} on {resource} failed: {code}")
+
+
+def test_the_crawl_history_is_optional(glue_clients: ClientFactory, tmp_path: Path) -> None:
+    fail_calls(glue_clients.client("glue"), {"ListCrawls": "AccessDeniedException"})
+    manual("glue::crawl", 10**6)
+    outcome = run(crawler_step(), make_ctx(glue_clients, tmp_path, FakeClock(on_sleep=lambda _: finish_crawl())))
+    assert outcome.details["status"] == "SUCCEEDED" and outcome.details["crawl_id"] is None
 
 
 @pytest.mark.usefixtures("crawls_run")
