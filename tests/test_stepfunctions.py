@@ -8,12 +8,14 @@ moto runs each execution in a thread of its own: a test that needs an execution 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.stepfunctions.parser.utils import TMP_THREADS
@@ -207,3 +209,52 @@ def test_bad_input_is_refused_at_validation(step: dict[str, Any], message: str) 
         parse_spec({"case": "sfn", "steps": [{"kind": "step_functions", "name": "run", **step}]})
     (problem,) = err.value.problems
     assert problem.startswith("step 1 'run' (step_functions): ") and message in problem, problem
+
+
+@contextlib.contextmanager
+def fail_calls(sfn: Any, faults: dict[str, str]) -> Iterator[None]:
+    """Each operation named fails with that AWS error code (a botocore hook); removed when the test ends."""
+    def fail(model: Any, **_: Any) -> None:
+        if model.name in faults:
+            raise ClientError({"Error": {"Code": faults[model.name], "Message": "injected"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}, model.name)
+
+    sfn.meta.events.register("before-call.states", fail, unique_id="fault")
+    try:
+        yield
+    finally:
+        sfn.meta.events.unregister("before-call.states", unique_id="fault")
+
+
+@pytest.mark.parametrize("operation, data", [
+    ("DescribeExecution", {}),
+    ("ListExecutions", {"start": False}),
+    ("GetExecutionHistory", {"state_machine": "reject"}),
+])
+def test_aws_failures_name_the_call_the_resource_and_the_code(
+        arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path, operation: str,
+        data: dict[str, Any]) -> None:
+    sfn = sfn_module_clients.client("stepfunctions")
+    step = sfn_step(**{"state_machine": arns["slow"], **data})
+    with fail_calls(sfn, {operation: "AccessDeniedException"}):
+        with pytest.raises(StepError) as err:
+            run(step, make_ctx(sfn_module_clients, tmp_path, FakeClock(on_sleep=settle)))
+    assert not isinstance(err.value, CheckFailed) and err.value.code == "AccessDeniedException"
+    assert err.value.message.startswith(f"Step Functions {operation} on "), err.value.message
+    assert "failed: AccessDeniedException: injected" in err.value.message
+    if operation == "DescribeExecution":  # the execution it started and could not watch is stopped
+        settle()
+        (execution,) = sfn.list_executions(stateMachineArn=arns["slow"])["executions"]
+        assert execution["status"] == "ABORTED"
+
+
+def test_an_execution_that_cannot_be_stopped_says_why(
+        arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
+    sfn = sfn_module_clients.client("stepfunctions")
+    with fail_calls(sfn, {"StopExecution": "AccessDeniedException"}):
+        with pytest.raises(StepError) as err:
+            run(sfn_step(state_machine=arns["slow"], wait={"timeout": 5}),
+                make_ctx(sfn_module_clients, tmp_path, FakeClock()))
+    assert err.value.code == TIMED_OUT and "could not stop it: Step Functions StopExecution on arn:" in err.value.message
+    (execution,) = sfn.list_executions(stateMachineArn=arns["slow"])["executions"]
+    sfn.stop_execution(executionArn=execution["executionArn"])  # end moto's thread
