@@ -28,6 +28,7 @@ from tasks import markdown as md
 from tasks.aws import is_real_aws
 from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
+from tasks.json_checks import truncate
 from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, watch, when
 from tasks.secrets import mask, redact
 
@@ -39,6 +40,8 @@ JOB_FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "ERROR", "TIMEOUT", "STOPPE
 #: argument names whose values are masked without being listed (``--db-password``, ``--api_token``, ...)
 SENSITIVE_ARGUMENT = re.compile(r"pass(word|wd)?|secret|token|credential|api[-_]?key|private[-_]?key|"
                                 r"access[-_]?key|auth|pwd|conn(ection)?[-_]?str", re.IGNORECASE)
+#: how much of Glue's error message the step's message and evidence show
+MAX_MESSAGE_CHARS = 2000
 #: DPUs of one worker of each type
 WORKER_DPUS = {"G.025X": 0.25, "G.1X": 1.0, "G.2X": 2.0, "G.4X": 4.0, "G.8X": 8.0, "Z.2X": 2.0}
 #: the state shown while no run of the pipeline's has been seen yet
@@ -225,8 +228,9 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
         if run_id and not step.start:
             exc = exc.with_message(exc.message.replace(f"a run of Glue job {step.job}",
                                                        f"Glue job {step.job} run {run_id}"))
-        exc.markdown = _job_markdown(step, found, history, None, ctx)
-        exc.details = {**exc.details, **_job_details(step, found, history, ctx)}
+        found_details = _job_details(step, found, history, ctx)
+        exc.markdown = _job_markdown(step, found_details, history, None)
+        exc.details = {**exc.details, **found_details}
         raise
     run = watched.value
     ctx.secrets.add(*secret_argument_values(run.get("Arguments") or {}, declared))
@@ -234,10 +238,10 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
     state = job_state(run)
     problem = None
     if state != step.expect_state:
-        reason = run.get("ErrorMessage") or "Glue gave no error message"
+        reason = truncate(str(run.get("ErrorMessage") or "Glue gave no error message"), MAX_MESSAGE_CHARS)
         problem = redact(f"Glue job {step.job} run {run_id} ended {state} (expected {step.expect_state}): {reason}",
                          ctx.secrets)
-    markdown = _job_markdown(step, run, history, problem, ctx)
+    markdown = _job_markdown(step, details, history, problem)
     if problem:
         raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown)
     seconds = details["duration_s"]
@@ -259,7 +263,8 @@ def _job_details(step: GlueJobStep, run: dict[str, Any], history: StateHistory, 
         "started_by": "this step" if step.start else "the pipeline",
         "state": job_state(run),
         "expected_state": step.expect_state,
-        "error_message": redact(str(run["ErrorMessage"]), ctx.secrets) if run.get("ErrorMessage") else None,
+        "error_message": redact(truncate(str(run["ErrorMessage"]), MAX_MESSAGE_CHARS), ctx.secrets)
+        if run.get("ErrorMessage") else None,
         "started_on": when(run.get("StartedOn")),
         "completed_on": when(run.get("CompletedOn")),
         "duration_s": duration_s(run.get("StartedOn"), run.get("CompletedOn")) or run.get("ExecutionTime"),
@@ -272,9 +277,7 @@ def _job_details(step: GlueJobStep, run: dict[str, Any], history: StateHistory, 
     }
 
 
-def _job_markdown(step: GlueJobStep, run: dict[str, Any], history: StateHistory, problem: str | None,
-                  ctx: StepContext) -> str:
-    d = _job_details(step, run, history, ctx)
+def _job_markdown(step: GlueJobStep, d: dict[str, Any], history: StateHistory, problem: str | None) -> str:
     dpu = "–" if d["dpu_seconds"] is None else f"{d['dpu_seconds']:g}" + (
         " (execution time × capacity)" if d["dpu_seconds_estimated"] else "")
     rows: list[tuple[str, Any]] = [
@@ -483,7 +486,7 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     problems: list[str] = []
     if status != step.expect_status:
         problems.append(f"Glue crawler {step.crawler}'s crawl ended {status} (expected {step.expect_status}): "
-                        f"{last.get('ErrorMessage') or 'Glue gave no error message'}")
+                        f"{truncate(str(last.get('ErrorMessage') or 'Glue gave no error message'), MAX_MESSAGE_CHARS)}")
     tables: list[dict[str, Any]] = []
     if status == "SUCCEEDED" and step.database:
         for expected in step.tables:
