@@ -503,9 +503,10 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
         "started_by": "this step" if step.start else "the pipeline",
         "status": status,
         "expected_status": step.expect_status,
-        "error_message": last.get("ErrorMessage"),
+        "error_message": redact(truncate(str(last["ErrorMessage"]), MAX_MESSAGE_CHARS), ctx.secrets)
+        if last.get("ErrorMessage") else None,
         "crawl_started": when(last.get("StartTime")),
-        "crawl_elapsed_s": (crawler.get("CrawlElapsedTime") or 0) / 1000 or None,
+        "duration_s": duration_s(crawl.get("StartTime"), crawl.get("EndTime")),
         "log_group": last.get("LogGroup"),
         "log_stream": last.get("LogStream"),
         "states_observed": history.to_list(),
@@ -534,6 +535,7 @@ def _crawler_markdown(step: GlueCrawlerStep, details: dict[str, Any], history: S
         ("States observed", history.markdown()),
         ("Crawl id", md.code(details.get("crawl_id") or "–")),
         ("Crawl started / ended", f"{details.get('crawl_started') or '–'} / {details.get('crawl_ended') or '–'}"),
+        ("Duration", "–" if details.get("duration_s") is None else format_duration(details["duration_s"])),
         ("DPU hours", "–" if details.get("dpu_hours") is None else f"{details['dpu_hours']:g}"),
     ]
     if details.get("error_message"):
