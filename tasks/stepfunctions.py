@@ -198,10 +198,12 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
     arn = state_machine_arn(sfn, ctx.clients.client("sts") if not step.state_machine.startswith("arn:") else None,
                             step.state_machine)
     execution_arn: str | None = None
+    what = f"an execution of {arn}"
     if step.start:
         name = execution_name(step.name_prefix, ctx.run_id)
         execution_arn = start_execution(sfn, arn, name, step.input)
-        ctx.logger.info("Started Step Functions execution %s of %s", name, arn)
+        what = f"Step Functions execution {name} of {arn}"
+        ctx.logger.info("Started %s", what)
     else:
         ctx.logger.info("Waiting for the execution of %s that the pipeline starts", arn)
     seen: dict[str, Any] = {}
@@ -216,6 +218,7 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
             ctx.logger.info("Found Step Functions execution %s, started %s", found.get("name"),
                             when(found.get("startDate")))
         seen.update(describe_execution(sfn, execution_arn))
+        masker.learn(_json(seen.get("input")))  # the pipeline's input may hold secrets too
         return dict(seen)
 
     def stop() -> str:
@@ -224,7 +227,6 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
         return stop_execution(sfn, execution_arn, f"pipeline-test stopped it (case {ctx.case_name}, run {ctx.run_id})")
 
     history = StateHistory(ctx.clock)
-    what = f"Step Functions execution of {arn}"
     try:
         watched = watch(describe, _status, lambda e: _status(e) in FINAL_STATUSES, step.wait, what=what, stop=stop,
                         stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
@@ -233,10 +235,12 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
         details = _details(step, arn, seen, history, masker, None)
         exc.details = {**exc.details, **details}
         exc.markdown = _markdown(details, [])
-        raise exc.with_message(masker.text(exc.message)) from None
+        message = exc.message
+        if seen.get("name") and not step.start:
+            message = message.replace(what, f"Step Functions execution {seen['name']} of {arn}")
+        raise exc.with_message(masker.text(message)) from None
     execution = watched.value
     output = _json(execution.get("output"))
-    masker.learn(_json(execution.get("input")))  # the pipeline's input may hold secrets too
     masker.learn(output)
     status = _status(execution)
     failed_in = failed_state(sfn, str(execution["executionArn"])) if status != "SUCCEEDED" else None

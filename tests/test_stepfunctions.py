@@ -134,6 +134,7 @@ def test_timeout_stops_the_execution(arns: dict[str, str], sfn_module_clients: C
     with pytest.raises(StepError) as err:
         run(sfn_step(state_machine=arns["slow"], wait={"timeout": 120}), make_ctx(sfn_module_clients, tmp_path, clock))
     assert err.value.code == TIMED_OUT and clock.t == pytest.approx(120)
+    assert err.value.message.startswith("Step Functions execution pipeline-test-run-42ab-")
     assert "did not finish within 120 s (still RUNNING" in err.value.message
     assert "stopped it with StopExecution" in err.value.message
     settle()
