@@ -387,8 +387,8 @@ class CrawlHistory:
             self.logger.info("Not reading the crawl history (%s)", aws_error("Glue ListCrawls", f"crawler {self.name}",
                                                                               exc).message)
             return
-        dated = [dict(c) for c in crawls if as_utc(c.get("StartTime")) is not None]
-        self.latest = max(dated, key=lambda c: as_utc(c["StartTime"])) if dated else self.latest
+        dated = [(when_, i, dict(c)) for i, c in enumerate(crawls) if (when_ := as_utc(c.get("StartTime")))]
+        self.latest = max(dated, key=lambda d: (d[0], d[1]))[2] if dated else self.latest
 
 
 def stop_crawler(glue: GlueClient, name: str) -> str:

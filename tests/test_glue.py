@@ -226,8 +226,9 @@ def fail_calls(glue: Any, faults: dict[str, str]) -> None:
     """Each operation named fails with that AWS error code (a botocore hook, as tests/test_faults.py does)."""
     def fail(model: Any, **_: Any) -> None:
         if model.name in faults:
-            raise ClientError({"Error": {"Code": faults[model.name], "Message": "injected"},
-                               "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}, model.name)
+            response: Any = {"Error": {"Code": faults[model.name], "Message": "injected"},
+                             "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}
+            raise ClientError(response, model.name)
 
     glue.meta.events.register("before-call.glue", fail, unique_id="fault")
 
@@ -417,7 +418,7 @@ def test_a_case_with_a_glue_job_and_crawler_leaves_evidence_in_the_ui_and_the_pa
     from tests.test_flow import assert_complete_pack, read_artifacts
 
     add_table(glue_clients.client("glue"), "orders", [("id", "bigint")], [("dt", "string")])
-    case = {"case": "Glue flow", "variables": {"password": PASSWORD}, "aws": {"region": REGION}, "steps": [
+    case: dict[str, Any] = {"case": "Glue flow", "variables": {"password": PASSWORD}, "aws": {"region": REGION}, "steps": [
         {"kind": "glue_job", "name": "transform", "job": JOB, "wait": {"timeout": 20},
          "arguments": {"--source_key": "in/{{ flow_run_id }}.csv", "--db-password": "{{ password }}"}},
         {"kind": "glue_crawler", "name": "catalog", "crawler": CRAWLER, "database": DATABASE, "wait": {"timeout": 20},

@@ -217,8 +217,9 @@ def fail_calls(sfn: Any, faults: dict[str, str]) -> Iterator[None]:
     """Each operation named fails with that AWS error code (a botocore hook); removed when the test ends."""
     def fail(model: Any, **_: Any) -> None:
         if model.name in faults:
-            raise ClientError({"Error": {"Code": faults[model.name], "Message": "injected"},
-                               "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}, model.name)
+            response: Any = {"Error": {"Code": faults[model.name], "Message": "injected"},
+                             "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}
+            raise ClientError(response, model.name)
 
     sfn.meta.events.register("before-call.states", fail, unique_id="fault")
     try:
