@@ -260,3 +260,29 @@ def test_an_execution_that_cannot_be_stopped_says_why(
     assert err.value.code == TIMED_OUT and "could not stop it: Step Functions StopExecution on arn:" in err.value.message
     (execution,) = sfn.list_executions(stateMachineArn=arns["slow"])["executions"]
     sfn.stop_execution(executionArn=execution["executionArn"])  # end moto's thread
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failing_case_shows_the_failed_state_in_the_ui_and_the_pack(
+        arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
+    from flows.pipeline_test import pipeline_test, result_of
+    from tests.test_flow import assert_complete_pack, read_artifacts
+
+    wait = {"timeout": 20, "initial": 0.05}
+    case: dict[str, Any] = {"case": "Sfn flow", "variables": {"token": TOKEN}, "aws": {"region": REGION}, "steps": [
+        {"kind": "step_functions", "name": "load", "state_machine": "load", "wait": wait,
+         "input": {"file": "in/{{ flow_run_id }}.csv", "auth": {"token": "{{ token }}"}},
+         "sensitive_fields": ["auth.token", "token"], "expect": {"jmespath": {"rows": 5}}},
+        {"kind": "step_functions", "name": "validate", "state_machine": "reject", "wait": wait},
+    ]}
+    state = pipeline_test(spec=case, base_dir=str(tmp_path), return_state=True)
+    result = result_of(state)
+    assert state.is_failed() and result is not None
+    assert [(s.label, s.status) for s in result.steps] == [("load", "passed"), ("validate", "failed")]
+    assert "in state Validate (expected SUCCEEDED): BadFile: row 3 has no id" in str(result.steps[1].error)
+    assert_complete_pack(result, steps=2)
+    pack = "".join(p.read_text(encoding="utf-8") for p in Path(str(result.evidence_dir)).iterdir())
+    assert "Validate" in pack and TOKEN not in pack
+    bodies = [str(a.data) for a in read_artifacts(str(result.flow_run_id)) if a.type == "markdown"]
+    assert any("Failed in state" in b and "Validate" in b for b in bodies)
+    assert not any(TOKEN in b for b in bodies)
