@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from botocore.exceptions import ClientError
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.glue.models import glue_backends
 from moto.moto_api import state_manager
@@ -27,7 +26,7 @@ from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
 from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
 from tasks.polling import WaitInterrupted
 from tasks.secrets import STARS
-from tests.conftest import REGION, FakeClock
+from tests.conftest import REGION, FakeClock, failing_calls
 
 JOB = "transform-orders"
 CRAWLER = "curated-crawler"
@@ -54,7 +53,6 @@ def glue_clients(module_moto: Any, module_clients: ClientFactory) -> Iterator[Cl
         state_manager.unset_transition("glue::job_run")
         state_manager.unset_transition("glue::crawl")
         glue.meta.events.unregister("before-call.glue.BatchStopJobRun", unique_id="answer-batch-stop")
-        glue.meta.events.unregister("before-call.glue", unique_id="fault")
 
 
 def manual(model: str, times: int) -> None:
@@ -222,17 +220,6 @@ def test_sensitive_argument_names() -> None:
                                                                                        "--env": "x"}
 
 
-def fail_calls(glue: Any, faults: dict[str, str]) -> None:
-    """Each operation named fails with that AWS error code (a botocore hook, as tests/test_faults.py does)."""
-    def fail(model: Any, **_: Any) -> None:
-        if model.name in faults:
-            response: Any = {"Error": {"Code": faults[model.name], "Message": "injected"},
-                             "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}
-            raise ClientError(response, model.name)
-
-    glue.meta.events.register("before-call.glue", fail, unique_id="fault")
-
-
 @pytest.mark.parametrize("operation, data, resource", [
     ("StartJobRun", {}, f"job {JOB}"),
     ("GetJobRun", {}, f"job {JOB} run jr_"),
@@ -242,8 +229,7 @@ def test_aws_failures_name_the_call_the_resource_and_the_code(
         glue_clients: ClientFactory, tmp_path: Path, operation: str, data: dict[str, Any], resource: str) -> None:
     glue = glue_clients.client("glue")
     stops = answer_batch_stop(glue)
-    fail_calls(glue, {operation: "AccessDeniedException"})
-    with pytest.raises(StepError) as err:
+    with failing_calls(glue, {operation: "AccessDeniedException"}), pytest.raises(StepError) as err:
         run(job_step(**data), make_ctx(glue_clients, tmp_path, FakeClock()))
     assert not isinstance(err.value, CheckFailed) and err.value.code == "AccessDeniedException"
     assert err.value.message.startswith(f"Glue {operation} on {resource}"), err.value.message
@@ -253,8 +239,8 @@ def test_aws_failures_name_the_call_the_resource_and_the_code(
 
 def test_a_run_that_cannot_be_stopped_says_why(glue_clients: ClientFactory, tmp_path: Path) -> None:
     manual("glue::job_run", 10**6)
-    fail_calls(glue_clients.client("glue"), {"BatchStopJobRun": "AccessDeniedException"})
-    with pytest.raises(StepError) as err:
+    with failing_calls(glue_clients.client("glue"), {"BatchStopJobRun": "AccessDeniedException"}), \
+            pytest.raises(StepError) as err:
         run(job_step(wait={"timeout": 5}), make_ctx(glue_clients, tmp_path, FakeClock()))
     assert err.value.code == TIMED_OUT
     assert "could not stop it: Glue BatchStopJobRun on job" in err.value.message
@@ -333,9 +319,8 @@ def test_failed_crawl_fails_with_glues_error_message(glue_clients: ClientFactory
                                              ("GetTable", "AccessDeniedException")])
 def test_crawler_aws_failures_name_the_call_the_resource_and_the_code(
         glue_clients: ClientFactory, tmp_path: Path, operation: str, code: str) -> None:
-    fail_calls(glue_clients.client("glue"), {operation: code})
     step = crawler_step(database=DATABASE, tables=[{"name": "orders"}])
-    with pytest.raises(StepError) as err:
+    with failing_calls(glue_clients.client("glue"), {operation: code}), pytest.raises(StepError) as err:
         run(step, make_ctx(glue_clients, tmp_path, FakeClock()))
     resource = f"table {DATABASE}.orders" if operation == "GetTable" else f"crawler {CRAWLER}"
     assert not isinstance(err.value, CheckFailed) and err.value.code == code
@@ -343,9 +328,10 @@ def test_crawler_aws_failures_name_the_call_the_resource_and_the_code(
 
 
 def test_the_crawl_history_is_optional(glue_clients: ClientFactory, tmp_path: Path) -> None:
-    fail_calls(glue_clients.client("glue"), {"ListCrawls": "AccessDeniedException"})
     manual("glue::crawl", 10**6)
-    outcome = run(crawler_step(), make_ctx(glue_clients, tmp_path, FakeClock(on_sleep=lambda _: finish_crawl())))
+    with failing_calls(glue_clients.client("glue"), {"ListCrawls": "AccessDeniedException"}):
+        outcome = run(crawler_step(), make_ctx(glue_clients, tmp_path,
+                                               FakeClock(on_sleep=lambda _: finish_crawl())))
     assert outcome.details["status"] == "SUCCEEDED" and outcome.details["crawl_id"] is None
 
 

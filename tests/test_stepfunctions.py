@@ -8,14 +8,12 @@ moto runs each execution in a thread of its own: a test that needs an execution 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.stepfunctions.parser.utils import TMP_THREADS
@@ -27,7 +25,7 @@ from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
 from tasks.polling import WaitInterrupted
 from tasks.secrets import STARS
 from tasks.stepfunctions import StepFunctionsStep, execution_name
-from tests.conftest import MOTO_CONFIG, REGION, FakeClock, use_fake_aws_env
+from tests.conftest import MOTO_CONFIG, REGION, FakeClock, failing_calls, use_fake_aws_env
 
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/sfn"
 TOKEN = "canary-SfnToken-9a8b7c"
@@ -212,22 +210,6 @@ def test_bad_input_is_refused_at_validation(step: dict[str, Any], message: str) 
     assert problem.startswith("step 1 'run' (step_functions): ") and message in problem, problem
 
 
-@contextlib.contextmanager
-def fail_calls(sfn: Any, faults: dict[str, str]) -> Iterator[None]:
-    """Each operation named fails with that AWS error code (a botocore hook); removed when the test ends."""
-    def fail(model: Any, **_: Any) -> None:
-        if model.name in faults:
-            response: Any = {"Error": {"Code": faults[model.name], "Message": "injected"},
-                             "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}
-            raise ClientError(response, model.name)
-
-    sfn.meta.events.register("before-call.states", fail, unique_id="fault")
-    try:
-        yield
-    finally:
-        sfn.meta.events.unregister("before-call.states", unique_id="fault")
-
-
 @pytest.mark.parametrize("operation, data", [
     ("DescribeExecution", {}),
     ("ListExecutions", {"start": False}),
@@ -238,7 +220,7 @@ def test_aws_failures_name_the_call_the_resource_and_the_code(
         data: dict[str, Any]) -> None:
     sfn = sfn_module_clients.client("stepfunctions")
     step = sfn_step(**{"state_machine": arns["slow"], **data})
-    with fail_calls(sfn, {operation: "AccessDeniedException"}):
+    with failing_calls(sfn, {operation: "AccessDeniedException"}):
         with pytest.raises(StepError) as err:
             run(step, make_ctx(sfn_module_clients, tmp_path, FakeClock(on_sleep=settle)))
     assert not isinstance(err.value, CheckFailed) and err.value.code == "AccessDeniedException"
@@ -253,7 +235,7 @@ def test_aws_failures_name_the_call_the_resource_and_the_code(
 def test_an_execution_that_cannot_be_stopped_says_why(
         arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
     sfn = sfn_module_clients.client("stepfunctions")
-    with fail_calls(sfn, {"StopExecution": "AccessDeniedException"}):
+    with failing_calls(sfn, {"StopExecution": "AccessDeniedException"}):
         with pytest.raises(StepError) as err:
             run(sfn_step(state_machine=arns["slow"], wait={"timeout": 5}),
                 make_ctx(sfn_module_clients, tmp_path, FakeClock()))
