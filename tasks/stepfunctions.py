@@ -261,19 +261,22 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
         raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
     seconds = details["duration_s"]
     checked = ", output as expected" if step.expect else ""
-    region = sfn.meta.region_name
-    links = []
-    if region and is_real_aws(str(sfn.meta.endpoint_url)):
-        links.append(Link(f"https://{region}.console.aws.amazon.com/states/home?region={region}"
-                          f"#/v2/executions/details/{execution['executionArn']}",
-                          f"Step Functions execution {execution.get('name')}"))
     return StepOutcome(
         summary=f"Step Functions execution {execution.get('name')} {status}{checked}"
         + (f" in {format_duration(seconds)}" if seconds is not None else ""),
         details=details,
         markdown=markdown,
-        links=links,
+        links=console_links(sfn.meta.region_name, str(sfn.meta.endpoint_url), str(execution["executionArn"]),
+                            str(execution.get("name"))),
     )
+
+
+def console_links(region: str | None, endpoint: str, execution_arn: str, name: str) -> list[Link]:
+    """The execution in the Step Functions console (on AWS only, not on an emulator)."""
+    if not region or not is_real_aws(endpoint):
+        return []
+    return [Link(f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+                 f"#/v2/executions/details/{execution_arn}", f"Step Functions execution {name}")]
 
 
 def _details(step: StepFunctionsStep, arn: str, execution: dict[str, Any], history: StateHistory,

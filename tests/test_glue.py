@@ -23,7 +23,7 @@ from flows.spec import SpecError, parse_spec
 from tasks.aws import ClientFactory
 from tasks.base import REGISTRY, StepContext
 from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
-from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
+from tasks.glue import GlueCrawlerStep, GlueJobStep, _console, masked_arguments, sensitive_argument
 from tasks.polling import WaitInterrupted
 from tasks.secrets import STARS
 from tests.conftest import REGION, FakeClock, failing_calls
@@ -211,6 +211,12 @@ def test_start_error_names_action_job_and_aws_code(glue_clients: ClientFactory, 
         run(job_step(job="no-such-job"), make_ctx(glue_clients, tmp_path, FakeClock()))
     assert err.value.message.startswith("Glue StartJobRun on job no-such-job failed: EntityNotFoundException")
     assert err.value.code == "EntityNotFoundException"
+
+
+def test_console_links_on_aws_only() -> None:
+    (link,) = _console("eu-west-1", "https://glue.eu-west-1.amazonaws.com", f"/job/{JOB}/run/jr_1", "run")
+    assert link.url == f"https://eu-west-1.console.aws.amazon.com/gluestudio/home?region=eu-west-1#/job/{JOB}/run/jr_1"
+    assert _console("eu-west-1", "http://127.0.0.1:5000", "/job/x", "run") == []
 
 
 def test_sensitive_argument_names() -> None:
