@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -214,9 +214,8 @@ class StepContext:
     stop: threading.Event = field(default_factory=threading.Event)
     #: time and sleep for waits; None: the real clock, sleeping on ``stop``
     clock_override: Clock | None = None
-    #: when the case began (UTC, wall clock): steps that wait for what the pipeline started look at what
-    #: started since then
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    #: when the case run began (wall clock, seconds since the epoch): what "since the case began" means
+    started_at: float = field(default_factory=time.time)
 
     @property
     def clock(self) -> Clock:

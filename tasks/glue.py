@@ -18,7 +18,6 @@ started is stopped when the case run is stopped while it waits.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from botocore.exceptions import ClientError
@@ -147,7 +146,7 @@ def get_job_run(glue: GlueClient, job: str, run_id: str) -> dict[str, Any]:
         raise aws_error("Glue GetJobRun", f"job {job} run {run_id}", exc) from None
 
 
-def pipeline_job_run(glue: GlueClient, job: str, since: datetime, match: dict[str, str]) -> dict[str, Any] | None:
+def pipeline_job_run(glue: GlueClient, job: str, since: float, match: dict[str, str]) -> dict[str, Any] | None:
     """The newest run of ``job`` started at or after ``since`` whose arguments hold ``match``, or None."""
     try:
         runs = glue.get_job_runs(JobName=job, MaxResults=RUNS_PAGE)["JobRuns"]
@@ -461,7 +460,7 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
         if step.start:
             return started is not None and started != earlier_start
         begun = as_utc(started)
-        return seen_running or (begun is not None and begun >= ctx.started_at)
+        return seen_running or (begun is not None and begun.timestamp() >= ctx.started_at)
 
     def done(crawler: dict[str, Any]) -> bool:
         return crawler.get("State") == "READY" and ours(crawler) and crawl_status(crawler) is not None

@@ -137,11 +137,12 @@ def as_utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def newest_since(items: Iterable[T], started: Callable[[T], Any], since: datetime,
+def newest_since(items: Iterable[T], started: Callable[[T], Any], since: float,
                  accept: Callable[[T], bool] = lambda _: True) -> T | None:
-    """The newest item started at or after ``since`` that ``accept`` takes, or None."""
+    """The newest item started at or after ``since`` (seconds since the epoch, as ``StepContext.started_at``)
+    that ``accept`` takes, or None."""
     found = [(when, i, item) for i, item in enumerate(items)
-             if (when := as_utc(started(item))) is not None and when >= since and accept(item)]
+             if (when := as_utc(started(item))) is not None and when.timestamp() >= since and accept(item)]
     return max(found, key=lambda f: (f[0], f[1]))[2] if found else None
 
 

@@ -144,7 +144,7 @@ def describe_execution(sfn: SFNClient, execution_arn: str) -> dict[str, Any]:
         raise aws_error("Step Functions DescribeExecution", f"execution {execution_arn}", exc) from None
 
 
-def pipeline_execution(sfn: SFNClient, arn: str, since: Any, prefix: str | None) -> dict[str, Any] | None:
+def pipeline_execution(sfn: SFNClient, arn: str, since: float, prefix: str | None) -> dict[str, Any] | None:
     """The newest execution of the state machine started at or after ``since`` (named ``prefix...``), or None."""
     try:
         executions = sfn.list_executions(stateMachineArn=arn, maxResults=EXECUTIONS_PAGE)["executions"]

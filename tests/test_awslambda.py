@@ -37,7 +37,8 @@ from tasks.awslambda import (
 )
 from tasks.base import REGISTRY, StepContext, StepOutcome
 from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
-from tasks.json_checks import jmespath_mismatches, json_equal, json_subset_mismatches, truncate
+from tasks.json_checks import truncate
+from tasks.json_match import jmespath_mismatches, json_equal, json_subset_mismatches
 from tasks.secrets import mask
 
 REGION = "us-east-1"

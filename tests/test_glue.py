@@ -10,6 +10,7 @@ the run in the backend as Glue would.
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -179,7 +180,7 @@ def test_waits_for_the_pipelines_run_by_argument(glue_clients: ClientFactory, tm
     glue = glue_clients.client("glue")
     calls = answer_batch_stop(glue)
     glue.start_job_run(JobName=JOB, Arguments={"--file": "in/a.csv"})  # before the case began: not ours
-    ctx = make_ctx(glue_clients, tmp_path, FakeClock(), started_at=datetime.now(timezone.utc) + timedelta(seconds=1))
+    ctx = make_ctx(glue_clients, tmp_path, FakeClock(), started_at=time.time() + 1)
     for run_ in job_runs():
         run_.started_on -= timedelta(seconds=5)
 
@@ -188,7 +189,7 @@ def test_waits_for_the_pipelines_run_by_argument(glue_clients: ClientFactory, tm
             glue.start_job_run(JobName=JOB, Arguments={"--file": "in/b.csv"})
             glue.start_job_run(JobName=JOB, Arguments={"--file": "in/c.csv"})
             for r in job_runs()[1:]:
-                r.started_on = ctx.started_at + timedelta(seconds=t)
+                r.started_on = datetime.fromtimestamp(ctx.started_at + t, timezone.utc)
 
     ctx.clock_override = FakeClock(on_sleep=pipeline).clock
     outcome = run(job_step(start=False, match_arguments={"--file": "in/b.csv"}), ctx)
