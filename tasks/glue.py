@@ -24,9 +24,9 @@ from botocore.exceptions import ClientError
 from pydantic import Field, field_validator, model_validator
 
 from tasks import markdown as md
-from tasks.aws import is_real_aws
-from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
+from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
+from tasks.expect import console_link
 from tasks.json_checks import truncate
 from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, watch, when
 from tasks.secrets import mask, redact
@@ -67,10 +67,9 @@ def secret_argument_values(arguments: dict[str, Any], declared: list[str] | tupl
     return [str(v) for k, v in arguments.items() if sensitive_argument(k, declared) and v]
 
 
-def _console(region: str | None, endpoint: str, fragment: str, text: str, service: str = "gluestudio") -> list[Link]:
-    if not region or not is_real_aws(endpoint):
-        return []
-    return [Link(f"https://{region}.console.aws.amazon.com/{service}/home?region={region}#{fragment}", text)]
+def _literal(text: str) -> str:
+    """A name as a literal part of console_link's path (whose ``{region}`` is filled in with str.format)."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _facts_table(rows: list[tuple[str, Any]]) -> md.Md:
@@ -249,8 +248,8 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
         + (f" in {format_duration(seconds)}" if seconds is not None else ""),
         details=details,
         markdown=markdown,
-        links=_console(glue.meta.region_name, str(glue.meta.endpoint_url), f"/job/{step.job}/run/{run_id}",
-                       f"Glue job run {run_id}"),
+        links=console_link(ctx, "glue", "gluestudio/home?region={region}#/job/"
+                           + _literal(f"{step.job}/run/{run_id}"), f"Glue job run {run_id}"),
     )
 
 
@@ -520,8 +519,8 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
         summary=f"Glue crawler {step.crawler}: crawl {status}{checked}",
         details=details,
         markdown=markdown,
-        links=_console(glue.meta.region_name, str(glue.meta.endpoint_url),
-                       f"/v2/data-catalog/crawlers/view/{step.crawler}", f"Glue crawler {step.crawler}", "glue"),
+        links=console_link(ctx, "glue", "glue/home?region={region}#/v2/data-catalog/crawlers/view/"
+                           + _literal(step.crawler), f"Glue crawler {step.crawler}"),
     )
 
 

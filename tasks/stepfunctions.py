@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
-from tasks.aws import is_real_aws
-from tasks.base import Link, StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
+from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error
+from tasks.expect import console_link
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
 from tasks.runs import RunWait, StateHistory, duration_s, newest_since, watch, when
 from tasks.secrets import parse_path, secrets_at
@@ -266,17 +266,11 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
         + (f" in {format_duration(seconds)}" if seconds is not None else ""),
         details=details,
         markdown=markdown,
-        links=console_links(sfn.meta.region_name, str(sfn.meta.endpoint_url), str(execution["executionArn"]),
-                            str(execution.get("name"))),
+        links=console_link(ctx, "stepfunctions", "states/home?region={region}#/v2/executions/details/"
+                           + str(execution["executionArn"]).replace("{", "{{").replace("}", "}}"),
+                           f"Step Functions execution {execution.get('name')}"),
     )
 
-
-def console_links(region: str | None, endpoint: str, execution_arn: str, name: str) -> list[Link]:
-    """The execution in the Step Functions console (on AWS only, not on an emulator)."""
-    if not region or not is_real_aws(endpoint):
-        return []
-    return [Link(f"https://{region}.console.aws.amazon.com/states/home?region={region}"
-                 f"#/v2/executions/details/{execution_arn}", f"Step Functions execution {name}")]
 
 
 def _details(step: StepFunctionsStep, arn: str, execution: dict[str, Any], history: StateHistory,

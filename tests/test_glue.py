@@ -21,10 +21,11 @@ from moto.glue.models import glue_backends
 from moto.moto_api import state_manager
 
 from flows.spec import SpecError, parse_spec
-from tasks.aws import ClientFactory
+from tasks.aws import AwsTarget, ClientFactory
 from tasks.base import REGISTRY, StepContext
 from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
-from tasks.glue import GlueCrawlerStep, GlueJobStep, _console, masked_arguments, sensitive_argument
+from tasks.expect import console_link
+from tasks.glue import GlueCrawlerStep, GlueJobStep, _literal, masked_arguments, sensitive_argument
 from tasks.polling import WaitInterrupted
 from tasks.secrets import STARS
 from tests.conftest import REGION, FakeClock, failing_calls
@@ -214,10 +215,15 @@ def test_start_error_names_action_job_and_aws_code(glue_clients: ClientFactory, 
     assert err.value.code == "EntityNotFoundException"
 
 
-def test_console_links_on_aws_only() -> None:
-    (link,) = _console("eu-west-1", "https://glue.eu-west-1.amazonaws.com", f"/job/{JOB}/run/jr_1", "run")
-    assert link.url == f"https://eu-west-1.console.aws.amazon.com/gluestudio/home?region=eu-west-1#/job/{JOB}/run/jr_1"
-    assert _console("eu-west-1", "http://127.0.0.1:5000", "/job/x", "run") == []
+def test_console_links(glue_clients: ClientFactory, tmp_path: Path) -> None:
+    # moto in process answers at AWS's own endpoints: the links are made as on AWS (none on moto's server)
+    outcome = run(job_step(), make_ctx(glue_clients, tmp_path, FakeClock()))
+    (run_id,) = [r.job_run_id for r in job_runs()]
+    assert [link.url for link in outcome.links] == [
+        f"https://{REGION}.console.aws.amazon.com/gluestudio/home?region={REGION}#/job/{JOB}/run/{run_id}"]
+    on_aws = make_ctx(ClientFactory(AwsTarget(region="eu-west-1")), tmp_path, FakeClock())
+    (link,) = console_link(on_aws, "glue", "gluestudio/home?region={region}#/job/" + _literal("a{b}/run/jr_1"), "x")
+    assert link.url == "https://eu-west-1.console.aws.amazon.com/gluestudio/home?region=eu-west-1#/job/a{b}/run/jr_1"
 
 
 def test_sensitive_argument_names() -> None:

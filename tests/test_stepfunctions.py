@@ -24,7 +24,7 @@ from tasks.base import REGISTRY, StepContext
 from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
 from tasks.polling import WaitInterrupted
 from tasks.secrets import STARS
-from tasks.stepfunctions import StepFunctionsStep, console_links, execution_name
+from tasks.stepfunctions import StepFunctionsStep, execution_name
 from tests.conftest import MOTO_CONFIG, REGION, FakeClock, failing_calls, use_fake_aws_env
 
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/sfn"
@@ -186,14 +186,6 @@ def test_state_machine_by_name_and_start_error_with_aws_code(
         run(sfn_step(state_machine="missing"), make_ctx(sfn_module_clients, tmp_path, FakeClock()))
     assert err.value.message.startswith("Step Functions StartExecution on state machine arn:aws:states:")
     assert err.value.code == "StateMachineDoesNotExist"
-
-
-def test_console_link_on_aws_only() -> None:
-    arn = "arn:aws:states:eu-west-1:123456789012:execution:load:x1"
-    (link,) = console_links("eu-west-1", "https://states.eu-west-1.amazonaws.com", arn, "x1")
-    assert link.url == ("https://eu-west-1.console.aws.amazon.com/states/home?region=eu-west-1"
-                        f"#/v2/executions/details/{arn}")
-    assert console_links("eu-west-1", "http://127.0.0.1:5000", arn, "x1") == []
 
 
 def test_execution_names_fit_step_functions_limits() -> None:
