@@ -11,14 +11,15 @@ Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipelin
   dead-letter queue, ``demo-orders-dlq`` (SQS), which stays empty while files load;
 - a background worker standing in for the pipeline: it copies each file that lands under ``incoming/`` in the
   bucket the parameter names to ``curated/`` in the curated bucket after a short delay, writes an audit item
-  for it, and makes the rows available to the Athena table ``demo_db.orders``.
-Then it runs ``examples/cases/orders_ingestion.yaml`` as a Prefect flow and prints the result and where to see
-the evidence. No AWS account, no network. ``--fail`` breaks the fake pipeline (it loses a row), to show what a
-failed case and its evidence look like.
+  for it, and makes the rows available to the Athena table ``demo_db.orders``; a file whose CSV header is not
+  the orders header is moved to ``quarantine/`` in the landing bucket instead, and never reaches curated.
+Then it runs ``examples/cases/orders_ingestion.yaml`` and the negative case ``orders_bad_header.yaml`` as Prefect
+flows and prints the results and where to see the evidence. No AWS account, no network. ``--fail`` breaks the
+fake pipeline (it loses a row), to show what a failed case and its evidence look like.
 
-The flow ``pipeline-test-demo`` (:func:`pipeline_demo`) does the same inside one flow run, the case a subflow
-run of it: prefect.yaml's ``demo`` deployment runs it, so a worker or ``deployments/serve.py`` on a fresh
-machine runs a case that passes, with its evidence, and nothing else to set up.
+The flow ``pipeline-test-demo`` (:func:`pipeline_demo`) runs one case the same way inside one flow run, the
+case a subflow run of it: prefect.yaml's ``demo`` deployment runs it, so a worker or ``deployments/serve.py``
+on a fresh machine runs a case that passes, with its evidence, and nothing else to set up.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ prefect_logs.install()
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
+#: the negative case: a file with a wrong header is quarantined, not loaded
+NEGATIVE_CASE = ROOT / "examples" / "cases" / "orders_bad_header.yaml"
+#: the header the pipeline accepts; any other file is quarantined
+ORDERS_HEADER = "order_id,customer_id,order_date,amount,currency,status"
 REGION = "us-east-1"
 LANDING_BUCKET = "demo-landing"
 CURATED_BUCKET = "demo-curated"
@@ -138,10 +143,16 @@ class FakePipeline:
                 self.done.add((bucket, key))
 
     def process(self, bucket: str, key: str) -> None:
-        """Copy the file to the curated zone and make its rows what the Athena table answers."""
+        """Copy the file to the curated zone and make its rows what the Athena table answers; or, when its header
+        is not the orders header, move it to ``quarantine/`` in its own bucket instead."""
+        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        if body.splitlines()[:1] != [ORDERS_HEADER]:
+            self.s3.copy_object(Bucket=bucket, Key="quarantine/" + key[len("incoming/"):],
+                                CopySource={"Bucket": bucket, "Key": key})
+            self.s3.delete_object(Bucket=bucket, Key=key)
+            return
         target = "curated/" + key[len("incoming/"):]
         self.s3.copy_object(Bucket=CURATED_BUCKET, Key=target, CopySource={"Bucket": bucket, "Key": key})
-        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
         rows = list(csv.DictReader(io.StringIO(body)))
         if self.loses_a_row:
             rows = rows[:-1]
@@ -225,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         with demo_pipeline(loses_a_row=args.fail) as pipeline:
-            state = pipeline_test(spec=str(DEMO_CASE), return_state=True)
-            seen.update(state=state, result=result_of(state), setting=source_setting(pipeline))
+            states = [pipeline_test(spec=str(case), return_state=True) for case in (DEMO_CASE, NEGATIVE_CASE)]
+            seen.update(results=[(state, result_of(state)) for state in states], setting=source_setting(pipeline))
         return 0
 
     # against PREFECT_API_URL when set, else a temporary server of its own (exit 3, one line, when there is none);
@@ -234,16 +245,23 @@ def main(argv: list[str] | None = None) -> int:
     code = guarded(run)
     if not seen:
         return code
-    result, state, setting = seen["result"], seen["state"], seen["setting"]
-    print()
-    if result is None:
-        print(f"The demo's flow run ended {state.type.value}: {state.message}")
-        return 1
-    print(format_result(result, with_link=False))
+    passed, where = True, []
+    for state, result in seen["results"]:
+        print()
+        if result is None:
+            print(f"The demo's flow run ended {state.type.value}: {state.message}")
+            passed = False
+            continue
+        print(format_result(result, with_link=False))
+        where.append(where_to_look(result.ui_url, result.case))
+        passed = passed and result.passed
+    setting = seen["setting"]
     restored = "restored" if setting == PRODUCTION_SOURCE else "NOT restored"
-    print(f"SSM {SOURCE_PARAMETER} after the run: {setting!r} ({restored}: the case changed it for the test)")
-    print(where_to_look(result.ui_url, result.case))
-    return 0 if result.passed else 1
+    print(f"SSM {SOURCE_PARAMETER} after the runs: {setting!r} ({restored}: the cases changed it for the test)")
+    for line in dict.fromkeys(where):  # the temporary server's hint once, a link per case otherwise
+        print(line)
+    return 0 if passed else 1
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,6 +37,8 @@ CLEANUP_FAILED = "CleanupFailed"
 NOT_FOUND = "NotFound"
 #: an object the step would write is already there and overwriting is not allowed
 OBJECT_EXISTS = "ObjectExists"
+#: an object is too large for the checks asked of it (column conditions above conditions_max_mb)
+OBJECT_TOO_LARGE = "ObjectTooLarge"
 #: what S3 stored is not what was sent
 CHECKSUM_MISMATCH = "ChecksumMismatch"
 #: an undo could not put everything back / cannot be done at all

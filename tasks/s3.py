@@ -4,7 +4,8 @@ the pipeline writes). Plain functions take a boto3 S3 client; the runners at the
 Uploads are checked end to end: a SHA-256 is sent with each upload (S3 rejects a body that does not match)
 and read back afterwards; an existing object is never replaced unless the step says ``overwrite: true``
 (checked before the first upload, and enforced atomically with S3's conditional write ``If-None-Match: *``).
-Waiting uses HEAD or LIST, never a download, with a growing interval.
+Waiting uses HEAD or LIST, never a download, with a growing interval. ``content`` then reads each object found,
+streamed (:mod:`tasks.object_content`); ``absent: true`` watches for a hold time that nothing appears.
 """
 
 from __future__ import annotations
@@ -54,7 +55,15 @@ from tasks.errors import (
     error_code,
     request_id,
 )
-from tasks.polling import Clock, PollSettings, poll
+from tasks.object_content import (
+    MAX_OBJECTS,
+    LocalFile,
+    ObjectContent,
+    ObjectReport,
+    check_object,
+    content_markdown,
+)
+from tasks.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
 
 for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
                     ".parquet": "application/vnd.apache.parquet", ".avro": "application/avro",
@@ -559,7 +568,7 @@ class UploadStep(StepBase):
 
 
 class ExpectObjectsStep(StepBase):
-    """Wait for the pipeline to write objects, and check them (HEAD or LIST, never a download)."""
+    """Wait for the pipeline to write objects (HEAD or LIST), and check what they hold; or that none appear."""
 
     kind: Literal["expect_objects"] = "expect_objects"
     bucket: BucketName = Field(..., description="Bucket to look in.")
@@ -571,6 +580,13 @@ class ExpectObjectsStep(StepBase):
                                   "default 1).")
     min_size: int = Field(0, ge=0, description="Minimum size in bytes of each matching object.")
     wait: PollSettings = Field(default_factory=PollSettings, description="How long and how often to look.")
+    content: ObjectContent | None = Field(None, description="Check what each matching object holds (read "
+                                          f"streamed, at most {MAX_OBJECTS} objects): format, rows, columns, a "
+                                          "copy of an uploaded file, column conditions.")
+    absent: bool = Field(False, description="The negative form: nothing matching `keys` (or `prefix` + `pattern`) "
+                         "may appear for `hold` seconds; the step passes only after the whole hold.")
+    hold: float | None = Field(None, gt=0, le=MAX_WAIT_SECONDS, description="With absent: how long (seconds) "
+                               "nothing may appear; `wait` sets how often to look (its timeout does not apply).")
 
     @model_validator(mode="after")
     def _one_form(self) -> "ExpectObjectsStep":
@@ -581,7 +597,23 @@ class ExpectObjectsStep(StepBase):
             raise ValueError("'count', 'min_count' and 'pattern' go with 'prefix', not with 'keys'")
         if self.count is not None and self.min_count is not None:
             raise ValueError("give 'count' (exact) or 'min_count' (minimum), not both")
+        if self.absent:
+            if self.hold is None:
+                raise ValueError("absent: true needs 'hold' (how many seconds nothing may appear)")
+            clashing = [f for f in ("count", "min_count", "content") if getattr(self, f) is not None]
+            clashing += ["min_size"] if self.min_size else []
+            clashing += ["wait.timeout"] if "timeout" in self.wait.model_fields_set else []
+            if clashing:
+                raise ValueError(f"{', '.join(repr(f) for f in clashing)} cannot go with absent: true (nothing may "
+                                 "appear; the hold time is 'hold')")
+        elif self.hold is not None:
+            raise ValueError("'hold' goes with absent: true")
+        if self.content is not None and self.count is not None and self.count > MAX_OBJECTS:
+            raise ValueError(f"content checks read at most {MAX_OBJECTS} objects (count is {self.count})")
         return self
+
+    def case_checks(self, case: Any) -> list[str]:
+        return self.content.upload_check(case) if self.content is not None else []
 
 
 def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
@@ -740,8 +772,7 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
 
         def done(o: Observation) -> bool:
             return not o.missing and not o.others
-        common = posixpath.commonprefix(step.keys)
-        where = s3_uri(step.bucket, common[: common.rfind("/") + 1])
+        where = _where(step)
         what = f"{len(step.keys)} key(s) in s3://{step.bucket}"
     else:
         prefix = step.prefix or ""
@@ -781,6 +812,91 @@ def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
     return obs, outcome.checks, outcome.elapsed
 
 
+def _where(step: ExpectObjectsStep) -> str:
+    """Where the step looks: its prefix, or the folder its keys share."""
+    if step.keys is None:
+        return s3_uri(step.bucket, step.prefix or "")
+    common = posixpath.commonprefix(step.keys)
+    return s3_uri(step.bucket, common[: common.rfind("/") + 1])
+
+
+def expect_absent(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
+                  clock: Clock | None = None) -> tuple[Observation, int, float]:
+    """Watch for ``step.hold`` seconds that nothing matching the step appears; returns the last observation, the
+    polls made and the seconds watched. Raises CheckFailed at once when something matching is there."""
+    hold = step.hold or 0.0
+    if step.keys is not None:
+        require_bucket(client, step.bucket)  # a HEAD in a missing bucket is a 404 too: "absent" would prove nothing
+        target = f"any of {len(step.keys)} key(s) in s3://{step.bucket}"
+
+        def check() -> Observation:
+            return observe_keys(client, step.bucket, step.keys or [], 0)
+    else:
+        target = f"objects matching {step.pattern!r} under {_where(step)}"
+
+        def check() -> Observation:
+            return observe_prefix(client, step.bucket, step.prefix or "", step.pattern, 0)
+
+    settings = step.wait.model_copy(update={"timeout": hold})
+    outcome = poll(check, lambda o: bool(o.matched), settings, describe=lambda o: f"{len(o.matched)} there",
+                   what=f"no {target} for {hold:g} s", logger=logger, clock=clock)
+    obs = outcome.value
+    if outcome.done:
+        found = Observation(obs.matched, [], [])
+        rows = [["absent", f"no {target} for {hold:g} s",
+                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})", "❌ failed"]]
+        raise CheckFailed(
+            f"{_listing(found)} appeared after {outcome.elapsed:.1f} s (poll {outcome.checks}): expected no "
+            f"{target} for {hold:g} s",
+            details={"found": [asdict(o) for o in obs.matched], "polls": outcome.checks,
+                     "watched_seconds": round(outcome.elapsed, 3), "hold_seconds": hold},
+            markdown=markdown.Md(f"Watched {markdown.text(target)} for a hold of {hold:g} s: "
+                                 f"{markdown.text(_listing(found))} appeared after {outcome.elapsed:.1f} s "
+                                 f"(poll {outcome.checks}).\n\n"
+                                 + markdown.table(["check", "expected", "actual", "verdict"], rows)))
+    return obs, outcome.checks, outcome.elapsed
+
+
+def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
+    client = ctx.clients.client("s3")
+    obs, polls, elapsed = expect_absent(client, step, logger=ctx.logger, clock=ctx.clock)
+    hold = step.hold or 0.0
+    target = (", ".join(markdown.code(k) for k in step.keys) if step.keys else
+              f"objects matching {markdown.code(step.pattern)} under {markdown.code(_where(step))}")
+    how = "HEAD" if step.keys else "LIST"
+    rows = [["absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s", "✅ held"]]
+    lines = [f"Watched {target} for **{elapsed:.1f} s** (hold {hold:g} s): {polls} poll(s) ({how}; no object was "
+             "downloaded), nothing appeared.", "", markdown.table(["check", "expected", "actual", "verdict"], rows)]
+    if obs.others:
+        lines += ["", "There, but not matching (not counted): "
+                  + ", ".join(f"{markdown.code(o.key)} ({markdown.text(why)})" for o, why in obs.others[:20])]
+    return StepOutcome(
+        summary=f"nothing appeared in s3://{step.bucket} for {elapsed:.1f} s ({polls} polls)",
+        details={"bucket": step.bucket, "absent": True, "hold_seconds": hold, "polls": polls,
+                 "watched_seconds": round(elapsed, 3), "not_counted": [o.key for o, _ in obs.others[:20]]},
+        markdown="\n".join(lines),
+    )
+
+
+def _content_reports(ctx: StepContext, step: ExpectObjectsStep, found: list[ObjectInfo]) -> list[ObjectReport]:
+    """The content checks of every object found (at most MAX_OBJECTS)."""
+    content = step.content
+    assert content is not None
+    if len(found) > MAX_OBJECTS:
+        raise StepError(f"content checks read at most {MAX_OBJECTS} objects, and {len(found)} match under "
+                        f"{_where(step)}: narrow the prefix or pattern")
+    upload = None
+    if content.same_as_upload is not None:
+        (path,) = resolve_files([content.same_as_upload.file], ctx.spec_dir)
+        upload = LocalFile.of(path, content.same_as_upload.file)
+    client = ctx.clients.client("s3")
+    reports = []
+    for info in found:
+        ctx.logger.info("Checking the content of %s (%s)", s3_uri(step.bucket, info.key), format_bytes(info.size))
+        reports.append(check_object(client, step.bucket, info.key, info.size, content, upload=upload, stop=ctx.stop))
+    return reports
+
+
 def _listing(obs: Observation, limit: int = 20) -> str:
     items = [f"{o.key} ({format_bytes(o.size)})" for o in obs.matched]
     items += [f"{o.key} ({format_bytes(o.size)}, {why})" for o, why in obs.others]
@@ -793,7 +909,9 @@ def _listing(obs: Observation, limit: int = 20) -> str:
 
 @step_kind(ExpectObjectsStep)
 def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome:
-    """Wait for and check the objects the pipeline writes."""
+    """Wait for and check the objects the pipeline writes (or, with absent, that none appear)."""
+    if step.absent:
+        return _absent_outcome(ctx, step)
     client = ctx.clients.client("s3")
     obs, checks, elapsed = expect_objects(client, step, logger=ctx.logger, clock=ctx.clock)
     rows = [[markdown.code(o.key), format_bytes(o.size), markdown.code(o.etag), o.last_modified]
@@ -807,14 +925,28 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
         + (f", each at least {step.min_size} B" if step.min_size else "") + ".",
         "",
         f"Found **{len(obs.matched)}** after {elapsed:.1f} s and {checks} check(s) "
-        f"({'HEAD' if step.keys else 'LIST'}; no object was downloaded).",
+        f"({'HEAD' if step.keys else 'LIST'}" + ("; then each read for its content)." if step.content else
+                                                 "; no object was downloaded)."),
         "",
         markdown.table(["key", "size", "ETag", "last modified"], rows),
     ])
+    details: dict[str, Any] = {"bucket": step.bucket, "found": [asdict(o) for o in obs.matched], "checks": checks,
+                               "waited_seconds": round(elapsed, 3)}
+    summary = f"found {len(obs.matched)} object(s) in s3://{step.bucket} after {elapsed:.1f} s ({checks} checks)"
+    if step.content is not None:
+        reports = _content_reports(ctx, step, obs.matched)
+        md += "\n\n" + content_markdown(reports)
+        details["content"] = [r.to_dict() for r in reports]
+        failed = [(r.key, c) for r in reports for c in r.checks if not c.passed]
+        if failed:
+            shown = "; ".join(f"{key}: {c.line()}" for key, c in failed[:5])
+            more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+            raise CheckFailed(f"{len(failed)} content check(s) did not hold: {shown}{more}", details=details,
+                              markdown=md)
+        summary += f"; {sum(len(r.checks) for r in reports)} content check(s) held"
     return StepOutcome(
-        summary=f"found {len(obs.matched)} object(s) in s3://{step.bucket} after {elapsed:.1f} s ({checks} checks)",
-        details={"bucket": step.bucket, "found": [asdict(o) for o in obs.matched], "checks": checks,
-                 "waited_seconds": round(elapsed, 3)},
+        summary=summary,
+        details=details,
         markdown=md,
         links=[object_link(ctx, step.bucket, o.key) for o in obs.matched[:10]],
     )
