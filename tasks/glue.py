@@ -28,7 +28,7 @@ from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_dur
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
 from tasks.expect import console_link
 from tasks.json_checks import truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, watch, when
+from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import mask, redact
 
 if TYPE_CHECKING:
@@ -65,11 +65,6 @@ def masked_arguments(arguments: dict[str, Any], declared: list[str] | tuple[str,
 
 def secret_argument_values(arguments: dict[str, Any], declared: list[str] | tuple[str, ...] = ()) -> list[str]:
     return [str(v) for k, v in arguments.items() if sensitive_argument(k, declared) and v]
-
-
-def _literal(text: str) -> str:
-    """A name as a literal part of console_link's path (whose ``{region}`` is filled in with str.format)."""
-    return text.replace("{", "{{").replace("}", "}}")
 
 
 def _facts_table(rows: list[tuple[str, Any]]) -> md.Md:
@@ -242,14 +237,12 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
     markdown = _job_markdown(step, details, history, problem)
     if problem:
         raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown)
-    seconds = details["duration_s"]
     return StepOutcome(
-        summary=f"Glue job {step.job} run {run_id} {state}"
-        + (f" in {format_duration(seconds)}" if seconds is not None else ""),
+        summary=f"Glue job {step.job} run {run_id} {state}{took(details['duration_s'])}",
         details=details,
         markdown=markdown,
         links=console_link(ctx, "glue", "gluestudio/home?region={region}#/job/"
-                           + _literal(f"{step.job}/run/{run_id}"), f"Glue job run {run_id}"),
+                           + literal(f"{step.job}/run/{run_id}"), f"Glue job run {run_id}"),
     )
 
 
@@ -520,7 +513,7 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
         details=details,
         markdown=markdown,
         links=console_link(ctx, "glue", "glue/home?region={region}#/v2/data-catalog/crawlers/view/"
-                           + _literal(step.crawler), f"Glue crawler {step.crawler}"),
+                           + literal(step.crawler), f"Glue crawler {step.crawler}"),
     )
 
 

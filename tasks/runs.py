@@ -156,3 +156,13 @@ def when(value: Any) -> str:
     """A boto3 timestamp as ISO 8601 UTC (seconds), or ``–``."""
     moment = as_utc(value)
     return moment.isoformat(timespec="seconds") if moment else "–"
+
+
+def took(seconds: float | None) -> str:
+    """`` in 4 min 02 s`` for a summary line, or "" when the duration is not known."""
+    return f" in {format_duration(seconds)}" if seconds is not None else ""
+
+
+def literal(text: str) -> str:
+    """A name or ARN as a literal part of ``tasks.expect.console_link``'s path (``{region}`` is filled in there)."""
+    return text.replace("{", "{{").replace("}", "}}")

@@ -26,7 +26,7 @@ from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
-from tasks.runs import RunWait, StateHistory, duration_s, newest_since, watch, when
+from tasks.runs import RunWait, StateHistory, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
 
 if TYPE_CHECKING:
@@ -259,15 +259,13 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
     markdown = _markdown(details, problems)
     if problems:
         raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
-    seconds = details["duration_s"]
     checked = ", output as expected" if step.expect else ""
     return StepOutcome(
-        summary=f"Step Functions execution {execution.get('name')} {status}{checked}"
-        + (f" in {format_duration(seconds)}" if seconds is not None else ""),
+        summary=f"Step Functions execution {execution.get('name')} {status}{checked}{took(details['duration_s'])}",
         details=details,
         markdown=markdown,
         links=console_link(ctx, "stepfunctions", "states/home?region={region}#/v2/executions/details/"
-                           + str(execution["executionArn"]).replace("{", "{{").replace("}", "}}"),
+                           + literal(str(execution["executionArn"])),
                            f"Step Functions execution {execution.get('name')}"),
     )
 

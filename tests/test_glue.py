@@ -25,8 +25,9 @@ from tasks.aws import AwsTarget, ClientFactory
 from tasks.base import REGISTRY, StepContext
 from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
 from tasks.expect import console_link
-from tasks.glue import GlueCrawlerStep, GlueJobStep, _literal, masked_arguments, sensitive_argument
+from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
 from tasks.polling import WaitInterrupted
+from tasks.runs import literal
 from tasks.secrets import STARS
 from tests.conftest import REGION, FakeClock, failing_calls
 
@@ -222,7 +223,7 @@ def test_console_links(glue_clients: ClientFactory, tmp_path: Path) -> None:
     assert [link.url for link in outcome.links] == [
         f"https://{REGION}.console.aws.amazon.com/gluestudio/home?region={REGION}#/job/{JOB}/run/{run_id}"]
     on_aws = make_ctx(ClientFactory(AwsTarget(region="eu-west-1")), tmp_path, FakeClock())
-    (link,) = console_link(on_aws, "glue", "gluestudio/home?region={region}#/job/" + _literal("a{b}/run/jr_1"), "x")
+    (link,) = console_link(on_aws, "glue", "gluestudio/home?region={region}#/job/" + literal("a{b}/run/jr_1"), "x")
     assert link.url == "https://eu-west-1.console.aws.amazon.com/gluestudio/home?region=eu-west-1#/job/a{b}/run/jr_1"
 
 
