@@ -40,7 +40,7 @@ from tasks.s3 import S3Key
 
 #: the service modules whose step kinds a case can use; importing one registers its kinds
 SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena", "tasks.dynamodb", "tasks.sqs",
-                   "tasks.cloudwatch")
+                   "tasks.cloudwatch", "tasks.glue", "tasks.stepfunctions")
 for _module in SERVICE_MODULES:
     importlib.import_module(_module)
 

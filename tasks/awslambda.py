@@ -18,30 +18,26 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
-import jmespath
-from jmespath.exceptions import JMESPathError
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
 from tasks.aws import is_real_aws
-from tasks.base import Link, SpecModel, StepBase, StepContext, StepOutcome, step_kind
+from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
-from tasks.json_match import jmespath_mismatches, json_subset_mismatches
-from tasks.secrets import (
-    Secrets,
-    Segment,
-    is_sensitive,
-    mask_any,
-    mask_paths,
-    parse_path,
-    redact,
-    redact_json,
-    secrets_at,
+from tasks.json_checks import (
+    MAX_SHOWN_CHARS,
+    MISSING,
+    JsonExpect,
+    JsonMasker,
+    expect_mismatches,
+    parse_json,
+    shown_json,
+    truncate,
 )
+from tasks.secrets import parse_path, secrets_at
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 
@@ -51,40 +47,10 @@ EXPECTED_STATUS: dict[str, int] = {"RequestResponse": 200, "Event": 202, "DryRun
 MAX_CLIENT_CONTEXT_BYTES = 3583
 #: how much of the log tail the evidence keeps (AWS returns at most the last 4 KB anyway)
 LOG_TAIL_BYTES = 4096
-#: how many characters of the payload and the response the evidence shows
-MAX_SHOWN_CHARS = 4000
-
-_MISSING = object()
 
 
-class LambdaExpect(SpecModel):
+class LambdaExpect(JsonExpect):
     """What the response payload must contain."""
-
-    json_subset: Any = Field(
-        None,
-        description="A JSON value the response must contain: objects match when every expected key matches "
-        "(extra keys are fine), lists when they have the same length and match item by item, scalars when equal.",
-    )
-    jmespath: dict[str, Any] = Field(
-        default_factory=dict,
-        description="JMESPath expression -> the value it must give on the response payload (compared with ==).",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> "LambdaExpect":
-        if "json_subset" not in self.model_fields_set and not self.jmespath:
-            raise ValueError("expect needs json_subset and/or jmespath")
-        for expr in self.jmespath:
-            try:
-                jmespath.compile(expr)
-            except JMESPathError as exc:
-                raise ValueError(f"invalid JMESPath expression {expr!r}: {exc}") from None
-        return self
-
-    @property
-    def has_subset(self) -> bool:
-        """True when a JSON subset was given (``null`` is a valid subset to expect)."""
-        return "json_subset" in self.model_fields_set
 
 
 class InvokeLambdaStep(StepBase):
@@ -231,70 +197,14 @@ def decode_log_tail(log_result: str | None, limit: int = LOG_TAIL_BYTES) -> str:
     return raw[-limit:].decode("utf-8", errors="replace")
 
 
-def parse_json(body: bytes) -> Any:
-    """The response payload as JSON, or ``_MISSING`` when it is empty or not JSON."""
-    if not body:
-        return _MISSING
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _MISSING
-
-
-def truncate(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}\n… [truncated: showing {limit} of {len(text)} characters]"
-
-
-# --- the runner ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Masker:
-    """Masks the step's sensitive fields where documents are reported, and the run's secrets in texts."""
-
-    patterns: list[list[Segment]]
-    paths: list[str]
-    #: the run's registry: values found at sensitive paths are added to it
-    secrets: Secrets = field(default_factory=Secrets)
-
-    @classmethod
-    def for_step(cls, step: InvokeLambdaStep, secrets: Secrets) -> "_Masker":
-        return cls([parse_path(p) for p in step.sensitive_fields], list(step.sensitive_fields), secrets)
-
-    def learn(self, document: Any) -> None:
-        """Remember the secret values that ``document`` holds at the sensitive paths (secrets of the run)."""
-        if self.paths and document is not _MISSING:
-            self.secrets.add(*secrets_at(document, self.paths))
-
-    def doc(self, document: Any) -> Any:
-        """The document as reported: sensitive paths masked, the run's (long) secrets masked in other values."""
-        return redact_json(mask_paths(document, self.paths) if self.paths else document, self.secrets)
-
-    def text(self, text: str) -> str:
-        return redact(text, self.secrets)
-
-    def show_at(self, path: list[Segment], value: Any) -> str:
-        return mask_any(value) if is_sensitive(path, self.patterns) else json.dumps(value, default=str)
-
-    def show(self, value: Any) -> str:
-        return json.dumps(value, default=str)
-
-
-def _shown_json(document: Any, masker: _Masker) -> str:
-    return masker.text(truncate(json.dumps(masker.doc(document), indent=2, default=str)))
-
-
-def _response_text(body: bytes, parsed: Any, masker: _Masker) -> str:
+def _response_text(body: bytes, parsed: Any, masker: JsonMasker) -> str:
     """The response payload as shown in the evidence: masked, pretty-printed JSON or text, truncated."""
-    if parsed is not _MISSING:
-        return _shown_json(parsed, masker)
+    if parsed is not MISSING:
+        return shown_json(parsed, masker)
     return masker.text(truncate(body.decode("utf-8", errors="replace")))
 
 
-def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: _Masker) -> str:
+def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: JsonMasker) -> str:
     """The message for a function error: errorType and errorMessage from the function's error payload."""
     if isinstance(parsed, dict) and ("errorType" in parsed or "errorMessage" in parsed):
         what = f"{parsed.get('errorType', 'Error')}: {parsed.get('errorMessage', '')}"
@@ -329,7 +239,7 @@ def _links(client: Any, step: InvokeLambdaStep) -> list[Link]:
 @step_kind(InvokeLambdaStep)
 def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     """Invoke the function, check status, function error and expectations, and record the evidence."""
-    masker = _Masker.for_step(step, ctx.secrets)
+    masker = JsonMasker.for_paths(step.sensitive_fields, ctx.secrets)
     label = function_label(step.function, step.qualifier)
     payload = load_payload(step, ctx.spec_dir, ctx.render)
     masker.learn(payload)
@@ -344,7 +254,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     status = int(response.get("StatusCode", 0))
     body: bytes = response["Payload"]
     has_response = step.invocation_type == "RequestResponse"
-    parsed = parse_json(body) if has_response else _MISSING
+    parsed = parse_json(body) if has_response else MISSING
     masker.learn(parsed)
     log_tail = masker.text(decode_log_tail(response.get("LogResult")))
     rid = request_id(response)
@@ -365,7 +275,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
         details["log_tail"] = log_tail
 
     problems = _problems(step, status, response.get("FunctionError"), parsed, body, label, masker)
-    markdown = _markdown(facts, _shown_json(payload, masker), response_text, log_tail, problems)
+    markdown = _markdown(facts, shown_json(payload, masker), response_text, log_tail, problems)
     if problems:
         details["problems"] = problems
         # the evidence body rides along so the engine can show it for the failed step too
@@ -381,22 +291,22 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     )
 
 
-def _details_payload(payload: Any, masker: _Masker) -> Any:
+def _details_payload(payload: Any, masker: JsonMasker) -> Any:
     """The payload for ``details``: the masked JSON when small, else the truncated (redacted) text."""
     if len(json.dumps(payload, default=str)) <= MAX_SHOWN_CHARS:
         return masker.doc(payload)
-    return _shown_json(payload, masker)
+    return shown_json(payload, masker)
 
 
-def _details_response(body: bytes, parsed: Any, masker: _Masker) -> Any:
+def _details_response(body: bytes, parsed: Any, masker: JsonMasker) -> Any:
     """The response for ``details``: the masked JSON when small, else the truncated (redacted) text."""
-    if parsed is not _MISSING and len(body) <= MAX_SHOWN_CHARS:
+    if parsed is not MISSING and len(body) <= MAX_SHOWN_CHARS:
         return masker.doc(parsed)
     return _response_text(body, parsed, masker)
 
 
 def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any, body: bytes,
-              label: str, masker: _Masker) -> list[str]:
+              label: str, masker: JsonMasker) -> list[str]:
     """Everything wrong with the invocation's result, most fundamental first (each line already redacted)."""
     expected = EXPECTED_STATUS[step.invocation_type]
     if status != expected:
@@ -406,11 +316,7 @@ def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, p
         return [_function_error(label, function_error, parsed, body, masker)]
     if step.expect is None:
         return []
-    if parsed is _MISSING:
+    if parsed is MISSING:
         return [f"Lambda function {label} returned no JSON payload to check: "
                 f"{masker.text(truncate(body.decode('utf-8', errors='replace'), 200))!r}"]
-    problems: list[str] = []
-    if step.expect.has_subset:
-        problems += json_subset_mismatches(step.expect.json_subset, parsed, masker.show_at)
-    problems += jmespath_mismatches(step.expect.jmespath, parsed, masker.show, shown=masker.doc(parsed))
-    return [masker.text(p) for p in problems]
+    return expect_mismatches(step.expect, parsed, masker)

@@ -48,9 +48,9 @@ from typing import Any, Iterable, Sequence
 from botocore.exceptions import ClientError
 
 from tasks import markdown as md
-from tasks.awslambda import truncate
 from tasks.base import StepContext, UndoAction, UndoLog, undo_kind
 from tasks.errors import AWS_ERRORS, RESTORE_IMPOSSIBLE, RESTORE_INCOMPLETE, StepError, aws_error, error_code
+from tasks.json_checks import truncate
 from tasks.secrets import mask, redact
 
 SECURE = "SecureString"

@@ -9,6 +9,7 @@ mock, for ``reset()``), for files where making boto3 clients per test is the slo
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -54,6 +55,26 @@ class FakeClock:
     @property
     def clock(self) -> Clock:
         return Clock(now=self.now, sleep=self.sleep)
+
+
+@contextlib.contextmanager
+def failing_calls(client: Any, faults: dict[str, str]) -> Iterator[None]:
+    """While the block runs, each operation named (``"GetJobRun"``) fails on ``client`` with that AWS error code
+    and the message ``injected``, as botocore raises it once its retries are used up (a ``before-call`` hook)."""
+    from botocore.exceptions import ClientError
+
+    def fail(model: Any, **_: Any) -> None:
+        if model.name in faults:
+            response: Any = {"Error": {"Code": faults[model.name], "Message": "injected"},
+                             "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": "req-1"}}
+            raise ClientError(response, model.name)
+
+    event = f"before-call.{client.meta.service_model.endpoint_prefix}"
+    client.meta.events.register(event, fail, unique_id="failing-calls")
+    try:
+        yield
+    finally:
+        client.meta.events.unregister(event, unique_id="failing-calls")
 
 
 @pytest.fixture

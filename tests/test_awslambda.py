@@ -34,10 +34,10 @@ from tasks.awslambda import (
     function_label,
     function_name,
     invoke,
-    truncate,
 )
 from tasks.base import REGISTRY, StepContext, StepOutcome
 from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
+from tasks.json_checks import truncate
 from tasks.json_match import jmespath_mismatches, json_equal, json_subset_mismatches
 from tasks.secrets import mask
 

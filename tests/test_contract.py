@@ -56,6 +56,9 @@ MINIMAL: dict[str, Minimal] = {
     "expect_queue_depth": Minimal({"queue": "contract-dlq", "messages": 0}),
     "expect_alarm_state": Minimal({"alarm": "contract-alarm", "state": "OK"}),
     "expect_log_events": Minimal({"log_group": "/contract/logs"}),
+    "glue_job": Minimal({"job": "transform"}),
+    "glue_crawler": Minimal({"crawler": "curated"}),
+    "step_functions": Minimal({"state_machine": "ingest"}),
 }
 
 

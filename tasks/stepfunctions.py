@@ -1,0 +1,317 @@
+"""Step ``step_functions``: run (or wait for) a Step Functions execution and prove how it ended and what it gave.
+
+The step starts an execution of a state machine with an input (templated JSON), naming it
+``<name_prefix><run id>-<random>``, or waits for the one the pipeline started: the newest execution of the state
+machine started since the case began, optionally only those whose name starts with ``name_prefix``. It waits with
+the growing interval, stops the execution on timeout (``StopExecution``), checks the final status and, optionally,
+the output (``json_subset`` and JMESPath, the checks of ``invoke_lambda``: :mod:`tasks.json_checks`). A failed
+execution fails the step with its ``error`` and ``cause`` and the state it failed in, from the execution history.
+
+Fields listed in ``sensitive_fields`` (dotted paths) are masked in the input and output the evidence shows, and
+their values are secrets of the run. Starting an execution is the pipeline's own work, not a change the case
+undoes; an execution the step started is stopped when the case run is stopped while it waits.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from tasks import markdown as md
+from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
+from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error
+from tasks.expect import console_link
+from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
+from tasks.runs import RunWait, StateHistory, duration_s, literal, newest_since, took, watch, when
+from tasks.secrets import parse_path, secrets_at
+
+if TYPE_CHECKING:
+    from types_boto3_stepfunctions import SFNClient
+
+#: statuses after which an execution never changes again
+FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"})
+#: Step Functions' limits: an execution's name, its input
+MAX_NAME_CHARS = 80
+MAX_INPUT_BYTES = 256 * 1024
+#: the state shown while no execution of the pipeline's has been seen yet
+NO_EXECUTION_YET = "NO EXECUTION YET"
+#: how many executions are looked at for the pipeline's (ListExecutions' largest page, newest first)
+EXECUTIONS_PAGE = 1000
+#: how many history events are read (newest first) to find the state an execution failed in
+HISTORY_EVENTS = 100
+DEFAULT_PREFIX = "pipeline-test-"
+
+
+_NAME_PREFIX = template_aware(r"[A-Za-z0-9_-]*", "letters, digits, - and _ only")
+
+
+class ExecutionExpect(JsonExpect):
+    """What the execution's output must contain."""
+
+
+class StepFunctionsStep(StepBase):
+    """Start a Step Functions execution (or wait for the one the pipeline started), wait for it, check it."""
+
+    #: an input may hold secrets: validation errors do not echo input
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+
+    untemplated: ClassVar[frozenset[str]] = StepBase.untemplated | {"sensitive_fields"}
+
+    kind: Literal["step_functions"] = "step_functions"
+    state_machine: str = Field(..., min_length=1, max_length=2048,
+                               description="The state machine's ARN, or its name (in the case's account and region).")
+    start: bool = Field(
+        True, description="Start an execution (true), or wait for the one the pipeline started (false): the newest "
+        "execution started since the case began (with name_prefix: the newest whose name starts with it).")
+    input: Any = Field(None, description="The execution's input, any JSON value (templated). With start only.")
+    name_prefix: Annotated[str | None, _NAME_PREFIX] = Field(
+        None, max_length=60,
+        description="With start: the start of the execution's name (default `pipeline-test-`; the run id and a "
+        "random part follow). Without start: only executions whose name starts with this are the pipeline's.")
+    sensitive_fields: list[str] = Field(
+        default_factory=list,
+        description="Dotted paths (db.password, users[*].token) masked in the input and output in the evidence.")
+    wait: RunWait = Field(default_factory=RunWait, description="How long to wait for the execution to end and how "
+                          "often to look (without start, it must also appear within this time).")
+    stop_on_timeout: bool = Field(True, description="Stop the execution (StopExecution) when the wait times out.")
+    expect_status: Literal["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"] = Field(
+        "SUCCEEDED", description="The status the execution must end with.")
+    expect: ExecutionExpect | None = Field(None, description="Checks on the execution's output (with "
+                                           "expect_status SUCCEEDED).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StepFunctionsStep":
+        if not self.start and "input" in self.model_fields_set:
+            raise ValueError("input is for an execution the step starts (start: true)")
+        if self.expect is not None and self.expect_status != "SUCCEEDED":
+            raise ValueError(f"expect checks the output, which only a SUCCEEDED execution has "
+                             f"(expect_status is {self.expect_status})")
+        for path in self.sensitive_fields:
+            parse_path(path)
+        size = len(json.dumps(self.input).encode("utf-8"))
+        if size > MAX_INPUT_BYTES:
+            raise ValueError(f"input is {size} bytes as JSON; Step Functions allows at most {MAX_INPUT_BYTES}")
+        return self
+
+    def secrets(self) -> list[str]:
+        return secrets_at(self.input, self.sensitive_fields) if self.sensitive_fields else []
+
+
+def execution_name(prefix: str | None, run_id: str) -> str:
+    """``<prefix><run id's first 8>-<8 random hex>``, within Step Functions' 80 characters."""
+    tail = f"{re.sub(r'[^A-Za-z0-9_-]', '', run_id)[:8]}-{uuid.uuid4().hex[:8]}"
+    head = DEFAULT_PREFIX if prefix is None else prefix
+    return head[: MAX_NAME_CHARS - len(tail)] + tail
+
+
+def partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def state_machine_arn(sfn: SFNClient, sts: Any, name_or_arn: str) -> str:
+    """The ARN as given, or the ARN of a state machine named so in the caller's account and region."""
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    try:
+        account = sts.get_caller_identity()["Account"]
+    except AWS_ERRORS as exc:
+        raise aws_error("STS GetCallerIdentity", f"state machine {name_or_arn}", exc) from None
+    region = sfn.meta.region_name
+    return f"arn:{partition(region)}:states:{region}:{account}:stateMachine:{name_or_arn}"
+
+
+def start_execution(sfn: SFNClient, arn: str, name: str, document: Any) -> str:
+    """StartExecution; the execution's ARN."""
+    try:
+        response = sfn.start_execution(stateMachineArn=arn, name=name, input=json.dumps(document))
+    except AWS_ERRORS as exc:
+        raise aws_error("Step Functions StartExecution", f"state machine {arn}", exc) from None
+    return str(response["executionArn"])
+
+
+def describe_execution(sfn: SFNClient, execution_arn: str) -> dict[str, Any]:
+    try:
+        return dict(sfn.describe_execution(executionArn=execution_arn))
+    except AWS_ERRORS as exc:
+        raise aws_error("Step Functions DescribeExecution", f"execution {execution_arn}", exc) from None
+
+
+def pipeline_execution(sfn: SFNClient, arn: str, since: float, prefix: str | None) -> dict[str, Any] | None:
+    """The newest execution of the state machine started at or after ``since`` (named ``prefix...``), or None."""
+    try:
+        executions = sfn.list_executions(stateMachineArn=arn, maxResults=EXECUTIONS_PAGE)["executions"]
+    except AWS_ERRORS as exc:
+        raise aws_error("Step Functions ListExecutions", f"state machine {arn}", exc) from None
+    return newest_since([dict(e) for e in executions], lambda e: e.get("startDate"), since,
+                        lambda e: str(e.get("name", "")).startswith(prefix or ""))
+
+
+def stop_execution(sfn: SFNClient, execution_arn: str, why: str) -> str:
+    """StopExecution; what became of it, as a phrase for the evidence."""
+    try:
+        sfn.stop_execution(executionArn=execution_arn, error="PipelineTest.Stopped", cause=why)
+    except AWS_ERRORS as exc:
+        return f"could not stop it: {aws_error('Step Functions StopExecution', execution_arn, exc).message}"
+    return "stopped it with StopExecution"
+
+
+def failed_state(sfn: SFNClient, execution_arn: str) -> str | None:
+    """The state the execution was in when it ended: the last state entered (highest event id) among the newest
+    history events."""
+    try:
+        events = sfn.get_execution_history(executionArn=execution_arn, reverseOrder=True, maxResults=HISTORY_EVENTS,
+                                           includeExecutionData=False)["events"]
+    except AWS_ERRORS as exc:
+        raise aws_error("Step Functions GetExecutionHistory", f"execution {execution_arn}", exc) from None
+    entered = [(e["id"], e["stateEnteredEventDetails"]["name"]) for e in events
+               if "stateEnteredEventDetails" in e and e["stateEnteredEventDetails"].get("name")]
+    return str(max(entered)[1]) if entered else None
+
+
+def _status(execution: dict[str, Any]) -> str:
+    return str(execution.get("status") or NO_EXECUTION_YET)
+
+
+def _json(text: Any) -> Any:
+    if text is None:
+        return MISSING
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return MISSING
+
+
+@step_kind(StepFunctionsStep)
+def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome:
+    """Start (or find) the execution, wait for it to end (stopping it on timeout), check status and output."""
+    sfn: SFNClient = ctx.clients.client("stepfunctions")
+    masker = JsonMasker.for_paths(step.sensitive_fields, ctx.secrets)
+    masker.learn(step.input)
+    arn = state_machine_arn(sfn, ctx.clients.client("sts") if not step.state_machine.startswith("arn:") else None,
+                            step.state_machine)
+    execution_arn: str | None = None
+    what = f"an execution of {arn}"
+    if step.start:
+        name = execution_name(step.name_prefix, ctx.run_id)
+        execution_arn = start_execution(sfn, arn, name, step.input)
+        what = f"Step Functions execution {name} of {arn}"
+        ctx.logger.info("Started %s", what)
+    else:
+        ctx.logger.info("Waiting for the execution of %s that the pipeline starts", arn)
+    seen: dict[str, Any] = {}
+
+    def describe() -> dict[str, Any]:
+        nonlocal execution_arn
+        if execution_arn is None:
+            found = pipeline_execution(sfn, arn, ctx.started_at, step.name_prefix)
+            if found is None:
+                return {}
+            execution_arn = str(found["executionArn"])
+            ctx.logger.info("Found Step Functions execution %s, started %s", found.get("name"),
+                            when(found.get("startDate")))
+        seen.update(describe_execution(sfn, execution_arn))
+        masker.learn(_json(seen.get("input")))  # the pipeline's input may hold secrets too
+        return dict(seen)
+
+    def stop() -> str:
+        if execution_arn is None:
+            return "there was no execution to stop"
+        return stop_execution(sfn, execution_arn, f"pipeline-test stopped it (case {ctx.case_name}, run {ctx.run_id})")
+
+    history = StateHistory(ctx.clock)
+    try:
+        watched = watch(describe, _status, lambda e: _status(e) in FINAL_STATUSES, step.wait, what=what, stop=stop,
+                        stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
+                        clock=ctx.clock, history=history)
+    except StepError as exc:
+        details = _details(step, arn, seen, history, masker, None)
+        exc.details = {**exc.details, **details}
+        exc.markdown = _markdown(details, [])
+        message = exc.message
+        if seen.get("name") and not step.start:
+            message = message.replace(what, f"Step Functions execution {seen['name']} of {arn}")
+        raise exc.with_message(masker.text(message)) from None
+    execution = watched.value
+    output = _json(execution.get("output"))
+    masker.learn(output)
+    status = _status(execution)
+    failed_in = failed_state(sfn, str(execution["executionArn"])) if status != "SUCCEEDED" else None
+    details = _details(step, arn, execution, history, masker, failed_in)
+    problems: list[str] = []
+    if status != step.expect_status:
+        reason = f"{execution.get('error') or 'no error'}: {truncate(str(execution.get('cause') or 'no cause'), 1000)}"
+        where = f" in state {failed_in}" if failed_in else ""
+        problems.append(masker.text(f"Step Functions execution {execution.get('name')} ended {status}{where} "
+                                    f"(expected {step.expect_status}): {reason}"))
+    elif step.expect is not None:
+        if output is MISSING:
+            problems.append(f"Step Functions execution {execution.get('name')} gave no JSON output to check")
+        else:
+            problems += expect_mismatches(step.expect, output, masker)
+    markdown = _markdown(details, problems)
+    if problems:
+        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
+    checked = ", output as expected" if step.expect else ""
+    return StepOutcome(
+        summary=f"Step Functions execution {execution.get('name')} {status}{checked}{took(details['duration_s'])}",
+        details=details,
+        markdown=markdown,
+        links=console_link(ctx, "stepfunctions", "states/home?region={region}#/v2/executions/details/"
+                           + literal(str(execution["executionArn"])),
+                           f"Step Functions execution {execution.get('name')}"),
+    )
+
+
+
+def _details(step: StepFunctionsStep, arn: str, execution: dict[str, Any], history: StateHistory,
+             masker: JsonMasker, failed_in: str | None) -> dict[str, Any]:
+    document = _json(execution.get("input")) if execution.get("input") is not None else step.input
+    output = _json(execution.get("output"))
+    return {
+        "state_machine": arn,
+        "execution_arn": execution.get("executionArn"),
+        "name": execution.get("name"),
+        "started_by": "this step" if step.start else "the pipeline",
+        "status": _status(execution),
+        "expected_status": step.expect_status,
+        "error": masker.text(str(execution["error"])) if execution.get("error") else None,
+        "cause": masker.text(truncate(str(execution["cause"]), 4000)) if execution.get("cause") else None,
+        "failed_state": failed_in,
+        "started": when(execution.get("startDate")),
+        "stopped": when(execution.get("stopDate")),
+        "duration_s": duration_s(execution.get("startDate"), execution.get("stopDate")),
+        "states_observed": history.to_list(),
+        "input": shown_json(document, masker) if document is not MISSING else None,
+        "output": shown_json(output, masker) if output is not MISSING else None,
+    }
+
+
+def _markdown(details: dict[str, Any], problems: list[str]) -> str:
+    rows: list[tuple[str, Any]] = [
+        ("State machine", md.code(details["state_machine"])),
+        ("Execution", md.code(details["name"] or "–")),
+        ("Started by", details["started_by"]),
+        ("Status", f"{details['status']} (expected {details['expected_status']})"),
+        ("States observed", StateHistory.markdown_of(details["states_observed"])),
+        ("Started / stopped", f"{details['started']} / {details['stopped']}"),
+        ("Duration", "–" if details["duration_s"] is None else format_duration(details["duration_s"])),
+    ]
+    for label, key in (("Error", "error"), ("Cause", "cause"), ("Failed in state", "failed_state")):
+        if details.get(key):
+            rows.append((label, details[key]))
+    parts: list[str] = [md.table(["Fact", "Value"], rows)]
+    if details.get("input") is not None:
+        parts.append("**Input**\n\n" + md.code_block(details["input"], "json"))
+    if details.get("output") is not None:
+        parts.append("**Output**\n\n" + md.code_block(details["output"], "json"))
+    if problems:
+        parts.append("**Expectations not met**\n\n" + md.bullets(problems))
+    return "\n\n".join(parts)
