@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -59,6 +60,32 @@ from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
+
+
+class StopAll:
+    """A suite's stop: every case of the suite registers its run's stop event, so one Ctrl+C (or SIGTERM) stops
+    every running case (each then undoes its changes) and every case still waiting for its locks."""
+
+    def __init__(self) -> None:
+        self._events: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def register(self, event: threading.Event) -> None:
+        with self._lock:
+            self._events.append(event)
+            if self.stopped:
+                event.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for event in self._events:
+                event.set()
+
+
+#: the stop of the suite a case runs in (set by flows.suite in each case's context; None for a case run alone)
+SUITE_STOP: ContextVar[StopAll | None] = ContextVar("pipeline_test_suite_stop", default=None)
 
 
 def _run_name() -> str:
@@ -163,6 +190,9 @@ def pipeline_test(
         clients = ClientFactory(case.aws.target())
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
+        suite_stop = SUITE_STOP.get()
+        if suite_stop is not None:
+            suite_stop.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
             with contextlib.ExitStack() as stack:
@@ -429,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["recover"]:
         return _guarded(lambda: recover_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file")
+    parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file; or a suite: a folder "
+                        "of cases, or a suite file (see docs/running.md, Suites)")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="override a variable declared in the case (repeatable)")
     parser.add_argument("--validate", action="store_true", help="validate the spec and exit")
@@ -442,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                         "this case's resources (else the run refuses to start when there is any)")
     parser.add_argument("--files-root", metavar="DIR", help="local files named by steps may also lie under DIR "
                         "(default: only under the spec's folder)")
+    parser.add_argument("--tag", action="append", default=[], metavar="TAG",
+                        help="a suite: run only the cases with this tag (repeatable: any of them)")
+    parser.add_argument("--max-parallel", type=int, metavar="N", help="a suite: at most N cases at once")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -450,6 +484,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED
     if not args.spec:
         parser.error("a spec file is required")
+    from flows.suite_spec import is_suite_file
+
+    if is_suite_file(Path(args.spec)):
+        from flows.suite import run_suite_cli
+
+        try:
+            overrides = parse_vars(args.var)
+        except SpecError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        return run_suite_cli(args, overrides)
+    if args.tag or args.max_parallel is not None:
+        print(f"--tag and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
+              file=sys.stderr)
+        return EXIT_INVALID
     try:
         overrides = parse_vars(args.var)
         case, _ = load_spec(args.spec, overrides, args.files_root)
@@ -488,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
     return _guarded(run)
 
 
+def _api_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.response.status_code} {exc.response.reason_phrase} on {exc.request.method} {exc.request.url.path}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
@@ -496,6 +551,12 @@ def _guarded(run: Callable[[], int]) -> int:
             return run()
     except CouldNotRun as exc:
         print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
+    except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+        # the Prefect API refused or dropped a call its client had already retried (e.g. 503 on creating the
+        # flow run): nothing ran, or the run could not be recorded; a run that never happened is not a failed case
+        print(f"Could not run: the Prefect API did not accept the run ({_api_error(exc)}); try again, or see "
+              "docs/running.md (Exit codes)", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
     except KeyboardInterrupt:
         print("Interrupted: the run was stopped; what it had changed was undone (see the log above) and its "
