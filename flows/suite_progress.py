@@ -113,7 +113,7 @@ def shown(progress: Progress, stream: TextIO | None = None, every: float = 1.0) 
         last = ""
         while not stop.wait(every):
             now = progress.line()
-            if now.split(";")[0] != last:
+            if progress.total and now.split(";")[0] != last:
                 last = now.split(";")[0]
                 print(f"Suite: {now}", file=stream, flush=True)
 
@@ -124,7 +124,8 @@ def shown(progress: Progress, stream: TextIO | None = None, every: float = 1.0) 
     finally:
         stop.set()
         thread.join(5)
-        print(f"Suite: {progress.line()}", file=stream, flush=True)
+        if progress.total:
+            print(f"Suite: {progress.line()}", file=stream, flush=True)
 
 
 def attach(progress: Progress) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,26 +148,42 @@ def case_setting(name: str, value: str) -> dict[str, Any]:
 
 
 def test_two_cases_of_a_suite_that_set_one_parameter_take_turns(suite_bucket, clients, tmp_path: Path) -> None:
+    """Both cases start side by side; the one that gets the parameter's lock sets it and holds it (until the test
+    puts ``go``), the other waits for the lock (the suite's progress says so), then sets and restores it."""
+    from flows.suite_progress import PROGRESS, Progress
+
     ssm = clients.client("ssm")
     ssm.put_parameter(Name="/shared/source", Value="prod-bucket", Type="String")
-    suite_bucket.put_object(Bucket="suite-bucket", Key="go", Body=b"")
     cases = tmp_path / "cases"
     cases.mkdir()
     for name, value in (("setter-a", "value-a"), ("setter-b", "value-b")):
         (cases / f"{name}.yaml").write_text(json.dumps(case_setting(name, value)))
-    state = pipeline_test_suite(suite=str(cases), max_parallel=2, evidence_dir=str(tmp_path / "p"),
-                                return_state=True)
-    result = suite_result_of(state)
-    assert result is not None and result.passed, [c.why for c in result.cases] if result else state
+    progress = Progress()
+    got: dict[str, Any] = {}
+
+    def run() -> None:
+        token = PROGRESS.set(progress)
+        got["state"] = pipeline_test_suite(suite=str(cases), max_parallel=2, evidence_dir=str(tmp_path / "p"),
+                                           return_state=True)
+        PROGRESS.reset(token)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not progress.waiting_lock:  # one case holds the parameter, the other waits for its lock
+        assert time.monotonic() < deadline and thread.is_alive(), "no case ever waited for the other's lock"
+        time.sleep(0.05)
+    assert ssm.get_parameter(Name="/shared/source")["Parameter"]["Value"] in ("value-a", "value-b")
+    assert "1 waiting for a lock" in progress.line()
+    suite_bucket.put_object(Bucket="suite-bucket", Key="go", Body=b"")
+    thread.join(60)
+    result = suite_result_of(got["state"])
+    assert result is not None and result.passed, [c.why for c in result.cases] if result else got["state"]
     history = [h["Value"] for h in ssm.get_parameter_history(Name="/shared/source")["Parameters"]]
     assert history[0::2] == ["prod-bucket"] * 3 and sorted(history[1::2]) == ["value-a", "value-b"], history
-    assert ssm.get_parameter(Name="/shared/source")["Parameter"]["Value"] == "prod-bucket"
     assert read_entries(ssm) == []
-    # both held the lock; they did not overlap
-    a, b = sorted(result.cases, key=lambda c: c.started_at)
-    assert a.result and b.result and a.result.locks and b.result.locks
-    assert max(a.started_at, b.started_at) < min(a.ended_at, b.ended_at)  # side by side ...
-    assert b.result.locks["waited_seconds"] > 0 or a.result.locks["waited_seconds"] > 0  # ... taking turns
+    assert sorted(c.result.locks["waited_seconds"] > 0.05 for c in result.cases if c.result and c.result.locks) \
+        == [False, True]  # one of them waited for the other
 
 
 # ------------------------------------------------------------------------------------------------ exit 3
@@ -181,16 +198,31 @@ def test_the_suite_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) 
 
 
 class Refusing(http.server.BaseHTTPRequestHandler):
-    """A Prefect API that is up (/health) but refuses everything else with 503."""
+    """A Prefect API that is up, registers flows, and refuses to create a flow run (503), as a busy server does."""
 
     def do_GET(self) -> None:  # noqa: N802
-        healthy = self.path.rstrip("/").endswith("/health")
-        self.send_response(200 if healthy else 503)
+        path = self.path.split("?")[0].rstrip("/")
+        body: Any = None
+        if path.endswith("/health"):
+            body = True
+        elif path.endswith("/admin/version"):
+            import prefect
+
+            body = prefect.__version__
+        elif path.endswith("/csrf-token"):
+            body = {"token": "t", "expiration": "2099-01-01T00:00:00Z", "client": "c"}
+        elif path.endswith("/flows") and self.command == "POST":
+            body = {"id": "5b8b0c1e-3f1a-4c9e-9a53-2f0c2f6f7e11", "name": "pipeline-test"}
+        self.send_response(200 if body is not None else 503)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
-        self.wfile.write(b"true" if healthy else b'{"detail": "Service Unavailable"}')
+        self.wfile.write(json.dumps(body if body is not None else {"detail": "Service Unavailable"}).encode())
 
-    do_POST = do_PATCH = do_PUT = do_DELETE = do_GET  # noqa: N815
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()
+
+    do_PATCH = do_PUT = do_DELETE = do_POST  # noqa: N815
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -214,4 +246,5 @@ def test_a_503_on_creating_the_flow_run_is_exit_3(refusing_api: str, tmp_path: P
                     else [str(path.parent)])
     err = capsys.readouterr().err
     assert code == 3, err
-    assert "Could not run" in err and "503" in err and "Traceback" not in err
+    assert "Could not run" in err and "503 Service Unavailable on POST /api/flow_runs/" in err, err
+    assert "Traceback" not in err
