@@ -1,6 +1,7 @@
 """The demo: the example case run against a small fake ingestion pipeline on a local AWS emulator.
 
-    python -m flows.demo
+    python -m flows.demo            the example case
+    python -m flows.demo --suite    every example case as one suite (examples/nightly-suite.yaml)
 
 Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipeline on it:
 - S3 buckets: landing, curated, and one for Athena's results;
@@ -32,6 +33,7 @@ from flows.emulator import moto_api, moto_server, use_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
+DEMO_SUITE = ROOT / "examples" / "nightly-suite.yaml"
 REGION = "us-east-1"
 LANDING_BUCKET = "demo-landing"
 CURATED_BUCKET = "demo-curated"
@@ -69,9 +71,11 @@ class FakePipeline:
         boto3.client("lambda", endpoint_url=self.endpoint, region_name=REGION).create_function(
             FunctionName=FUNCTION, Runtime="python3.12", Role=role["Role"]["Arn"], Handler="app.handler",
             Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18}, Description="Starts an orders ingestion")
-        # what the function answers (moto runs no code without Docker: its answer is queued here)
+        # what the function answers (moto runs no code without Docker: its answers are queued here, one for each
+        # example case, so the demo's suite has one per case)
+        cases = max(1, len(list(DEMO_CASE.parent.glob("*.yaml"))))
         moto_api(self.endpoint, "static/lambda-simple/response",
-                 {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})]})
+                 {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})] * cases})
 
     def start(self) -> "FakePipeline":
         self._thread.start()
@@ -131,8 +135,28 @@ def where_to_look(result_url: str | None, case: str) -> str:
             "artifacts (see docs/server-and-deployments.md).")
 
 
-def main() -> int:
+def run_suite(args: list[str]) -> int:
+    """The example cases as one suite against the emulator, through the suite's CLI (progress, summary, pack,
+    exit code); ``args`` go to it (e.g. ``--max-parallel 2``)."""
+    from flows.pipeline_test import main as cli
+
+    print("Starting the local AWS emulator (moto) ...")
+    with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
+        pipeline = FakePipeline(endpoint)
+        pipeline.create_resources()
+        pipeline.start()
+        try:
+            return cli([str(DEMO_SUITE), *args])
+        finally:
+            pipeline.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
     from flows.pipeline_test import format_result, pipeline_test, result_of
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--suite"]:
+        return run_suite(argv[1:])
 
     print("Starting the local AWS emulator (moto) ...")
     with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
