@@ -30,6 +30,8 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 ECS_YAML = ROOT / "deployments" / "prefect-ecs.yaml"
 ENTRYPOINT = "flows/pipeline_test.py:pipeline_test"
 FLOW_NAME = "pipeline-test"
+#: the flow of each entrypoint prefect.yaml may name (a case's, a suite's)
+FLOW_OF = {ENTRYPOINT: FLOW_NAME, "flows/suite.py:pipeline_test_suite": "pipeline-test-suite"}
 POOL = "pipeline-test"
 HOME_PLACEHOLDER = "{{ $PIPELINE_TEST_HOME }}"
 ECS_ENV = {
@@ -63,7 +65,9 @@ def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
 
     config = load_yaml(PREFECT_YAML)
     assert config["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": HOME_PLACEHOLDER}}]
-    deployments = config["deployments"]
+    everything = config["deployments"]
+    # a case's deployments; a suite's (its own flow) and the one a suite's cases run as (no spec) are below
+    deployments = [d for d in everything if d["entrypoint"] == ENTRYPOINT and "spec" in d["parameters"]]
     cases = {p.relative_to(ROOT).as_posix() for p in (ROOT / "examples" / "cases").glob("*.y*ml")}
     specs = [d["parameters"]["spec"] for d in deployments]
     assert cases <= set(specs), f"example cases without a deployment: {sorted(cases - set(specs))}"
@@ -79,6 +83,14 @@ def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
             ZoneInfo(schedule["timezone"])  # a stated, real time zone
         # the case is valid, with the deployment's variables
         load_spec(ROOT / d["parameters"]["spec"], d["parameters"].get("variables"))
+    assert {d["entrypoint"] for d in everything} <= set(FLOW_OF)
+    suites = [d for d in everything if d["entrypoint"] != ENTRYPOINT]
+    assert [d["name"] for d in suites] == ["nightly-regression"] and suites[0]["schedules"]
+    from flows.suite_spec import load_suite
+
+    plan = load_suite(ROOT / suites[0]["parameters"]["suite"])
+    assert {c.path.resolve() for c in plan.cases} == {ROOT / c for c in cases}  # every example case, nightly
+    assert [d["name"] for d in everything if d not in deployments and d not in suites] == ["suite-case"]
 
 
 def test_project_folder_placeholder_resolves_at_deploy_time_or_else_at_run_time(monkeypatch) -> None:
@@ -103,13 +115,15 @@ def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
     assert [d.name for d in built] == list(declared)
     for d in built:
         want = declared[d.name]
-        assert d.flow_name == FLOW_NAME and d.entrypoint == ENTRYPOINT
+        assert d.flow_name == FLOW_OF[want["entrypoint"]] and d.entrypoint == want["entrypoint"]
         assert d.parameters == want["parameters"] and d.tags == want["tags"]
         assert d.description == want["description"]
-        assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
+        if "concurrency_limit" in want:
+            assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
         assert d.work_pool_name is None  # served: no work pool
         got = [(s.schedule.cron, s.schedule.timezone, s.active, s.slug) for s in d.schedules]
-        assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want["schedules"]]
+        assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"])
+                       for s in want.get("schedules", [])]
 
 
 def test_serve_main_lists_and_never_serves_without_a_server(monkeypatch, capsys) -> None:
@@ -136,7 +150,7 @@ def test_team_file_has_the_same_cases_parameters_and_schedules() -> None:
     assert list(team) == list(local)
     for name, d in team.items():
         for key in ("entrypoint", "parameters", "schedules", "concurrency_limit", "tags"):
-            assert d[key] == local[name][key], f"{name}: {key} differs from prefect.yaml"
+            assert d.get(key) == local[name].get(key), f"{name}: {key} differs from prefect.yaml"
         assert d["work_pool"]["name"] == "pipeline-test-ecs"
         variables = d["work_pool"]["job_variables"]
         assert variables["image"] == "{{ $PIPELINE_TEST_IMAGE }}"  # nothing account-specific in the file
@@ -362,30 +376,33 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
 
     async def read_deployments() -> dict[str, Any]:
         async with get_client() as client:
-            return {name: await client.read_deployment_by_name(f"{FLOW_NAME}/{name}") for name in declared}
+            return {name: await client.read_deployment_by_name(f"{FLOW_OF[d['entrypoint']]}/{name}")
+                    for name, d in declared.items()}
 
     with temporary_settings({PREFECT_API_URL: api}):
         server_side = asyncio.run(read_deployments())
         for name, want in declared.items():
             got = server_side[name]
-            assert got.entrypoint == ENTRYPOINT and got.work_pool_name == POOL
+            assert got.entrypoint == want["entrypoint"] and got.work_pool_name == POOL
             assert got.description == want["description"] and got.tags == want["tags"]
             assert got.parameters == want["parameters"]
             # the project folder, stored when deploying (PIPELINE_TEST_HOME was set)
             assert got.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-            assert got.global_concurrency_limit.limit == want["concurrency_limit"]["limit"] == 1
-            assert got.concurrency_options.collision_strategy.value == want["concurrency_limit"]["collision_strategy"]
+            if "concurrency_limit" in want:
+                assert got.global_concurrency_limit.limit == want["concurrency_limit"]["limit"] == 1
+                assert got.concurrency_options.collision_strategy.value == \
+                    want["concurrency_limit"]["collision_strategy"]
             assert [(s.schedule.cron, s.schedule.timezone, s.active, s.slug) for s in got.schedules] == \
-                [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want["schedules"]]
+                [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want.get("schedules", [])]
 
         # serve.py sees these work-pool deployments and would not serve over them
         serve = serve_module()
         twins = asyncio.run(serve.work_pool_twins(serve.build_deployments()))
-        assert twins == [(f"{FLOW_NAME}/{name}", POOL) for name in declared]
+        assert twins == [(f"{FLOW_OF[d['entrypoint']]}/{name}", POOL) for name, d in declared.items()]
 
     # a run of the example's deployment, as deployed (its own parameters), by a process worker started in
     # another folder, against the demo's emulator and fake pipeline
-    name = next(n for n, d in declared.items() if d["parameters"]["spec"] == "examples/cases/orders_ingestion.yaml")
+    name = next(n for n, d in declared.items() if d["parameters"].get("spec") == "examples/cases/orders_ingestion.yaml")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     t = time.monotonic()
@@ -443,7 +460,8 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
     async def read_team() -> tuple[dict[str, Any], Any]:
         async with get_client() as client:
             pool = await client.read_work_pool("pipeline-test-ecs")
-            return {n: await client.read_deployment_by_name(f"{FLOW_NAME}/{n}") for n in declared}, pool
+            return {n: await client.read_deployment_by_name(f"{FLOW_OF[d['entrypoint']]}/{n}")
+                    for n, d in declared.items()}, pool
 
     with temporary_settings({PREFECT_API_URL: api}):
         team, ecs = asyncio.run(read_team())
