@@ -370,14 +370,20 @@ def parse_vars(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def result_of(state: Any) -> CaseResult | None:
-    """The CaseResult carried by a finished flow run's state (passed or failed), if any."""
+def carried_result(state: Any, result_type: type, failure_type: type) -> Any:
+    """The result a finished flow run's state carries: the value when passed, the failure's ``.result`` when
+    failed; None when it carries neither (it never ran, crashed, ...)."""
     value = state.result(raise_on_failure=False)
-    if isinstance(value, CaseResult):
+    if isinstance(value, result_type):
         return value
-    if isinstance(value, CaseFailed):
+    if isinstance(value, failure_type):
         return value.result
     return None
+
+
+def result_of(state: Any) -> CaseResult | None:
+    """The CaseResult carried by a finished flow run's state (passed or failed), if any."""
+    return carried_result(state, CaseResult, CaseFailed)  # type: ignore[no-any-return]
 
 
 #: exit codes of the CLI
@@ -505,9 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.evidence_dir and not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
-        print(str(exc), file=sys.stderr)
-        print("Nothing was run: no AWS call was made.", file=sys.stderr)
-        return EXIT_INVALID
+        return invalid(exc)
     if args.validate:
         for warning in short_secret_warnings(iter_steps(case)):
             print(f"Warning: {warning}", file=sys.stderr)
@@ -535,6 +539,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED if result.passed else EXIT_FAILED
 
     return _guarded(run)
+
+
+def invalid(exc: SpecError, what: str = "no AWS call was made") -> int:
+    """Exit 2: the problems (file, step, field) and that nothing ran."""
+    print(str(exc), file=sys.stderr)
+    print(f"Nothing was run: {what}.", file=sys.stderr)
+    return EXIT_INVALID
 
 
 def _api_error(exc: httpx.HTTPError) -> str:

@@ -31,6 +31,7 @@ from flows.pipeline_test import (
     SUITE_STOP,
     StopAll,
     _ui_url,
+    carried_result,
     pipeline_test,
     plain_variables,
     result_of,
@@ -237,12 +238,8 @@ def format_suite(result: SuiteResult) -> str:
 
 
 def suite_result_of(state: Any) -> SuiteResult | None:
-    value = state.result(raise_on_failure=False)
-    if isinstance(value, SuiteResult):
-        return value
-    if isinstance(value, SuiteFailed):
-        return value.result
-    return None
+    """The SuiteResult carried by a finished suite flow run's state, if any."""
+    return carried_result(state, SuiteResult, SuiteFailed)  # type: ignore[no-any-return]
 
 
 def exit_code(result: SuiteResult) -> int:
@@ -255,7 +252,7 @@ def exit_code(result: SuiteResult) -> int:
 def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     """The CLI for a folder or suite file (called by ``flows.pipeline_test.main``): validate every case (exit 2
     naming file, step and field; nothing runs), then run the suite with its progress shown."""
-    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_INVALID, EXIT_PASSED, _guarded, check_evidence_dir
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_PASSED, _guarded, check_evidence_dir, invalid
     from flows.spec import SpecError
     from flows.suite_progress import shown
 
@@ -264,9 +261,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         if args.evidence_dir:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
-        print(str(exc), file=sys.stderr)
-        print("Nothing was run: no case started, no AWS call was made.", file=sys.stderr)
-        return EXIT_INVALID
+        return invalid(exc, "no case started, no AWS call was made")
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
               + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "") + ".")

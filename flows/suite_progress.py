@@ -85,47 +85,49 @@ def lock_waits_seen(progress: Progress) -> Iterator[None]:
 
 
 @contextmanager
-def shown(progress: Progress, stream: TextIO | None = None, every: float = 1.0) -> Iterator[None]:
-    """Show the progress while the block runs: a live line with rich on a terminal, else a plain line whenever
-    it changes (at most every ``every`` s)."""
-    stream = stream or sys.stderr
+def _every(seconds: float, action: Any) -> Iterator[None]:
+    """Call ``action()`` every ``seconds`` in a background thread while the block runs."""
     stop = threading.Event()
-    if stream.isatty():
-        from rich.console import Console
-        from rich.live import Live
 
-        with Live(progress.line(), console=Console(file=stream), refresh_per_second=2, transient=False) as live:
-            def refresh() -> None:
-                while not stop.wait(every):
-                    live.update(progress.line())
+    def loop() -> None:
+        while not stop.wait(seconds):
+            action()
 
-            thread = threading.Thread(target=refresh, daemon=True, name="suite-progress")
-            thread.start()
-            try:
-                yield
-            finally:
-                stop.set()
-                thread.join(5)
-                live.update(progress.line())
-        return
-
-    def plain() -> None:
-        last = ""
-        while not stop.wait(every):
-            now = progress.line()
-            if progress.total and now.split(";")[0] != last:
-                last = now.split(";")[0]
-                print(f"Suite: {now}", file=stream, flush=True)
-
-    thread = threading.Thread(target=plain, daemon=True, name="suite-progress")
+    thread = threading.Thread(target=loop, daemon=True, name="suite-progress")
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join(5)
-        if progress.total:
-            print(f"Suite: {progress.line()}", file=stream, flush=True)
+
+
+@contextmanager
+def shown(progress: Progress, stream: TextIO | None = None, every: float = 1.0) -> Iterator[None]:
+    """Show the progress while the block runs: a live line with rich on a terminal, else a plain line whenever
+    the counts change (looked at every ``every`` s) and once at the end."""
+    stream = stream or sys.stderr
+    if stream.isatty():
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(progress.line(), console=Console(file=stream), refresh_per_second=2) as live:
+            with _every(every, lambda: live.update(progress.line())):
+                yield
+            live.update(progress.line())
+        return
+    last = [""]
+
+    def plain(final: bool = False) -> None:
+        now = progress.line()
+        counts = now.split(";")[0]
+        if progress.total and (counts != last[0] or final):
+            last[0] = counts
+            print(f"Suite: {now}", file=stream, flush=True)
+
+    with _every(every, plain):
+        yield
+    plain(final=True)
 
 
 def attach(progress: Progress) -> Any:
