@@ -248,3 +248,41 @@ def test_a_503_on_creating_the_flow_run_is_exit_3(refusing_api: str, tmp_path: P
     assert code == 3, err
     assert "Could not run" in err and "503 Service Unavailable on POST /api/flow_runs/" in err, err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_stops_every_running_case_and_each_puts_its_changes_back(suite_bucket, clients, tmp_path: Path,
+                                                                        capsys) -> None:
+    """SIGINT while two cases wait (each having changed its own parameter): exit 130, both put back."""
+    import os
+    import signal
+
+    ssm = clients.client("ssm")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("stop-a", "stop-b"):
+        ssm.put_parameter(Name=f"/stop/{name}", Value="prod", Type="String")
+        spec = case_setting(name, "test")
+        spec["steps"][0]["parameters"][0]["name"] = f"/stop/{name}"
+        spec["steps"][1]["keys"] = ["never"]
+        spec["steps"][2]["parameters"][0]["name"] = f"/stop/{name}"
+        (cases / f"{name}.yaml").write_text(json.dumps(spec))
+
+    def interrupt_when_both_changed() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            values = [ssm.get_parameter(Name=f"/stop/{n}")["Parameter"]["Value"] for n in ("stop-a", "stop-b")]
+            if values == ["test", "test"]:
+                time.sleep(0.5)  # well into the waiting step
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=interrupt_when_both_changed, daemon=True)
+    watcher.start()
+    code = main([str(cases), "--evidence-dir", str(tmp_path / "p")])
+    watcher.join(5)
+    err = capsys.readouterr().err
+    assert code == 130, err
+    assert [ssm.get_parameter(Name=f"/stop/{n}")["Parameter"]["Value"] for n in ("stop-a", "stop-b")] == ["prod"] * 2
+    assert read_entries(ssm) == []
+    assert verify(tmp_path / "p") == []  # the suite's pack, with the cases that ended
