@@ -377,7 +377,7 @@ def carried_result(state: Any, result_type: type, failure_type: type) -> Any:
     if isinstance(value, result_type):
         return value
     if isinstance(value, failure_type):
-        return value.result
+        return getattr(value, "result", None)
     return None
 
 

@@ -37,7 +37,15 @@ from flows.pipeline_test import (
     result_of,
 )
 from flows.recover import CouldNotRun
-from flows.suite_pack import CASES_DIR, SuiteCaseResult, SuiteFailed, SuiteResult, result_from_report, write_suite_pack
+from flows.suite_pack import (
+    CASES_DIR,
+    CaseVerdict,
+    SuiteCaseResult,
+    SuiteFailed,
+    SuiteResult,
+    result_from_report,
+    write_suite_pack,
+)
 from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
 from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
 from tasks import markdown as md
@@ -176,7 +184,7 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
         return SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
                                ended_at=_now(), reason=reason, flow_run_id=str(flow_run_id) if flow_run_id else None)
     # a run of the deployment whose pack the suite cannot see: its verdict from its state
-    status = "passed" if state.is_completed() else "failed" if state.is_failed() else "not run"
+    status: CaseVerdict = "passed" if state.is_completed() else "failed" if state.is_failed() else "not run"
     return SuiteCaseResult(case=case.spec.case, path=str(case.path), status=status, started_at=started,
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 

@@ -110,8 +110,8 @@ def is_suite_file(path: Path) -> bool:
 
 def _suite_of(path: Path) -> tuple[SuiteSpec, Path]:
     if path.is_dir():
-        return SuiteSpec(suite=path.resolve().name or "suite",
-                         cases=[f"*{s}" for s in CASE_SUFFIXES]), path
+        return SuiteSpec.model_validate({"suite": path.resolve().name or "suite",
+                                         "cases": [f"*{s}" for s in CASE_SUFFIXES]}), path
     raw = read_spec_file(path)
     if not isinstance(raw, dict):
         raise SpecError(str(path), ["suite: a suite file must be a mapping with 'suite' and 'cases'"])
@@ -186,12 +186,12 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
         cases.append(SuiteCase(file, case, variables))
     if problems:
         raise SpecError(str(path), problems)
-    names: dict[str, Path] = {}
+    first: dict[str, Path] = {}
     for c in cases:
-        if c.spec.case in names:
-            problems.append(f"{c.path}: case name {c.spec.case!r} is also the name of {names[c.spec.case]}; "
+        if c.spec.case in first:
+            problems.append(f"{c.path}: case name {c.spec.case!r} is also the name of {first[c.spec.case]}; "
                             "a suite's cases need different names (their evidence and artifacts are by name)")
-        names.setdefault(c.spec.case, c.path)
+        first.setdefault(c.spec.case, c.path)
     if problems:
         raise SpecError(str(path), problems)
     if not cases:
