@@ -62,12 +62,15 @@ from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
 
 
-class StopAll:
-    """A suite's stop: every case of the suite registers its run's stop event, so one Ctrl+C (or SIGTERM) stops
-    every running case (each then undoes its changes) and every case still waiting for its locks."""
+class SuiteShared:
+    """What the cases of one suite share in this process: its stop (every case registers its run's stop event, so
+    one Ctrl+C or SIGTERM stops every running case, and every case still waiting for its locks; each then undoes
+    its changes), and AWS clients, one thread-safe ClientFactory per target (boto3 clients are thread-safe;
+    sessions, made once per factory under its lock, are not shared across threads otherwise)."""
 
     def __init__(self) -> None:
         self._events: list[threading.Event] = []
+        self._clients: dict[str, ClientFactory] = {}
         self._lock = threading.Lock()
         self.stopped = False
 
@@ -83,9 +86,13 @@ class StopAll:
             for event in self._events:
                 event.set()
 
+    def clients(self, target: Any) -> ClientFactory:
+        with self._lock:
+            return self._clients.setdefault(repr(target), ClientFactory(target))
 
-#: the stop of the suite a case runs in (set by flows.suite in each case's context; None for a case run alone)
-SUITE_STOP: ContextVar[StopAll | None] = ContextVar("pipeline_test_suite_stop", default=None)
+
+#: what the suite a case runs in shares (set by flows.suite in each case's context; None for a case run alone)
+SUITE: ContextVar[SuiteShared | None] = ContextVar("pipeline_test_suite", default=None)
 
 
 def _run_name() -> str:
@@ -187,12 +194,12 @@ def pipeline_test(
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-        clients = ClientFactory(case.aws.target())
+        suite = SUITE.get()
+        clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
-        suite_stop = SUITE_STOP.get()
-        if suite_stop is not None:
-            suite_stop.register(ctx.stop)
+        if suite is not None:
+            suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
             with contextlib.ExitStack() as stack:

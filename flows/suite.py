@@ -28,8 +28,8 @@ from flows.engine import signals_deferred
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
 from flows.pipeline_test import (
-    SUITE_STOP,
-    StopAll,
+    SUITE,
+    SuiteShared,
     _ui_url,
     carried_result,
     pipeline_test,
@@ -90,19 +90,19 @@ def pipeline_test_suite(
                 plan.spec.max_parallel, "as runs of " + plan.spec.deployment.name
                 if plan.spec.run_as == "deployment" else "subflow runs in this process",
                 f"; left out by the tags: {len(plan.skipped)}" if plan.skipped else "")
-    stop = StopAll()
+    shared = SuiteShared()  # the cases share its stop and AWS clients
     results: dict[int, SuiteCaseResult] = {}
     with lock_waits_seen(progress), ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
         futures: list[Future[SuiteCaseResult]] = []
         for case in plan.cases:
             context = contextvars.copy_context()  # the suite's flow run context: each case is its subflow
-            context.run(SUITE_STOP.set, stop)
+            context.run(SUITE.set, shared)
             futures.append(pool.submit(context.run, run_case, plan, case, folder, progress))
         try:
             for index, future in enumerate(futures):
                 results[index] = future.result()
         except BaseException:  # Ctrl+C, SIGTERM: stop every case; each undoes its changes; then the evidence
-            stop.stop()
+            shared.stop()
             for future in futures:
                 future.cancel()
             with signals_deferred(logger):
