@@ -6,10 +6,13 @@
     python -m flows.pipeline_test SPEC.yaml --recover                first undo what dead runs left changed
     python -m flows.pipeline_test recover [--dry-run]                undo what dead runs left changed
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
+    python -m flows.pipeline_test FOLDER-OR-SUITE.yaml [--tag T] [--max-parallel N] [--var k=v] [--evidence-dir D]
+                                                                      run a suite (flows.suite)
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
-130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone).
+130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone). A suite: 1 when a case failed, else 3 when
+one could not run. The Prefect API refusing a call (e.g. 503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
