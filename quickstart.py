@@ -5,7 +5,9 @@
     python quickstart.py lint     the same, then check the code with ruff (pyflakes, pycodestyle, import order)
 
 The virtual environment is made once, in .venv beside this file, and reinstalled only when pyproject.toml or
-constraints.txt change. Afterwards you can also use it directly (see the README).
+constraints.txt change. The install uses uv (pinned below; installed into .venv first, wheels for Windows, macOS
+and Linux), about ten times faster than pip; when uv cannot be had, pip does it. Afterwards you can also use the
+environment directly (see the README).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
+#: the installer (https://pypi.org/project/uv/): a pinned wheel, installed into .venv with pip
+UV = "uv==0.9.30"
 
 
 def venv_python() -> Path:
@@ -38,11 +42,21 @@ def ensure_env() -> Path:
     ).hexdigest()
     stamp = VENV / ".pipeline-test-installed"
     if not stamp.exists() or stamp.read_text() != stamp_text:
-        print("Installing the pinned dependencies (first time: two or three minutes) ...", flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"], check=True)
+        install(python)
         stamp.write_text(stamp_text)
     return python
+
+
+def install(python: Path) -> None:
+    """The project and its pinned dependencies into .venv: with uv, else (uv not installable here) with pip."""
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    wanted = ["-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"]
+    print("Installing the pinned dependencies with uv (first time: about ten seconds) ...", flush=True)
+    if subprocess.run([*pip, UV]).returncode == 0 and subprocess.run(
+            [str(python), "-m", "uv", "pip", "install", "--quiet", "--python", str(python), *wanted]).returncode == 0:
+        return
+    print("uv did not work here; installing with pip instead (two or three minutes) ...", flush=True)
+    subprocess.run([*pip, *wanted], check=True)
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,9 @@ rem In PowerShell use setenv.ps1 instead (a .bat runs in a child cmd: PIPELINE_T
 rem Overrides (set them first, e.g. `set PIPELINE_TEST_PORT=4300`, no quotes around the value):
 rem     PIPELINE_TEST_PORT      another port for the local server (default 4200; also the port that
 rem                             `prefect server start` listens on in this profile)
+rem For the local server the profile also turns its telemetry off (it would report failures to send every ten
+rem minutes on a machine without internet) and keeps the resource locks' leases on disk (a restarted server
+rem still knows them).
 rem     PIPELINE_TEST_API_URL   another server altogether (e.g. your team's), instead of the local one
 rem     PIPELINE_TEST_PROFILE   another profile name (default pipeline-test)
 setlocal
@@ -36,7 +39,7 @@ rem all: cmd passes quotes on literally, and PREFECT_API_URL='http://...' cannot
 if defined PIPELINE_TEST_API_URL (
     prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% >nul
 ) else (
-    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% PREFECT_SERVER_API_PORT=%PT_PORT% >nul
+    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% PREFECT_SERVER_API_PORT=%PT_PORT% PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem >nul
 )
 if errorlevel 1 (
     echo setenv.bat: could not configure the profile %PT_PROFILE%
@@ -48,4 +51,5 @@ prefect profile use %PT_PROFILE% >nul 2>&1
 prefect config view
 rem keep PIPELINE_TEST_HOME after endlocal (the line is expanded before endlocal runs)
 endlocal & set "PIPELINE_TEST_HOME=%PT_HOME%"
-echo PIPELINE_TEST_HOME=%PIPELINE_TEST_HOME%
+rem in quotes: a folder name may hold & (cmd would run what follows it as a command)
+echo PIPELINE_TEST_HOME="%PIPELINE_TEST_HOME%"

@@ -26,7 +26,9 @@ prefect profile create $PtProfile *> $null
 if ($env:PIPELINE_TEST_API_URL) {
     prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" | Out-Null
 } else {
-    prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" "PREFECT_SERVER_API_PORT=$PtPort" | Out-Null
+    # the local server: its port, no telemetry (offline it logs failures to send), the locks' leases on disk
+    prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" "PREFECT_SERVER_API_PORT=$PtPort" `
+        "PREFECT_SERVER_ANALYTICS_ENABLED=false" "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" | Out-Null
 }
 if ($LASTEXITCODE -ne 0) {
     Write-Host "setenv.ps1: could not configure the profile $PtProfile"

@@ -36,9 +36,12 @@ _pipeline_test_setenv() {
     # creates the profile when it is missing (and says so, quietly, when it exists)
     prefect profile create "$_pt_profile" >/dev/null 2>&1
     if [ -z "${PIPELINE_TEST_API_URL:-}" ]; then
-        # the local server: its URL, and the port `prefect server start` listens on
+        # the local server: its URL, the port `prefect server start` listens on, no telemetry (offline it logs
+        # failures to send every ten minutes), and the resource locks' leases kept on disk (a restarted server
+        # still knows them)
         prefect -p "$_pt_profile" config set "PREFECT_API_URL=${_pt_api_url}" \
-            "PREFECT_SERVER_API_PORT=${_pt_port}" >/dev/null || return 1
+            "PREFECT_SERVER_API_PORT=${_pt_port}" "PREFECT_SERVER_ANALYTICS_ENABLED=false" \
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" >/dev/null || return 1
     else
         prefect -p "$_pt_profile" config set "PREFECT_API_URL=${_pt_api_url}" >/dev/null || return 1
     fi

@@ -26,8 +26,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
-ENTRYPOINT = "flows/pipeline_test.py:pipeline_test"
-SUITE_ENTRYPOINT = "flows/suite.py:pipeline_test_suite"
 
 
 def load_definitions(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
@@ -35,9 +33,10 @@ def load_definitions(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     deployments = config.get("deployments") or []
     for item in deployments:
-        if item.get("entrypoint") not in (ENTRYPOINT, SUITE_ENTRYPOINT):
-            raise ValueError(f"{path}: deployment {item.get('name')!r} has entrypoint {item.get('entrypoint')!r}; "
-                             f"this script serves only {ENTRYPOINT} and {SUITE_ENTRYPOINT}")
+        entrypoint = item.get("entrypoint") or ""
+        if not entrypoint.startswith("flows/") or ":" not in entrypoint:
+            raise ValueError(f"{path}: deployment {item.get('name')!r} has entrypoint {entrypoint!r}; this script "
+                             "serves the project's flows only (flows/<module>.py:<flow>)")
     return deployments
 
 
@@ -75,23 +74,21 @@ def build_deployments(path: Path = PREFECT_YAML) -> list[Any]:
     """One `RunnerDeployment` per deployment of prefect.yaml, ready for `prefect.serve`."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from flows.pipeline_test import pipeline_test
-    from flows.suite import pipeline_test_suite
+    from prefect.flows import load_flow_from_entrypoint
 
-    flows = {ENTRYPOINT: pipeline_test, SUITE_ENTRYPOINT: pipeline_test_suite}
     out = []
     here = os.getcwd()
     os.chdir(ROOT)  # Prefect takes the entrypoint relative to the working folder: the project's
     try:
         for item in load_definitions(path):
-            out.append(_to_deployment(flows[item["entrypoint"]], item))
+            out.append(_to_deployment(load_flow_from_entrypoint(item["entrypoint"]), item))
     finally:
         os.chdir(here)
     return out
 
 
-def _to_deployment(pipeline_test: Any, item: dict[str, Any]) -> Any:
-    return pipeline_test.to_deployment(
+def _to_deployment(flow: Any, item: dict[str, Any]) -> Any:
+    return flow.to_deployment(
         name=item["name"],
         description=item.get("description"),
         tags=item.get("tags"),
@@ -141,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in deployments:
             when = ", ".join(f"{getattr(s.schedule, 'cron', s.schedule)} {getattr(s.schedule, 'timezone', '')}"
                              f"{'' if s.active else ' (off)'}" for s in d.schedules) or "no schedule"
-            what = d.parameters.get("spec") or d.parameters.get("suite") or "(a suite's case: given per run)"
-            print(f"{d.name}: {what} - {when}")
+            print(f"{d.name}: {d.parameters.get('spec') or d.parameters.get('suite') or d.entrypoint} - {when}")
         return 0
 
     import asyncio

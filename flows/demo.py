@@ -1,35 +1,50 @@
 """The demo: the example case run against a small fake ingestion pipeline on a local AWS emulator.
 
-    python -m flows.demo            the example case
-    python -m flows.demo --suite    every example case as one suite (examples/nightly-suite.yaml)
+    python -m flows.demo
 
 Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipeline on it:
 - S3 buckets: landing, curated, and one for Athena's results;
 - an SSM parameter, ``/demo/orders/source_bucket``, that tells the pipeline which bucket to read (it points at
   a production bucket until the test case points it at the landing bucket; the case puts it back);
 - a Lambda function, ``demo-orders-ingest``, that the case invokes to start an ingestion;
+- a DynamoDB table, ``demo-ingest-audit``, where the pipeline records each file it ingested, and its
+  dead-letter queue, ``demo-orders-dlq`` (SQS), which stays empty while files load;
 - a background worker standing in for the pipeline: it copies each file that lands under ``incoming/`` in the
-  bucket the parameter names to ``curated/`` in the curated bucket after a short delay, and makes the rows
-  available to the Athena table ``demo_db.orders``.
+  bucket the parameter names to ``curated/`` in the curated bucket after a short delay, writes an audit item
+  for it, and makes the rows available to the Athena table ``demo_db.orders``.
 Then it runs ``examples/cases/orders_ingestion.yaml`` as a Prefect flow and prints the result and where to see
-the evidence. No AWS account, no network.
+the evidence. No AWS account, no network. ``--suite`` runs every example case as one suite
+(``examples/nightly-suite.yaml``) instead. ``--fail`` breaks the fake pipeline (it loses a row), to show what a
+failed case and its evidence look like.
+
+The flow ``pipeline-test-demo`` (:func:`pipeline_demo`) does the same inside one flow run, the case a subflow
+run of it: prefect.yaml's ``demo`` deployment runs it, so a worker or ``deployments/serve.py`` on a fresh
+machine runs a case that passes, with its evidence, and nothing else to set up.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
 import threading
 import time
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import boto3
+from prefect import flow
+from prefect.states import Failed
 
+from flows import prefect_logs
 from flows.emulator import moto_api, moto_server, use_emulator
+
+prefect_logs.install()
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
@@ -41,16 +56,21 @@ ATHENA_BUCKET = "demo-athena-results"
 SOURCE_PARAMETER = "/demo/orders/source_bucket"
 PRODUCTION_SOURCE = "acme-prod-landing"
 FUNCTION = "demo-orders-ingest"
+AUDIT_TABLE = "demo-ingest-audit"
+DEAD_LETTER_QUEUE = "demo-orders-dlq"
 
 
 class FakePipeline:
     """Stands in for the pipeline under test: reads its source bucket from SSM, copies landed files to the
-    curated zone after ``delay`` seconds, and answers Athena with the rows it ingested."""
+    curated zone after ``delay`` seconds, and answers Athena with the rows it ingested (all but the last of each
+    file when ``loses_a_row``: a broken pipeline, for a case that fails)."""
 
-    def __init__(self, endpoint: str, delay: float = 2.0, interval: float = 0.2) -> None:
+    def __init__(self, endpoint: str, delay: float = 2.0, interval: float = 0.2, loses_a_row: bool = False) -> None:
         self.endpoint = endpoint
+        self.loses_a_row = loses_a_row
         self.s3: Any = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
         self.ssm: Any = boto3.client("ssm", endpoint_url=endpoint, region_name=REGION)
+        self.dynamodb: Any = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
         self.delay = delay
         self.interval = interval
         self.seen: dict[tuple[str, str], float] = {}
@@ -76,6 +96,22 @@ class FakePipeline:
         cases = max(1, len(list(DEMO_CASE.parent.glob("*.yaml"))))
         moto_api(self.endpoint, "static/lambda-simple/response",
                  {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})] * cases})
+        self.create_audit_resources()
+
+    def create_audit_resources(self) -> None:
+        """The audit table (one item per ingested file, keyed by its S3 URI) and the dead-letter queue."""
+        self.dynamodb.create_table(TableName=AUDIT_TABLE, BillingMode="PAY_PER_REQUEST",
+                                   KeySchema=[{"AttributeName": "file", "KeyType": "HASH"}],
+                                   AttributeDefinitions=[{"AttributeName": "file", "AttributeType": "S"}])
+        boto3.client("sqs", endpoint_url=self.endpoint, region_name=REGION).create_queue(QueueName=DEAD_LETTER_QUEUE)
+
+    def write_audit(self, bucket: str, key: str, target: str, rows: int, total: Decimal) -> None:
+        """The audit item of one ingested file: where it came from and went, its rows and total, when."""
+        loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.dynamodb.put_item(TableName=AUDIT_TABLE, Item={
+            "file": {"S": f"s3://{bucket}/{key}"}, "status": {"S": "LOADED"}, "rows": {"N": str(rows)},
+            "total_amount": {"N": f"{total:.2f}"}, "curated_key": {"S": f"s3://{CURATED_BUCKET}/{target}"},
+            "loaded_at": {"S": loaded_at}})
 
     def start(self) -> "FakePipeline":
         self._thread.start()
@@ -111,7 +147,10 @@ class FakePipeline:
         self.s3.copy_object(Bucket=CURATED_BUCKET, Key=target, CopySource={"Bucket": bucket, "Key": key})
         body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
         rows = list(csv.DictReader(io.StringIO(body)))
+        if self.loses_a_row:
+            rows = rows[:-1]
         total = sum((Decimal(r["amount"]) for r in rows), Decimal("0"))
+        self.write_audit(bucket, key, target, len(rows), total)
         columns = [("orders", "bigint"), ("total_amount", "decimal(12,2)"), ("currencies", "bigint")]
         data = [[c for c, _ in columns], [str(len(rows)), f"{total:.2f}", str(len({r['currency'] for r in rows}))]]
         moto_api(self.endpoint, "static/athena/query-results", {"region": REGION, "results": [{
@@ -130,46 +169,84 @@ def where_to_look(result_url: str | None, case: str) -> str:
     if settings.api.url and result_url:
         return (f"Evidence: open {result_url} (Artifacts tab), or the Artifacts page of the Prefect UI "
                 f"(key {case_key(case)}).")
+    ui = f"http://{settings.server.api.host}:{settings.server.api.port}"  # where `prefect server start` listens
     return ("Evidence: this run used a temporary Prefect server; its records are kept in "
-            f"{settings.home}. Run `prefect server start` and open http://127.0.0.1:4200 to see the run and its "
+            f"{settings.home}. Run `prefect server start` and open {ui} to see the run and its "
             "artifacts (see docs/server-and-deployments.md).")
 
 
-def run_suite(args: list[str]) -> int:
-    """The example cases as one suite against the emulator, through the suite's CLI (progress, summary, pack,
-    exit code); ``args`` go to it (e.g. ``--max-parallel 2``)."""
-    from flows.pipeline_test import main as cli
-
-    print("Starting the local AWS emulator (moto) ...")
+@contextlib.contextmanager
+def demo_pipeline(loses_a_row: bool = False, say: Any = print) -> Iterator[FakePipeline]:
+    """The local emulator with the fake pipeline running on it, this process's AWS SDK pointed at it."""
+    say("Starting the local AWS emulator (moto) ...")
     with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
-        pipeline = FakePipeline(endpoint)
+        say(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
+        pipeline = FakePipeline(endpoint, loses_a_row=loses_a_row)
         pipeline.create_resources()
         pipeline.start()
         try:
-            return cli([str(DEMO_SUITE), *args])
+            yield pipeline
         finally:
             pipeline.stop()
+
+
+def source_setting(pipeline: FakePipeline) -> str:
+    return pipeline.ssm.get_parameter(Name=SOURCE_PARAMETER)["Parameter"]["Value"]
+
+
+def _demo_run_name() -> str:
+    return "demo-" + datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+@flow(name="pipeline-test-demo", flow_run_name=_demo_run_name, log_prints=True)
+def pipeline_demo(case: str = "examples/cases/orders_ingestion.yaml", break_pipeline: bool = False,
+                  evidence_dir: str | None = None) -> Any:
+    """The demo as one flow run: start the local AWS emulator and the fake pipeline, run the case (a path under
+    the project folder) as a subflow run against them, and end as the case ended. ``break_pipeline``: the
+    pipeline loses a row, so the case fails."""
+    from flows.pipeline_test import pipeline_test
+
+    with demo_pipeline(loses_a_row=break_pipeline) as pipeline:
+        state = pipeline_test(spec=str(ROOT / case), evidence_dir=evidence_dir, return_state=True)
+        print(f"SSM {SOURCE_PARAMETER} after the case: {source_setting(pipeline)!r} "
+              f"(it was {PRODUCTION_SOURCE!r} before)")
+    if state.is_completed():
+        return state
+    return Failed(message=state.message, data=state.result(raise_on_failure=False))  # the case's message
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.pipeline_test import format_result, pipeline_test, result_of
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.demo",
+        description="Run the example case against a fake ingestion pipeline on a local AWS emulator (no AWS "
+                    "account, no network), and show where its evidence is.")
+    parser.add_argument("--fail", action="store_true",
+                        help="break the fake pipeline (it loses a row), to see what a failed case looks like")
+    parser.add_argument("--suite", action="store_true", help="run every example case as one suite "
+                        "(examples/nightly-suite.yaml): its progress, summary and suite evidence pack")
+    args = parser.parse_args(argv)
+    from flows.pipeline_test import format_result, guarded, pipeline_test, result_of
 
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--suite"]:
-        return run_suite(argv[1:])
+    if args.suite:  # the suite's own CLI: a temporary server when none is set, its exit codes
+        from flows.pipeline_test import main as cli
 
-    print("Starting the local AWS emulator (moto) ...")
-    with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
-        print(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
-        pipeline = FakePipeline(endpoint)
-        pipeline.create_resources()
-        pipeline.start()
-        try:
+        with demo_pipeline(loses_a_row=args.fail):
+            return cli([str(DEMO_SUITE)])
+
+    seen: dict[str, Any] = {}
+
+    def run() -> int:
+        with demo_pipeline(loses_a_row=args.fail) as pipeline:
             state = pipeline_test(spec=str(DEMO_CASE), return_state=True)
-        finally:
-            pipeline.stop()
-        setting = pipeline.ssm.get_parameter(Name=SOURCE_PARAMETER)["Parameter"]["Value"]
-    result = result_of(state)
+            seen.update(state=state, result=result_of(state), setting=source_setting(pipeline))
+        return 0
+
+    # against PREFECT_API_URL when set, else a temporary server of its own (exit 3, one line, when there is none);
+    # where to look is said once that server is gone
+    code = guarded(run)
+    if not seen:
+        return code
+    result, state, setting = seen["result"], seen["state"], seen["setting"]
     print()
     if result is None:
         print(f"The demo's flow run ended {state.type.value}: {state.message}")
@@ -179,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SSM {SOURCE_PARAMETER} after the run: {setting!r} ({restored}: the case changed it for the test)")
     print(where_to_look(result.ui_url, result.case))
     return 0 if result.passed else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,8 +41,11 @@ def _type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if annotation is type(None):
         return "null"
-    if origin is typing.Annotated:
-        return "steps (a kind below)"
+    if origin is typing.Annotated:  # the step union (discriminated by kind), or a constrained type
+        inner = typing.get_args(args[0]) or (args[0],)
+        if all(isinstance(a, type) and issubclass(a, BaseModel) for a in inner):
+            return "steps (a kind below)"
+        return _type_name(args[0])
     if origin is typing.Literal:
         return " \\| ".join(f"`{a}`" for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):

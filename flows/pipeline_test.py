@@ -36,7 +36,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import evidence, evidence_pack, locks
+from flows import evidence, evidence_pack, locks, prefect_logs
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -63,6 +63,8 @@ from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
+
+prefect_logs.install()  # a failed case is a failure in the logs, not a crash report
 
 
 class SuiteShared:
@@ -473,7 +475,7 @@ def check_evidence_dir(folder: Path, spec: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
-        return _guarded(lambda: recover_main(argv[1:]))
+        return guarded(lambda: recover_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file; or a suite: a folder "
                         "of cases, or a suite file (see docs/running.md, Suites)")
@@ -548,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         print(result.model_dump_json(indent=2) if args.json else format_result(result))
         return EXIT_PASSED if result.passed else EXIT_FAILED
 
-    return _guarded(run)
+    return guarded(run)
 
 
 def invalid(exc: SpecError, what: str = "no AWS call was made") -> int:
@@ -564,7 +566,7 @@ def _api_error(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _guarded(run: Callable[[], int]) -> int:
+def guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
     try:

@@ -39,7 +39,8 @@ from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
 from tasks.s3 import S3Key
 
 #: the service modules whose step kinds a case can use; importing one registers its kinds
-SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena")
+SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena", "tasks.dynamodb", "tasks.sqs",
+                   "tasks.cloudwatch")
 for _module in SERVICE_MODULES:
     importlib.import_module(_module)
 

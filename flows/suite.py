@@ -260,7 +260,7 @@ def exit_code(result: SuiteResult) -> int:
 def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     """The CLI for a folder or suite file (called by ``flows.pipeline_test.main``): validate every case (exit 2
     naming file, step and field; nothing runs), then run the suite with its progress shown."""
-    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_PASSED, _guarded, check_evidence_dir, invalid
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_PASSED, check_evidence_dir, guarded, invalid
     from flows.spec import SpecError
     from flows.suite_progress import shown
 
@@ -293,4 +293,4 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         print(result.model_dump_json(indent=2) if args.json else format_suite(result))
         return exit_code(result)
 
-    return _guarded(run)
+    return guarded(run)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
@@ -213,6 +214,8 @@ class StepContext:
     stop: threading.Event = field(default_factory=threading.Event)
     #: time and sleep for waits; None: the real clock, sleeping on ``stop``
     clock_override: Clock | None = None
+    #: when the case run began (wall clock, seconds since the epoch): what "since the case began" means
+    started_at: float = field(default_factory=time.time)
 
     @property
     def clock(self) -> Clock:

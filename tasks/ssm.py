@@ -23,9 +23,10 @@ from typing import Any, Iterable, Literal, Sequence
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tasks import markdown as md
-from tasks.awslambda import json_subset_mismatches, truncate
+from tasks.awslambda import truncate
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
+from tasks.json_match import json_subset_mismatches
 from tasks.secrets import Secrets, mask, mask_any, redact
 from tasks.ssm_restore import (  # re-exported: the library's public names stay importable from tasks.ssm
     MAX_SHOWN_VALUE,

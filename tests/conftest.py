@@ -61,6 +61,15 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
+def run_step(step: Any, clients: ClientFactory, clock: FakeClock, **context: Any) -> Any:
+    """Run a step (a validated model) through its registered runner, on a fresh context with the fake clock."""
+    from tasks.base import REGISTRY, StepContext
+
+    ctx = StepContext(clients=clients, case_name="case", run_id="run-1", label=step.name or step.kind,
+                      clock_override=clock.clock, **context)
+    return REGISTRY[step.kind].run(step, ctx)
+
+
 def use_fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and region; no profile, no endpoint (general or per service) unless a test sets one."""
     for key in (*REAL_ENV, *(k for k in os.environ if k.startswith("AWS_ENDPOINT_URL"))):
@@ -101,6 +110,14 @@ def module_clients(module_moto: Any) -> ClientFactory:
 @pytest.fixture
 def clients(aws: None) -> ClientFactory:
     return ClientFactory(AwsTarget(region=REGION))
+
+
+@pytest.fixture
+def fresh_clients(module_moto: Any, module_clients: ClientFactory) -> ClientFactory:
+    """``module_clients`` on an empty account (the module's mock reset): a fresh account per test, without making
+    new boto3 clients per test."""
+    module_moto.reset()
+    return module_clients
 
 
 @pytest.fixture

@@ -34,13 +34,11 @@ from tasks.awslambda import (
     function_label,
     function_name,
     invoke,
-    jmespath_mismatches,
-    json_equal,
-    json_subset_mismatches,
     truncate,
 )
 from tasks.base import REGISTRY, StepContext, StepOutcome
 from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
+from tasks.json_match import jmespath_mismatches, json_equal, json_subset_mismatches
 from tasks.secrets import mask
 
 REGION = "us-east-1"

@@ -52,6 +52,10 @@ MINIMAL: dict[str, Minimal] = {
     "delete_parameters": Minimal({"names": ["/contract/p"]}, _seed_parameter),
     "expect_parameters": Minimal({"parameters": [{"name": "/contract/p", "equals": "before"}]}),
     "athena_query": Minimal({"sql": "SELECT 1"}),
+    "expect_dynamodb_items": Minimal({"table": "contract-table", "key": {"pk": "a"}}),
+    "expect_queue_depth": Minimal({"queue": "contract-dlq", "messages": 0}),
+    "expect_alarm_state": Minimal({"alarm": "contract-alarm", "state": "OK"}),
+    "expect_log_events": Minimal({"log_group": "/contract/logs"}),
 }
 
 

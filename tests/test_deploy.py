@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
 ECS_YAML = ROOT / "deployments" / "prefect-ecs.yaml"
 ENTRYPOINT = "flows/pipeline_test.py:pipeline_test"
+DEMO_ENTRYPOINT = "flows/demo.py:pipeline_demo"
+SUITE_ENTRYPOINT = "flows/suite.py:pipeline_test_suite"
 FLOW_NAME = "pipeline-test"
-#: the flow of each entrypoint prefect.yaml may name (a case's, a suite's)
-FLOW_OF = {ENTRYPOINT: FLOW_NAME, "flows/suite.py:pipeline_test_suite": "pipeline-test-suite"}
 POOL = "pipeline-test"
 HOME_PLACEHOLDER = "{{ $PIPELINE_TEST_HOME }}"
 ECS_ENV = {
@@ -51,6 +51,20 @@ def deployments_of(path: Path) -> dict[str, dict[str, Any]]:
     return {d["name"]: d for d in load_yaml(path)["deployments"]}
 
 
+def full_name(name: str, deployment: dict[str, Any]) -> str:
+    """flow/deployment, as the server and the CLI name a deployment."""
+    flow = {ENTRYPOINT: FLOW_NAME, DEMO_ENTRYPOINT: "pipeline-test-demo",
+            SUITE_ENTRYPOINT: "pipeline-test-suite"}[deployment["entrypoint"]]
+    return f"{flow}/{name}"
+
+
+def case_deployments_of(path: Path) -> dict[str, dict[str, Any]]:
+    """The deployments that run one case (the flow pipeline-test, with its spec), not the demo's, not a suite's
+    (nor `suite-case`, which a suite with `run_as: deployment` starts with a case of its own)."""
+    return {n: d for n, d in deployments_of(path).items()
+            if d["entrypoint"] == ENTRYPOINT and "spec" in d.get("parameters", {})}
+
+
 def serve_module() -> Any:
     spec = importlib.util.spec_from_file_location("pipeline_test_serve", ROOT / "deployments" / "serve.py")
     assert spec and spec.loader
@@ -65,9 +79,7 @@ def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
 
     config = load_yaml(PREFECT_YAML)
     assert config["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": HOME_PLACEHOLDER}}]
-    everything = config["deployments"]
-    # a case's deployments; a suite's (its own flow) and the one a suite's cases run as (no spec) are below
-    deployments = [d for d in everything if d["entrypoint"] == ENTRYPOINT and "spec" in d["parameters"]]
+    deployments = list(case_deployments_of(PREFECT_YAML).values())
     cases = {p.relative_to(ROOT).as_posix() for p in (ROOT / "examples" / "cases").glob("*.y*ml")}
     specs = [d["parameters"]["spec"] for d in deployments]
     assert cases <= set(specs), f"example cases without a deployment: {sorted(cases - set(specs))}"
@@ -83,14 +95,25 @@ def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
             ZoneInfo(schedule["timezone"])  # a stated, real time zone
         # the case is valid, with the deployment's variables
         load_spec(ROOT / d["parameters"]["spec"], d["parameters"].get("variables"))
-    assert {d["entrypoint"] for d in everything} <= set(FLOW_OF)
-    suites = [d for d in everything if d["entrypoint"] != ENTRYPOINT]
-    assert [d["name"] for d in suites] == ["nightly-regression"] and suites[0]["schedules"]
+    # the nightly suite runs every example case; suite-case is what a suite's `run_as: deployment` starts
     from flows.suite_spec import load_suite
 
+    everything = deployments_of(PREFECT_YAML)
+    suites = [d for d in everything.values() if d["entrypoint"] == SUITE_ENTRYPOINT]
+    assert [d["name"] for d in suites] == ["nightly-regression"] and suites[0]["schedules"]
     plan = load_suite(ROOT / suites[0]["parameters"]["suite"])
-    assert {c.path.resolve() for c in plan.cases} == {ROOT / c for c in cases}  # every example case, nightly
-    assert [d["name"] for d in everything if d not in deployments and d not in suites] == ["suite-case"]
+    assert {c.path.resolve() for c in plan.cases} == {ROOT / c for c in cases}
+    assert everything["suite-case"]["entrypoint"] == ENTRYPOINT and not everything["suite-case"].get("schedules")
+
+
+def test_the_demo_deployment_runs_the_example_case_on_its_own_emulator() -> None:
+    from flows.demo import pipeline_demo
+
+    demo = deployments_of(PREFECT_YAML)["demo"]
+    assert demo["entrypoint"] == DEMO_ENTRYPOINT and demo["work_pool"]["name"] == POOL
+    assert (ROOT / demo["parameters"]["case"]).is_file()
+    assert set(demo["parameters"]) <= set(pipeline_demo.parameters.properties)
+    assert not demo.get("schedules")  # it proves the set-up, not a pipeline: nothing runs it unasked
 
 
 def test_project_folder_placeholder_resolves_at_deploy_time_or_else_at_run_time(monkeypatch) -> None:
@@ -107,6 +130,49 @@ def test_project_folder_placeholder_resolves_at_deploy_time_or_else_at_run_time(
     assert apply_values(step, {}, remove_notset=False) == step
 
 
+async def _read_deployment_id(api: str, name: str) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        async with get_client() as client:
+            return (await client.read_deployment_by_name(name)).id
+
+
+async def _create_run(api: str, deployment_id: Any, parameters: dict[str, Any]) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        async with get_client() as client:
+            return await client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+
+
+async def _read_run_tree(api: str, flow_run_id: Any) -> tuple[Any, list[Any], list[Any], list[Any]]:
+    """A flow run, its subflow runs, and the logs and artifacts of all of them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            children = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            ids = [flow_run_id, *(c.id for c in children)]
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
+            return run, children, logs, artifacts
+
+
 # ------------------------------------------------------------------------------------------ serve.py
 def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
     serve = serve_module()
@@ -115,15 +181,15 @@ def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
     assert [d.name for d in built] == list(declared)
     for d in built:
         want = declared[d.name]
-        assert d.flow_name == FLOW_OF[want["entrypoint"]] and d.entrypoint == want["entrypoint"]
+        assert d.entrypoint == want["entrypoint"]
+        assert f"{d.flow_name}/{d.name}" == full_name(d.name, want)
         assert d.parameters == want["parameters"] and d.tags == want["tags"]
         assert d.description == want["description"]
         if "concurrency_limit" in want:
             assert d.concurrency_limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
         assert d.work_pool_name is None  # served: no work pool
         got = [(s.schedule.cron, s.schedule.timezone, s.active, s.slug) for s in d.schedules]
-        assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"])
-                       for s in want.get("schedules", [])]
+        assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want.get("schedules", [])]
 
 
 def test_serve_main_lists_and_never_serves_without_a_server(monkeypatch, capsys) -> None:
@@ -146,11 +212,11 @@ def test_serve_main_lists_and_never_serves_without_a_server(monkeypatch, capsys)
 
 # ----------------------------------------------------------------------------------------- the team file
 def test_team_file_has_the_same_cases_parameters_and_schedules() -> None:
-    local, team = deployments_of(PREFECT_YAML), deployments_of(ECS_YAML)
+    local, team = case_deployments_of(PREFECT_YAML), deployments_of(ECS_YAML)
     assert list(team) == list(local)
     for name, d in team.items():
         for key in ("entrypoint", "parameters", "schedules", "concurrency_limit", "tags"):
-            assert d.get(key) == local[name].get(key), f"{name}: {key} differs from prefect.yaml"
+            assert d[key] == local[name][key], f"{name}: {key} differs from prefect.yaml"
         assert d["work_pool"]["name"] == "pipeline-test-ecs"
         variables = d["work_pool"]["job_variables"]
         assert variables["image"] == "{{ $PIPELINE_TEST_IMAGE }}"  # nothing account-specific in the file
@@ -340,11 +406,8 @@ def wait_for_health(api_url: str, server: subprocess.Popen[bytes], procs: Proces
 @pytest.mark.e2e
 def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: Path, processes: Processes) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.demo import FakePipeline
-    from flows.emulator import emulator_env, moto_server
 
     timings: dict[str, float] = {}
     t0 = time.monotonic()
@@ -376,8 +439,7 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
 
     async def read_deployments() -> dict[str, Any]:
         async with get_client() as client:
-            return {name: await client.read_deployment_by_name(f"{FLOW_OF[d['entrypoint']]}/{name}")
-                    for name, d in declared.items()}
+            return {name: await client.read_deployment_by_name(full_name(name, d)) for name, d in declared.items()}
 
     with temporary_settings({PREFECT_API_URL: api}):
         server_side = asyncio.run(read_deployments())
@@ -388,7 +450,7 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
             assert got.parameters == want["parameters"]
             # the project folder, stored when deploying (PIPELINE_TEST_HOME was set)
             assert got.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-            if "concurrency_limit" in want:
+            if "concurrency_limit" in want:  # the cases' (the demo has none: each run has its own emulator)
                 assert got.global_concurrency_limit.limit == want["concurrency_limit"]["limit"] == 1
                 assert got.concurrency_options.collision_strategy.value == \
                     want["concurrency_limit"]["collision_strategy"]
@@ -398,56 +460,45 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
         # serve.py sees these work-pool deployments and would not serve over them
         serve = serve_module()
         twins = asyncio.run(serve.work_pool_twins(serve.build_deployments()))
-        assert twins == [(f"{FLOW_OF[d['entrypoint']]}/{name}", POOL) for name, d in declared.items()]
+        assert twins == [(full_name(name, d), POOL) for name, d in declared.items()]
 
-    # a run of the example's deployment, as deployed (its own parameters), by a process worker started in
-    # another folder, against the demo's emulator and fake pipeline
-    name = next(n for n, d in declared.items() if d["parameters"].get("spec") == "examples/cases/orders_ingestion.yaml")
+    # two runs of the demo's deployment, by a process worker started in another folder with no AWS set-up at
+    # all (the run starts its own emulator and fake pipeline): one passes, one with a broken pipeline fails
+    demo = declared["demo"]
+    demo_id = asyncio.run(_read_deployment_id(api, "pipeline-test-demo/demo"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     t = time.monotonic()
-    with moto_server() as endpoint:
-        pipeline = FakePipeline(endpoint, delay=0.3, interval=0.1)
-        pipeline.create_resources()
-        pipeline.start()
-        try:
-            # the run keeps the deployment's parameters; its evidence pack (when the flow writes one) goes to
-            # the test's folder rather than the project's evidence/
-            accepted = server_side[name].parameter_openapi_schema.get("properties", {})
-            extra = {"evidence_dir": str(tmp_path / "evidence")} if "evidence_dir" in accepted else {}
+    runs = {}
+    for verdict, extra in (("pass", {}), ("fail", {"break_pipeline": True})):
+        # the packs go to the test's folder rather than the project's evidence/
+        extra = {**extra, "evidence_dir": str(tmp_path / f"evidence-{verdict}")}
+        runs[verdict] = (asyncio.run(_create_run(api, demo_id, extra)), extra)
+    # the ECS work pool for the team file is made meanwhile (its check comes after the runs)
+    ecs_pool = processes.start("ecs-pool", [*prefect, "work-pool", "create", "pipeline-test-ecs",
+                                            "--type", "ecs"], base, tmp_path)
+    processes.run("worker", [*prefect, "worker", "start", "--pool", POOL, "--run-once", "--limit", "2"],
+                  base, elsewhere, timeout=150)
+    timings["2 demo runs by the worker"] = time.monotonic() - t
+    worker_log = processes.log("worker")
+    assert "set_working_directory" in worker_log
 
-            async def create_run() -> Any:
-                async with get_client() as client:
-                    return await client.create_flow_run_from_deployment(server_side[name].id, parameters=extra)
-
-            with temporary_settings({PREFECT_API_URL: api}):
-                flow_run = asyncio.run(create_run())
-            # the ECS work pool for the team file is made meanwhile (its check comes after the run)
-            ecs_pool = processes.start("ecs-pool", [*prefect, "work-pool", "create", "pipeline-test-ecs",
-                                                    "--type", "ecs"], base, tmp_path)
-            worker_env = {**base, **emulator_env(endpoint)}
-            processes.run("worker", [*prefect, "worker", "start", "--pool", POOL, "--run-once", "--limit", "1"],
-                          worker_env, elsewhere, timeout=120)
-        finally:
-            pipeline.stop()
-    timings["run by the worker"] = time.monotonic() - t
-
-    async def read_run() -> tuple[Any, list[Any]]:
-        async with get_client() as client:
-            run = await client.read_flow_run(flow_run.id)
-            artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
-            return run, artifacts
-
-    with temporary_settings({PREFECT_API_URL: api}):
-        run, artifacts = asyncio.run(read_run())
-    assert run.state.is_completed(), f"{run.state}\n{processes.log('worker')[-6000:]}"
-    assert run.name.startswith("orders-ingestion-")
-    assert run.parameters == {**declared[name]["parameters"], **extra}
-    assert any(a.key == "case-orders-ingestion" for a in artifacts), [a.key for a in artifacts]
-    assert "set_working_directory" in processes.log("worker")
-    if extra:
-        assert (tmp_path / "evidence").is_dir()  # the pack went where the run was told, not into the project
+    for verdict, (flow_run, extra) in runs.items():
+        run, case_runs, logs, artifacts = asyncio.run(_read_run_tree(api, flow_run.id))
+        assert run.name.startswith("demo-") and run.parameters == {**demo["parameters"], **extra}
+        assert [r.name[:len("orders-ingestion-")] for r in case_runs] == ["orders-ingestion-"]  # the subflow
+        assert any(a.key == "case-orders-ingestion" for a in artifacts), [a.key for a in artifacts]
+        assert (tmp_path / f"evidence-{verdict}" / "manifest.json").is_file()  # the pack, where it was told
+        text = "\n".join(log.message for log in logs)
+        # a failed case is a failure, not a crash: no traceback, no stray "NoneType: None", in the UI's logs
+        assert "Traceback" not in text and "NoneType: None" not in text and "unexpected exception" not in text
+        if verdict == "pass":
+            assert run.state.is_completed() and case_runs[0].state.is_completed(), f"{run.state}\n{worker_log[-6000:]}"
+        else:
+            assert run.state.is_failed() and case_runs[0].state.is_failed(), f"{run.state}\n{worker_log[-6000:]}"
+            assert "failed at step 4 'curated-rows-match'" in run.state.message
+            assert "first_row.orders" in run.state.message
+    assert "Traceback" not in worker_log and "NoneType: None" not in worker_log
 
     # the team file deploys too (onto the ECS pool: no run, there is no ECS here), its job variables known
     # to the ECS worker's template
@@ -460,8 +511,8 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
     async def read_team() -> tuple[dict[str, Any], Any]:
         async with get_client() as client:
             pool = await client.read_work_pool("pipeline-test-ecs")
-            return {n: await client.read_deployment_by_name(f"{FLOW_OF[d['entrypoint']]}/{n}")
-                    for n, d in declared.items()}, pool
+            return {n: await client.read_deployment_by_name(f"{FLOW_NAME}/{n}")
+                    for n in case_deployments_of(ECS_YAML)}, pool
 
     with temporary_settings({PREFECT_API_URL: api}):
         team, ecs = asyncio.run(read_team())

@@ -59,6 +59,8 @@ def test_setenv_sh_creates_selects_and_points_the_profile(tmp_path: Path) -> Non
     assert config["active"] == "pipeline-test"
     assert config["profiles"]["pipeline-test"]["PREFECT_API_URL"] == DEFAULT_URL
     assert config["profiles"]["pipeline-test"]["PREFECT_SERVER_API_PORT"] == "4200"
+    assert config["profiles"]["pipeline-test"]["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert config["profiles"]["pipeline-test"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith(".filesystem")
 
     # existing: selected, and its quoted URL replaced by the bare one on the port asked for
     assert "PREFECT_API_URL='http://127.0.0.1:4300/api' (from profile)" in out2
@@ -136,7 +138,9 @@ def test_setenv_bat_commands_quoting_and_crlf() -> None:
     code = [l for l in lines if l.strip() and not l.lower().lstrip().startswith(("rem", "@echo"))]
     text = "\r\n".join(code)
     for needed in ("prefect profile create %PT_PROFILE%", "prefect profile use %PT_PROFILE%", "prefect config view",
-                   "endlocal & set \"PIPELINE_TEST_HOME=%PT_HOME%\""):
+                   "endlocal & set \"PIPELINE_TEST_HOME=%PT_HOME%\"",
+                   # echoed in quotes: a folder name with & in it must not run the rest as a command
+                   'echo PIPELINE_TEST_HOME="%PIPELINE_TEST_HOME%"'):
         assert needed in text, needed
     # every `set` is `set "NAME=value"` (quotes around the whole): never set NAME="value" or NAME='value'
     for line in code:
@@ -151,9 +155,10 @@ def test_setenv_bat_commands_quoting_and_crlf() -> None:
     script_dir = "C:\\Users\\Ana Lima\\pipeline-test\\"
     variables, commands = run_bat_sets(lines, {"PATH": "x"}, script_dir)
     assert variables["PIPELINE_TEST_HOME"] == "C:\\Users\\Ana Lima\\pipeline-test"
-    assert "prefect -p pipeline-test config set PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_SERVER_API_PORT=4200" in commands
+    local = " PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem"  # the local server's: no telemetry, leases on disk
+    assert "prefect -p pipeline-test config set PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_SERVER_API_PORT=4200" + local in commands
     _, commands = run_bat_sets(lines, {"PIPELINE_TEST_PORT": "4300", "PIPELINE_TEST_PROFILE": "mine"}, script_dir)
-    assert "prefect -p mine config set PREFECT_API_URL=http://127.0.0.1:4300/api PREFECT_SERVER_API_PORT=4300" in commands
+    assert "prefect -p mine config set PREFECT_API_URL=http://127.0.0.1:4300/api PREFECT_SERVER_API_PORT=4300" + local in commands
     _, commands = run_bat_sets(lines, {"PIPELINE_TEST_API_URL": "http://10.0.0.5:4200/api"}, script_dir)
     assert "prefect -p pipeline-test config set PREFECT_API_URL=http://10.0.0.5:4200/api" in commands
 

@@ -1,0 +1,77 @@
+"""A failed case is a failure in the logs, not a crash report: the filters on Prefect's run loggers
+(flows/prefect_logs.py). The worker's real logs are checked end to end in tests/test_deploy.py."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+import flows.pipeline_test  # noqa: F401 - importing the flow's module installs the filters
+from flows.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter
+from flows.recover import CouldNotRun
+from flows.results import CaseFailed, CaseResult
+from flows.spec import SpecError
+
+
+def record(message: str, exc: BaseException | None, empty: bool = False) -> logging.LogRecord:
+    if empty:
+        exc_info = (None, None, None)  # what logging stores for exc_info=True outside an except block
+    elif exc is None:
+        exc_info = None
+    else:
+        try:
+            raise exc
+        except BaseException:
+            exc_info = sys.exc_info()
+    return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+def formatted(rec: logging.LogRecord) -> str:
+    return logging.Formatter().format(rec)
+
+
+def failed_case() -> CaseFailed:
+    return CaseFailed(CaseResult.model_construct(case="c", status="failed", steps=[]))
+
+
+def test_both_run_loggers_have_the_filter_once() -> None:
+    import flows.prefect_logs
+
+    flows.prefect_logs.install()  # again: still one
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        assert sum(isinstance(f, ExpectedFailureFilter) for f in logging.getLogger(name).filters) == 1
+
+
+def test_an_empty_traceback_is_removed_and_the_line_kept() -> None:
+    rec = record("Task run failed with state: Failed(...)", None, empty=True)
+    assert "NoneType: None" in formatted(logging.makeLogRecord(rec.__dict__))  # what Prefect's line printed
+    assert ExpectedFailureFilter().filter(rec)
+    assert formatted(rec) == "Task run failed with state: Failed(...)"
+
+
+@pytest.mark.parametrize("exc", [failed_case(), CouldNotRun("the Prefect API refused"),
+                                 SpecError("case.yaml", ["step 1 'x' (upload): field 'files': missing"])])
+def test_the_engine_crash_report_of_an_expected_end_is_dropped(exc: Exception) -> None:
+    assert not ExpectedFailureFilter().filter(record(ENGINE_EXIT, exc))
+    # the flow engine's own line stays, without the traceback: its message names what went wrong
+    rec = record("Encountered exception during execution: %r", exc)
+    assert ExpectedFailureFilter().filter(rec) and "Traceback" not in formatted(rec)
+
+
+def test_a_bug_keeps_its_traceback() -> None:
+    for message in (ENGINE_EXIT, "Encountered exception during execution"):
+        rec = record(message, KeyError("bucket"))
+        assert ExpectedFailureFilter().filter(rec)
+        assert "Traceback" in formatted(rec) and "KeyError: 'bucket'" in formatted(rec)
+
+
+def test_demo_help_does_not_run_the_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.demo import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["--help"])
+    assert ended.value.code == 0
+    out = capsys.readouterr().out
+    assert "--fail" in out and "Starting the local AWS emulator" not in out
