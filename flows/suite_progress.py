@@ -105,7 +105,7 @@ def _every(seconds: float, action: Any) -> Iterator[None]:
 @contextmanager
 def shown(progress: Progress, stream: TextIO | None = None, every: float = 1.0) -> Iterator[None]:
     """Show the progress while the block runs: a live line with rich on a terminal, else a plain line whenever
-    the counts change (looked at every ``every`` s) and once at the end."""
+    the counts change (looked at every ``every`` s, and at the end)."""
     stream = stream or sys.stderr
     if stream.isatty():
         from rich.console import Console
@@ -118,16 +118,16 @@ def shown(progress: Progress, stream: TextIO | None = None, every: float = 1.0) 
         return
     last = [""]
 
-    def plain(final: bool = False) -> None:
+    def plain() -> None:
         now = progress.line()
         counts = now.split(";")[0]
-        if progress.total and (counts != last[0] or final):
+        if progress.total and counts != last[0]:
             last[0] = counts
             print(f"Suite: {now}", file=stream, flush=True)
 
     with _every(every, plain):
         yield
-    plain(final=True)
+    plain()  # the end, unless the last line already said it
 
 
 def attach(progress: Progress) -> Any:
