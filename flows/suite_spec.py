@@ -170,11 +170,13 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
     skipped: list[Path] = []
     problems: list[str] = []
     wanted = set(spec.tags)
+    declared_anywhere: set[str] = set()
     for file in files:
         try:
             raw = read_spec_file(file)
             declared = raw.get("variables") if isinstance(raw, dict) else None
             names = set(declared) if isinstance(declared, dict) else set()
+            declared_anywhere |= names
             variables = {k: str(v) for k, v in spec.variables.items() if k in names}
             case, _ = load_spec(file, variables)
         except SpecError as exc:
@@ -184,6 +186,8 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
             skipped.append(file)
             continue
         cases.append(SuiteCase(file, case, variables))
+    problems += [f"variables: {name!r} is declared by no case of the suite (a typo?)"
+                 for name in sorted(set(spec.variables) - declared_anywhere)]
     if problems:
         raise SpecError(str(path), problems)
     first: dict[str, Path] = {}

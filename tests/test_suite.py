@@ -15,6 +15,7 @@ import yaml
 
 from flows.evidence_pack import verify
 from flows.pipeline_test import main
+from flows.spec import SpecError
 from flows.suite import pipeline_test_suite, suite_key, suite_result_of
 from flows.suite_spec import load_suite
 from tasks.journal import read_entries
@@ -58,14 +59,16 @@ def test_a_suite_file_selects_cases_by_glob_and_tag_and_gives_them_its_variables
     upload_case(tmp_path / "cases", "customers", tags=["customers"])
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"suite": "Nightly", "cases": ["cases/*.yaml"], "tags": ["orders"],
-                                     "variables": {"bucket": "env-bucket", "unused": "x"}, "max_parallel": 2}))
+                                     "variables": {"bucket": "env-bucket"}, "max_parallel": 2}))
     plan = load_suite(suite)
     assert [c.spec.case for c in plan.cases] == ["orders-a", "orders-b"] and len(plan.skipped) == 1
     assert all(c.variables == {"bucket": "env-bucket"} for c in plan.cases)
     assert [c.spec.case for c in load_suite(suite, tags=["customers"]).cases] == ["customers"]
     assert load_suite(suite, overrides={"bucket": "other"}, max_parallel=5).spec.max_parallel == 5
+    with pytest.raises(SpecError, match="'buckett' is declared by no case of the suite"):
+        load_suite(suite, overrides={"buckett": "typo"})
     suite.write_text(yaml.safe_dump({"suite": "Nightly", "cases": ["cases/missing.yaml"], "max_paralel": 2}))
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(SpecError) as caught:
         load_suite(suite)
     assert "max_paralel" in str(caught.value)
 
