@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in deployments:
             when = ", ".join(f"{getattr(s.schedule, 'cron', s.schedule)} {getattr(s.schedule, 'timezone', '')}"
                              f"{'' if s.active else ' (off)'}" for s in d.schedules) or "no schedule"
-            print(f"{d.name}: {d.parameters.get('spec') or d.entrypoint} - {when}")
+            print(f"{d.name}: {d.parameters.get('spec') or d.parameters.get('suite') or d.entrypoint} - {when}")
         return 0
 
     import asyncio

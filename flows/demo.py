@@ -14,8 +14,9 @@ Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipelin
   for it, and makes the rows available to the Athena table ``demo_db.orders``; a file whose CSV header is not
   the orders header is moved to ``quarantine/`` in the landing bucket instead, and never reaches curated.
 Then it runs ``examples/cases/orders_ingestion.yaml`` and the negative case ``orders_bad_header.yaml`` as Prefect
-flows and prints the results and where to see the evidence. No AWS account, no network. ``--fail`` breaks the
-fake pipeline (it loses a row), to show what a failed case and its evidence look like.
+flows and prints the results and where to see the evidence. No AWS account, no network. ``--suite`` runs every
+example case as one suite (``examples/nightly-suite.yaml``) instead. ``--fail`` breaks the fake pipeline (it
+loses a row), to show what a failed case and its evidence look like.
 
 The flow ``pipeline-test-demo`` (:func:`pipeline_demo`) runs one case the same way inside one flow run, the
 case a subflow run of it: prefect.yaml's ``demo`` deployment runs it, so a worker or ``deployments/serve.py``
@@ -52,6 +53,7 @@ DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
 NEGATIVE_CASE = ROOT / "examples" / "cases" / "orders_bad_header.yaml"
 #: the header the pipeline accepts; any other file is quarantined
 ORDERS_HEADER = "order_id,customer_id,order_date,amount,currency,status"
+DEMO_SUITE = ROOT / "examples" / "nightly-suite.yaml"
 REGION = "us-east-1"
 LANDING_BUCKET = "demo-landing"
 CURATED_BUCKET = "demo-curated"
@@ -94,9 +96,11 @@ class FakePipeline:
         boto3.client("lambda", endpoint_url=self.endpoint, region_name=REGION).create_function(
             FunctionName=FUNCTION, Runtime="python3.12", Role=role["Role"]["Arn"], Handler="app.handler",
             Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18}, Description="Starts an orders ingestion")
-        # what the function answers (moto runs no code without Docker: its answer is queued here)
+        # what the function answers (moto runs no code without Docker: its answers are queued here, one for each
+        # example case, so the demo's suite has one per case)
+        cases = max(1, len(list(DEMO_CASE.parent.glob("*.yaml"))))
         moto_api(self.endpoint, "static/lambda-simple/response",
-                 {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})]})
+                 {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})] * cases})
         self.create_audit_resources()
 
     def create_audit_resources(self) -> None:
@@ -229,8 +233,16 @@ def main(argv: list[str] | None = None) -> int:
                     "account, no network), and show where its evidence is.")
     parser.add_argument("--fail", action="store_true",
                         help="break the fake pipeline (it loses a row), to see what a failed case looks like")
+    parser.add_argument("--suite", action="store_true", help="run every example case as one suite "
+                        "(examples/nightly-suite.yaml): its progress, summary and suite evidence pack")
     args = parser.parse_args(argv)
     from flows.pipeline_test import format_result, guarded, pipeline_test, result_of
+
+    if args.suite:  # the suite's own CLI: a temporary server when none is set, its exit codes
+        from flows.pipeline_test import main as cli
+
+        with demo_pipeline(loses_a_row=args.fail):
+            return cli([str(DEMO_SUITE)])
 
     seen: dict[str, Any] = {}
 

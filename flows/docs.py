@@ -25,12 +25,14 @@ from pydantic_core import PydanticUndefined
 
 from flows.notify import NotifySettings
 from flows.spec import AwsSettings, CaseSpec, EvidenceSettings, ParallelGroup, json_schema, step_kinds
+from flows.suite_spec import DeploymentSettings, SuiteSpec, suite_json_schema
 from flows.templating import BUILTINS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 REFERENCE = ROOT / "docs" / "reference.md"  # its section between START and END is generated
 SCHEMA = ROOT / "spec.schema.json"
+SUITE_SCHEMA = ROOT / "suite.schema.json"
 START, END = "<!-- spec-reference:start -->", "<!-- spec-reference:end -->"
 
 
@@ -61,7 +63,8 @@ def _type_name(annotation: Any) -> str:
 def _heading(model: type[BaseModel]) -> str:
     """The heading of the reference section that documents a model: links to the model point at its anchor."""
     named: dict[type[BaseModel], str] = {CaseSpec: "The case", AwsSettings: "`aws`", EvidenceSettings: "`evidence`",
-                                         NotifySettings: "`notify`", ParallelGroup: "Step `parallel`"}
+                                         NotifySettings: "`notify`", ParallelGroup: "Step `parallel`",
+                                         SuiteSpec: "The suite file", DeploymentSettings: "Suite `deployment`"}
     named.update({kind.model: f"Step `{kind.kind}`" for kind in step_kinds()})
     return named.get(model, model.__name__)
 
@@ -228,12 +231,17 @@ def reference() -> str:
             continue
         parts += [f"## {model.__name__}", "", (model.__doc__ or "").strip().split("\n")[0], "",
                   model_table(model), ""]
+    parts += [f"## {_heading(SuiteSpec)}", "", (SuiteSpec.__doc__ or "").strip(), " A folder of cases is a suite "
+              "too (every case directly in it, default settings). Schema: `suite.schema.json`.", "",
+              model_table(SuiteSpec), "",
+              f"## {_heading(DeploymentSettings)}", "", (DeploymentSettings.__doc__ or "").strip(), "",
+              model_table(DeploymentSettings), ""]
     parts.append(END)
     return "\n".join(parts)
 
 
-def schema_text() -> str:
-    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+def schema_text(schema: dict[str, Any] | None = None) -> str:
+    return json.dumps(schema or json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def updated_page(text: str, name: str = "docs/reference.md") -> str:
@@ -253,18 +261,18 @@ def updated_page(text: str, name: str = "docs/reference.md") -> str:
 
 def main(argv: list[str]) -> int:
     page = REFERENCE.read_text(encoding="utf-8")
-    want_page, want_schema = updated_page(page), schema_text()
-    have_schema = SCHEMA.read_text(encoding="utf-8") if SCHEMA.exists() else ""
+    wanted = {REFERENCE: updated_page(page), SCHEMA: schema_text(), SUITE_SCHEMA: schema_text(suite_json_schema())}
     if "--check" in argv:
-        stale = [p.relative_to(ROOT).as_posix() for p, ok in ((REFERENCE, page == want_page),
-                                                              (SCHEMA, have_schema == want_schema)) if not ok]
+        stale = [p.relative_to(ROOT).as_posix() for p, want in wanted.items()
+                 if (p.read_text(encoding="utf-8") if p.exists() else "") != want]
         if stale:
             print(f"out of date: {', '.join(stale)}; run `python -m flows.docs`", file=sys.stderr)
             return 1
         return 0
-    REFERENCE.write_text(want_page, encoding="utf-8", newline="\n")
-    SCHEMA.write_text(want_schema, encoding="utf-8", newline="\n")
-    print(f"wrote {REFERENCE.relative_to(ROOT).as_posix()} (spec reference) and {SCHEMA.name}")
+    for path, text in wanted.items():
+        path.write_text(text, encoding="utf-8", newline="\n")
+    print(f"wrote {REFERENCE.relative_to(ROOT).as_posix()} (spec and suite reference), {SCHEMA.name} and "
+          f"{SUITE_SCHEMA.name}")
     return 0
 
 

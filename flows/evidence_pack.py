@@ -69,6 +69,7 @@ from flows.pack_formats import (  # noqa: F401
 )
 from flows.pack_html import failures_first, report_html  # noqa: F401
 from flows.pack_junit import junit_xml  # noqa: F401
+from flows.suite_pack import SUITE_REQUIRED_FILES
 
 
 # ----------------------------------------------------------------------------------------------------- verify
@@ -140,10 +141,12 @@ def verify(folder: Path, manifest_sha256_expected: str | None = None) -> list[st
     listed, problems_listed = _listed(data)
     problems += problems_listed
     problems += [p for name, entry in sorted(listed.items()) if (p := _check_file(folder, name, entry))]
-    problems += [f"{name}: not listed in {MANIFEST} (every pack has it)" for name in REQUIRED_FILES
+    # a suite's pack (flows.suite_pack) has its own required files; its cases' packs are files of it
+    required = SUITE_REQUIRED_FILES if data.get("kind") == "suite" else REQUIRED_FILES
+    problems += [f"{name}: not listed in {MANIFEST} (every pack has it)" for name in required
                  if name not in listed]
     problems += [f"{name}: extra (not in {MANIFEST})" for name in pack_files(folder)
-                 if name != MANIFEST and name not in listed and name not in REQUIRED_FILES]
+                 if name != MANIFEST and name not in listed and name not in required]
     return problems
 
 

@@ -43,6 +43,23 @@ def _testcase(result: CaseResult, s: StepResult) -> ET.Element:
     return case
 
 
+def testsuite(result: CaseResult, counts: dict[str, int], spec_sha256: str | None = None,
+              case_sha256: str | None = None) -> ET.Element:
+    """A case's <testsuite>: one <testcase> per step (classname = the case); a suite's junit.xml has one per case."""
+    totals = {"tests": str(counts["total"]), "failures": str(counts["failed"]), "errors": str(counts["error"]),
+              "time": f"{result.duration_s:.3f}"}
+    suite = ET.Element("testsuite", {"name": _x(result.case), **totals, "skipped": str(counts["skipped"]),
+                                     "timestamp": _utc(result.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("status", result.status), ("flow_run_id", result.flow_run_id), ("ui_url", result.ui_url),
+                        ("spec_sha256", spec_sha256), ("case_sha256", case_sha256)):
+        if value:
+            ET.SubElement(props, "property", {"name": name, "value": _x(value)})
+    for s in result.steps:
+        suite.append(_testcase(result, s))
+    return suite
+
+
 def junit_xml(result: CaseResult, report: dict[str, Any]) -> str:
     """junit.xml: one <testsuite> for the case, one <testcase> per step (classname = the case)."""
     c = report["counts"]
@@ -50,15 +67,6 @@ def junit_xml(result: CaseResult, report: dict[str, Any]) -> str:
               "time": f"{result.duration_s:.3f}"}
     # <testsuites> takes no "skipped" in the JUnit schema of Jenkins' xUnit plugin (junit-10.xsd); <testsuite> does
     root = ET.Element("testsuites", {"name": "pipeline-test", **totals})
-    suite = ET.SubElement(root, "testsuite", {"name": _x(result.case), **totals, "skipped": str(c["skipped"]),
-                                              "timestamp": _utc(result.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
-    props = ET.SubElement(suite, "properties")
-    for name, value in (("status", result.status), ("flow_run_id", result.flow_run_id), ("ui_url", result.ui_url),
-                        ("spec_sha256", report["spec"]["sha256"]), ("case_sha256", report["spec"]["case_sha256"])):
-        if value:
-            ET.SubElement(props, "property", {"name": name, "value": _x(value)})
-    for s in result.steps:
-        suite.append(_testcase(result, s))
+    root.append(testsuite(result, c, report["spec"]["sha256"], report["spec"]["case_sha256"]))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-

@@ -6,10 +6,13 @@
     python -m flows.pipeline_test SPEC.yaml --recover                first undo what dead runs left changed
     python -m flows.pipeline_test recover [--dry-run]                undo what dead runs left changed
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
+    python -m flows.pipeline_test FOLDER-OR-SUITE.yaml [--tag T] [--max-parallel N] [--var k=v] [--evidence-dir D]
+                                                                      run a suite (flows.suite)
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
-130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone).
+130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone). A suite: 1 when a case failed, else 3 when
+one could not run. The Prefect API refusing a call (e.g. 503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -61,6 +65,39 @@ from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
 
 prefect_logs.install()  # a failed case is a failure in the logs, not a crash report
+
+
+class SuiteShared:
+    """What the cases of one suite share in this process: its stop (every case registers its run's stop event, so
+    one Ctrl+C or SIGTERM stops every running case, and every case still waiting for its locks; each then undoes
+    its changes), and AWS clients, one thread-safe ClientFactory per target (boto3 clients are thread-safe;
+    sessions, made once per factory under its lock, are not shared across threads otherwise)."""
+
+    def __init__(self) -> None:
+        self._events: list[threading.Event] = []
+        self._clients: dict[str, ClientFactory] = {}
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def register(self, event: threading.Event) -> None:
+        with self._lock:
+            self._events.append(event)
+            if self.stopped:
+                event.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for event in self._events:
+                event.set()
+
+    def clients(self, target: Any) -> ClientFactory:
+        with self._lock:
+            return self._clients.setdefault(repr(target), ClientFactory(target))
+
+
+#: what the suite a case runs in shares (set by flows.suite in each case's context; None for a case run alone)
+SUITE: ContextVar[SuiteShared | None] = ContextVar("pipeline_test_suite", default=None)
 
 
 def _run_name() -> str:
@@ -162,9 +199,12 @@ def pipeline_test(
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-        clients = ClientFactory(case.aws.target())
+        suite = SUITE.get()
+        clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
+        if suite is not None:
+            suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
             with contextlib.ExitStack() as stack:
@@ -342,14 +382,20 @@ def parse_vars(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def carried_result(state: Any, result_type: type, failure_type: type) -> Any:
+    """The result a finished flow run's state carries: the value when passed, the failure's ``.result`` when
+    failed; None when it carries neither (it never ran, crashed, ...)."""
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, result_type):
+        return value
+    if isinstance(value, failure_type):
+        return getattr(value, "result", None)
+    return None
+
+
 def result_of(state: Any) -> CaseResult | None:
     """The CaseResult carried by a finished flow run's state (passed or failed), if any."""
-    value = state.result(raise_on_failure=False)
-    if isinstance(value, CaseResult):
-        return value
-    if isinstance(value, CaseFailed):
-        return value.result
-    return None
+    return carried_result(state, CaseResult, CaseFailed)  # type: ignore[no-any-return]
 
 
 #: exit codes of the CLI
@@ -431,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["recover"]:
         return guarded(lambda: recover_main(argv[1:]))
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file")
+    parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file; or a suite: a folder "
+                        "of cases, or a suite file (see docs/running.md, Suites)")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
                         help="override a variable declared in the case (repeatable)")
     parser.add_argument("--validate", action="store_true", help="validate the spec and exit")
@@ -444,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                         "this case's resources (else the run refuses to start when there is any)")
     parser.add_argument("--files-root", metavar="DIR", help="local files named by steps may also lie under DIR "
                         "(default: only under the spec's folder)")
+    parser.add_argument("--tag", action="append", default=[], metavar="TAG",
+                        help="a suite: run only the cases with this tag (repeatable: any of them)")
+    parser.add_argument("--max-parallel", type=int, metavar="N", help="a suite: at most N cases at once")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -452,15 +502,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED
     if not args.spec:
         parser.error("a spec file is required")
+    from flows.suite_spec import is_suite_file
+
+    if is_suite_file(Path(args.spec)):
+        from flows.suite import run_suite_cli
+
+        try:
+            overrides = parse_vars(args.var)
+        except SpecError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_INVALID
+        return run_suite_cli(args, overrides)
+    if args.tag or args.max_parallel is not None:
+        print(f"--tag and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
+              file=sys.stderr)
+        return EXIT_INVALID
     try:
         overrides = parse_vars(args.var)
         case, _ = load_spec(args.spec, overrides, args.files_root)
         if args.evidence_dir and not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
-        print(str(exc), file=sys.stderr)
-        print("Nothing was run: no AWS call was made.", file=sys.stderr)
-        return EXIT_INVALID
+        return invalid(exc)
     if args.validate:
         for warning in short_secret_warnings(iter_steps(case)):
             print(f"Warning: {warning}", file=sys.stderr)
@@ -490,6 +553,19 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(run)
 
 
+def invalid(exc: SpecError, what: str = "no AWS call was made") -> int:
+    """Exit 2: the problems (file, step, field) and that nothing ran."""
+    print(str(exc), file=sys.stderr)
+    print(f"Nothing was run: {what}.", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _api_error(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"{exc.response.status_code} {exc.response.reason_phrase} on {exc.request.method} {exc.request.url.path}"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
@@ -498,6 +574,12 @@ def guarded(run: Callable[[], int]) -> int:
             return run()
     except CouldNotRun as exc:
         print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
+    except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+        # the Prefect API refused or dropped a call its client had already retried (e.g. 503 on creating the
+        # flow run): nothing ran, or the run could not be recorded; a run that never happened is not a failed case
+        print(f"Could not run: the Prefect API did not accept the run ({_api_error(exc)}); try again, or see "
+              "docs/running.md (Exit codes)", file=sys.stderr)
         return EXIT_COULD_NOT_RUN
     except KeyboardInterrupt:
         print("Interrupted: the run was stopped; what it had changed was undone (see the log above) and its "

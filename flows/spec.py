@@ -155,6 +155,9 @@ class CaseSpec(SpecModel):
     notify: NotifySettings | None = Field(None, description="Slack notices of the result through prefect-slack: "
                                           "a SlackWebhook block (or SlackCredentials and a channel), and when "
                                           "(on failure by default).")
+    tags: list[str] = Field(default_factory=list, max_length=20, description="Labels for choosing cases in a "
+                            "suite (`--tag orders`, a suite's `tags:`); a case runs when it has any of the tags "
+                            "asked for.")
     lock_timeout: float = Field(1800.0, gt=0, le=86400, description="How long (seconds) the run may wait for "
                                 "another run to release an SSM parameter or S3 prefix this case changes; then it "
                                 "gives up (exit 3) before changing anything.")

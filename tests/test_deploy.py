@@ -30,6 +30,7 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 ECS_YAML = ROOT / "deployments" / "prefect-ecs.yaml"
 ENTRYPOINT = "flows/pipeline_test.py:pipeline_test"
 DEMO_ENTRYPOINT = "flows/demo.py:pipeline_demo"
+SUITE_ENTRYPOINT = "flows/suite.py:pipeline_test_suite"
 FLOW_NAME = "pipeline-test"
 POOL = "pipeline-test"
 HOME_PLACEHOLDER = "{{ $PIPELINE_TEST_HOME }}"
@@ -52,13 +53,16 @@ def deployments_of(path: Path) -> dict[str, dict[str, Any]]:
 
 def full_name(name: str, deployment: dict[str, Any]) -> str:
     """flow/deployment, as the server and the CLI name a deployment."""
-    flow = {ENTRYPOINT: FLOW_NAME, DEMO_ENTRYPOINT: "pipeline-test-demo"}[deployment["entrypoint"]]
+    flow = {ENTRYPOINT: FLOW_NAME, DEMO_ENTRYPOINT: "pipeline-test-demo",
+            SUITE_ENTRYPOINT: "pipeline-test-suite"}[deployment["entrypoint"]]
     return f"{flow}/{name}"
 
 
 def case_deployments_of(path: Path) -> dict[str, dict[str, Any]]:
-    """The deployments that run one case (the flow pipeline-test), not the demo's."""
-    return {n: d for n, d in deployments_of(path).items() if d["entrypoint"] == ENTRYPOINT}
+    """The deployments that run one case (the flow pipeline-test, with its spec), not the demo's, not a suite's
+    (nor `suite-case`, which a suite with `run_as: deployment` starts with a case of its own)."""
+    return {n: d for n, d in deployments_of(path).items()
+            if d["entrypoint"] == ENTRYPOINT and "spec" in d.get("parameters", {})}
 
 
 def serve_module() -> Any:
@@ -91,6 +95,15 @@ def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
             ZoneInfo(schedule["timezone"])  # a stated, real time zone
         # the case is valid, with the deployment's variables
         load_spec(ROOT / d["parameters"]["spec"], d["parameters"].get("variables"))
+    # the nightly suite runs every example case; suite-case is what a suite's `run_as: deployment` starts
+    from flows.suite_spec import load_suite
+
+    everything = deployments_of(PREFECT_YAML)
+    suites = [d for d in everything.values() if d["entrypoint"] == SUITE_ENTRYPOINT]
+    assert [d["name"] for d in suites] == ["nightly-regression"] and suites[0]["schedules"]
+    plan = load_suite(ROOT / suites[0]["parameters"]["suite"])
+    assert {c.path.resolve() for c in plan.cases} == {ROOT / c for c in cases}
+    assert everything["suite-case"]["entrypoint"] == ENTRYPOINT and not everything["suite-case"].get("schedules")
 
 
 def test_the_demo_deployment_runs_the_example_case_on_its_own_emulator() -> None:
@@ -518,3 +531,65 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
     assert not port_open(port)
     timings["total"] = time.monotonic() - t0
     print("timings:", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+
+
+# ------------------------------------------------------------------- a suite's cases as runs of a deployment
+@pytest.mark.e2e
+def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path: Path, processes: Processes) -> None:
+    """`run_as: deployment`: the suite (in this process) starts each case as a run of `suite-case`; two process
+    workers (one run at a time each) share them; the suite reads each result back from its pack."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.emulator import emulator_env, moto_server
+    from flows.evidence_pack import verify
+    from flows.suite import pipeline_test_suite, suite_result_of
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "PIPELINE_TEST_"))}
+    base.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
+                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+    prefect = [sys.executable, "-m", "prefect"]
+    server = processes.start("server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                             base, tmp_path)
+    wait_for_health(api, server, processes)
+    processes.run("pool", [*prefect, "work-pool", "create", POOL, "--type", "process"], base, ROOT)
+    processes.run("deploy", [*prefect, "--no-prompt", "deploy", "--name", "suite-case"],
+                  {**base, "PIPELINE_TEST_HOME": str(ROOT)}, ROOT)
+
+    cases = tmp_path / "suite" / "cases"
+    (cases / "data").mkdir(parents=True)
+    (cases / "data" / "orders.csv").write_text("id,amount\n1,10\n")
+    for name in ("spread-one", "spread-two"):
+        (cases / f"{name}.yaml").write_text(yaml.safe_dump({
+            "case": name, "variables": {"bucket": "unset"}, "steps": [
+                {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
+                 "key_prefix": f"in/{name}/", "cleanup": True},
+                {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}",
+                 "keys": [f"in/{name}/orders.csv"]}]}))
+    suite = tmp_path / "suite" / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"suite": "Spread", "cases": ["cases/*.yaml"], "variables": {"bucket": "spread"},
+                                     "run_as": "deployment", "max_parallel": 2,
+                                     "deployment": {"name": "pipeline-test/suite-case", "timeout": 240,
+                                                    "poll_interval": 1}}))
+    with moto_server() as endpoint:
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="spread")
+        for worker in ("worker-1", "worker-2"):
+            processes.start(worker, [*prefect, "worker", "start", "--pool", POOL, "--limit", "1",
+                                     "--name", worker], {**base, **emulator_env(endpoint)}, tmp_path)
+        with temporary_settings({PREFECT_API_URL: api}):
+            state = pipeline_test_suite(suite=str(suite), evidence_dir=str(tmp_path / "pack"), return_state=True)
+    result = suite_result_of(state)
+    logs = processes.log("worker-1") + processes.log("worker-2")
+    assert result is not None and result.passed, (state, result, logs[-6000:])
+    assert [c.status for c in result.cases] == ["passed", "passed"]
+    runs = [c.flow_run_id for c in result.cases]
+    assert all(runs) and all(c.result and len(c.result.steps) == 3 for c in result.cases)  # read from the packs
+    # each worker ran one of them
+    assert [sum(r in processes.log(w) for r in runs) for w in ("worker-1", "worker-2")] == [1, 1], logs[-6000:]
+    assert verify(tmp_path / "pack") == []
+    assert (tmp_path / "pack" / "junit.xml").read_text().count("<testsuite ") == 2
+    processes.stop_all()
+    assert processes.leftovers() == []

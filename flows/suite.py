@@ -1,0 +1,296 @@
+"""The pipeline-test-suite flow: many cases in one flow run, each a subflow run of ``pipeline-test`` (its own task
+runs and artifacts), side by side in threads up to ``max_parallel``; or each a flow run of a deployment, so a work
+pool spreads them over workers. Then the suite's summary artifact and evidence pack (:mod:`flows.suite_pack`).
+
+    python -m flows.pipeline_test examples/cases/                  every case of a folder
+    python -m flows.pipeline_test suite.yaml [--tag orders] [--max-parallel N] [--var k=v] [--evidence-dir D]
+
+Cases that change one SSM parameter or S3 prefix take turns on their resource locks (:mod:`flows.locks`); a
+Ctrl+C or SIGTERM stops every running case, and each puts back what it changed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from prefect.states import Failed
+from pydantic import SecretStr
+
+from flows.engine import signals_deferred
+from flows.evidence_markdown import KEY_MAX
+from flows.naming import slug
+from flows.pipeline_test import (
+    SUITE,
+    SuiteShared,
+    _ui_url,
+    carried_result,
+    pipeline_test,
+    plain_variables,
+    result_of,
+)
+from flows.recover import CouldNotRun
+from flows.suite_pack import (
+    CASES_DIR,
+    CaseVerdict,
+    SuiteCaseResult,
+    SuiteFailed,
+    SuiteResult,
+    result_from_report,
+    write_suite_pack,
+)
+from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
+from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
+from tasks import markdown as md
+from tasks.base import format_duration
+
+
+def suite_key(suite: str) -> str:
+    """The stable artifact key of a suite's summary table."""
+    return f"suite-{slug(suite) or 'suite'}"[:KEY_MAX].rstrip("-")
+
+
+def _suite_run_name() -> str:
+    source = (flow_run.parameters or {}).get("suite") or "suite"
+    return f"suite-{slug(Path(str(source)).stem) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@flow(name="pipeline-test-suite", flow_run_name=_suite_run_name, validate_parameters=False, log_prints=False)
+def pipeline_test_suite(
+    suite: str,
+    tags: list[str] | None = None,
+    variables: dict[str, str | SecretStr] | None = None,
+    max_parallel: int | None = None,
+    evidence_dir: str | None = None,
+) -> SuiteResult:
+    """Run a suite (a folder of cases, or a suite file): every case validated first, then each a subflow run
+    (or a run of the suite's deployment), at most ``max_parallel`` at once; leaves the summary artifact
+    ``suite-<name>`` and the suite's evidence pack in ``evidence_dir`` (default:
+    ``evidence/suites/<name>/<time>-<run id>/``). The flow run fails when a case failed or did not run."""
+    logger = get_run_logger()
+    plan = load_suite(suite, tags, plain_variables(variables), max_parallel)
+    started = _now()
+    run_id = str(flow_run.id or "local")
+    folder = Path(evidence_dir) if evidence_dir else (
+        Path("evidence") / "suites" / (slug(plan.spec.suite) or "suite") / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+    progress = PROGRESS.get() or Progress()
+    progress.begin(len(plan.cases))
+    logger.info("Suite %r: %d case(s), at most %d at once (%s)%s", plan.spec.suite, len(plan.cases),
+                plan.spec.max_parallel, "as runs of " + plan.spec.deployment.name
+                if plan.spec.run_as == "deployment" else "subflow runs in this process",
+                f"; left out by the tags: {len(plan.skipped)}" if plan.skipped else "")
+    shared = SuiteShared()  # the cases share its stop and AWS clients
+    results: dict[int, SuiteCaseResult] = {}
+    with lock_waits_seen(progress), ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
+        futures: list[Future[SuiteCaseResult]] = []
+        for case in plan.cases:
+            context = contextvars.copy_context()  # the suite's flow run context: each case is its subflow
+            context.run(SUITE.set, shared)
+            futures.append(pool.submit(context.run, run_case, plan, case, folder, progress))
+        try:
+            for index, future in enumerate(futures):
+                results[index] = future.result()
+        except BaseException:  # Ctrl+C, SIGTERM: stop every case; each undoes its changes; then the evidence
+            shared.stop()
+            for future in futures:
+                future.cancel()
+            with signals_deferred(logger):
+                logger.warning("The suite is stopping: every running case stops and undoes its changes")
+                wait([f for f in futures if not f.cancelled()])
+                done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
+                        and f.exception() is None}
+                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger)
+            raise
+    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, logger)
+    if result.passed:
+        return result
+    return Failed(message=str(SuiteFailed(result)), data=SuiteFailed(result))  # type: ignore[return-value]
+
+
+def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress) -> SuiteCaseResult:
+    """Run one case of the suite (in a thread of its own) and say how it went; never raises."""
+    pack = f"{CASES_DIR}/{slug(case.spec.case) or 'case'}"
+    progress.case_started()
+    started = _now()
+    try:
+        if plan.spec.run_as == "deployment":
+            outcome = _run_deployment(plan.spec.deployment, case, folder / pack, started)
+        else:
+            outcome = _run_subflow(case, folder / pack, started)
+    except Exception as exc:  # e.g. the Prefect API refused to create the case's flow run (503)
+        outcome = SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
+                                  ended_at=_now(), reason=f"the case's flow run could not be run: "
+                                  f"{type(exc).__name__}: {exc}"[:2000])
+    outcome.pack = pack if (folder / pack).is_dir() else None
+    progress.case_ended(outcome.status)
+    return outcome
+
+
+def _run_subflow(case: SuiteCase, pack_dir: Path, started: datetime) -> SuiteCaseResult:
+    hidden = {k: SecretStr(v) for k, v in case.variables.items()}
+    state = pipeline_test(spec=str(case.path), variables=hidden or None, evidence_dir=str(pack_dir),
+                          return_state=True)
+    return _verdict(case, started, state, result_of(state))
+
+
+def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Path,
+                    started: datetime) -> SuiteCaseResult:
+    """The case as a flow run of the deployment (its worker writes the pack where the suite says: a folder
+    both see); its result read back from the pack, else from the flow run's state."""
+    from prefect.deployments import run_deployment
+
+    parameters: dict[str, Any] = {"spec": str(case.path), "evidence_dir": str(pack_dir.resolve())}
+    if case.variables:
+        parameters["variables"] = case.variables
+    run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
+                         poll_interval=settings.poll_interval, as_subflow=True)
+    state = run.state  # type: ignore[union-attr]
+    report = pack_dir / "report.json"
+    result = None
+    if report.is_file():
+        import json
+
+        result = result_from_report(json.loads(report.read_text(encoding="utf-8")))
+    if state is None or not state.is_final():
+        return SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
+                               ended_at=_now(), flow_run_id=str(run.id),  # type: ignore[union-attr]
+                               reason=f"its flow run did not end within {settings.timeout:.0f} s "
+                               f"({state.type.value if state else 'no state'})")
+    return _verdict(case, started, state, result, str(run.id))  # type: ignore[union-attr]
+
+
+def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id: str | None = None
+             ) -> SuiteCaseResult:
+    if result is not None:
+        return SuiteCaseResult(case=case.spec.case, path=str(case.path), status=result.status, result=result,
+                               started_at=result.started_at, ended_at=result.ended_at,
+                               flow_run_id=result.flow_run_id, ui_url=result.ui_url)
+    ended = f"the flow run ended {state.type.value}: {state.message or ''}".strip()
+    if run_id is None:  # in this process, a case without a result never ran its steps
+        value = state.result(raise_on_failure=False)
+        reason = str(value) if isinstance(value, CouldNotRun) else ended
+        flow_run_id = state.state_details.flow_run_id
+        return SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
+                               ended_at=_now(), reason=reason, flow_run_id=str(flow_run_id) if flow_run_id else None)
+    # a run of the deployment whose pack the suite cannot see: its verdict from its state
+    status: CaseVerdict = "passed" if state.is_completed() else "failed" if state.is_failed() else "not run"
+    return SuiteCaseResult(case=case.spec.case, path=str(case.path), status=status, started_at=started,
+                           ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
+
+
+def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
+            logger: Any) -> SuiteResult:
+    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged)."""
+    result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=_ui_url(), started_at=started,
+                         ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped])
+    try:
+        publish_suite(result)
+    except Exception as exc:
+        logger.warning("Could not publish the suite's summary artifact: %s", exc)
+    try:
+        write_suite_pack(result, folder)
+        result.evidence_dir = str(folder.resolve())
+        logger.info("Suite evidence pack: %s", result.evidence_dir)
+    except Exception as exc:
+        logger.error("Could not write the suite's evidence pack: %s", exc)
+    logger.info("Suite %r: %d passed, %d failed, %d not run in %s", result.suite, result.count("passed"),
+                result.count("failed"), result.count("not run"), format_duration(result.duration_s))
+    return result
+
+
+def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
+    return [{"case": c.case, "verdict": c.status.upper(), "duration": format_duration(c.duration_s),
+             "failed step and reason": c.why, "flow run": c.ui_url or c.flow_run_id or ""} for c in result.cases]
+
+
+def publish_suite(result: SuiteResult) -> None:
+    """The suite's summary table under the stable key ``suite-<name>`` and a report with links to every case's
+    flow run (``suite-<name>-report``)."""
+    key = suite_key(result.suite)
+    verdict = f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"
+    create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
+                          key=key, description=f"Suite {md.text(result.suite)}: {verdict} "
+                          f"({format_duration(result.duration_s)})")
+    rows = [[c.case, c.status.upper(), format_duration(c.duration_s), c.why,
+             md.link("flow run", c.ui_url) if c.ui_url else md.code(c.flow_run_id or "none")] for c in result.cases]
+    create_markdown_artifact(
+        markdown=f"# Suite {md.text(result.suite)}: {md.text(verdict)}\n\n"
+        + md.table(["case", "verdict", "duration", "failed step and reason", "run"], rows),
+        key=f"{key}-report"[:KEY_MAX], description=f"Suite {md.text(result.suite)}: {verdict}")
+
+
+# -------------------------------------------------------------------------------------------------- the CLI
+def format_suite(result: SuiteResult) -> str:
+    """A short plain-ASCII summary of a suite run."""
+    width = max((len(c.case) for c in result.cases), default=10)
+    word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
+    lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
+             f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
+    lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
+    if result.ui_url:
+        lines.append(f"Evidence: {result.ui_url} (artifacts: {suite_key(result.suite)})")
+    if result.evidence_dir:
+        lines.append(f"Suite evidence pack: {result.evidence_dir}")
+    return "\n".join(lines)
+
+
+def suite_result_of(state: Any) -> SuiteResult | None:
+    """The SuiteResult carried by a finished suite flow run's state, if any."""
+    return carried_result(state, SuiteResult, SuiteFailed)  # type: ignore[no-any-return]
+
+
+def exit_code(result: SuiteResult) -> int:
+    """0 every case passed; 1 a case failed; 3 no case failed but one could not run."""
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_PASSED
+
+    return EXIT_FAILED if result.count("failed") else EXIT_COULD_NOT_RUN if result.count("not run") else EXIT_PASSED
+
+
+def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
+    """The CLI for a folder or suite file (called by ``flows.pipeline_test.main``): validate every case (exit 2
+    naming file, step and field; nothing runs), then run the suite with its progress shown."""
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_PASSED, check_evidence_dir, guarded, invalid
+    from flows.spec import SpecError
+    from flows.suite_progress import shown
+
+    try:
+        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel)
+        if args.evidence_dir:
+            check_evidence_dir(Path(args.evidence_dir), args.spec)
+    except SpecError as exc:
+        return invalid(exc, "no case started, no AWS call was made")
+    if args.validate:
+        print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
+              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "") + ".")
+        return EXIT_PASSED
+
+    def run() -> int:
+        progress = Progress()
+        token = PROGRESS.set(progress)
+        try:
+            with shown(progress):
+                state = pipeline_test_suite(suite=str(args.spec), tags=args.tag or None,
+                                            variables={k: SecretStr(v) for k, v in overrides.items()} or None,
+                                            max_parallel=args.max_parallel, evidence_dir=args.evidence_dir,
+                                            return_state=True)
+        finally:
+            PROGRESS.reset(token)
+        result = suite_result_of(state)
+        if result is None:
+            print(f"Could not run: the suite's flow run ended {state.type.value}: {state.message}", file=sys.stderr)
+            return EXIT_COULD_NOT_RUN
+        print(result.model_dump_json(indent=2) if args.json else format_suite(result))
+        return exit_code(result)
+
+    return guarded(run)
