@@ -53,6 +53,8 @@ DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
 NEGATIVE_CASE = ROOT / "examples" / "cases" / "orders_bad_header.yaml"
 #: the header the pipeline accepts; any other file is quarantined
 ORDERS_HEADER = "order_id,customer_id,order_date,amount,currency,status"
+#: the header the pipeline accepts from each source (incoming/<source>/...); any other file is quarantined
+SOURCE_HEADERS = {"orders": ORDERS_HEADER, "returns": "order_id,customer_id,return_date,amount,currency,reason"}
 DEMO_SUITE = ROOT / "examples" / "nightly-suite.yaml"
 REGION = "us-east-1"
 LANDING_BUCKET = "demo-landing"
@@ -148,9 +150,10 @@ class FakePipeline:
 
     def process(self, bucket: str, key: str) -> None:
         """Copy the file to the curated zone and make its rows what the Athena table answers; or, when its header
-        is not the orders header, move it to ``quarantine/`` in its own bucket instead."""
+        is not its source's (``incoming/<source>/...``), move it to ``quarantine/`` in its own bucket instead."""
         body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-        if body.splitlines()[:1] != [ORDERS_HEADER]:
+        source = key[len("incoming/"):].split("/", 1)[0]
+        if body.splitlines()[:1] != [SOURCE_HEADERS.get(source)]:
             self.s3.copy_object(Bucket=bucket, Key="quarantine/" + key[len("incoming/"):],
                                 CopySource={"Bucket": bucket, "Key": key})
             self.s3.delete_object(Bucket=bucket, Key=key)
@@ -171,19 +174,14 @@ class FakePipeline:
         }]})
 
 
-def where_to_look(result_url: str | None, case: str) -> str:
-    from prefect.settings import get_current_settings
-
+def where_to_look(result_url: str | None, case: str, temporary: bool) -> str:
     from flows.evidence import case_key
+    from flows.pipeline_test import temporary_server_hint
 
-    settings = get_current_settings()
-    if settings.api.url and result_url:
+    if result_url and not temporary:
         return (f"Evidence: open {result_url} (Artifacts tab), or the Artifacts page of the Prefect UI "
                 f"(key {case_key(case)}).")
-    ui = f"http://{settings.server.api.host}:{settings.server.api.port}"  # where `prefect server start` listens
-    return ("Evidence: this run used a temporary Prefect server; its records are kept in "
-            f"{settings.home}. Run `prefect server start` and open {ui} to see the run and its "
-            "artifacts (see docs/server-and-deployments.md).")
+    return temporary_server_hint()
 
 
 @contextlib.contextmanager
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="store_true", help="run every example case as one suite "
                         "(examples/nightly-suite.yaml): its progress, summary and suite evidence pack")
     args = parser.parse_args(argv)
-    from flows.pipeline_test import format_result, guarded, pipeline_test, result_of
+    from flows.pipeline_test import format_result, guarded, on_temporary_server, pipeline_test, result_of
 
     if args.suite:  # the suite's own CLI: a temporary server when none is set, its exit codes
         from flows.pipeline_test import main as cli
@@ -245,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             return cli([str(DEMO_SUITE)])
 
     seen: dict[str, Any] = {}
+    temporary = on_temporary_server()
 
     def run() -> int:
         with demo_pipeline(loses_a_row=args.fail) as pipeline:
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             passed = False
             continue
         print(format_result(result, with_link=False))
-        where.append(where_to_look(result.ui_url, result.case))
+        where.append(where_to_look(result.ui_url, result.case, temporary))
         passed = passed and result.passed
     setting = seen["setting"]
     restored = "restored" if setting == PRODUCTION_SOURCE else "NOT restored"

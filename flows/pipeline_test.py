@@ -355,6 +355,25 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
 STATUS_TEXT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
 
+def on_temporary_server() -> bool:
+    """True when no Prefect server is configured, so a CLI run uses a temporary one of its own (gone at the end:
+    links to it would lead nowhere). Ask before the run."""
+    from prefect.settings import PREFECT_API_URL
+
+    return not PREFECT_API_URL.value()
+
+
+def temporary_server_hint() -> str:
+    """Where a run on the temporary server can be seen afterwards (its records stay in PREFECT_HOME)."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    ui = f"http://{settings.server.api.host}:{settings.server.api.port}"  # where `prefect server start` listens
+    return (f"Evidence in the UI: this run used a temporary Prefect server; its records are kept in {settings.home}. "
+            f"Run `prefect server start` and open {ui} to see the run and its artifacts "
+            "(see docs/server-and-deployments.md).")
+
+
 def format_result(result: CaseResult, with_link: bool = True) -> str:
     """A short plain-ASCII summary (Windows consoles may not print emoji)."""
     lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"
@@ -530,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return EXIT_PASSED
 
+    temporary = on_temporary_server()  # links to a temporary server are dead once the run ends
+
     def run() -> int:
         # --var values may be secrets (a SecureString's value): Prefect stores SecretStr parameters hidden
         hidden = {k: SecretStr(v) for k, v in overrides.items()}
@@ -547,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_FAILED
-        print(result.model_dump_json(indent=2) if args.json else format_result(result))
+        print(result.model_dump_json(indent=2) if args.json else format_result(result, with_link=not temporary))
+        if temporary and not args.json:
+            print(temporary_server_hint())
         return EXIT_PASSED if result.passed else EXIT_FAILED
 
     return guarded(run)

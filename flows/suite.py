@@ -231,14 +231,14 @@ def publish_suite(result: SuiteResult) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- the CLI
-def format_suite(result: SuiteResult) -> str:
+def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     """A short plain-ASCII summary of a suite run."""
     width = max((len(c.case) for c in result.cases), default=10)
     word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
              f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
     lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
-    if result.ui_url:
+    if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {suite_key(result.suite)})")
     if result.evidence_dir:
         lines.append(f"Suite evidence pack: {result.evidence_dir}")
@@ -260,7 +260,15 @@ def exit_code(result: SuiteResult) -> int:
 def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     """The CLI for a folder or suite file (called by ``flows.pipeline_test.main``): validate every case (exit 2
     naming file, step and field; nothing runs), then run the suite with its progress shown."""
-    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_PASSED, check_evidence_dir, guarded, invalid
+    from flows.pipeline_test import (
+        EXIT_COULD_NOT_RUN,
+        EXIT_PASSED,
+        check_evidence_dir,
+        guarded,
+        invalid,
+        on_temporary_server,
+        temporary_server_hint,
+    )
     from flows.spec import SpecError
     from flows.suite_progress import shown
 
@@ -274,6 +282,8 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
               + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "") + ".")
         return EXIT_PASSED
+
+    temporary = on_temporary_server()  # links to a temporary server are dead once the run ends
 
     def run() -> int:
         progress = Progress()
@@ -290,7 +300,9 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         if result is None:
             print(f"Could not run: the suite's flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_COULD_NOT_RUN
-        print(result.model_dump_json(indent=2) if args.json else format_suite(result))
+        print(result.model_dump_json(indent=2) if args.json else format_suite(result, with_link=not temporary))
+        if temporary and not args.json:
+            print(temporary_server_hint())
         return exit_code(result)
 
     return guarded(run)
