@@ -199,8 +199,14 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
     if problems:
         raise SpecError(str(path), problems)
     if not cases:
-        raise SpecError(str(path), [f"cases: no case has any of the tags {sorted(wanted)}" if wanted
-                                    else "cases: the suite has no case"])
+        if wanted:
+            why = f"cases: no case has any of the tags {sorted(wanted)}"
+        elif path.is_dir():
+            why = (f"the folder {path} holds no case file ({', '.join('*' + s for s in CASE_SUFFIXES)}); "
+                   "give a folder of cases, a suite file or a case file")
+        else:
+            why = "cases: the suite has no case"
+        raise SpecError(str(path), [why])
     return SuitePlan(spec, path, folder, cases, skipped)
 
 

@@ -188,7 +188,7 @@ CASES: list[Bad] = [
     Bad("duplicate-key-json", ["duplicate key 'case'"], name="case.json", text='{"case": "a", "case": "b"}'),
     Bad("binary-file", ["binary"], text=b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))),
     Bad("not-utf8", ["not UTF-8"], text="case: caf\xe9\nsteps: []\n".encode("latin-1")),
-    Bad("directory", ["is a directory"], setup=lambda d: (d / "folder.yaml").mkdir(), name="folder.yaml"),
+    Bad("empty-directory", ["holds no case file"], setup=lambda d: (d / "folder.yaml").mkdir(), name="folder.yaml"),
     Bad("missing-file", ["spec file not found"], name="nowhere.yaml"),
     Bad("empty-file", ["must be a mapping"], text=""),
     Bad("list-at-top", ["must be a mapping"], text="- case: x\n"),
@@ -356,7 +356,8 @@ def _check_message(bad: Bad, path: Path, output: str) -> None:
     assert path.name in output or not bad.names_file, output
     for text in bad.expect:
         assert text in output, f"{bad.id}: {text!r} not in:\n{output}"
-    assert "Nothing was run: no AWS call was made." in output
+    # a case says "Nothing was run: no AWS call was made.", a suite (a folder) "... no case started, no AWS ..."
+    assert "Nothing was run: " in output and "no AWS call was made." in output, output
 
 
 #: the child reports how much its resident memory grew while validating (ru_maxrss is in KiB on Linux)

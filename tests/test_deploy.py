@@ -566,7 +566,11 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
                 {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
                  "key_prefix": f"in/{name}/", "cleanup": True},
                 {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}",
-                 "keys": [f"in/{name}/orders.csv"]}]}))
+                 "keys": [f"in/{name}/orders.csv"]},
+                # each case keeps its worker busy a while, so the other worker (polling every second) takes
+                # the other run: the runs are spread, not raced for
+                {"kind": "expect_objects", "name": "nothing-curated", "bucket": "{{ bucket }}",
+                 "prefix": f"curated/{name}/", "absent": True, "hold": 4}]}))
     suite = tmp_path / "suite" / "suite.yaml"
     suite.write_text(yaml.safe_dump({"suite": "Spread", "cases": ["cases/*.yaml"], "variables": {"bucket": "spread"},
                                      "run_as": "deployment", "max_parallel": 2,
@@ -578,7 +582,13 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="spread")
         for worker in ("worker-1", "worker-2"):
             processes.start(worker, [*prefect, "worker", "start", "--pool", POOL, "--limit", "1",
-                                     "--name", worker], {**base, **emulator_env(endpoint)}, tmp_path)
+                                     "--name", worker],
+                            {**base, **emulator_env(endpoint), "PREFECT_WORKER_QUERY_SECONDS": "1"}, tmp_path)
+        for worker in ("worker-1", "worker-2"):  # both polling before the runs exist
+            deadline = time.monotonic() + 60
+            while f"Worker '{worker}' started" not in processes.log(worker):
+                assert time.monotonic() < deadline, processes.log(worker)[-3000:]
+                time.sleep(0.2)
         with temporary_settings({PREFECT_API_URL: api}):
             state = pipeline_test_suite(suite=str(suite), evidence_dir=str(tmp_path / "pack"), return_state=True)
     result = suite_result_of(state)
@@ -586,7 +596,7 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
     assert result is not None and result.passed, (state, result, logs[-6000:])
     assert [c.status for c in result.cases] == ["passed", "passed"]
     runs = [c.flow_run_id for c in result.cases]
-    assert all(runs) and all(c.result and len(c.result.steps) == 3 for c in result.cases)  # read from the packs
+    assert all(runs) and all(c.result and len(c.result.steps) == 4 for c in result.cases)  # read from the packs
     # each worker ran one of them
     assert [sum(r in processes.log(w) for r in runs) for w in ("worker-1", "worker-2")] == [1, 1], logs[-6000:]
     assert verify(tmp_path / "pack") == []
