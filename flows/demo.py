@@ -33,6 +33,7 @@ import json
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -245,15 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     seen: dict[str, Any] = {}
     temporary = on_temporary_server()
 
-    def run() -> int:
-        with demo_pipeline(loses_a_row=args.fail) as pipeline:
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(1, thread_name_prefix="demo-setup") as setup:
+        # the emulator and the fake pipeline are built while the (temporary) Prefect server starts
+        building = setup.submit(stack.enter_context, demo_pipeline(loses_a_row=args.fail))
+
+        def run() -> int:
+            pipeline = building.result()
             states = [pipeline_test(spec=str(case), return_state=True) for case in (DEMO_CASE, NEGATIVE_CASE)]
             seen.update(results=[(state, result_of(state)) for state in states], setting=source_setting(pipeline))
-        return 0
+            return 0
 
-    # against PREFECT_API_URL when set, else a temporary server of its own (exit 3, one line, when there is none);
-    # where to look is said once that server is gone
-    code = guarded(run)
+        # against PREFECT_API_URL when set, else a temporary server of its own (exit 3, one line, when there is
+        # none); where to look is said once that server is gone
+        code = guarded(run)
+        building.exception()  # finished building (a failure was reported by run, if it ran) before the tear-down
     if not seen:
         return code
     passed, where = True, []
