@@ -29,7 +29,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeGuard
 
 # re-exported: what the flow, the tests and the CLI import from here
 from flows.pack_base import (  # noqa: F401
@@ -89,7 +89,7 @@ def _load_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     return data, []
 
 
-def _safe_name(name: Any) -> bool:
+def _safe_name(name: Any) -> TypeGuard[str]:
     """A manifest entry must be a relative POSIX path inside the pack (no .., no drive, no backslash)."""
     return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
             and ":" not in name and all(part not in ("", ".", "..") for part in name.split("/")))

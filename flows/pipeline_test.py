@@ -417,7 +417,7 @@ def carried_result(state: Any, result_type: type, failure_type: type) -> Any:
 
 def result_of(state: Any) -> CaseResult | None:
     """The CaseResult carried by a finished flow run's state (passed or failed), if any."""
-    return carried_result(state, CaseResult, CaseFailed)  # type: ignore[no-any-return]
+    return carried_result(state, CaseResult, CaseFailed)
 
 
 #: exit codes of the CLI

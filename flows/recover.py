@@ -208,7 +208,7 @@ def main(argv: list[str]) -> int:
                         "else /pipeline-test/journal)")
     parser.add_argument("--dry-run", action="store_true", help="only list the unfinished undos")
     args = parser.parse_args(argv)
-    recover_flow = flow(recover_flow_fn, name="pipeline-test-recover", log_prints=False)
+    recover_flow = flow(name="pipeline-test-recover", log_prints=False)(recover_flow_fn)
     out = recover_flow(region=args.region, profile=args.profile, credentials_block=args.credentials_block,
                        journal_prefix=args.journal_prefix, dry_run=args.dry_run)
     report = Recovered(out["done"], out["failed"], out["skipped"])
