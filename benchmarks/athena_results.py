@@ -37,6 +37,7 @@ from typing import Any, Iterator, Mapping, cast
 
 import boto3
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.client import BaseClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -121,12 +122,12 @@ class AthenaPager:
         return AWSResponse(request.url, 200, headers, _Body(json.dumps(page).encode("utf-8")))  # type: ignore[arg-type]
 
 
-def add_latency(client: Any, seconds: float) -> None:
+def add_latency(client: BaseClient, seconds: float) -> None:
     """Every request the client sends first waits ``seconds`` (registered before any stand-in hook)."""
     client.meta.events.register("before-send", lambda **_: time.sleep(seconds))
 
 
-def count_calls(client: Any) -> list[str]:
+def count_calls(client: BaseClient) -> list[str]:
     """The operations the client calls, in order."""
     calls: list[str] = []
     client.meta.events.register("before-call", lambda model, **_: calls.append(model.name))

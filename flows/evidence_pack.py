@@ -29,7 +29,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
 # re-exported: what the flow, the tests and the CLI import from here
 from flows.pack_base import (  # noqa: F401
@@ -70,6 +70,9 @@ from flows.pack_formats import (  # noqa: F401
 from flows.pack_html import failures_first, report_html  # noqa: F401
 from flows.pack_junit import junit_xml  # noqa: F401
 from flows.suite_pack import SUITE_REQUIRED_FILES
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
 
 
 # ----------------------------------------------------------------------------------------------------- verify
@@ -179,7 +182,7 @@ def _put_args(name: str, body: bytes, sse: str | None, kms_key_id: str | None) -
     return args
 
 
-def upload_pack(s3_client: Any, folder: Path, bucket: str, prefix: str, sse: str | None = "AES256",
+def upload_pack(s3_client: S3Client, folder: Path, bucket: str, prefix: str, sse: str | None = "AES256",
                 kms_key_id: str | None = None) -> list[str]:
     """Upload an intact pack to ``s3://bucket/prefix/`` with server-side encryption; returns the keys.
 

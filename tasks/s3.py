@@ -68,6 +68,8 @@ from tasks.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
+    from tasks.aws import ClientFactory
+
 for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
                     ".parquet": "application/vnd.apache.parquet", ".avro": "application/avro",
                     ".orc": "application/octet-stream", ".gz": "application/gzip"}.items():
@@ -428,7 +430,7 @@ LEFTOVER_KIND = "s3_leftover"
 
 
 @undo_kind(LEFTOVER_KIND)
-def redo_delete_leftover(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+def redo_delete_leftover(clients: ClientFactory, record: dict[str, Any]) -> dict[str, Any]:
     """Remove what a failed upload left, from its journal record (in another process, e.g. ``recover``)."""
     return delete_leftover(clients.client("s3"), record["bucket"], record["key"], record["checksum_sha256"],
                            bool(record.get("multipart")))

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
     from types_boto3_ssm.type_defs import ParameterStringFilterTypeDef, PutParameterResultTypeDef
 
+    from tasks.aws import ClientFactory
+
 SECURE = "SecureString"
 #: how many characters of a plain (non-secret) value the evidence shows
 MAX_SHOWN_VALUE = 200
@@ -361,7 +363,7 @@ def parameter_resource(name: str) -> str:
 
 
 @undo_kind(UNDO_KIND)
-def redo_restore(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+def redo_restore(clients: ClientFactory, record: dict[str, Any]) -> dict[str, Any]:
     """Restore a parameter from its journal record (in another process, e.g. ``recover``), and verify."""
     return restore_parameter(clients.client("ssm"), ParameterSnapshot(**record["snapshot"]))
 
