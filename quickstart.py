@@ -3,6 +3,7 @@
     python quickstart.py demo     create .venv, install the pinned dependencies, run the demo
     python quickstart.py test     the same, with pytest, then run the test suite (extra args go to pytest)
     python quickstart.py lint     the same, then check the code with ruff (pyflakes, pycodestyle, import order)
+                                  and the types with mypy (configured in pyproject.toml)
 
 The virtual environment is made once, in .venv beside this file, and reinstalled only when pyproject.toml or
 constraints.txt change. The install uses uv (pinned below; installed into .venv first, wheels for Windows, macOS
@@ -65,8 +66,12 @@ def main(argv: list[str]) -> int:
         return 2
     python = ensure_env()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUTF8": "1"}
-    command = {"demo": [str(python), "-m", "flows.demo"], "test": [str(python), "-m", "pytest", *argv[1:]],
-               "lint": [str(python), "-m", "ruff", "check", "."]}[argv[0]]
+    if argv[0] == "lint":
+        # both run, so one report shows every problem; the exit code is 0 only when both pass
+        ruff = subprocess.run([str(python), "-m", "ruff", "check", "."], cwd=ROOT, env=env).returncode
+        mypy = subprocess.run([str(python), "-m", "mypy"], cwd=ROOT, env=env).returncode
+        return ruff or mypy
+    command = {"demo": [str(python), "-m", "flows.demo"], "test": [str(python), "-m", "pytest", *argv[1:]]}[argv[0]]
     return subprocess.run(command, cwd=ROOT, env=env).returncode
 
 

@@ -33,10 +33,11 @@ import uuid
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, cast
 
 import boto3
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.client import BaseClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -102,12 +103,12 @@ class _Body(io.BytesIO):
 class AthenaPager:
     """The stand-in: answers GetQueryResults with pages sliced from moto's whole result, as Athena pages."""
 
-    def __init__(self, full: dict[str, Any]) -> None:
+    def __init__(self, full: Mapping[str, Any]) -> None:
         self.rows: list[dict[str, Any]] = full["ResultSet"]["Rows"]
         self.metadata: dict[str, Any] = full["ResultSet"]["ResultSetMetadata"]
 
     def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
-        params = json.loads(request.body)
+        params = json.loads(cast(bytes, request.body))
         size = min(int(params.get("MaxResults", PAGE_SIZE)), PAGE_SIZE)
         start = int(params.get("NextToken") or 0)
         page: dict[str, Any] = {
@@ -117,15 +118,16 @@ class AthenaPager:
         if start + size < len(self.rows):
             page["NextToken"] = str(start + size)
         headers = {"x-amzn-requestid": str(uuid.uuid4()), "content-type": "application/x-amz-json-1.1"}
-        return AWSResponse(request.url, 200, headers, _Body(json.dumps(page).encode("utf-8")))
+        # botocore wraps the headers itself (the stubs want its HTTPHeaders)
+        return AWSResponse(request.url, 200, headers, _Body(json.dumps(page).encode("utf-8")))  # type: ignore[arg-type]
 
 
-def add_latency(client: Any, seconds: float) -> None:
+def add_latency(client: BaseClient, seconds: float) -> None:
     """Every request the client sends first waits ``seconds`` (registered before any stand-in hook)."""
     client.meta.events.register("before-send", lambda **_: time.sleep(seconds))
 
 
-def count_calls(client: Any) -> list[str]:
+def count_calls(client: BaseClient) -> list[str]:
     """The operations the client calls, in order."""
     calls: list[str] = []
     client.meta.events.register("before-call", lambda model, **_: calls.append(model.name))
@@ -161,7 +163,8 @@ def main() -> int:
         athena, s3 = boto3.client("athena"), boto3.client("s3")
         add_latency(athena, latency)
         add_latency(s3, latency)
-        athena.meta.events.register("before-send.athena.GetQueryResults", pager)
+        # a before-send handler that returns a response answers the request (the stubs type handlers as -> None)
+        athena.meta.events.register("before-send.athena.GetQueryResults", pager)  # type: ignore[arg-type]
         # untimed: each client's first call loads its endpoint rules and opens its connection
         athena.get_query_execution(QueryExecutionId=query_id)
         s3.head_object(Bucket=BUCKET, Key=f"results/{query_id}.csv")
@@ -171,7 +174,8 @@ def main() -> int:
               f"result file {size / 1e6:.1f} MB, {args.latency_ms:g} ms added to every call")
         timings: dict[str, float] = {}
         digests: set[str] = set()
-        ways = {"paging GetQueryResults": {**execution, "ResultConfiguration": {}}, "result file in S3": execution}
+        ways: dict[str, Any] = {"paging GetQueryResults": {**execution, "ResultConfiguration": {}},
+                                "result file in S3": execution}
         for way, given in ways.items():
             athena_calls.clear()
             s3_calls.clear()

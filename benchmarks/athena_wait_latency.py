@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import boto3
 from moto.athena.models import athena_backends
@@ -40,18 +40,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flows.emulator import moto_api, moto_server, use_emulator  # noqa: E402
 from tasks.athena import TERMINAL_STATES, AthenaWait, start_query, wait_for_query  # noqa: E402
 
+if TYPE_CHECKING:
+    from types_boto3_athena import AthenaClient
+
 REGION = "us-east-1"
 BUCKET = "bench-athena-results"
 
 
-def ours(client: Any, query_id: str) -> None:
+def ours(client: AthenaClient, query_id: str) -> None:
     wait_for_query(client, query_id, AthenaWait())
 
 
 def constant(interval: float) -> Callable[[Any, str], None]:
     """A fixed-interval loop, as peers wait: GetQueryExecution, sleep, again."""
 
-    def wait(client: Any, query_id: str) -> None:
+    def wait(client: AthenaClient, query_id: str) -> None:
         while client.get_query_execution(QueryExecutionId=query_id)["QueryExecution"]["Status"]["State"] \
                 not in TERMINAL_STATES:
             time.sleep(interval)

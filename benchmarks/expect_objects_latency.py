@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import boto3
 from botocore.config import Config
@@ -29,6 +29,9 @@ from flows.emulator import moto_server, use_emulator  # noqa: E402
 from tasks.polling import PollSettings  # noqa: E402
 from tasks.s3 import ExpectObjectsStep, expect_objects  # noqa: E402
 
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
 BUCKET = "bench-bucket"
 
 
@@ -39,12 +42,12 @@ def counted_client() -> tuple[Any, list[str]]:
     return client, calls
 
 
-def ours(client: Any, key: str) -> bool:
+def ours(client: S3Client, key: str) -> bool:
     expect_objects(client, ExpectObjectsStep(bucket=BUCKET, keys=[key], wait=PollSettings(timeout=120)))
     return True
 
 
-def reference(client: Any, key: str) -> bool:
+def reference(client: S3Client, key: str) -> bool:
     """The proof of concept: get_object (downloads the file), 5 tries, 10 s apart."""
     for attempt in range(5):
         try:
@@ -56,7 +59,7 @@ def reference(client: Any, key: str) -> bool:
     return False
 
 
-def waiter(client: Any, key: str) -> bool:
+def waiter(client: S3Client, key: str) -> bool:
     client.get_waiter("object_exists").wait(Bucket=BUCKET, Key=key, WaiterConfig={"Delay": 5, "MaxAttempts": 30})
     return True
 

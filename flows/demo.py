@@ -76,9 +76,9 @@ class FakePipeline:
     def __init__(self, endpoint: str, delay: float = 2.0, interval: float = 0.2, loses_a_row: bool = False) -> None:
         self.endpoint = endpoint
         self.loses_a_row = loses_a_row
-        self.s3: Any = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
-        self.ssm: Any = boto3.client("ssm", endpoint_url=endpoint, region_name=REGION)
-        self.dynamodb: Any = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
+        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
+        self.ssm = boto3.client("ssm", endpoint_url=endpoint, region_name=REGION)
+        self.dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
         self.delay = delay
         self.interval = interval
         self.seen: dict[tuple[str, str], float] = {}

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from prefect import get_run_logger, task
+from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.states import Failed, State
@@ -97,7 +97,7 @@ def scrub(result: StepResult, outcome: StepOutcome | None,
 @functools.cache
 def step_task(kind: str) -> Any:
     """The Prefect task for a step kind (one per kind, so the UI groups runs by kind); made once, never changed."""
-    return task(execute_step, name=kind, cache_policy=NO_CACHE, retries=0)
+    return task(name=kind, cache_policy=NO_CACHE, retries=0)(execute_step)
 
 
 def _submit(placed: PlacedStep, ctx: StepContext) -> PrefectFuture[Any]:
@@ -295,14 +295,14 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
         error="; ".join(errors) or None, error_code=CLEANUP_FAILED if errors else None,
         details={"actions": done},
     )
-    markdown = md.table(["from step", "action", "outcome"],
+    markdown: str = md.table(["from step", "action", "outcome"],
                         [[d["step"], d["what"], "❌ " + d["error"] if "error" in d else _text(d["outcome"])]
                          for d in done])
     if sections:
         markdown += "\n\n" + "\n\n".join(sections)
-    outcome = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)
-    result, scrubbed = scrub(result, outcome, ctx.secrets)
-    return result, scrubbed or outcome
+    cleanup = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)
+    result, scrubbed = scrub(result, cleanup, ctx.secrets)
+    return result, scrubbed or cleanup
 
 
 def _do_cleanup(ctx: StepContext) -> StepResult | State:
@@ -329,7 +329,8 @@ def _text(outcome: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in outcome.items()) or "done"
 
 
-_cleanup_task = task(_do_cleanup, name="cleanup", cache_policy=NO_CACHE, retries=0)
+#: submitted with its context quoted (not a StepContext to the type checker, hence the open parameters)
+_cleanup_task: Task[..., StepResult | State] = task(name="cleanup", cache_policy=NO_CACHE, retries=0)(_do_cleanup)
 
 
 # --------------------------------------------------------------------------------- redaction and live runs

@@ -34,8 +34,8 @@ def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:
     )
     if outcome is None:
         return
-    for link in [link for link in outcome.links if md.safe_url(link.url)][:MAX_LINK_ARTIFACTS]:
-        create_link_artifact(link=md.safe_url(link.url), link_text=md.text(link.text),
+    for url, link in [(url, link) for link in outcome.links if (url := md.safe_url(link.url))][:MAX_LINK_ARTIFACTS]:
+        create_link_artifact(link=url, link_text=md.text(link.text),
                              description=f"Step {md.text(result.label)}: {md.text(link.text)}")
     for name, rows in outcome.tables.items():
         if rows:

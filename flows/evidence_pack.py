@@ -29,7 +29,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
 # re-exported: what the flow, the tests and the CLI import from here
 from flows.pack_base import (  # noqa: F401
@@ -71,6 +71,9 @@ from flows.pack_html import failures_first, report_html  # noqa: F401
 from flows.pack_junit import junit_xml  # noqa: F401
 from flows.suite_pack import SUITE_REQUIRED_FILES
 
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
 
 # ----------------------------------------------------------------------------------------------------- verify
 def _load_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
@@ -89,7 +92,7 @@ def _load_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     return data, []
 
 
-def _safe_name(name: Any) -> bool:
+def _safe_name(name: Any) -> TypeGuard[str]:
     """A manifest entry must be a relative POSIX path inside the pack (no .., no drive, no backslash)."""
     return (isinstance(name, str) and bool(name) and not name.startswith("/") and "\\" not in name
             and ":" not in name and all(part not in ("", ".", "..") for part in name.split("/")))
@@ -179,7 +182,7 @@ def _put_args(name: str, body: bytes, sse: str | None, kms_key_id: str | None) -
     return args
 
 
-def upload_pack(s3_client: Any, folder: Path, bucket: str, prefix: str, sse: str | None = "AES256",
+def upload_pack(s3_client: S3Client, folder: Path, bucket: str, prefix: str, sse: str | None = "AES256",
                 kms_key_id: str | None = None) -> list[str]:
     """Upload an intact pack to ``s3://bucket/prefix/`` with server-side encryption; returns the keys.
 

@@ -43,6 +43,10 @@ STATUS_ICON = {"passed": ":white_check_mark:", "failed": ":x:", "error": ":boom:
 When = Literal["failure", "success"]
 
 
+def _on_failure() -> list[When]:
+    return ["failure"]
+
+
 class NotifySettings(BaseModel):
     """Slack notices of the case's result: where to send them (a webhook block, or credentials and a
     channel) and when (on failure by default)."""
@@ -60,7 +64,7 @@ class NotifySettings(BaseModel):
         None, description="Channel to post in with slack_credentials_block, e.g. #data-tests (a webhook "
         "posts to its own channel).")
     when: list[When] = Field(
-        default_factory=lambda: ["failure"], min_length=1,
+        default_factory=_on_failure, min_length=1,
         description="When to send a notice: failure (the default), success, or both.")
 
     @model_validator(mode="after")

@@ -274,7 +274,10 @@ def write_pack(
         JUNIT_XML: junit_xml(clean, report),
     }
     if spec_text is not None and report["spec"]["sha256"] is not None:
-        files[report["spec"]["file"]] = mask_document_text(spec_text, known, report["spec"]["file"] == "spec.json")
+        # the masking build_report did, which succeeded (it gave the copy's sha256)
+        shown = mask_document_text(spec_text, known, report["spec"]["file"] == "spec.json")
+        if shown is not None:
+            files[report["spec"]["file"]] = shown
     private = private_default() if private is None else private
     _prepare_folder(folder, private)
     for name, text in files.items():

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 from prefect import flow, get_run_logger
@@ -63,6 +63,9 @@ from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
+
+if TYPE_CHECKING:
+    from types_boto3_ssm import SSMClient
 
 prefect_logs.install()  # a failed case is a failure in the logs, not a crash report
 
@@ -283,7 +286,7 @@ def _locked(clients: ClientFactory, resources: list[str], case: CaseSpec, run_id
         yield lock
 
 
-def _settle_leftovers(clients: ClientFactory, ssm: Any, resources: list[str], case: CaseSpec, run_id: str,
+def _settle_leftovers(clients: ClientFactory, ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str,
                       recover: bool, logger: Any) -> None:
     """Unfinished undos of dead runs on this case's resources: recover them (``recover``) or refuse to start.
 
@@ -414,7 +417,7 @@ def carried_result(state: Any, result_type: type, failure_type: type) -> Any:
 
 def result_of(state: Any) -> CaseResult | None:
     """The CaseResult carried by a finished flow run's state (passed or failed), if any."""
-    return carried_result(state, CaseResult, CaseFailed)  # type: ignore[no-any-return]
+    return carried_result(state, CaseResult, CaseFailed)
 
 
 #: exit codes of the CLI

@@ -21,12 +21,15 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.aws import ClientFactory
 from tasks.base import UNDO_KINDS
 from tasks.errors import UNKNOWN_UNDO_KIND, StepError
 from tasks.journal import JournalEntry, read_entries, remove_entry
+
+if TYPE_CHECKING:
+    from types_boto3_ssm import SSMClient
 
 #: Prefect state types after which a run will never undo anything itself
 ENDED = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -92,7 +95,7 @@ def known_dead(entry: JournalEntry) -> bool:
     return _run_ended(entry.run_id)
 
 
-def release_dead_locks(ssm: Any, resources: list[str], prefix: str | None, logger: Any) -> None:
+def release_dead_locks(ssm: SSMClient, resources: list[str], prefix: str | None, logger: Any) -> None:
     """Free at once the locks that runs known to be dead still hold on these resources (instead of waiting for
     their leases to expire); their unfinished undos stay in the journal for the run or ``recover`` to handle."""
     from flows import locks
@@ -205,7 +208,7 @@ def main(argv: list[str]) -> int:
                         "else /pipeline-test/journal)")
     parser.add_argument("--dry-run", action="store_true", help="only list the unfinished undos")
     args = parser.parse_args(argv)
-    recover_flow = flow(recover_flow_fn, name="pipeline-test-recover", log_prints=False)
+    recover_flow = flow(name="pipeline-test-recover", log_prints=False)(recover_flow_fn)
     out = recover_flow(region=args.region, profile=args.profile, credentials_block=args.credentials_block,
                        journal_prefix=args.journal_prefix, dry_run=args.dry_run)
     report = Recovered(out["done"], out["failed"], out["skipped"])

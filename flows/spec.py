@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -118,10 +118,14 @@ class EvidenceSettings(SpecModel):
 
 def _step_union() -> Any:
     models = tuple(k.model for k in step_kinds())
-    return Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]
+    return Annotated[Union[models], Field(discriminator="kind")]
 
 
-Step = _step_union()
+if TYPE_CHECKING:
+    # the union of the registered kinds is made at run time; statically, a step is a StepBase
+    Step = StepBase
+else:
+    Step = _step_union()
 
 
 class ParallelGroup(SpecModel):
@@ -134,8 +138,10 @@ class ParallelGroup(SpecModel):
     steps: list[Step] = Field(..., min_length=1, description="The steps to run side by side (no nesting).")
 
 
-CaseStep = Annotated[Union[tuple(k.model for k in step_kinds()) + (ParallelGroup,)],  # type: ignore[misc]
-                     Field(discriminator="kind")]
+if TYPE_CHECKING:
+    CaseStep = Union[StepBase, ParallelGroup]
+else:
+    CaseStep = Annotated[Union[tuple(k.model for k in step_kinds()) + (ParallelGroup,)], Field(discriminator="kind")]
 
 
 class CaseSpec(SpecModel):

@@ -114,7 +114,7 @@ def _check_events(text: str) -> None:
                 values += 1
                 if depth > MAX_DEPTH:
                     raise SpecFileError(f"the spec nests deeper than {MAX_DEPTH} levels (line "
-                                        f"{event.start_mark.line + 1})")
+                                        f"{event.start_mark.line + 1 if event.start_mark else '?'})")
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
             elif isinstance(event, yaml.ScalarEvent):
@@ -129,7 +129,7 @@ def _check_events(text: str) -> None:
         loader.dispose()
 
 
-class StrictLoader(_FastLoader):  # type: ignore[misc, valid-type]
+class StrictLoader(_FastLoader):
     """PyYAML's safe loader with bounds and no silent duplicate keys (see the module's description)."""
 
     def get_single_node(self) -> Node | None:

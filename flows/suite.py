@@ -247,7 +247,7 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
 
 def suite_result_of(state: Any) -> SuiteResult | None:
     """The SuiteResult carried by a finished suite flow run's state, if any."""
-    return carried_result(state, SuiteResult, SuiteFailed)  # type: ignore[no-any-return]
+    return carried_result(state, SuiteResult, SuiteFailed)
 
 
 def exit_code(result: SuiteResult) -> int:

@@ -64,7 +64,7 @@ class SuiteSpec(SpecModel):
     run_as: Literal["process", "deployment"] = Field(
         "process", description="`process`: every case a subflow run in this process (threads); `deployment`: "
         "every case a flow run of `deployment`, picked up by the work pool's workers.")
-    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings,  # type: ignore[arg-type]
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings,
                                            description="The deployment that runs the cases when `run_as` is "
                                            "`deployment`.")
 

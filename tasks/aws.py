@@ -11,15 +11,34 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import boto3
 from botocore.config import Config
 
 if TYPE_CHECKING:
+    # the boto3 type stubs are test-only dependencies: imported for mypy, never at run time
+    from botocore.client import BaseClient
     from prefect_aws import AwsCredentials
+    from types_boto3_athena import AthenaClient
+    from types_boto3_cloudwatch import CloudWatchClient
+    from types_boto3_dynamodb import DynamoDBClient
+    from types_boto3_glue import GlueClient
+    from types_boto3_kms import KMSClient
+    from types_boto3_lambda import LambdaClient
+    from types_boto3_logs import CloudWatchLogsClient
+    from types_boto3_s3 import S3Client
+    from types_boto3_sqs import SQSClient
+    from types_boto3_ssm import SSMClient
+    from types_boto3_stepfunctions import SFNClient
+    from types_boto3_sts import STSClient
 
 USER_AGENT = "pipeline-test"
+
+#: the services this project calls (each has its typed client in ``ClientFactory.client``)
+ServiceName = Literal[
+    "athena", "cloudwatch", "dynamodb", "glue", "kms", "lambda", "logs", "s3", "sqs", "ssm", "stepfunctions", "sts"
+]
 
 
 @dataclass(frozen=True)
@@ -30,7 +49,7 @@ class AwsTarget:
     profile: str | None = None
     credentials_block: str | None = None
     max_attempts: int = 8
-    retry_mode: str = "standard"
+    retry_mode: Literal["legacy", "standard", "adaptive"] = "standard"
 
 
 def retry_config(target: AwsTarget) -> Config:
@@ -45,7 +64,8 @@ def load_credentials_block(name: str) -> "AwsCredentials":
     """Load a saved prefect-aws ``AwsCredentials`` block by name."""
     from prefect_aws import AwsCredentials
 
-    return AwsCredentials.load(name, _sync=True)
+    # ``_sync`` is the flag of Prefect's async_dispatch, which the signature it wraps does not declare
+    return cast("AwsCredentials", AwsCredentials.load(name, _sync=True))  # type: ignore[call-arg]
 
 
 @dataclass
@@ -60,7 +80,7 @@ class ClientFactory:
     credentials: "AwsCredentials | None" = None
     _session: boto3.Session | None = field(default=None, init=False, repr=False)
     _overrides: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
-    _clients: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _clients: dict[str, BaseClient] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def _make_session(self) -> tuple[boto3.Session, dict[str, Any]]:
@@ -75,7 +95,34 @@ class ClientFactory:
             overrides = {}
         return session, overrides
 
-    def client(self, service: str) -> Any:
+    @overload
+    def client(self, service: Literal["athena"]) -> AthenaClient: ...
+    @overload
+    def client(self, service: Literal["cloudwatch"]) -> CloudWatchClient: ...
+    @overload
+    def client(self, service: Literal["dynamodb"]) -> DynamoDBClient: ...
+    @overload
+    def client(self, service: Literal["glue"]) -> GlueClient: ...
+    @overload
+    def client(self, service: Literal["kms"]) -> KMSClient: ...
+    @overload
+    def client(self, service: Literal["lambda"]) -> LambdaClient: ...
+    @overload
+    def client(self, service: Literal["logs"]) -> CloudWatchLogsClient: ...
+    @overload
+    def client(self, service: Literal["s3"]) -> S3Client: ...
+    @overload
+    def client(self, service: Literal["sqs"]) -> SQSClient: ...
+    @overload
+    def client(self, service: Literal["ssm"]) -> SSMClient: ...
+    @overload
+    def client(self, service: Literal["stepfunctions"]) -> SFNClient: ...
+    @overload
+    def client(self, service: Literal["sts"]) -> STSClient: ...
+    @overload
+    def client(self, service: ServiceName) -> BaseClient: ...
+
+    def client(self, service: ServiceName) -> BaseClient:
         """A boto3 client for ``service`` (``"s3"``, ``"ssm"``, ...), made once and reused."""
         with self._lock:
             if service not in self._clients:
@@ -97,7 +144,7 @@ class ClientFactory:
         """The region clients are made for (after the spec, the block and the chain had their say)."""
         return self.client("sts").meta.region_name
 
-    def endpoint_url(self, service: str) -> str:
+    def endpoint_url(self, service: ServiceName) -> str:
         """The endpoint a service's client talks to (an emulator's URL when one is configured)."""
         return str(self.client(service).meta.endpoint_url)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -38,6 +38,9 @@ from tasks.json_checks import (
     truncate,
 )
 from tasks.secrets import parse_path, secrets_at
+
+if TYPE_CHECKING:
+    from types_boto3_lambda import LambdaClient
 
 InvocationType = Literal["RequestResponse", "Event", "DryRun"]
 
@@ -156,7 +159,7 @@ def load_payload(step: InvokeLambdaStep, spec_dir: Path, render: Callable[[str],
 
 
 def invoke(
-    client: Any,
+    client: LambdaClient,
     function: str,
     payload: Any,
     *,
@@ -182,8 +185,7 @@ def invoke(
     except AWS_ERRORS as exc:
         raise aws_error("Lambda Invoke", function_label(function, qualifier), exc) from None
     body = response.get("Payload")
-    response["Payload"] = body.read() if body is not None else b""
-    return response
+    return {**response, "Payload": body.read() if body is not None else b""}
 
 
 def decode_log_tail(log_result: str | None, limit: int = LOG_TAIL_BYTES) -> str:
@@ -226,7 +228,7 @@ def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | Non
     return "\n\n".join(parts)
 
 
-def _links(client: Any, step: InvokeLambdaStep) -> list[Link]:
+def _links(client: LambdaClient, step: InvokeLambdaStep) -> list[Link]:
     endpoint = str(client.meta.endpoint_url)
     if not is_real_aws(endpoint):
         return []

@@ -221,11 +221,11 @@ def get_item(client: DynamoDBClient, table: str, key: dict[str, KeyValue], consi
     """GetItem: the item deserialized, or None when there is none. A missing table raises (AWS's code)."""
     try:
         response = client.get_item(TableName=table, Key={k: to_dynamodb(v) for k, v in key.items()},
-                                    ConsistentRead=consistent)  # type: ignore[misc]
+                                    ConsistentRead=consistent)
     except AWS_ERRORS as exc:
         raise aws_error("DynamoDB GetItem", f"table {table}", exc) from None
     item = response.get("Item")
-    return from_dynamodb(item) if item is not None else None  # type: ignore[arg-type]
+    return from_dynamodb(item) if item is not None else None
 
 
 def query_items(client: DynamoDBClient, table: str, query: ItemQuery, *, consistent: bool, max_items: int,
@@ -246,7 +246,7 @@ def query_items(client: DynamoDBClient, table: str, query: ItemQuery, *, consist
     items: list[dict[str, Any]] = []
     try:
         for page in client.get_paginator("query").paginate(**kwargs):
-            items += [from_dynamodb(i) for i in page.get("Items", [])]  # type: ignore[arg-type]
+            items += [from_dynamodb(i) for i in page.get("Items", [])]
             if len(items) > max_items:
                 raise StepError(f"DynamoDB Query on {where}: more than max_items ({max_items}) items match; "
                                 "narrow the key condition or the filter, or raise max_items")

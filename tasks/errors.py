@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -128,7 +128,7 @@ def error_code(exc: ClientError) -> str:
     return {"403": "AccessDenied", "404": NOT_FOUND, "412": AWS_PRECONDITION_FAILED}.get(code, code)
 
 
-def request_id(response: dict[str, Any]) -> str | None:
+def request_id(response: Mapping[str, Any]) -> str | None:
     """The AWS request id of a response (or of an error response), for the evidence."""
     meta = response.get("ResponseMetadata", {})
     return meta.get("RequestId") or meta.get("HTTPHeaders", {}).get("x-amz-request-id")

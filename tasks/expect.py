@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable, Generic, Literal, TypeVar, Union
 
 from pydantic import Field, model_validator
 
-from tasks.aws import is_real_aws
+from tasks.aws import ServiceName, is_real_aws
 from tasks.base import Link, SpecModel, StepContext
 from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed
 from tasks.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
@@ -71,7 +71,7 @@ def hold_field(what: str) -> float:
     """The ``hold`` field of an expect kind (seconds the condition must keep holding once it holds)."""
     return Field(0.0, ge=0, le=MAX_WAIT_SECONDS, description=f"Once {what} holds, it must keep holding for this "
                  "many seconds (checked at the wait's growing interval; e.g. a dead-letter queue stays empty). "
-                 "0: checked until it holds, once.")  # type: ignore[return-value]
+                 "0: checked until it holds, once.")
 
 
 @dataclass
@@ -139,7 +139,7 @@ def unmet(watched: Watched[Any], what: str, seen: str, *, details: dict[str, Any
                        details=details, markdown=markdown)
 
 
-def console_link(ctx: StepContext, service: str, path: str, text: str) -> list[Link]:
+def console_link(ctx: StepContext, service: ServiceName, path: str, text: str) -> list[Link]:
     """A link to the AWS console (``https://<region>.console.aws.amazon.com/<path>``, ``{region}`` in ``path``
     filled in) when the service's client talks to AWS itself; none for an emulator."""
     if not is_real_aws(ctx.clients.endpoint_url(service)):

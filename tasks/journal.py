@@ -33,12 +33,15 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from botocore.exceptions import ClientError
 
 from tasks.base import UndoAction
 from tasks.errors import AWS_ERRORS, JOURNAL_ENTRY_TOO_LARGE, StepError, aws_error, error_code
+
+if TYPE_CHECKING:
+    from types_boto3_ssm import SSMClient
 
 DEFAULT_PREFIX = "/pipeline-test/journal"
 PREFIX_ENV = "PIPELINE_TEST_JOURNAL_PREFIX"
@@ -99,7 +102,7 @@ class JournalEntry:
 class SsmJournal:
     """The journal of one case run (see the module's doc). Thread-safe: parallel steps write to it."""
 
-    def __init__(self, ssm: Any, *, run_id: str, case: str, prefix: str | None = None,
+    def __init__(self, ssm: SSMClient, *, run_id: str, case: str, prefix: str | None = None,
                  lease_id: Callable[[], str | None] = lambda: None) -> None:
         self.ssm = ssm
         self.run_id = run_id
@@ -150,7 +153,7 @@ class SsmJournal:
             action.journal_id = None
 
 
-def remove_entry(ssm: Any, name: str) -> None:
+def remove_entry(ssm: SSMClient, name: str) -> None:
     try:
         ssm.delete_parameter(Name=name)
     except ClientError as exc:
@@ -160,7 +163,7 @@ def remove_entry(ssm: Any, name: str) -> None:
         raise aws_error("SSM DeleteParameter (undo journal)", name, exc) from None
 
 
-def read_entries(ssm: Any, prefix: str | None = None, resource: str | None = None) -> list[JournalEntry]:
+def read_entries(ssm: SSMClient, prefix: str | None = None, resource: str | None = None) -> list[JournalEntry]:
     """Every unfinished undo in the journal (of one resource when given), oldest first."""
     path = journal_prefix(prefix) + (f"/{resource_id(resource)}" if resource else "")
     entries: list[JournalEntry] = []

@@ -508,7 +508,7 @@ def _held(content: ObjectContent) -> str:
     return what
 
 
-def _streamed(client: Any, bucket: str, key: str, content: ObjectContent, stats: ReadStats,
+def _streamed(client: S3Client, bucket: str, key: str, content: ObjectContent, stats: ReadStats,
               stop: threading.Event | None, parse: Callable[[io.BufferedIOBase], list[Check]] | None) -> tuple[
                   list[Check], str]:
     """One streamed GET of the object: the checks ``parse`` makes, and the SHA-256 of the bytes as stored."""
@@ -545,7 +545,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _parquet_checks(client: Any, bucket: str, key: str, size: int, content: ObjectContent, stats: ReadStats,
+def _parquet_checks(client: S3Client, bucket: str, key: str, size: int, content: ObjectContent, stats: ReadStats,
                     stop: threading.Event | None) -> list[Check]:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -75,7 +75,7 @@ def open_stream(body: Any, key: str, compression: str, stats: ReadStats,
                                                                    or buffered.peek(2)[:2] == b"\x1f\x8b"))
     if gzipped:
         stats.gunzipped = True
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), raw  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), raw
     return buffered, raw
 
 

@@ -19,7 +19,7 @@ import posixpath
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
-from typing import Annotated, Any, ClassVar, Iterator, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Iterator, Literal, Mapping
 from urllib.parse import quote, urlencode
 
 from boto3.s3.transfer import TransferConfig
@@ -64,6 +64,11 @@ from tasks.object_content import (
     content_markdown,
 )
 from tasks.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+    from tasks.aws import ClientFactory
 
 for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson",
                     ".parquet": "application/vnd.apache.parquet", ".avro": "application/avro",
@@ -191,7 +196,7 @@ class ObjectInfo:
     version_id: str | None = None
 
 
-def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
+def head_object(client: S3Client, bucket: str, key: str) -> ObjectInfo | None:
     """HEAD an object: its info, or None when it does not exist. AccessDenied and other errors raise.
 
     Note: without ``s3:ListBucket``, S3 answers a HEAD on a missing key with 403, not 404; the error
@@ -215,7 +220,7 @@ def head_object(client: Any, bucket: str, key: str) -> ObjectInfo | None:
                       str(resp.get("LastModified", "")), resp.get("VersionId"))
 
 
-def require_bucket(client: Any, bucket: str) -> None:
+def require_bucket(client: S3Client, bucket: str) -> None:
     """Raise NoSuchBucket when the bucket does not exist (HeadBucket).
 
     S3 answers a HEAD of a key in a missing bucket with a bare 404, as for a missing key, so a wait for exact
@@ -235,7 +240,7 @@ def require_bucket(client: Any, bucket: str) -> None:
         raise aws_error("S3 HeadBucket", s3_uri(bucket), exc) from None
 
 
-def list_objects(client: Any, bucket: str, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
+def list_objects(client: S3Client, bucket: str, prefix: str, limit: int | None = None) -> list[ObjectInfo]:
     """LIST objects under a prefix through the paginator (all pages, or the first ``limit`` objects)."""
     out: list[ObjectInfo] = []
     try:
@@ -271,7 +276,7 @@ class UploadRecord:
 
 
 @contextlib.contextmanager
-def _conditional_completion(client: Any, bucket: str, key: str) -> Iterator[None]:
+def _conditional_completion(client: S3Client, bucket: str, key: str) -> Iterator[None]:
     """While the block runs, the multipart upload of (bucket, key) on this client completes only if no object is
     there yet: ``If-None-Match: *`` on CompleteMultipartUpload.
 
@@ -301,7 +306,7 @@ def digest_for_upload(path: Path, multipart_threshold: int, multipart_chunksize:
 
 
 def upload_file(
-    client: Any,
+    client: S3Client,
     path: Path,
     bucket: str,
     key: str,
@@ -353,7 +358,7 @@ def upload_file(
     )
 
 
-def _send(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any], digest: FileDigest, *,
+def _send(client: S3Client, path: Path, bucket: str, key: str, extra: dict[str, Any], digest: FileDigest, *,
           overwrite: bool, multipart: bool, config: TransferConfig) -> str | None:
     """PutObject (returns its request id), or the transfer manager's multipart upload (returns None)."""
     uri = s3_uri(bucket, key)
@@ -383,7 +388,8 @@ def _send(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any],
     raise aws_error(f"{action} ({failed.operation_name})" if multipart else action, uri, failed) from None
 
 
-def verify_checksum(client: Any, bucket: str, key: str, digest: FileDigest) -> tuple[bool | None, dict[str, Any]]:
+def verify_checksum(client: S3Client, bucket: str, key: str,
+                    digest: FileDigest) -> tuple[bool | None, Mapping[str, Any]]:
     """Read the object's SHA-256 back with HEAD and compare it with the local file's.
 
     Returns (True, head) on a match, (None, head) when S3 reports no checksum; raises on a mismatch.
@@ -409,7 +415,7 @@ def upload_resource(bucket: str, prefix: str) -> str:
     return f"s3:{bucket}/{prefix}"
 
 
-def delete_uploaded(client: Any, record: UploadRecord) -> dict[str, Any]:
+def delete_uploaded(client: S3Client, record: UploadRecord) -> dict[str, Any]:
     """Remove exactly what an upload put there: only if the object is still the one uploaded (same ETag)."""
     uri = s3_uri(record.bucket, record.key)
     current = head_object(client, record.bucket, record.key)
@@ -424,13 +430,13 @@ LEFTOVER_KIND = "s3_leftover"
 
 
 @undo_kind(LEFTOVER_KIND)
-def redo_delete_leftover(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+def redo_delete_leftover(clients: ClientFactory, record: dict[str, Any]) -> dict[str, Any]:
     """Remove what a failed upload left, from its journal record (in another process, e.g. ``recover``)."""
     return delete_leftover(clients.client("s3"), record["bucket"], record["key"], record["checksum_sha256"],
                            bool(record.get("multipart")))
 
 
-def delete_leftover(client: Any, bucket: str, key: str, checksum_sha256: str,
+def delete_leftover(client: S3Client, bucket: str, key: str, checksum_sha256: str,
                     multipart: bool = False) -> dict[str, Any]:
     """Remove what a failed upload may have left at ``key``: only an object with the content that was sent (its
     SHA-256 as S3 reports it), never another writer's. After a failed multipart upload, also abort the unfinished
@@ -454,7 +460,7 @@ def delete_leftover(client: Any, bucket: str, key: str, checksum_sha256: str,
     return {"object": uri, "action": _delete_object(client, bucket, key, head.get("VersionId")) + also}
 
 
-def _abort_uploads(client: Any, bucket: str, key: str) -> int:
+def _abort_uploads(client: S3Client, bucket: str, key: str) -> int:
     """Abort the unfinished multipart uploads of exactly ``key``; returns how many."""
     uri = s3_uri(bucket, key)
     try:
@@ -470,7 +476,7 @@ def _abort_uploads(client: Any, bucket: str, key: str) -> int:
     return len(ours)
 
 
-def _delete_object(client: Any, bucket: str, key: str, version_id: str | None) -> str:
+def _delete_object(client: S3Client, bucket: str, key: str, version_id: str | None) -> str:
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         kwargs["VersionId"] = version_id
@@ -497,7 +503,7 @@ class Observation:
         return text
 
 
-def observe_keys(client: Any, bucket: str, keys: list[str], min_size: int) -> Observation:
+def observe_keys(client: S3Client, bucket: str, keys: list[str], min_size: int) -> Observation:
     """HEAD each expected key."""
     obs = Observation([], [], [])
     for key in keys:
@@ -511,7 +517,7 @@ def observe_keys(client: Any, bucket: str, keys: list[str], min_size: int) -> Ob
     return obs
 
 
-def observe_prefix(client: Any, bucket: str, prefix: str, pattern: str, min_size: int) -> Observation:
+def observe_prefix(client: S3Client, bucket: str, prefix: str, pattern: str, min_size: int) -> Observation:
     """LIST the prefix; keys are matched to ``pattern`` by their part after the prefix (glob, ``*`` spans ``/``)."""
     obs = Observation([], [], [])
     for info in list_objects(client, bucket, prefix):
@@ -707,7 +713,7 @@ class _UploadUndo:
     the key only if it has the content that was sent (see :func:`delete_leftover`); never another writer's.
     The journal keeps the second form, which is right in both cases."""
 
-    client: Any = field(repr=False)
+    client: S3Client = field(repr=False)
     bucket: str
     key: str
     checksum_sha256: str
@@ -721,7 +727,7 @@ class _UploadUndo:
         return delete_leftover(self.client, self.bucket, self.key, self.checksum_sha256, self.multipart)
 
 
-def _upload_undo(client: Any, bucket: str, key: str, digest: FileDigest, multipart: bool, label: str,
+def _upload_undo(client: S3Client, bucket: str, key: str, digest: FileDigest, multipart: bool, label: str,
                  resource: str) -> _UploadUndo:
     sent = digest.composite_b64 or digest.sha256_b64
     undo = _UploadUndo(client, bucket, key, sent, multipart)
@@ -731,7 +737,7 @@ def _upload_undo(client: Any, bucket: str, key: str, digest: FileDigest, multipa
     return undo
 
 
-def _retype(client: Any, record: UploadRecord, ctype: str) -> UploadRecord:
+def _retype(client: S3Client, record: UploadRecord, ctype: str) -> UploadRecord:
     """Apply an explicit Content-Type by copying the object onto itself (keeps the checksum)."""
     try:
         resp = client.copy_object(Bucket=record.bucket, Key=record.key, ContentType=ctype,
@@ -752,7 +758,7 @@ def _display_path(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def expect_objects(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
+def expect_objects(client: S3Client, step: ExpectObjectsStep, *, logger: Any = None,
                    clock: Clock | None = None) -> tuple[Observation, int, float]:
     """Wait until the expected objects exist; returns the last observation, the checks made and seconds waited.
 
@@ -820,7 +826,7 @@ def _where(step: ExpectObjectsStep) -> str:
     return s3_uri(step.bucket, common[: common.rfind("/") + 1])
 
 
-def expect_absent(client: Any, step: ExpectObjectsStep, *, logger: Any = None,
+def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = None,
                   clock: Clock | None = None) -> tuple[Observation, int, float]:
     """Watch for ``step.hold`` seconds that nothing matching the step appears; returns the last observation, the
     polls made and the seconds watched. Raises CheckFailed at once when something matching is there."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -51,6 +51,9 @@ from tasks.ssm_restore import (  # re-exported: the library's public names stay 
     snapshot_before_change,
     to_record,
 )
+
+if TYPE_CHECKING:
+    from types_boto3_ssm import SSMClient
 
 ParameterType = Literal["String", "StringList", "SecureString"]
 #: validation errors of these models never echo their input (a value may be a secret); note that pydantic takes
@@ -255,7 +258,7 @@ def _scrub(exc: StepError, secrets: Iterable[str], **details: Any) -> StepError:
 # --- runners -----------------------------------------------------------------------------------------------------
 
 
-def _set_one(ssm: Any, spec: ParameterSpec, step: SetParametersStep, ctx: StepContext) -> dict[str, Any]:
+def _set_one(ssm: SSMClient, spec: ParameterSpec, step: SetParametersStep, ctx: StepContext) -> dict[str, Any]:
     before, restore = snapshot_before_change(ssm, ctx, spec.name, step.restore)
     _learn(ctx.secrets, before)
     response = put(ssm, spec.name, spec.value, spec.type, key_id=spec.key_id, description=spec.description,
@@ -300,7 +303,7 @@ def run_set_parameters(step: SetParametersStep, ctx: StepContext) -> StepOutcome
     )
 
 
-def _delete_one(ssm: Any, name: str, step: DeleteParametersStep, ctx: StepContext) -> dict[str, Any]:
+def _delete_one(ssm: SSMClient, name: str, step: DeleteParametersStep, ctx: StepContext) -> dict[str, Any]:
     before, restore = snapshot_before_change(ssm, ctx, name, step.restore)
     _learn(ctx.secrets, before)
     deleted = delete(ssm, name, missing_ok=step.missing_ok) if before.exists else False

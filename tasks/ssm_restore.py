@@ -43,7 +43,7 @@ import dataclasses
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from botocore.exceptions import ClientError
 
@@ -52,6 +52,12 @@ from tasks.base import StepContext, UndoAction, UndoLog, undo_kind
 from tasks.errors import AWS_ERRORS, RESTORE_IMPOSSIBLE, RESTORE_INCOMPLETE, StepError, aws_error, error_code
 from tasks.json_checks import truncate
 from tasks.secrets import mask, redact
+
+if TYPE_CHECKING:
+    from types_boto3_ssm import SSMClient
+    from types_boto3_ssm.type_defs import ParameterStringFilterTypeDef, PutParameterResultTypeDef
+
+    from tasks.aws import ClientFactory
 
 SECURE = "SecureString"
 #: how many characters of a plain (non-secret) value the evidence shows
@@ -104,9 +110,9 @@ class ParameterSnapshot:
         }
 
 
-def _describe(ssm: Any, name: str) -> dict[str, Any]:
+def _describe(ssm: SSMClient, name: str) -> Mapping[str, Any]:
     """The DescribeParameters metadata of one parameter (description, key id, tier...); {} when not listed."""
-    filters = [{"Key": "Name", "Option": "Equals", "Values": [name]}]
+    filters: list[ParameterStringFilterTypeDef] = [{"Key": "Name", "Option": "Equals", "Values": [name]}]
     for page in ssm.get_paginator("describe_parameters").paginate(ParameterFilters=filters):
         for meta in page.get("Parameters", []):
             if meta.get("Name") == name:
@@ -114,17 +120,18 @@ def _describe(ssm: Any, name: str) -> dict[str, Any]:
     return {}
 
 
-def _tags(ssm: Any, name: str) -> list[dict[str, str]] | None:
+def _tags(ssm: SSMClient, name: str) -> list[dict[str, str]] | None:
     """The parameter's tags, or None when we may not read them."""
     try:
-        return ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", [])
+        tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=name).get("TagList", [])
+        return [{"Key": tag["Key"], "Value": tag["Value"]} for tag in tags]
     except ClientError as exc:
         if error_code(exc) in ("AccessDenied", "AccessDeniedException"):
             return None
         raise
 
 
-def snapshot(ssm: Any, name: str, *, with_tags: bool = False) -> ParameterSnapshot:
+def snapshot(ssm: SSMClient, name: str, *, with_tags: bool = False) -> ParameterSnapshot:
     """Read a parameter (decrypted) and its metadata; ``exists=False`` when there is no such parameter."""
     try:
         param = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]
@@ -160,7 +167,7 @@ def snapshot(ssm: Any, name: str, *, with_tags: bool = False) -> ParameterSnapsh
 
 
 def put(
-    ssm: Any,
+    ssm: SSMClient,
     name: str,
     value: str,
     type: str,
@@ -172,7 +179,7 @@ def put(
     data_type: str | None = None,
     allowed_pattern: str | None = None,
     tags: list[dict[str, str]] | None = None,
-) -> dict[str, Any]:
+) -> PutParameterResultTypeDef:
     """PutParameter; returns the response (Version, Tier). Tags are only sent when creating (AWS's rule)."""
     kwargs: dict[str, Any] = {"Name": name, "Value": value, "Type": type, "Overwrite": overwrite}
     optional = {"KeyId": key_id if type == SECURE else None, "Description": description, "Tier": tier,
@@ -184,7 +191,7 @@ def put(
         raise _scrubbed(aws_error("SSM PutParameter", name, exc), [value] if type == SECURE else []) from None
 
 
-def delete(ssm: Any, name: str, *, missing_ok: bool = False) -> bool:
+def delete(ssm: SSMClient, name: str, *, missing_ok: bool = False) -> bool:
     """DeleteParameter; True when deleted, False when it did not exist and ``missing_ok``."""
     try:
         ssm.delete_parameter(Name=name)
@@ -218,7 +225,7 @@ def _needs_recreate(current: ParameterSnapshot, original: ParameterSnapshot) -> 
     return clear_description or downgrade
 
 
-def _put_back(ssm: Any, original: ParameterSnapshot, *, overwrite: bool) -> None:
+def _put_back(ssm: SSMClient, original: ParameterSnapshot, *, overwrite: bool) -> None:
     assert original.value is not None and original.type is not None
     put(ssm, original.name, original.value, original.type, key_id=original.key_id,
         description=original.description, overwrite=overwrite,
@@ -226,7 +233,7 @@ def _put_back(ssm: Any, original: ParameterSnapshot, *, overwrite: bool) -> None
         data_type=original.data_type, allowed_pattern=original.allowed_pattern, tags=original.tags)
 
 
-def restore_parameter(ssm: Any, original: ParameterSnapshot) -> dict[str, Any]:
+def restore_parameter(ssm: SSMClient, original: ParameterSnapshot) -> dict[str, Any]:
     """Put a parameter back as ``original`` shows it (or delete it if it did not exist), then verify.
 
     Returns what was done (JSON-serialisable, values masked) with ``summary`` and ``markdown`` keys, so that
@@ -250,7 +257,7 @@ def restore_parameter(ssm: Any, original: ParameterSnapshot) -> dict[str, Any]:
     return _restore_record(original, current, after, action)
 
 
-def _restore_action(ssm: Any, original: ParameterSnapshot, current: ParameterSnapshot) -> str:
+def _restore_action(ssm: SSMClient, original: ParameterSnapshot, current: ParameterSnapshot) -> str:
     """Do the least that brings the parameter back; returns unchanged, deleted, created, recreated or overwritten."""
     if not differences(current, original):
         return "unchanged"
@@ -307,7 +314,7 @@ def _scrubbed(exc: StepError, secrets: Iterable[str]) -> StepError:
 class RestoreParameter:
     """The callable of an undo action that restores one parameter; finding it in the undo log marks it registered."""
 
-    ssm: Any = field(repr=False)
+    ssm: SSMClient = field(repr=False)
     original: ParameterSnapshot
 
     def __call__(self) -> dict[str, Any]:
@@ -325,7 +332,7 @@ def registered_restore(undo: UndoLog, name: str) -> RestoreParameter | None:
     return None
 
 
-def snapshot_before_change(ssm: Any, ctx: StepContext, name: str, restore: bool) -> tuple[ParameterSnapshot, str]:
+def snapshot_before_change(ssm: SSMClient, ctx: StepContext, name: str, restore: bool) -> tuple[ParameterSnapshot, str]:
     """Snapshot ``name`` before a write, registering its restore the first time in the case.
 
     Returns the snapshot (the state this step found) and what happened to the restore: "registered",
@@ -356,7 +363,7 @@ def parameter_resource(name: str) -> str:
 
 
 @undo_kind(UNDO_KIND)
-def redo_restore(clients: Any, record: dict[str, Any]) -> dict[str, Any]:
+def redo_restore(clients: ClientFactory, record: dict[str, Any]) -> dict[str, Any]:
     """Restore a parameter from its journal record (in another process, e.g. ``recover``), and verify."""
     return restore_parameter(clients.client("ssm"), ParameterSnapshot(**record["snapshot"]))
 
@@ -376,7 +383,7 @@ def to_record(snap: ParameterSnapshot) -> dict[str, Any]:
     return record
 
 
-def from_record(ssm: Any, record: dict[str, Any]) -> ParameterSnapshot:
+def from_record(ssm: SSMClient, record: dict[str, Any]) -> ParameterSnapshot:
     """The snapshot a record describes, with a SecureString's value read from the parameter's history."""
     snap = ParameterSnapshot(**record)
     if snap.exists and snap.secure and snap.value is None:
@@ -384,7 +391,7 @@ def from_record(ssm: Any, record: dict[str, Any]) -> ParameterSnapshot:
     return snap
 
 
-def _value_from_history(ssm: Any, name: str, version: int | None) -> str:
+def _value_from_history(ssm: SSMClient, name: str, version: int | None) -> str:
     """The value of one version of a parameter (decrypted); StepError when SSM no longer has it."""
     try:
         pages = ssm.get_paginator("get_parameter_history").paginate(Name=name, WithDecryption=True)
@@ -407,7 +414,7 @@ def pending_restore_records(undo: UndoLog) -> list[dict[str, Any]]:
     return [to_record(a.run.original) for a in reversed(list(undo.actions)) if isinstance(a.run, RestoreParameter)]
 
 
-def restore_from_record(ssm: Any, record: dict[str, Any]) -> dict[str, Any]:
+def restore_from_record(ssm: SSMClient, record: dict[str, Any]) -> dict[str, Any]:
     """Restore a parameter from a persisted record (see :func:`to_record`)."""
     return restore_parameter(ssm, from_record(ssm, record))
 

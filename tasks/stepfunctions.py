@@ -31,6 +31,7 @@ from tasks.secrets import parse_path, secrets_at
 
 if TYPE_CHECKING:
     from types_boto3_stepfunctions import SFNClient
+    from types_boto3_sts import STSClient
 
 #: statuses after which an execution never changes again
 FINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED", "PENDING_REDRIVE"})
@@ -116,10 +117,11 @@ def partition(region: str) -> str:
     return "aws"
 
 
-def state_machine_arn(sfn: SFNClient, sts: Any, name_or_arn: str) -> str:
+def state_machine_arn(sfn: SFNClient, sts: STSClient | None, name_or_arn: str) -> str:
     """The ARN as given, or the ARN of a state machine named so in the caller's account and region."""
     if name_or_arn.startswith("arn:"):
         return name_or_arn
+    assert sts is not None, "a state machine given by name needs an STS client"
     try:
         account = sts.get_caller_identity()["Account"]
     except AWS_ERRORS as exc:

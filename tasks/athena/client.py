@@ -19,7 +19,7 @@ import csv
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast
 
 from pydantic import Field
 
@@ -27,6 +27,10 @@ from tasks.athena.values import Column, QueryResult, RowTyper, columns_from_meta
 from tasks.base import format_bytes
 from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
 from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+
+if TYPE_CHECKING:
+    from types_boto3_athena import AthenaClient
+    from types_boto3_s3 import S3Client
 
 __all__ = [
     "ERROR_CATEGORIES",
@@ -64,7 +68,7 @@ Logger = logging.Logger | logging.LoggerAdapter
 # --------------------------------------------------------------------------------------------------------
 
 
-def _record(request_ids: list[str] | None, response: dict[str, Any]) -> None:
+def _record(request_ids: list[str] | None, response: Mapping[str, Any]) -> None:
     """Keep a response's request id for the evidence."""
     rid = request_id(response)
     if request_ids is not None and rid:
@@ -72,7 +76,7 @@ def _record(request_ids: list[str] | None, response: dict[str, Any]) -> None:
 
 
 def start_query(
-    athena: Any,
+    athena: AthenaClient,
     sql: str,
     *,
     database: str | None = None,
@@ -99,17 +103,18 @@ def start_query(
     return str(response["QueryExecutionId"])
 
 
-def get_execution(athena: Any, query_id: str, request_ids: list[str] | None = None) -> dict[str, Any]:
+def get_execution(athena: AthenaClient, query_id: str, request_ids: list[str] | None = None) -> dict[str, Any]:
     """GetQueryExecution's ``QueryExecution``."""
     try:
         response = athena.get_query_execution(QueryExecutionId=query_id)
     except AWS_ERRORS as exc:
         raise aws_error("Athena GetQueryExecution", f"query {query_id}", exc) from None
     _record(request_ids, response)
-    return response["QueryExecution"]
+    # the execution is read as plain JSON (its typed form has only the keys Athena documents)
+    return cast("dict[str, Any]", response["QueryExecution"])
 
 
-def stop_query(athena: Any, query_id: str, request_ids: list[str] | None = None) -> str | None:
+def stop_query(athena: AthenaClient, query_id: str, request_ids: list[str] | None = None) -> str | None:
     """StopQueryExecution, so nothing runs on and bills; returns why stopping failed, or None."""
     try:
         response = athena.stop_query_execution(QueryExecutionId=query_id)
@@ -159,7 +164,7 @@ class AthenaWait(PollSettings):
 
 
 def wait_for_query(
-    athena: Any,
+    athena: AthenaClient,
     query_id: str,
     settings: PollSettings,
     *,
@@ -264,7 +269,7 @@ class _LineTap:
         return line
 
 
-def parse_athena_csv(lines: Iterable[str]) -> Iterator[list[str | None]]:
+def parse_athena_csv(lines: Iterable[str]) -> Iterator[Sequence[str | None]]:
     """Records of an Athena CSV result file as lists of texts, None for SQL NULL.
 
     Athena quotes every value and writes NULL as an empty unquoted field, so ``,,`` is NULL and ``,"",`` an
@@ -285,7 +290,7 @@ def _body_lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[str]:
 
 
 def read_result_csv(
-    s3: Any,
+    s3: S3Client,
     location: str,
     columns: list[Column],
     *,
@@ -329,7 +334,7 @@ def _is_header(row: Sequence[str | None], columns: list[Column]) -> bool:
     return len(row) == len(columns) and all(v in c.header_names() for v, c in zip(row, columns))
 
 
-def _page_values(page: dict[str, Any]) -> list[list[str | None]]:
+def _page_values(page: Mapping[str, Any]) -> list[list[str | None]]:
     """A GetQueryResults page's rows as lists of texts; a datum without VarCharValue is NULL."""
     return [[d.get("VarCharValue") for d in row.get("Data", [])] for row in page.get("ResultSet", {}).get("Rows", [])]
 
@@ -343,8 +348,8 @@ def _csv_location(execution: dict[str, Any]) -> str | None:
 
 
 def fetch_results(
-    athena: Any,
-    s3: Any,
+    athena: AthenaClient,
+    s3: S3Client,
     execution: dict[str, Any],
     *,
     page_size: int = PAGE_SIZE,
@@ -411,8 +416,8 @@ class QueryRun:
 
 
 def run_query(
-    athena: Any,
-    s3: Any,
+    athena: AthenaClient,
+    s3: S3Client,
     sql: str,
     *,
     database: str | None = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from tasks.errors import StepError
@@ -108,7 +108,7 @@ def _unique_names(names: list[str]) -> list[str]:
     return unique
 
 
-def columns_from_metadata(column_info: list[dict[str, Any]]) -> list[Column]:
+def columns_from_metadata(column_info: Sequence[Mapping[str, Any]]) -> list[Column]:
     """``ResultSetMetadata.ColumnInfo`` -> columns (name, type)."""
     names = [str(info.get("Name") or info.get("Label") or f"_col{i}") for i, info in enumerate(column_info)]
     return [
