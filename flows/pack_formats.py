@@ -128,6 +128,7 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             "aws": redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets, keep=NAMES)
             if case else {},
         },
+        "audit": result.audit,
         "status": result.status,
         "counts": _counts(result),
         "first_failure": None if failure is None else {

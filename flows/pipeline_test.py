@@ -36,7 +36,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import evidence, evidence_pack, locks, prefect_logs
+from flows import audit, evidence, evidence_pack, locks, prefect_logs
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -232,7 +232,7 @@ def pipeline_test(
                                          error_code=type(exc).__name__)
                     partial = _case_result(case, run_id, started, values,
                                            [*steps, *(interrupted(p) for p in running), stopped,
-                                            *([undone] if undone else [])], secrets, lock)
+                                            *([undone] if undone else [])], secrets, lock, clients)
                     if write_evidence:
                         _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
                     if notice is not None:
@@ -243,10 +243,10 @@ def pipeline_test(
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
-        result = _case_result(case, run_id, started, values, steps, secrets, lock)
-        evidence.publish_case(result)
+        result = _case_result(case, run_id, started, values, steps, secrets, lock, clients)
         if write_evidence:
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
+        evidence.publish_case(result, logger)
     finally:
         remove_redaction(redactor)
     if notice is not None:
@@ -311,8 +311,9 @@ def _settle_leftovers(clients: ClientFactory, ssm: Any, resources: list[str], ca
 
 
 def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
-                 secrets: Secrets, held: locks.HeldLocks | None = None) -> CaseResult:
+                 secrets: Secrets, held: locks.HeldLocks | None = None, clients: Any = None) -> CaseResult:
     ended = datetime.now(timezone.utc)
+    context = redact_json(audit.collect(clients), secrets) if clients is not None else None
     return CaseResult(
         case=case.case, description=case.description,
         status="passed" if all(s.ok for s in steps) else "failed",
@@ -322,6 +323,7 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
                               exact=True),
         steps=steps,
         locks=held.public() if held is not None and held.resources else None,
+        audit=context,
     )
 
 
@@ -334,6 +336,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
         evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets)
         digest = evidence_pack.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
+        result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
         logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
         if upload and case.evidence is not None:
             settings = case.evidence
@@ -343,6 +346,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
             endpoint = ctx.clients.endpoint_url("s3")
             url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
                    else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
+            result.pack.update(s3_uri=f"s3://{settings.bucket}/{prefix}", url=url)
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",
                                  key=f"{evidence.case_key(result.case)}-evidence"[:100],
                                  description=f"Evidence pack (manifest sha256 {digest})")

@@ -142,6 +142,30 @@ def bullets(items: Iterable[Any]) -> Md:
     return Md("\n".join(f"- {cell(item)}" for item in items))
 
 
+#: the widest table line (in characters of its source) that the Prefect UI shows whole at 1400 px
+TABLE_WIDTH = 140
+
+
+def shorten(value: Any, limit: int) -> str:
+    """A value's text on one line, cut to ``limit`` characters with ``…`` (for table cells; the pack keeps it whole)."""
+    flat = one_line(value)
+    return flat if len(flat) <= limit else flat[: max(1, limit - 1)].rstrip() + "…"
+
+
+def message(value: Any, max_lines: int = 40) -> Md:
+    """A message as wrapped text (not a one-line code block): each line escaped, hard line breaks between them."""
+    lines = _CONTROL.sub(" ", _BREAKS.sub(lambda m: " " if m.group(0) == "\t" else "\n", str(value or ""))).split("\n")
+    kept = [text(line) for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        kept.append(Md(f"… ({len(lines) - max_lines} more lines in the evidence pack)"))
+    return Md("  \n".join(line if line.strip() else Md("&#160;") for line in kept))
+
+
+def facts(pairs: Iterable[tuple[Any, Any]]) -> Md:
+    """Facts as a bullet list (``- **name**: value``): it wraps, where a two-column table would scroll."""
+    return Md("\n".join(f"- **{text(name)}**: {cell(value)}" for name, value in pairs))
+
+
 # ------------------------------------------------------------------------------------------------ Slack mrkdwn
 def _slack_escape(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

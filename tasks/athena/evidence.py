@@ -92,14 +92,16 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
     if step.parameters:
         fact_rows.insert(1, ("Parameters", markdown.Md(", ".join(markdown.cell(markdown.code(p))
                                                                  for p in step.parameters))))
-    parts = [
+    parts = []
+    if checks:  # the readable part first: check, expected, actual, verdict
+        parts.append("**Checks**\n\n" + markdown.table(["check", "expected", "actual", "verdict"],
+                                                        [c.row() for c in checks]))
+    parts += [
         markdown.code_block(sql.strip(), "sql"),
-        markdown.table(["Fact", "Value"], fact_rows),
+        markdown.facts(fact_rows),
         f"**Preview** ({len(preview)} of {facts['row_count']} rows)\n\n"
         + preview_table(preview, run.result.column_names),
     ]
-    if checks:
-        parts.append("**Checks**\n\n" + markdown.bullets(c.line() for c in checks))
     return "\n\n".join(parts)
 
 
