@@ -158,6 +158,10 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
             where.append(("uploaded to", md.link(pack["s3_uri"], pack.get("url")) if pack.get("url")
                           else md.code(pack["s3_uri"])))
         lines += ["", "### Evidence pack", "", md.facts(where)]
+    if result.notice is not None:
+        sent = result.notice
+        lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.get('target'))}" if sent.get("sent")
+                                                    else f"not sent ({md.text(sent.get('reason'))})"))]
     if result.audit:
         lines += ["", "### Who ran it, where", "", md.facts(audit_facts(result.audit))]
     if history:

@@ -129,6 +129,7 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             if case else {},
         },
         "audit": result.audit,
+        "notice": result.notice,
         "status": result.status,
         "counts": _counts(result),
         "first_failure": None if failure is None else {

@@ -244,13 +244,16 @@ def pipeline_test(
         if cleanup is not None:
             steps.append(cleanup)
         result = _case_result(case, run_id, started, values, steps, secrets, lock, clients)
+        if notice is not None:  # first, so that the pack records whether it was sent; it names where the pack goes
+            if write_evidence:
+                result.pack = _planned_pack(result, case, evidence_dir)
+            # logs a Slack failure, never changes the result
+            result.notice = send_notice(result, notice, ui_url=result.ui_url)
         if write_evidence:
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
         evidence.publish_case(result, logger)
     finally:
         remove_redaction(redactor)
-    if notice is not None:
-        send_notice(result, notice, ui_url=result.ui_url)  # logs a Slack failure, never changes the result
     if result.passed:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result
@@ -325,6 +328,15 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
         locks=held.public() if held is not None and held.resources else None,
         audit=context,
     )
+
+
+def _planned_pack(result: CaseResult, case: CaseSpec, evidence_dir: str | None) -> dict[str, Any]:
+    """Where the pack will be written (and uploaded), for a notice sent before it is written."""
+    folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
+    planned: dict[str, Any] = {"folder": str(folder.resolve())}
+    if case.evidence is not None:
+        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
+    return planned
 
 
 def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,

@@ -60,6 +60,8 @@ class CaseResult(BaseModel):
     pack: dict[str, Any] | None = None
     #: who ran the case, where and with what (see flows/audit.py); report.json's ``audit``
     audit: dict[str, Any] | None = None
+    #: the Slack notice: sent or not, through what, and why not (None when the case asks for none)
+    notice: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:

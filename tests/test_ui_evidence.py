@@ -93,7 +93,9 @@ def test_case_report_fits_the_ui_width_and_names_pack_audit_and_history() -> Non
                 "started": f"2026-03-{14 - i:02d} 09:00:00 UTC", "duration": "3.0 s",
                 "failed_step": "2 orders-in-athena" if i < 2 else None,
                 "url": f"http://127.0.0.1:4321/runs/flow-run/run-{i}"} for i in range(10)]
-    text = case_markdown(failing_case(pack=pack, audit=context), history)
+    notice = {"sent": False, "target": None, "reason": "Slack answered channel_not_found"}
+    text = case_markdown(failing_case(pack=pack, audit=context, notice=notice), history)
+    assert "**Slack notice**: not sent (Slack answered channel_not_found)" in text
     assert all(len(visible(line)) <= md.TABLE_WIDTH for line in table_lines(text)), \
         [visible(line) for line in table_lines(text) if len(visible(line)) > md.TABLE_WIDTH]
     assert not code_blocks(text)  # the first failure is wrapped text
