@@ -35,6 +35,7 @@ ATHENA_DETAILS = {"query_id": "q-1", "checks": [
 
 def visible(line: str) -> str:
     """What a markdown line shows (roughly): escapes, entities and code fences taken out."""
+    line = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line)  # a link shows its text
     line = re.sub(r"&#?\w+;", "x", line)
     line = re.sub(r"\\(.)", r"\1", line)
     return line.replace("`", "").replace("**", "")

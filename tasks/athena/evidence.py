@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["console_url", "preview_table", "query_outcome", "result_digest"]
 
 
+#: the widest code line the Prefect UI shows whole at 1400 px (longer SQL lines are broken for display)
+CODE_WIDTH = 96
+
+
 def console_url(region: str, query_id: str) -> str:
     """The query in the Athena console's history."""
     return f"https://{region}.console.aws.amazon.com/athena/home?region={region}#/query-editor/history/{query_id}"
@@ -97,7 +101,7 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
         parts.append("**Checks**\n\n" + markdown.table(["check", "expected", "actual", "verdict"],
                                                         [c.row() for c in checks]))
     parts += [
-        markdown.code_block(sql.strip(), "sql"),
+        markdown.code_block(sql.strip(), "sql", wrap=CODE_WIDTH),
         markdown.facts(fact_rows),
         f"**Preview** ({len(preview)} of {facts['row_count']} rows)\n\n"
         + preview_table(preview, run.result.column_names),
