@@ -182,3 +182,16 @@ def test_empty_values_show_a_dash_not_backticks(value: str) -> None:
 
 def test_boto3_is_the_real_one() -> None:  # the audit's version comes from the installed package
     assert audit._version("boto3") == boto3.__version__
+
+
+def test_numbers_show_without_a_backslash_and_list_starts_stay_text() -> None:
+    assert md.text("3.8 s") == "3.8 s" and md.text("0.1.0") == "0.1.0" and md.text("1.1 step") == "1.1 step"
+    assert md.text("1. not a list") == "1\\. not a list" and md.text("2) nor") == "2\\) nor"
+
+
+def test_code_blocks_can_be_broken_to_the_ui_width() -> None:
+    sql = "SELECT " + ", ".join(f"column_{i}" for i in range(40)) + " FROM orders"
+    block = md.code_block(sql, "sql", wrap=96)
+    body = block.split("\n")[1:-1]
+    assert len(body) > 1 and all(len(line) <= 96 for line in body)
+    assert " ".join(line.strip() for line in body) == sql
