@@ -56,6 +56,9 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
                           key=key, description=f"{md.text(result.case)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
     history = read_history(key, logger=logger)
+    for run in history:  # this run is still running on the server: its duration is the case's
+        if run.get("flow_run_id") == result.flow_run_id and not run.get("duration"):
+            run["duration"] = format_duration(result.duration_s)
     create_markdown_artifact(markdown=case_markdown(result, history), key=f"{key}-report"[:KEY_MAX],
                              description=f"{md.text(result.case)}: {verdict}")
 
