@@ -9,6 +9,8 @@ and links.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.evidence_markdown import (  # noqa: F401  (re-exported: callers import them from here)
@@ -16,9 +18,11 @@ from flows.evidence_markdown import (  # noqa: F401  (re-exported: callers impor
     KEY_MAX,
     case_key,
     case_markdown,
+    step_description,
     step_markdown,
     summary_rows,
 )
+from flows.history import read_history
 from flows.results import CaseResult, StepResult
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
@@ -30,7 +34,7 @@ def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:
     """Create the step's artifacts (called inside its task run, so they attach to it)."""
     create_markdown_artifact(
         markdown=step_markdown(result, outcome),
-        description=f"Step {md.text(result.number)} {md.text(result.label)}: {result.status}",
+        description=step_description(result),
     )
     if outcome is None:
         return
@@ -43,14 +47,19 @@ def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:
                                   description=f"Step {md.text(result.label)}: {md.text(name)}")
 
 
-def publish_case(result: CaseResult) -> None:
-    """Create the case's keyed summary table and report (called in the flow run)."""
+def publish_case(result: CaseResult, logger: Any = None) -> None:
+    """Create the case's keyed summary table and report (called in the flow run, after the pack is written so
+    the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
     verdict = "passed" if result.passed else "FAILED"
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{md.text(result.case)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    create_markdown_artifact(markdown=case_markdown(result), key=f"{key}-report"[:KEY_MAX],
+    history = read_history(key, logger=logger)
+    for run in history:  # this run is still running on the server: its duration is the case's
+        if run.get("flow_run_id") == result.flow_run_id and not run.get("duration"):
+            run["duration"] = format_duration(result.duration_s)
+    create_markdown_artifact(markdown=case_markdown(result, history), key=f"{key}-report"[:KEY_MAX],
                              description=f"{md.text(result.case)}: {verdict}")
 
 

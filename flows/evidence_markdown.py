@@ -15,6 +15,8 @@ from flows.results import CaseResult, StepResult
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
 
+#: the widest code line the Prefect UI shows whole at 1400 px (raw details are broken for display)
+CODE_WIDTH = 96
 ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
 #: what a step's status means, for the reader of a report that is not passed
 MEANING = {"failed": "a check did not hold", "error": "the step could not do or check what it was asked (AWS "
@@ -53,39 +55,82 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
         facts.append(("started", result.started_at.isoformat(timespec="seconds")))
     if result.request_ids:
         facts.append(("AWS request ids", md.Md(", ".join(md.cell(md.code(r)) for r in result.request_ids[:10]))))
-    lines += [md.table(["fact", "value"], facts), ""]
+    lines += [md.facts(facts), ""]
     if result.error:
         code = f" ({md.code(result.error_code)})" if result.error_code else ""
         lines += [("### Error" if result.status == "error" else "### Failure") + code, ""]
         if result.status in MEANING:
             lines += [md.emphasis(MEANING[result.status]), ""]
-        lines += [md.code_block(result.error, "text"), ""]
-        if result.details:
-            lines += ["What the step saw:", "",
-                      md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json"), ""]
+        lines += [md.message(result.error), ""]
     if outcome is not None:
         lines += ["### What was done and proved", "", outcome.markdown, ""]
         if outcome.links:
             lines += ["### Links", "", md.bullets(md.link(link.text, link.url) for link in outcome.links), ""]
+    if result.error and result.details:  # the raw details last: the readable part comes first
+        lines += ["### What the step saw (raw)", "",
+                  md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json", wrap=CODE_WIDTH), ""]
     return "\n".join(lines)
 
 
+def step_description(result: StepResult) -> str:
+    """The artifact card's description: the verdict in words, FAILED or ERROR in capitals so the card shows it."""
+    verdict = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}[result.status]
+    return f"Step {md.text(result.number)} {md.text(result.label)}: {verdict}"
+
+
+#: widths of the summary's cells (the full texts are in the step's artifact and in the pack)
+DETAIL_WIDTH = 44
+LABEL_WIDTH = 32
+
+
 def summary_rows(result: CaseResult) -> list[dict[str, str]]:
-    """One row per step: step, kind, status, duration, detail (the failure's message, or the summary)."""
+    """One row per step: step, kind, status, duration, detail (the failure's message, or the summary), each cell
+    short enough that the table fits the UI's width."""
     return [
         {
-            "step": f"{s.number} {s.label}",
+            "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
             "kind": s.kind,
             "status": ICON[s.status],
             "duration": format_duration(s.duration_s) if s.status != "skipped" else "–",
-            "detail": (s.error or s.summary or "")[:500],
+            "detail": md.shorten(s.error or s.summary or "", DETAIL_WIDTH),
         }
         for s in result.steps
     ]
 
 
-def case_markdown(result: CaseResult) -> str:
-    """The case report: status, run, variables, and the per-step table, failures first in the text."""
+def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
+    """The last runs of the case, newest first: verdict, start, duration, failed step, link."""
+    rows = []
+    for run in history:
+        when = run.get("started") or "–"
+        link = md.link("open", run["url"]) if run.get("url") else md.code(md.shorten(run.get("flow_run_id"), 12))
+        rows.append([md.Md(ICON.get(run.get("status") or "", md.text(run.get("status") or "–"))), when,
+                     run.get("duration") or "–", md.shorten(run.get("failed_step") or "–", LABEL_WIDTH), link])
+    return [f"### Last {len(history)} runs of this case", "",
+            md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
+
+
+def audit_facts(audit: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Who ran the case, where and with what (report.json's ``audit``), as facts."""
+    aws = audit.get("aws") or {}
+    identity = aws.get("caller_arn") or (f"unknown ({aws['error_code']})" if aws.get("error_code") else "–")
+    facts: list[tuple[str, Any]] = [
+        ("AWS account", md.code(aws.get("account_id") or "–")), ("AWS identity", md.code(identity)),
+        ("AWS region", aws.get("region") or "–"),
+        ("deployment", audit.get("deployment") or "– (not run from a deployment)"),
+        ("work pool", audit.get("work_pool") or "–"), ("host", audit.get("host") or "–"),
+        ("OS user", audit.get("os_user") or "–"),
+        ("project version", md.Md(md.cell(md.text(audit.get("project_version") or "–"))
+                                  + (f", git {md.cell(md.code(audit['git_commit']))}" if audit.get("git_commit")
+                                     else ""))),
+        ("Prefect / boto3", f"{audit.get('prefect_version') or '–'} / {audit.get('boto3_version') or '–'}"),
+    ]
+    return facts
+
+
+def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = None) -> str:
+    """The case report: verdict, run, first failure (wrapped text), the per-step table (short cells), the
+    evidence pack, who ran it, the case's last runs, variables."""
     status = "✅ PASSED" if result.passed else "❌ FAILED"
     lines = [f"# {md.text(result.case)}: {status}", ""]
     if result.description:
@@ -98,16 +143,31 @@ def case_markdown(result: CaseResult) -> str:
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
         facts.append(("flow run", run))
-    lines += [md.table(["fact", "value"], facts), ""]
+    lines += [md.facts(facts), ""]
     failure = result.first_failure
     if failure:
         lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
                   f" ({md.text(MEANING[failure.status])})", "",
-                  md.code_block(failure.error or "", "text"), ""]
-    lines.append(md.table(["step", "kind", "status", "duration", "detail"],
-                          [[r["step"], md.code(r["kind"]), md.Md(r["status"]), r["duration"], r["detail"]]
-                           for r in summary_rows(result)]))
+                  md.message(failure.error or ""), ""]
+    lines.append(md.table(["step", "status", "duration", "detail"],  # the kind is in each step's evidence
+                          [[r["step"], md.Md(r["status"]), r["duration"], r["detail"]] for r in summary_rows(result)]))
+    if result.pack is not None:
+        pack = result.pack
+        where: list[tuple[str, Any]] = [("folder", md.code(pack.get("folder"))),
+                                        ("manifest SHA-256", md.code(pack.get("manifest_sha256")))]
+        if pack.get("s3_uri"):
+            where.append(("uploaded to", md.link(pack["s3_uri"], pack.get("url")) if pack.get("url")
+                          else md.code(pack["s3_uri"])))
+        lines += ["", "### Evidence pack", "", md.facts(where)]
+    if result.notice is not None:
+        sent = result.notice
+        lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.get('target'))}" if sent.get("sent")
+                                                    else f"not sent ({md.text(sent.get('reason'))})"))]
+    if result.audit:
+        lines += ["", "### Who ran it, where", "", md.facts(audit_facts(result.audit))]
+    if history:
+        lines += [""] + _history_markdown(history)
     if result.variables:
         lines += ["", "Variables:", "", md.bullets(md.Md(f"{md.code(k)} = {md.code(v)}")
                                                    for k, v in result.variables.items())]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -111,6 +111,29 @@ def _step_line(step: StepResult) -> str:
             f"{step.status} · {step.duration_s:.1f} s")
 
 
+#: how many of the case's variables the notice names (run_date first)
+MAX_VARIABLES = 8
+
+
+def _context_lines(result: CaseResult) -> list[str]:
+    """The deployment (if any), the case's key variables (already masked) and where the evidence pack is."""
+    lines = []
+    deployment = (result.audit or {}).get("deployment")
+    if deployment:
+        pool = (result.audit or {}).get("work_pool")
+        lines.append(f"Deployment {slack_code(deployment)}" + (f" (work pool {slack_code(pool)})" if pool else ""))
+    shown = [f"{slack_code(k)}={slack_code(v)}" for k, v in list(result.variables.items())[:MAX_VARIABLES]]
+    if shown:
+        more = len(result.variables) - MAX_VARIABLES
+        lines.append("Variables: " + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
+    pack = result.pack or {}
+    if pack.get("s3_uri"):
+        lines.append(f"Evidence pack: {slack_code(pack['s3_uri'])}")
+    elif pack.get("folder"):
+        lines.append(f"Evidence pack: {slack_code(pack['folder'])} (on the host that ran the case)")
+    return lines
+
+
 def build_message(result: CaseResult, ui_url: str | None = None) -> str:
     """The notice's text (Slack mrkdwn): verdict, steps, the failing step's error, the link to the run. Every
     value is escaped by :mod:`tasks.markdown` (its ``slack_*`` builders): only this template formats."""
@@ -134,6 +157,9 @@ def build_message(result: CaseResult, ui_url: str | None = None) -> str:
         at = "Error at step" if failure.status == "error" else "Failed at step"
         lines += ["", f"*{at} {slack_text(failure.number)} '{slack_text(failure.label)}'*{code}:",
                   slack_code_block(error)]
+    context = _context_lines(result)
+    if context:
+        lines += [""] + context
     link = run_url(result, ui_url)
     lines.append("")
     if link:
@@ -243,18 +269,20 @@ def _send_chat(block_name: str, channel: str, text: str, secrets: list[str]) -> 
 
 
 def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None, *,
-           ui_url: str | None = None) -> None:
-    """Send the case's notice to Slack when ``settings`` ask for it. Never raises: a Slack problem is
-    logged as a warning (without the webhook URL or the token) and the case's result stands."""
+           ui_url: str | None = None) -> dict[str, Any] | None:
+    """Send the case's notice to Slack when ``settings`` ask for it, and say what happened (for the run's
+    evidence: ``sent``, ``target`` and, when not sent, ``reason``; None without settings). Never raises: a Slack
+    problem is logged as a warning (without the webhook URL or the token) and the case's result stands."""
     log = _logger()
     secrets: list[str] = []
     try:
         if settings is None:
-            return
+            return None
         if not isinstance(settings, NotifySettings):
             settings = NotifySettings.model_validate(settings)
         if not settings.wants(result):
-            return
+            return {"sent": False, "target": None,
+                    "reason": f"not asked for: the case {result.status}, notify.when is {settings.when}"}
         text = build_message(result, ui_url)
         with _QuietSlackSdk():
             if settings.slack_webhook_block:
@@ -264,6 +292,8 @@ def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None,
                 target = _send_chat(settings.slack_credentials_block, settings.channel, text, secrets)
         log.info("Slack notice sent for case %r (%s) through %s", result.case,
                  "passed" if result.passed else "failed", target)
+        return {"sent": True, "target": target, "reason": None}
     except Exception as exc:  # never let Slack change the case's result
         reason = exc if isinstance(exc, NoticeError) else f"{type(exc).__name__}: {exc}"
         log.warning("Slack notice for case %r not sent: %s", result.case, _redact(str(reason), secrets))
+        return {"sent": False, "target": None, "reason": _redact(str(reason), secrets)}

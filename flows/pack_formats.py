@@ -128,6 +128,8 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             "aws": redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets, keep=NAMES)
             if case else {},
         },
+        "audit": result.audit,
+        "notice": result.notice,
         "status": result.status,
         "counts": _counts(result),
         "first_failure": None if failure is None else {

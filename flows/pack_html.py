@@ -107,6 +107,24 @@ def _case_facts(result: CaseResult, report: dict[str, Any]) -> str:
     return _facts_table(rows)
 
 
+def _audit_section(result: CaseResult, report: dict[str, Any]) -> str:
+    """Who ran the case, where and with what (report.json's ``audit``)."""
+    audit = report.get("audit") or {}
+    if not audit:
+        return ""
+    aws = audit.get("aws") or {}
+    identity = aws.get("caller_arn") or (f"unknown ({aws['error_code']})" if aws.get("error_code") else "–")
+    rows = [("AWS account", f"<code>{_e(aws.get('account_id') or '–')}</code>"),
+            ("AWS identity", f"<code>{_e(identity)}</code>"), ("AWS region", _e(aws.get("region") or "–")),
+            ("deployment", _e(audit.get("deployment") or "– (not run from a deployment)")),
+            ("work pool", _e(audit.get("work_pool") or "–")), ("host", _e(audit.get("host") or "–")),
+            ("OS user", _e(audit.get("os_user") or "–")),
+            ("project version", _e(audit.get("project_version") or "–")
+             + (f", git <code>{_e(audit['git_commit'])}</code>" if audit.get("git_commit") else "")),
+            ("Prefect / boto3", _e(f"{audit.get('prefect_version') or '–'} / {audit.get('boto3_version') or '–'}"))]
+    return "<h2>Who ran it, where</h2>" + _facts_table(rows)
+
+
 def _failure_box(result: CaseResult) -> str:
     failures = [s for s in result.steps if s.status in ("failed", "error")]
     if not failures:
@@ -151,11 +169,51 @@ def _step_section(s: StepResult) -> str:
         code = f" ({_e(s.error_code)})" if s.error_code else ""
         parts.append(f"<p class=\"msg\"><strong>{'Error' if s.status == 'error' else 'Failure'}{code}:</strong></p>"
                      f"<pre>{_e(s.error)}</pre>")
+    parts.append(_checks_table(s.details))
     parts.append(_facts_table(facts))
-    if s.details:
-        parts.append("<p><strong>Details</strong></p><pre>"
+    if s.details:  # the raw details last: the readable checks come first
+        parts.append("<p><strong>Raw details (JSON)</strong></p><pre>"
                      + _e(json.dumps(s.details, indent=2, ensure_ascii=False, default=str)) + "</pre>")
     return "".join(parts) + "</section>"
+
+
+def step_checks(details: Any, where: str = "") -> list[dict[str, Any]]:
+    """The checks a step recorded in its details (lists under ``checks`` of ``{check, passed, expected, actual}``,
+    at any depth, e.g. per object read), each with where it was found."""
+    found: list[dict[str, Any]] = []
+    if isinstance(details, dict):
+        here = details["key"] if isinstance(details.get("key"), str) else where
+        checks = details.get("checks")
+        if isinstance(checks, list) and all(isinstance(c, dict) and "check" in c and "passed" in c for c in checks):
+            found += [{**c, "where": here} for c in checks]
+        for key, value in details.items():
+            if key != "checks" and isinstance(value, (dict, list)):
+                found += step_checks(value, here)
+    elif isinstance(details, list):
+        for value in details:
+            found += step_checks(value, where)
+    return found
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _checks_table(details: dict[str, Any]) -> str:
+    """The step's checks as a readable table (check, expected, actual, verdict), before any JSON."""
+    checks = step_checks(details)
+    if not checks:
+        return ""
+    rows = []
+    for c in checks:
+        relation = f"{c['relation']} " if c.get("relation") else ""
+        name = f"{c['where']}: {c['check']}" if c.get("where") else str(c["check"])
+        actual = _shown(c.get("actual")) + (f" ({c['note']})" if c.get("note") else "")
+        rows.append(f'<tr class="row-{"passed" if c["passed"] else "failed"}"><td><code>{_e(name)}</code></td>'
+                    f"<td>{_e(relation + _shown(c.get('expected')))}</td><td>{_e(actual)}</td>"
+                    f"<td>{_badge('passed' if c['passed'] else 'failed')}</td></tr>")
+    return ('<table class="checks"><thead><tr><th>check</th><th>expected</th><th>actual</th><th>verdict</th></tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def _items_table(items: Sequence[PackItem]) -> str:
@@ -191,6 +249,7 @@ def report_html(result: CaseResult, report: dict[str, Any], items: Sequence[Pack
         "<h2>Steps</h2>", _steps_table(result),
         _items_table(items),
         _variables_table(result.variables),
+        _audit_section(result, report),
         "<h2>Step details</h2>", "".join(_step_section(s) for s in failures_first(result.steps)),
         "</main>",
         f"<footer>Evidence pack written by pipeline-test {_e(report['generator']['version'])} at "

@@ -36,7 +36,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import evidence, evidence_pack, locks, prefect_logs
+from flows import audit, evidence, evidence_pack, locks, prefect_logs
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -235,7 +235,7 @@ def pipeline_test(
                                          error_code=type(exc).__name__)
                     partial = _case_result(case, run_id, started, values,
                                            [*steps, *(interrupted(p) for p in running), stopped,
-                                            *([undone] if undone else [])], secrets, lock)
+                                            *([undone] if undone else [])], secrets, lock, clients)
                     if write_evidence:
                         _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
                     if notice is not None:
@@ -246,14 +246,17 @@ def pipeline_test(
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
-        result = _case_result(case, run_id, started, values, steps, secrets, lock)
-        evidence.publish_case(result)
+        result = _case_result(case, run_id, started, values, steps, secrets, lock, clients)
+        if notice is not None:  # first, so that the pack records whether it was sent; it names where the pack goes
+            if write_evidence:
+                result.pack = _planned_pack(result, case, evidence_dir)
+            # logs a Slack failure, never changes the result
+            result.notice = send_notice(result, notice, ui_url=result.ui_url)
         if write_evidence:
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
+        evidence.publish_case(result, logger)
     finally:
         remove_redaction(redactor)
-    if notice is not None:
-        send_notice(result, notice, ui_url=result.ui_url)  # logs a Slack failure, never changes the result
     if result.passed:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result
@@ -314,8 +317,9 @@ def _settle_leftovers(clients: ClientFactory, ssm: SSMClient, resources: list[st
 
 
 def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
-                 secrets: Secrets, held: locks.HeldLocks | None = None) -> CaseResult:
+                 secrets: Secrets, held: locks.HeldLocks | None = None, clients: Any = None) -> CaseResult:
     ended = datetime.now(timezone.utc)
+    context = redact_json(audit.collect(clients), secrets) if clients is not None else None
     return CaseResult(
         case=case.case, description=case.description,
         status="passed" if all(s.ok for s in steps) else "failed",
@@ -325,7 +329,17 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
                               exact=True),
         steps=steps,
         locks=held.public() if held is not None and held.resources else None,
+        audit=context,
     )
+
+
+def _planned_pack(result: CaseResult, case: CaseSpec, evidence_dir: str | None) -> dict[str, Any]:
+    """Where the pack will be written (and uploaded), for a notice sent before it is written."""
+    folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
+    planned: dict[str, Any] = {"folder": str(folder.resolve())}
+    if case.evidence is not None:
+        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
+    return planned
 
 
 def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
@@ -337,6 +351,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
         evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets)
         digest = evidence_pack.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
+        result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
         logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
         if upload and case.evidence is not None:
             settings = case.evidence
@@ -346,6 +361,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
             endpoint = ctx.clients.endpoint_url("s3")
             url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
                    else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
+            result.pack.update(s3_uri=f"s3://{settings.bucket}/{prefix}", url=url)
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",
                                  key=f"{evidence.case_key(result.case)}-evidence"[:100],
                                  description=f"Evidence pack (manifest sha256 {digest})")

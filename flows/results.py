@@ -56,6 +56,12 @@ class CaseResult(BaseModel):
     locks: dict[str, Any] | None = None
     #: the local folder of the run's evidence pack, once written
     evidence_dir: str | None = None
+    #: the evidence pack, once written: folder, manifest_sha256, and s3_uri and url once uploaded
+    pack: dict[str, Any] | None = None
+    #: who ran the case, where and with what (see flows/audit.py); report.json's ``audit``
+    audit: dict[str, Any] | None = None
+    #: the Slack notice: sent or not, through what, and why not (None when the case asks for none)
+    notice: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:

@@ -217,14 +217,14 @@ def _function_error(label: str, kind: str, parsed: Any, body: bytes, masker: Jso
 
 def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | None, log_tail: str,
               problems: list[str]) -> str:
-    parts = [md.table(["", ""], [[k, md.code(v)] for k, v in facts.items()]),
-             "**Payload sent**\n\n" + md.code_block(payload_text, "json")]
+    """The readable part first (expectations not met, the call's facts), the payload, response and log last."""
+    parts = ["**Expectations not met** (FAIL)\n\n" + md.bullets(problems)] if problems else []
+    parts.append(md.facts((k, md.code(v) if str(v).strip() else "–") for k, v in facts.items()))
+    parts.append("**Payload sent**\n\n" + md.code_block(payload_text, "json"))
     if response_text is not None:
         parts.append("**Response**\n\n" + md.code_block(response_text))
     if log_tail:
         parts.append("**Log tail** (last 4 KB)\n\n" + md.code_block(log_tail))
-    if problems:
-        parts.append("**Expectations not met**\n\n" + md.bullets(problems))
     return "\n\n".join(parts)
 
 

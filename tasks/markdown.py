@@ -25,7 +25,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2
 _BREAKS = re.compile(r"\r\n|[\r\n\t]")
 #: markdown punctuation of inline text (an underscore inside a word, as in row_count, cannot emphasise)
 _INLINE_PUNCT = re.compile(r"([\\`*\[\]~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
-_LINE_START = re.compile(r"^(\s*)([#+=>-]|\d+[.)])")
+_LINE_START = re.compile(r"^(\s*)([#+=>-])")
+#: an ordered-list start (``1.``, ``2)``): the punctuation is escaped, not the digit (``\1`` would show)
+_LIST_START = re.compile(r"^(\s*\d+)([.)])(?=\s|$)")
 _URL = re.compile(r"https?://[^\s<>\"`]+", re.IGNORECASE)
 _LANG = re.compile(r"[^A-Za-z0-9_+-]")
 ZWSP = "\u200b"
@@ -66,7 +68,8 @@ def text(value: Any) -> Md:
         return value
     escaped = _INLINE_PUNCT.sub(r"\\\1", one_line(value))
     escaped = escaped.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "&#124;")
-    return Md(_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped, count=1))
+    escaped = _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped, count=1)
+    return Md(_LIST_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped, count=1))
 
 
 def _longest_backticks(value: str) -> int:
@@ -81,9 +84,25 @@ def code(value: Any) -> Md:
     return Code(raw, "`" * (_longest_backticks(raw) + 1))
 
 
-def code_block(value: Any, lang: str = "") -> Md:
-    """A fenced code block holding the value verbatim (line breaks kept, other control characters dropped)."""
+def _wrap(body: str, width: int) -> str:
+    """Lines longer than ``width`` broken (at a space when there is one), the rest indented by four spaces."""
+    out = []
+    for line in body.split("\n"):
+        while len(line) > width:
+            cut = line.rfind(" ", width // 2, width)
+            cut = cut if cut > 0 else width
+            out.append(line[:cut])
+            line = "    " + line[cut:].lstrip(" ")
+        out.append(line)
+    return "\n".join(out)
+
+
+def code_block(value: Any, lang: str = "", wrap: int | None = None) -> Md:
+    """A fenced code block holding the value verbatim (line breaks kept, other control characters dropped);
+    with ``wrap``, lines longer than that are broken for display (the UI does not wrap code blocks)."""
     body = _CONTROL.sub("", _BREAKS.sub(lambda m: "\t" if m.group(0) == "\t" else "\n", str(value)))
+    if wrap:
+        body = _wrap(body, wrap)
     fence = "`" * max(3, _longest_backticks(body) + 1)
     return Md(f"{fence}{_LANG.sub('', lang)}\n{body}\n{fence}")
 
@@ -140,6 +159,30 @@ def table(header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> Md:
 def bullets(items: Iterable[Any]) -> Md:
     """A bullet list, one escaped line per item."""
     return Md("\n".join(f"- {cell(item)}" for item in items))
+
+
+#: the widest table line (in characters of its source) that the Prefect UI shows whole at 1400 px
+TABLE_WIDTH = 110
+
+
+def shorten(value: Any, limit: int) -> str:
+    """A value's text on one line, cut to ``limit`` characters with ``…`` (for table cells; the pack keeps it whole)."""
+    flat = one_line(value)
+    return flat if len(flat) <= limit else flat[: max(1, limit - 1)].rstrip() + "…"
+
+
+def message(value: Any, max_lines: int = 40) -> Md:
+    """A message as wrapped text (not a one-line code block): each line escaped, hard line breaks between them."""
+    lines = _CONTROL.sub(" ", _BREAKS.sub(lambda m: " " if m.group(0) == "\t" else "\n", str(value or ""))).split("\n")
+    kept = [text(line) for line in lines[:max_lines]]
+    if len(lines) > max_lines:
+        kept.append(Md(f"… ({len(lines) - max_lines} more lines in the evidence pack)"))
+    return Md("  \n".join(line if line.strip() else Md("&#160;") for line in kept))
+
+
+def facts(pairs: Iterable[tuple[Any, Any]]) -> Md:
+    """Facts as a bullet list (``- **name**: value``): it wraps, where a two-column table would scroll."""
+    return Md("\n".join(f"- **{text(name)}**: {cell(value)}" for name, value in pairs))
 
 
 # ------------------------------------------------------------------------------------------------ Slack mrkdwn

@@ -240,7 +240,7 @@ class Check:
     passed: bool
 
     def line(self) -> str:
-        return f"{'✅' if self.passed else '❌'} {self.check}: expected {self.expected}, got {self.actual}"
+        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.check}: expected {self.expected}, got {self.actual}"
 
 
 @dataclass
@@ -661,6 +661,7 @@ def content_markdown(reports: list[ObjectReport]) -> markdown.Md:
         parts += [f"Content of {markdown.code(report.key)} as {markdown.code(report.format)}: {markdown.text(read)}; "
                   f"held in memory: {markdown.text(report.stats.held)}.", "",
                   markdown.table(["check", "expected", "actual", "verdict"],
-                                 [[c.check, c.expected, c.actual, "✅ held" if c.passed else "❌ failed"]
+                                 [[markdown.shorten(c.check, 40), markdown.shorten(c.expected, 40),
+                                   markdown.shorten(c.actual, 40), "✅ PASS" if c.passed else "❌ FAIL"]
                                   for c in report.checks]), ""]
     return markdown.Md("\n".join(parts).rstrip())

@@ -680,16 +680,18 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, prefix)}"
     if step.key:
         summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, records[0].key)}"
-    rows = [[markdown.code(r.local_path), markdown.code(r.key), format_bytes(r.size),
-             markdown.code(f"{r.sha256[:16]}…"),
-             {True: "✅ verified", None: "sent (not reported back)", False: "❌"}[r.checksum_verified],
-             markdown.code(r.etag), r.version_id or "–", r.request_id or "–"] for r in records]
+    checksum = {True: "✅ PASS: verified by S3", None: "sent (not reported back)", False: "❌ FAIL: mismatch"}
+    items = [markdown.Md(
+        f"**{markdown.text(r.local_path)}** → {markdown.code(r.key)} ({format_bytes(r.size)})  \n"
+        f"SHA-256 {markdown.code(r.sha256)}; checksum {checksum[r.checksum_verified]}  \n"
+        f"ETag {markdown.code(r.etag)}; version {markdown.code(r.version_id or '–')}; "
+        f"request id {markdown.code(r.request_id or '–')}") for r in records]
     md = "\n".join([
         f"Uploaded **{len(records)}** file(s) to bucket {markdown.code(step.bucket)}"
         + (f", encrypted with {markdown.code(step.sse)}" if step.sse else "")
         + (", overwriting allowed" if step.overwrite else ", refusing to overwrite") + ".",
         "",
-        markdown.table(["local file", "key", "size", "SHA-256", "checksum", "ETag", "version", "request id"], rows),
+        "\n".join(f"- {item}" for item in items),
         "",
         f"Tags: {', '.join(markdown.code(f'{k}={v}') for k, v in tags.items()) or 'none'}."
         + (" Clean-up: these objects are deleted when the case ends." if step.cleanup else ""),
@@ -850,7 +852,7 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
     if outcome.done:
         found = Observation(obs.matched, [], [])
         rows = [["absent", f"no {target} for {hold:g} s",
-                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})", "❌ failed"]]
+                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})", "❌ FAIL"]]
         raise CheckFailed(
             f"{_listing(found)} appeared after {outcome.elapsed:.1f} s (poll {outcome.checks}): expected no "
             f"{target} for {hold:g} s",
@@ -870,7 +872,7 @@ def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
     target = (", ".join(markdown.code(k) for k in step.keys) if step.keys else
               f"objects matching {markdown.code(step.pattern)} under {markdown.code(_where(step))}")
     how = "HEAD" if step.keys else "LIST"
-    rows = [["absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s", "✅ held"]]
+    rows = [["absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s", "✅ PASS"]]
     lines = [f"Watched {target} for **{elapsed:.1f} s** (hold {hold:g} s): {polls} poll(s) ({how}; no object was "
              "downloaded), nothing appeared.", "", markdown.table(["check", "expected", "actual", "verdict"], rows)]
     if obs.others:

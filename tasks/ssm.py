@@ -271,9 +271,17 @@ def _set_one(ssm: SSMClient, spec: ParameterSpec, step: SetParametersStep, ctx: 
 
 
 def _set_markdown(rows: list[dict[str, Any]], secrets: Iterable[str]) -> str:
-    table = [[md.code(row["name"]), _cell(row["_snaps"][0], secrets), _cell(row["_snaps"][1], secrets),
-              md.Md(f"{_desc(row['_snaps'][0])} → {_desc(row['_snaps'][1])}"), row["restore"]] for row in rows]
-    return md.table(["parameter", "before", "after", "description (before → after)", "restore"], table)
+    """One wrapped line per parameter (a wide table would be cut off in the UI): before → after, the description
+    only when it changed, and its restore."""
+    lines = []
+    for row in rows:
+        before, after = row["_snaps"]
+        text = f"{md.code(row['name'])}: {_cell(before, secrets)} → {_cell(after, secrets)}"
+        if _desc(before) != _desc(after):
+            text += f"; description {_desc(before) or '(none)'} → {_desc(after) or '(none)'}"
+        text += f"; restore: {md.text(row['restore'])}"
+        lines.append(md.Md(text))
+    return md.bullets(lines)
 
 
 def _public_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

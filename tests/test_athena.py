@@ -681,12 +681,12 @@ def test_failed_checks_say_which_with_expected_and_actual() -> None:
     lines += [c.line() for c in evaluate_checks(
         AthenaExpect.model_validate({"first_row": {"name": {"not_null": True}}}), second_first)]
     assert lines == [
-        "❌ row_count: expected 2, got 3",
-        "✅ max_rows: expected <= 10, got 3",
-        "❌ rows (exact, any order): expected [{'id': 1}, {'id': 4}], got {'missing': [{'id': 4}], "
+        "❌ FAIL row_count: expected 2, got 3",
+        "✅ PASS max_rows: expected <= 10, got 3",
+        "❌ FAIL rows (exact, any order): expected [{'id': 1}, {'id': 4}], got {'missing': [{'id': 4}], "
         "'unexpected': [{'id': 2}, {'id': 3}]} (1 expected row(s) missing, 2 unexpected row(s))",
-        "❌ first_row.amount <: expected < 5, got 10.50",
-        "❌ first_row.name not_null: expected not NULL, got NULL",
+        "❌ FAIL first_row.amount: expected < 5, got 10.50",  # the relation once, not 'amount <: expected <'
+        "❌ FAIL first_row.name not_null: expected not NULL, got NULL",
     ]
 
 
@@ -777,7 +777,8 @@ def test_runner_success_evidence(athena_clients: ClientFactory, fake_clock: Fake
     assert [c["passed"] for c in details["checks"]] == [True, True, True]
     assert result.tables == {"preview": details["preview"]}
     assert "```sql\nSELECT * FROM orders WHERE id > ? ORDER BY id\n```" in result.markdown
-    assert "| Data scanned | 0 B |" in result.markdown and "- ✅ row_count: expected 2, got 2" in result.markdown
+    assert "- **Data scanned**: 0 B" in result.markdown and "| row_count | 2 | 2 | ✅ PASS |" in result.markdown
+    assert result.markdown.index("**Checks**") < result.markdown.index("```sql")  # the readable checks first
     assert "| 1 | 9007199254740993 |" in result.markdown and "Ann, the first" in result.markdown
     assert result.request_ids
     # in-process moto answers at AWS's own endpoint, so the console link is made
@@ -833,10 +834,10 @@ def test_runner_reports_all_failing_checks(athena_clients: ClientFactory, fake_c
         run_athena_query(step, context(athena_clients, tmp_path, fake_clock))
     message = str(err.value)
     assert message.startswith("3 of 4 checks failed: row_count: expected 3, got 2; columns: expected ['id'], got [")
-    assert message.endswith("first_row.ok ==: expected == False, got True")
+    assert message.endswith("first_row.ok: expected == False, got True")
     assert err.value.code == CHECK_FAILED
     assert [c["passed"] for c in err.value.details["checks"]] == [False, True, False, False]
-    assert "❌ row_count" in (err.value.markdown or "") and err.value.details["query_id"]
+    assert "| row_count | 3 | 2 | ❌ FAIL |" in (err.value.markdown or "") and err.value.details["query_id"]
     [item] = err.value.hashed_items  # the failed query's result still goes into the evidence pack
     assert item.kind == "query_result" and item.sha256 == err.value.details["result_sha256"] and item.rows == 2
 

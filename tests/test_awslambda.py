@@ -236,7 +236,7 @@ def test_request_response_succeeds_with_log_tail_and_evidence(ctx: StepContext, 
     assert d["payload"] == {"bucket": "test-bucket"}
     assert "processed 3 rows" in d["log_tail"] and "processed 3 rows" in outcome.markdown
     assert d["request_id"] and outcome.request_ids == [d["request_id"]]
-    assert "| executed version | `1` |" in outcome.markdown and "test-bucket" in outcome.markdown
+    assert "- **executed version**: `1`" in outcome.markdown and "test-bucket" in outcome.markdown
     # in-process moto keeps AWS's own endpoint, so the console link is made as for real AWS
     assert [link.url for link in outcome.links] == [
         "https://us-east-1.console.aws.amazon.com/lambda/home?region=us-east-1#/functions/ingest"]

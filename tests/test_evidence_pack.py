@@ -20,6 +20,7 @@ import yaml
 from flows import evidence_pack as ep
 from flows.results import CaseResult, StepResult
 from flows.spec import CaseSpec, parse_spec
+from tasks import markdown as md
 from tasks.errors import HashedItem
 from tasks.secrets import mask
 
@@ -193,7 +194,7 @@ def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pac
 def test_report_markdown_has_the_case_report_and_every_step(failing_pack: Path) -> None:
     text = (failing_pack / "report.md").read_text(encoding="utf-8")
     assert text.startswith(f"# {CASE}: ")
-    assert FAILURE_MESSAGE in text and ERROR_MESSAGE in text
+    assert md.message(FAILURE_MESSAGE) in text and md.message(ERROR_MESSAGE) in text  # as wrapped, escaped text
     for label in ("land-orders-file", "curated-file-written", "rejects-empty", "archive-written", "cleanup"):
         assert f"· {label} ·" in text
     assert SHA_ORDERS in text and "python -m flows.evidence verify" in text

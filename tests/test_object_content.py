@@ -75,7 +75,7 @@ def test_csv_rows_columns_and_conditions_hold_with_evidence(module_clients, s3, 
         "row count", "columns", "order_id: not_null", "order_id: unique", "order_id: regex", "currency: one_of",
         "amount: min", "amount: max"]
     assert "| check | expected | actual | verdict |" in out.markdown
-    assert "| row count | 3 | 3 | ✅ held |" in out.markdown and "held in memory: one row at a time" in out.markdown
+    assert "| row count | 3 | 3 | ✅ PASS |" in out.markdown and "held in memory: one row at a time" in out.markdown
     assert "content check(s) held" in out.summary
 
 
@@ -96,7 +96,7 @@ def test_csv_failures_name_each_check_with_examples(module_clients, s3, tmp_path
     assert failed["nope: not_null"] == "no such column"
     assert failed["fields per row"] == "1 row(s) differ, first row 4: 4 field(s)"
     assert "content check(s) did not hold" in info.value.message and info.value.markdown
-    assert "❌ failed" in info.value.markdown
+    assert "❌ FAIL" in info.value.markdown
 
 
 def test_csv_header_as_a_set_and_options(module_clients, s3, tmp_path) -> None:
@@ -253,7 +253,7 @@ def test_absent_passes_only_after_the_whole_hold(module_clients, s3, tmp_path) -
     assert fake.t == pytest.approx(2.0) and out.details["polls"] == len(fake.sleeps) + 1 >= 5
     assert out.details["watched_seconds"] == pytest.approx(2.0) and out.details["not_counted"] == [
         "curated/run-1/readme.txt"]
-    assert "nothing appeared" in out.markdown and "✅ held" in out.markdown and "readme.txt" in out.markdown
+    assert "nothing appeared" in out.markdown and "✅ PASS" in out.markdown and "readme.txt" in out.markdown
 
 
 def test_absent_fails_as_soon_as_something_appears(s3) -> None:
@@ -272,7 +272,7 @@ def test_absent_fails_as_soon_as_something_appears(s3) -> None:
     assert 1 <= fake.t < 2 and info.value.details["found"][0]["key"] == "curated/run-2/orders.csv"
     assert info.value.message.startswith("curated/run-2/orders.csv (4 B) appeared after ")
     assert "expected no objects matching '*' under s3://content-bucket/curated/run-2/ for 5 s" in info.value.message
-    assert "❌ failed" in (info.value.markdown or "")
+    assert "❌ FAIL" in (info.value.markdown or "")
 
 
 def test_absent_keys_in_a_missing_bucket_is_an_error_not_a_pass(s3) -> None:

@@ -72,7 +72,8 @@ def test_upload_sends_and_verifies_sha256_tags_and_encryption(clients, s3, bucke
     assert head["ServerSideEncryption"] == "AES256" and head["ContentType"] == "text/csv"
     tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key="in/orders.csv")["TagSet"]}
     assert tags == {"pipeline-test-run": "run-123", "pipeline-test-case": "Orders ingest"}
-    assert "in/orders.csv" in out.markdown and "✅ verified" in out.markdown
+    assert "in/orders.csv" in out.markdown and "✅ PASS: verified by S3" in out.markdown
+    assert out.details["uploads"][0]["sha256"] in out.markdown  # the full SHA-256: it is evidence
     assert ctx.undo.actions == []  # no cleanup unless asked
 
 

@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from tasks.athena.values import CONVERTERS, QueryResult, json_safe, normalise_type
 from tasks.base import SpecModel
+from tasks.markdown import shorten
 
 __all__ = ["AthenaExpect", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
 
@@ -97,12 +98,28 @@ class CheckResult:
     #: how actual must relate to expected when not by equality: ">=", "<", "is not", ...
     relation: str = ""
 
-    def line(self) -> str:
-        """``❌ row_count: expected 3, got 2``; ``✅ first_row.total >: expected > 0, got 12``."""
-        mark = "✅" if self.passed else "❌"
+    @property
+    def name(self) -> str:
+        """The check's label without its relation (``first_row.total``, not ``first_row.total >``)."""
+        suffix = f" {self.relation}"
+        return self.check[: -len(suffix)] if self.relation and self.check.endswith(suffix) else self.check
+
+    def text(self) -> str:
+        """``row_count: expected 3, got 2``; ``first_row.total: expected > 0, got 12``."""
         relation = f"{self.relation} " if self.relation else ""
-        text = f"{mark} {self.check}: expected {relation}{_show(self.expected)}, got {_show(self.actual)}"
+        text = f"{self.name}: expected {relation}{_show(self.expected)}, got {_show(self.actual)}"
         return text + (f" ({self.note})" if self.note else "")
+
+    def line(self) -> str:
+        """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
+        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.text()}"
+
+    def row(self, width: int = 40) -> list[str]:
+        """check, expected, actual, verdict: short cells for a table that fits the UI (the pack has them whole)."""
+        relation = f"{self.relation} " if self.relation else ""
+        actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
+        return [shorten(self.name, width), shorten(relation + _show(self.expected), width), shorten(actual, width),
+                "✅ PASS" if self.passed else "❌ FAIL"]
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,

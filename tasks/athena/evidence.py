@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["console_url", "preview_table", "query_outcome", "result_digest"]
 
 
+#: the widest code line the Prefect UI shows whole at 1400 px (longer SQL lines are broken for display)
+CODE_WIDTH = 96
+
+
 def console_url(region: str, query_id: str) -> str:
     """The query in the Athena console's history."""
     return f"https://{region}.console.aws.amazon.com/athena/home?region={region}#/query-editor/history/{query_id}"
@@ -92,14 +96,16 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
     if step.parameters:
         fact_rows.insert(1, ("Parameters", markdown.Md(", ".join(markdown.cell(markdown.code(p))
                                                                  for p in step.parameters))))
-    parts = [
-        markdown.code_block(sql.strip(), "sql"),
-        markdown.table(["Fact", "Value"], fact_rows),
+    parts = []
+    if checks:  # the readable part first: check, expected, actual, verdict
+        parts.append("**Checks**\n\n" + markdown.table(["check", "expected", "actual", "verdict"],
+                                                        [c.row() for c in checks]))
+    parts += [
+        markdown.code_block(sql.strip(), "sql", wrap=CODE_WIDTH),
+        markdown.facts(fact_rows),
         f"**Preview** ({len(preview)} of {facts['row_count']} rows)\n\n"
         + preview_table(preview, run.result.column_names),
     ]
-    if checks:
-        parts.append("**Checks**\n\n" + markdown.bullets(c.line() for c in checks))
     return "\n\n".join(parts)
 
 

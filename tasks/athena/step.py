@@ -123,7 +123,7 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     failed = [c for c in checks if not c.passed]
     if failed:
         raise CheckFailed(
-            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.line()[2:] for c in failed),
+            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.text() for c in failed),
             details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
         )
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
