@@ -37,6 +37,7 @@ from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
 from flows import evidence, evidence_pack, locks, prefect_logs
+from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -593,7 +594,7 @@ def guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
     try:
-        with _stop_signals_as_interrupts(), prefect_api():
+        with _stop_signals_as_interrupts(), client_retries(), prefect_api():
             return run()
     except CouldNotRun as exc:
         print(f"Could not run: {exc}", file=sys.stderr)
