@@ -12,7 +12,8 @@ rem     PIPELINE_TEST_PORT      another port for the local server (default 4200;
 rem                             `prefect server start` listens on in this profile)
 rem For the local server the profile also turns its telemetry off (it would report failures to send every ten
 rem minutes on a machine without internet) and keeps the resource locks' leases on disk (a restarted server
-rem still knows them).
+rem still knows them), and lets a writer wait 60 s for the SQLite database. Either way Prefect's client
+rem retries a busy API (429, 503, a dropped connection) 7 times, with wide jitter (see flows/api_client.py).
 rem     PIPELINE_TEST_API_URL   another server altogether (e.g. your team's), instead of the local one
 rem     PIPELINE_TEST_PROFILE   another profile name (default pipeline-test)
 setlocal
@@ -37,9 +38,9 @@ prefect profile create %PT_PROFILE% >nul 2>&1
 rem set "NAME=value" keeps the quotes out of the value; here the URL goes to Prefect with no quotes at
 rem all: cmd passes quotes on literally, and PREFECT_API_URL='http://...' cannot be connected to
 if defined PIPELINE_TEST_API_URL (
-    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% >nul
+    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% PREFECT_CLIENT_MAX_RETRIES=7 PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5 >nul
 ) else (
-    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% PREFECT_SERVER_API_PORT=%PT_PORT% PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem >nul
+    prefect -p %PT_PROFILE% config set PREFECT_API_URL=%PT_API_URL% PREFECT_SERVER_API_PORT=%PT_PORT% PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem PREFECT_SERVER_DATABASE_TIMEOUT=60 PREFECT_CLIENT_MAX_RETRIES=7 PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5 >nul
 )
 if errorlevel 1 (
     echo setenv.bat: could not configure the profile %PT_PROFILE%

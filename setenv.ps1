@@ -24,11 +24,12 @@ if (-not (Get-Command prefect -ErrorAction SilentlyContinue)) {
 prefect profile create $PtProfile *> $null
 # PowerShell passes "PREFECT_API_URL=$PtApiUrl" to prefect as PREFECT_API_URL=http://... (no quotes)
 if ($env:PIPELINE_TEST_API_URL) {
-    prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" | Out-Null
+    prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" PREFECT_CLIENT_MAX_RETRIES=7 PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5 | Out-Null
 } else {
-    # the local server: its port, no telemetry (offline it logs failures to send), the locks' leases on disk
+    # the local server: its port, no telemetry (offline it logs failures to send), the locks' leases on disk,
+    # a writer waits 60 s for the SQLite database; either way the client retries a busy API (flows/api_client.py)
     prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" "PREFECT_SERVER_API_PORT=$PtPort" `
-        "PREFECT_SERVER_ANALYTICS_ENABLED=false" "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" | Out-Null
+        "PREFECT_SERVER_ANALYTICS_ENABLED=false" "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" PREFECT_SERVER_DATABASE_TIMEOUT=60 PREFECT_CLIENT_MAX_RETRIES=7 PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5 | Out-Null
 }
 if ($LASTEXITCODE -ne 0) {
     Write-Host "setenv.ps1: could not configure the profile $PtProfile"

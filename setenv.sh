@@ -38,12 +38,15 @@ _pipeline_test_setenv() {
     if [ -z "${PIPELINE_TEST_API_URL:-}" ]; then
         # the local server: its URL, the port `prefect server start` listens on, no telemetry (offline it logs
         # failures to send every ten minutes), and the resource locks' leases kept on disk (a restarted server
-        # still knows them)
+        # still knows them), and a writer waits 60 s for the SQLite database; either way Prefect's client retries
+        # a busy API (429, 503, a dropped connection) 7 times with wide jitter (see flows/api_client.py)
         prefect -p "$_pt_profile" config set "PREFECT_API_URL=${_pt_api_url}" \
             "PREFECT_SERVER_API_PORT=${_pt_port}" "PREFECT_SERVER_ANALYTICS_ENABLED=false" \
-            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" >/dev/null || return 1
+            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" \
+            "PREFECT_SERVER_DATABASE_TIMEOUT=60" "PREFECT_CLIENT_MAX_RETRIES=7" "PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5" >/dev/null || return 1
     else
-        prefect -p "$_pt_profile" config set "PREFECT_API_URL=${_pt_api_url}" >/dev/null || return 1
+        prefect -p "$_pt_profile" config set "PREFECT_API_URL=${_pt_api_url}" \
+            "PREFECT_CLIENT_MAX_RETRIES=7" "PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5" >/dev/null || return 1
     fi
     # `profile use` also checks the server, which need not be running yet: its verdict is not shown
     prefect profile use "$_pt_profile" >/dev/null 2>&1

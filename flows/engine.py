@@ -66,15 +66,23 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         request_ids=outcome.request_ids if outcome else [], items=items,
     )
     result, outcome = scrub(result, outcome, ctx.secrets)
-    try:
-        evidence.publish_step(result, outcome)
-    except Exception as exc:  # evidence must never turn a passed step into a crash
-        logger.warning("Could not publish the evidence of %s: %s", describe(placed), exc)
+    publish = functools.partial(_publish, result, outcome, describe(placed), logger)
+    if ctx.publisher is not None:  # in the case's publisher thread, in this task run's context: the step goes on
+        ctx.publisher.submit(publish)
+    else:
+        publish()
     if result.ok:
         logger.info("%s passed: %s", describe(placed), result.summary)
         return result
     logger.error("%s %s: %s", describe(placed), status, error)
     return Failed(message=f"{describe(placed)}: {error}", data=StepFailed(result))
+
+
+def _publish(result: StepResult, outcome: StepOutcome | None, what: str, logger: Any) -> None:
+    try:
+        evidence.publish_step(result, outcome)
+    except Exception as exc:  # evidence must never turn a passed step into a crash
+        logger.warning("Could not publish the evidence of %s: %s", what, exc)
 
 
 def scrub(result: StepResult, outcome: StepOutcome | None,

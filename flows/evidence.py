@@ -9,7 +9,11 @@ and links.
 
 from __future__ import annotations
 
-from typing import Any
+import contextvars
+import logging
+import queue
+import threading
+from typing import Any, Callable
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
@@ -28,6 +32,47 @@ from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
 
 MAX_LINK_ARTIFACTS = 3
+#: how long the end of a case waits for its steps' evidence still being published
+FLUSH_TIMEOUT_S = 120.0
+
+
+class StepPublisher:
+    """A case run's step evidence, published off the steps' critical path: each step hands its artifacts' creation
+    to one thread of the case (in the step's own run context, so they still attach to its task run) and goes on;
+    :meth:`close` waits until every one is created, before the case's flow run ends. One per case run."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[contextvars.Context, Callable[[], None]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, work: Callable[[], None]) -> None:
+        context = contextvars.copy_context()
+        with self._lock:
+            if self._thread is None:  # each thread its own queue: a closed one's end mark is never another's
+                self._queue = queue.Queue()
+                self._thread = threading.Thread(target=self._work, args=(self._queue,), name="step-evidence",
+                                                daemon=True)
+                self._thread.start()
+            self._queue.put((context, work))
+
+    @staticmethod
+    def _work(work_queue: queue.Queue[tuple[contextvars.Context, Callable[[], None]] | None]) -> None:
+        while (item := work_queue.get()) is not None:
+            context, work = item
+            try:
+                context.run(work)  # the engine's work reports its own failures (a warning in the step's log)
+            except Exception as exc:  # never lose the rest of the case's evidence to one piece
+                logging.getLogger("pipeline_test").warning("Could not publish a step's evidence: %s", exc)
+
+    def close(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait until every piece of work submitted so far is done (a later submit starts a new thread)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join(timeout)
 
 
 def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:

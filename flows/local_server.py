@@ -22,6 +22,8 @@ from typing import Iterator
 
 import httpx
 
+from flows.api_client import SQLITE_SERVER
+
 STARTUP_TIMEOUT_S = 90.0
 #: leases kept on disk (under PREFECT_HOME), not in the server's memory, so they survive the server
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
@@ -49,6 +51,8 @@ def temporary_server() -> Iterator[str]:
            # the resource locks' leases must outlive this server: the next run's server frees a dead run's lease
            "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": LEASE_STORAGE}
     env.pop("PREFECT_API_URL", None)
+    for name, value in SQLITE_SERVER.items():  # where the user set none (see flows.api_client)
+        env.setdefault(name, value)
     detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"  # type: ignore[attr-defined]
               else {"start_new_session": True})
     proc = subprocess.Popen([sys.executable, "-m", "flows.local_server", str(port)], stdin=subprocess.PIPE,

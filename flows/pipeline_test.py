@@ -37,6 +37,7 @@ from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
 from flows import audit, evidence, evidence_pack, locks, prefect_logs
+from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -204,8 +205,10 @@ def pipeline_test(
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
         suite = SUITE.get()
         clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
+        publisher = evidence.StepPublisher()  # the steps' artifacts, off their critical path (closed below)
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
-                          undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
+                          undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets,
+                          publisher=publisher)
         if suite is not None:
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
@@ -225,11 +228,13 @@ def pipeline_test(
                     with first_signal_stops(ctx.stop, logger):
                         run_steps(rendered, ctx, steps, running)
                         cleanup = run_cleanup(ctx)
+                        publisher.close()  # every step's artifacts exist before the case's own
                 except BaseException as exc:
                     # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
                     # leave the evidence of what was done, then let Prefect record the end
                     ctx.stop.set()
                     undone = undo_now(ctx, logger)
+                    publisher.close(timeout=STOPPING_FLUSH_S)
                     stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
                                          error=f"the run was stopped ({type(exc).__name__}) before the case ended",
                                          error_code=type(exc).__name__)
@@ -436,6 +441,9 @@ def result_of(state: Any) -> CaseResult | None:
     return carried_result(state, CaseResult, CaseFailed)
 
 
+#: how long a run that is being stopped waits for its steps' artifacts still being published
+STOPPING_FLUSH_S = 10.0
+
 #: exit codes of the CLI
 EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -612,7 +620,7 @@ def guarded(run: Callable[[], int]) -> int:
     """Run a command against the Prefect API with the exits users are promised: 3 when it cannot run, 130 when
     interrupted (Ctrl+C, SIGTERM), one clear line and no traceback either way."""
     try:
-        with _stop_signals_as_interrupts(), prefect_api():
+        with _stop_signals_as_interrupts(), client_retries(), prefect_api():
             return run()
     except CouldNotRun as exc:
         print(f"Could not run: {exc}", file=sys.stderr)

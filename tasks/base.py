@@ -193,6 +193,12 @@ def undo_kind(name: str) -> Callable[[UndoKind], UndoKind]:
     return register
 
 
+class Publisher(Protocol):
+    """Takes work that need not hold up the step (its evidence in the UI) and does it before the case ends."""
+
+    def submit(self, work: Callable[[], None]) -> None: ...
+
+
 @dataclass
 class StepContext:
     """What a step runner gets besides its (already templated) step model: one per case run."""
@@ -216,6 +222,9 @@ class StepContext:
     clock_override: Clock | None = None
     #: when the case run began (wall clock, seconds since the epoch): what "since the case began" means
     started_at: float = field(default_factory=time.time)
+    #: where a step's evidence is published off its critical path (flows.evidence.StepPublisher, flushed when the
+    #: case ends); None: published in the step itself
+    publisher: Publisher | None = None
 
     @property
     def clock(self) -> Clock:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import toml
 
+from flows.api_client import CLIENT_RETRIES, SQLITE_SERVER
+
 ROOT = Path(__file__).resolve().parent.parent
 BAT, PS1, SH = ROOT / "setenv.bat", ROOT / "setenv.ps1", ROOT / "setenv.sh"
 DEFAULT_URL = "http://127.0.0.1:4200/api"
@@ -61,6 +63,8 @@ def test_setenv_sh_creates_selects_and_points_the_profile(tmp_path: Path) -> Non
     assert config["profiles"]["pipeline-test"]["PREFECT_SERVER_API_PORT"] == "4200"
     assert config["profiles"]["pipeline-test"]["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert config["profiles"]["pipeline-test"]["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"].endswith(".filesystem")
+    for name, value in {**CLIENT_RETRIES, **SQLITE_SERVER}.items():  # the same as the CLI's own defaults
+        assert config["profiles"]["pipeline-test"][name] == value, name
 
     # existing: selected, and its quoted URL replaced by the bare one on the port asked for
     assert "PREFECT_API_URL='http://127.0.0.1:4300/api' (from profile)" in out2
@@ -155,12 +159,15 @@ def test_setenv_bat_commands_quoting_and_crlf() -> None:
     script_dir = "C:\\Users\\Ana Lima\\pipeline-test\\"
     variables, commands = run_bat_sets(lines, {"PATH": "x"}, script_dir)
     assert variables["PIPELINE_TEST_HOME"] == "C:\\Users\\Ana Lima\\pipeline-test"
-    local = " PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem"  # the local server's: no telemetry, leases on disk
+    retries = "".join(f" {name}={value}" for name, value in CLIENT_RETRIES.items())
+    local = (" PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="
+             "prefect.server.concurrency.lease_storage.filesystem"  # the local server's: no telemetry, leases on disk
+             + "".join(f" {name}={value}" for name, value in SQLITE_SERVER.items()) + retries)
     assert "prefect -p pipeline-test config set PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_SERVER_API_PORT=4200" + local in commands
     _, commands = run_bat_sets(lines, {"PIPELINE_TEST_PORT": "4300", "PIPELINE_TEST_PROFILE": "mine"}, script_dir)
     assert "prefect -p mine config set PREFECT_API_URL=http://127.0.0.1:4300/api PREFECT_SERVER_API_PORT=4300" + local in commands
     _, commands = run_bat_sets(lines, {"PIPELINE_TEST_API_URL": "http://10.0.0.5:4200/api"}, script_dir)
-    assert "prefect -p pipeline-test config set PREFECT_API_URL=http://10.0.0.5:4200/api" in commands
+    assert "prefect -p pipeline-test config set PREFECT_API_URL=http://10.0.0.5:4200/api" + retries in commands
 
 
 def test_setenv_ps1_commands_quoting_and_crlf() -> None:
@@ -186,3 +193,10 @@ def test_the_three_scripts_know_the_same_overrides() -> None:
         for name in (*OVERRIDES, "PIPELINE_TEST_HOME"):
             assert name in text, f"{path.name} does not handle {name}"
     assert "{{ $PIPELINE_TEST_HOME }}" in (ROOT / "prefect.yaml").read_text()
+
+
+def test_the_scripts_set_the_clis_own_retry_and_sqlite_defaults() -> None:
+    for path in (BAT, PS1, SH):
+        text = path.read_text(encoding="ascii")
+        for name, value in {**CLIENT_RETRIES, **SQLITE_SERVER}.items():
+            assert f"{name}={value}" in text, f"{path.name} does not set {name}={value}"
