@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -194,6 +196,7 @@ def pipeline_test(
         logger.warning(warning)
     steps: list[StepResult] = []
     running: list[Any] = []
+    scratch: Path | None = None
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
@@ -201,8 +204,10 @@ def pipeline_test(
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
         suite = SUITE.get()
         clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
+        scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
-                          undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets)
+                          undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets,
+                          scratch_dir=scratch)
         if suite is not None:
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
@@ -249,6 +254,8 @@ def pipeline_test(
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
     finally:
         remove_redaction(redactor)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if notice is not None:
         send_notice(result, notice, ui_url=result.ui_url)  # logs a Slack failure, never changes the result
     if result.passed:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
+from tasks.athena.reconcile import Reconcile
 from tasks.athena.values import CONVERTERS, QueryResult, json_safe, normalise_type
 from tasks.base import SpecModel
 
@@ -66,6 +67,9 @@ class AthenaExpect(SpecModel):
     first_row: dict[str, ColumnCondition] = Field(
         default_factory=dict, description="Conditions on the first row's columns: column -> conditions."
     )
+    reconcile: Reconcile | None = Field(
+        None, description="Compare the whole result with an expected dataset (a local CSV or JSONL file, or inline "
+                          "rows) on key columns: rows missing, rows unexpected, values that differ.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "AthenaExpect":
@@ -82,7 +86,7 @@ class AthenaExpect(SpecModel):
     def is_empty(self) -> bool:
         """True when nothing is to be checked."""
         return (self.row_count is None and self.min_rows is None and self.max_rows is None
-                and self.columns is None and self.rows is None and not self.first_row)
+                and self.columns is None and self.rows is None and not self.first_row and self.reconcile is None)
 
 
 @dataclass

@@ -12,12 +12,13 @@ from tasks.athena.client import QueryRun, state_of
 from tasks.athena.values import json_safe
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepOutcome, format_bytes
-from tasks.errors import HashedItem
+from tasks.errors import HashedItem, StepFile
 
 if TYPE_CHECKING:
+    from tasks.athena.reconcile import ReconcileReport
     from tasks.athena.step import AthenaQueryStep
 
-__all__ = ["console_url", "preview_table", "query_outcome", "result_digest"]
+__all__ = ["console_url", "preview_table", "query_outcome", "reconcile_markdown", "result_digest"]
 
 
 def console_url(region: str, query_id: str) -> str:
@@ -103,6 +104,26 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
     return "\n\n".join(parts)
 
 
+_DIFF_TITLES = {"missing": "Rows missing", "unexpected": "Rows unexpected", "differences": "Values that differ"}
+
+
+def reconcile_markdown(report: ReconcileReport) -> str:
+    """The reconciliation's counts and the first differences of each kind."""
+    counts = report.counts
+    parts = ["**Reconciliation**\n\n" + markdown.table(["Expected rows", "Result rows", "Matched", "Missing",
+                                                          "Unexpected", "Differing values"],
+                                                         [[report.expected, report.actual, report.matched,
+                                                           counts["missing"], counts["unexpected"],
+                                                           counts["differences"]]])]
+    for kind, title in _DIFF_TITLES.items():
+        first = report.first[kind]
+        if not first:
+            continue
+        more = f" (first {len(first)} of {counts[kind]}; all in the evidence pack)" if counts[kind] > len(first) else ""
+        parts.append(f"**{title}**{more}\n\n" + preview_table(first, list(first[0])))
+    return "\n\n".join(parts)
+
+
 def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> str:
     """SHA-256 of the whole typed result (columns and every row, as canonical JSON), for the evidence manifest:
     the same rows give the same digest whether they were paged or read from the result file."""
@@ -112,7 +133,7 @@ def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> 
 
 
 def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[CheckResult],
-             region: str | None, endpoint: str) -> StepOutcome:
+                  region: str | None, endpoint: str, reconciled: ReconcileReport | None = None) -> StepOutcome:
     """Summary, details, evidence, preview table and console link of a finished query."""
     facts = _facts(run, step)
     preview = run.result.rows[: step.preview_rows]
@@ -128,16 +149,23 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         "preview": safe_preview,
         "checks": [c.to_dict() for c in checks],
     }
+    body = _markdown(sql, step, facts, run, preview, checks)
+    files: list[StepFile] = []
+    if reconciled is not None:
+        details["reconcile"] = reconciled.to_dict()
+        body += "\n\n" + reconcile_markdown(reconciled)
+        files = [StepFile.of(path, f"reconcile/{path.name}") for path in reconciled.files.values()]
     links = []
     if region and is_real_aws(endpoint):
         links.append(Link(console_url(region, run.query_id), f"Athena query {run.query_id}"))
     return StepOutcome(
         summary=_summary(facts, checks),
         details=details,
-        markdown=_markdown(sql, step, facts, run, preview, checks),
+        markdown=body,
         links=links,
         tables={"preview": safe_preview},
         request_ids=list(run.request_ids),
         hashed_items=[HashedItem.query_result(query_id=run.query_id, location=facts["output_location"],
                                               rows=facts["row_count"], sha256=digest)],
+        files=files,
     )

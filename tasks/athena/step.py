@@ -10,18 +10,21 @@ from pydantic import Field, field_validator, model_validator
 from tasks.athena.checks import AthenaExpect, evaluate_checks
 from tasks.athena.client import AthenaWait, run_query
 from tasks.athena.evidence import query_outcome
+from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_sql
+from tasks.athena.values import QueryResult
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
 from tasks.s3 import S3_URI_KEY
 
-__all__ = ["AthenaQueryStep", "check_step_sql", "load_sql", "run_athena_query"]
+__all__ = ["AthenaQueryStep", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
 
 
 class AthenaQueryStep(StepBase):
     """Run one Athena query (read-only unless allowed), wait for it, and check its rows."""
 
     template_files: ClassVar[frozenset[str]] = frozenset({"sql_file"})
+    local_files: ClassVar[frozenset[str]] = frozenset({"expect.reconcile.file"})
 
     kind: Literal["athena_query"] = "athena_query"
     sql: str | None = Field(None, description="The SQL, templated with the case's variables. Give sql or sql_file.")
@@ -119,12 +122,36 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         clock=ctx.clock,
     )
     checks = evaluate_checks(step.expect, run.result)
-    outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url))
+    reconciled = reconcile(step, ctx, run.result)
+    if reconciled is not None:
+        checks.append(reconciled.check())
+    outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
+                            reconciled)
     failed = [c for c in checks if not c.passed]
     if failed:
         raise CheckFailed(
             f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.line()[2:] for c in failed),
             details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
+            files=outcome.files,
         )
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
     return outcome
+
+
+def reconcile(step: AthenaQueryStep, ctx: StepContext, result: QueryResult) -> ReconcileReport | None:
+    """``expect.reconcile``: the result's rows against the expected data; the diff files go in the step's
+    scratch folder (for the evidence pack) when the run has one."""
+    spec = step.expect.reconcile
+    if spec is None:
+        return None
+    reconciler = Reconciler(spec, result.columns, ctx.spec_dir, ctx.scratch_folder("reconcile"))
+    try:
+        for row in result.rows:
+            reconciler.feed(row)
+    except BaseException:
+        reconciler.close()
+        raise
+    report = reconciler.finish()
+    ctx.logger.info("Reconciled %d result rows with %d expected rows: %s", report.actual, report.expected,
+                    report.check().note)
+    return report
