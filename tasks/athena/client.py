@@ -19,7 +19,7 @@ import csv
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from pydantic import Field
 
@@ -34,16 +34,20 @@ __all__ = [
     "TERMINAL_STATES",
     "AthenaWait",
     "QueryRun",
+    "ReadInfo",
+    "RowSink",
     "failure_message",
     "fetch_results",
     "get_execution",
     "parse_athena_csv",
     "read_result_csv",
+    "read_results",
     "run_query",
     "split_s3_uri",
     "start_query",
     "state_of",
     "stop_query",
+    "stream_result_csv",
     "wait_for_query",
 ]
 
@@ -284,19 +288,22 @@ def _body_lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[str]:
         yield line.decode("utf-8")
 
 
-def read_result_csv(
+def stream_result_csv(
     s3: Any,
     location: str,
     columns: list[Column],
+    feed: Callable[[dict[str, Any]], None],
     *,
     request_ids: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Stream Athena's CSV result file at ``location`` (one GetObject) into typed rows.
+) -> int:
+    """Stream Athena's CSV result file at ``location`` (one GetObject), handing each typed row to ``feed`` as it
+    is read (nothing keeps the rows); returns how many rows there were.
 
     The file starts with a header row, which must name the query's columns.
     """
     bucket, key = split_s3_uri(location)
     typer = RowTyper(columns)
+    count = 0
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
         _record(request_ids, response)
@@ -311,13 +318,29 @@ def read_result_csv(
                     f"The Athena result file {location} starts with {header}, not the header row of the "
                     f"query's columns {[c.source_name or c.name for c in columns]}"
                 )
-            return [typer(values) for values in records]
+            for values in records:
+                feed(typer(values))
+                count += 1
+            return count
         finally:
             body.close()
     except AWS_ERRORS as exc:
         raise aws_error("S3 GetObject", location, exc) from None
     except (csv.Error, UnicodeDecodeError) as exc:
         raise StepError(f"The Athena result file {location} is not valid CSV: {exc}") from None
+
+
+def read_result_csv(
+    s3: Any,
+    location: str,
+    columns: list[Column],
+    *,
+    request_ids: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Athena's CSV result file at ``location`` as a list of typed rows (:func:`stream_result_csv`, kept)."""
+    rows: list[dict[str, Any]] = []
+    stream_result_csv(s3, location, columns, rows.append, request_ids=request_ids)
+    return rows
 
 
 def _is_header(row: Sequence[str | None], columns: list[Column]) -> bool:
@@ -342,20 +365,43 @@ def _csv_location(execution: dict[str, Any]) -> str | None:
     return None
 
 
-def fetch_results(
+class RowSink(Protocol):
+    """What a result is read into, row by row (e.g. checks as accumulators); ``close`` when it is dropped."""
+
+    def feed(self, row: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+SinkT = TypeVar("SinkT", bound=RowSink)
+
+
+@dataclass
+class ReadInfo:
+    """How a result was read: its columns, where from (the file's URI or ``GetQueryResults``), pages, rows."""
+
+    columns: list[Column]
+    source: str
+    pages: int
+    rows: int
+
+
+def read_results(
     athena: Any,
     s3: Any,
     execution: dict[str, Any],
+    make_sink: Callable[[list[Column]], SinkT],
     *,
     page_size: int = PAGE_SIZE,
     request_ids: list[str] | None = None,
     logger: Logger | None = None,
-) -> QueryResult:
-    """All rows of a SUCCEEDED query, typed by the result metadata.
+) -> tuple[SinkT, ReadInfo]:
+    """Every row of a SUCCEEDED query, typed by the result metadata, fed to a sink as it is read.
 
     The first ``GetQueryResults`` page (with the metadata) decides: one page is a small result, read from the
-    paginator; more is a large one, streamed from the CSV result file (falling back to paging when that file
-    cannot be read).
+    paginator; more is a large one, streamed from the CSV result file. When that file cannot be read (even half
+    way), the sink is closed and a new one (``make_sink`` again) is fed by paging instead. Only the sink decides
+    what is kept: nothing here holds more than one page.
     """
     log = logger or _log
     query_id = str(execution["QueryExecutionId"])
@@ -375,23 +421,63 @@ def fetch_results(
         values = values[1:]
     location = _csv_location(execution)
     if first.get("NextToken") and location:
+        sink = make_sink(columns)
         try:
-            rows = read_result_csv(s3, location, columns, request_ids=request_ids)
-            log.info("Read %d rows of Athena query %s from its result file %s", len(rows), query_id, location)
-            return QueryResult(columns, rows, location, pages=1)
+            count = stream_result_csv(s3, location, columns, sink.feed, request_ids=request_ids)
+            log.info("Read %d rows of Athena query %s from its result file %s", count, query_id, location)
+            return sink, ReadInfo(columns, location, 1, count)
         except StepError as exc:  # no permission, no file, a file that is not Athena's CSV, ...
+            sink.close()
             log.warning("Could not read the result file (%s); paging GetQueryResults instead", exc.message)
-    rows = [typer(v) for v in values]
-    count = 1
+    sink = make_sink(columns)
     try:
+        for row in values:
+            sink.feed(typer(row))
+        total, count = len(values), 1
         for page in pages:
             _record(request_ids, page)
-            rows.extend(typer(v) for v in _page_values(page))
+            page_rows = _page_values(page)
+            for row in page_rows:
+                sink.feed(typer(row))
+            total += len(page_rows)
             count += 1
     except AWS_ERRORS as exc:
+        sink.close()
         raise aws_error("Athena GetQueryResults", resource, exc) from None
-    log.info("Read %d rows of Athena query %s in %d GetQueryResults page(s)", len(rows), query_id, count)
-    return QueryResult(columns, rows, "GetQueryResults", pages=count)
+    except BaseException:
+        sink.close()
+        raise
+    log.info("Read %d rows of Athena query %s in %d GetQueryResults page(s)", total, query_id, count)
+    return sink, ReadInfo(columns, "GetQueryResults", count, total)
+
+
+class _ListSink:
+    """Keeps every row: :func:`fetch_results`."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def feed(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+    def close(self) -> None:
+        self.rows = []
+
+
+def fetch_results(
+    athena: Any,
+    s3: Any,
+    execution: dict[str, Any],
+    *,
+    page_size: int = PAGE_SIZE,
+    request_ids: list[str] | None = None,
+    logger: Logger | None = None,
+) -> QueryResult:
+    """All rows of a SUCCEEDED query, typed by the result metadata, in memory (:func:`read_results` into a list;
+    for results of any size, read into accumulators with :func:`read_results` instead)."""
+    sink, info = read_results(athena, s3, execution, lambda _: _ListSink(), page_size=page_size,
+                              request_ids=request_ids, logger=logger)
+    return QueryResult(info.columns, sink.rows, info.source, pages=info.pages)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -408,6 +494,8 @@ class QueryRun:
     result: QueryResult
     elapsed: float
     request_ids: list[str] = field(default_factory=list)
+    #: what the rows were read into, when :func:`run_query` was given ``make_sink`` (then ``result.rows`` is empty)
+    sink: Any = None
 
 
 def run_query(
@@ -424,8 +512,13 @@ def run_query(
     page_size: int = PAGE_SIZE,
     logger: Logger | None = None,
     clock: Clock | None = None,
+    make_sink: Callable[[list[Column]], RowSink] | None = None,
 ) -> QueryRun:
-    """Start, wait for (stopping it on timeout) and read one query. Call :func:`check_sql` first."""
+    """Start, wait for (stopping it on timeout) and read one query. Call :func:`check_sql` first.
+
+    Without ``make_sink`` the rows are kept in ``result.rows``; with it they are fed to the sink as they are read
+    (:func:`read_results`) and only counted (``result.count``): results of any size in bounded memory.
+    """
     log = logger or _log
     clock = clock or Clock()
     ids: list[str] = []
@@ -440,5 +533,9 @@ def run_query(
     )
     elapsed = clock.now() - started
     log.info("Athena query %s SUCCEEDED after %.1f s; reading its results", query_id, elapsed)
-    result = fetch_results(athena, s3, execution, page_size=page_size, request_ids=ids, logger=log)
-    return QueryRun(query_id, execution, result, elapsed, ids)
+    if make_sink is None:
+        result = fetch_results(athena, s3, execution, page_size=page_size, request_ids=ids, logger=log)
+        return QueryRun(query_id, execution, result, elapsed, ids)
+    sink, info = read_results(athena, s3, execution, make_sink, page_size=page_size, request_ids=ids, logger=log)
+    result = QueryResult(info.columns, [], info.source, pages=info.pages, count=info.rows)
+    return QueryRun(query_id, execution, result, elapsed, ids, sink)

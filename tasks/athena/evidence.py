@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasks import markdown
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from tasks.athena.reconcile import ReconcileReport
     from tasks.athena.step import AthenaQueryStep
 
-__all__ = ["console_url", "preview_table", "query_outcome", "reconcile_markdown", "result_digest"]
+__all__ = ["ResultDigest", "ResultFacts", "console_url", "preview_table", "query_outcome", "reconcile_markdown",
+           "result_columns", "result_digest"]
 
 
 def console_url(region: str, query_id: str) -> str:
@@ -34,7 +36,7 @@ def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
                                     for row in rows])
 
 
-def _facts(run: QueryRun, step: AthenaQueryStep) -> dict[str, Any]:
+def _facts(run: QueryRun, step: AthenaQueryStep, row_count: int) -> dict[str, Any]:
     """The query's facts for details and evidence (Athena's statistics, in ms and bytes)."""
     stats = run.execution.get("Statistics", {})
     return {
@@ -50,7 +52,7 @@ def _facts(run: QueryRun, step: AthenaQueryStep) -> dict[str, Any]:
         "total_time_ms": stats.get("TotalExecutionTimeInMillis"),
         "data_scanned_bytes": stats.get("DataScannedInBytes"),
         "waited_s": round(run.elapsed, 3),
-        "row_count": len(run.result.rows),
+        "row_count": row_count,
         "result_source": run.result.source,
     }
 
@@ -127,19 +129,78 @@ def reconcile_markdown(report: ReconcileReport) -> str:
 def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> str:
     """SHA-256 of the whole typed result (columns and every row, as canonical JSON), for the evidence manifest:
     the same rows give the same digest whether they were paged or read from the result file."""
-    canonical = json.dumps({"columns": columns, "rows": json_safe(rows)}, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    digest = ResultDigest(columns)
+    for row in rows:
+        digest.feed(row)
+    return digest.hexdigest()
+
+
+class ResultDigest:
+    """:func:`result_digest` fed row by row: SHA-256 of ``{"columns":[...],"rows":[...]}`` (canonical JSON, keys
+    sorted) without holding the rows; rows are encoded a batch at a time (one ``json.dumps`` per batch)."""
+
+    BATCH = 1000
+
+    def __init__(self, columns: list[dict[str, str]]) -> None:
+        self._hash = hashlib.sha256()
+        self._hash.update(('{"columns":' + _canonical(columns) + ',"rows":[').encode("utf-8"))
+        self._batch: list[dict[str, Any]] = []
+        self._any = False
+
+    def feed(self, row: dict[str, Any]) -> None:
+        self._batch.append(row)
+        if len(self._batch) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        text = _canonical(json_safe(self._batch))[1:-1]
+        self._hash.update(((',' if self._any else '') + text).encode("utf-8"))
+        self._any = True
+        self._batch = []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def hexdigest(self) -> str:
+        self._flush()
+        final = self._hash.copy()
+        final.update(b"]}")
+        return final.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class ResultFacts:
+    """What the evidence needs of a result read row by row: the row count, the preview and the digest."""
+
+    row_count: int
+    preview: list[dict[str, Any]]
+    sha256: str
+
+
+def result_columns(run: QueryRun) -> list[dict[str, str]]:
+    """The result's columns as the digest and the details show them."""
+    return [{"name": c.name, "type": c.type} for c in run.result.columns]
 
 
 def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[CheckResult],
-                  region: str | None, endpoint: str, reconciled: ReconcileReport | None = None) -> StepOutcome:
-    """Summary, details, evidence, preview table and console link of a finished query."""
-    facts = _facts(run, step)
-    preview = run.result.rows[: step.preview_rows]
+                  region: str | None, endpoint: str, reconciled: ReconcileReport | None = None,
+                  streamed: ResultFacts | None = None) -> StepOutcome:
+    """Summary, details, evidence, preview table and console link of a finished query (its rows from
+    ``run.result.rows``, or, when the rows were streamed into checks, from ``streamed``)."""
+    columns = result_columns(run)
+    if streamed is None:
+        streamed = ResultFacts(len(run.result.rows), run.result.rows[: step.preview_rows],
+                               result_digest(columns, run.result.rows))
+    facts = _facts(run, step, streamed.row_count)
+    preview = streamed.preview
     safe_preview = json_safe(preview)
-    columns = [{"name": c.name, "type": c.type} for c in run.result.columns]
-    digest = result_digest(columns, run.result.rows)
+    digest = streamed.sha256
     details = {
         "sql": sql,
         "parameters": list(step.parameters),

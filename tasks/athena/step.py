@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Callable, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.athena.checks import AthenaExpect, evaluate_checks
+from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
-from tasks.athena.evidence import query_outcome
+from tasks.athena.evidence import ResultDigest, ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_sql
-from tasks.athena.values import QueryResult
+from tasks.athena.values import Column, QueryResult
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
 from tasks.s3 import S3_URI_KEY
 
-__all__ = ["AthenaQueryStep", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
+__all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
 
 
 class AthenaQueryStep(StepBase):
@@ -101,9 +101,33 @@ def check_step_sql(step: AthenaQueryStep, spec_dir: Path, render: Callable[[str]
     return sql, check_sql(sql, allow_write=step.allow_write, parameters=step.parameters)
 
 
+class ResultSink:
+    """Everything the step checks of a result, fed row by row as it is read (no row is kept beyond what a check
+    needs): the checks (:class:`CheckAccumulator`: count, first row, preview, ``rows``), the digest, and the
+    reconciliation (its expected set)."""
+
+    def __init__(self, step: AthenaQueryStep, ctx: StepContext, columns: list[Column]) -> None:
+        self.checks = CheckAccumulator(step.expect, columns, step.preview_rows)
+        self.digest = ResultDigest([{"name": c.name, "type": c.type} for c in columns])
+        spec = step.expect.reconcile
+        self.reconciler = (Reconciler(spec, columns, ctx.spec_dir, ctx.scratch_folder("reconcile"))
+                           if spec is not None else None)
+
+    def feed(self, row: dict[str, Any]) -> None:
+        self.checks.feed(row)
+        self.digest.feed(row)
+        if self.reconciler is not None:
+            self.reconciler.feed(row)
+
+    def close(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.close()
+
+
 @step_kind(AthenaQueryStep)
 def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
-    """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read, check."""
+    """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read and check the rows as
+    they stream in."""
     sql, found = check_step_sql(step, ctx.spec_dir, ctx.render)
     ctx.logger.info("Running %s statement on Athena (workgroup %s, catalog %s, database %s)",
                     found.kind, step.workgroup, step.catalog, step.database or "-")
@@ -120,13 +144,19 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         wait=step.wait,
         logger=ctx.logger,
         clock=ctx.clock,
+        make_sink=lambda columns: ResultSink(step, ctx, columns),
     )
-    checks = evaluate_checks(step.expect, run.result)
-    reconciled = reconcile(step, ctx, run.result)
-    if reconciled is not None:
+    sink: ResultSink = run.sink
+    checks = sink.checks.results()
+    reconciled = None
+    if sink.reconciler is not None:
+        reconciled = sink.reconciler.finish()
         checks.append(reconciled.check())
+        ctx.logger.info("Reconciled %d result rows with %d expected rows: %s", reconciled.actual,
+                        reconciled.expected, reconciled.check().note)
+    streamed = ResultFacts(sink.checks.count, sink.checks.preview, sink.digest.hexdigest())
     outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
-                            reconciled)
+                            reconciled, streamed)
     failed = [c for c in checks if not c.passed]
     if failed:
         raise CheckFailed(
@@ -139,8 +169,8 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
 
 
 def reconcile(step: AthenaQueryStep, ctx: StepContext, result: QueryResult) -> ReconcileReport | None:
-    """``expect.reconcile``: the result's rows against the expected data; the diff files go in the step's
-    scratch folder (for the evidence pack) when the run has one."""
+    """``expect.reconcile`` on rows in memory: the result's rows against the expected data; the diff files go in
+    the step's scratch folder (for the evidence pack) when the run has one."""
     spec = step.expect.reconcile
     if spec is None:
         return None
@@ -151,7 +181,4 @@ def reconcile(step: AthenaQueryStep, ctx: StepContext, result: QueryResult) -> R
     except BaseException:
         reconciler.close()
         raise
-    report = reconciler.finish()
-    ctx.logger.info("Reconciled %d result rows with %d expected rows: %s", report.actual, report.expected,
-                    report.check().note)
-    return report
+    return reconciler.finish()

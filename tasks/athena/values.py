@@ -152,6 +152,12 @@ class QueryResult:
     rows: list[dict[str, Any]]
     source: str
     pages: int = 0
+    #: how many rows there were when they were streamed into checks rather than kept (then ``rows`` is empty)
+    count: int | None = None
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows) if self.count is None else self.count
 
     @property
     def column_names(self) -> list[str]:
