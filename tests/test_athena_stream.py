@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -13,7 +14,6 @@ from tasks.athena import AthenaQueryStep, Column, fetch_results
 from tasks.athena.client import read_results
 from tasks.athena.evidence import result_digest
 from tasks.athena.step import ResultSink
-from tasks.athena.values import json_safe
 from tasks.aws import ClientFactory
 from tasks.base import StepContext
 
@@ -91,11 +91,11 @@ def test_streamed_checks_and_digest_equal_the_in_memory_ones(tmp_path: Path) -> 
     sink = stream(3000, the_step, tmp_path)
     result = fetch_results(FakeAthena(), FakeS3(3000), EXECUTION)
     columns = [{"name": c.name, "type": c.type} for c in result.columns]
-    # the digest's definition: canonical JSON of the whole typed result, as before streaming
-    canonical = json.dumps({"columns": columns, "rows": json_safe(result.rows)}, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
-    assert sink.digest.hexdigest() == hashlib.sha256(canonical.encode()).hexdigest() == result_digest(columns,
-                                                                                                      result.rows)
+    # the digest's definition: canonical JSON of the columns and of every row's texts as Athena gave them
+    texts = [next(csv.reader([text_row(i)])) for i in range(1, 3001)]
+    canonical = json.dumps({"columns": columns, "rows": texts}, separators=(",", ":"), ensure_ascii=False)
+    assert sink.digest.hexdigest() == hashlib.sha256(canonical.encode()).hexdigest() == result.sha256
+    assert result_digest(result.columns, texts) == result.sha256
     assert [c.passed for c in sink.checks.results()] == [True, True, True]
     assert sink.checks.count == 3000 and [r["id"] for r in sink.checks.preview] == [1, 2, 3, 4, 5]
 

@@ -251,6 +251,12 @@ class CheckAccumulator:
         self.preview: list[dict[str, Any]] = []
         self.rows = _RowsCheck(expect, columns) if expect.rows is not None else None
 
+    @property
+    def needs_every_row(self) -> bool:
+        """Whether a check needs every row's values (``rows``); otherwise only the first ``preview_rows`` (at
+        least one) are needed and the others may only be counted (``count += 1``)."""
+        return self.rows is not None
+
     def feed(self, row: dict[str, Any]) -> None:
         if self.count == 0:
             self.first = row

@@ -16,6 +16,7 @@ Either way the rows are typed the same way from the result metadata.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVa
 
 from pydantic import Field
 
-from tasks.athena.values import Column, QueryResult, RowTyper, columns_from_metadata
+from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper, columns_from_metadata
 from tasks.base import format_bytes
 from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
 from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
@@ -252,38 +253,35 @@ def _mark_nulls(raw: str, fields: list[str]) -> list[str | None]:
     return marked
 
 
-class _LineTap:
-    """Hands lines to csv.reader and keeps those of the current record, for the null-aware slow path."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self._lines = iter(lines)
-        self.taken: list[str] = []
-
-    def __iter__(self) -> "_LineTap":
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.taken.append(line)
-        return line
-
-
 def parse_athena_csv(lines: Iterable[str]) -> Iterator[list[str | None]]:
     """Records of an Athena CSV result file as lists of texts, None for SQL NULL.
 
     Athena quotes every value and writes NULL as an empty unquoted field, so ``,,`` is NULL and ``,"",`` an
     empty string. Python's csv module reads both as ``''``; it does the fast work here, and only records
-    holding an empty value are looked at again by :func:`_mark_nulls`, which tells the two apart.
+    holding an empty value are looked at again by :func:`_mark_nulls`, which tells the two apart (the lines of
+    the current record are kept for it).
     """
-    tap = _LineTap(lines)
-    for fields in csv.reader(tap, strict=True):
-        raw = "".join(tap.taken)
-        tap.taken.clear()
-        yield _mark_nulls(raw, fields) if not fields or "" in fields else fields
+    taken: list[str] = []
+
+    def tap() -> Iterator[str]:
+        for line in lines:
+            taken.append(line)
+            yield line
+
+    for fields in csv.reader(tap(), strict=True):
+        if not fields or "" in fields:
+            yield _mark_nulls("".join(taken), fields)
+        else:
+            yield fields
+        taken.clear()
 
 
 def _body_lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[str]:
-    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them)."""
+    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them): through a
+    TextIOWrapper (C speed) when the body is a readable stream, as botocore's StreamingBody is."""
+    if isinstance(body, io.IOBase) and body.readable():
+        yield from io.TextIOWrapper(body, encoding="utf-8", newline="")  # type: ignore[type-var]
+        return
     for line in body.iter_lines(chunk_size=chunk_size, keepends=True):
         yield line.decode("utf-8")
 
@@ -292,17 +290,16 @@ def stream_result_csv(
     s3: Any,
     location: str,
     columns: list[Column],
-    feed: Callable[[dict[str, Any]], None],
+    feed: Callable[[list[str | None]], None],
     *,
     request_ids: list[str] | None = None,
 ) -> int:
-    """Stream Athena's CSV result file at ``location`` (one GetObject), handing each typed row to ``feed`` as it
-    is read (nothing keeps the rows); returns how many rows there were.
+    """Stream Athena's CSV result file at ``location`` (one GetObject), handing each row's texts (None for NULL)
+    to ``feed`` as it is read (nothing keeps the rows); returns how many rows there were.
 
     The file starts with a header row, which must name the query's columns.
     """
     bucket, key = split_s3_uri(location)
-    typer = RowTyper(columns)
     count = 0
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
@@ -318,8 +315,12 @@ def stream_result_csv(
                     f"The Athena result file {location} starts with {header}, not the header row of the "
                     f"query's columns {[c.source_name or c.name for c in columns]}"
                 )
+            width = len(columns)
             for values in records:
-                feed(typer(values))
+                if len(values) != width:
+                    raise StepError(f"A row of the Athena result file {location} has {len(values)} values, but "
+                                    f"the result has {width} columns")
+                feed(values)
                 count += 1
             return count
         finally:
@@ -338,8 +339,9 @@ def read_result_csv(
     request_ids: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Athena's CSV result file at ``location`` as a list of typed rows (:func:`stream_result_csv`, kept)."""
+    typer = RowTyper(columns)
     rows: list[dict[str, Any]] = []
-    stream_result_csv(s3, location, columns, rows.append, request_ids=request_ids)
+    stream_result_csv(s3, location, columns, lambda values: rows.append(typer(values)), request_ids=request_ids)
     return rows
 
 
@@ -366,9 +368,10 @@ def _csv_location(execution: dict[str, Any]) -> str | None:
 
 
 class RowSink(Protocol):
-    """What a result is read into, row by row (e.g. checks as accumulators); ``close`` when it is dropped."""
+    """What a result is read into, row by row as Athena's texts (None for NULL), e.g. checks as accumulators that
+    type what they need (:class:`~tasks.athena.values.RowTyper`); ``close`` when it is dropped."""
 
-    def feed(self, row: dict[str, Any]) -> None: ...
+    def feed(self, values: list[str | None]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -415,7 +418,6 @@ def read_results(
         raise aws_error("Athena GetQueryResults", resource, exc) from None
     _record(request_ids, first)
     columns = columns_from_metadata(first.get("ResultSet", {}).get("ResultSetMetadata", {}).get("ColumnInfo", []))
-    typer = RowTyper(columns)
     values = _page_values(first)
     if values and _is_header(values[0], columns):
         values = values[1:]
@@ -432,13 +434,13 @@ def read_results(
     sink = make_sink(columns)
     try:
         for row in values:
-            sink.feed(typer(row))
+            sink.feed(row)
         total, count = len(values), 1
         for page in pages:
             _record(request_ids, page)
             page_rows = _page_values(page)
             for row in page_rows:
-                sink.feed(typer(row))
+                sink.feed(row)
             total += len(page_rows)
             count += 1
     except AWS_ERRORS as exc:
@@ -452,13 +454,16 @@ def read_results(
 
 
 class _ListSink:
-    """Keeps every row: :func:`fetch_results`."""
+    """Keeps every row, typed, and the result's digest: :func:`fetch_results`."""
 
-    def __init__(self) -> None:
+    def __init__(self, columns: list[Column]) -> None:
+        self.typer = RowTyper(columns)
+        self.digest = ResultDigest(columns)
         self.rows: list[dict[str, Any]] = []
 
-    def feed(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
+    def feed(self, values: list[str | None]) -> None:
+        self.rows.append(self.typer(values))
+        self.digest.feed(values)
 
     def close(self) -> None:
         self.rows = []
@@ -475,9 +480,9 @@ def fetch_results(
 ) -> QueryResult:
     """All rows of a SUCCEEDED query, typed by the result metadata, in memory (:func:`read_results` into a list;
     for results of any size, read into accumulators with :func:`read_results` instead)."""
-    sink, info = read_results(athena, s3, execution, lambda _: _ListSink(), page_size=page_size,
+    sink, info = read_results(athena, s3, execution, _ListSink, page_size=page_size,
                               request_ids=request_ids, logger=logger)
-    return QueryResult(info.columns, sink.rows, info.source, pages=info.pages)
+    return QueryResult(info.columns, sink.rows, info.source, pages=info.pages, sha256=sink.digest.hexdigest())
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasks import markdown
 from tasks.athena.checks import CheckResult
 from tasks.athena.client import QueryRun, state_of
-from tasks.athena.values import json_safe
+from tasks.athena.values import ResultDigest, json_safe, result_digest
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepOutcome, format_bytes
 from tasks.errors import HashedItem, StepFile
@@ -126,54 +124,6 @@ def reconcile_markdown(report: ReconcileReport) -> str:
     return "\n\n".join(parts)
 
 
-def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> str:
-    """SHA-256 of the whole typed result (columns and every row, as canonical JSON), for the evidence manifest:
-    the same rows give the same digest whether they were paged or read from the result file."""
-    digest = ResultDigest(columns)
-    for row in rows:
-        digest.feed(row)
-    return digest.hexdigest()
-
-
-class ResultDigest:
-    """:func:`result_digest` fed row by row: SHA-256 of ``{"columns":[...],"rows":[...]}`` (canonical JSON, keys
-    sorted) without holding the rows; rows are encoded a batch at a time (one ``json.dumps`` per batch)."""
-
-    BATCH = 1000
-
-    def __init__(self, columns: list[dict[str, str]]) -> None:
-        self._hash = hashlib.sha256()
-        self._hash.update(('{"columns":' + _canonical(columns) + ',"rows":[').encode("utf-8"))
-        self._batch: list[dict[str, Any]] = []
-        self._any = False
-
-    def feed(self, row: dict[str, Any]) -> None:
-        self._batch.append(row)
-        if len(self._batch) >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._batch:
-            return
-        text = _canonical(json_safe(self._batch))[1:-1]
-        self._hash.update(((',' if self._any else '') + text).encode("utf-8"))
-        self._any = True
-        self._batch = []
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-    def hexdigest(self) -> str:
-        self._flush()
-        final = self._hash.copy()
-        final.update(b"]}")
-        return final.hexdigest()
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 @dataclass
 class ResultFacts:
     """What the evidence needs of a result read row by row: the row count, the preview and the digest."""
@@ -194,9 +144,11 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
     """Summary, details, evidence, preview table and console link of a finished query (its rows from
     ``run.result.rows``, or, when the rows were streamed into checks, from ``streamed``)."""
     columns = result_columns(run)
-    if streamed is None:
-        streamed = ResultFacts(len(run.result.rows), run.result.rows[: step.preview_rows],
-                               result_digest(columns, run.result.rows))
+    if streamed is None:  # rows in memory; a hand-made result (no digest read with it) is digested from its values
+        digest = run.result.sha256 or result_digest(
+            run.result.columns, [[None if row[c] is None else str(json_safe(row[c])) for c in run.result.column_names]
+                                 for row in run.result.rows])
+        streamed = ResultFacts(len(run.result.rows), run.result.rows[: step.preview_rows], digest)
     facts = _facts(run, step, streamed.row_count)
     preview = streamed.preview
     safe_preview = json_safe(preview)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Literal
+from typing import Annotated, Callable, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
-from tasks.athena.evidence import ResultDigest, ResultFacts, query_outcome
+from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_sql
-from tasks.athena.values import Column, QueryResult
+from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
 from tasks.s3 import S3_URI_KEY
@@ -102,20 +102,28 @@ def check_step_sql(step: AthenaQueryStep, spec_dir: Path, render: Callable[[str]
 
 
 class ResultSink:
-    """Everything the step checks of a result, fed row by row as it is read (no row is kept beyond what a check
-    needs): the checks (:class:`CheckAccumulator`: count, first row, preview, ``rows``), the digest, and the
-    reconciliation (its expected set)."""
+    """Everything the step checks of a result, fed row by row as it is read (Athena's texts): the digest of every
+    row; the checks (:class:`CheckAccumulator`: count, first row, preview, ``rows``) and the reconciliation (its
+    expected set). Rows are typed only where a check needs them: every row for ``rows`` and ``reconcile``, else
+    only the first ``preview_rows`` (at least the first); no row is kept beyond what a check needs."""
 
     def __init__(self, step: AthenaQueryStep, ctx: StepContext, columns: list[Column]) -> None:
+        self.typer = RowTyper(columns)
         self.checks = CheckAccumulator(step.expect, columns, step.preview_rows)
-        self.digest = ResultDigest([{"name": c.name, "type": c.type} for c in columns])
+        self.digest = ResultDigest(columns)
         spec = step.expect.reconcile
         self.reconciler = (Reconciler(spec, columns, ctx.spec_dir, ctx.scratch_folder("reconcile"))
                            if spec is not None else None)
+        self._type_all = self.reconciler is not None or self.checks.needs_every_row
+        self._typed_first = max(1, step.preview_rows)
 
-    def feed(self, row: dict[str, Any]) -> None:
+    def feed(self, values: list[str | None]) -> None:
+        self.digest.feed(values)
+        if not self._type_all and self.checks.count >= self._typed_first:
+            self.checks.count += 1  # counted only: no check needs this row's values
+            return
+        row = self.typer(values)
         self.checks.feed(row)
-        self.digest.feed(row)
         if self.reconciler is not None:
             self.reconciler.feed(row)
 

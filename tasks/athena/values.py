@@ -7,13 +7,15 @@ rows, whatever read them (the check functions of :mod:`tasks.athena.checks` only
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 from tasks.errors import StepError
@@ -22,11 +24,13 @@ __all__ = [
     "CONVERTERS",
     "Column",
     "QueryResult",
+    "ResultDigest",
     "RowTyper",
     "columns_from_metadata",
     "convert_value",
     "json_safe",
     "normalise_type",
+    "result_digest",
 ]
 
 
@@ -154,6 +158,8 @@ class QueryResult:
     pages: int = 0
     #: how many rows there were when they were streamed into checks rather than kept (then ``rows`` is empty)
     count: int | None = None
+    #: the result's SHA-256 (:class:`ResultDigest`), when it was read
+    sha256: str | None = None
 
     @property
     def row_count(self) -> int:
@@ -179,3 +185,53 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+class ResultDigest:
+    """SHA-256 of a whole result as Athena returned it, fed row by row: the canonical JSON (compact, UTF-8)
+    ``{"columns":[{"name":..,"type":..},..],"rows":[[text or null,..],..]}`` of the columns and every row's texts
+    (None for NULL), the same whether the rows were paged or read from the result file; rows are encoded a batch
+    at a time (one ``json.dumps`` per batch), so nothing holds the rows."""
+
+    BATCH = 1000
+
+    def __init__(self, columns: list[Column]) -> None:
+        self._hash = hashlib.sha256()
+        head = [{"name": c.name, "type": c.type} for c in columns]
+        self._hash.update(('{"columns":' + _canonical(head) + ',"rows":[').encode("utf-8"))
+        self._batch: list[Sequence[str | None]] = []
+        self._any = False
+
+    def feed(self, values: Sequence[str | None]) -> None:
+        self._batch.append(values)
+        if len(self._batch) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        text = _canonical(self._batch)[1:-1]
+        self._hash.update(((',' if self._any else '') + text).encode("utf-8"))
+        self._any = True
+        self._batch = []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def hexdigest(self) -> str:
+        self._flush()
+        final = self._hash.copy()
+        final.update(b"]}")
+        return final.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def result_digest(columns: list[Column], rows: Iterable[Sequence[str | None]]) -> str:
+    """:class:`ResultDigest` of the given rows' texts."""
+    digest = ResultDigest(columns)
+    for values in rows:
+        digest.feed(values)
+    return digest.hexdigest()
