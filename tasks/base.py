@@ -166,6 +166,18 @@ class UndoLog:
         with self._lock:
             self.actions.append(action)
 
+    def rewrite(self, action: UndoAction) -> None:
+        """Journal an action whose record changed: the new entry is written first, then the old one removed (a
+        crash in between leaves both, and redoing both is safe for the kinds that change their record)."""
+        if self.journal is None or action.record is None:
+            return
+        old = action.journal_id
+        self.journal.write(action)
+        if old is not None and old != action.journal_id:
+            new, action.journal_id = action.journal_id, old
+            self.journal.remove(action)
+            action.journal_id = new
+
     def pending(self) -> list[UndoAction]:
         """The actions still to run, last registered first."""
         with self._lock:
