@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from pydantic import AfterValidator, Field, model_validator
-from s3transfer.utils import ChunksizeAdjuster
+from s3transfer.utils import ChunksizeAdjuster, ReadFileChunk
 
 from tasks import markdown
 from tasks.aws import is_real_aws
@@ -306,18 +306,20 @@ def part_size_for(size: int, multipart_threshold: int, multipart_chunksize: int)
     return int(ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size))
 
 
-#: parts being sent at once (each held in memory until it is sent)
+#: parts being sent at once
 UPLOAD_WORKERS = 4
 
 
 def multipart_upload(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any], part_size: int, *,
                      overwrite: bool, before_complete: Callable[[FileDigest], None],
                      workers: int = UPLOAD_WORKERS) -> str | None:
-    """Upload a file in parts, reading it once: each part's SHA-256 (sent with it, so S3 checks it) and the whole
-    file's are computed on that read. Up to ``workers`` parts are sent at once, so at most ``workers + 1`` parts
-    are in memory. ``before_complete`` gets the file's digest (whole and composite) once every part is sent,
-    before CompleteMultipartUpload makes the object (with If-None-Match unless ``overwrite``). On any failure
-    the multipart upload is aborted. Returns the completion's request id."""
+    """Upload a file in parts, hashing it once: each part's SHA-256 (sent with it, so S3 checks it) and the whole
+    file's are computed on one read, 1 MiB at a time; each part is then sent from the file (as boto3 does, a
+    streamed range: the OS's cache serves it), up to ``workers`` at once, so memory stays small whatever the
+    part size. A part changed on disk in between is refused by S3 (its checksum no longer matches).
+    ``before_complete`` gets the file's digest (whole and composite) once every part is sent, before
+    CompleteMultipartUpload makes the object (with If-None-Match unless ``overwrite``). On any failure the
+    multipart upload is aborted. Returns the completion's request id."""
     uri = s3_uri(bucket, key)
     create_args = {k: v for k, v in extra.items() if k != "ChecksumAlgorithm"}
     try:
@@ -326,28 +328,35 @@ def multipart_upload(client: Any, path: Path, bucket: str, key: str, extra: dict
     except AWS_ERRORS as exc:
         raise aws_error("S3 multipart upload (CreateMultipartUpload)", uri, exc) from None
 
-    def send(number: int, block: bytes, checksum: str) -> dict[str, Any]:
-        response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=block,
-                                      ChecksumSHA256=checksum)
+    def send(number: int, start: int, length: int, checksum: str) -> dict[str, Any]:
+        with ReadFileChunk.from_filename(str(path), start, length, enable_callbacks=False) as body:
+            response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                          Body=body, ContentLength=length, ChecksumSHA256=checksum)
         return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     whole = hashlib.sha256()
     part_digests: list[bytes] = []
     size = 0
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool, path.open("rb", buffering=0) as fh:
+        with ThreadPoolExecutor(max_workers=workers) as pool, path.open("rb") as fh:
             pending: list[Future[dict[str, Any]]] = []
-            while block := fh.read(part_size):
-                whole.update(block)
-                part = hashlib.sha256(block).digest()
-                part_digests.append(part)
-                size += len(block)
-                if len([f for f in pending if not f.done()]) >= workers:
-                    wait([f for f in pending if not f.done()], return_when=FIRST_COMPLETED)
+            while True:
+                part, length = hashlib.sha256(), 0
+                while length < part_size and (block := fh.read(min(MIB, part_size - length))):
+                    whole.update(block)
+                    part.update(block)
+                    length += len(block)
+                if not length:
+                    break
+                part_digests.append(part.digest())
+                running = [f for f in pending if not f.done()]
+                if len(running) >= workers:
+                    wait(running, return_when=FIRST_COMPLETED)
                 for done in [f for f in pending if f.done()]:
                     done.result()  # a failed part stops the upload at once
-                pending.append(pool.submit(send, len(part_digests), block, base64.b64encode(part).decode()))
-                del block
+                pending.append(pool.submit(send, len(part_digests), size, length,
+                                           base64.b64encode(part_digests[-1]).decode()))
+                size += length
             parts = [f.result() for f in pending]
         digest_bytes = whole.digest()
         digest = FileDigest(size, digest_bytes.hex(), base64.b64encode(digest_bytes).decode(), parts=len(parts),
