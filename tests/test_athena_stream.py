@@ -142,12 +142,12 @@ def test_a_result_file_failing_half_way_is_read_again_by_paging_into_a_new_sink(
 
     class Sink:
         def __init__(self, columns: list[Column]) -> None:
-            self.rows: list[dict[str, Any]] = []
+            self.rows: list[list[str | None]] = []
             self.closed = False
             made.append(self)
 
-        def feed(self, row: dict[str, Any]) -> None:
-            self.rows.append(row)
+        def feed(self, rows: list[list[str | None]]) -> None:
+            self.rows.extend(rows)
 
         def close(self) -> None:
             self.closed = True

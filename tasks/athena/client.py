@@ -54,6 +54,8 @@ __all__ = [
 
 #: Athena's largest GetQueryResults page; a result bigger than one page is read from the CSV result file
 PAGE_SIZE = 1000
+#: rows handed to a sink at once when reading the result file (a page's worth)
+FEED_BATCH = 1000
 #: states after which a query never changes again
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 #: what AthenaError.ErrorCategory's numbers mean
@@ -277,25 +279,24 @@ def parse_athena_csv(lines: Iterable[str]) -> Iterator[list[str | None]]:
 
 
 def _body_lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[str]:
-    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them): through a
-    TextIOWrapper (C speed) when the body is a readable stream, as botocore's StreamingBody is."""
+    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them): a TextIOWrapper
+    (C speed) when the body is a readable stream, as botocore's StreamingBody is."""
     if isinstance(body, io.IOBase) and body.readable():
-        yield from io.TextIOWrapper(body, encoding="utf-8", newline="")  # type: ignore[type-var]
-        return
-    for line in body.iter_lines(chunk_size=chunk_size, keepends=True):
-        yield line.decode("utf-8")
+        return io.TextIOWrapper(body, encoding="utf-8", newline="")  # type: ignore[type-var]
+    return (line.decode("utf-8") for line in body.iter_lines(chunk_size=chunk_size, keepends=True))
 
 
 def stream_result_csv(
     s3: Any,
     location: str,
     columns: list[Column],
-    feed: Callable[[list[str | None]], None],
+    feed: Callable[[list[list[str | None]]], None],
     *,
     request_ids: list[str] | None = None,
 ) -> int:
-    """Stream Athena's CSV result file at ``location`` (one GetObject), handing each row's texts (None for NULL)
-    to ``feed`` as it is read (nothing keeps the rows); returns how many rows there were.
+    """Stream Athena's CSV result file at ``location`` (one GetObject), handing the rows' texts (None for NULL)
+    to ``feed`` as they are read, :data:`FEED_BATCH` rows at a time (nothing keeps them); returns how many rows
+    there were.
 
     The file starts with a header row, which must name the query's columns.
     """
@@ -316,12 +317,19 @@ def stream_result_csv(
                     f"query's columns {[c.source_name or c.name for c in columns]}"
                 )
             width = len(columns)
+            batch: list[list[str | None]] = []
             for values in records:
                 if len(values) != width:
                     raise StepError(f"A row of the Athena result file {location} has {len(values)} values, but "
                                     f"the result has {width} columns")
-                feed(values)
-                count += 1
+                batch.append(values)
+                if len(batch) >= FEED_BATCH:
+                    feed(batch)
+                    count += len(batch)
+                    batch = []
+            if batch:
+                feed(batch)
+                count += len(batch)
             return count
         finally:
             body.close()
@@ -341,7 +349,8 @@ def read_result_csv(
     """Athena's CSV result file at ``location`` as a list of typed rows (:func:`stream_result_csv`, kept)."""
     typer = RowTyper(columns)
     rows: list[dict[str, Any]] = []
-    stream_result_csv(s3, location, columns, lambda values: rows.append(typer(values)), request_ids=request_ids)
+    stream_result_csv(s3, location, columns, lambda batch: rows.extend(typer(v) for v in batch),
+                      request_ids=request_ids)
     return rows
 
 
@@ -368,10 +377,11 @@ def _csv_location(execution: dict[str, Any]) -> str | None:
 
 
 class RowSink(Protocol):
-    """What a result is read into, row by row as Athena's texts (None for NULL), e.g. checks as accumulators that
-    type what they need (:class:`~tasks.athena.values.RowTyper`); ``close`` when it is dropped."""
+    """What a result is read into, in batches of rows as Athena's texts (None for NULL), e.g. checks as
+    accumulators that type what they need (:class:`~tasks.athena.values.RowTyper`); ``close`` when it is dropped."""
 
-    def feed(self, values: list[str | None]) -> None: ...
+    def feed(self, rows: list[list[str | None]]) -> None:
+        """A batch of rows (at most :data:`FEED_BATCH`), in order."""
 
     def close(self) -> None: ...
 
@@ -433,14 +443,14 @@ def read_results(
             log.warning("Could not read the result file (%s); paging GetQueryResults instead", exc.message)
     sink = make_sink(columns)
     try:
-        for row in values:
-            sink.feed(row)
+        if values:
+            sink.feed(values)
         total, count = len(values), 1
         for page in pages:
             _record(request_ids, page)
             page_rows = _page_values(page)
-            for row in page_rows:
-                sink.feed(row)
+            if page_rows:
+                sink.feed(page_rows)
             total += len(page_rows)
             count += 1
     except AWS_ERRORS as exc:
@@ -461,9 +471,9 @@ class _ListSink:
         self.digest = ResultDigest(columns)
         self.rows: list[dict[str, Any]] = []
 
-    def feed(self, values: list[str | None]) -> None:
-        self.rows.append(self.typer(values))
-        self.digest.feed(values)
+    def feed(self, rows: list[list[str | None]]) -> None:
+        self.rows.extend(self.typer(v) for v in rows)
+        self.digest.feed(rows)
 
     def close(self) -> None:
         self.rows = []

@@ -117,15 +117,19 @@ class ResultSink:
         self._type_all = self.reconciler is not None or self.checks.needs_every_row
         self._typed_first = max(1, step.preview_rows)
 
-    def feed(self, values: list[str | None]) -> None:
-        self.digest.feed(values)
-        if not self._type_all and self.checks.count >= self._typed_first:
-            self.checks.count += 1  # counted only: no check needs this row's values
+    def feed(self, rows: list[list[str | None]]) -> None:
+        self.digest.feed(rows)
+        if not self._type_all:
+            wanted = max(0, self._typed_first - self.checks.count)
+            for values in rows[:wanted]:
+                self.checks.feed(self.typer(values))
+            self.checks.count += max(0, len(rows) - wanted)  # counted only: no check needs these rows' values
             return
-        row = self.typer(values)
-        self.checks.feed(row)
-        if self.reconciler is not None:
-            self.reconciler.feed(row)
+        for values in rows:
+            row = self.typer(values)
+            self.checks.feed(row)
+            if self.reconciler is not None:
+                self.reconciler.feed(row)
 
     def close(self) -> None:
         if self.reconciler is not None:

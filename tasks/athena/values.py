@@ -190,36 +190,27 @@ def json_safe(value: Any) -> Any:
 class ResultDigest:
     """SHA-256 of a whole result as Athena returned it, fed row by row: the canonical JSON (compact, UTF-8)
     ``{"columns":[{"name":..,"type":..},..],"rows":[[text or null,..],..]}`` of the columns and every row's texts
-    (None for NULL), the same whether the rows were paged or read from the result file; rows are encoded a batch
-    at a time (one ``json.dumps`` per batch), so nothing holds the rows."""
-
-    BATCH = 1000
+    (None for NULL), the same whether the rows were paged or read from the result file; fed a batch of rows at
+    a time (one ``json.dumps`` per batch), so nothing holds the rows."""
 
     def __init__(self, columns: list[Column]) -> None:
         self._hash = hashlib.sha256()
         head = [{"name": c.name, "type": c.type} for c in columns]
         self._hash.update(('{"columns":' + _canonical(head) + ',"rows":[').encode("utf-8"))
-        self._batch: list[Sequence[str | None]] = []
         self._any = False
 
-    def feed(self, values: Sequence[str | None]) -> None:
-        self._batch.append(values)
-        if len(self._batch) >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._batch:
+    def feed(self, rows: Sequence[Sequence[str | None]]) -> None:
+        """A batch of rows' texts, in order (one ``json.dumps`` for the batch)."""
+        if not rows:
             return
-        text = _canonical(self._batch)[1:-1]
+        text = _canonical(rows if isinstance(rows, list) else list(rows))[1:-1]
         self._hash.update(((',' if self._any else '') + text).encode("utf-8"))
         self._any = True
-        self._batch = []
 
     def close(self) -> None:
         """Nothing to release."""
 
     def hexdigest(self) -> str:
-        self._flush()
         final = self._hash.copy()
         final.update(b"]}")
         return final.hexdigest()
@@ -232,6 +223,11 @@ def _canonical(value: Any) -> str:
 def result_digest(columns: list[Column], rows: Iterable[Sequence[str | None]]) -> str:
     """:class:`ResultDigest` of the given rows' texts."""
     digest = ResultDigest(columns)
+    batch: list[Sequence[str | None]] = []
     for values in rows:
-        digest.feed(values)
+        batch.append(values)
+        if len(batch) >= 1000:
+            digest.feed(batch)
+            batch = []
+    digest.feed(batch)
     return digest.hexdigest()
