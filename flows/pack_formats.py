@@ -43,7 +43,7 @@ from flows.pack_html import report_html
 from flows.pack_junit import junit_xml
 from flows.results import CaseResult, StepResult
 from tasks import markdown as md
-from tasks.secrets import NAMES, mask_document_text, redact_json
+from tasks.secrets import NAMES, mask_document_text, redact, redact_json
 
 if TYPE_CHECKING:
     from flows.spec import CaseSpec
@@ -137,7 +137,7 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
             "error": failure.error, "error_code": failure.error_code,
         },
         "variables": result.variables,
-        "steps": [s.model_dump(mode="json", fallback=str, exclude={"items"}) for s in result.steps],
+        "steps": [s.model_dump(mode="json", fallback=str, exclude={"items", "files"}) for s in result.steps],
         "inputs": [i.to_json() for i in items if i.kind == "input"],
         "query_results": [i.to_json() for i in items if i.kind == "query_result"],
     }
@@ -212,6 +212,33 @@ def build_manifest(folder: Path, result: CaseResult, report: dict[str, Any], ite
 
 
 # ------------------------------------------------------------------------------------------------- write_pack
+#: the folder of the pack holding the files steps wrote (``steps/<step number>/<name>``)
+STEP_FILES_DIR = "steps"
+
+
+def _copy_step_files(result: CaseResult, folder: Path, secrets: Sequence[str], private: bool) -> None:
+    """Copy the files the steps wrote (e.g. a reconciliation's differences) into ``steps/<number>/``, line by line
+    with the run's secrets masked; a file that is gone (or a name that would leave its folder) is skipped."""
+    for step in result.steps:
+        for item in step.files:
+            parts = Path(item.name).parts
+            source = Path(item.local_path)
+            if not parts or ".." in parts or Path(item.name).is_absolute() or not source.is_file():
+                continue
+            target = folder / STEP_FILES_DIR / slug_path(step.number) / Path(*parts)
+            for parent in reversed([p for p in target.parents if not p.exists()]):
+                parent.mkdir(mode=0o700 if private else 0o777)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+            with open(source, encoding="utf-8", newline="") as src, open(fd, "w", encoding="utf-8", newline="") as dst:
+                for line in src:
+                    dst.write(redact(line, secrets) if secrets else line)
+
+
+def slug_path(text: str) -> str:
+    """A step number as one safe folder name."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in text).strip(".") or "step"
+
+
 def _write_text(path: Path, text: str, private: bool = True) -> None:
     """Write UTF-8 with LF line ends on every OS (the hashes must not depend on the platform); a private file
     is created readable by its owner only (0600)."""
@@ -284,6 +311,7 @@ def write_pack(
     _prepare_folder(folder, private)
     for name, text in files.items():
         _write_text(folder / name, text, private)
+    _copy_step_files(result, folder, known, private)
     _write_text(folder / MANIFEST, _json_text(build_manifest(folder, clean, report, items)), private)
     return folder
 

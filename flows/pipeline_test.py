@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -198,6 +200,7 @@ def pipeline_test(
         logger.warning(warning)
     steps: list[StepResult] = []
     running: list[Any] = []
+    scratch: Path | None = None
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
@@ -206,9 +209,10 @@ def pipeline_test(
         suite = SUITE.get()
         clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
         publisher = evidence.StepPublisher()  # the steps' artifacts, off their critical path (closed below)
+        scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets,
-                          publisher=publisher)
+                          publisher=publisher, scratch_dir=scratch)
         if suite is not None:
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
@@ -262,6 +266,8 @@ def pipeline_test(
         evidence.publish_case(result, logger)
     finally:
         remove_redaction(redactor)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     if result.passed:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result

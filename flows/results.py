@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.errors import HashedItem
+from tasks.errors import HashedItem, StepFile
 
 StepStatus = Literal["passed", "failed", "error", "skipped"]
 
@@ -33,6 +33,8 @@ class StepResult(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
     request_ids: list[str] = Field(default_factory=list)
     items: list[HashedItem] = Field(default_factory=list)
+    #: files the step wrote for the evidence pack (copied into it under ``steps/<number>/``)
+    files: list[StepFile] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -447,12 +447,22 @@ def _trial_render(spec: CaseSpec, spec_dir: Path, allowed: tuple[Path, ...], dea
     return problems
 
 
+def _field(model: Any, dotted: str) -> Any:
+    """A field's value by dotted path (``expect.reconcile.file``), None when a part is missing."""
+    value = model
+    for part in dotted.split("."):
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
 def _local_file_problems(written: StepBase, rendered: StepBase, spec_dir: Path,
                          allowed: tuple[Path, ...]) -> list[str]:
     """Local paths of a step: confined once rendered; present when written without a template."""
     problems = []
     for fld in sorted(written.local_files | written.template_files):
-        before, after = getattr(written, fld, None), getattr(rendered, fld, None)
+        before, after = _field(written, fld), _field(rendered, fld)
         if before is None or after is None:
             continue
         pairs = zip(before, after) if isinstance(before, list) else [(before, after)]

@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.aws import ClientFactory
-from tasks.errors import HashedItem
+from tasks.errors import HashedItem, StepFile
 from tasks.polling import Clock
 from tasks.secrets import Secrets
 
@@ -80,7 +80,8 @@ class StepBase(SpecModel):
     #: fields naming a local file (relative to the spec) whose *content* is a template: the validator checks
     #: its variables before the run, and the runner renders the content with ``ctx.render``
     template_files: ClassVar[frozenset[str]] = frozenset()
-    #: fields naming local files or glob patterns (a string or a list of them), relative to the spec: the
+    #: fields (or dotted paths to nested fields: ``expect.reconcile.file``) naming local files or glob patterns (a
+    #: string or a list of them), relative to the spec: the
     #: validator checks that they lie under the allowed folders and, when untemplated, that they exist
     #: (``template_files`` are local files too)
     local_files: ClassVar[frozenset[str]] = frozenset()
@@ -165,6 +166,18 @@ class UndoLog:
         with self._lock:
             self.actions.append(action)
 
+    def rewrite(self, action: UndoAction) -> None:
+        """Journal an action whose record changed: the new entry is written first, then the old one removed (a
+        crash in between leaves both, and redoing both is safe for the kinds that change their record)."""
+        if self.journal is None or action.record is None:
+            return
+        old = action.journal_id
+        self.journal.write(action)
+        if old is not None and old != action.journal_id:
+            new, action.journal_id = action.journal_id, old
+            self.journal.remove(action)
+            action.journal_id = new
+
     def pending(self) -> list[UndoAction]:
         """The actions still to run, last registered first."""
         with self._lock:
@@ -225,10 +238,21 @@ class StepContext:
     #: where a step's evidence is published off its critical path (flows.evidence.StepPublisher, flushed when the
     #: case ends); None: published in the step itself
     publisher: Publisher | None = None
+    #: the case run's scratch folder, for files a step writes for the evidence pack (None: no such files)
+    scratch_dir: Path | None = None
 
     @property
     def clock(self) -> Clock:
         return self.clock_override or Clock.stoppable(self.stop)
+
+    def scratch_folder(self, name: str) -> Path | None:
+        """A new folder for this step's files (``<scratch>/<step label>/<name>``), or None without a scratch dir."""
+        if self.scratch_dir is None:
+            return None
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.label).strip("-.") or "step"
+        folder = self.scratch_dir / label / name
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def __post_init__(self) -> None:
         if not isinstance(self.secrets, Secrets):
@@ -251,7 +275,8 @@ class StepOutcome:
     result object and evidence; ``markdown`` is the body of the step's evidence artifact (no secrets);
     ``tables`` are extra table artifacts (name -> rows); ``request_ids`` are AWS request ids for the record;
     ``hashed_items`` are the files uploaded and query results read, with their SHA-256, for the evidence pack's
-    manifest (a typed field, not a convention in ``details``).
+    manifest (a typed field, not a convention in ``details``); ``files`` are files the step wrote for the pack
+    (into ``ctx.scratch_folder(...)``).
     """
 
     summary: str
@@ -261,6 +286,8 @@ class StepOutcome:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)
     hashed_items: list[HashedItem] = field(default_factory=list)
+    #: files the step wrote into its scratch folder, copied into the evidence pack (hashed in its manifest)
+    files: list[StepFile] = field(default_factory=list)
 
 
 Runner = Callable[[Any, StepContext], StepOutcome]

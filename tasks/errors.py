@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from botocore.exceptions import (
@@ -87,13 +89,34 @@ class HashedItem:
                    rows=rows)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepFile:
+    """A file a step wrote into the run's scratch folder for the evidence pack (e.g. a reconciliation's
+    differences as CSV): ``name`` is its path inside the step's folder of the pack, ``local_path`` where it is now,
+    with its SHA-256 and size as written. Build with :meth:`of`."""
+
+    name: str
+    local_path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, path: Path, name: str | None = None) -> StepFile:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return cls(name or path.name, str(path), digest.hexdigest(), path.stat().st_size)
+
+
 class StepError(Exception):
     """A step could not do or check what it was asked to (its status is ``error``); the message is shown to
     the user as is. ``markdown`` is the step's own evidence (what it did and saw before it stopped), shown as
     the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack)."""
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
-                 markdown: str | None = None, hashed_items: list[HashedItem] | None = None) -> None:
+                 markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
+                 files: list[StepFile] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -101,6 +124,8 @@ class StepError(Exception):
         self.details: dict[str, Any] = details or {}
         self.markdown = markdown
         self.hashed_items: list[HashedItem] = list(hashed_items or [])
+        #: files it wrote for the evidence pack before it stopped
+        self.files: list[StepFile] = list(files or [])
 
     def with_message(self, message: str) -> StepError:
         """The same error (class, code, details, evidence) with another message, e.g. one with secrets masked."""
@@ -113,8 +138,10 @@ class CheckFailed(StepError):
     """The step could look, and what it checked did not hold: the step's status is ``failed``."""
 
     def __init__(self, message: str, *, code: str | None = CHECK_FAILED, details: dict[str, Any] | None = None,
-                 markdown: str | None = None, hashed_items: list[HashedItem] | None = None) -> None:
-        super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items)
+                 markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
+                 files: list[StepFile] | None = None) -> None:
+        super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items,
+                         files=files)
 
 
 class AwsCallError(StepError):

@@ -13,19 +13,21 @@ from __future__ import annotations
 import base64
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import mimetypes
 import posixpath
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Iterator, Literal, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Iterator, Literal, Mapping
 from urllib.parse import quote, urlencode
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from pydantic import AfterValidator, Field, model_validator
-from s3transfer.utils import ChunksizeAdjuster
+from s3transfer.utils import ChunksizeAdjuster, ReadFileChunk
 
 from tasks import markdown
 from tasks.aws import is_real_aws
@@ -35,6 +37,7 @@ from tasks.base import (
     StepContext,
     StepOutcome,
     UndoAction,
+    UndoLog,
     format_bytes,
     step_kind,
     template_aware,
@@ -301,8 +304,89 @@ def digest_for_upload(path: Path, multipart_threshold: int, multipart_chunksize:
     """The file's SHA-256, and for a multipart upload its parts' (in the parts boto3 will send)."""
     size = path.stat().st_size
     multipart = size >= multipart_threshold
-    part_size = ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size) if multipart else None
-    return digest_file(path, part_size)
+    return digest_file(path, part_size_for(size, multipart_threshold, multipart_chunksize) if multipart else None)
+
+
+def part_size_for(size: int, multipart_threshold: int, multipart_chunksize: int) -> int:
+    """The part size of a multipart upload of ``size`` bytes (S3's limits of 10,000 parts and 5 GiB a part)."""
+    return int(ChunksizeAdjuster().adjust_chunksize(multipart_chunksize, size))
+
+
+#: parts being sent at once
+UPLOAD_WORKERS = 4
+
+
+def multipart_upload(client: Any, path: Path, bucket: str, key: str, extra: dict[str, Any], part_size: int, *,
+                     overwrite: bool, before_complete: Callable[[FileDigest], None],
+                     workers: int = UPLOAD_WORKERS) -> str | None:
+    """Upload a file in parts, hashing it once: each part's SHA-256 (sent with it, so S3 checks it) and the whole
+    file's are computed on one read, 1 MiB at a time; each part is then sent from the file (as boto3 does, a
+    streamed range: the OS's cache serves it), up to ``workers`` at once, so memory stays small whatever the
+    part size. A part changed on disk in between is refused by S3 (its checksum no longer matches).
+    ``before_complete`` gets the file's digest (whole and composite) once every part is sent, before
+    CompleteMultipartUpload makes the object (with If-None-Match unless ``overwrite``). On any failure the
+    multipart upload is aborted. Returns the completion's request id."""
+    uri = s3_uri(bucket, key)
+    create_args = {k: v for k, v in extra.items() if k != "ChecksumAlgorithm"}
+    try:
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256",
+                                                   **create_args)["UploadId"]
+    except AWS_ERRORS as exc:
+        raise aws_error("S3 multipart upload (CreateMultipartUpload)", uri, exc) from None
+
+    def send(number: int, start: int, length: int, checksum: str) -> dict[str, Any]:
+        with ReadFileChunk.from_filename(str(path), start, length, enable_callbacks=False) as body:
+            response = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                          Body=body, ContentLength=length, ChecksumSHA256=checksum)
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+    whole = hashlib.sha256()
+    part_digests: list[bytes] = []
+    size = 0
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool, path.open("rb") as fh:
+            pending: list[Future[dict[str, Any]]] = []
+            while True:
+                part, length = hashlib.sha256(), 0
+                while length < part_size and (block := fh.read(min(MIB, part_size - length))):
+                    whole.update(block)
+                    part.update(block)
+                    length += len(block)
+                if not length:
+                    break
+                part_digests.append(part.digest())
+                running = [f for f in pending if not f.done()]
+                if len(running) >= workers:
+                    wait(running, return_when=FIRST_COMPLETED)
+                for done in [f for f in pending if f.done()]:
+                    done.result()  # a failed part stops the upload at once
+                pending.append(pool.submit(send, len(part_digests), size, length,
+                                           base64.b64encode(part_digests[-1]).decode()))
+                size += length
+            parts = [f.result() for f in pending]
+        digest_bytes = whole.digest()
+        digest = FileDigest(size, digest_bytes.hex(), base64.b64encode(digest_bytes).decode(), parts=len(parts),
+                            composite_b64=base64.b64encode(hashlib.sha256(b"".join(part_digests)).digest()).decode())
+        before_complete(digest)
+        complete: dict[str, Any] = {"Bucket": bucket, "Key": key, "UploadId": upload_id,
+                                    "MultipartUpload": {"Parts": parts}}
+        if not overwrite:
+            complete["IfNoneMatch"] = "*"
+        response = client.complete_multipart_upload(**complete)
+        return request_id(response)
+    except BaseException as exc:
+        with contextlib.suppress(*AWS_ERRORS):
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        if isinstance(exc, ClientError):
+            if error_code(exc) == "PreconditionFailed":
+                raise StepError(f"{uri} already exists (it appeared during the upload); it was left untouched. "
+                                "Set overwrite: true to replace it.", code=AWS_PRECONDITION_FAILED) from None
+            raise aws_error(f"S3 multipart upload ({exc.operation_name})", uri, exc) from None
+        if isinstance(exc, AWS_ERRORS):
+            raise aws_error("S3 multipart upload", uri, exc) from None
+        if isinstance(exc, Exception) and not isinstance(exc, StepError):  # e.g. a connection reset mid-part
+            raise StepError(f"S3 multipart upload to {uri} failed: {exc}") from None
+        raise
 
 
 def upload_file(
@@ -319,18 +403,23 @@ def upload_file(
     multipart_chunksize: int = 16 * MIB,
     display_path: str | None = None,
     digest: FileDigest | None = None,
+    on_digest: Callable[[FileDigest], None] | None = None,
 ) -> UploadRecord:
     """Upload one file with a SHA-256 checksum; refuse to replace an existing object unless ``overwrite``.
 
     Small files go up in one PutObject carrying the whole-file SHA-256 (S3 rejects a mismatch with BadDigest);
-    large ones through boto3's transfer manager in parts, each with its SHA-256. Either way the checksum is
-    read back with HEAD and compared with the local one. ``digest``: the file's, from :func:`digest_for_upload`
-    with the same sizes, when the caller needed it first (e.g. to register the upload's undo before it).
+    large ones in parts (:func:`multipart_upload`), each with its SHA-256, computed on the same read as the
+    whole file's: each file is read and hashed once, with memory bounded by a few parts. Either way the
+    checksum is read back with HEAD and compared with the local one. ``digest``: a small file's, from
+    :func:`digest_for_upload` with the same sizes, when the caller needed it first (e.g. to register the
+    upload's undo before it); a large file's is known only once its parts are read: ``on_digest`` gets it
+    before the upload is completed (before the object exists), e.g. to record it in the upload's undo.
     """
     started = time.monotonic()
     size = path.stat().st_size
     multipart = size >= multipart_threshold
-    digest = digest or digest_for_upload(path, multipart_threshold, multipart_chunksize)
+    if not multipart:
+        digest = digest or digest_for_upload(path, multipart_threshold, multipart_chunksize)
     ctype = content_type(path)
     extra: dict[str, Any] = {"ContentType": ctype, "ChecksumAlgorithm": "SHA256"}
     if sse:
@@ -339,15 +428,30 @@ def upload_file(
         extra["SSEKMSKeyId"] = kms_key_id
     if tags:
         extra["Tagging"] = urlencode(tags)
+    sent: list[FileDigest] = [digest] if digest is not None and not multipart else []
+
+    def hashed(found: FileDigest) -> None:
+        sent.append(found)
+        if on_digest is not None:
+            on_digest(found)
+
     try:
-        rid = _send(client, path, bucket, key, extra, digest, overwrite=overwrite, multipart=multipart,
-                    config=TransferConfig(multipart_threshold=multipart_threshold,
-                                          multipart_chunksize=multipart_chunksize))
+        if multipart:
+            rid = multipart_upload(client, path, bucket, key, extra,
+                                   part_size_for(size, multipart_threshold, multipart_chunksize),
+                                   overwrite=overwrite, before_complete=hashed)
+        else:
+            assert digest is not None
+            rid = _send(client, path, bucket, key, extra, digest, overwrite=overwrite, multipart=False,
+                        config=TransferConfig(multipart_threshold=multipart_threshold,
+                                              multipart_chunksize=multipart_chunksize))
+        digest = sent[-1]
         verified, head = verify_checksum(client, bucket, key, digest)
     except StepError as exc:
         # the object may be there all the same (a lost response, a failed read-back): the evidence says what was
         # sent and whether it went up in parts (the upload's undo, registered before, deletes only that content)
-        exc.details.setdefault("checksum_sha256", digest.composite_b64 or digest.sha256_b64)
+        if sent:
+            exc.details.setdefault("checksum_sha256", sent[-1].composite_b64 or sent[-1].sha256_b64)
         exc.details.setdefault("multipart", multipart)
         raise
     return UploadRecord(
@@ -655,15 +759,18 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
         display = _display_path(path, ctx.spec_dir)
         ctx.logger.info("Uploading %s to %s (%s)", display, s3_uri(step.bucket, key), format_bytes(path.stat().st_size))
         threshold = chunksize = step.multipart_threshold_mb * MIB
-        digest = digest_for_upload(path, threshold, chunksize)
-        undo = _upload_undo(client, step.bucket, key, digest, path.stat().st_size >= threshold, ctx.label,
+        multipart = path.stat().st_size >= threshold
+        # a small file is hashed first (its PutObject carries the SHA-256); a large one while it goes up in parts
+        digest = None if multipart else digest_for_upload(path, threshold, chunksize)
+        undo = _upload_undo(client, step.bucket, key, digest, multipart, ctx.label,
                             step.resources(ctx.spec_dir)[0]) if step.cleanup else None
         if undo is not None:
             ctx.undo.add(undo.action)  # before the first byte goes up: journaled, so even a kill is undone
         try:
             record = upload_file(client, path, step.bucket, key, overwrite=step.overwrite, sse=step.sse,
                                  kms_key_id=step.kms_key_id, tags=tags, multipart_threshold=threshold,
-                                 multipart_chunksize=chunksize, display_path=display, digest=digest)
+                                 multipart_chunksize=chunksize, display_path=display, digest=digest,
+                                 on_digest=functools.partial(undo.sent, log=ctx.undo) if undo else None)
             if undo is not None:
                 undo.record = record
             if step.content_type and step.content_type != record.content_type:
@@ -723,15 +830,25 @@ class _UploadUndo:
     record: UploadRecord | None = None
     action: UndoAction = field(init=False, repr=False)
 
+    def sent(self, digest: FileDigest, log: UndoLog) -> None:
+        """A multipart upload's checksum, known once its parts are read and sent, before the object exists: from
+        now on the undo deletes an object at the key that has this content (journaled anew)."""
+        self.checksum_sha256 = digest.composite_b64 or digest.sha256_b64
+        assert self.action.record is not None
+        self.action.record["checksum_sha256"] = self.checksum_sha256
+        log.rewrite(self.action)
+
     def run(self) -> dict[str, Any]:
         if self.record is not None:
             return delete_uploaded(self.client, self.record)
         return delete_leftover(self.client, self.bucket, self.key, self.checksum_sha256, self.multipart)
 
 
-def _upload_undo(client: S3Client, bucket: str, key: str, digest: FileDigest, multipart: bool, label: str,
+def _upload_undo(client: S3Client, bucket: str, key: str, digest: FileDigest | None, multipart: bool, label: str,
                  resource: str) -> _UploadUndo:
-    sent = digest.composite_b64 or digest.sha256_b64
+    """The undo of one upload. A multipart upload's content is not known yet (``digest`` None): until it is
+    (:meth:`_UploadUndo.sent`), the undo aborts the key's unfinished multipart uploads and deletes no object."""
+    sent = (digest.composite_b64 or digest.sha256_b64) if digest is not None else ""
     undo = _UploadUndo(client, bucket, key, sent, multipart)
     undo.action = UndoAction(f"delete {s3_uri(bucket, key)}", undo.run, label,
                              record={"kind": LEFTOVER_KIND, "bucket": bucket, "key": key, "checksum_sha256": sent,

@@ -482,8 +482,8 @@ def test_large_result_is_streamed_from_the_result_file(athena_clients: ClientFac
     assert paged.source == "GetQueryResults" and paged.pages == 3
     assert len(from_file.rows) == 25
     assert typed_equal(from_file.rows, paged.rows)
-    columns = [{"name": c.name, "type": c.type} for c in paged.columns]
-    assert result_digest(columns, from_file.rows) == result_digest(columns, paged.rows)  # one digest either way
+    assert from_file.sha256 == paged.sha256 is not None  # one digest either way
+    assert paged.sha256 == result_digest(paged.columns, _many_rows(25))  # of Athena's texts, NULLs as null
     assert from_file.rows[3] == {"n": 3, "amount": Decimal("3.5"), "name": None, "flag": "x"}
     assert from_file.rows[4]["flag"] == ""
 

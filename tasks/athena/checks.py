@@ -7,6 +7,8 @@ that produces a QueryResult can use it.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dtime
@@ -15,11 +17,12 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
-from tasks.athena.values import CONVERTERS, QueryResult, json_safe, normalise_type
+from tasks.athena.reconcile import Reconcile
+from tasks.athena.values import CONVERTERS, Column, QueryResult, json_safe, normalise_type
 from tasks.base import SpecModel
 from tasks.markdown import shorten
 
-__all__ = ["AthenaExpect", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
+__all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
 
 
 class ColumnCondition(SpecModel):
@@ -67,6 +70,9 @@ class AthenaExpect(SpecModel):
     first_row: dict[str, ColumnCondition] = Field(
         default_factory=dict, description="Conditions on the first row's columns: column -> conditions."
     )
+    reconcile: Reconcile | None = Field(
+        None, description="Compare the whole result with an expected dataset (a local CSV or JSONL file, or inline "
+                          "rows) on key columns: rows missing, rows unexpected, values that differ.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "AthenaExpect":
@@ -83,7 +89,7 @@ class AthenaExpect(SpecModel):
     def is_empty(self) -> bool:
         """True when nothing is to be checked."""
         return (self.row_count is None and self.min_rows is None and self.max_rows is None
-                and self.columns is None and self.rows is None and not self.first_row)
+                and self.columns is None and self.rows is None and not self.first_row and self.reconcile is None)
 
 
 @dataclass
@@ -165,43 +171,133 @@ def _count_checks(expect: AthenaExpect, count: int) -> list[CheckResult]:
     return checks
 
 
-def _is_subsequence(wanted: list[tuple[Any, ...]], found: list[tuple[Any, ...]]) -> bool:
-    rest = iter(found)
-    return all(any(item == candidate for candidate in rest) for item in wanted)
+_SHOWN_FOUND = 20
+_SHOWN_DIFF = 10
 
 
-def _rows_check(expect: AthenaExpect, result: QueryResult) -> CheckResult:
-    """Expected rows against the result, projected on the columns the expected rows name."""
-    assert expect.rows is not None
-    label = f"rows ({expect.rows_match}, {'in order' if expect.ordered else 'any order'})"
-    names = list(expect.rows[0]) if expect.rows else []
-    types = {c.name: c.type for c in result.columns}
-    unknown = [n for n in names if n not in types]
-    if unknown:
-        return CheckResult(label, False, expect.rows, f"no column(s) {unknown} in the result "
-                                                      f"(columns: {result.column_names})")
-    wanted = [tuple(coerce_expected(row[n], types[n]) for n in names) for row in expect.rows]
-    found = [tuple(row[n] for n in names) for row in result.rows]
-    as_dict = lambda values: dict(zip(names, values))  # noqa: E731
-    if expect.ordered:
-        passed = found == wanted if expect.rows_match == "exact" else _is_subsequence(wanted, found)
-        shown = ", first 20 shown" if len(found) > 20 else ""
-        note = "" if passed else f"{len(found)} rows found{shown}"
-        return CheckResult(label, passed, expect.rows, [as_dict(v) for v in found[:20]], note)
-    remaining = list(found)
-    missing = []
-    for item in wanted:
-        if item in remaining:
-            remaining.remove(item)
-        else:
-            missing.append(item)
-    unexpected = remaining if expect.rows_match == "exact" else []
-    passed = not missing and not unexpected
-    actual: Any = {"missing": [as_dict(v) for v in missing[:10]], "unexpected": [as_dict(v) for v in unexpected[:10]]}
-    note = "" if passed else f"{len(missing)} expected row(s) missing, {len(unexpected)} unexpected row(s)"
-    if passed:
-        actual = f"all {len(wanted)} expected row(s) found" + (" and no others" if expect.rows_match == "exact" else "")
-    return CheckResult(label, passed, expect.rows, actual, note)
+def _hashable(value: Any) -> Any:
+    """An expected value that cannot be a row's (a list or mapping under a scalar column) as its JSON text."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (list, dict)) else value
+
+
+class _RowsCheck:
+    """``expect.rows`` fed row by row: holds the expected rows, counters and the first rows of each kind."""
+
+    def __init__(self, expect: AthenaExpect, columns: list[Column]) -> None:
+        assert expect.rows is not None
+        self.expect = expect
+        self.label = f"rows ({expect.rows_match}, {'in order' if expect.ordered else 'any order'})"
+        self.names = list(expect.rows[0]) if expect.rows else []
+        types = {c.name: c.type for c in columns}
+        self.unknown = [n for n in self.names if n not in types]
+        self.column_names = [c.name for c in columns]
+        self.wanted = [] if self.unknown else [tuple(_hashable(coerce_expected(row[n], types[n])) for n in self.names)
+                                               for row in expect.rows]
+        self.found = 0
+        self.shown: list[tuple[Any, ...]] = []  # the first rows found (ordered)
+        self.same = True  # ordered exact: every row so far equals the expected one at its place
+        self.next_wanted = 0  # ordered contains: how many expected rows were seen in order
+        self.left = Counter(self.wanted)  # any order: expected rows not found yet
+        self.unexpected: list[tuple[Any, ...]] = []
+        self.unexpected_count = 0
+
+    def feed(self, row: dict[str, Any]) -> None:
+        if self.unknown:
+            return
+        item = tuple(row[n] for n in self.names)
+        position = self.found
+        self.found += 1
+        if self.expect.ordered:
+            if len(self.shown) < _SHOWN_FOUND:
+                self.shown.append(item)
+            if self.expect.rows_match == "exact":
+                self.same = self.same and position < len(self.wanted) and self.wanted[position] == item
+            elif self.next_wanted < len(self.wanted) and self.wanted[self.next_wanted] == item:
+                self.next_wanted += 1
+            return
+        if self.left[item] > 0:
+            self.left[item] -= 1
+        elif self.expect.rows_match == "exact":
+            self.unexpected_count += 1
+            if len(self.unexpected) < _SHOWN_DIFF:
+                self.unexpected.append(item)
+
+    def result(self) -> CheckResult:
+        expect = self.expect
+        if self.unknown:
+            return CheckResult(self.label, False, expect.rows, f"no column(s) {self.unknown} in the result "
+                                                               f"(columns: {self.column_names})")
+        as_dict = lambda values: dict(zip(self.names, values))  # noqa: E731
+        if expect.ordered:
+            if expect.rows_match == "exact":
+                passed = self.same and self.found == len(self.wanted)
+            else:
+                passed = self.next_wanted == len(self.wanted)
+            shown = f", first {_SHOWN_FOUND} shown" if self.found > _SHOWN_FOUND else ""
+            note = "" if passed else f"{self.found} rows found{shown}"
+            return CheckResult(self.label, passed, expect.rows, [as_dict(v) for v in self.shown], note)
+        left = Counter(self.left)
+        missing = []
+        for item in self.wanted:  # in the expected rows' order
+            if left[item] > 0:
+                left[item] -= 1
+                missing.append(item)
+        passed = not missing and not self.unexpected_count
+        actual: Any = {"missing": [as_dict(v) for v in missing[:_SHOWN_DIFF]],
+                       "unexpected": [as_dict(v) for v in self.unexpected]}
+        note = "" if passed else f"{len(missing)} expected row(s) missing, {self.unexpected_count} unexpected row(s)"
+        if passed:
+            actual = (f"all {len(self.wanted)} expected row(s) found"
+                      + (" and no others" if expect.rows_match == "exact" else ""))
+        return CheckResult(self.label, passed, expect.rows, actual, note)
+
+
+class CheckAccumulator:
+    """The checks of an :class:`AthenaExpect` fed the result row by row, so no check needs all the rows.
+
+    Held in memory: the row count, the first row (first_row conditions), the first ``preview_rows`` rows (the
+    evidence), and for ``rows`` the expected rows with counters and the first few rows found or unexpected.
+    """
+
+    def __init__(self, expect: AthenaExpect, columns: list[Column], preview_rows: int = 0) -> None:
+        self.expect = expect
+        self.columns = columns
+        self.preview_rows = preview_rows
+        self.count = 0
+        self.first: dict[str, Any] | None = None
+        self.preview: list[dict[str, Any]] = []
+        self.rows = _RowsCheck(expect, columns) if expect.rows is not None else None
+
+    @property
+    def needs_every_row(self) -> bool:
+        """Whether a check needs every row's values (``rows``); otherwise only the first ``preview_rows`` (at
+        least one) are needed and the others may only be counted (``count += 1``)."""
+        return self.rows is not None
+
+    def feed(self, row: dict[str, Any]) -> None:
+        if self.count == 0:
+            self.first = row
+        self.count += 1
+        if len(self.preview) < self.preview_rows:
+            self.preview.append(row)
+        if self.rows is not None:
+            self.rows.feed(row)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def results(self) -> list[CheckResult]:
+        """Every check of ``expect``, passed or failed."""
+        expect = self.expect
+        checks = _count_checks(expect, self.count)
+        names = [c.name for c in self.columns]
+        if expect.columns is not None:
+            checks.append(CheckResult("columns", names == expect.columns, expect.columns, names))
+        if self.rows is not None:
+            checks.append(self.rows.result())
+        for name, condition in expect.first_row.items():
+            checks.extend(_column_checks(name, condition, self.columns, self.first))
+        return checks
 
 
 _COMPARISONS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
@@ -213,20 +309,21 @@ _COMPARISONS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {
 }
 
 
-def _column_checks(name: str, condition: ColumnCondition, result: QueryResult) -> list[CheckResult]:
-    """The conditions on one column of the first row."""
+def _column_checks(name: str, condition: ColumnCondition, columns: list[Column],
+                   first: dict[str, Any] | None) -> list[CheckResult]:
+    """The conditions on one column of the first row (None: the result has no rows)."""
     prefix = f"first_row.{name}"
     asked = [(op, getattr(condition, op)) for op in _COMPARISONS if getattr(condition, op) is not None]
     if condition.not_null:
         asked.append(("not_null", None))
     if condition.is_null:
         asked.append(("is_null", None))
-    types = {c.name: c.type for c in result.columns}
-    if not result.rows or name not in types:
-        why = "no rows" if not result.rows else f"no column {name!r} (columns: {result.column_names})"
+    types = {c.name: c.type for c in columns}
+    if first is None or name not in types:
+        why = "no rows" if first is None else f"no column {name!r} (columns: {[c.name for c in columns]})"
         return [CheckResult(f"{prefix} {op}", False, wanted, why, relation=_COMPARISONS.get(op, (op,))[0])
                 for op, wanted in asked]
-    value = result.rows[0][name]
+    value = first[name]
     checks = []
     for op, wanted in asked:
         if op == "not_null":
@@ -246,16 +343,11 @@ def _column_checks(name: str, condition: ColumnCondition, result: QueryResult) -
 
 
 def evaluate_checks(expect: AthenaExpect, result: QueryResult) -> list[CheckResult]:
-    """Run every check of ``expect`` on the result; all are returned, passed or failed."""
-    checks = _count_checks(expect, len(result.rows))
-    if expect.columns is not None:
-        checks.append(CheckResult("columns", result.column_names == expect.columns, expect.columns,
-                                  result.column_names))
-    if expect.rows is not None:
-        checks.append(_rows_check(expect, result))
-    for name, condition in expect.first_row.items():
-        checks.extend(_column_checks(name, condition, result))
-    return checks
+    """Run every check of ``expect`` on the result's rows (a :class:`CheckAccumulator` fed them all)."""
+    checks = CheckAccumulator(expect, result.columns)
+    for row in result.rows:
+        checks.feed(row)
+    return checks.results()
 
 
 def _show(value: Any) -> str:

@@ -16,14 +16,15 @@ Either way the rows are typed the same way from the result metadata.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, TypeVar, cast
 
 from pydantic import Field
 
-from tasks.athena.values import Column, QueryResult, RowTyper, columns_from_metadata
+from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper, columns_from_metadata
 from tasks.base import format_bytes
 from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
 from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
@@ -38,21 +39,27 @@ __all__ = [
     "TERMINAL_STATES",
     "AthenaWait",
     "QueryRun",
+    "ReadInfo",
+    "RowSink",
     "failure_message",
     "fetch_results",
     "get_execution",
     "parse_athena_csv",
     "read_result_csv",
+    "read_results",
     "run_query",
     "split_s3_uri",
     "start_query",
     "state_of",
     "stop_query",
+    "stream_result_csv",
     "wait_for_query",
 ]
 
 #: Athena's largest GetQueryResults page; a result bigger than one page is read from the CSV result file
 PAGE_SIZE = 1000
+#: rows handed to a sink at once when reading the result file (a page's worth)
+FEED_BATCH = 1000
 #: states after which a query never changes again
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 #: what AthenaError.ErrorCategory's numbers mean
@@ -253,55 +260,53 @@ def _mark_nulls(raw: str, fields: list[str]) -> list[str | None]:
     return marked
 
 
-class _LineTap:
-    """Hands lines to csv.reader and keeps those of the current record, for the null-aware slow path."""
-
-    def __init__(self, lines: Iterable[str]) -> None:
-        self._lines = iter(lines)
-        self.taken: list[str] = []
-
-    def __iter__(self) -> "_LineTap":
-        return self
-
-    def __next__(self) -> str:
-        line = next(self._lines)
-        self.taken.append(line)
-        return line
-
-
-def parse_athena_csv(lines: Iterable[str]) -> Iterator[Sequence[str | None]]:
+def parse_athena_csv(lines: Iterable[str]) -> Iterator[list[str | None]]:
     """Records of an Athena CSV result file as lists of texts, None for SQL NULL.
 
     Athena quotes every value and writes NULL as an empty unquoted field, so ``,,`` is NULL and ``,"",`` an
     empty string. Python's csv module reads both as ``''``; it does the fast work here, and only records
-    holding an empty value are looked at again by :func:`_mark_nulls`, which tells the two apart.
+    holding an empty value are looked at again by :func:`_mark_nulls`, which tells the two apart (the lines of
+    the current record are kept for it).
     """
-    tap = _LineTap(lines)
-    for fields in csv.reader(tap, strict=True):
-        raw = "".join(tap.taken)
-        tap.taken.clear()
-        yield _mark_nulls(raw, fields) if not fields or "" in fields else fields
+    taken: list[str] = []
+
+    def tap() -> Iterator[str]:
+        for line in lines:
+            taken.append(line)
+            yield line
+
+    for fields in csv.reader(tap(), strict=True):
+        if not fields or "" in fields:
+            yield _mark_nulls("".join(taken), fields)
+        else:
+            yield list[str | None](fields)
+        taken.clear()
 
 
 def _body_lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[str]:
-    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them)."""
-    for line in body.iter_lines(chunk_size=chunk_size, keepends=True):
-        yield line.decode("utf-8")
+    """The lines of an S3 object body, streamed, decoded, with their line ends (csv needs them): a TextIOWrapper
+    (C speed) when the body is a readable stream, as botocore's StreamingBody is."""
+    if isinstance(body, io.IOBase) and body.readable():
+        return io.TextIOWrapper(body, encoding="utf-8", newline="")  # type: ignore[type-var]
+    return (line.decode("utf-8") for line in body.iter_lines(chunk_size=chunk_size, keepends=True))
 
 
-def read_result_csv(
+def stream_result_csv(
     s3: S3Client,
     location: str,
     columns: list[Column],
+    feed: Callable[[list[list[str | None]]], None],
     *,
     request_ids: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Stream Athena's CSV result file at ``location`` (one GetObject) into typed rows.
+) -> int:
+    """Stream Athena's CSV result file at ``location`` (one GetObject), handing the rows' texts (None for NULL)
+    to ``feed`` as they are read, :data:`FEED_BATCH` rows at a time (nothing keeps them); returns how many rows
+    there were.
 
     The file starts with a header row, which must name the query's columns.
     """
     bucket, key = split_s3_uri(location)
-    typer = RowTyper(columns)
+    count = 0
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
         _record(request_ids, response)
@@ -316,13 +321,42 @@ def read_result_csv(
                     f"The Athena result file {location} starts with {header}, not the header row of the "
                     f"query's columns {[c.source_name or c.name for c in columns]}"
                 )
-            return [typer(values) for values in records]
+            width = len(columns)
+            batch: list[list[str | None]] = []
+            for values in records:
+                if len(values) != width:
+                    raise StepError(f"A row of the Athena result file {location} has {len(values)} values, but "
+                                    f"the result has {width} columns")
+                batch.append(values)
+                if len(batch) >= FEED_BATCH:
+                    feed(batch)
+                    count += len(batch)
+                    batch = []
+            if batch:
+                feed(batch)
+                count += len(batch)
+            return count
         finally:
             body.close()
     except AWS_ERRORS as exc:
         raise aws_error("S3 GetObject", location, exc) from None
     except (csv.Error, UnicodeDecodeError) as exc:
         raise StepError(f"The Athena result file {location} is not valid CSV: {exc}") from None
+
+
+def read_result_csv(
+    s3: Any,
+    location: str,
+    columns: list[Column],
+    *,
+    request_ids: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Athena's CSV result file at ``location`` as a list of typed rows (:func:`stream_result_csv`, kept)."""
+    typer = RowTyper(columns)
+    rows: list[dict[str, Any]] = []
+    stream_result_csv(s3, location, columns, lambda batch: rows.extend(typer(v) for v in batch),
+                      request_ids=request_ids)
+    return rows
 
 
 def _is_header(row: Sequence[str | None], columns: list[Column]) -> bool:
@@ -347,20 +381,45 @@ def _csv_location(execution: dict[str, Any]) -> str | None:
     return None
 
 
-def fetch_results(
+class RowSink(Protocol):
+    """What a result is read into, in batches of rows as Athena's texts (None for NULL), e.g. checks as
+    accumulators that type what they need (:class:`~tasks.athena.values.RowTyper`); ``close`` when it is dropped."""
+
+    def feed(self, rows: list[list[str | None]]) -> None:
+        """A batch of rows (at most :data:`FEED_BATCH`), in order."""
+
+    def close(self) -> None: ...
+
+
+SinkT = TypeVar("SinkT", bound=RowSink)
+
+
+@dataclass
+class ReadInfo:
+    """How a result was read: its columns, where from (the file's URI or ``GetQueryResults``), pages, rows."""
+
+    columns: list[Column]
+    source: str
+    pages: int
+    rows: int
+
+
+def read_results(
     athena: AthenaClient,
     s3: S3Client,
     execution: dict[str, Any],
+    make_sink: Callable[[list[Column]], SinkT],
     *,
     page_size: int = PAGE_SIZE,
     request_ids: list[str] | None = None,
     logger: Logger | None = None,
-) -> QueryResult:
-    """All rows of a SUCCEEDED query, typed by the result metadata.
+) -> tuple[SinkT, ReadInfo]:
+    """Every row of a SUCCEEDED query, typed by the result metadata, fed to a sink as it is read.
 
     The first ``GetQueryResults`` page (with the metadata) decides: one page is a small result, read from the
-    paginator; more is a large one, streamed from the CSV result file (falling back to paging when that file
-    cannot be read).
+    paginator; more is a large one, streamed from the CSV result file. When that file cannot be read (even half
+    way), the sink is closed and a new one (``make_sink`` again) is fed by paging instead. Only the sink decides
+    what is kept: nothing here holds more than one page.
     """
     log = logger or _log
     query_id = str(execution["QueryExecutionId"])
@@ -374,29 +433,71 @@ def fetch_results(
         raise aws_error("Athena GetQueryResults", resource, exc) from None
     _record(request_ids, first)
     columns = columns_from_metadata(first.get("ResultSet", {}).get("ResultSetMetadata", {}).get("ColumnInfo", []))
-    typer = RowTyper(columns)
     values = _page_values(first)
     if values and _is_header(values[0], columns):
         values = values[1:]
     location = _csv_location(execution)
     if first.get("NextToken") and location:
+        sink = make_sink(columns)
         try:
-            rows = read_result_csv(s3, location, columns, request_ids=request_ids)
-            log.info("Read %d rows of Athena query %s from its result file %s", len(rows), query_id, location)
-            return QueryResult(columns, rows, location, pages=1)
+            count = stream_result_csv(s3, location, columns, sink.feed, request_ids=request_ids)
+            log.info("Read %d rows of Athena query %s from its result file %s", count, query_id, location)
+            return sink, ReadInfo(columns, location, 1, count)
         except StepError as exc:  # no permission, no file, a file that is not Athena's CSV, ...
+            sink.close()
             log.warning("Could not read the result file (%s); paging GetQueryResults instead", exc.message)
-    rows = [typer(v) for v in values]
-    count = 1
+    sink = make_sink(columns)
     try:
+        if values:
+            sink.feed(values)
+        total, count = len(values), 1
         for page in pages:
             _record(request_ids, page)
-            rows.extend(typer(v) for v in _page_values(page))
+            page_rows = _page_values(page)
+            if page_rows:
+                sink.feed(page_rows)
+            total += len(page_rows)
             count += 1
     except AWS_ERRORS as exc:
+        sink.close()
         raise aws_error("Athena GetQueryResults", resource, exc) from None
-    log.info("Read %d rows of Athena query %s in %d GetQueryResults page(s)", len(rows), query_id, count)
-    return QueryResult(columns, rows, "GetQueryResults", pages=count)
+    except BaseException:
+        sink.close()
+        raise
+    log.info("Read %d rows of Athena query %s in %d GetQueryResults page(s)", total, query_id, count)
+    return sink, ReadInfo(columns, "GetQueryResults", count, total)
+
+
+class _ListSink:
+    """Keeps every row, typed, and the result's digest: :func:`fetch_results`."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.typer = RowTyper(columns)
+        self.digest = ResultDigest(columns)
+        self.rows: list[dict[str, Any]] = []
+
+    def feed(self, rows: list[list[str | None]]) -> None:
+        self.rows.extend(self.typer(v) for v in rows)
+        self.digest.feed(rows)
+
+    def close(self) -> None:
+        self.rows = []
+
+
+def fetch_results(
+    athena: Any,
+    s3: Any,
+    execution: dict[str, Any],
+    *,
+    page_size: int = PAGE_SIZE,
+    request_ids: list[str] | None = None,
+    logger: Logger | None = None,
+) -> QueryResult:
+    """All rows of a SUCCEEDED query, typed by the result metadata, in memory (:func:`read_results` into a list;
+    for results of any size, read into accumulators with :func:`read_results` instead)."""
+    sink, info = read_results(athena, s3, execution, _ListSink, page_size=page_size,
+                              request_ids=request_ids, logger=logger)
+    return QueryResult(info.columns, sink.rows, info.source, pages=info.pages, sha256=sink.digest.hexdigest())
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -413,6 +514,8 @@ class QueryRun:
     result: QueryResult
     elapsed: float
     request_ids: list[str] = field(default_factory=list)
+    #: what the rows were read into, when :func:`run_query` was given ``make_sink`` (then ``result.rows`` is empty)
+    sink: Any = None
 
 
 def run_query(
@@ -429,8 +532,13 @@ def run_query(
     page_size: int = PAGE_SIZE,
     logger: Logger | None = None,
     clock: Clock | None = None,
+    make_sink: Callable[[list[Column]], RowSink] | None = None,
 ) -> QueryRun:
-    """Start, wait for (stopping it on timeout) and read one query. Call :func:`check_sql` first."""
+    """Start, wait for (stopping it on timeout) and read one query. Call :func:`check_sql` first.
+
+    Without ``make_sink`` the rows are kept in ``result.rows``; with it they are fed to the sink as they are read
+    (:func:`read_results`) and only counted (``result.count``): results of any size in bounded memory.
+    """
     log = logger or _log
     clock = clock or Clock()
     ids: list[str] = []
@@ -445,5 +553,9 @@ def run_query(
     )
     elapsed = clock.now() - started
     log.info("Athena query %s SUCCEEDED after %.1f s; reading its results", query_id, elapsed)
-    result = fetch_results(athena, s3, execution, page_size=page_size, request_ids=ids, logger=log)
-    return QueryRun(query_id, execution, result, elapsed, ids)
+    if make_sink is None:
+        result = fetch_results(athena, s3, execution, page_size=page_size, request_ids=ids, logger=log)
+        return QueryRun(query_id, execution, result, elapsed, ids)
+    sink, info = read_results(athena, s3, execution, make_sink, page_size=page_size, request_ids=ids, logger=log)
+    result = QueryResult(info.columns, [], info.source, pages=info.pages, count=info.rows)
+    return QueryRun(query_id, execution, result, elapsed, ids, sink)

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tasks import markdown
 from tasks.athena.checks import CheckResult
 from tasks.athena.client import QueryRun, state_of
-from tasks.athena.values import json_safe
+from tasks.athena.values import ResultDigest, json_safe, result_digest
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepOutcome, format_bytes
-from tasks.errors import HashedItem
+from tasks.errors import HashedItem, StepFile
 
 if TYPE_CHECKING:
+    from tasks.athena.reconcile import ReconcileReport
     from tasks.athena.step import AthenaQueryStep
 
-__all__ = ["console_url", "preview_table", "query_outcome", "result_digest"]
+__all__ = ["ResultDigest", "ResultFacts", "console_url", "preview_table", "query_outcome", "reconcile_markdown",
+           "result_columns", "result_digest"]
 
 
 #: the widest code line the Prefect UI shows whole at 1400 px (longer SQL lines are broken for display)
@@ -37,7 +38,7 @@ def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
                                     for row in rows])
 
 
-def _facts(run: QueryRun, step: AthenaQueryStep) -> dict[str, Any]:
+def _facts(run: QueryRun, step: AthenaQueryStep, row_count: int) -> dict[str, Any]:
     """The query's facts for details and evidence (Athena's statistics, in ms and bytes)."""
     stats = run.execution.get("Statistics", {})
     return {
@@ -53,7 +54,7 @@ def _facts(run: QueryRun, step: AthenaQueryStep) -> dict[str, Any]:
         "total_time_ms": stats.get("TotalExecutionTimeInMillis"),
         "data_scanned_bytes": stats.get("DataScannedInBytes"),
         "waited_s": round(run.elapsed, 3),
-        "row_count": len(run.result.rows),
+        "row_count": row_count,
         "result_source": run.result.source,
     }
 
@@ -109,22 +110,55 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
     return "\n\n".join(parts)
 
 
-def result_digest(columns: list[dict[str, str]], rows: list[dict[str, Any]]) -> str:
-    """SHA-256 of the whole typed result (columns and every row, as canonical JSON), for the evidence manifest:
-    the same rows give the same digest whether they were paged or read from the result file."""
-    canonical = json.dumps({"columns": columns, "rows": json_safe(rows)}, sort_keys=True, separators=(",", ":"),
-                           ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+_DIFF_TITLES = {"missing": "Rows missing", "unexpected": "Rows unexpected", "differences": "Values that differ"}
+
+
+def reconcile_markdown(report: ReconcileReport) -> str:
+    """The reconciliation's counts and the first differences of each kind."""
+    counts = report.counts
+    parts = ["**Reconciliation**\n\n" + markdown.table(["Expected rows", "Result rows", "Matched", "Missing",
+                                                          "Unexpected", "Differing values"],
+                                                         [[report.expected, report.actual, report.matched,
+                                                           counts["missing"], counts["unexpected"],
+                                                           counts["differences"]]])]
+    for kind, title in _DIFF_TITLES.items():
+        first = report.first[kind]
+        if not first:
+            continue
+        more = f" (first {len(first)} of {counts[kind]}; all in the evidence pack)" if counts[kind] > len(first) else ""
+        parts.append(f"**{title}**{more}\n\n" + preview_table(first, list(first[0])))
+    return "\n\n".join(parts)
+
+
+@dataclass
+class ResultFacts:
+    """What the evidence needs of a result read row by row: the row count, the preview and the digest."""
+
+    row_count: int
+    preview: list[dict[str, Any]]
+    sha256: str
+
+
+def result_columns(run: QueryRun) -> list[dict[str, str]]:
+    """The result's columns as the digest and the details show them."""
+    return [{"name": c.name, "type": c.type} for c in run.result.columns]
 
 
 def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[CheckResult],
-             region: str | None, endpoint: str) -> StepOutcome:
-    """Summary, details, evidence, preview table and console link of a finished query."""
-    facts = _facts(run, step)
-    preview = run.result.rows[: step.preview_rows]
+                  region: str | None, endpoint: str, reconciled: ReconcileReport | None = None,
+                  streamed: ResultFacts | None = None) -> StepOutcome:
+    """Summary, details, evidence, preview table and console link of a finished query (its rows from
+    ``run.result.rows``, or, when the rows were streamed into checks, from ``streamed``)."""
+    columns = result_columns(run)
+    if streamed is None:  # rows in memory; a hand-made result (no digest read with it) is digested from its values
+        digest = run.result.sha256 or result_digest(
+            run.result.columns, [[None if row[c] is None else str(json_safe(row[c])) for c in run.result.column_names]
+                                 for row in run.result.rows])
+        streamed = ResultFacts(len(run.result.rows), run.result.rows[: step.preview_rows], digest)
+    facts = _facts(run, step, streamed.row_count)
+    preview = streamed.preview
     safe_preview = json_safe(preview)
-    columns = [{"name": c.name, "type": c.type} for c in run.result.columns]
-    digest = result_digest(columns, run.result.rows)
+    digest = streamed.sha256
     details = {
         "sql": sql,
         "parameters": list(step.parameters),
@@ -134,16 +168,23 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         "preview": safe_preview,
         "checks": [c.to_dict() for c in checks],
     }
+    body = _markdown(sql, step, facts, run, preview, checks)
+    files: list[StepFile] = []
+    if reconciled is not None:
+        details["reconcile"] = reconciled.to_dict()
+        body += "\n\n" + reconcile_markdown(reconciled)
+        files = [StepFile.of(path, f"reconcile/{path.name}") for path in reconciled.files.values()]
     links = []
     if region and is_real_aws(endpoint):
         links.append(Link(console_url(region, run.query_id), f"Athena query {run.query_id}"))
     return StepOutcome(
         summary=_summary(facts, checks),
         details=details,
-        markdown=_markdown(sql, step, facts, run, preview, checks),
+        markdown=body,
         links=links,
         tables={"preview": safe_preview},
         request_ids=list(run.request_ids),
         hashed_items=[HashedItem.query_result(query_id=run.query_id, location=facts["output_location"],
                                               rows=facts["row_count"], sha256=digest)],
+        files=files,
     )

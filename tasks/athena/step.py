@@ -7,21 +7,24 @@ from typing import Annotated, Callable, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.athena.checks import AthenaExpect, evaluate_checks
+from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
-from tasks.athena.evidence import query_outcome
+from tasks.athena.evidence import ResultFacts, query_outcome
+from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_sql
+from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
 from tasks.s3 import S3_URI_KEY
 
-__all__ = ["AthenaQueryStep", "check_step_sql", "load_sql", "run_athena_query"]
+__all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
 
 
 class AthenaQueryStep(StepBase):
     """Run one Athena query (read-only unless allowed), wait for it, and check its rows."""
 
     template_files: ClassVar[frozenset[str]] = frozenset({"sql_file"})
+    local_files: ClassVar[frozenset[str]] = frozenset({"expect.reconcile.file"})
 
     kind: Literal["athena_query"] = "athena_query"
     sql: str | None = Field(None, description="The SQL, templated with the case's variables. Give sql or sql_file.")
@@ -98,9 +101,45 @@ def check_step_sql(step: AthenaQueryStep, spec_dir: Path, render: Callable[[str]
     return sql, check_sql(sql, allow_write=step.allow_write, parameters=step.parameters)
 
 
+class ResultSink:
+    """Everything the step checks of a result, fed row by row as it is read (Athena's texts): the digest of every
+    row; the checks (:class:`CheckAccumulator`: count, first row, preview, ``rows``) and the reconciliation (its
+    expected set). Rows are typed only where a check needs them: every row for ``rows`` and ``reconcile``, else
+    only the first ``preview_rows`` (at least the first); no row is kept beyond what a check needs."""
+
+    def __init__(self, step: AthenaQueryStep, ctx: StepContext, columns: list[Column]) -> None:
+        self.typer = RowTyper(columns)
+        self.checks = CheckAccumulator(step.expect, columns, step.preview_rows)
+        self.digest = ResultDigest(columns)
+        spec = step.expect.reconcile
+        self.reconciler = (Reconciler(spec, columns, ctx.spec_dir, ctx.scratch_folder("reconcile"))
+                           if spec is not None else None)
+        self._type_all = self.reconciler is not None or self.checks.needs_every_row
+        self._typed_first = max(1, step.preview_rows)
+
+    def feed(self, rows: list[list[str | None]]) -> None:
+        self.digest.feed(rows)
+        if not self._type_all:
+            wanted = max(0, self._typed_first - self.checks.count)
+            for values in rows[:wanted]:
+                self.checks.feed(self.typer(values))
+            self.checks.count += max(0, len(rows) - wanted)  # counted only: no check needs these rows' values
+            return
+        for values in rows:
+            row = self.typer(values)
+            self.checks.feed(row)
+            if self.reconciler is not None:
+                self.reconciler.feed(row)
+
+    def close(self) -> None:
+        if self.reconciler is not None:
+            self.reconciler.close()
+
+
 @step_kind(AthenaQueryStep)
 def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
-    """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read, check."""
+    """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read and check the rows as
+    they stream in."""
     sql, found = check_step_sql(step, ctx.spec_dir, ctx.render)
     ctx.logger.info("Running %s statement on Athena (workgroup %s, catalog %s, database %s)",
                     found.kind, step.workgroup, step.catalog, step.database or "-")
@@ -117,14 +156,41 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         wait=step.wait,
         logger=ctx.logger,
         clock=ctx.clock,
+        make_sink=lambda columns: ResultSink(step, ctx, columns),
     )
-    checks = evaluate_checks(step.expect, run.result)
-    outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url))
+    sink: ResultSink = run.sink
+    checks = sink.checks.results()
+    reconciled = None
+    if sink.reconciler is not None:
+        reconciled = sink.reconciler.finish()
+        checks.append(reconciled.check())
+        ctx.logger.info("Reconciled %d result rows with %d expected rows: %s", reconciled.actual,
+                        reconciled.expected, reconciled.check().note)
+    streamed = ResultFacts(sink.checks.count, sink.checks.preview, sink.digest.hexdigest())
+    outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
+                            reconciled, streamed)
     failed = [c for c in checks if not c.passed]
     if failed:
         raise CheckFailed(
             f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.text() for c in failed),
             details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
+            files=outcome.files,
         )
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
     return outcome
+
+
+def reconcile(step: AthenaQueryStep, ctx: StepContext, result: QueryResult) -> ReconcileReport | None:
+    """``expect.reconcile`` on rows in memory: the result's rows against the expected data; the diff files go in
+    the step's scratch folder (for the evidence pack) when the run has one."""
+    spec = step.expect.reconcile
+    if spec is None:
+        return None
+    reconciler = Reconciler(spec, result.columns, ctx.spec_dir, ctx.scratch_folder("reconcile"))
+    try:
+        for row in result.rows:
+            reconciler.feed(row)
+    except BaseException:
+        reconciler.close()
+        raise
+    return reconciler.finish()

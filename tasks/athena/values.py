@@ -7,13 +7,15 @@ rows, whatever read them (the check functions of :mod:`tasks.athena.checks` only
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 from tasks.errors import StepError
@@ -22,11 +24,13 @@ __all__ = [
     "CONVERTERS",
     "Column",
     "QueryResult",
+    "ResultDigest",
     "RowTyper",
     "columns_from_metadata",
     "convert_value",
     "json_safe",
     "normalise_type",
+    "result_digest",
 ]
 
 
@@ -152,6 +156,14 @@ class QueryResult:
     rows: list[dict[str, Any]]
     source: str
     pages: int = 0
+    #: how many rows there were when they were streamed into checks rather than kept (then ``rows`` is empty)
+    count: int | None = None
+    #: the result's SHA-256 (:class:`ResultDigest`), when it was read
+    sha256: str | None = None
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows) if self.count is None else self.count
 
     @property
     def column_names(self) -> list[str]:
@@ -173,3 +185,49 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+class ResultDigest:
+    """SHA-256 of a whole result as Athena returned it, fed row by row: the canonical JSON (compact, UTF-8)
+    ``{"columns":[{"name":..,"type":..},..],"rows":[[text or null,..],..]}`` of the columns and every row's texts
+    (None for NULL), the same whether the rows were paged or read from the result file; fed a batch of rows at
+    a time (one ``json.dumps`` per batch), so nothing holds the rows."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self._hash = hashlib.sha256()
+        head = [{"name": c.name, "type": c.type} for c in columns]
+        self._hash.update(('{"columns":' + _canonical(head) + ',"rows":[').encode("utf-8"))
+        self._any = False
+
+    def feed(self, rows: Sequence[Sequence[str | None]]) -> None:
+        """A batch of rows' texts, in order (one ``json.dumps`` for the batch)."""
+        if not rows:
+            return
+        text = _canonical(rows if isinstance(rows, list) else list(rows))[1:-1]
+        self._hash.update(((',' if self._any else '') + text).encode("utf-8"))
+        self._any = True
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def hexdigest(self) -> str:
+        final = self._hash.copy()
+        final.update(b"]}")
+        return final.hexdigest()
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def result_digest(columns: list[Column], rows: Iterable[Sequence[str | None]]) -> str:
+    """:class:`ResultDigest` of the given rows' texts."""
+    digest = ResultDigest(columns)
+    batch: list[Sequence[str | None]] = []
+    for values in rows:
+        batch.append(values)
+        if len(batch) >= 1000:
+            digest.feed(batch)
+            batch = []
+    digest.feed(batch)
+    return digest.hexdigest()
