@@ -55,7 +55,7 @@ def test_equal_data_passes_with_athena_typing(tmp_path: Path) -> None:
     report = reconcile({"file": "expected.csv", "key": ["id"]}, [actual_row(i) for i in range(1, 31)], tmp_path)
     assert report.passed and report.counts == {"missing": 0, "unexpected": 0, "differences": 0}
     assert report.expected == report.actual == report.matched == 30
-    assert report.check().passed and report.check().line().startswith("✅ reconcile differences: expected 0, got 0")
+    assert report.check().passed and report.check().line().startswith("✅ PASS reconcile differences: expected 0, got 0")
 
 
 def test_each_kind_of_difference_is_counted_shown_and_written(tmp_path: Path) -> None:
@@ -76,7 +76,7 @@ def test_each_kind_of_difference_is_counted_shown_and_written(tmp_path: Path) ->
     assert files["differences"][0] == ["id", "column", "expected", "actual"]
     assert files["differences"][1:] == [["1", "amount", "1.5", "1.51"], ["2", "note", "n2", "NULL"],
                                         ["3", "score", "1.0", str(1.0 + 1e-9)]]
-    assert report.check().line().startswith("❌ reconcile differences: expected 0, got 7 (2 missing, 2 unexpected, 3 ")
+    assert report.check().line().startswith("❌ FAIL reconcile differences: expected 0, got 7 (2 missing, 2 unexpected, 3 ")
 
 
 def test_float_tolerance_mapping_and_inline_rows(tmp_path: Path) -> None:
