@@ -1,8 +1,8 @@
 """Set up and run, on a fresh machine with only Python (3.10 to 3.13), on Windows, Linux or macOS.
 
     python quickstart.py demo     create .venv, install the pinned dependencies, run the demo
-    python quickstart.py test     the same, with pytest, then run the test suite on two processes (pytest-xdist;
-                                  extra args go to pytest: -n 0 runs it in this one)
+    python quickstart.py test     the same, with pytest, then run the test suite (extra args go to pytest;
+                                  -n 2 runs it on two processes with pytest-xdist)
     python quickstart.py lint     the same, then check the code with ruff (pyflakes, pycodestyle, import order)
 
 The virtual environment is made once, in .venv beside this file, and reinstalled only when pyproject.toml or
@@ -22,9 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
-#: pytest's options for the whole suite: two worker processes (pytest-xdist), the heavy tests' xdist_group marks
-#: kept together on one worker (the real-server tests do not compete with each other for the two cores)
-PYTEST_PARALLEL = ["-n", "2", "--dist", "loadgroup"]
 #: the installer (https://pypi.org/project/uv/): a pinned wheel, installed into .venv with pip
 UV = "uv==0.9.30"
 
@@ -69,8 +66,7 @@ def main(argv: list[str]) -> int:
         return 2
     python = ensure_env()
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUTF8": "1"}
-    command = {"demo": [str(python), "-m", "flows.demo"],
-               "test": [str(python), "-m", "pytest", *PYTEST_PARALLEL, *argv[1:]],
+    command = {"demo": [str(python), "-m", "flows.demo"], "test": [str(python), "-m", "pytest", *argv[1:]],
                "lint": [str(python), "-m", "ruff", "check", "."]}[argv[0]]
     return subprocess.run(command, cwd=ROOT, env=env).returncode
 
