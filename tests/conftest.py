@@ -190,6 +190,23 @@ def work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup``, tests marked ``@pytest.mark.xdist_group("heavy-processes")`` (they
+    start many processes of their own) go to one worker, one after the other. pytest-xdist 3.8.0 marks a group by
+    setting ``item._nodeid``, which pytest 9.2 no longer reads; this sets the node id's ``@group`` suffix that its
+    scheduler looks for (a no-op without --dist loadgroup)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and not item.nodeid.endswith("@" + "_".join(names)):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")  # type: ignore[attr-defined]
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """How many (AWS call, fault) pairs tests/test_faults.py covered, in the summary (CI does not pass -s)."""
     def pairs(*outcomes: str) -> set[str]:

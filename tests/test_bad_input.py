@@ -29,6 +29,8 @@ from flows import spec as spec_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "case.yaml"
+#: the CPU time (of the validating process, not the wall clock: the suite runs on two processes on a shared machine)
+#: that refusing one bad input may take
 MAX_SECONDS = 5.0
 MAX_BYTES = 300 * 1024 * 1024
 # an AWS access key id and secret access key of AWS's documentation (not real credentials)
@@ -336,17 +338,17 @@ def test_bad_input_is_refused_in_process(bad: Bad, tmp_path: Path, monkeypatch: 
     for name, value in bad.patch.items():
         monkeypatch.setattr(spec_module, name, value)
     tracemalloc.start()
-    started = time.monotonic()
+    started = time.process_time()
     try:
         code = pipeline_test.main([str(path), "--validate", *bad.args])
     finally:
-        elapsed = time.monotonic() - started
+        elapsed = time.process_time() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     out, err = capsys.readouterr()
     assert code == 2, out + err
     _check_message(bad, path, out + err)
-    assert elapsed < MAX_SECONDS, f"{bad.id} took {elapsed:.1f} s"
+    assert elapsed < MAX_SECONDS, f"{bad.id} took {elapsed:.1f} s of CPU"
     assert peak < MAX_BYTES, f"{bad.id} peaked at {peak / 1e6:.0f} MB"
     assert no_aws == []
 
@@ -364,16 +366,16 @@ def _check_message(bad: Bad, path: Path, output: str) -> None:
 CHILD = """
 import resource, sys, time
 from flows.pipeline_test import main
-before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.process_time()
 code = main(sys.argv[1:])
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(f"grown-kib={grown} seconds={time.monotonic() - started:.2f}", file=sys.stderr)
+print(f"grown-kib={grown} seconds={time.process_time() - started:.2f}", file=sys.stderr)
 sys.exit(code)
 """
 
 
 def test_bad_input_is_refused_by_the_real_command(tmp_path: Path) -> None:
-    """Real processes, side by side: exit code 2 and no traceback; validation's time and memory (ru_maxrss growth)
+    """Real processes, side by side: exit code 2 and no traceback; validation's CPU time and memory (ru_maxrss growth)
     measured in the child after its imports; AWS points at a closed port, so a call could not succeed."""
     chosen = [b for b in CASES if b.subprocess or b.id in SUBPROCESS_TOO]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
@@ -393,7 +395,7 @@ def test_bad_input_is_refused_by_the_real_command(tmp_path: Path) -> None:
         _check_message(bad, path, out + err)
         grown, seconds = re.search(r"grown-kib=(\d+) seconds=([\d.]+)", err).groups()  # type: ignore[union-attr]
         assert int(grown) * 1024 < MAX_BYTES, f"{bad.id} grew by {int(grown) / 1024:.0f} MB"
-        assert float(seconds) < MAX_SECONDS, f"{bad.id} took {seconds} s"
+        assert float(seconds) < MAX_SECONDS, f"{bad.id} took {seconds} s of CPU"
 
 
 @pytest.mark.parametrize("template, expected", [

@@ -404,6 +404,7 @@ def wait_for_health(api_url: str, server: subprocess.Popen[bytes], procs: Proces
 
 # ------------------------------------------------------------------------------------- the e2e test itself
 @pytest.mark.e2e
+@pytest.mark.xdist_group("heavy-processes")  # under pytest-xdist: one after the other on one worker (conftest.py)
 def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: Path, processes: Processes) -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -535,6 +536,7 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
 
 # ------------------------------------------------------------------- a suite's cases as runs of a deployment
 @pytest.mark.e2e
+@pytest.mark.xdist_group("heavy-processes")
 def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path: Path, processes: Processes) -> None:
     """`run_as: deployment`: the suite (in this process) starts each case as a run of `suite-case`; two process
     workers (one run at a time each) share them; the suite reads each result back from its pack."""

@@ -26,7 +26,8 @@ from flows.emulator import emulator_env
 from tasks.journal import read_entries
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name == "nt", reason="POSIX signals")]
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),
+              pytest.mark.xdist_group("heavy-processes")]
 
 ORIGINAL = "original-Secret-5d1c0b"  # the SecureString's value before the case: never shown either
 CANARY = "canary-Secret-93b7e2"  # the value the case sets
