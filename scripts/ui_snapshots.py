@@ -57,7 +57,7 @@ def wait_for(base: str, timeout: float = 120) -> None:
 def shoot(chromium: str, url: str, out: Path, width: int, height: int = 2000) -> None:
     """A screenshot of a page of the UI (a JS app: given a virtual-time budget to render)."""
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--window-size={width},{height}", "--virtual-time-budget=15000", f"--screenshot={out}", url],
+                    f"--window-size={width},{height}", "--virtual-time-budget=25000", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=120)
     print(f"saved {out}")
 
