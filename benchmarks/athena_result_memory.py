@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,17 +34,7 @@ from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: VmHWM (Linux; unlike ru_maxrss it is not inherited from the parent across
-    exec, and the parent here may be large), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from rss import peak_rss_mb  # noqa: E402  (benchmarks/rss.py, beside this script)
 
 COLUMNS = [("id", "bigint"), ("amount", "decimal(12,2)"), ("customer", "varchar")]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS in MB: VmHWM (Linux; unlike ru_maxrss it is not inherited from the parent across
-    exec, and the parent here may be large), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from rss import peak_rss_mb  # noqa: E402  (benchmarks/rss.py, beside this script)
 
 MIB = 1024 * 1024
 BUCKET = "bench-upload"
