@@ -15,7 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
+
+from tasks.errors import error_code
 
 #: the project's checkout (for the git commit, when run from one)
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +31,8 @@ def aws_identity(clients: Any) -> dict[str, Any]:
         identity = clients.client("sts").get_caller_identity()
         found.update(account_id=identity.get("Account"), caller_arn=identity.get("Arn"))
     except ClientError as exc:
-        found["error_code"] = exc.response.get("Error", {}).get("Code") or "ClientError"
-    except (BotoCoreError, Exception) as exc:  # no credentials, no network: recorded, never fatal
+        found["error_code"] = error_code(exc)
+    except Exception as exc:  # no credentials, no network (BotoCoreError), anything else: recorded, never fatal
         found["error_code"] = type(exc).__name__
     return found
 

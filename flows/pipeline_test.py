@@ -38,7 +38,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import audit, evidence, evidence_pack, locks, prefect_logs
+from flows import audit, evidence, evidence_pack, history, locks, prefect_logs
 from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
@@ -151,11 +151,8 @@ def resolve_spec(spec: str | Path | CaseSpec | dict[str, Any], variables: dict[s
 
 
 def _ui_url() -> str | None:
-    """The flow run's page in the Prefect UI, when a UI URL is configured (not with a temporary server)."""
-    from prefect.utilities.urls import url_for
-
-    url = url_for("flow-run", obj_id=flow_run.id) if flow_run.id else None
-    return url if url and url.startswith("http") else None
+    """This flow run's page in the Prefect UI, when a UI URL is configured (not with a temporary server)."""
+    return history.flow_run_url(flow_run.id) if flow_run.id else None
 
 
 @flow(name="pipeline-test", flow_run_name=_run_name, validate_parameters=False, log_prints=False,
