@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="suite,sequential,concurrent")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--delay", type=float, default=2.0, help="D: seconds until the pipeline's output appears")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="the suite's --max-parallel (default: every case at once)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
 
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             codes: list[int] = []
             errors: list[str] = []
             if mode == "suite":
-                proc = cli(str(cases), "--max-parallel", str(args.cases), "--evidence-dir", str(out))
+                proc = cli(str(cases), "--max-parallel", str(args.max_parallel or args.cases), "--evidence-dir", str(out))
                 _, err = proc.communicate(timeout=1800)
                 codes.append(proc.returncode)
                 errors += [err.decode(errors="replace")] if proc.returncode else []

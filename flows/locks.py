@@ -14,6 +14,7 @@ when it knows the holder is dead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -79,9 +80,10 @@ class HeldLocks:
         return {"resources": self.resources, "limits": self.names, "waited_seconds": round(self.waited_s, 3)}
 
 
-def ensure_limits(names: list[str]) -> None:
-    """Create the one-slot limits that do not exist yet (another run creating one at the same time is fine)."""
-    with get_client(sync_client=True) as client:
+def ensure_limits(names: list[str], client: Any = None) -> None:
+    """Create the one-slot limits that do not exist yet (another run creating one at the same time is fine), on
+    ``client`` (a sync Prefect client) or a new one."""
+    with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         for name in names:
             try:
                 client.read_global_concurrency_limit_by_name(name)
@@ -102,7 +104,7 @@ def _holder(run_id: str) -> ConcurrencyLeaseHolder | None:
 
 
 def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger: Any,
-            stop: threading.Event | None = None) -> tuple[str, float]:
+            stop: threading.Event | None = None, client: Any = None) -> tuple[str, float]:
     """Take one slot of every limit in one request (all or none), retrying while another run holds one; logs
     when it starts waiting and every ``LOG_EVERY`` s after. Returns (lease id, seconds waited).
 
@@ -112,7 +114,7 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
     holder = _holder(run_id)
     stop = stop or threading.Event()
     logged: float | None = None
-    with get_client(sync_client=True) as client:
+    with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         while True:
             try:
                 response = client.increment_concurrency_slots_with_lease(names, 1, "concurrency", lease, holder)
@@ -152,24 +154,28 @@ def hold(resources: list[str], run_id: str, *, timeout: float, logger: Any,
         yield held
         return
     lease = lease_seconds()
-    try:
-        ensure_limits(held.names)
-    except Exception as exc:
-        raise LockError(f"could not create the resource locks on the Prefect server: {exc}",
-                        code=LOCK_UNAVAILABLE) from None
-    lease_id, held.waited_s = acquire(held.names, run_id, timeout, lease, logger, stop)
-    held.lease_id = lease_id
-    if held.waited_s >= 0.5:
-        logger.info("Took %d lock(s) after waiting %.1f s", len(held.names), held.waited_s)
-    try:
-        with maintain_concurrency_lease(uuid.UUID(lease_id), lease, raise_on_lease_renewal_failure=False,
-                                        suppress_warnings=False):
-            yield held
-    finally:
+    # one client for the whole hold: each new Prefect client builds an SSL context (tens of ms of CPU), which
+    # adds up over the cases of a suite
+    with get_client(sync_client=True) as client:
         try:
-            release_concurrency_slots_with_lease(uuid.UUID(lease_id))
-        except Exception as exc:  # the lease expires by itself
-            logger.warning("Could not release the resource locks (they expire within %.0f s): %s", lease, exc)
+            ensure_limits(held.names, client)
+        except Exception as exc:
+            raise LockError(f"could not create the resource locks on the Prefect server: {exc}",
+                            code=LOCK_UNAVAILABLE) from None
+        lease_id, held.waited_s = acquire(held.names, run_id, timeout, lease, logger, stop, client)
+        held.lease_id = lease_id
+        if held.waited_s >= 0.5:
+            logger.info("Took %d lock(s) after waiting %.1f s", len(held.names), held.waited_s)
+        try:
+            with maintain_concurrency_lease(uuid.UUID(lease_id), lease, raise_on_lease_renewal_failure=False,
+                                            suppress_warnings=False):
+                yield held
+        finally:
+            try:
+                client.release_concurrency_slots_with_lease(uuid.UUID(lease_id)).raise_for_status()
+            except Exception as exc:  # the lease expires by itself
+                logger.warning("Could not release the resource locks (they expire within %.0f s): %s", lease,
+                               exc)
 
 
 def release_lease(lease_id: str) -> bool:

@@ -130,6 +130,33 @@ def test_audit_names_account_identity_and_versions(aws: None) -> None:
     assert found["deployment"] is None  # not run from a deployment
 
 
+def test_audit_reads_the_deployment_off_the_runs_context(monkeypatch) -> None:
+    """A run's deployment and work pool come from its own FlowRun (one API call for the deployment's name); a run
+    with no deployment costs no API call at all."""
+    import prefect.client.orchestration as orchestration
+    from prefect.context import FlowRunContext
+
+    calls: list[Any] = []
+
+    class Client:
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+        def read_deployment(self, deployment_id: Any) -> Any:
+            calls.append(deployment_id)
+            return SimpleNamespace(name="orders-nightly")
+
+    monkeypatch.setattr(orchestration, "get_client", lambda **_: Client())
+    run = SimpleNamespace(deployment_id="dep-1", work_pool_name="local-process")
+    monkeypatch.setattr(FlowRunContext, "get", classmethod(lambda cls: SimpleNamespace(flow_run=run)))
+    assert audit._deployment() == ("orders-nightly", "local-process") and calls == ["dep-1"]
+    run.deployment_id = None
+    assert audit._deployment() == (None, None) and calls == ["dep-1"]
+
+
 def test_audit_records_sts_refusal_instead_of_failing() -> None:
     class Refusing:
         region = "eu-west-1"
