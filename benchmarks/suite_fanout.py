@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             codes: list[int] = []
             errors: list[str] = []
             if mode == "suite":
-                proc = cli(str(cases), "--max-parallel", str(args.max_parallel or args.cases), "--evidence-dir", str(out))
+                proc = cli(str(cases), "--max-parallel", str(args.max_parallel or args.cases),
+                           "--evidence-dir", str(out))
                 _, err = proc.communicate(timeout=1800)
                 codes.append(proc.returncode)
                 errors += [err.decode(errors="replace")] if proc.returncode else []
