@@ -402,41 +402,75 @@ def wait_for_health(api_url: str, server: subprocess.Popen[bytes], procs: Proces
     pytest.fail(f"the server did not answer /api/health in {timeout} s:\n{procs.log('server')[-4000:]}")
 
 
-# ------------------------------------------------------------------------------------- the e2e test itself
+# ------------------------------------------------------------------------------------- the e2e tests
+class DeployedServer:
+    """One `prefect server start` for the module's end-to-end tests, with the documented set-up done once: the work
+    pool, then `prefect --no-prompt deploy --all`."""
+
+    def __init__(self, tmp: Path, procs: Processes) -> None:
+        self.tmp, self.procs = tmp, procs
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "PIPELINE_TEST_"))}
+        self.base.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api,
+                         PREFECT_UI_API_URL=self.api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                         PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+        self.timings: dict[str, float] = {}
+        self.deploy_output = ""
+        self.yaml_before = PREFECT_YAML.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployedServer]:
+    """The server, its work pool and every deployment of prefect.yaml; on the way out, every process the module
+    started is stopped, and nothing of them (nor anything they started) may be left."""
+    tmp = tmp_path_factory.mktemp("deployed")
+    (tmp / "logs").mkdir()
+    procs = Processes(tmp / "logs", marker=str(tmp / "prefect-home"))
+    server = DeployedServer(tmp, procs)
+    prefect = [sys.executable, "-m", "prefect"]
+    try:
+        proc = procs.start("server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
+                           server.base, tmp)
+        server.timings["server up"] = wait_for_health(server.api, proc, procs)
+        # the documented steps: create the work pool first (deploy fails without it), then deploy everything
+        t = time.monotonic()
+        procs.run("pool", [*prefect, "work-pool", "create", POOL, "--type", "process"], server.base, ROOT)
+        server.deploy_output = procs.run("deploy", [*prefect, "--no-prompt", "deploy", "--all"],
+                                         {**server.base, "PIPELINE_TEST_HOME": str(ROOT)}, ROOT)
+        server.timings["pool + deploy"] = time.monotonic() - t
+        yield server
+        procs.stop_all()
+        assert all(p.poll() is not None for _, p in procs.started)
+        assert procs.leftovers() == []
+        assert not port_open(server.port)
+    finally:  # a safety net
+        procs.stop_all()
+        for pid in procs.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 @pytest.mark.e2e
-@pytest.mark.xdist_group("heavy-processes")  # under pytest-xdist: one after the other on one worker (conftest.py)
-def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: Path, processes: Processes) -> None:
+@pytest.mark.xdist_group("deploy-server")  # under pytest-xdist: the module's tests on one worker (conftest.py)
+def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: Path, processes: Processes,
+                                                                      deployed: DeployedServer) -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-
-    timings: dict[str, float] = {}
+    timings = dict(deployed.timings)
     t0 = time.monotonic()
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    home = tmp_path / "prefect-home"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "PIPELINE_TEST_"))}
-    base.update(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_UI_API_URL=api,
-                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+    api, base, port = deployed.api, deployed.base, deployed.port
     prefect = [sys.executable, "-m", "prefect"]
-    yaml_before = PREFECT_YAML.read_bytes()
     declared = deployments_of(PREFECT_YAML)
-
-    server = processes.start("server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                             base, tmp_path)
-    timings["server up"] = wait_for_health(api, server, processes)
     # the UI is told this port's API (PREFECT_UI_API_URL), not 4200's
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ui-settings", timeout=5) as response:  # noqa: S310
         assert json.loads(response.read())["api_url"] == api
-
-    # the documented steps: create the work pool first (deploy fails without it), then deploy everything
-    t = time.monotonic()
-    processes.run("pool", [*prefect, "work-pool", "create", POOL, "--type", "process"], base, ROOT)
-    out = processes.run("deploy", [*prefect, "--no-prompt", "deploy", "--all"],
-                        {**base, "PIPELINE_TEST_HOME": str(ROOT)}, ROOT)
-    timings["pool + deploy"] = time.monotonic() - t
+    out = deployed.deploy_output
     assert out.count("successfully created") == len(declared), out
-    assert PREFECT_YAML.read_bytes() == yaml_before  # deploy wrote nothing back
+    assert PREFECT_YAML.read_bytes() == deployed.yaml_before  # deploy wrote nothing back
 
     async def read_deployments() -> dict[str, Any]:
         async with get_client() as client:
@@ -523,21 +557,20 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
         assert got.job_variables["image"] == ECS_ENV["PIPELINE_TEST_IMAGE"]
         assert set(got.job_variables) <= known, set(got.job_variables) - known
 
-    # stop everything this test started, and check that nothing is left
+    # stop everything this test started (the module's fixture checks, at its end, that nothing at all is left)
     t = time.monotonic()
     processes.stop_all()
     timings["stop"] = time.monotonic() - t
     assert all(proc.poll() is not None for _, proc in processes.started)
-    assert processes.leftovers() == []
-    assert not port_open(port)
-    timings["total"] = time.monotonic() - t0
+    timings["this test"] = time.monotonic() - t0
     print("timings:", ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
 
 # ------------------------------------------------------------------- a suite's cases as runs of a deployment
 @pytest.mark.e2e
-@pytest.mark.xdist_group("heavy-processes")
-def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path: Path, processes: Processes) -> None:
+@pytest.mark.xdist_group("deploy-server")
+def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path: Path, processes: Processes,
+                                                                      deployed: DeployedServer) -> None:
     """`run_as: deployment`: the suite (in this process) starts each case as a run of `suite-case`; two process
     workers (one run at a time each) share them; the suite reads each result back from its pack."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -546,18 +579,8 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
     from flows.evidence_pack import verify
     from flows.suite import pipeline_test_suite, suite_result_of
 
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "PIPELINE_TEST_"))}
-    base.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
-                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
+    api, base = deployed.api, deployed.base
     prefect = [sys.executable, "-m", "prefect"]
-    server = processes.start("server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                             base, tmp_path)
-    wait_for_health(api, server, processes)
-    processes.run("pool", [*prefect, "work-pool", "create", POOL, "--type", "process"], base, ROOT)
-    processes.run("deploy", [*prefect, "--no-prompt", "deploy", "--name", "suite-case"],
-                  {**base, "PIPELINE_TEST_HOME": str(ROOT)}, ROOT)
 
     cases = tmp_path / "suite" / "cases"
     (cases / "data").mkdir(parents=True)
@@ -606,4 +629,4 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
     assert verify(tmp_path / "pack") == []
     assert (tmp_path / "pack" / "junit.xml").read_text().count("<testsuite ") == 2
     processes.stop_all()
-    assert processes.leftovers() == []
+    assert all(proc.poll() is not None for _, proc in processes.started)
