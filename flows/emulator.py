@@ -10,10 +10,14 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import urllib.request
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+from moto.moto_server.threaded_moto_server import MotoRequestHandler
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 FAKE_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -46,6 +50,26 @@ def _lambda_like_aws() -> None:
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
 
 
+class SerializedMotoServer(ThreadedMotoServer):
+    """moto's threaded server, handling one AWS call at a time. moto's backends are not thread-safe: SSM's
+    DescribeParameters iterates the parameters while a concurrent PutParameter adds one ("dictionary changed size
+    during iteration": a 500 to the client and a werkzeug traceback in the run's output, seen with two steps side
+    by side). Nothing in moto blocks inside a call here (no SQS long polling), so one at a time costs little."""
+
+    def _server_entry(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+        lock = threading.Lock()
+
+        def one_at_a_time(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            with lock:
+                return app(environ, start_response)
+
+        self._server = make_server(self._ip_address, self._port, one_at_a_time, True,
+                                   request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 @contextlib.contextmanager
 def moto_server(lambda_like_aws: bool = False) -> Iterator[str]:
     """Run moto's threaded server on a free loopback port; yields its URL (``http://127.0.0.1:PORT``).
@@ -53,7 +77,7 @@ def moto_server(lambda_like_aws: bool = False) -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per AWS call is noise
     if lambda_like_aws:
         _lambda_like_aws()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = SerializedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"

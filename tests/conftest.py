@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -152,14 +153,87 @@ def bucket(s3) -> str:
     return "test-bucket"
 
 
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[str]:
-    """One temporary Prefect server for the whole session (entering it costs ~12 s); yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
+def migrated_prefect_db(target: Path) -> bool:
+    """Put a copy of an empty, migrated Prefect database at ``target`` (a server's ``prefect.db``), if this machine
+    has one for this Prefect version (see :func:`keep_migrated_prefect_db`). A server started on it skips the
+    migrations (about 8 s of its start here); without one, the server migrates as usual. True when copied."""
+    template = _migrated_template()
+    if not template.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, target)
+    return True
 
-    with prefect_test_harness(server_startup_timeout=60):
-        yield str(PREFECT_API_URL.value())
+
+def keep_migrated_prefect_db(db: Path) -> None:
+    """Keep a consistent copy of ``db`` (a just-started server's database, migrated and still empty) as this
+    machine's template, written atomically so concurrent sessions (pytest-xdist workers) never see half a file."""
+    import sqlite3
+
+    template = _migrated_template()
+    if template.exists():
+        return
+    partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
+    source, copy = sqlite3.connect(db), sqlite3.connect(partial)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    os.replace(partial, template)
+
+
+def _migrated_template() -> Path:
+    import tempfile
+
+    import prefect
+
+    return Path(tempfile.gettempdir()) / f"pipeline-test-prefect-{prefect.__version__}-migrated.db"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Prefect server for the whole session (a subprocess on a free port, on a database of its own); yields its
+    API URL. What ``prefect.testing.utilities.prefect_test_harness`` does, with two differences: the database
+    starts from this machine's migrated template when there is one, and the logs and events still queued at the
+    end are given 10 s, not forever (under pytest-xdist its unbounded drain once hung a worker's last teardown)."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    db = tmp_path_factory.mktemp("prefect-harness") / "prefect.db"
+    migrated = migrated_prefect_db(db)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(temporary_settings({PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}))
+        server = SubprocessASGIServer(port=free_port())
+        prior = SubprocessASGIServer._instances.get(None)
+        # code that asks for the ephemeral server during a run finds this one, not a second one
+        SubprocessASGIServer._instances[None] = server
+        server.start(timeout=90)
+        if not migrated:
+            keep_migrated_prefect_db(db)
+        stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+        stack.enter_context(_temporary_global_settings_context(get_settings_context()))
+        try:
+            yield server.api_url
+        finally:
+            APILogWorker.drain_all(timeout=10)
+            EventsWorker.drain_all(timeout=10)
+            server.stop()
+            if prior is not None:
+                SubprocessASGIServer._instances[None] = prior
+            else:
+                SubprocessASGIServer._instances.pop(None, None)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

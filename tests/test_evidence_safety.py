@@ -119,11 +119,13 @@ def slack(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def harness_database_bytes() -> bytes:
-    """Every byte of the test harness's SQLite database (with its WAL), after queued logs are sent."""
-    from prefect.logging.handlers import APILogHandler
+    """Every byte of the test harness's SQLite database (with its WAL), after queued logs are sent (within 60 s:
+    under pytest-xdist, Prefect's log worker was once seen never to finish draining, and the test hung)."""
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-    asyncio.run(APILogHandler.aflush())
+    _, pending = APILogWorker.drain_all(timeout=60)  # type: ignore[misc]
+    assert not pending, "Prefect's log worker did not send its queued logs within 60 s"
     url = str(PREFECT_API_DATABASE_CONNECTION_URL.value())
     path = Path(url.split(":///", 1)[1])
     assert path.is_file(), url
