@@ -66,12 +66,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, log: Path, db_url: str | None) -> Iterator[str]:
+def prefect_server(home: Path, log: Path, db_url: str | None, db_timeout: str) -> Iterator[str]:
     """`prefect server start` on a free port, its records under ``home``, its output in ``log``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-               PREFECT_SERVER_DATABASE_TIMEOUT="60")
+               PREFECT_SERVER_DATABASE_TIMEOUT=db_timeout)
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
     prefect = Path(sys.executable).parent / "prefect"
@@ -110,11 +110,15 @@ def packs(folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.api_client import SQLITE_SERVER
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--modes", default="suite,sequential,concurrent")
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--delay", type=float, default=2.0, help="D: seconds until the pipeline's output appears")
+    parser.add_argument("--db-timeout", default=SQLITE_SERVER["PREFECT_SERVER_DATABASE_TIMEOUT"],
+                        help="the server's PREFECT_SERVER_DATABASE_TIMEOUT (default: what setenv and the CLI set)")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="the suite's --max-parallel (default: every case at once)")
     args = parser.parse_args(argv)
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             from pg_server import postgres  # benchmarks/pg_server.py, beside this script
 
             db_url = stack.enter_context(postgres())  # its own temporary folder, owned by its user
-        api = stack.enter_context(prefect_server(tmp / "prefect-home", log, db_url))
+        api = stack.enter_context(prefect_server(tmp / "prefect-home", log, db_url, args.db_timeout))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(emulator_env(endpoint), PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "client-home"),
                    PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT))
@@ -196,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{locked} 'database is locked'; {load()}", flush=True)
             for text in errors[:3]:
                 print("    " + text.strip().splitlines()[-1] if text.strip() else "    (no message)")
-    print(f"{args.cases} cases, D = {args.delay:g} s, server on {args.db}; {load()}")
+    print(f"{args.cases} cases, D = {args.delay:g} s, server on {args.db} (database timeout {args.db_timeout} s); "
+          f"{load()}")
     if singles:
         slowest = max(singles)
         print(f"  single CLI run: slowest {slowest:.1f} s, fastest {min(singles):.1f} s (fixed start cost included)")
