@@ -323,6 +323,15 @@ class Processes:
             return _live_pids_with_marker(self.marker)
         return [proc.pid for _, proc in self.started if proc.poll() is None]
 
+    def kill_leftovers(self) -> None:
+        """A safety net after a test: stop what was started, then SIGKILL whatever of it (or its children) lives on."""
+        self.stop_all()
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
 
 def _group_alive(pgid: int) -> bool:
     if not Path("/proc").is_dir():
@@ -350,12 +359,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
     try:
         yield procs
     finally:  # a safety net: the test itself stops everything and checks
-        procs.stop_all()
-        for pid in procs.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        procs.kill_leftovers()
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists() or not shutil.which("setsid"),
@@ -443,12 +447,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployedServe
         assert procs.leftovers() == []
         assert not port_open(server.port)
     finally:  # a safety net
-        procs.stop_all()
-        for pid in procs.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        procs.kill_leftovers()
 
 
 @pytest.mark.e2e
