@@ -1,6 +1,7 @@
 """Many small cases against one running Prefect server: as one suite, one after another, all at once.
 
     python benchmarks/suite_fanout.py [--cases 20] [--modes suite,sequential,concurrent] [--db sqlite|postgres]
+                                      [--max-parallel N] [--db-timeout SECONDS]
 
 Starts moto's server on 127.0.0.1 with the demo's fake pipeline (flows.demo.FakePipeline; a landed file appears in
 the curated zone D = 2 s later), writes N independent small cases (each lands a file under its own prefix and
