@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from flows.emulator import moto_server, use_emulator
     from flows.evidence import StepPublisher
     from flows.local_server import temporary_server
-    from flows.pipeline_test import _drain_prefect_workers, pipeline_test
+    from flows.pipeline_test import drain_prefect_workers, pipeline_test
     from tasks.aws import ClientFactory
     from tasks.base import REGISTRY, StepContext
     from tasks.ssm import ExpectParametersStep
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with temporary_server() as url, temporary_settings({PREFECT_API_URL: url}):
                 figures = measure()
-                _drain_prefect_workers()
+                drain_prefect_workers()
     print(f"{n} steps of expect_parameters, {len(step_calls)} AWS call(s) ({', '.join(step_calls)}) per step; {load()}")
     print(f"  boto3 loop:        {boto * 1000:7.1f} ms per step's calls")
     print(f"  runner loop:       {per_runner * 1000:7.1f} ms per step (no Prefect)")

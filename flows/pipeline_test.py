@@ -477,12 +477,14 @@ def prefect_api() -> Iterator[str]:
             try:
                 yield url
             finally:
-                _drain_prefect_workers()  # send the last logs and events while the server is still there
+                drain_prefect_workers()  # send the last logs and events while the server is still there
     finally:
         server.__exit__(None, None, None)
 
 
-def _drain_prefect_workers() -> None:
+def drain_prefect_workers() -> None:
+    """Send this process's queued logs and events to the Prefect API now (at most 5 s each), while the server that
+    should get them still runs: a server gone first leaves Prefect's workers retrying against it."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 

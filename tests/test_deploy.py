@@ -574,6 +574,7 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
 
     from flows.emulator import emulator_env, moto_server
     from flows.evidence_pack import verify
+    from flows.pipeline_test import drain_prefect_workers
     from flows.suite import pipeline_test_suite, suite_result_of
 
     api, base = deployed.api, deployed.base
@@ -613,6 +614,10 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
                 time.sleep(0.2)
         with temporary_settings({PREFECT_API_URL: api}):
             state = pipeline_test_suite(suite=str(suite), evidence_dir=str(tmp_path / "pack"), return_state=True)
+            # this process's logs of the suite go to the module's server, which stops after the module: send them
+            # now, or Prefect's log worker keeps retrying against a dead server and a later flush in another test
+            # (the canary's, the harness's end) waits for it (seen under xdist as a hang)
+            drain_prefect_workers()
     result = suite_result_of(state)
     logs = processes.log("worker-1") + processes.log("worker-2")
     assert result is not None and result.passed, (state, result, logs[-6000:])
