@@ -482,15 +482,15 @@ def prefect_api() -> Iterator[str]:
         server.__exit__(None, None, None)
 
 
-def drain_prefect_workers() -> None:
-    """Send this process's queued logs and events to the Prefect API now (at most 5 s each), while the server that
-    should get them still runs: a server gone first leaves Prefect's workers retrying against it."""
+def drain_prefect_workers(timeout: float = 5) -> None:
+    """Send this process's queued logs and events to the Prefect API now (at most ``timeout`` s each), while the
+    server that should get them still runs: a server gone first leaves Prefect's workers retrying against it."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     for worker in (APILogWorker, EventsWorker):
         try:
-            worker.drain_all(timeout=5)
+            worker.drain_all(timeout=timeout)
         except Exception:
             pass
 

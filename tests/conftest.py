@@ -198,10 +198,10 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     starts from this machine's migrated template when there is one, and the logs and events still queued at the
     end are given 10 s, not forever (under pytest-xdist its unbounded drain once hung a worker's last teardown)."""
     from prefect.context import _temporary_global_settings_context, get_settings_context
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    from flows.pipeline_test import drain_prefect_workers
 
     db = tmp_path_factory.mktemp("prefect-harness") / "prefect.db"
     migrated = migrated_prefect_db(db)
@@ -219,8 +219,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             yield server.api_url
         finally:
-            APILogWorker.drain_all(timeout=10)
-            EventsWorker.drain_all(timeout=10)
+            drain_prefect_workers(timeout=10)
             server.stop()
             if prior is not None:
                 SubprocessASGIServer._instances[None] = prior

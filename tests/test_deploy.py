@@ -407,12 +407,11 @@ class DeployedServer:
     """One `prefect server start` for the module's end-to-end tests, with the documented set-up done once: the work
     pool, then `prefect --no-prompt deploy --all`."""
 
-    def __init__(self, tmp: Path, procs: Processes) -> None:
-        self.tmp, self.procs = tmp, procs
+    def __init__(self, home: Path) -> None:
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self.base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "PIPELINE_TEST_"))}
-        self.base.update(PREFECT_HOME=str(tmp / "prefect-home"), PREFECT_API_URL=self.api,
+        self.base.update(PREFECT_HOME=str(home), PREFECT_API_URL=self.api,
                          PREFECT_UI_API_URL=self.api, PREFECT_SERVER_ANALYTICS_ENABLED="false",
                          PYTHONIOENCODING="utf-8", PYTHONUTF8="1")
         self.timings: dict[str, float] = {}
@@ -427,7 +426,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeployedServe
     tmp = tmp_path_factory.mktemp("deployed")
     (tmp / "logs").mkdir()
     procs = Processes(tmp / "logs", marker=str(tmp / "prefect-home"))
-    server = DeployedServer(tmp, procs)
+    server = DeployedServer(tmp / "prefect-home")
     # a migrated empty database (made by this session's test harness), as after a first start: saves ~8 s here
     migrated_prefect_db(tmp / "prefect-home" / "prefect.db")
     prefect = [sys.executable, "-m", "prefect"]
