@@ -8,8 +8,10 @@
 
 The virtual environment is made once, in .venv beside this file, and reinstalled only when pyproject.toml or
 constraints.txt change. The install uses uv (pinned below; installed into .venv first, wheels for Windows, macOS
-and Linux), about ten times faster than pip; when uv cannot be had, pip does it. Afterwards you can also use the
-environment directly (see the README).
+and Linux), about ten times faster than pip; when uv cannot be had, pip does it. Either way the installed modules
+are compiled to bytecode once, at install (pip does by default; uv is told to): a Python process that imports
+Prefect then starts in about 2.5 s instead of 6 s here, wherever bytecode is not written at import
+(PYTHONDONTWRITEBYTECODE, read-only folders). Afterwards you can also use the environment directly (see the README).
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 #: the installer (https://pypi.org/project/uv/): a pinned wheel, installed into .venv with pip
 UV = "uv==0.9.30"
+#: how the environment is installed; part of the install stamp, so a change here reinstalls an existing .venv
+RECIPE = b"uv --compile-bytecode; project compiled"
+#: the project's own packages, compiled to bytecode (incrementally) before each command
+PACKAGES = ("flows", "tasks", "deployments")
 
 
 def venv_python() -> Path:
@@ -40,7 +46,7 @@ def ensure_env() -> Path:
         print(f"Creating a virtual environment in {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     stamp_text = hashlib.sha256(
-        b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt"))
+        b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt")) + RECIPE
     ).hexdigest()
     stamp = VENV / ".pipeline-test-installed"
     if not stamp.exists() or stamp.read_text() != stamp_text:
@@ -53,9 +59,11 @@ def install(python: Path) -> None:
     """The project and its pinned dependencies into .venv: with uv, else (uv not installable here) with pip."""
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     wanted = ["-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"]
-    print("Installing the pinned dependencies with uv (first time: about ten seconds) ...", flush=True)
+    print("Installing the pinned dependencies with uv and compiling them (first time: about half a minute) ...",
+          flush=True)
     if subprocess.run([*pip, UV]).returncode == 0 and subprocess.run(
-            [str(python), "-m", "uv", "pip", "install", "--quiet", "--python", str(python), *wanted]).returncode == 0:
+            [str(python), "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python),
+             *wanted]).returncode == 0:
         return
     print("uv did not work here; installing with pip instead (two or three minutes) ...", flush=True)
     subprocess.run([*pip, *wanted], check=True)
@@ -66,6 +74,8 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     python = ensure_env()
+    # the project's own modules too (only what changed since the last time; __pycache__ is ignored by git)
+    subprocess.run([str(python), "-m", "compileall", "-q", *PACKAGES], cwd=ROOT, stdout=subprocess.DEVNULL)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUTF8": "1"}
     if argv[0] == "lint":
         # both run, so one report shows every problem; the exit code is 0 only when both pass

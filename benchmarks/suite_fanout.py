@@ -1,7 +1,7 @@
 """Many small cases against one running Prefect server: as one suite, one after another, all at once.
 
     python benchmarks/suite_fanout.py [--cases 20] [--modes suite,sequential,concurrent] [--db sqlite|postgres]
-                                      [--max-parallel N] [--db-timeout SECONDS]
+                                      [--max-parallel N] [--db-timeout SECONDS] [--keep]
 
 Starts moto's server on 127.0.0.1 with the demo's fake pipeline (flows.demo.FakePipeline; a landed file appears in
 the curated zone D = 2 s later), writes N independent small cases (each lands a file under its own prefix and
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the server's PREFECT_SERVER_DATABASE_TIMEOUT (default: what setenv and the CLI set)")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="the suite's --max-parallel (default: every case at once)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folder (the cases, every evidence pack, the server's log)")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
 
@@ -209,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         for mode, f in figures.items():
             print(f"  {mode:>10}: {f['wall']:6.1f} s = {f['wall'] / slowest:4.1f} x the slowest single run"
                   + ("  (target <= 1.5 x)" if mode == "suite" else ""))
-    shutil.rmtree(tmp, ignore_errors=True)
+    if args.keep:
+        print(f"  kept: {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
