@@ -1,8 +1,8 @@
 """Set up and run, on a fresh machine with only Python (3.10 to 3.13), on Windows, Linux or macOS.
 
     python quickstart.py demo     create .venv, install the pinned dependencies, run the demo
-    python quickstart.py test     the same, with pytest, then run the test suite (extra args go to pytest;
-                                  -n 2 runs it on two processes with pytest-xdist)
+    python quickstart.py test     the same, with pytest, then run the test suite on two processes (pytest-xdist;
+                                  extra args go to pytest: -n 0 runs it in one process, e.g. for --pdb)
     python quickstart.py lint     the same, then check the code with ruff (pyflakes, pycodestyle, import order)
                                   and the types with mypy (configured in pyproject.toml)
 

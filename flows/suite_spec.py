@@ -60,8 +60,9 @@ class SuiteSpec(SpecModel):
         "case that declares the variable (others ignore it); `--var name=value` overrides them.")
     max_parallel: int = Field(4, ge=1, le=64, description="How many cases run at the same time (`--max-parallel` "
                               "overrides). Cases that change the same SSM parameter or S3 prefix still take turns "
-                              "on their locks. Against a Prefect server on SQLite keep it at 4 to 8 (more cases "
-                              "creating their runs at once stalled that server); on PostgreSQL, more.")
+                              "on their locks. Against a Prefect server on SQLite keep it at 4 (more cases creating "
+                              "their runs at once now and then stall that server for up to a minute); on PostgreSQL, "
+                              "more.")
     run_as: Literal["process", "deployment"] = Field(
         "process", description="`process`: every case a subflow run in this process (threads); `deployment`: "
         "every case a flow run of `deployment`, picked up by the work pool's workers.")

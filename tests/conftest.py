@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
+import threading
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -211,7 +213,10 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         prior = SubprocessASGIServer._instances.get(None)
         # code that asks for the ephemeral server during a run finds this one, not a second one
         SubprocessASGIServer._instances[None] = server
-        server.start(timeout=90)
+        # its output (errors only: uvicorn's --log-level error) into server.log beside its database, kept by pytest
+        # with the session's other temporary folders, for a failure's post-mortem
+        with _stderr_to(db.parent / "server.log"):
+            server.start(timeout=90)
         if not migrated:
             keep_migrated_prefect_db(db)
         stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
@@ -225,6 +230,31 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 SubprocessASGIServer._instances[None] = prior
             else:
                 SubprocessASGIServer._instances.pop(None, None)
+
+
+def thread_stacks() -> str:
+    """Every thread's stack in this process, for the message of a test whose wait ran out (where is it stuck?)."""
+    import traceback
+
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+                     for ident, frame in sys._current_frames().items())
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """While inside, this process's stderr (file descriptor 2, which a subprocess started meanwhile inherits) is
+    ``path``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def free_port() -> int:

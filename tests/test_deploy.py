@@ -333,6 +333,15 @@ class Processes:
                 pass
 
 
+def _group_of(pid: int) -> int | None:
+    """Linux: the process group of ``pid`` (None when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text()
+        return int(fields[fields.rindex(")") + 2:].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _group_alive(pgid: int) -> bool:
     if not Path("/proc").is_dir():
         try:
@@ -372,7 +381,9 @@ def test_the_process_helper_stops_groups_and_sees_what_escaped(tmp_path: Path) -
     script = "sleep 60 & setsid sleep 61 & wait"
     proc = procs.start("sleepers", ["sh", "-c", script], env, tmp_path)
     deadline = time.monotonic() + 10
-    while len(procs.leftovers()) < 3 and time.monotonic() < deadline:
+    # all three there, the grandchild already out of the group (else the group's SIGTERM may still reach it)
+    while (len(procs.leftovers()) < 3 or all(_group_of(p) == proc.pid for p in procs.leftovers())) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(procs.leftovers()) == 3
     procs.stop_all()
