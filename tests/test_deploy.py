@@ -333,13 +333,19 @@ class Processes:
                 pass
 
 
-def _group_of(pid: int) -> int | None:
-    """Linux: the process group of ``pid`` (None when it is gone)."""
+def _state_and_group(pid: int | str) -> tuple[str, int] | None:
+    """Linux: the state letter (Z: a zombie) and the process group of ``pid``, from /proc (None when it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text()
-        return int(fields[fields.rindex(")") + 2:].split()[2])
+        rest = fields[fields.rindex(")") + 2:].split()
+        return rest[0], int(rest[2])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _group_of(pid: int) -> int | None:
+    found = _state_and_group(pid)
+    return found[1] if found else None
 
 
 def _group_alive(pgid: int) -> bool:
@@ -351,13 +357,9 @@ def _group_alive(pgid: int) -> bool:
             return False
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text()
-                rest = fields[fields.rindex(")") + 2:].split()
-                if int(rest[2]) == pgid and rest[0] != "Z":
-                    return True
-            except (OSError, ValueError, IndexError):
-                continue
+            found = _state_and_group(entry.name)
+            if found and found[1] == pgid and found[0] != "Z":
+                return True
     return False
 
 
