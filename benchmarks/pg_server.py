@@ -15,7 +15,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,6 @@ def pg_bin() -> Path:
     if not found:
         raise SystemExit("PostgreSQL's server is not installed: apt-get install -y postgresql")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _as_owner(cmd: list[str]) -> list[str]:
@@ -51,7 +44,9 @@ def postgres(folder: Path | None = None) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    data, port = folder / "data", _free_port()
+    from flows.local_server import free_port  # the project is installed in the venv (pip install -e .)
+
+    data, port = folder / "data", free_port()
     run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
     subprocess.run(_as_owner([str(binaries / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust",
                               "-E", "UTF8"]), **run)  # type: ignore[call-overload]

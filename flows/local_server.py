@@ -33,7 +33,8 @@ class ServerUnavailable(Exception):
     """The temporary server could not be started (exit 3)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port that nothing listens on now (the OS picks it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -44,7 +45,7 @@ def temporary_server() -> Iterator[str]:
     """Start a temporary server, yield its API URL, stop it at the end (also on Ctrl+C)."""
     from prefect.settings import get_current_settings
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
            "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,15 +23,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from flows.local_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CASE_KEY = "case-orders-ingestion"
 WIDTHS = (1400, 1920)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def api(base: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -26,6 +26,7 @@ import pytest
 from moto import mock_aws
 
 from flows.emulator import FAKE_ENV, REAL_ENV, moto_server
+from flows.local_server import free_port
 from tasks.aws import AwsTarget, ClientFactory
 from tasks.polling import Clock
 
@@ -255,14 +256,6 @@ def _stderr_to(path: Path) -> Iterator[None]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

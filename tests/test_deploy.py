@@ -25,7 +25,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from tests.conftest import free_port, migrated_prefect_db
+from flows.local_server import free_port
+from tests.conftest import migrated_prefect_db
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"

@@ -7,7 +7,6 @@ import asyncio
 import http.server
 import json
 import logging
-import socket
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from flows.local_server import free_port
 from flows.notify import NotifySettings, build_message, notify, run_url
 from flows.results import CaseResult, StepResult
 
@@ -61,12 +61,6 @@ def slack() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def save_webhook(url: str) -> str:
@@ -191,7 +185,7 @@ def test_broken_webhook_logs_without_the_url_and_does_not_raise(prefect_harness,
         SlackStub.status = 500
         name = save_webhook(f"{slack}/services/{CANARY}")
     elif how == "refused":
-        name = save_webhook(f"http://127.0.0.1:{closed_port()}/services/{CANARY}")
+        name = save_webhook(f"http://127.0.0.1:{free_port()}/services/{CANARY}")
     elif how == "bad-url":
         name = save_webhook(f"hooks.slack.invalid/services/{CANARY}")  # urllib names the URL in its error
     else:
@@ -316,7 +310,7 @@ def test_the_flow_sends_the_case_notice_and_a_broken_webhook_never_changes_the_r
                       "count": 0}]
     assert result_of(pipeline_test(spec=spec, base_dir=str(tmp_path), return_state=True)).passed
     assert SlackStub.requests == []
-    spec["notify"] = {"slack_webhook_block": save_webhook(f"http://127.0.0.1:{closed_port()}/x"),
+    spec["notify"] = {"slack_webhook_block": save_webhook(f"http://127.0.0.1:{free_port()}/x"),
                       "when": ["success", "failure"]}
     state = pipeline_test(spec=spec, base_dir=str(tmp_path), return_state=True)
     assert state.is_completed() and result_of(state).passed
