@@ -209,9 +209,19 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
     return result
 
 
+#: a case's verdict in the suite's tables: the word and the mark, as a case's own evidence shows them
+VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not run"}
+#: widths of the summary table's cells: the UI never wraps a table cell, and its box is about 840 px at 1400 px
+#: (the whole texts are in the suite's report and pack)
+CASE_WIDTH, WHY_WIDTH = 34, 44
+
+
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
-    return [{"case": c.case, "verdict": c.status.upper(), "duration": format_duration(c.duration_s),
-             "failed step and reason": c.why, "flow run": c.ui_url or c.flow_run_id or ""} for c in result.cases]
+    """One row per case: verdict first (always in view), case, duration, the failed step and why, the flow run's
+    short id (its link is in the suite's report)."""
+    return [{"verdict": VERDICT[c.status], "case": md.shorten(c.case, CASE_WIDTH),
+             "duration": format_duration(c.duration_s), "failed step and reason": md.shorten(c.why, WHY_WIDTH),
+             "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
 
 def publish_suite(result: SuiteResult) -> None:
@@ -222,11 +232,11 @@ def publish_suite(result: SuiteResult) -> None:
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"Suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    rows = [[c.case, c.status.upper(), format_duration(c.duration_s), c.why,
-             md.link("flow run", c.ui_url) if c.ui_url else md.code(c.flow_run_id or "none")] for c in result.cases]
+    rows = [[md.Md(VERDICT[c.status]), c.case, format_duration(c.duration_s), c.why,
+             md.link("open", c.ui_url) if c.ui_url else md.code((c.flow_run_id or "none")[:8])] for c in result.cases]
     create_markdown_artifact(
         markdown=f"# Suite {md.text(result.suite)}: {md.text(verdict)}\n\n"
-        + md.table(["case", "verdict", "duration", "failed step and reason", "run"], rows),
+        + md.table(["verdict", "case", "duration", "failed step and reason", "run"], rows),
         key=f"{key}-report"[:KEY_MAX], description=f"Suite {md.text(result.suite)}: {verdict}")
 
 
