@@ -73,9 +73,15 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 
 
 def step_description(result: StepResult) -> str:
-    """The artifact card's description: the verdict in words, FAILED or ERROR in capitals so the card shows it."""
+    """The artifact card's description: the verdict first (a card cuts a long description short), FAILED or ERROR
+    in capitals so the card shows it, then the step's number and name."""
     verdict = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}[result.status]
-    return f"Step {md.text(result.number)} {md.text(result.label)}: {verdict}"
+    return f"{verdict} · step {md.text(result.number)} {md.text(result.label)}"
+
+
+def step_card(result: StepResult, what: str) -> str:
+    """The description of a step's other cards (links, tables): its number and name, then what the card holds."""
+    return f"step {md.text(result.number)} {md.text(result.label)} · {md.text(what)}"
 
 
 #: widths of the summary's cells (the full texts are in the step's artifact and in the pack): the UI does not wrap

@@ -122,7 +122,7 @@ def run_scenarios(env: dict[str, str], work: Path) -> dict[str, int]:
     for name, args in SCENARIOS.items():
         done = subprocess.run([sys.executable, *args], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
                               capture_output=True, text=True, timeout=900)
-        (work / f"{re.sub(r'[^a-z]+', '-', name)}.log").write_text(done.stdout + done.stderr)
+        (work / f"{re.sub(r'[^a-z]+', '-', name.lower())}.log").write_text(done.stdout + done.stderr)
         codes[name] = done.returncode
         print(f"{name}: exit {done.returncode}", flush=True)
     return codes
