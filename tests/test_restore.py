@@ -195,9 +195,9 @@ def test_a_clean_up_that_cannot_restore_says_what_is_left_and_the_recover_comman
     """The AWS endpoint is gone when the clean-up starts: the cleanup step names what is left undone (the
     journal still holds it) and the exact `recover` command; that command's work, once AWS answers again, puts
     everything back."""
-    import flows.pipeline_test
     from botocore.exceptions import EndpointConnectionError
 
+    import flows.pipeline_test
     from flows.pipeline_test import format_result
     from flows.recover import recover
     from tasks.aws import AwsTarget, ClientFactory
