@@ -190,23 +190,28 @@ def remove_entry(ssm: SSMClient, name: str) -> None:
         raise aws_error("SSM DeleteParameter (undo journal)", name, exc) from None
 
 
-def read_entries(ssm: SSMClient, prefix: str | None = None, resource: str | None = None) -> list[JournalEntry]:
-    """Every unfinished undo in the journal (of one resource when given), oldest first."""
-    path = journal_prefix(prefix) + (f"/{resource_id(resource)}" if resource else "")
-    entries: list[JournalEntry] = []
+def _parameters(ssm: SSMClient, path: str, what: str) -> list[tuple[str, str]]:
+    """(name, decrypted value) of every parameter under ``path``; an AWS failure names ``what`` was read."""
     try:
         pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True,
                                                                      WithDecryption=True)
-        for page in pages:
-            for param in page.get("Parameters", []):
-                if param["Name"].startswith(f"{journal_prefix(prefix)}/{CLAIMS}/"):
-                    continue  # a run's claim, not an undo
-                try:
-                    entries.append(JournalEntry.parse(param["Name"], param.get("Value", "")))
-                except (ValueError, TypeError):
-                    continue  # not an entry of ours
+        return [(p["Name"], p.get("Value", "")) for page in pages for p in page.get("Parameters", [])]
     except AWS_ERRORS as exc:
-        raise aws_error("SSM GetParametersByPath (undo journal)", path, exc) from None
+        raise aws_error(f"SSM GetParametersByPath ({what})", path, exc) from None
+
+
+def read_entries(ssm: SSMClient, prefix: str | None = None, resource: str | None = None) -> list[JournalEntry]:
+    """Every unfinished undo in the journal (of one resource when given), oldest first."""
+    path = journal_prefix(prefix) + (f"/{resource_id(resource)}" if resource else "")
+    claims = f"{journal_prefix(prefix)}/{CLAIMS}/"
+    entries: list[JournalEntry] = []
+    for name, value in _parameters(ssm, path, "undo journal"):
+        if name.startswith(claims):
+            continue  # a run's claim, not an undo
+        try:
+            entries.append(JournalEntry.parse(name, value))
+        except (ValueError, TypeError):
+            continue  # not an entry of ours
     return sorted(entries, key=lambda e: (e.written_at, e.name))
 
 
@@ -263,19 +268,12 @@ class RunClaim:
 
 def read_claims(ssm: SSMClient, prefix: str | None = None) -> list[RunClaim]:
     """Every run's claim in the journal."""
-    path = f"{journal_prefix(prefix)}/{CLAIMS}"
     claims: list[RunClaim] = []
-    try:
-        pages = ssm.get_paginator("get_parameters_by_path").paginate(Path=path, Recursive=True,
-                                                                     WithDecryption=True)
-        for page in pages:
-            for param in page.get("Parameters", []):
-                try:
-                    claims.append(RunClaim.parse(param["Name"], param.get("Value", "")))
-                except (ValueError, TypeError, KeyError):
-                    continue  # not a claim of ours
-    except AWS_ERRORS as exc:
-        raise aws_error("SSM GetParametersByPath (undo journal claims)", path, exc) from None
+    for name, value in _parameters(ssm, f"{journal_prefix(prefix)}/{CLAIMS}", "undo journal claims"):
+        try:
+            claims.append(RunClaim.parse(name, value))
+        except (ValueError, TypeError, KeyError):
+            continue  # not a claim of ours
     return claims
 
 
