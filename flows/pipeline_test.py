@@ -220,10 +220,11 @@ def pipeline_test(
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
                 if resources:
                     ssm = clients.client("ssm")
-                    stack.enter_context(_claimed(ssm, resources, case, run_id, ctx, logger))
+                    claim = stack.enter_context(_claimed(ssm, resources, case, run_id, ctx, logger))
                     _settle_leftovers(clients, ssm, resources, case, run_id, recover, logger)
                     ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case,
-                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id)
+                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id,
+                                                  lease_lost=lambda: claim.lost)
                     logger.info("Holding %d lock(s) until the undo is done: %s", len(resources),
                                 ", ".join(resources))
                 LIVE[run_id] = ctx
@@ -301,10 +302,11 @@ def _locked(clients: ClientFactory, resources: list[str], case: CaseSpec, run_id
 
 @contextlib.contextmanager
 def _claimed(ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str, ctx: StepContext,
-             logger: Any) -> Iterator[None]:
+             logger: Any) -> Iterator[Heartbeat]:
     """The run's claim on its resources in the undo journal, its lease renewed while the run is alive (so any
     ``recover`` can tell it is alive, whatever its Prefect server); CouldNotRun when it cannot be written, or when
-    a live run that this server's locks cannot see (another server) claims any of the same resources."""
+    a live run that this server's locks cannot see (another server) claims any of the same resources. A run whose
+    lease cannot be renewed in time is stopped (``ctx.stop``), and its journal refuses any further change."""
     heartbeat = Heartbeat(ssm, run_id=run_id, case=case.case, resources=resources, logger=logger,
                           prefix=case.aws.journal_prefix, on_lost=ctx.stop.set)
     try:
@@ -317,7 +319,7 @@ def _claimed(ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str, 
             refuse_live_claims(ssm, resources, case.aws.journal_prefix, run_id, case.case)
         except StepError as exc:
             raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
-        yield
+        yield heartbeat
 
 
 def _way_out(cleanup: StepResult | None, ctx: StepContext, case: CaseSpec, logger: Any) -> StepResult | None:

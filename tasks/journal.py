@@ -64,6 +64,8 @@ LEASE_ENV = "PIPELINE_TEST_JOURNAL_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 120.0
 #: shorter leases would make a live run on a busy machine look dead
 MIN_LEASE_SECONDS = 30.0
+#: the error code of a change refused because the run lost its lease
+LEASE_LOST = "JournalLeaseLost"
 
 
 def journal_prefix(configured: str | None = None) -> str:
@@ -130,8 +132,11 @@ class SsmJournal:
     """The journal of one case run (see the module's doc). Thread-safe: parallel steps write to it."""
 
     def __init__(self, ssm: SSMClient, *, run_id: str, case: str, prefix: str | None = None,
-                 lease_id: Callable[[], str | None] = lambda: None) -> None:
+                 lease_id: Callable[[], str | None] = lambda: None,
+                 lease_lost: Callable[[], bool] = lambda: False) -> None:
         self.ssm = ssm
+        #: True once the run's claim could not be renewed in time (see Heartbeat): no new change may start
+        self.lease_lost = lease_lost
         self.run_id = run_id
         self.case = case
         self.prefix = journal_prefix(prefix)
@@ -148,6 +153,9 @@ class SsmJournal:
     def write(self, action: UndoAction) -> None:
         """Keep ``action`` durably; raises StepError (so the change is never made) when it cannot."""
         assert action.record is not None
+        if self.lease_lost():
+            raise StepError(f"not changing {action.resource}: this run's lease in the undo journal could not be "
+                            "renewed and the run is stopping (see its log); nothing was changed", code=LEASE_LOST)
         name = self.entry_name(action.resource)
         document = json.dumps({
             "format": FORMAT, "run_id": self.run_id, "case": self.case, "resource": action.resource,

@@ -242,3 +242,14 @@ def _gone_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_a_run_that_lost_its_lease_changes_nothing_more(ssm, clients, tmp_path) -> None:
+    ctx = context(clients, tmp_path)
+    assert isinstance(ctx.undo.journal, SsmJournal)
+    ctx.undo.journal.lease_lost = lambda: True
+    with pytest.raises(StepError) as caught:
+        run_set_parameters(SetParametersStep.model_validate({"kind": "set_parameters", "parameters": [
+            {"name": "/j/source", "value": "test-bucket"}]}), ctx)
+    assert caught.value.code == "JournalLeaseLost" and "nothing was changed" in caught.value.message
+    assert state(ssm)["/j/source"] == ("prod-bucket", "String")
