@@ -46,7 +46,8 @@ class JsonExpect(SpecModel):
 
     json_subset: Any = Field(
         None,
-        description="A JSON value the document (a Lambda response payload, an execution's output) must contain: "
+        description="A JSON value the document (a Lambda response payload, an execution's output; for "
+        "match_input, the execution's input) must contain: "
         "objects match when every expected key matches (extra keys are fine), lists when they have the same "
         "length and match item by item, scalars when equal.",
     )

@@ -70,14 +70,6 @@ class ExecutionMatch(JsonExpect):
 
     field_name: ClassVar[str] = "match_input"
 
-    json_subset: Any = Field(
-        None, description="A JSON value the execution's input must contain (templated), e.g. "
-        "`{detail: {object: {key: \"{{ landing_prefix }}clientes.csv\"}}}`: objects match when every expected key "
-        "matches (extra keys are fine), lists item by item, scalars when equal.")
-    jmespath: dict[str, Any] = Field(
-        default_factory=dict,
-        description="JMESPath expression -> the value it must give on the execution's input (values templated).")
-
 
 class StepFunctionsStep(StepBase):
     """Start a Step Functions execution (or wait for the one the pipeline started), wait for it, check it."""
