@@ -297,7 +297,8 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         return invalid(exc, "no case started, no AWS call was made")
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
-              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "") + ".")
+              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "")
+              + (f"; local files may also lie under {plan.files_root}" if plan.files_root else "") + ".")
         return EXIT_PASSED
 
     temporary = on_temporary_server()  # links to a temporary server are dead once the run ends

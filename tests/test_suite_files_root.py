@@ -64,6 +64,7 @@ def test_a_suite_file_takes_files_root_from_its_field_or_the_flag(tmp_path: Path
     plan = load_suite(suite)
     assert plan.files_root == root / "data" and len(plan.cases) == 2
     assert main([str(suite), "--validate"]) == 0
+    assert f"local files may also lie under {root / 'data'}" in capsys.readouterr().out
     # the flag wins over the field: the data is not under it, so the cases are invalid again
     assert main([str(suite), "--validate", "--files-root", str(root / "empty")]) == 2
     assert "outside" in capsys.readouterr().err
