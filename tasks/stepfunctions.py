@@ -208,12 +208,13 @@ class Candidates:
         self.seen[arn]["picked"] = True
 
     def to_list(self) -> list[dict[str, Any]]:
-        """The newest first, at most MAX_CANDIDATES_SHOWN."""
+        """The newest first, at most MAX_CANDIDATES_SHOWN, with the secrets the run knows by now masked."""
         newest = sorted(self.seen, key=lambda arn: self.started[arn], reverse=True)
-        return [self.seen[arn] for arn in newest[:MAX_CANDIDATES_SHOWN]]
+        return [{**self.seen[arn], "why_not": self.masker.text(self.seen[arn]["why_not"])
+                 if self.seen[arn]["why_not"] else None} for arn in newest[:MAX_CANDIDATES_SHOWN]]
 
     def summary(self) -> str:
-        """``2 considered: ingest-b (input: $.key: expected ..., got ...), ...`` for a timeout's message."""
+        """``2 considered: ingest-b ($.key: expected ..., got ...); ...`` for a timeout's message."""
         if not self.seen:
             return "none was started since the case began"
         shown = [f"{c['name']} ({c['why_not']})" for c in self.to_list()[:5]]
@@ -228,8 +229,8 @@ def pipeline_execution(sfn: SFNClient, arn: str, since: float, candidates: Candi
         executions = sfn.list_executions(stateMachineArn=arn, maxResults=EXECUTIONS_PAGE)["executions"]
     except AWS_ERRORS as exc:
         raise aws_error("Step Functions ListExecutions", f"state machine {arn}", exc) from None
-    recent = [dict(e) for e in executions if (t := as_utc(e.get("startDate"))) is not None and t.timestamp() >= since]
-    found = newest_since(recent, lambda e: e.get("startDate"), since, lambda e: candidates.accept(sfn, e))
+    found = newest_since([dict(e) for e in executions], lambda e: e.get("startDate"), since,
+                         lambda e: candidates.accept(sfn, e))  # only those started since then are considered
     if found is not None:
         candidates.pick(str(found["executionArn"]))
     return found
