@@ -328,8 +328,11 @@ def _way_out(cleanup: StepResult | None, ctx: StepContext, case: CaseSpec, logge
     left = [a for a in ctx.undo.pending() if a.journal_id]
     if cleanup is None or not left:
         return cleanup
-    command = recover_command(ctx.clients.region, case.aws.profile, case.aws.credentials_block,
-                              case.aws.journal_prefix)
+    try:
+        region = ctx.clients.region  # what the run used (the spec's, the block's or the chain's)
+    except Exception:
+        region = case.aws.region
+    command = recover_command(region, case.aws.profile, case.aws.credentials_block, case.aws.journal_prefix)
     text = (f"left undone, kept in the undo journal: {', '.join(sorted({a.resource for a in left}))}; put them "
             f"back, once AWS answers again, with `{command}`")
     logger.error("The clean-up could not undo everything: %s", text)
