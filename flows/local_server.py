@@ -87,8 +87,13 @@ def temporary_server(command: Sequence[str] = SERVER_COMMAND) -> Iterator[str]:
         env.setdefault(name, value)
     detach = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"  # type: ignore[attr-defined]
               else {"start_new_session": True})
-    log = new_log(Path(settings.home))
-    with log.open("wb") as out:  # the server's own handle stays open; this one closes once it is started
+    try:
+        log = new_log(Path(settings.home))
+        out = log.open("wb")
+    except OSError as exc:
+        raise ServerUnavailable(f"the temporary Prefect server's log cannot be written in {settings.home} "
+                                f"({exc.strerror or exc}); set PREFECT_HOME to a folder you can write") from None
+    with out:  # the server's own handle stays open; this one closes once it is started
         proc = subprocess.Popen([*command, str(port)], stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
                                 **detach)
     url = f"http://127.0.0.1:{port}/api"

@@ -147,3 +147,14 @@ def test_five_clis_at_once_on_a_fresh_prefect_home_all_pass(moto_endpoint, emula
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Case 'CLI case' PASSED" in proc.stdout
     assert len(list((home / local_server.LOG_FOLDER).glob("*.log"))) == 5
+
+
+
+def test_a_home_that_cannot_be_written_is_a_clear_refusal(prefect_home, monkeypatch) -> None:
+    def read_only(home: Path) -> Path:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(local_server, "new_log", read_only)
+    with pytest.raises(local_server.ServerUnavailable, match="cannot be written .*Permission denied"):
+        with local_server.temporary_server():
+            pytest.fail("the server started")
