@@ -16,7 +16,8 @@ Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipelin
 Then it runs ``examples/cases/orders_ingestion.yaml`` and the negative case ``orders_bad_header.yaml`` as Prefect
 flows and prints the results and where to see the evidence. No AWS account, no network. ``--suite`` runs every
 example case as one suite (``examples/nightly-suite.yaml``) instead. ``--fail`` breaks the fake pipeline (it
-loses a row), to show what a failed case and its evidence look like.
+loses a row), to show what a failed case and its evidence look like. ``python -m flows.emulator`` runs the same
+emulator and fake pipeline on their own until Ctrl+C, for running the example cases by hand.
 
 The flow ``pipeline-test-demo`` (:func:`pipeline_demo`) runs one case the same way inside one flow run, the
 case a subflow run of it: prefect.yaml's ``demo`` deployment runs it, so a worker or ``deployments/serve.py``
@@ -297,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SSM {SOURCE_PARAMETER} after the runs: {setting!r} ({restored}: the cases changed it for the test)")
     for line in dict.fromkeys(where):  # the temporary server's hint once, a link per case otherwise
         print(line)
+    print("Next: `python -m flows.emulator` keeps this emulator and its fake pipeline running, so you can run the "
+          "example cases yourself (docs/running.md, Against the local emulator).")
     return 0 if passed else 1
 
 
