@@ -70,7 +70,7 @@ def install(python: Path, extras: list[str]) -> None:
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     project = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
     wanted = ["-c", str(ROOT / "constraints.txt"), "-e", project]
-    what = "the pinned dependencies" + (f" with the {', '.join(extras)} extra" if extras else "")
+    what = "the pinned dependencies" + (f" and the {', '.join(extras)} extra" if extras else "")
     print(f"Installing {what} with uv and compiling them (first time: one to two minutes) ...", flush=True)
     if subprocess.run([*pip, UV]).returncode == 0 and subprocess.run(
             [str(python), "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python),
