@@ -19,6 +19,7 @@ version has set the database up, they start side by side.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -266,7 +267,8 @@ def _setup_key() -> dict[str, str | None]:
             revision = row[0] if row else None
         except sqlite3.Error:
             revision = None
-    return {"prefect": prefect.__version__, "database": url, "revision": revision}
+    # the database by its URL's digest: a URL may hold a password, and this is written to a file
+    return {"prefect": prefect.__version__, "database": hashlib.sha256(url.encode()).hexdigest(), "revision": revision}
 
 
 def _set_up_before(home: Path) -> bool:

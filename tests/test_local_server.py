@@ -158,3 +158,29 @@ def test_a_home_that_cannot_be_written_is_a_clear_refusal(prefect_home, monkeypa
     with pytest.raises(local_server.ServerUnavailable, match="cannot be written .*Permission denied"):
         with local_server.temporary_server():
             pytest.fail("the server started")
+
+
+def test_a_database_set_up_before_needs_no_turn_on_the_lock(prefect_home) -> None:
+    """Once a server noted the set-up (this Prefect, this database, its schema's revision), later starts go side
+    by side; a database replaced or migrated since (another revision) takes its turn again."""
+    import json
+    import sqlite3
+
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
+
+    db = prefect_home / "prefect.db"
+    prefect_home.mkdir()
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num TEXT)")
+        conn.execute("INSERT INTO alembic_version VALUES ('rev-1')")
+    conn.close()
+    with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{db}"}):
+        assert not local_server._set_up_before(prefect_home)  # nothing noted yet
+        key = local_server._setup_key()
+        assert key["revision"] == "rev-1" and str(db) not in json.dumps(key)
+        (prefect_home / local_server.SETUP_DONE).write_text(json.dumps(key))
+        assert local_server._set_up_before(prefect_home)
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = 'rev-2'")
+        conn.close()
+        assert not local_server._set_up_before(prefect_home)
