@@ -40,6 +40,8 @@ import httpx
 from flows.api_client import SQLITE_SERVER
 
 STARTUP_TIMEOUT_S = 120.0
+#: the first start on a PREFECT_HOME creates and migrates the database: 100 s seen for five at once on two busy cores
+FIRST_STARTUP_TIMEOUT_S = 240.0
 #: leases kept on disk (under PREFECT_HOME), not in the server's memory, so they survive the server
 LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
 #: the servers' logs, under PREFECT_HOME: one file per server, the newest KEPT_LOGS kept
@@ -53,7 +55,7 @@ TAIL_LINES = 12
 #: note once it is set up (for this Prefect version and database), so that later starts need no turn
 SETUP_LOCK = "pipeline-test-server-setup.lock"
 SETUP_DONE = "pipeline-test-server-setup.json"
-SETUP_LOCK_TIMEOUT_S = 110.0
+SETUP_LOCK_TIMEOUT_S = 230.0
 
 
 class ServerUnavailable(Exception):
@@ -98,8 +100,9 @@ def temporary_server(command: Sequence[str] = SERVER_COMMAND) -> Iterator[str]:
         proc = subprocess.Popen([*command, str(port)], stdin=subprocess.PIPE, stdout=out, stderr=out, env=env,
                                 **detach)
     url = f"http://127.0.0.1:{port}/api"
+    timeout = STARTUP_TIMEOUT_S if (Path(settings.home) / SETUP_DONE).exists() else FIRST_STARTUP_TIMEOUT_S
     try:
-        _wait_healthy(proc, url, log)
+        _wait_healthy(proc, url, log, timeout)
         yield url
     finally:
         _stop(proc)
@@ -139,8 +142,8 @@ def _failure(what: str, log: Path) -> ServerUnavailable:
     return ServerUnavailable(f"the temporary Prefect server {what}{quoted}")
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -151,7 +154,7 @@ def _wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-    raise _failure(f"did not answer within {STARTUP_TIMEOUT_S:.0f} s", log)
+    raise _failure(f"did not answer within {timeout:.0f} s", log)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
