@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import urllib.request
@@ -154,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
                         "sh on Linux and macOS, cmd and powershell on Windows)")
     parser.add_argument("--fail", action="store_true", help="break the fake pipeline (it loses a row)")
     args = parser.parse_args(argv)
+    if args.port:  # moto's server would wait forever for a port it cannot bind
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            print(f"Port {args.port} on 127.0.0.1 cannot be used ({exc.strerror or exc}): give another with --port, "
+                  "or none for a free one.", file=sys.stderr)
+            return 3
     stop = threading.Event()
     stops = [signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])]
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in stops}

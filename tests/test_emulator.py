@@ -84,3 +84,15 @@ def test_the_emulator_command_runs_an_example_case_and_stops_on_ctrl_c(prefect_h
         if emulator.poll() is None:
             emulator.kill()
             emulator.wait()
+
+
+def test_a_port_in_use_is_refused_at_once(capsys) -> None:
+    import socket
+
+    from flows.emulator import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["--port", str(taken.getsockname()[1])]) == 3
+    assert "cannot be used" in capsys.readouterr().err
