@@ -194,6 +194,19 @@ def _migrated_template() -> Path:
     return Path(tempfile.gettempdir()) / f"pipeline-test-prefect-{prefect.__version__}-migrated.db"
 
 
+@pytest.fixture
+def chromium() -> str:
+    """The chromium binary (Debian's package) for the browser tests: skipped without it on a workstation, failed
+    in CI (CI set), where the browser tests must run (.ci/run installs it)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary:
+        return binary
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail("chromium is not installed but CI is set: the browser tests must run in CI "
+                    "(install Debian's chromium package, as .ci/run does)")
+    pytest.skip("chromium is not installed (Debian: apt-get install chromium); in CI (CI set) this test fails")
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One Prefect server for the whole session (a subprocess on a free port, on a database of its own); yields its
