@@ -62,10 +62,13 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
         if result.status in MEANING:
             lines += [md.emphasis(MEANING[result.status]), ""]
         lines += [md.message(result.error), ""]
-    if outcome is not None:
-        lines += ["### What was done and proved", "", outcome.markdown, ""]
-        if outcome.links:
-            lines += ["### Links", "", md.bullets(md.link(link.text, link.url) for link in outcome.links), ""]
+    # the step's own evidence: from its outcome while it runs (the UI), else as its result carries it (the pack)
+    evidence = outcome.markdown if outcome is not None else result.evidence
+    links = [(link.text, link.url) for link in (outcome.links if outcome is not None else result.links)]
+    if evidence or outcome is not None:
+        lines += ["### What was done and proved", "", evidence, ""]
+    if links:
+        lines += ["### Links", "", md.bullets(md.link(text, url) for text, url in links), ""]
     if result.error and result.details:  # the raw details last: the readable part comes first
         lines += ["### What the step saw (raw)", "",
                   md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json", wrap=CODE_WIDTH), ""]
