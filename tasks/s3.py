@@ -58,6 +58,7 @@ from tasks.errors import (
     error_code,
     request_id,
 )
+from tasks.iam import Arns, Footprint
 from tasks.object_content import (
     MAX_OBJECTS,
     LocalFile,
@@ -736,7 +737,30 @@ def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
     return Link(f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}", f"s3://{bucket}/{key} (local emulator)")
 
 
-@step_kind(UploadStep)
+def upload_footprint(step: UploadStep, arns: Arns) -> Footprint:
+    """Checks the keys (HEAD), puts the objects (tagged unless ``tags: {}``), verifies their checksums; the undo
+    reads each object again and deletes it (its version, on a versioned bucket) or aborts its unfinished parts."""
+    fp = Footprint()
+    target = (step.key if step.key is not None else step.key_prefix or "").replace("\\", "/")
+    objects = arns.s3_objects(step.bucket, target, prefix=step.key is None)
+    fp.change("S3 " + ("object" if step.key is not None else "prefix"), f"s3://{step.bucket}/{target}",
+              f"upload {len(step.files)} file pattern(s)" + (", overwrite" if step.overwrite else ""))
+    fp.need(objects, "s3:GetObject", "s3:PutObject")
+    if step.tags != {}:
+        fp.need(objects, "s3:PutObjectTagging")
+    if step.content_type:  # a Content-Type set by copying the object onto itself, with its tags
+        fp.need(objects, "s3:GetObjectTagging")
+    if step.sse == "aws:kms":
+        fp.need_kms(arns, "s3", "kms:GenerateDataKey", "kms:Decrypt")
+    if step.cleanup:
+        fp.undo("S3 " + ("object" if step.key is not None else "prefix"), f"s3://{step.bucket}/{target}",
+                "delete what this case uploaded (if unchanged since)")
+        fp.need(objects, "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload")
+        fp.need(arns.s3_bucket(step.bucket), "s3:ListBucketMultipartUploads")
+    return fp
+
+
+@step_kind(UploadStep, footprint=upload_footprint)
 def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     """Upload the step's files; every key is checked for existence before the first byte goes up."""
     client = ctx.clients.client("s3")
