@@ -85,7 +85,7 @@ class Arns:
         return self.arn("cloudwatch", f"alarm:{name}")
 
     def log_group(self, name: str) -> str:
-        """A log group and its streams (``log-group:<name>:*``: FilterLogEvents is authorized on this form)."""
+        """A log group and its streams (``log-group:<name>:*``, the form FilterLogEvents is authorized on)."""
         return self.arn("logs", f"log-group:{name}:*")
 
     def glue_job(self, name: str) -> str:
@@ -168,6 +168,8 @@ class Footprint:
 
     touches: list[Touch] = field(default_factory=list)
     needs: list[Need] = field(default_factory=list)
+    #: what the case cannot tell and the reader must add (e.g. the data locations of Athena's tables)
+    notes: list[str] = field(default_factory=list)
 
     def change(self, resource_kind: str, name: str, detail: str = "") -> "Footprint":
         self.touches.append(Touch("change", resource_kind, name, detail))
@@ -194,6 +196,7 @@ class Footprint:
     def extend(self, other: "Footprint") -> "Footprint":
         self.touches.extend(other.touches)
         self.needs.extend(other.needs)
+        self.notes.extend(other.notes)
         return self
 
 

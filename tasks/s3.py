@@ -1056,7 +1056,24 @@ def _listing(obs: Observation, limit: int = 20) -> str:
     return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-@step_kind(ExpectObjectsStep)
+def expect_objects_footprint(step: ExpectObjectsStep, arns: Arns) -> Footprint:
+    """HEAD of exact keys, or a LIST of the prefix; GETs of the objects whose content is checked."""
+    fp = Footprint()
+    if step.keys is not None:
+        for key in step.keys:
+            fp.read("S3 object", f"s3://{step.bucket}/{key}", "absent" if step.absent else "exists")
+            fp.need(arns.s3_objects(step.bucket, key, prefix=False), "s3:GetObject")
+        fp.need(arns.s3_bucket(step.bucket), "s3:ListBucket")  # a missing key: what is there instead
+    else:
+        prefix = step.prefix or ""
+        fp.read("S3 prefix", f"s3://{step.bucket}/{prefix}", ("absent " if step.absent else "list ") + step.pattern)
+        fp.need(arns.s3_bucket(step.bucket), "s3:ListBucket")
+        if step.content is not None:
+            fp.need(arns.s3_objects(step.bucket, prefix), "s3:GetObject")
+    return fp
+
+
+@step_kind(ExpectObjectsStep, footprint=expect_objects_footprint)
 def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome:
     """Wait for and check the objects the pipeline writes (or, with absent, that none appear)."""
     if step.absent:
