@@ -106,10 +106,14 @@ class Arns:
     def state_machine(self, name_or_arn: str) -> str:
         return name_or_arn if name_or_arn.startswith("arn:") else self.arn("states", f"stateMachine:{name_or_arn}")
 
-    def executions(self, state_machine_arn: str) -> str:
-        """Every execution of a state machine (``execution:<machine>:*``)."""
+    def executions(self, state_machine_arn: str, form: str = "execution") -> str:
+        """Every execution of a state machine (``execution:<machine>:*``); ``form="express"``: its Express
+        executions (``express:<machine>:*:*``), ``form="mapRun"``: its Map Runs (``mapRun:<machine>/*:*``)."""
         head, _, name = state_machine_arn.rpartition(":stateMachine:")
-        return f"{head}:execution:{name}:*" if head else state_machine_arn
+        if not head:
+            return state_machine_arn
+        tail = {"mapRun": f"mapRun:{name}/*:*", "express": f"express:{name}:*:*"}
+        return f"{head}:{tail.get(form, f'{form}:{name}:*')}"
 
     def athena_workgroup(self, name: str) -> str:
         return self.arn("athena", f"workgroup/{name}")

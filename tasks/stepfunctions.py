@@ -197,6 +197,7 @@ def step_functions_footprint(step: StepFunctionsStep, arns: Arns) -> Footprint:
     machine given by name is found in the caller's account (STS GetCallerIdentity)."""
     machine = arns.state_machine(step.state_machine)
     executions = arns.executions(machine)
+    express = arns.executions(machine, "express")  # an Express state machine's executions
     fp = Footprint()
     if not step.state_machine.startswith("arn:"):
         fp.need("*", "sts:GetCallerIdentity")
@@ -206,7 +207,11 @@ def step_functions_footprint(step: StepFunctionsStep, arns: Arns) -> Footprint:
     else:
         fp.read("Step Functions executions", step.state_machine, "wait for the pipeline's execution")
         fp.need(machine, "states:ListExecutions")
+        # the Service Authorization Reference lists Map Runs beside state machines for ListExecutions (parliament
+        # wants both): the same machine's Map Runs, read only
+        fp.need(arns.executions(machine, "mapRun"), "states:ListExecutions")
     fp.need(executions, "states:DescribeExecution", "states:GetExecutionHistory")
+    fp.need(express, "states:DescribeExecution")
     if step.stop_on_timeout:
         fp.need(executions, "states:StopExecution")
     return fp
