@@ -8,9 +8,11 @@ child pytest). Every botocore client made in the process gets a ``before-call`` 
 * ``kind``: the step kind whose runner is on the stack (a registered runner's code object), with the actions its
   footprint declares for *that* step (``tasks.base.footprint(step)``, the runner's ``step`` argument);
 * else ``family``: the service module of the innermost ``tasks.*`` frame (``ssm`` for ``tasks.ssm_restore``: an undo
-  that runs after its step), ``run`` for the journal and ``flows.*`` (audit, recover, the evidence upload), or ``s3``
-  for calls from s3transfer's own threads (a multipart upload's parts);
-* else the call is the test's own (seeding moto) and is not written.
+  that runs after its step), ``run`` for the journal and ``flows.*`` (audit, recover, the evidence upload; also when
+  a runner is further out: the journal written before a change), or ``s3`` for calls from s3transfer's own threads
+  (a multipart upload's parts);
+* a call whose innermost project frame is a test's (seeding moto, or playing the pipeline from a fake clock's
+  ``on_sleep``) or the demo's fake pipeline is the world's, not the kind's, and is not written.
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def family(module: str) -> str | None:
     return ALIASES.get(name, name)
 
 
+def is_test_side(module: str) -> bool:
+    """Code that plays the world around the kinds: the tests themselves and the demo's fake pipeline."""
+    return (module.startswith(("tests.", "test_", "conftest", "flows.demo", "flows.emulator"))
+            or module in ("__main__",))
+
+
 def _runner_codes() -> dict[CodeType, str]:
     if not _runners:
         import flows.spec  # noqa: F401  (fills the registry)
@@ -56,21 +64,26 @@ def _runner_codes() -> dict[CodeType, str]:
 
 
 def who(frame: FrameType | None) -> dict[str, Any] | None:
+    """Who made the call whose stack starts at ``frame`` (see the module's doc); None: the test's own call."""
     runners = _runner_codes()
-    found: dict[str, Any] | None = None
-    innermost: str | None = None
+    runner: dict[str, Any] | None = None
+    innermost: str | None = None  # the family of the innermost frame of the project's code
+    decided = False
     transfer = False
     while frame is not None:
-        code = frame.f_code
-        if code in runners:
-            found = {"kind": runners[code], "step": frame.f_locals.get("step")}  # the outermost runner wins
         module = frame.f_globals.get("__name__", "")
-        if innermost is None:
-            innermost = family(module)
+        if not decided and is_test_side(module):
+            return None
+        if not decided and family(module) is not None:
+            innermost, decided = family(module), True
+        if frame.f_code in runners:
+            runner = {"kind": runners[frame.f_code], "step": frame.f_locals.get("step")}  # the outermost wins
         transfer = transfer or module.startswith("s3transfer")
         frame = frame.f_back
-    if found is not None:
-        return found
+    if innermost == "run":
+        return {"family": "run"}
+    if runner is not None:
+        return runner
     if innermost is not None:
         return {"family": innermost}
     if transfer:
