@@ -22,6 +22,7 @@ than the case names), and an allowed parameter prefix with one.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,3 +151,22 @@ def build_policy(plan: Plan) -> Policy:
         warnings.append("no --kms-key-arn: KMS actions are allowed on any key of the account, only through SSM "
                         "(kms:ViaService); pass the SecureStrings' key ARN to name it")
     return Policy(document, warnings, plan.notes())
+
+
+def dumps(document: dict[str, Any], width: int = 120) -> str:
+    """The policy as JSON for people: indented, with a list of strings on one line when it fits ``width``."""
+
+    def render(value: Any, indent: int) -> str:
+        pad = " " * indent
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            inline = json.dumps(value)
+            if indent + len(inline) + 24 <= width:
+                return inline
+        if isinstance(value, dict):
+            items = [f'{pad}  {json.dumps(k)}: {render(v, indent + 2)}' for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, list):
+            return "[\n" + ",\n".join(f"{pad}  {render(v, indent + 2)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value)
+
+    return render(document, 0)

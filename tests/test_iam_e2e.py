@@ -9,7 +9,9 @@ of that statement, and whatever it had changed is undone.
 moto checks the *resources* of S3 calls only: any other call is checked as a call on resource ``*`` (moto does not
 work out its ARN), which a statement scoped to ARNs never matches. So on the emulator every statement of another
 service gets ``Resource: "*"`` (its actions are still checked, one statement at a time), and the S3 statements
-are used as generated (their buckets and prefixes are checked too).
+are used as generated (their buckets and prefixes are checked too). moto also names one action its own way:
+Lambda's Invoke is checked as ``lambda:Invoke`` (AWS: ``lambda:InvokeFunction``), so a statement with the one gets
+the other too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from flows.pipeline_test import pipeline_test, result_of
 from flows.results import CaseResult
 
 ACCOUNT = "123456789012"  # moto's account
+#: actions moto checks under another name than AWS's
+MOTO_NAMES = {"lambda:InvokeFunction": "lambda:Invoke"}
 #: statements whose actions moto never checks on the demo's path, with why (dropping them cannot fail the case
 #: on the emulator; on AWS they are needed)
 NOT_CHECKED_ON_THE_EMULATOR = {
@@ -45,6 +49,8 @@ def on_the_emulator(policy: dict[str, Any]) -> dict[str, Any]:
     for statement in policy["Statement"]:
         if not all(action.startswith("s3:") for action in statement["Action"]):
             statement = {k: v for k, v in statement.items() if k != "Condition"} | {"Resource": "*"}
+        actions = statement["Action"]
+        statement = {**statement, "Action": actions + [MOTO_NAMES[a] for a in actions if a in MOTO_NAMES]}
         statements.append(statement)
     return {**policy, "Statement": statements}
 
