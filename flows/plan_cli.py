@@ -67,7 +67,7 @@ def load_plan(args: Any, overrides: dict[str, str]) -> Plan:
     cases: list[tuple[CaseSpec, Path, str]] = []
     suite = is_suite_file(path)
     if suite:
-        loaded = load_suite(path, args.tag or None, overrides)
+        loaded = load_suite(path, args.tag or None, overrides, files_root=args.files_root)
         cases = [(c.spec, c.path.resolve().parent, str(c.path)) for c in loaded.cases]
         title = f"Plan of suite '{loaded.spec.suite}' ({path}): {len(cases)} case(s)"
     else:
