@@ -29,7 +29,7 @@ from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
-from tasks.iam import Arns, Footprint
+from tasks.iam import Arns, Footprint, partition
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
 from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
@@ -133,14 +133,6 @@ def execution_name(prefix: str | None, run_id: str) -> str:
     tail = f"{re.sub(r'[^A-Za-z0-9_-]', '', run_id)[:8]}-{uuid.uuid4().hex[:8]}"
     head = DEFAULT_PREFIX if prefix is None else prefix
     return head[: MAX_NAME_CHARS - len(tail)] + tail
-
-
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
 
 
 def state_machine_arn(sfn: SFNClient, sts: STSClient | None, name_or_arn: str) -> str:
