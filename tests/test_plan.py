@@ -129,3 +129,14 @@ def test_placeholders_put_back_the_built_ins() -> None:
     values = {"run_timestamp": "19010203T040506", "flow_run_id": "aaaa", "run_date": "1901-02-03",
               "run_time": "040506"}
     assert shown("in/1901-02-03/aaaa/19010203T040506.csv", values) == "in/<run_date>/<flow_run_id>/<run_timestamp>.csv"
+
+
+def test_docs_quote_the_current_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/aws.md shows the real --plan and --iam-policy output of the demo case: it must stay what they print."""
+    monkeypatch.chdir(ROOT)
+    page = (ROOT / "docs/aws.md").read_text(encoding="utf-8")
+    for flag in ("--plan", "--iam-policy"):
+        code, out, err = run(capsys, "examples/cases/orders_ingestion.yaml", flag)
+        assert code == 0
+        for text in (out.rstrip(), err.rstrip()):
+            assert text in page, f"docs/aws.md does not show the current output of {flag}; paste it again:\n{text}"
