@@ -157,6 +157,7 @@ def _family(kind: str) -> str:
     return module.split(".")[1]
 
 
+@pytest.mark.e2e  # a child pytest (and the Prefect server some of those tests start): 2 to 4 minutes here
 def test_every_aws_call_a_kind_makes_is_declared(tmp_path: Path) -> None:
     calls = _recorded_calls(tmp_path)
     undeclared: dict[str, set[str]] = defaultdict(set)
