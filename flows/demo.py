@@ -57,6 +57,8 @@ ORDERS_HEADER = "order_id,customer_id,order_date,amount,currency,status"
 #: the header the pipeline accepts from each source (incoming/<source>/...); any other file is quarantined
 SOURCE_HEADERS = {"orders": ORDERS_HEADER, "returns": "order_id,customer_id,return_date,amount,currency,reason"}
 DEMO_SUITE = ROOT / "examples" / "nightly-suite.yaml"
+#: the rows of the demo suite's matrix case (examples/source_ingestion.yaml over the demo's sources)
+MATRIX_ROWS = len(SOURCE_HEADERS)
 REGION = "us-east-1"
 LANDING_BUCKET = "demo-landing"
 CURATED_BUCKET = "demo-curated"
@@ -100,8 +102,8 @@ class FakePipeline:
             FunctionName=FUNCTION, Runtime="python3.12", Role=role["Role"]["Arn"], Handler="app.handler",
             Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18}, Description="Starts an orders ingestion")
         # what the function answers (moto runs no code without Docker: its answers are queued here, one for each
-        # example case, so the demo's suite has one per case)
-        cases = max(1, len(list(DEMO_CASE.parent.glob("*.yaml"))))
+        # case run of the demo's suite: every example case and every row of its matrix case)
+        cases = max(1, len(list(DEMO_CASE.parent.glob("*.yaml")))) + MATRIX_ROWS
         moto_api(self.endpoint, "static/lambda-simple/response",
                  {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})] * cases})
         self.create_audit_resources()
