@@ -51,7 +51,7 @@ from flows.suite_pack import (
 )
 from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
 from flows.suite_rerun import Rerun
-from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
+from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite, suite_name
 from tasks import markdown as md
 from tasks.base import format_duration
 
@@ -331,11 +331,11 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         if rerun is not None and not rerun.link.cases:
             print(f"Nothing to re-run: every case of suite '{rerun.suite}' passed in {args.rerun_failed}.")
             return EXIT_PASSED
+        if rerun is not None and suite_name(Path(args.spec)) != rerun.suite:
+            raise SpecError(str(args.spec), [f"--rerun-failed {args.rerun_failed} is a pack of suite "
+                                             f"'{rerun.suite}', not of '{suite_name(Path(args.spec))}'"])
         only = rerun.link.cases if rerun is not None else args.only or None
         plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root, only)
-        if rerun is not None and plan.spec.suite != rerun.suite:
-            raise SpecError(str(args.spec), [f"--rerun-failed {args.rerun_failed} is a pack of suite "
-                                             f"'{rerun.suite}', not of '{plan.spec.suite}'"])
         if args.evidence_dir:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:

@@ -39,7 +39,6 @@ MATRIX_SUFFIXES = (".csv", ".yaml", ".yml", ".json")
 ROW_ID_MAX = 40
 #: the columns of a matrix row that are not variables: its id and its tags
 ROW_KEYS = ("id", "tags")
-Scalar = str | int | float | bool
 
 
 def _inside(path: str) -> bool:
@@ -55,7 +54,7 @@ class MatrixCase(SpecModel):
     path: str = Field(..., min_length=1, max_length=1024, description="The case file, relative to the suite file "
                       "(no glob). A glob entry of `cases:` that also matches it does not run it a second time "
                       "without a row.")
-    matrix: list[dict[str, Scalar | list[str]]] | str = Field(
+    matrix: list[dict[str, Any]] | str = Field(
         ..., description="The rows: a list of mappings (`{source: orders, expected_rows: 5}`), or a CSV file (a "
         "header row of column names) or YAML/JSON file (a list of mappings) of them, relative to the suite file. "
         "Every key names a variable the case declares, except `id` (the row's id in its name; default: its values "
@@ -194,6 +193,11 @@ def is_suite_file(path: Path) -> bool:
     except SpecError:
         return False
     return isinstance(raw, dict) and "suite" in raw and "case" not in raw
+
+
+def suite_name(path: Path) -> str:
+    """The name of a suite (folder or file); SpecError when it is not a valid suite file."""
+    return _suite_of(path)[0].suite
 
 
 def _suite_of(path: Path) -> tuple[SuiteSpec, Path]:
@@ -384,7 +388,7 @@ def _only(cases: list[SuiteCase], only: list[str], source: str) -> tuple[list[Su
 
     missing = [p for p in only if not any(hit(c.name, p) for c in cases)]
     if missing:
-        raise SpecError(source, [f"--only {p!r}: no case of the suite has this name (its cases: "
+        raise SpecError(source, [f"--only {p!r}: no case of the suite has this name now (its cases: "
                                  f"{', '.join(repr(c.name) for c in cases)[:1500]})" for p in missing])
     return ([c for c in cases if any(hit(c.name, p) for p in only)],
             [c for c in cases if not any(hit(c.name, p) for p in only)])
