@@ -8,6 +8,7 @@
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
     python -m flows.pipeline_test FOLDER-OR-SUITE.yaml [--tag T] [--max-parallel N] [--var k=v] [--evidence-dir D]
                                                                       run a suite (flows.suite)
+    python -m flows.pipeline_test [SUITE.yaml] --rerun-failed SUITE-PACK  run what failed in that suite run again
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
