@@ -207,3 +207,28 @@ def test_rerun_failed_refuses_what_is_not_an_intact_suite_pack(matrix_bucket, tm
     assert main(["--rerun-failed", str(pack)]) == 2
     err = capsys.readouterr().err
     assert "the pack is not intact" in err and "junit.xml: changed" in err
+
+
+def test_a_row_run_as_a_deployment_gets_its_name_and_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.deployments
+    from prefect.states import Completed
+
+    from flows.suite import run_case
+    from flows.suite_progress import Progress
+
+    plan = load_suite(matrix_suite(tmp_path, [{"id": "r", "source": "returns"}], run_as="deployment"))
+    sent: list[dict[str, Any]] = []
+
+    class Run:
+        id = "7f0c2c2e-1111-4222-8333-944455556666"
+        state = Completed()
+
+    def run_deployment(name: str, parameters: dict[str, Any], **_: Any) -> Run:
+        sent.append(parameters)
+        return Run()
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    outcome = run_case(plan, plan.cases[0], tmp_path / "pack", Progress())
+    assert outcome.status == "passed" and outcome.case == "Landing [r]"
+    assert sent[0]["case_name"] == "Landing [r]" and sent[0]["variables"] == {"source": "returns"}
+    assert sent[0]["evidence_dir"].endswith("landing-r")
