@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -218,16 +219,9 @@ def test_a_row_run_as_a_deployment_gets_its_name_and_values(tmp_path: Path, monk
 
     plan = load_suite(matrix_suite(tmp_path, [{"id": "r", "source": "returns"}], run_as="deployment"))
     sent: list[dict[str, Any]] = []
-
-    class Run:
-        id = "7f0c2c2e-1111-4222-8333-944455556666"
-        state = Completed()
-
-    def run_deployment(name: str, parameters: dict[str, Any], **_: Any) -> Run:
-        sent.append(parameters)
-        return Run()
-
-    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    run = SimpleNamespace(id="7f0c2c2e-1111-4222-8333-944455556666", state=Completed())
+    monkeypatch.setattr(prefect.deployments, "run_deployment",
+                        lambda name, parameters, **_: sent.append(parameters) or run)
     outcome = run_case(plan, plan.cases[0], tmp_path / "pack", Progress())
     assert outcome.status == "passed" and outcome.case == "Landing [r]"
     assert sent[0]["case_name"] == "Landing [r]" and sent[0]["variables"] == {"source": "returns"}
