@@ -55,6 +55,8 @@ from flows.pack_base import (  # noqa: F401
     pack_files,
     pack_name,
     pack_prefix,
+    run_pack_dir,
+    run_pack_name,
     sha256_bytes,
     sha256_file,
 )

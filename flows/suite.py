@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from flows.engine import signals_deferred
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
+from flows.pack_folder import PackClaim, PackFolderError
 from flows.pipeline_test import (
     SUITE,
     SuiteShared,
@@ -43,6 +44,7 @@ from flows.suite_pack import (
     SuiteCaseResult,
     SuiteFailed,
     SuiteResult,
+    claim_suite_folder,
     result_from_report,
     write_suite_pack,
 )
@@ -83,7 +85,13 @@ def pipeline_test_suite(
     started = _now()
     run_id = str(flow_run.id or "local")
     folder = Path(evidence_dir) if evidence_dir else (
-        Path("evidence") / "suites" / (slug(plan.spec.suite) or "suite") / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+        suite_evidence_parent(plan.spec.suite) / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+    try:  # before any case starts: a folder that is not new, not writable or full, or taken, is exit 3
+        claim = claim_suite_folder(folder, logger=logger)
+    except PackFolderError as exc:
+        message = f"suite '{plan.spec.suite}' did not start: {exc}; nothing was changed"
+        logger.error("%s", message)
+        return Failed(message=message, data=CouldNotRun(message))  # type: ignore[return-value]
     progress = PROGRESS.get() or Progress()
     progress.begin(len(plan.cases))
     logger.info("Suite %r: %d case(s), at most %d at once (%s)%s", plan.spec.suite, len(plan.cases),
@@ -110,10 +118,10 @@ def pipeline_test_suite(
                 wait([f for f in futures if not f.cancelled()])
                 done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
                         and f.exception() is None}
-                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger)
+                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, claim, logger)
             raise
-    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, logger)
-    if result.passed:
+    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, claim, logger)
+    if result.passed and result.evidence_error is None:
         return result
     return Failed(message=str(SuiteFailed(result)), data=SuiteFailed(result))  # type: ignore[return-value]
 
@@ -189,9 +197,15 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 
 
+def suite_evidence_parent(suite: str) -> Path:
+    """Where a suite's packs go by default: ``evidence/suites/<suite>/`` (each run in a folder of its own)."""
+    return Path("evidence") / "suites" / (slug(suite) or "suite")
+
+
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
-            logger: Any) -> SuiteResult:
-    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged)."""
+            claim: PackClaim, logger: Any) -> SuiteResult:
+    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged; one of the
+    pack, or of a case's pack, goes in ``evidence_error``: the CLI exits 4)."""
     result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=_ui_url(), started_at=started,
                          ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped])
     try:
@@ -199,11 +213,15 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
     except Exception as exc:
         logger.warning("Could not publish the suite's summary artifact: %s", exc)
     try:
-        write_suite_pack(result, folder)
+        write_suite_pack(result, folder, claim=claim)
         result.evidence_dir = str(folder.resolve())
         logger.info("Suite evidence pack: %s", result.evidence_dir)
     except Exception as exc:
-        logger.error("Could not write the suite's evidence pack: %s", exc)
+        result.evidence_error = f"the suite's evidence pack {folder} could not be written: {exc}"
+        logger.error("%s", result.evidence_error)
+    lost = [c.case for c in cases if c.result is not None and c.result.evidence_error]
+    if lost and result.evidence_error is None:
+        result.evidence_error = f"the evidence pack of {len(lost)} case(s) could not be written: {', '.join(lost)}"
     logger.info("Suite %r: %d passed, %d failed, %d not run in %s", result.suite, result.count("passed"),
                 result.count("failed"), result.count("not run"), format_duration(result.duration_s))
     return result
@@ -242,6 +260,8 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {suite_key(result.suite)})")
     if result.evidence_dir:
         lines.append(f"Suite evidence pack: {result.evidence_dir}")
+    if result.evidence_error:
+        lines.append(f"NO EVIDENCE: {result.evidence_error}")
     return "\n".join(lines)
 
 
@@ -251,10 +271,15 @@ def suite_result_of(state: Any) -> SuiteResult | None:
 
 
 def exit_code(result: SuiteResult) -> int:
-    """0 every case passed; 1 a case failed; 3 no case failed but one could not run."""
-    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_PASSED
+    """0 every case passed; 1 a case failed; 3 no case failed but one could not run; 4 every case passed but an
+    evidence pack (the suite's or a case's) could not be written."""
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_NO_EVIDENCE, EXIT_PASSED
 
-    return EXIT_FAILED if result.count("failed") else EXIT_COULD_NOT_RUN if result.count("not run") else EXIT_PASSED
+    if result.count("failed"):
+        return EXIT_FAILED
+    if result.count("not run"):
+        return EXIT_COULD_NOT_RUN
+    return EXIT_NO_EVIDENCE if result.evidence_error else EXIT_PASSED
 
 
 def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
@@ -274,10 +299,13 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
 
     try:
         plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel)
-        if args.evidence_dir:
-            check_evidence_dir(Path(args.evidence_dir), args.spec)
+        check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
+                           suite_evidence_parent(plan.spec.suite), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
+    except CouldNotRun as exc:
+        print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
               + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "") + ".")
@@ -303,6 +331,8 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         print(result.model_dump_json(indent=2) if args.json else format_suite(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
+        if result.evidence_error and args.json:
+            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
         return exit_code(result)
 
     return guarded(run)

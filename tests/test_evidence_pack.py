@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from flows import evidence_pack as ep
+from flows.pack_folder import PackFolderError
 from flows.results import CaseResult, StepResult
 from flows.spec import CaseSpec, parse_spec
 from tasks import markdown as md
@@ -220,8 +221,9 @@ def test_a_pack_goes_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
     folder = tmp_path / "pack"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(PackFolderError, match="not empty"):
         ep.write_pack(passing_result(), None, folder)
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
     bare = ep.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
     assert sorted(p.name for p in bare.iterdir()) == sorted(set(ALL_FILES) - {"spec.yaml"})
     assert ep.verify(bare) == []
