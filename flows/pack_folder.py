@@ -21,14 +21,13 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 #: where the claim's temporary folder is: ``<parent>/.<name><STAGING_SUFFIX>``
 STAGING_SUFFIX = ".pipeline-test-writing"
 #: the probe written into a claimed folder (a full disk or a read-only folder fails it before the run)
 PROBE_NAME = ".probe"
 PROBE_BYTES = 4096
-#: os.open flags of every pack file: binary where the OS knows the difference (Windows), never inherited
-WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +36,27 @@ class PackFolderError(Exception):
     """The pack's folder cannot take a pack (not new, not writable, full, claimed by another run)."""
 
 
-def open_for_write(path: Path, private: bool) -> int:
-    """A new (or emptied) file for a pack, opened in binary mode: 0600 when private."""
-    fd = os.open(path, WRITE_FLAGS, 0o600 if private else 0o666)
-    if private and os.name != "nt":
-        os.fchmod(fd, 0o600)
-    return fd
+def write_flags() -> int:
+    """os.open's flags for every pack file: binary where the OS knows the difference (Windows: without O_BINARY
+    it writes text mode, every LF as CRLF), not inherited by child processes."""
+    return os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)
+
+
+def open_for_write(path: Path, private: bool) -> BinaryIO:
+    """A new (or emptied) file of a pack, opened in binary mode: 0600 when private."""
+    fd = os.open(path, write_flags(), 0o600 if private else 0o666)
+    try:
+        if private and os.name != "nt":
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_bytes(path: Path, data: bytes, private: bool = True) -> None:
     """Write a pack file's exact bytes (no newline translation on any OS)."""
-    with open(open_for_write(path, private), "wb") as handle:
+    with open_for_write(path, private) as handle:
         handle.write(data)
 
 
@@ -99,10 +108,12 @@ def probe_writable(folder: Path) -> None:
             pass
 
 
-def restrict_to_owner(folder: Path, log_to: logging.Logger | logging.LoggerAdapter | None = None) -> bool:
+def restrict_to_owner(folder: Path, log_to: logging.Logger | logging.LoggerAdapter | None = None,
+                      shown: Path | None = None) -> bool:
     """Make a folder readable by its owner only. POSIX: mode 0700. Windows (NTFS ignores mode bits): an access list
     granting the current user (by SID) full control, inherited by everything created inside, and nothing
-    inherited from the parent. False, with a warning naming the folder, when that could not be done."""
+    inherited from the parent. False, with a warning naming the folder (``shown``, else ``folder``), when that
+    could not be done."""
     if os.name != "nt":
         os.chmod(folder, 0o700)
         return True
@@ -116,7 +127,7 @@ def restrict_to_owner(folder: Path, log_to: logging.Logger | logging.LoggerAdapt
     if problem is None:
         return True
     (log_to or log).warning("The evidence pack %s could not be made private (icacls: %s): other users of this "
-                            "machine may be able to read it", folder, problem[:300])
+                            "machine may be able to read it", shown or folder, problem[:300])
     return False
 
 
@@ -195,5 +206,5 @@ def claim_staging(folder: Path, private: bool, logger: logging.Logger | logging.
         taken.abandon()
         raise PackFolderError(f"evidence folder {folder} cannot be written ({_reason(exc)})") from None
     if private:
-        restrict_to_owner(staging, logger)
+        restrict_to_owner(staging, logger, shown=folder)
     return taken

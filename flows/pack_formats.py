@@ -231,8 +231,8 @@ def _copy_step_files(result: CaseResult, folder: Path, secrets: Sequence[str], p
             target = folder / STEP_FILES_DIR / slug_path(step.number) / Path(*parts)
             for parent in reversed([p for p in target.parents if not p.exists()]):
                 parent.mkdir(mode=0o700 if private else 0o777)
-            fd = pack_folder.open_for_write(target, private)  # binary: its line ends stay as the step wrote them
-            with open(source, encoding="utf-8", newline="") as src, open(fd, "wb") as dst:
+            # binary: its line ends stay as the step wrote them, on every OS
+            with open(source, encoding="utf-8", newline="") as src, pack_folder.open_for_write(target, private) as dst:
                 for line in src:
                     dst.write((redact(line, secrets) if secrets else line).encode("utf-8"))
 
