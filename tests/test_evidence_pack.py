@@ -535,6 +535,24 @@ def test_a_pack_that_cannot_be_written_leaves_nothing_behind(tmp_path: Path, mon
     assert sorted(p for p in tmp_path.iterdir() if p.name != "scratch") == before  # no pack, no temporary folder
 
 
+def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_path: Path, monkeypatch) -> None:
+    from flows.suite import exit_code
+
+    suite = tmp_path / "suite"
+    ep.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
+    case = SuiteCaseResult(case=CASE, path="orders.yaml", status="passed", started_at=T0, ended_at=T0,
+                           result=passing_result(), pack="cases/orders-ingestion")
+    result = SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case])
+    monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=("manifest.json", errno.ENOSPC)))
+    with pytest.raises(OSError, match="No space left"):
+        write_suite_pack(result, suite)
+    assert sorted(p.name for p in suite.iterdir()) == ["cases"] and not list(tmp_path.glob(".*"))
+    assert ep.verify(suite / "cases" / "orders-ingestion") == []  # the case's own pack is whole
+    assert exit_code(result) == 0
+    result.evidence_error = "the suite's evidence pack could not be written"
+    assert exit_code(result) == 4
+
+
 def test_a_full_or_read_only_folder_is_refused_when_claimed(tmp_path: Path, monkeypatch) -> None:
     """The claim (before the run) writes a probe: ENOSPC or EROFS there refuse the folder, and leave nothing."""
     from flows.pipeline_test import check_evidence_dir

@@ -417,6 +417,7 @@ def test_a_full_or_read_only_evidence_folder_is_refused_before_anything_changes(
     deployment or a suite runs it) and a suite."""
     from flows.pipeline_test import main, pipeline_test
     from flows.recover import CouldNotRun
+    from flows.suite import pipeline_test_suite
 
     spec, ssm = ssm_case
     with _tmpfs(tmp_path / "full", "size=64k") as full, _tmpfs(tmp_path / "ro", "ro", "size=64k") as read_only:
@@ -430,6 +431,9 @@ def test_a_full_or_read_only_evidence_folder_is_refused_before_anything_changes(
             state = pipeline_test(spec=str(spec), evidence_dir=str(where / "pack"), return_state=True)
             refused = state.result(raise_on_failure=False)
             assert isinstance(refused, CouldNotRun) and reason in str(refused), refused
+            state = pipeline_test_suite(suite=str(spec.parent), evidence_dir=str(where / "suite"), return_state=True)
+            refused = state.result(raise_on_failure=False)
+            assert isinstance(refused, CouldNotRun) and "did not start" in str(refused), refused
             monkeypatch.chdir(where)  # the default folder, evidence/<case>/... under the working folder
             assert main([str(spec)]) == 3 and reason in capsys.readouterr().err
             monkeypatch.chdir(tmp_path)
