@@ -753,3 +753,18 @@ def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_
     assert f"{CASE} PASSED" in text and "5 of 5 passed" in text
     assert 'class="failure-box"' not in dom and "FAILED" not in text and "ERROR" not in text
     assert SHA_ORDERS in text and SHA_CUSTOMERS in text  # the hashed inputs are shown
+
+
+def test_specs_data_and_docs_are_checked_out_with_lf_on_every_os() -> None:
+    """.gitattributes pins LF for what is hashed byte for byte (a spec's sha256 must not depend on the checkout),
+    and every such file in the repository is LF already."""
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["a.yaml", "a.yml", "a.json", "a.jsonl", "a.csv", "a.md", "examples/cases/data/x.txt"]
+    done = subprocess.run(["git", "check-attr", "eol", "--", *names], cwd=root, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines() == [f"{n}: eol: lf" for n in names]
+    eols = subprocess.run(["git", "ls-files", "--eol", "--", "*.yaml", "*.yml", "*.json", "*.csv", "*.md",
+                           "examples"], cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert eols and [line for line in eols if not line.startswith("i/lf")] == []
