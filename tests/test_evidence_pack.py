@@ -470,6 +470,11 @@ class _FakeOs:
             self.text_fds.add(fd)
         return fd
 
+    def rename(self, src: Any, dst: Any) -> None:
+        if self.name == "nt" and os.path.exists(dst):  # Windows renames onto nothing, not even an empty folder
+            raise FileExistsError(183, "Cannot create a file when that file already exists", str(dst))
+        os.rename(src, dst)
+
     def fdopen(self, fd: int, mode: str = "r") -> Any:
         handle = os.fdopen(fd, mode)
         return _TextMode(handle) if fd in self.text_fds else handle
@@ -612,15 +617,14 @@ def _fake_windows(monkeypatch, icacls: subprocess.CompletedProcess | None = None
 
 def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path, monkeypatch, caplog) -> None:
     calls = _fake_windows(monkeypatch)
+    (tmp_path / "pack").mkdir()  # an empty folder given with --evidence-dir: Windows renames onto nothing
     folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
     staging = str(pack_folder.staging_dir(tmp_path / "pack"))  # set before the first file, renamed with the pack
     assert calls == [["whoami", "/user", "/fo", "csv", "/nh"],
                      ["icacls", staging, "/inheritance:r", "/grant:r", "*S-1-5-21-1-2-3-1001:(OI)(CI)F", "/q"]]
     assert ep.verify(folder) == [] and "could not be made private" not in caplog.text
 
-    calls.clear()  # whoami missing: the user's name
-    monkeypatch.setenv("USERNAME", "ana")
-    _fake_windows(monkeypatch, whoami=None)
+    monkeypatch.setenv("USERNAME", "ana")  # whoami missing: the user's name
     calls = _fake_windows(monkeypatch, whoami=None)
     ep.write_pack(passing_result(), None, tmp_path / "named", private=True)
     assert calls[-1][-2] == "ana:(OI)(CI)F"
