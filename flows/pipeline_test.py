@@ -394,6 +394,8 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, clai
             logger.info("Evidence pack uploaded to s3://%s/%s", settings.bucket, prefix)
     except Exception as exc:
         what = "uploaded" if result.evidence_dir else "written"
+        if not result.evidence_dir:
+            result.pack = None  # not where the notice said it would be
         result.evidence_error = redact(f"the evidence pack {folder} could not be {what}: {_why(exc)}", secrets)
         logger.error("%s", result.evidence_error)
 

@@ -444,16 +444,22 @@ def test_a_full_or_read_only_evidence_folder_is_refused_before_anything_changes(
 def test_a_pack_that_fills_the_disk_after_the_run_is_exit_4_and_leaves_nothing(ssm_case, tmp_path, capsys) -> None:
     """Room for the claim's probe, not for the pack: the run undoes its change, says PASSED and NO EVIDENCE, exits 4
     (the flow run fails), and no half pack nor temporary folder is left."""
-    from flows.pipeline_test import main
+    from flows.pipeline_test import format_result, main
+    from flows.results import CaseResult
 
     spec, ssm = ssm_case
     with _tmpfs(tmp_path / "small", "size=64k") as small:
         _fill(small, leave=12 * 1024)
-        assert main([str(spec), "--evidence-dir", str(small / "pack")]) == 4
-        out = capsys.readouterr().out
-        assert "Case 'Pack integrity' PASSED" in out
-        assert f"NO EVIDENCE: the evidence pack {small / 'pack'} could not be written: No space left on device" in out
+        assert main([str(spec), "--evidence-dir", str(small / "pack"), "--json"]) == 4
+        out = capsys.readouterr()
+        result = CaseResult.model_validate_json(out.out[out.out.index("{"):])
+        why = f"the evidence pack {small / 'pack'} could not be written: No space left on device"
+        assert result.passed and (result.evidence_error or "").startswith(why), result.evidence_error
+        assert result.evidence_dir is None and result.pack is None and f"NO EVIDENCE: {why}" in out.err
+        assert "Case 'Pack integrity' PASSED" in format_result(result) and f"NO EVIDENCE: {why}" in format_result(result)
         assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    report = next(a for a in artifacts_of(result.flow_run_id or "") if (a.key or "").endswith("-report"))
+    assert f"**No evidence**: {why}" in str(report.data)
     assert _value(ssm) == "old" and _changed(ssm)  # it ran, and put the value back
 
 
