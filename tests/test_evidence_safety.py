@@ -484,3 +484,17 @@ def test_two_runs_given_one_evidence_folder_never_mix(ssm_case, tmp_path, capsys
     assert main([str(spec), "--evidence-dir", str(folder)]) == 2
     assert "is not empty" in capsys.readouterr().err
     assert evidence_pack.verify(folder) == [] and not list(tmp_path.glob(".*"))
+
+
+def test_a_pack_that_cannot_be_uploaded_is_exit_4_and_stays_on_disk(ssm_case, tmp_path, capsys) -> None:
+    from flows.pipeline_test import main
+
+    spec, ssm = ssm_case
+    raw = yaml.safe_load(spec.read_text())
+    raw["evidence"] = {"bucket": "no-such-evidence-bucket", "prefix": "packs/"}
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main([str(spec), "--evidence-dir", str(tmp_path / "pack")]) == 4
+    out = capsys.readouterr().out
+    assert f"NO EVIDENCE: the evidence pack {tmp_path / 'pack'} could not be uploaded:" in out
+    assert "NoSuchBucket" in out and "Case 'Pack integrity' PASSED" in out
+    assert evidence_pack.verify(tmp_path / "pack") == [] and _value(ssm) == "old"
