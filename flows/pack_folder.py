@@ -73,8 +73,15 @@ def _nearest_existing(folder: Path) -> Path:
     return path
 
 
-def _reason(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
+def _unwritable(folder: Path, exc: OSError, where: Path | None = None) -> PackFolderError:
+    reason = exc.strerror or type(exc).__name__
+    return PackFolderError(f"evidence folder {folder} cannot be written ({f'{where}: ' if where else ''}{reason})")
+
+
+def _taken(folder: Path) -> PackFolderError:
+    staging = staging_dir(folder)
+    return PackFolderError(f"another run is writing an evidence pack to {folder} (its temporary folder {staging} "
+                           f"exists); give another folder, or remove {staging} if no run is writing")
 
 
 def check_new(folder: Path) -> None:
@@ -84,10 +91,8 @@ def check_new(folder: Path) -> None:
         raise PackFolderError(f"evidence folder {folder} is not a folder; give a new or empty folder")
     if folder.is_dir() and any(folder.iterdir()):
         raise PackFolderError(f"evidence folder {folder} is not empty; give a new or empty folder")
-    staging = staging_dir(folder)
-    if staging.exists():
-        raise PackFolderError(f"another run is writing an evidence pack to {folder} (its temporary folder "
-                              f"{staging} exists); give another folder, or remove {staging} if no run is writing")
+    if staging_dir(folder).exists():
+        raise _taken(folder)
 
 
 def probe_writable(folder: Path) -> None:
@@ -100,7 +105,7 @@ def probe_writable(folder: Path) -> None:
     try:
         write_bytes(probe, b"\0" * PROBE_BYTES)
     except OSError as exc:
-        raise PackFolderError(f"evidence folder {folder} cannot be written ({where}: {_reason(exc)})") from None
+        raise _unwritable(folder, exc, where) from None
     finally:
         try:
             probe.unlink()
@@ -164,6 +169,8 @@ class PackClaim:
             os.rename(self.staging, self.folder)
         except OSError:
             # Windows does not rename onto an existing folder; POSIX does not onto one that is not empty
+            if not self.folder.exists():
+                raise  # e.g. the staging folder or the parent went away: the OS says what
             if not self.folder.is_dir() or any(self.folder.iterdir()):
                 raise PackFolderError(f"evidence folder {self.folder} was filled by something else during the "
                                       "run; the pack was not put there") from None
@@ -193,18 +200,16 @@ def claim_staging(folder: Path, private: bool, logger: logging.Logger | logging.
         _make_dirs(folder, private)
         os.mkdir(staging, 0o700 if private else 0o777)
     except FileExistsError:
-        raise PackFolderError(f"another run is writing an evidence pack to {folder} (its temporary folder "
-                              f"{staging} exists); give another folder, or remove {staging} if no run is writing"
-                              ) from None
+        raise _taken(folder) from None
     except OSError as exc:
-        raise PackFolderError(f"evidence folder {folder} cannot be written ({_reason(exc)})") from None
+        raise _unwritable(folder, exc) from None
     taken = PackClaim(folder, staging, private)
     try:
         write_bytes(staging / PROBE_NAME, b"\0" * PROBE_BYTES)
         (staging / PROBE_NAME).unlink()
     except OSError as exc:
         taken.abandon()
-        raise PackFolderError(f"evidence folder {folder} cannot be written ({_reason(exc)})") from None
+        raise _unwritable(folder, exc) from None
     if private:
         restrict_to_owner(staging, logger, shown=folder)
     return taken
