@@ -132,9 +132,25 @@ def pipeline_test_suite(
     return Failed(message=str(SuiteFailed(result)), data=SuiteFailed(result))  # type: ignore[return-value]
 
 
+def case_pack(plan: SuitePlan, case: SuiteCase) -> str:
+    """The case's pack folder in the suite's pack: ``cases/<case slug>``, and ``-2``, ``-3`` ... after the slug of
+    cases whose names slug alike (each case's pack a folder of its own: two runs never share one)."""
+    used: set[str] = set()
+    for other in plan.cases:
+        base = slug(other.spec.case) or "case"
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        if other is case:
+            return f"{CASES_DIR}/{name}"
+    raise ValueError(f"{case.path} is not a case of the suite")
+
+
 def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress) -> SuiteCaseResult:
     """Run one case of the suite (in a thread of its own) and say how it went; never raises."""
-    pack = f"{CASES_DIR}/{slug(case.spec.case) or 'case'}"
+    pack = case_pack(plan, case)
     progress.case_started()
     started = _now()
     try:

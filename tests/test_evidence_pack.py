@@ -772,3 +772,13 @@ def test_specs_data_and_docs_are_checked_out_with_lf_on_every_os() -> None:
     eols = subprocess.run(["git", "ls-files", "--eol", "--", "*.yaml", "*.yml", "*.json", "*.csv", "*.md",
                            "examples"], cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
     assert eols and [line for line in eols if not line.startswith("i/lf")] == []
+
+
+def test_cases_of_a_suite_whose_names_slug_alike_get_packs_of_their_own() -> None:
+    from flows.suite import case_pack
+
+    cases = [SimpleNamespace(spec=SimpleNamespace(case=name)) for name in ("Orders v1", "orders-v1", "Orders v1",
+                                                                           "orders-v1-2", "")]
+    plan = SimpleNamespace(cases=cases)
+    assert [case_pack(plan, c) for c in cases] == [  # type: ignore[arg-type]
+        "cases/orders-v1", "cases/orders-v1-2", "cases/orders-v1-3", "cases/orders-v1-2-2", "cases/case"]
