@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import audit, evidence, evidence_pack, history, locks, pack_folder, prefect_logs
+from flows import audit, evidence, evidence_pack, history, locks, pack_folder, prefect_logs, run_states
 from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
@@ -255,7 +255,7 @@ def pipeline_test(
                         send_notice(partial, notice, ui_url=partial.ui_url)
                     raise
         except CouldNotRun as exc:
-            return _could_not_run(str(exc), logger)  # type: ignore[return-value]
+            return _could_not_run(str(exc), logger, case.case)  # type: ignore[return-value]
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
@@ -281,10 +281,16 @@ def pipeline_test(
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
 
 
-def _could_not_run(message: str, logger: Any) -> State:
-    """The flow run's end when the case never started its steps (nothing was changed): exit 3 in the CLI."""
+def _could_not_run(message: str, logger: Any, case: str) -> State:
+    """The flow run's end when the case never started its steps (nothing was changed): Cancelled, named NotRun
+    (see flows.run_states), with an artifact that says why and what to do; exit 3 in the CLI."""
     logger.error("%s", message)
-    return Failed(message=message, data=CouldNotRun(message))
+    try:
+        create_markdown_artifact(markdown=run_states.not_run_markdown(case, message),
+                                 key=f"{evidence.case_key(case)}-not-run"[:100], description=f"NOT RUN · {case}")
+    except Exception as exc:
+        logger.warning("Could not publish why the case did not run: %s", exc)
+    return run_states.not_run(message, CouldNotRun(message))
 
 
 @contextlib.contextmanager

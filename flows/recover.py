@@ -158,6 +158,7 @@ def release_dead_locks(ssm: SSMClient, resources: list[str], prefix: str | None,
     """Free at once the locks that runs known to be dead still hold on these resources (instead of waiting for
     their leases to expire); their unfinished undos stay in the journal for the run or ``recover`` to handle."""
     from flows import locks
+    from flows.run_states import mark_crashed
 
     freed: set[str] = set()
     for resource in resources:
@@ -166,6 +167,9 @@ def release_dead_locks(ssm: SSMClient, resources: list[str], prefix: str | None,
                 freed.add(entry.lease_id)
                 if locks.release_lease(entry.lease_id):
                     logger.warning("Freed the locks that dead run %s still held", entry.run_id)
+                    mark_crashed(entry.run_id, f"a later run on host {socket.gethostname()}", "its locks were freed; "
+                                 "what it changed stays in the undo journal until that run's undo or `recover` "
+                                 "puts it back", logger)
 
 
 def redo(clients: ClientFactory, entry: JournalEntry) -> dict[str, Any]:
@@ -199,6 +203,7 @@ def recover(clients: ClientFactory, *, prefix: str | None, logger: Any, dry_run:
             lock_wait: float = 2.0, now: Callable[[], datetime] = utcnow) -> tuple[list[JournalEntry], Recovered]:
     """Recover every unfinished undo of dead runs in the journal; returns the entries found and what was done."""
     from flows import locks
+    from flows.run_states import mark_crashed
 
     ssm = clients.client("ssm")
     entries = read_entries(ssm, prefix)
@@ -229,6 +234,12 @@ def recover(clients: ClientFactory, *, prefix: str | None, logger: Any, dry_run:
             report.skipped += [{**e.public(), "why": why} for e in group]
     if not dry_run:
         _forget_dead_claims(ssm, claims, entries, report, now(), logger)
+        put_back: dict[str, list[str]] = {}
+        for done in report.done:
+            put_back.setdefault(str(done["run_id"]), []).append(str(done["resource"]))
+        for run_id, resources in put_back.items():  # its flow run, left Running by the killed process, tells the truth
+            mark_crashed(run_id, f"recover on host {socket.gethostname()} (pid {os.getpid()})",
+                         f"{len(resources)} change(s) it left were put back: {', '.join(sorted(resources))}", logger)
     return entries, report
 
 

@@ -143,6 +143,18 @@ def test_a_run_that_cannot_get_its_lock_in_time_changes_nothing(ssm, tmp_path: P
     reason = state.result(raise_on_failure=False)
     assert isinstance(reason, CouldNotRun) and "timed out after 1 s" in str(reason)
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")
+    # visibly not a test failure: Cancelled named NotRun (grey in the UI), with an artifact that says why and what to do
+    assert state.type.value == "CANCELLED" and state.name == "NotRun", state
+    assert state.message.startswith("could not run, nothing was changed: ")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["case-impatient-not-run"])), limit=1)
+    assert str(artifact.flow_run_id) == str(state.state_details.flow_run_id)
+    assert artifact.description == "NOT RUN · Impatient" and "timed out after 1 s" in str(artifact.data)
+    assert "nothing was changed" in str(artifact.data) and "recover" in str(artifact.data)
 
 
 def test_the_cli_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) -> None:
