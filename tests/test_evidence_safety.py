@@ -234,7 +234,7 @@ SHORT_SECRET = "test"  # allowed with a warning: masked where it is known to be 
 #: the headings the project's templates make (nothing else may become a heading)
 HEADINGS = re.compile(r"^(Hostile .*: (✅ PASSED|❌ FAILED)|Step \S+ · .* · .*|Failure( \(.*\))?|"
                       r"What was done and proved|Links|Spec|Files and results hashed by the run|What the step saw \(raw\)|"
-                      r"Evidence pack|Who ran it, where|Last \d+ runs of this case)$")
+                      r"Evidence pack|Who ran it, where|Last \d+ runs of this case|The last run of this case)$")
 
 
 def hostile_case(folder: Path) -> Path:
