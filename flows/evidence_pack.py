@@ -18,7 +18,9 @@ anchor it, keep its SHA-256 elsewhere (the flow logs it and puts it in the link 
 This module verifies and uploads packs and holds the CLI; it re-exports the names of the modules that write
 them: :mod:`flows.pack_base` (file names, naming, hashing; the conventions by which the run's hashes of inputs
 and query results are found), :mod:`flows.pack_formats` (report.json, report.md, the manifest, ``write_pack``,
-and how secrets are kept out of the pack), :mod:`flows.pack_html` and :mod:`flows.pack_junit`.
+and how secrets are kept out of the pack), :mod:`flows.pack_html` and :mod:`flows.pack_junit`;
+:mod:`flows.pack_folder` says where a pack goes and how it gets there whole (or not at all), byte-exact and private
+on every OS.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ from flows.pack_base import (  # noqa: F401
     pack_files,
     pack_name,
     pack_prefix,
+    run_pack_dir,
+    run_pack_name,
     sha256_bytes,
     sha256_file,
 )
