@@ -70,6 +70,7 @@ from flows.pack_formats import (  # noqa: F401
 from flows.pack_html import failures_first, report_html  # noqa: F401
 from flows.pack_junit import junit_xml  # noqa: F401
 from flows.suite_pack import SUITE_REQUIRED_FILES
+from tasks import nesting
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -81,8 +82,8 @@ def _load_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     if not path.is_file():
         return None, [f"{MANIFEST}: missing (this folder is not a complete evidence pack)"]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = nesting.loads(path.read_text(encoding="utf-8"), "the manifest")
+    except (OSError, ValueError) as exc:
         return None, [f"{MANIFEST}: unreadable ({exc})"]
     if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
         return None, [f"{MANIFEST}: not an evidence pack manifest (schema is not {MANIFEST_SCHEMA!r})"]

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Un
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
-from tasks import markdown
+from tasks import markdown, nesting
 from tasks.base import SpecModel, format_bytes
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
@@ -452,7 +452,7 @@ def _jsonl_records(stream: io.BufferedIOBase) -> Iterator[Any]:
     for number, line in enumerate(lines(text), 1):
         if line.strip():
             try:
-                yield json.loads(line)
+                yield nesting.loads(line, f"line {number}")
             except ValueError as exc:
                 raise Unreadable(f"line {number}: not valid JSON: {exc}") from None
 

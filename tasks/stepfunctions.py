@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
+from tasks import nesting
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
@@ -186,7 +187,9 @@ def _json(text: Any) -> Any:
     if text is None:
         return MISSING
     try:
-        return json.loads(text)
+        return nesting.loads(text, "the execution's input or output")
+    except nesting.NestingError as exc:
+        raise StepError(f"{exc}: too deep to check") from None
     except (TypeError, ValueError):
         return MISSING
 
