@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeGuard

@@ -32,16 +32,16 @@ import re
 import string
 import time
 import types
-from datetime import date, datetime, time as day_time, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as day_time
 from typing import Any, Callable, Iterable, Iterator
 
 from jinja2 import StrictUndefined, nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.runtime import Context, LoopContext, Undefined
-from jinja2.utils import Namespace
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import _PassArg
+from jinja2.utils import Namespace, _PassArg
 
 #: characters of any string a template makes or prints, and of a rendered result
 MAX_TEXT = 1_000_000

@@ -78,10 +78,13 @@ class ObjectCsvOptions(SpecModel):
     @classmethod
     def _known_encoding(cls, value: str) -> str:
         try:
-            codecs.lookup(value)
+            info = codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown encoding {value!r} (use a Python codec name such as utf-8 or latin-1)") \
                 from None
+        if not getattr(info, "_is_text_encoding", True):
+            raise ValueError(f"{value!r} is not a text encoding (it is a codec for bytes, such as zlib or base64); "
+                             "use a text encoding such as utf-8 or latin-1")
         return value
 
     @model_validator(mode="after")

@@ -21,7 +21,13 @@ from pydantic import Field
 from tasks import markdown as md
 from tasks.base import format_duration
 from tasks.errors import TIMED_OUT, StepError
-from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.polling import (
+    MAX_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    Clock,
+    PollSettings,
+    poll,
+)
 
 T = TypeVar("T")
 Logger = logging.Logger | logging.LoggerAdapter

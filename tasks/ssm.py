@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Sequence
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tasks import markdown as md
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind
+from tasks.base import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
 from tasks.json_checks import truncate
 from tasks.json_match import json_subset_mismatches
@@ -77,7 +77,8 @@ class ParameterSpec(SpecModel):
 
     model_config = _HIDE_INPUT
 
-    name: str = Field(..., min_length=1, max_length=2048, description="Parameter name, e.g. /pipeline/test/source.")
+    name: Annotated[str, RESOURCE_NAME] = Field(..., min_length=1, max_length=2048,
+                                              description="Parameter name, e.g. /pipeline/test/source.")
     value: str = Field(
         ...,
         description="The value (templated; a list is joined with commas for a StringList; quote values that YAML "
@@ -155,7 +156,7 @@ class ParameterExpectation(SpecModel):
 
     model_config = _HIDE_INPUT
 
-    name: str = Field(..., min_length=1, description="Parameter name.")
+    name: Annotated[str, RESOURCE_NAME] = Field(..., min_length=1, description="Parameter name.")
     equals: str | None = Field(None, description="The value must be exactly this.")
     contains: str | None = Field(
         None, description="The value must contain this (for a StringList: every comma-separated item is an item)."

@@ -27,7 +27,13 @@ from pydantic import Field
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper, columns_from_metadata
 from tasks.base import format_bytes
 from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
-from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.polling import (
+    MAX_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    Clock,
+    PollSettings,
+    poll,
+)
 
 if TYPE_CHECKING:
     from types_boto3_athena import AthenaClient

@@ -15,7 +15,6 @@ same instant), booleans; NULL equals only NULL (an empty CSV field is NULL); flo
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
