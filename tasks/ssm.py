@@ -133,7 +133,8 @@ class DeleteParametersStep(StepBase):
     """Delete SSM parameters (recreated when the case ends unless ``restore: false``)."""
 
     kind: Literal["delete_parameters"] = "delete_parameters"
-    names: list[str] = Field(..., min_length=1, description="Names of the parameters to delete.")
+    names: list[Annotated[str, RESOURCE_NAME]] = Field(..., min_length=1,
+                                                   description="Names of the parameters to delete.")
     restore: bool = Field(True, description="Recreate every deleted parameter as it was when the case ends.")
     missing_ok: bool = Field(False, description="A parameter that does not exist is fine (else the step fails).")
 
