@@ -86,16 +86,23 @@ def step(i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-def top(**fields: Any) -> Callable[[dict[str, Any]], None]:
+def update(section: str | None, fields: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A change that sets top-level fields (section None) or fields of a top-level mapping (aws, variables)."""
     def change(raw: dict[str, Any]) -> None:
-        raw.update(fields)
+        (raw if section is None else raw[section]).update(fields)
     return change
+
+
+def top(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    return update(None, fields)
 
 
 def variables(**values: Any) -> Callable[[dict[str, Any]], None]:
-    def change(raw: dict[str, Any]) -> None:
-        raw["variables"].update(values)
-    return change
+    return update("variables", values)
+
+
+def aws(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    return update("aws", fields)
 
 
 def payload(value: Any) -> Callable[[dict[str, Any]], None]:
@@ -139,6 +146,11 @@ STEP_EXPECT = "step 2 'landed' (expect_objects)"
 STEP_ATHENA = "step 4 'rows' (athena_query)"
 STEP_SSM = "step 5 'point' (set_parameters)"
 
+def template_bomb(id: str, expect: list[str], template: str) -> Bad:
+    """A template in the Lambda step's payload that the sandbox must refuse before computing it."""
+    return Bad(id, [STEP_LAMBDA, TEMPLATE, *expect], change=payload({"x": template}))
+
+
 def payload_file(content: str) -> dict[str, Any]:
     """A bad input's fields for a payload_file step holding ``content``."""
     return {"change": step(2, payload=..., payload_file="event.json"),
@@ -154,12 +166,6 @@ def both(*changes: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]]
     def change(raw: dict[str, Any]) -> None:
         for one in changes:
             one(raw)
-    return change
-
-
-def aws(**fields: Any) -> Callable[[dict[str, Any]], None]:
-    def change(raw: dict[str, Any]) -> None:
-        raw["aws"].update(fields)
     return change
 
 
@@ -208,25 +214,20 @@ MORE_CASES: list[Bad] = [
     Bad("bucket-double-dot", [STEP_UPLOAD, "bucket", "'..'"], change=step(0, bucket="my..bucket")),
     Bad("bucket-rendered-dotdot", [STEP_UPLOAD, "bucket", "after templating"], change=variables(bucket="a..b")),
     # ---- bombs the sandbox refuses before it computes them
-    Bad("translate-bomb", [STEP_LAMBDA, TEMPLATE, "str.translate is not allowed"],
-        change=payload({"x": "{{ ('a'*100000).translate({97:'b'*1000000})|length }}"})),
-    Bad("tojson-indent-bomb", [STEP_LAMBDA, TEMPLATE, "tojson", "indent"],
-        change=payload({"x": "{{ [[[[1, 2, 3]]]] * 1000|tojson(indent=100000000) }}"})),
-    Bad("tojson-indented-size", [STEP_LAMBDA, TEMPLATE, "the indented JSON would be more than"],
-        change=payload({"x": "{{ ([[1] * 1000] * 100)|tojson(indent=16) }}"})),
-    Bad("encode-method", [STEP_LAMBDA, TEMPLATE, "str.encode is not allowed"],
-        change=payload({"x": "{{ bucket.encode('utf-16') * 1000 }}"})),
-    Bad("attr-filter-translate", [STEP_LAMBDA, TEMPLATE, "str.translate is not allowed"],
-        change=payload({"x": "{{ (bucket|attr('translate'))({108: 'x' * 999999}) }}"})),
-    Bad("wordwrap-filter", [STEP_LAMBDA, TEMPLATE, "No filter named 'wordwrap'"],
-        change=payload({"x": "{{ ('a ' * 400000)|wordwrap(1) }}"})),
-    Bad("random-filter", [STEP_LAMBDA, TEMPLATE, "No filter named 'random'"],
-        change=payload({"x": "{{ [1, 2]|random }}"})),
-    Bad("strftime-bomb", [STEP_LAMBDA, TEMPLATE, "strftime text"],
-        change=payload({"x": "{{ run_at.strftime('%c' * 400000) }}"})),
-    Bad("dunder-class", [STEP_LAMBDA, TEMPLATE, "not allowed"], change=payload({"x": "{{ bucket.__class__ }}"})),
-    Bad("dict-method-bomb", [STEP_LAMBDA, TEMPLATE, "dict.fromkeys is not allowed"],
-        change=payload({"x": "{{ {}.fromkeys(range(100000), 'x' * 100000) }}"})),
+    template_bomb("translate-bomb", ["str.translate is not allowed"],
+                  "{{ ('a'*100000).translate({97:'b'*1000000})|length }}"),
+    template_bomb("tojson-indent-bomb", ["tojson", "indent"], "{{ [[[[1, 2, 3]]]] * 1000|tojson(indent=100000000) }}"),
+    template_bomb("tojson-indented-size", ["the indented JSON would be more than"],
+                  "{{ ([[1] * 1000] * 100)|tojson(indent=16) }}"),
+    template_bomb("encode-method", ["str.encode is not allowed"], "{{ bucket.encode('utf-16') * 1000 }}"),
+    template_bomb("attr-filter-translate", ["str.translate is not allowed"],
+                  "{{ (bucket|attr('translate'))({108: 'x' * 999999}) }}"),
+    template_bomb("wordwrap-filter", ["No filter named 'wordwrap'"], "{{ ('a ' * 400000)|wordwrap(1) }}"),
+    template_bomb("random-filter", ["No filter named 'random'"], "{{ [1, 2]|random }}"),
+    template_bomb("strftime-bomb", ["strftime text"], "{{ run_at.strftime('%c' * 400000) }}"),
+    template_bomb("dunder-class", ["not allowed"], "{{ bucket.__class__ }}"),
+    template_bomb("dict-method-bomb", ["dict.fromkeys is not allowed"],
+                  "{{ {}.fromkeys(range(100000), 'x' * 100000) }}"),
     # ---- depth: payload files, JSON and YAML specs
     Bad("payload-file-deep-list", [STEP_LAMBDA, "payload_file", "nests deeper than 64"],
         **payload_file("[" * 1001 + "]" * 1001)),
@@ -397,8 +398,7 @@ CASES: list[Bad] = [
     Bad("secret-key-in-parameter", [STEP_SSM, "parameters.0.value", "secret access key"],
         change=step(4, parameters=[{"name": "/test/k", "value": SECRET_KEY, "type": "SecureString"}])),
     Bad("credential-in-var", ["variables.bucket", "access key id"], args=["--var", f"bucket={ACCESS_KEY_ID}"]),
-    Bad("password-under-aws", ["case: field 'aws'", "credentials never go in a spec"],
-        change=lambda raw: raw["aws"].update(password="abc")),
+    Bad("password-under-aws", ["case: field 'aws'", "credentials never go in a spec"], change=aws(password="abc")),
     # ---- S3 keys
     Bad("key-prefix-dotdot", [STEP_UPLOAD, "key_prefix", "'..'"], change=step(0, key_prefix="in/../out/")),
     Bad("key-leading-slash", [STEP_UPLOAD, "key", "start with '/'"], change=step(0, key_prefix=..., key="/in/a.csv")),

@@ -318,7 +318,8 @@ def test_resource_name_fields_are_found_by_their_mark() -> None:
 
 
 @pytest.mark.parametrize("where, step", [
-    ("key_prefix", {"kind": "upload", "files": ["data/a.csv"], "bucket": "landing-bucket", "key_prefix": "up/{{ token }}/"}),
+    ("key_prefix", {"kind": "upload", "files": ["data/a.csv"], "bucket": "landing-bucket",
+                    "key_prefix": "up/{{ token }}/"}),
     ("key", {"kind": "upload", "files": ["data/a.csv"], "bucket": "landing-bucket", "key": "up/{{ token }}.csv"}),
     ("keys[0]", {"kind": "expect_objects", "bucket": "landing-bucket", "keys": ["in/{{ token }}"]}),
     ("prefix", {"kind": "expect_objects", "bucket": "landing-bucket", "prefix": "in/{{ token | upper }}/"}),
