@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Sequence
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tasks import markdown as md
+from tasks import nesting
 from tasks.base import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
 from tasks.json_checks import truncate
@@ -378,7 +379,9 @@ def _contains(value: str, expected: str, string_list: bool) -> bool:
 
 def _json_problems(name: str, value: str, expected: Any, show: Any) -> list[str]:
     try:
-        document = json.loads(value)
+        document = nesting.loads(value, f"SSM parameter {name}")
+    except nesting.NestingError as exc:
+        return [str(exc)]
     except json.JSONDecodeError:
         return [f"SSM parameter {name} is not JSON: {show(value)}"]
     return [f"SSM parameter {name} {p}" for p in json_subset_mismatches(expected, document, lambda _p, v: show(v))]

@@ -66,6 +66,13 @@ def test_a_deep_reconcile_line_is_a_step_error() -> None:
         _json_line('{"id": ' + DEEP + "}", 3, "expected.jsonl")
 
 
+def test_a_deep_parameter_value_is_a_failed_check_naming_it() -> None:
+    from tasks.ssm import _json_problems
+
+    assert _json_problems("/p", '{"a": 1}', {"a": 1}, str) == []
+    assert _json_problems("/p", DEEP, [], str) == ["SSM parameter /p nests deeper than 64 levels"]
+
+
 def test_a_deep_payload_file_is_a_step_error(tmp_path: Path) -> None:
     (tmp_path / "event.json").write_text(DEEP, encoding="utf-8")
     step = InvokeLambdaStep(function="f", payload_file="event.json")
