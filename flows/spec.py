@@ -33,6 +33,7 @@ from flows.templating import (
     TemplateError,
     builtin_values,
     check_template,
+    functions_called,
     is_templated,
     render,
     resolve_variables,
@@ -69,6 +70,8 @@ AWS_SETTINGS_CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "a
 VALIDATION_SECONDS = 10.0
 #: how many problems an error message lists
 SHOWN_PROBLEMS = 50
+#: template functions whose result is a secret (a name calling one may not be a resource name)
+SECRET_FUNCTIONS = frozenset({"secret", "ssm"})
 #: an AWS region's shape (us-east-1, us-gov-west-1, eu-isoe-west-1, ...), never a path or a URL
 REGION = r"^[a-z]{2}(-[a-z]+){1,3}-[0-9]{1,2}$"
 #: Unicode categories a case name may not hold: control (newline, NUL), format (U+202E and the other bidi
@@ -528,11 +531,9 @@ def _secrets_in_names(renderings: list[tuple[PlacedStep, StepBase]], values: dic
     """Refuse a secret (a SecureString value, a sensitive field's value) in a resource name: names travel
     unmasked (console links, lock names, events, the pack's step details), so a secret may not be part of one.
 
-    Found by the variable a name's template uses (whatever the secret's length), and by value for secrets long
-    enough to be searched for (MIN_SECRET_CHARS)."""
+    Found by the variable or the secret function (SECRET_FUNCTIONS) a name's template uses (whatever the secret's
+    length), and by value for secrets long enough to be searched for (MIN_SECRET_CHARS)."""
     secrets = {s for _, rendered in renderings for s in rendered.secrets() if s}
-    if not secrets:
-        return []
     secret_vars = {name for name, value in values.items() if isinstance(value, str) and value in secrets}
     long = [s for s in secrets if len(s) >= MIN_SECRET_CHARS]
     problems = []
@@ -540,9 +541,10 @@ def _secrets_in_names(renderings: list[tuple[PlacedStep, StepBase]], values: dic
         written = dict(resource_names(placed.step))
         names = [*resource_names(rendered), *(("(lock name)", r) for r in rendered.resources(spec_dir))]
         for fld, value in names:
-            used = sorted(variables_in(written[fld]) & secret_vars) if fld in written else []
+            text = written.get(fld, "")
+            used = sorted(variables_in(text) & secret_vars | functions_called(text) & SECRET_FUNCTIONS)
             if used or any(s in value for s in long):
-                via = f" (through {{{{ {used[0]} }}}})" if used else ""
+                via = f" (through {{{{ {used[0]}{'()' if used[0] in SECRET_FUNCTIONS else ''} }}}})" if used else ""
                 problems.append(f"{describe(placed)}: field {fld!r}: holds a secret value{via}: resource names "
                                 "(buckets, S3 keys, parameter names, URIs) are never masked (they travel into links, "
                                 "lock names, events and the evidence pack), so a secret may not be part of one")

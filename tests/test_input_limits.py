@@ -367,6 +367,18 @@ def test_a_literal_secret_in_a_name_is_refused_and_other_values_pass(tmp_path: P
     assert parse_spec(raw, overrides={"bucket": "acme-landing-test"}).variables["bucket"] == "acme-landing-test"
 
 
+def test_a_name_calling_a_secret_function_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template function that reads a secret (``secret()``, ``ssm()``) may not make a resource name either."""
+    from flows import templating
+
+    monkeypatch.setitem(templating._env.globals, "secret", lambda name: "value-of-" + name)
+    raw = spec(steps=[{"kind": "expect_objects", "bucket": "landing-bucket", "prefix": "in/{{ secret('k') }}/"}])
+    with pytest.raises(SpecError, match=re.escape("field 'prefix': holds a secret value (through {{ secret() }})")):
+        parse_spec(raw)
+    raw["steps"][0]["prefix"] = "in/{{ 'k'|upper }}/"
+    assert parse_spec(raw).steps[0].prefix == "in/{{ 'k'|upper }}/"  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------------------------------------ --schema | head
 def test_schema_into_a_closed_pipe_exits_quietly() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
