@@ -2,10 +2,11 @@
 
 For every input: exit code 2, a message naming the file and the field (and the step when there is one), no
 traceback, within 5 s, under 300 MB, and no AWS call. Most run in-process (``main([...])``, memory measured
-with tracemalloc, AWS calls refused by a patched botocore); two also run in a real Python process the way
-``python -m flows.pipeline_test`` does (``sys.exit(main())``; memory measured with ru_maxrss, AWS pointed at a
-closed port): one whose template work is too slow to measure under tracemalloc, and a binary file (which used
-to end with a traceback and exit code 1).
+with tracemalloc, AWS calls refused by a patched botocore); four also run in a real Python process the way
+``python -m flows.pipeline_test`` does (``sys.exit(main())``; address space capped at 300 MB over the imports,
+memory measured with ru_maxrss, AWS pointed at a closed port): one whose template work is too slow to measure
+under tracemalloc, a binary file (which used to end with a traceback and exit code 1), a template bomb and a
+deeply nested payload file (issue 23: both were computed, or recursed, before they were refused).
 """
 
 from __future__ import annotations
@@ -332,9 +333,9 @@ CASES: list[Bad] = [
         change=payload({"x": "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}"})),
     Bad("recursive-macro", [STEP_LAMBDA, TEMPLATE, "recurses too deeply"],
         change=payload({"x": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"})),
-    # refused with exit 2 naming a limit; which one depends on the machine's speed and load (the sandbox's count
-    # of operations, its rendering deadline, or validation's own)
-    Bad("exponential-macro", [STEP_LAMBDA, TEMPLATE], subprocess=True, expect_any=LIMITS,
+    # refused with exit 2 naming a limit; which one (and so which step the message names) depends on the machine's
+    # speed and load: the sandbox's count of operations, its rendering deadline, or validation's own deadline
+    Bad("exponential-macro", [], subprocess=True, expect_any=LIMITS,
         change=payload({"x": "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}"
                              "{{ f(40) }}"})),
     Bad("too-many-tags", [STEP_LAMBDA, TEMPLATE, "tags"], change=payload({"x": "{{ bucket }}" * 300})),
@@ -448,7 +449,8 @@ CASES: list[Bad] = [
     Bad("bad-var-syntax", ["--var 'novalue'", "expected name=value"], args=["--var", "novalue"], names_file=False),
     *MORE_CASES,
 ]
-SUBPROCESS_TOO = {"binary-file"}  # also run for real: no traceback, exit code 2
+#: also run for real (no traceback, exit code 2, under the memory cap): a binary file, a bomb and a depth
+SUBPROCESS_TOO = {"binary-file", "translate-bomb", "payload-file-deep-list"}
 
 
 def make(bad: Bad, folder: Path) -> Path:
@@ -524,14 +526,19 @@ def _check_message(bad: Bad, path: Path, output: str) -> None:
     assert "Nothing was run: " in output and "no AWS call was made." in output, output
 
 
-#: the child reports how much its resident memory grew while validating (ru_maxrss is in KiB on Linux)
-CHILD = """
-import resource, sys, time
+#: the child caps its address space at what it holds after its imports plus MAX_BYTES (so a bomb computed before
+#: it is refused ends in a MemoryError, not in a swapping machine), and reports how much its resident memory grew
+#: while validating (ru_maxrss is in KiB on Linux)
+CHILD = f"""
+import os, resource, sys, time
 from flows.pipeline_test import main
+if os.path.exists("/proc/self/statm"):
+    size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (size + {MAX_BYTES}, resource.getrlimit(resource.RLIMIT_AS)[1]))
 before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.process_time()
 code = main(sys.argv[1:])
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(f"grown-kib={grown} seconds={time.process_time() - started:.2f}", file=sys.stderr)
+print(f"grown-kib={{grown}} seconds={{time.process_time() - started:.2f}}", file=sys.stderr)
 sys.exit(code)
 """
 
