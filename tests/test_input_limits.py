@@ -367,6 +367,19 @@ def test_a_literal_secret_in_a_name_is_refused_and_other_values_pass(tmp_path: P
     assert parse_spec(raw, overrides={"bucket": "acme-landing-test"}).variables["bucket"] == "acme-landing-test"
 
 
+def test_a_secret_in_a_name_is_refused_for_a_case_of_a_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.pipeline_test import main
+
+    raw = spec(steps=[secure_step(), {"kind": "expect_objects", "bucket": "landing-bucket",
+                                      "prefix": "in/{{ token }}/"}])
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "one.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main([str(tmp_path / "cases"), "--validate", "--var", "token=from-the-suite-cli-1"]) == 2
+    out = capsys.readouterr()
+    assert "one.yaml" in out.out + out.err and "holds a secret value" in out.out + out.err
+    assert "from-the-suite-cli-1" not in out.out + out.err
+
+
 def test_a_name_calling_a_secret_function_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A template function that reads a secret (``secret()``, ``ssm()``) may not make a resource name either."""
     from flows import templating
