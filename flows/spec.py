@@ -424,12 +424,16 @@ def parse_spec(raw: Any, source: str = "<spec>", spec_dir: Path | None = None,
         problems = _pydantic_problems(raw, exc)
         if any(err["type"] != "extra_forbidden" for err in exc.errors(include_url=False)):
             raise SpecError(source, problems) from None
-        # only unknown fields: check the rest without them, so that one pass reports every problem
+        # only unknown fields: check the rest without them, so that one pass reports every problem (unless the
+        # spec without them is no longer whole: a misspelt field that another check needed)
+        stripped = _without(raw, [tuple(e["loc"]) for e in exc.errors(include_url=False)])
         try:
-            parse_spec(_without(raw, [tuple(e["loc"]) for e in exc.errors(include_url=False)]), source, spec_dir,
-                       overrides, files_root)
+            CaseSpec.model_validate(stripped)
+            parse_spec(stripped, source, spec_dir, overrides, files_root)
         except SpecError as more:
             problems += more.problems
+        except ValidationError:
+            pass
         raise SpecError(source, problems) from None
     unknown = sorted(set(overrides) - set(spec.variables))
     if unknown:

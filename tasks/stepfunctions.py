@@ -199,7 +199,10 @@ class Candidates:
             return f"its name does not start with {self.prefix}"
         if self.match is None:
             return ""
-        document = _json(describe_execution(sfn, arn).get("input"))
+        try:
+            document = _json(describe_execution(sfn, arn).get("input"))
+        except StepError as exc:  # too deep to check: not this case's execution, whatever else it is
+            return exc.message
         self.masker.learn(document)  # another file's input may hold secrets at the sensitive paths too
         if document is MISSING:
             return "its input is not JSON"

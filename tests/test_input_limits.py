@@ -299,6 +299,14 @@ def test_an_unknown_field_does_not_hide_the_other_problems(tmp_path: Path) -> No
     assert len(caught.value.problems) == 3
 
 
+def test_a_misspelt_field_that_another_check_needs_is_one_problem() -> None:
+    raw = spec(steps=[{"kind": "expect_objects", "bucket": "landing-bucket", "prefx": "in/"}])
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw)
+    assert caught.value.problems == ["step 1 (expect_objects): field 'prefx': unknown field (not allowed here; "
+                                     "check the spelling)"]
+
+
 def test_other_structural_errors_still_come_alone() -> None:
     raw = spec(steps=[{"kind": "expect_objects", "bucket": "landing-bucket", "prefix": "in/", "count": "many",
                        "extra": 1}])
