@@ -42,7 +42,7 @@ from flows.templating import (
 from tasks.aws import AwsTarget
 from tasks.base import REGISTRY, RESOURCE_NAME, SpecModel, StepBase, StepKind
 from tasks.s3 import BucketName, S3Key
-from tasks.secrets import MIN_SECRET_CHARS
+from tasks.secrets import MIN_SECRET_CHARS, mask, redact
 
 #: the service modules whose step kinds a case can use; importing one registers its kinds
 SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena", "tasks.dynamodb", "tasks.sqs",
@@ -501,7 +501,31 @@ def _trial_render(spec: CaseSpec, spec_dir: Path, allowed: tuple[Path, ...], dea
                 fld = ".".join(str(p) for p in err["loc"])
                 problems.append(f"{describe(placed)}: field {fld!r} after templating: "
                                 f"{err['msg'].removeprefix('Value error, ')}")
-    return problems + _secrets_in_names(renderings, values, spec_dir)
+    problems += _secrets_in_names(renderings, values, spec_dir)
+    known = _known_secrets(spec, values, deadline)
+    return [_masked(problem, known) for problem in problems] if known else problems
+
+
+def _known_secrets(spec: CaseSpec, values: dict[str, Any], deadline: _Deadline) -> set[str]:
+    """The secret values the case handles (SecureString values, sensitive fields), rendered: also those of a
+    step whose rendering failed, so that no problem quotes one."""
+    found = set()
+    for placed in iter_steps(spec):
+        for secret in placed.step.secrets():
+            try:
+                found.add(render(secret, values, deadline.at))
+            except TemplateError:
+                continue
+    return {s for s in found if s}
+
+
+def _masked(text: str, secrets: set[str]) -> str:
+    """A problem's text with the case's secrets masked: searched for when long enough, and quoted (a rendered
+    value a message shows, such as "(got 'value')") whatever their length."""
+    text = redact(text, secrets)
+    for secret in secrets:
+        text = text.replace(repr(secret), mask(secret))
+    return text
 
 
 # ----------------------------------------------------------------------------------- secrets in resource names

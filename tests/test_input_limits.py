@@ -388,6 +388,17 @@ def test_a_secret_in_a_name_is_refused_for_a_case_of_a_suite(tmp_path: Path, cap
     assert "from-the-suite-cli-1" not in out.out + out.err
 
 
+@pytest.mark.parametrize("token", ["Not_A_Bucket_Secret", "P1"])
+def test_a_problem_never_quotes_a_secret(token: str) -> None:
+    """A secret in a name that also breaks the name's rules: the message that quotes the rendered value masks it."""
+    raw = spec(steps=[secure_step(), {"kind": "expect_objects", "bucket": "{{ token }}", "prefix": "in/"}])
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw, overrides={"token": token})
+    text = str(caught.value)
+    assert "after templating: an S3 bucket name" in text and re.search(r"\(got '?\*\*\*\*", text), text
+    assert token not in text, text
+
+
 def test_a_name_calling_a_secret_function_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A template function that reads a secret (``secret()``, ``ssm()``) may not make a resource name either."""
     from flows import templating
