@@ -115,7 +115,7 @@ def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
         link = md.link("open", run["url"]) if run.get("url") else md.code(md.shorten(run.get("flow_run_id"), 12))
         rows.append([md.Md(ICON.get(run.get("status") or "", md.text(run.get("status") or "–"))), when,
                      run.get("duration") or "–", md.shorten(run.get("failed_step") or "–", LABEL_WIDTH), link])
-    return [f"### Last {len(history)} runs of this case", "",
+    return [f"### Last {len(history)} runs of this case" if len(history) > 1 else "### The last run of this case", "",
             md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
 
 
@@ -149,6 +149,11 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         ("duration", format_duration(result.duration_s)),
         ("steps", step_counts(result)),
     ]
+    if result.locks and result.locks.get("resources"):
+        waited = float(result.locks.get("waited_seconds") or 0)
+        facts.append(("locks", f"{len(result.locks['resources'])} held; waited {format_duration(waited)} for them "
+                      "(part of the duration)" if waited >= 0.05 else f"{len(result.locks['resources'])} held, "
+                      "no wait"))
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
         facts.append(("flow run", run))

@@ -39,6 +39,7 @@ from flows.pipeline_test import (
     result_of,
 )
 from flows.recover import CouldNotRun
+from flows.spec import read_spec_file
 from flows.suite_pack import (
     CASES_DIR,
     CaseVerdict,
@@ -60,8 +61,18 @@ def suite_key(suite: str) -> str:
 
 
 def _suite_run_name() -> str:
-    source = (flow_run.parameters or {}).get("suite") or "suite"
-    return f"suite-{slug(Path(str(source)).stem) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    """The suite's name (its file's ``suite:``, or its folder's name) and the start time."""
+    source = Path(str((flow_run.parameters or {}).get("suite") or "suite"))
+    name = source.stem
+    try:
+        if source.is_dir():
+            name = source.resolve().name
+        elif source.is_file():
+            raw = read_spec_file(source)
+            name = str(raw.get("suite") or name) if isinstance(raw, dict) else name
+    except Exception:
+        pass
+    return f"suite-{slug(name) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
 def _now() -> datetime:
