@@ -8,6 +8,7 @@
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
     python -m flows.pipeline_test FOLDER-OR-SUITE.yaml [--tag T] [--max-parallel N] [--var k=v] [--evidence-dir D]
                                                                       run a suite (flows.suite)
+    python -m flows.pipeline_test [SUITE.yaml] --rerun-failed SUITE-PACK  run what failed in that suite run again
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a live run of another Prefect server holds a resource, a dead
@@ -114,7 +115,9 @@ def _run_name() -> str:
     spec = params.get("spec")
     name = "case"
     try:
-        if isinstance(spec, CaseSpec):
+        if params.get("case_name"):
+            name = str(params["case_name"])
+        elif isinstance(spec, CaseSpec):
             name = spec.case
         elif isinstance(spec, dict):
             name = str(spec.get("case", name))
@@ -168,6 +171,7 @@ def pipeline_test(
     notify: dict[str, Any] | None = None,
     recover: bool = False,
     files_root: str | None = None,
+    case_name: str | None = None,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
@@ -177,11 +181,14 @@ def pipeline_test(
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
     notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
     ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
-    (else the run refuses to start). The flow run fails when the case fails; its result is a ``CaseResult``
-    either way.
+    (else the run refuses to start). ``case_name`` runs the case under another name (a suite's matrix row:
+    ``<case> [<row id>]``, so its artifacts, history and pack are its own). The flow run fails when the case
+    fails; its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
+    if case_name:
+        case = case.model_copy(update={"case": case_name})
     try:
         notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
     except ValidationError as exc:
@@ -606,6 +613,12 @@ def main(argv: list[str] | None = None) -> int:
                         "case's aws.region, else '*' with a warning)")
     parser.add_argument("--kms-key-arn", metavar="ARN", help="--iam-policy: the KMS key of the SecureStrings "
                         "(default: any key, used only through SSM)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="a suite: run only the case of this name (a matrix row: 'case [row id]'; a glob "
+                        "such as 'Orders*' matches names; repeatable)")
+    parser.add_argument("--rerun-failed", metavar="PACK", help="a suite: run only the cases (and matrix rows) that "
+                        "failed or could not run in this suite evidence pack, as a new run linked to it (the suite "
+                        "file: the one the pack names, unless given)")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -615,13 +628,13 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `--schema | head`: the reader has what it wanted; say nothing more
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PASSED
-    if not args.spec:
+    if not args.spec and not args.rerun_failed:
         parser.error("a spec file is required")
     if args.plan or args.iam_policy:
         return _plan_cli(args)
     from flows.suite_spec import is_suite_file
 
-    if is_suite_file(Path(args.spec)):
+    if args.rerun_failed or is_suite_file(Path(args.spec)):
         from flows.suite import run_suite_cli
 
         try:
@@ -630,8 +643,8 @@ def main(argv: list[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_INVALID
         return run_suite_cli(args, overrides)
-    if args.tag or args.max_parallel is not None:
-        print(f"--tag and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
+    if args.tag or args.only or args.max_parallel is not None:
+        print(f"--tag, --only and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
               file=sys.stderr)
         return EXIT_INVALID
     try:
