@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -671,7 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.schema:
         from flows.spec import json_schema
 
-        print(json.dumps(json_schema(), indent=2))
+        try:
+            print(json.dumps(json_schema(), indent=2), flush=True)
+        except BrokenPipeError:  # `--schema | head`: the reader has what it wanted; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PASSED
     if not args.spec and not args.rerun_failed:
         parser.error("a spec file is required")

@@ -294,6 +294,40 @@ def test_verify_refuses_manifest_paths_outside_the_pack(passing_pack: Path) -> N
     assert any("bad file entry" in p for p in ep.verify(passing_pack))
 
 
+@pytest.mark.parametrize("make, names", [
+    (lambda pack: (pack / "root").symlink_to("/"), ["root: extra (a link, which a pack never holds)"]),
+    (lambda pack: (pack / "loop").symlink_to("."), ["loop: extra (a link, which a pack never holds)"]),
+    (lambda pack: (pack / "gone").symlink_to("nowhere"), ["gone: extra (a link, which a pack never holds)"]),
+    (lambda pack: (pack / "copy.md").symlink_to(pack / "report.md"), ["copy.md: extra (a link"]),
+    (lambda pack: (pack / "empty").mkdir(), ["empty/: extra (an empty folder, not in manifest.json)"]),
+    (lambda pack: os.mkfifo(pack / "pipe"), ["pipe: extra (not a regular file)"]),
+], ids=["link-to-root", "link-to-itself", "dangling-link", "link-to-a-file", "empty-folder", "fifo"])
+def test_verify_counts_links_and_unlisted_folders_as_extras(passing_pack: Path, make, names: list[str]) -> None:
+    """``ln -s / root`` or ``ln -s . loop`` inside a pack used to leave it "intact": links are never followed."""
+    assert ep.verify(passing_pack) == []
+    make(passing_pack)
+    problems = ep.verify(passing_pack)
+    assert len(problems) == 1 and problems[0].startswith(names[0]), problems
+    assert ep.main(["verify", str(passing_pack)]) == 1
+
+
+def test_verify_refuses_a_listed_file_replaced_by_a_link(passing_pack: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "report.md"
+    outside.write_bytes((passing_pack / "report.md").read_bytes())  # the same bytes, elsewhere
+    (passing_pack / "report.md").unlink()
+    (passing_pack / "report.md").symlink_to(outside)
+    assert ep.verify(passing_pack) == ["report.md: not a regular file of the pack (a link, a folder, or under a link)",
+                                       "report.md: extra (a link, which a pack never holds)"]
+
+
+def test_verify_of_a_deeply_nested_manifest_is_a_problem_not_a_traceback(passing_pack: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (passing_pack / "manifest.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert ep.verify(passing_pack) == ["manifest.json: unreadable (the manifest nests deeper than 64 levels)"]
+    assert ep.main(["verify", str(passing_pack)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------- junit
 def test_report_html_is_self_contained(failing_pack: Path) -> None:
     page = (failing_pack / "report.html").read_text(encoding="utf-8")
