@@ -5,19 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Callable, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
 from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
-from tasks.athena.sql_guard import SqlCheck, check_sql
+from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.base import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
+from tasks.iam import Arns, Footprint
 from tasks.s3 import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
+
+
+def literal_unless_templated(value: str) -> str:
+    """A parameter is one SQL literal (checked again once rendered, when it holds a template)."""
+    return value if is_template(value) else check_literal(value)
 
 
 class AthenaQueryStep(StepBase):
@@ -32,17 +38,18 @@ class AthenaQueryStep(StepBase):
         None,
         description="A file holding the SQL, relative to the spec; its content is templated. Give sql or sql_file.",
     )
-    parameters: list[str] = Field(
+    parameters: list[Annotated[str, AfterValidator(literal_unless_templated)]] = Field(
         default_factory=list,
         description="Athena execution parameters, one per `?` in the SQL, in order. Each is a SQL literal: "
-                    "`'2024-01-31'` (with quotes) for a string, `42` for a number. Use these for values "
+                    "`'2024-01-31'` (with quotes) for a string, `42` for a number, `DATE '2024-01-31'`, TRUE, "
+                    "FALSE, NULL; nothing else (an expression or a statement is refused). Use these for values "
                     "rather than templating them into the SQL.",
     )
     database: str | None = Field(None, description="The database (Glue schema) unqualified table names refer to.")
     catalog: str = Field("AwsDataCatalog", description="The data catalog.")
     workgroup: str = Field("primary", description="The Athena workgroup to run in.")
     output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/"),
-                               S3_URI_KEY] = Field(
+                               S3_URI_KEY, RESOURCE_NAME] = Field(
         None,
         description="Where Athena writes the result (s3://bucket/prefix/); optional when the workgroup sets one.",
     )
@@ -136,7 +143,34 @@ class ResultSink:
             self.reconciler.close()
 
 
-@step_kind(AthenaQueryStep)
+def athena_query_footprint(step: AthenaQueryStep, arns: Arns) -> Footprint:
+    """Start the query in its workgroup, wait, read the result file (or pages); Athena reads the Glue catalog and
+    writes the result to the output location with the caller's permissions."""
+    workgroup = arns.athena_workgroup(step.workgroup)
+    fp = Footprint().read("Athena workgroup", step.workgroup, ("query" if not step.allow_write else "statement")
+                          + (f" in database {step.database}" if step.database else ""))
+    fp.need(workgroup, "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults",
+            "athena:StopQueryExecution")
+    if step.allow_write:
+        fp.change("Athena statement", step.workgroup, "may write tables or data (allow_write; not undone)")
+    database = step.database or "*"
+    for resource in (arns.glue_catalog(), arns.glue_database(database), arns.glue_tables(database)):
+        fp.need(resource, "glue:GetDatabase", "glue:GetTable", "glue:GetPartitions")
+    if step.output_location:
+        bucket, _, prefix = step.output_location.removeprefix("s3://").partition("/")
+        fp.change("S3 prefix", step.output_location, "Athena writes the query result (not undone)")
+        fp.need(arns.s3_bucket(bucket), "s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads")
+        fp.need(arns.s3_objects(bucket, prefix), "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
+                "s3:ListMultipartUploadParts")
+    else:
+        fp.notes.append(f"athena_query: the result goes to workgroup {step.workgroup}'s output location, which the "
+                        "case does not name: grant s3:GetObject and s3:PutObject there")
+    fp.notes.append("athena_query: Athena reads the tables' data with the caller's permissions: grant s3:GetObject "
+                    "and s3:ListBucket on their data locations (the case does not name them)")
+    return fp
+
+
+@step_kind(AthenaQueryStep, footprint=athena_query_footprint)
 def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read and check the rows as
     they stream in."""
