@@ -50,18 +50,19 @@ SCENARIOS: dict[str, list[str]] = {
     "passing case and negative case": ["-m", "flows.demo"],
     "failing Athena check": ["-m", "flows.demo", "--fail"],
     "failing content check, recover, refused run": ["-c", _PIPELINE + """
-import logging, pathlib, sys, tempfile
+import logging, pathlib, shutil, sys, tempfile
 from flows import locks
 case = pathlib.Path("examples/cases/orders_ingestion.yaml").read_text()
 folder = pathlib.Path(tempfile.mkdtemp())
+shutil.copytree("examples/cases/data", folder / "data")  # the case's local files, beside the variants
 (folder / "failing.yaml").write_text(case.replace("row_count: 5", "row_count: 6", 1))
 (folder / "refused.yaml").write_text(case.replace("case: Orders ingestion", "case: Orders ingestion, setting held"
                                                   "\\nlock_timeout: 1", 1))
 with demo_pipeline():
-    print("content check:", main([str(folder / "failing.yaml"), "--files-root", "examples/cases"]))
+    print("content check:", main([str(folder / "failing.yaml")]))
     print("recover:", main(["recover"]))
     with locks.hold(["ssm:/demo/orders/source_bucket"], "another-run", timeout=60, logger=logging.getLogger("x")):
-        print("refused:", main([str(folder / "refused.yaml"), "--files-root", "examples/cases"]))
+        print("refused:", main([str(folder / "refused.yaml")]))
 """],
     "failing suite": ["-m", "flows.demo", "--suite", "--fail"],
 }
@@ -249,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         codes = run_scenarios(env, out)
         expected = {"passing case and negative case": 0, "failing Athena check": 1,
                     "failing content check, recover, refused run": 0, "failing suite": 1}
+        said = (out / "failing-content-check-recover-refused-run.log")
+        lines = said.read_text().splitlines() if said.exists() else []
+        for what, code in (("content check", 1), ("recover", 0), ("refused", 3)):
+            if f"{what}: {code}" not in lines:
+                codes[f"{what} (expected exit {code})"] = -1
+                expected[f"{what} (expected exit {code})"] = code
         wrong = {name: code for name, code in codes.items() if code != expected[name]}
         if wrong:
             print(f"scenarios that did not end as expected (see their logs in {out}): {wrong}", file=sys.stderr)
