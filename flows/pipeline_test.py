@@ -62,7 +62,7 @@ from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory, is_real_aws
-from tasks.base import StepContext, UndoLog
+from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
@@ -209,7 +209,7 @@ def pipeline_test(
         scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets,
-                          publisher=publisher, scratch_dir=scratch)
+                          publisher=publisher, scratch_dir=scratch, scanned=Meter(case.aws.athena_max_scanned_bytes))
         if suite is not None:
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})

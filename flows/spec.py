@@ -34,6 +34,7 @@ from flows.templating import (
     render,
     resolve_variables,
 )
+from tasks.athena.cost import ByteCount
 from tasks.aws import AwsTarget
 from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
 from tasks.s3 import S3Key
@@ -90,6 +91,10 @@ class AwsSettings(SpecModel):
                                  "AwsCredentials block and name it in credentials_block, or use a profile")
         return data
 
+    athena_max_scanned_bytes: ByteCount | None = Field(
+        None, description="The case's Athena cost guard: the most bytes all its Athena queries may scan together, a "
+        "number or a size (`10 GB`). A query that takes the total over is stopped and fails its step; once the total "
+        "is used up, later queries are not started. Each query's own cap is its step's `max_scanned_bytes`.")
     journal_prefix: str | None = Field(None, pattern=r"^/[A-Za-z0-9_.\-/]+$", description="SSM path of the "
                                        "durable undo journal: what the run must undo is kept there, encrypted, "
                                        "before each change, and removed once undone (see 'recover'). Default: "
