@@ -545,6 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", default=[], metavar="TAG",
                         help="a suite: run only the cases with this tag (repeatable: any of them)")
     parser.add_argument("--max-parallel", type=int, metavar="N", help="a suite: at most N cases at once")
+    parser.add_argument("--plan", action="store_true", help="print what the case (or suite) will change, read, "
+                        "undo and lock, without running it: no AWS call, no credentials (see docs/aws.md)")
+    parser.add_argument("--iam-policy", action="store_true", help="print the least-privilege IAM policy the case "
+                        "(or suite) needs, as JSON, without running it (see docs/aws.md)")
+    parser.add_argument("--account", metavar="ID", help="--iam-policy: the AWS account of the ARNs (default: the "
+                        "case's aws.account_id, else '*' with a warning)")
+    parser.add_argument("--region", metavar="REGION", help="--iam-policy: the region of the ARNs (default: the "
+                        "case's aws.region, else '*' with a warning)")
+    parser.add_argument("--kms-key-arn", metavar="ARN", help="--iam-policy: the KMS key of the SecureStrings "
+                        "(default: any key, used only through SSM)")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -553,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED
     if not args.spec:
         parser.error("a spec file is required")
+    if args.plan or args.iam_policy:
+        return _plan_cli(args)
     from flows.suite_spec import is_suite_file
 
     if is_suite_file(Path(args.spec)):
@@ -606,6 +618,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED if result.passed else EXIT_FAILED
 
     return guarded(run)
+
+
+def _plan_cli(args: argparse.Namespace) -> int:
+    """--plan and --iam-policy (flows.plan_cli): no AWS call, no Prefect server."""
+    from flows.plan_cli import plan_cli
+
+    try:
+        overrides = parse_vars(args.var)
+    except SpecError as exc:
+        return invalid(exc)
+    return plan_cli(args, overrides)
 
 
 def invalid(exc: SpecError, what: str = "no AWS call was made") -> int:

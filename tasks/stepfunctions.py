@@ -25,6 +25,7 @@ from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
+from tasks.iam import Arns, Footprint
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
 from tasks.runs import RunWait, StateHistory, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
@@ -191,7 +192,27 @@ def _json(text: Any) -> Any:
         return MISSING
 
 
-@step_kind(StepFunctionsStep)
+def step_functions_footprint(step: StepFunctionsStep, arns: Arns) -> Footprint:
+    """Start an execution (or find the pipeline's), follow it, read its history; stop it on timeout. A state
+    machine given by name is found in the caller's account (STS GetCallerIdentity)."""
+    machine = arns.state_machine(step.state_machine)
+    executions = arns.executions(machine)
+    fp = Footprint()
+    if not step.state_machine.startswith("arn:"):
+        fp.need("*", "sts:GetCallerIdentity")
+    if step.start:
+        fp.change("Step Functions execution", step.state_machine, "start an execution (not undone)")
+        fp.need(machine, "states:StartExecution")
+    else:
+        fp.read("Step Functions executions", step.state_machine, "wait for the pipeline's execution")
+        fp.need(machine, "states:ListExecutions")
+    fp.need(executions, "states:DescribeExecution", "states:GetExecutionHistory")
+    if step.stop_on_timeout:
+        fp.need(executions, "states:StopExecution")
+    return fp
+
+
+@step_kind(StepFunctionsStep, footprint=step_functions_footprint)
 def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome:
     """Start (or find) the execution, wait for it to end (stopping it on timeout), check status and output."""
     sfn: SFNClient = ctx.clients.client("stepfunctions")
