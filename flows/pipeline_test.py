@@ -60,7 +60,8 @@ from flows.recover import CouldNotRun, Recovered, redo_entries, release_dead_loc
 from flows.recover import main as recover_main
 from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
-from flows.templating import builtin_values, render, resolve_variables
+from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
+from flows.templating import TemplateError, builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory, is_real_aws
 from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
@@ -188,12 +189,22 @@ def pipeline_test(
     spec_path = Path(spec) if isinstance(spec, (str, Path)) else None
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
-    values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
-    rendered = render_case(case, values)
     # the run's secret registry: the log filter, the runners, the net and the pack all share it
-    secrets = Secrets(s for p in iter_steps(rendered) for s in p.step.secrets())
+    secrets = Secrets()
+    suite = SUITE.get()
+    clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
+    reader = SecretReader(lambda: clients, secrets)  # secret() and ssm() in templates: read once, before any step
+    try:
+        reader.read_all(case_reads(case, spec_dir))
+        values = resolve_variables(case.variables, {**builtin_values(case.case, run_id, started, case.timezone),
+                                                    **reader.functions()})
+        rendered = render_case(case, values)
+    except (TemplateSecretError, TemplateError) as exc:
+        return _could_not_run(f"case '{case.case}' did not start: {reader.scrub(str(exc))}",  # type: ignore[return-value]
+                              logger)
+    secrets.add(*(s for p in iter_steps(rendered) for s in p.step.secrets()))
     redactor = install_redaction(secrets)
-    for warning in short_secret_warnings(iter_steps(rendered)):
+    for warning in [*short_secret_warnings(iter_steps(rendered)), *reader.warnings()]:
         logger.warning(warning)
     steps: list[StepResult] = []
     running: list[Any] = []
@@ -203,8 +214,6 @@ def pipeline_test(
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-        suite = SUITE.get()
-        clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
         publisher = evidence.StepPublisher()  # the steps' artifacts, off their critical path (closed below)
         scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
