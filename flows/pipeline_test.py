@@ -56,6 +56,7 @@ from flows.evidence_markdown import MEANING, step_counts
 from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
+from flows.preflight import step_zero
 from flows.recover import CouldNotRun, Recovered, redo_entries, release_dead_locks
 from flows.recover import main as recover_main
 from flows.results import CaseFailed, CaseResult, StepResult
@@ -167,6 +168,7 @@ def pipeline_test(
     notify: dict[str, Any] | None = None,
     recover: bool = False,
     files_root: str | None = None,
+    preflight: bool = True,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
@@ -176,8 +178,9 @@ def pipeline_test(
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
     notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
     ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
-    (else the run refuses to start). The flow run fails when the case fails; its result is a ``CaseResult``
-    either way.
+    (else the run refuses to start). ``preflight`` (and the case's ``aws.preflight``): first check that the caller
+    may do what the case needs (flows.preflight; a denial: could not run). The flow run fails when the case fails;
+    its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
@@ -223,6 +226,8 @@ def pipeline_test(
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
+            if preflight and case.aws.preflight:  # step 0: may the caller do what the case needs? (no change)
+                step_zero(case, rendered, spec_dir, clients, logger)
             with contextlib.ExitStack() as stack:
                 # the locks first (none of this run's changes may start before), then the journal's leftovers
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
@@ -564,6 +569,10 @@ def main(argv: list[str] | None = None) -> int:
                         "case's aws.region, else '*' with a warning)")
     parser.add_argument("--kms-key-arn", metavar="ARN", help="--iam-policy: the KMS key of the SecureStrings "
                         "(default: any key, used only through SSM)")
+    parser.add_argument("--preflight", action="store_true", help="only check that the caller may do what the case "
+                        "needs (iam:SimulatePrincipalPolicy, else read-only probes), print it and exit: 0 allowed, "
+                        "3 not; no change, no Prefect server (see docs/aws.md)")
+    parser.add_argument("--no-preflight", action="store_true", help="run without that check before the first change")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -591,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     try:
         overrides = parse_vars(args.var)
-        case, _ = load_spec(args.spec, overrides, args.files_root)
+        case, spec_dir = load_spec(args.spec, overrides, args.files_root)
         if args.evidence_dir and not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
@@ -601,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Warning: {warning}", file=sys.stderr)
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return EXIT_PASSED
+    if args.preflight:
+        from flows.preflight import cli as preflight_cli
+
+        return preflight_cli(case, spec_dir)
 
     temporary = on_temporary_server()  # links to a temporary server are dead once the run ends
 
@@ -609,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden = {k: SecretStr(v) for k, v in overrides.items()}
         state = pipeline_test(spec=str(args.spec), variables=hidden or None, evidence_dir=args.evidence_dir,
                               write_evidence=not args.no_evidence, recover=args.recover,
-                              files_root=args.files_root, return_state=True)
+                              files_root=args.files_root, preflight=not args.no_preflight, return_state=True)
         result = result_of(state)
         if result is None:
             value = state.result(raise_on_failure=False)

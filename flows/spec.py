@@ -98,6 +98,9 @@ class AwsSettings(SpecModel):
         None, description="The case's Athena cost guard: the most bytes all its Athena queries may scan together, a "
         "number or a size (`10 GB`). A query that takes the total over is stopped and fails its step; once the total "
         "is used up, later queries are not started. Each query's own cap is its step's `max_scanned_bytes`.")
+    preflight: bool = Field(True, description="Before the first change, check that the caller may do what the case "
+                            "needs (iam:SimulatePrincipalPolicy, else read-only probes); a missing permission stops "
+                            "the run with exit 3, nothing changed. `--no-preflight` switches it off for one run.")
     journal_prefix: str | None = Field(None, pattern=r"^/[A-Za-z0-9_.\-/]+$", description="SSM path of the "
                                        "durable undo journal: what the run must undo is kept there, encrypted, "
                                        "before each change, and removed once undone (see 'recover'). Default: "

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
-from tasks.athena.cost import ByteCount, ScanLimit, scanned_bytes
+from tasks.athena.cost import ByteCount, ScanLimit, scanned_bytes, show_bytes
 from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_sql
@@ -152,7 +152,10 @@ def athena_query_footprint(step: AthenaQueryStep, arns: Arns) -> Footprint:
     fp = Footprint().read("Athena workgroup", step.workgroup, ("query" if not step.allow_write else "statement")
                           + (f" in database {step.database}" if step.database else ""))
     fp.need(workgroup, "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults",
-            "athena:StopQueryExecution")
+            "athena:StopQueryExecution", "athena:GetWorkGroup")  # GetWorkGroup: the preflight reads its own limit
+    cap = f"at most {show_bytes(step.max_scanned_bytes)} per query (max_scanned_bytes); " if step.max_scanned_bytes else ""
+    fp.notes.append(f"athena_query: workgroup {step.workgroup}: {cap}its own limit on bytes scanned per query was not "
+                    "looked up (the plan makes no AWS call); `--preflight` reads it (athena:GetWorkGroup)")
     if step.allow_write:
         fp.change("Athena statement", step.workgroup, "may write tables or data (allow_write; not undone)")
     database = step.database or "*"
