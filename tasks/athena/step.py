@@ -153,7 +153,8 @@ def athena_query_footprint(step: AthenaQueryStep, arns: Arns) -> Footprint:
                           + (f" in database {step.database}" if step.database else ""))
     fp.need(workgroup, "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults",
             "athena:StopQueryExecution", "athena:GetWorkGroup")  # GetWorkGroup: the preflight reads its own limit
-    cap = f"at most {show_bytes(step.max_scanned_bytes)} per query (max_scanned_bytes); " if step.max_scanned_bytes else ""
+    cap = f"at most {show_bytes(step.max_scanned_bytes)} per query (max_scanned_bytes); " \
+        if step.max_scanned_bytes else ""
     fp.notes.append(f"athena_query: workgroup {step.workgroup}: {cap}its own limit on bytes scanned per query was not "
                     "looked up (the plan makes no AWS call); `--preflight` reads it (athena:GetWorkGroup)")
     if step.allow_write:
