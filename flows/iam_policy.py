@@ -49,6 +49,8 @@ KIND_NAMES = {
     ("athena", "workgroup"): "AthenaWorkgroups",
     ("kms", "key"): "KmsKeys",
     ("secretsmanager", "secret"): "SecretsManagerSecrets",
+    ("iam", "user"): "PermissionPreflight",
+    ("iam", "role"): "PermissionPreflight",
 }
 #: the Sid of actions that AWS cannot scope to a resource (``Resource: "*"``)
 UNSCOPED = "NotResourceScoped"

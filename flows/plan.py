@@ -180,6 +180,9 @@ def run_footprint(case: CaseSpec, arns: Arns, changes_anything: bool, spec_dir: 
     the undo journal (when a step changes anything), the audit's STS call, the evidence upload (``evidence:``)."""
     fp = reads_footprint(case_reads(case, spec_dir or Path.cwd()), arns)
     fp.need("*", "sts:GetCallerIdentity")  # the audit: who ran the case (never fatal when refused)
+    if case.aws.preflight:  # the preflight (flows.preflight) asks IAM to simulate the caller: a user or a role
+        for principal in ("user/*", "role/*"):
+            fp.need(arns.arn("iam", principal, regional=False), "iam:SimulatePrincipalPolicy")
     if changes_anything:
         prefix = journal_prefix(case.aws.journal_prefix)
         fp.change("SSM parameter path", prefix + "/", "the undo journal: one SecureString entry per change, "

@@ -85,8 +85,8 @@ class Preflight:
                     f"{self.checked} of {self.needs} need(s) probed")
             if self.unchecked:
                 shown = ", ".join(sorted(set(self.unchecked))[:8])
-                text += (f"; not checked, as they only change something: {shown}"
-                         + (", ..." if len(set(self.unchecked)) > 8 else "")
+                text += (f"; {len(set(self.unchecked))} action(s) not checked, having no cheap read-only probe: "
+                         f"{shown}" + (", ..." if len(set(self.unchecked)) > 8 else "")
                          + "; a missing one stops the step that needs it, and the run undoes what it changed")
             text += ")"
         if self.ok:
@@ -214,6 +214,8 @@ PROBES: dict[str, Callable[[ClientFactory, str], Any]] = {
         Path=_parameter(arn).rstrip("*").rstrip("/") or "/", MaxResults=1),
     "ssm:DescribeParameters": lambda c, arn: c.client("ssm").describe_parameters(MaxResults=1),
     "s3:ListBucket": lambda c, arn: c.client("s3").list_objects_v2(Bucket=_bucket_and_prefix(arn)[0], MaxKeys=1),
+    "s3:ListBucketMultipartUploads": lambda c, arn: c.client("s3").list_multipart_uploads(
+        Bucket=_bucket_and_prefix(arn)[0], MaxUploads=1),
     "cloudwatch:DescribeAlarms": lambda c, arn: c.client("cloudwatch").describe_alarms(
         AlarmNames=[_name(arn, ":alarm:")]),
     "glue:GetJobRuns": lambda c, arn: c.client("glue").get_job_runs(JobName=_glue(arn, "job"), MaxResults=1),
@@ -231,8 +233,8 @@ def _probeable(need: Need) -> bool:
         return False
     if need.action == "ssm:DescribeParameters":
         return True
-    tail = need.resource.rstrip("*") if need.action in ("ssm:GetParametersByPath", "s3:ListBucket") \
-        else need.resource
+    tail = need.resource.rstrip("*") if need.action in ("ssm:GetParametersByPath", "s3:ListBucket",
+                                                        "s3:ListBucketMultipartUploads") else need.resource
     return "*" not in tail and "?" not in tail
 
 
