@@ -3,8 +3,9 @@
 One policy document (version 2012-10-17). Each step kind declares the IAM actions its runner calls on which ARN
 (its footprint, :mod:`tasks.iam`); the run adds its own (the undo journal's SSM path, KMS for the SecureStrings,
 the audit's ``sts:GetCallerIdentity``, the evidence upload). The statements go by resource kind (SSM parameters,
-S3 objects, S3 buckets, Lambda functions, ...); within a kind, resources that need different actions get
-statements of their own, so a parameter that is only read is never writable.
+S3 objects, S3 buckets, Lambda functions, ...); within a kind, actions that need different resources get statements
+of their own, so every action is allowed on exactly the resources that need it (a parameter that is only read is
+never writable).
 
 **Account and region.** From ``--account``/``--region``, else the case's ``aws.account_id``/``aws.region``. An
 unknown one becomes ``*`` in the ARNs, with a warning on stderr (the policy still scopes every resource by
@@ -21,6 +22,7 @@ than the case names), and an allowed parameter prefix with one.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +47,9 @@ KIND_NAMES = {
     ("glue", "database"): "GlueCatalog",
     ("glue", "table"): "GlueCatalog",
     ("states", "stateMachine"): "StateMachines",
+    ("states", "mapRun"): "StateMachines",
     ("states", "execution"): "StepFunctionsExecutions",
+    ("states", "express"): "StepFunctionsExecutions",
     ("athena", "workgroup"): "AthenaWorkgroups",
     ("kms", "key"): "KmsKeys",
     ("secretsmanager", "secret"): "SecretsManagerSecrets",
@@ -93,19 +97,19 @@ class Policy:
 
 
 def statements(needs: list[tuple[str, Need]]) -> list[dict[str, Any]]:
-    """One statement per resource kind (and condition); resources of one kind that need different actions get a
-    statement each (numbered), so nothing gets an action it does not need."""
+    """One statement per resource kind (and condition); within a kind, actions that need different resources
+    get a statement each (numbered), so every action is allowed on exactly the resources that need it."""
     by_kind: dict[tuple[str, tuple[Any, ...]], dict[str, set[str]]] = {}
     for step, need in needs:
-        actions = by_kind.setdefault((sid_of(need, step), need.condition), {}).setdefault(need.resource, set())
-        actions.add(need.action)
+        resources = by_kind.setdefault((sid_of(need, step), need.condition), {}).setdefault(need.action, set())
+        resources.add(need.resource)
     out: list[dict[str, Any]] = []
     used: dict[str, int] = {}
-    for (sid, condition), resources in sorted(by_kind.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    for (sid, condition), by_action in sorted(by_kind.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         groups: dict[frozenset[str], list[str]] = {}
-        for resource, wanted in resources.items():
-            groups.setdefault(frozenset(wanted), []).append(resource)
-        for allowed, arns in sorted(groups.items(), key=lambda kv: (-len(kv[0]), sorted(kv[0]), sorted(kv[1]))):
+        for action, resources in by_action.items():
+            groups.setdefault(frozenset(resources), []).append(action)
+        for arns, allowed in sorted(groups.items(), key=lambda kv: (-len(kv[1]), sorted(kv[1]), sorted(kv[0]))):
             used[sid] = used.get(sid, 0) + 1
             statement: dict[str, Any] = {"Sid": sid if used[sid] == 1 else f"{sid}{used[sid]}", "Effect": "Allow",
                                          "Action": sorted(allowed), "Resource": sorted(arns)}
@@ -150,3 +154,22 @@ def build_policy(plan: Plan) -> Policy:
         warnings.append("no --kms-key-arn: KMS actions are allowed on any key of the account, only through SSM "
                         "(kms:ViaService); pass the SecureStrings' key ARN to name it")
     return Policy(document, warnings, plan.notes())
+
+
+def dumps(document: dict[str, Any], width: int = 120) -> str:
+    """The policy as JSON for people: indented, with a list of strings on one line when it fits ``width``."""
+
+    def render(value: Any, indent: int) -> str:
+        pad = " " * indent
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            inline = json.dumps(value)
+            if indent + len(inline) + 24 <= width:
+                return inline
+        if isinstance(value, dict):
+            items = [f'{pad}  {json.dumps(k)}: {render(v, indent + 2)}' for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+        if isinstance(value, list):
+            return "[\n" + ",\n".join(f"{pad}  {render(v, indent + 2)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value)
+
+    return render(document, 0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -268,7 +267,15 @@ class Plan:
 
 # ------------------------------------------------------------------------------------------------ the table
 def _wrap(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+    """Lines of at most ``width``: broken after a space, ``/`` or ``,`` where one is near the end, else cut."""
+    lines: list[str] = []
+    text = " ".join(text.split())
+    while len(text) > width:
+        cut = max(text.rfind(c, 0, width + (c == " ")) for c in " /,-")
+        cut = cut + 1 if cut >= width // 2 else width
+        lines.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    return lines + [text] if text or not lines else lines
 
 
 def table(headers: list[str], rows: list[list[str]], widths: list[int]) -> list[str]:
@@ -288,8 +295,8 @@ def table(headers: list[str], rows: list[list[str]], widths: list[int]) -> list[
 def format_plan(plan: Plan) -> str:
     lines = [plan.title, "No AWS call was made, and none is needed to make this plan.", ""]
     if plan.cases:
-        lines.append("Built-ins are known only when the run starts; shown as " + ", ".join(
-            f"<{n}>" for n in PLACEHOLDERS) + " (or * where a template formats them).")
+        lines += ["Built-ins are known only when the run starts: shown as " + ", ".join(f"<{n}>" for n in PLACEHOLDERS),
+                  "(or * where a template formats them otherwise)."]
     for case in plan.cases:
         lines += ["", f"Steps of '{case.case}' ({case.source}):"]
         lines += table(["#", "step", "kind"], [[s.number, s.label, s.kind] for s in case.steps], [5, 60, 22])
@@ -301,7 +308,7 @@ def format_plan(plan: Plan) -> str:
         rows = [[i.resource_kind, i.name, i.detail, ", ".join(w.text(plan.suite) for w in i.needed_by)]
                 for i in plan.items(access)]
         lines += ["", f"{heading}:"]
-        lines += table(["resource", "name", "what", who], rows, [20, 46, 26, 0]) if rows else ["  (none)"]
+        lines += table(["resource", "name", "what", who], rows, [18, 42, 24, 0]) if rows else ["  (none)"]
     locks = [[i.name, ", ".join(w.text(plan.suite) for w in i.needed_by)] for i in plan.locks()]
     lines += ["", "Locks (held from before the first step until the undo is done; other runs wait):"]
     lines += table(["lock", who], locks, [70, 0]) if locks else ["  (none: the case changes nothing it locks)"]

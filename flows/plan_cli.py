@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.iam_policy import WILDCARDS, build_policy, wildcard_problems
+from flows.iam_policy import WILDCARDS, build_policy, dumps, wildcard_problems
 from flows.plan import CasePlan, Plan, format_plan, plan_case
 from flows.spec import CaseSpec, SpecError, load_spec
 from tasks.iam import Arns
@@ -67,7 +67,7 @@ def load_plan(args: Any, overrides: dict[str, str]) -> Plan:
     cases: list[tuple[CaseSpec, Path, str]] = []
     suite = is_suite_file(path)
     if suite:
-        loaded = load_suite(path, args.tag or None, overrides)
+        loaded = load_suite(path, args.tag or None, overrides, files_root=args.files_root)
         cases = [(c.spec, c.path.resolve().parent, str(c.path)) for c in loaded.cases]
         title = f"Plan of suite '{loaded.spec.suite}' ({path}): {len(cases)} case(s)"
     else:
@@ -116,5 +116,5 @@ def plan_cli(args: Any, overrides: dict[str, str]) -> int:
     if policy is not None:
         if args.plan:
             print("\nIAM policy (least privilege, from the plan):")
-        print(json.dumps(policy.document, indent=2))
+        print(dumps(policy.document))
     return EXIT_OK

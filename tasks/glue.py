@@ -439,7 +439,7 @@ def table_problems(glue: GlueClient, database: str, expected: TableExpect) -> tu
 def glue_crawler_footprint(step: GlueCrawlerStep, arns: Arns) -> Footprint:
     """Start a crawl (or wait for the pipeline's), stop it on timeout, then read the tables it must have made."""
     crawler = arns.glue_crawler(step.crawler)
-    fp = Footprint().need(crawler, "glue:GetCrawler")
+    fp = Footprint().need(crawler, "glue:GetCrawler", "glue:ListCrawls")  # the crawl's state, its history
     if step.start:
         fp.change("Glue crawl", step.crawler, "start a crawl (not undone)").need(crawler, "glue:StartCrawler")
     else:

@@ -106,10 +106,14 @@ class Arns:
     def state_machine(self, name_or_arn: str) -> str:
         return name_or_arn if name_or_arn.startswith("arn:") else self.arn("states", f"stateMachine:{name_or_arn}")
 
-    def executions(self, state_machine_arn: str) -> str:
-        """Every execution of a state machine (``execution:<machine>:*``)."""
+    def executions(self, state_machine_arn: str, form: str = "execution") -> str:
+        """Every execution of a state machine (``execution:<machine>:*``); ``form="express"``: its Express
+        executions (``express:<machine>:*:*``), ``form="mapRun"``: its Map Runs (``mapRun:<machine>/*:*``)."""
         head, _, name = state_machine_arn.rpartition(":stateMachine:")
-        return f"{head}:execution:{name}:*" if head else state_machine_arn
+        if not head:
+            return state_machine_arn
+        tail = {"mapRun": f"mapRun:{name}/*:*", "express": f"express:{name}:*:*"}
+        return f"{head}:{tail.get(form, f'{form}:{name}:*')}"
 
     def athena_workgroup(self, name: str) -> str:
         return self.arn("athena", f"workgroup/{name}")
@@ -222,8 +226,8 @@ OPERATION_ACTIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "DeleteObject": ("s3:DeleteObject",),
         "ListObjectVersions": ("s3:ListBucketVersions",),
     },
-    "ssm": {
-        "GetParametersByPath": ("ssm:GetParametersByPath",),
+    "lambda": {
+        "Invoke": ("lambda:InvokeFunction",),
     },
 }
 
@@ -237,3 +241,24 @@ def actions_of(service: str, operation: str) -> tuple[str, ...]:
     if operation in special:
         return special[operation]
     return (f"{SERVICE_PREFIXES.get(service, service)}:{operation}",)
+
+
+#: error codes of a refused permission (a HEAD's 403 has no body: its code is "403")
+DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthorizationError",
+          "UnauthorizedAccess", "403", "Forbidden"}
+
+
+def name_denied_action(http_response: Any = None, parsed: Any = None, model: Any = None, **_: Any) -> None:
+    """botocore ``after-call`` handler (every client of ``tasks.aws.ClientFactory``): an access-denied error whose
+    message does not name the IAM action (S3's says only "Access Denied") gets it appended, before botocore
+    raises it, so every denial a user sees says which permission is missing."""
+    if not isinstance(parsed, dict) or model is None:
+        return
+    error = parsed.get("Error")
+    if not isinstance(error, dict) or str(error.get("Code")) not in DENIED:
+        return
+    actions = actions_of(model.service_model.service_name, model.name)
+    message = str(error.get("Message") or "")
+    if actions and not any(action.lower() in message.lower() for action in actions):
+        needs = f"needs IAM action {' and '.join(actions)}"
+        error["Message"] = f"{message} ({needs})" if message else needs.capitalize()

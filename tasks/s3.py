@@ -744,7 +744,7 @@ def upload_footprint(step: UploadStep, arns: Arns) -> Footprint:
     target = (step.key if step.key is not None else step.key_prefix or "").replace("\\", "/")
     objects = arns.s3_objects(step.bucket, target, prefix=step.key is None)
     fp.change("S3 " + ("object" if step.key is not None else "prefix"), f"s3://{step.bucket}/{target}",
-              f"upload {len(step.files)} file pattern(s)" + (", overwrite" if step.overwrite else ""))
+              f"upload {', '.join(step.files)}" + (", overwrite" if step.overwrite else ""))
     fp.need(objects, "s3:GetObject", "s3:PutObject")
     if step.tags != {}:
         fp.need(objects, "s3:PutObjectTagging")
