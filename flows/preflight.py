@@ -98,7 +98,7 @@ class Preflight:
         listing = "; ".join(d.text() for d in self.denied[:20])
         more = f"; and {len(self.denied) - 20} more" if len(self.denied) > 20 else ""
         how = "iam:SimulatePrincipalPolicy" if self.method == "simulation" else "a read-only probe"
-        return (f"case '{case}' did not start: the preflight ({how}) found that {self.caller} may not do what the "
+        return (f"case '{case}' did not start: the preflight ({how}) found that {self.caller} is denied what the "
                 f"case needs: {listing}{more}. Nothing was changed; grant these (see `--iam-policy`) or run with "
                 "--no-preflight")
 

@@ -3,8 +3,10 @@
 One emulator for the whole test: an admin user (for the fake pipeline and the checks) and a case-runner user are
 made, then ``POST /moto-api/reset-auth`` with body ``0`` makes moto check every call's action (and S3's resources)
 against the caller's policies. The demo's passing case runs in-process under the case-runner's keys: with the policy
-that ``--iam-policy`` prints, it passes; with any one statement dropped, it fails with AccessDenied naming an action
-of that statement, and whatever it had changed is undone.
+that ``--iam-policy`` prints, it passes; with any one statement dropped, the preflight (simulated by the emulator's
+SimulatePrincipalPolicy) stops it before its first change naming an action of that statement; without simulation
+(the preflight's statement dropped too), it fails with AccessDenied naming the action, and whatever it had changed
+is undone.
 
 moto checks the *resources* of S3 calls only: any other call is checked as a call on resource ``*`` (moto does not
 work out its ARN), which a statement scoped to ARNs never matches. So on the emulator every statement of another
@@ -67,6 +69,16 @@ def enforce_iam(endpoint: str) -> None:
                                      headers={"Content-Type": "text/plain"})
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
         response.read()
+
+
+def unenforce_iam(endpoint: str) -> None:
+    """moto's IAM checks off again and its backends empty: they are this process's, shared with every later test."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+    ActionAuthenticatorMixin.request_count = 0
+    moto_api(endpoint, "reset", {})
 
 
 def user_with_keys(iam: Any, name: str, document: dict[str, Any]) -> dict[str, str]:
@@ -145,18 +157,35 @@ def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
              capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[Emulator, dict[str, Any]]]:
     policy = demo_policy(capsys)
     with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
-        emulator = Emulator(endpoint, policy, tmp_path, monkeypatch)
         try:
-            yield emulator, policy
+            emulator = Emulator(endpoint, policy, tmp_path, monkeypatch)
+            try:
+                yield emulator, policy
+            finally:
+                emulator.stop()
         finally:
-            emulator.stop()
+            unenforce_iam(endpoint)
+
+
+#: the preflight's own statement: only the preflight needs it (without it, the preflight probes instead)
+PREFLIGHT = "PermissionPreflight"
 
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emulator, dict[str, Any]]) -> None:
-    env, policy = emulator
+@pytest.mark.parametrize("preflight", ["simulation"])
+def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emulator, dict[str, Any]],
+                                                            preflight: str) -> None:
+    """With simulation (the emulator's SimulatePrincipalPolicy, allowed by the policy's preflight statement), any
+    one statement dropped stops the run before its first change (could not run, exit 3), naming an action of that
+    statement. (Without simulation, "probes": the preflight statement dropped too, the run stops no later than the
+    first step that needs a permission; not run here yet: a statement whose actions the undo needs (s3:DeleteObject)
+    leaves the upload and its journal entry for `recover`, and the next runs see them; see the lead's notes.)"""
+    env, generated = emulator
     assert os.environ["AWS_ACCESS_KEY_ID"] == env.admin["AWS_ACCESS_KEY_ID"]
+    assert PREFLIGHT in {s["Sid"] for s in generated["Statement"]}
+    policy = generated if preflight == "simulation" else \
+        {**generated, "Statement": [s for s in generated["Statement"] if s["Sid"] != PREFLIGHT]}
     result, errors = env.run_case(policy)
     assert result is not None and result.passed, errors
     assert env.changed() == []
@@ -164,15 +193,23 @@ def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emul
     unexpected = []
     for statement in policy["Statement"]:
         sid = statement["Sid"]
-        if sid in NOT_CHECKED_ON_THE_EMULATOR:
-            continue
+        if sid in NOT_CHECKED_ON_THE_EMULATOR and preflight == "probes":
+            continue  # (the simulation checks them: it evaluates the policy, whatever moto's SSM and Athena call)
         result, errors = env.run_case({**policy, "Statement": [s for s in policy["Statement"] if s["Sid"] != sid]})
+        if sid == PREFLIGHT:  # the preflight probes instead, and the case needs nothing else of it
+            if result is None or not result.passed:
+                unexpected.append(f"without {sid}: the case did not pass; errors:\n{errors}")
+            continue
         denied = [line for line in errors.splitlines()
                   if ("denied" in line.lower() or "not authorized" in line.lower())
                   and any(action.lower() in line.lower() for action in statement["Action"])]
         if (result is not None and result.passed) or not denied:
             unexpected.append(f"without {sid} ({', '.join(statement['Action'])}): the case "
                               f"{'passed' if result is not None and result.passed else 'failed'}; errors:\n{errors}")
+        if preflight == "simulation" and (result is not None or "the preflight (iam:SimulatePrincipalPolicy)"
+                                          not in errors):
+            unexpected.append(f"without {sid}: the run was not stopped by the preflight before its first change; "
+                              f"errors:\n{errors}")
         left = env.changed()
         if left:
             unexpected.append(f"without {sid}: left changed: {left}")

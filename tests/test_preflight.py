@@ -165,7 +165,7 @@ def test_a_probe_that_is_refused_names_the_action_and_resource(tmp_path: Path) -
         ("s3:ListBucketMultipartUploads", "arn:aws:s3:::pf-landing")]
     refusal = result.refusal(case.case)
     assert refusal.startswith("case 'preflight e2e' did not start: the preflight (a read-only probe) found that "
-                              "arn:aws:iam::123456789012:root may not do what the case needs: ssm:GetParameter on "
+                              "arn:aws:iam::123456789012:root is denied what the case needs: ssm:GetParameter on "
                               f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/pf/mode (needed by step 1 'settings'")
     assert "Nothing was changed" in refusal
 
@@ -241,6 +241,7 @@ def enforced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         finally:
             settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")  # the process's moto: unchecked again
             ActionAuthenticatorMixin.request_count = 0
+            post(endpoint, "reset", b"{}")  # and its backends empty
 
 
 def as_user(env: SimpleNamespace, keys: dict[str, str]) -> None:
@@ -316,7 +317,7 @@ def test_a_run_missing_a_permission_stops_before_its_first_change(enforced: Simp
     assert isinstance(value, CouldNotRun), value
     message = str(value)
     assert "s3:PutObject on arn:aws:s3:::pf-landing/in/" in message and "needed by step 2 'land'" in message
-    assert f"arn:aws:iam::{ACCOUNT}:user/{enforced.runner_name} may not do" in message and "iam:SimulatePrincipalPolicy" in message
+    assert f"arn:aws:iam::{ACCOUNT}:user/{enforced.runner_name} is denied what" in message and "iam:SimulatePrincipalPolicy" in message
     as_user(enforced, enforced.admin)
     ssm = boto3.Session().client("ssm", region_name=REGION)  # a new session: the default one keeps its keys
     assert ssm.describe_parameters()["Parameters"] == []  # nothing was set, not even the journal
