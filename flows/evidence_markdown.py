@@ -73,24 +73,30 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 
 
 def step_description(result: StepResult) -> str:
-    """The artifact card's description: the verdict in words, FAILED or ERROR in capitals so the card shows it."""
+    """The artifact card's description: the verdict first (a card cuts a long description short), FAILED or ERROR
+    in capitals so the card shows it, then the step's number and name."""
     verdict = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}[result.status]
-    return f"Step {md.text(result.number)} {md.text(result.label)}: {verdict}"
+    return f"{verdict} · step {md.text(result.number)} {md.text(result.label)}"
 
 
-#: widths of the summary's cells (the full texts are in the step's artifact and in the pack)
-DETAIL_WIDTH = 44
+def step_card(result: StepResult, what: str) -> str:
+    """The description of a step's other cards (links, tables): its number and name, then what the card holds."""
+    return f"step {md.text(result.number)} {md.text(result.label)} · {md.text(what)}"
+
+
+#: widths of the summary's cells (the full texts are in the step's artifact and in the pack): the UI does not wrap
+#: a table's cells, and at 1400 px its table box is about 840 px wide
+DETAIL_WIDTH = 52
 LABEL_WIDTH = 32
 
 
 def summary_rows(result: CaseResult) -> list[dict[str, str]]:
-    """One row per step: step, kind, status, duration, detail (the failure's message, or the summary), each cell
-    short enough that the table fits the UI's width."""
+    """One row per step: status (first, so it is always seen), step, duration, detail (the failure's message, or
+    the summary), each cell short enough that the table fits the UI's width (the kind is in each step's evidence)."""
     return [
         {
-            "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
-            "kind": s.kind,
             "status": ICON[s.status],
+            "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
             "duration": format_duration(s.duration_s) if s.status != "skipped" else "–",
             "detail": md.shorten(s.error or s.summary or "", DETAIL_WIDTH),
         }
@@ -149,8 +155,8 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
                   f" ({md.text(MEANING[failure.status])})", "",
                   md.message(failure.error or ""), ""]
-    lines.append(md.table(["step", "status", "duration", "detail"],  # the kind is in each step's evidence
-                          [[r["step"], md.Md(r["status"]), r["duration"], r["detail"]] for r in summary_rows(result)]))
+    lines.append(md.table(["status", "step", "duration", "detail"],  # the kind is in each step's evidence
+                          [[md.Md(r["status"]), r["step"], r["duration"], r["detail"]] for r in summary_rows(result)]))
     if result.pack is not None:
         pack = result.pack
         where: list[tuple[str, Any]] = [("folder", md.code(pack.get("folder"))),

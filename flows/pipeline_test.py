@@ -10,9 +10,10 @@
                                                                       run a suite (flows.suite)
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
-run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
-130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone). A suite: 1 when a case failed, else 3 when
-one could not run. The Prefect API refusing a call (e.g. 503 on creating the flow run) is 3, never 1.
+run (Prefect API unreachable, locks not obtained, a live run of another Prefect server holds a resource, a dead
+run's changes not yet recovered: nothing was changed); 130 interrupted (Ctrl+C, SIGTERM: what the run had changed
+was undone). A suite: 1 when a case failed, else 3 when one could not run. The Prefect API refusing a call (e.g.
+503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import audit, evidence, evidence_pack, history, locks, prefect_logs
+from flows import audit, evidence, evidence_pack, history, locks, prefect_logs, run_states
 from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
@@ -57,7 +58,7 @@ from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
 from flows.preflight import step_zero
-from flows.recover import CouldNotRun, Recovered, redo_entries, release_dead_locks
+from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
 from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
@@ -66,7 +67,7 @@ from flows.templating import TemplateError, builtin_values, render, resolve_vari
 from tasks.aws import ClientFactory, is_real_aws
 from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
-from tasks.journal import SsmJournal, read_entries
+from tasks.journal import Heartbeat, SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ def pipeline_test(
         rendered = render_case(case, values)
     except (TemplateSecretError, TemplateError) as exc:
         return _could_not_run(f"case '{case.case}' did not start: {reader.scrub(str(exc))}",  # type: ignore[return-value]
-                              logger)
+                              logger, case.case)
     secrets.add(*(s for p in iter_steps(rendered) for s in p.step.secrets()))
     redactor = install_redaction(secrets)
     for warning in [*short_secret_warnings(iter_steps(rendered)), *reader.warnings()]:
@@ -233,22 +234,24 @@ def pipeline_test(
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
                 if resources:
                     ssm = clients.client("ssm")
+                    claim = stack.enter_context(_claimed(ssm, resources, case, run_id, ctx, logger))
                     _settle_leftovers(clients, ssm, resources, case, run_id, recover, logger)
                     ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case,
-                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id)
+                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id,
+                                                  lease_lost=lambda: claim.lost)
                     logger.info("Holding %d lock(s) until the undo is done: %s", len(resources),
                                 ", ".join(resources))
                 LIVE[run_id] = ctx
                 try:
                     with first_signal_stops(ctx.stop, logger):
                         run_steps(rendered, ctx, steps, running)
-                        cleanup = run_cleanup(ctx)
+                        cleanup = _way_out(run_cleanup(ctx), ctx, case, logger)
                         publisher.close()  # every step's artifacts exist before the case's own
                 except BaseException as exc:
                     # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
                     # leave the evidence of what was done, then let Prefect record the end
                     ctx.stop.set()
-                    undone = undo_now(ctx, logger)
+                    undone = _way_out(undo_now(ctx, logger), ctx, case, logger)
                     publisher.close(timeout=STOPPING_FLUSH_S)
                     stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
                                          error=f"the run was stopped ({type(exc).__name__}) before the case ended",
@@ -262,7 +265,7 @@ def pipeline_test(
                         send_notice(partial, notice, ui_url=partial.ui_url)
                     raise
         except CouldNotRun as exc:
-            return _could_not_run(str(exc), logger)  # type: ignore[return-value]
+            return _could_not_run(str(exc), logger, case.case)  # type: ignore[return-value]
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
@@ -286,10 +289,16 @@ def pipeline_test(
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
 
 
-def _could_not_run(message: str, logger: Any) -> State:
-    """The flow run's end when the case never started its steps (nothing was changed): exit 3 in the CLI."""
+def _could_not_run(message: str, logger: Any, case: str) -> State:
+    """The flow run's end when the case never started its steps (nothing was changed): Cancelled, named NotRun
+    (see flows.run_states), with an artifact that says why and what to do; exit 3 in the CLI."""
     logger.error("%s", message)
-    return Failed(message=message, data=CouldNotRun(message))
+    try:
+        create_markdown_artifact(markdown=run_states.not_run_markdown(case, message),
+                                 key=f"{evidence.case_key(case)}-not-run"[:100], description=f"NOT RUN · {case}")
+    except Exception as exc:
+        logger.warning("Could not publish why the case did not run: %s", exc)
+    return run_states.not_run(message, CouldNotRun(message))
 
 
 @contextlib.contextmanager
@@ -309,6 +318,46 @@ def _locked(clients: ClientFactory, resources: list[str], case: CaseSpec, run_id
     with contextlib.ExitStack() as stack:
         stack.push(held.__exit__)
         yield lock
+
+
+@contextlib.contextmanager
+def _claimed(ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str, ctx: StepContext,
+             logger: Any) -> Iterator[Heartbeat]:
+    """The run's claim on its resources in the undo journal, its lease renewed while the run is alive (so any
+    ``recover`` can tell it is alive, whatever its Prefect server); CouldNotRun when it cannot be written, or when
+    a live run that this server's locks cannot see (another server) claims any of the same resources. A run whose
+    lease cannot be renewed in time is stopped (``ctx.stop``), and its journal refuses any further change."""
+    heartbeat = Heartbeat(ssm, run_id=run_id, case=case.case, resources=resources, logger=logger,
+                          prefix=case.aws.journal_prefix, on_lost=ctx.stop.set)
+    try:
+        heartbeat.__enter__()
+    except StepError as exc:
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
+    with contextlib.ExitStack() as stack:
+        stack.push(heartbeat.__exit__)
+        try:
+            refuse_live_claims(ssm, resources, case.aws.journal_prefix, run_id, case.case)
+        except StepError as exc:
+            raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
+        yield heartbeat
+
+
+def _way_out(cleanup: StepResult | None, ctx: StepContext, case: CaseSpec, logger: Any) -> StepResult | None:
+    """When the clean-up could not put everything back, say what is left and the exact ``recover`` command (the
+    journal still holds those undos)."""
+    left = [a for a in ctx.undo.pending() if a.journal_id]
+    if cleanup is None or not left:
+        return cleanup
+    try:
+        region = ctx.clients.region  # what the run used (the spec's, the block's or the chain's)
+    except Exception:
+        region = case.aws.region
+    command = recover_command(region, case.aws.profile, case.aws.credentials_block, case.aws.journal_prefix)
+    text = (f"left undone, kept in the undo journal: {', '.join(sorted({a.resource for a in left}))}; put them "
+            f"back, once AWS answers again, with `{command}`")
+    logger.error("The clean-up could not undo everything: %s", text)
+    cleanup.error = f"{cleanup.error}; {text}" if cleanup.error else text
+    return cleanup
 
 
 def _settle_leftovers(clients: ClientFactory, ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str,
@@ -540,7 +589,7 @@ def check_evidence_dir(folder: Path, spec: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
-        return guarded(lambda: recover_main(argv[1:]))
+        return recover_main(argv[1:], guarded)
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file; or a suite: a folder "
                         "of cases, or a suite file (see docs/running.md, Suites)")

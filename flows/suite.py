@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from flows.engine import signals_deferred
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
+from flows.pack_base import manifest_sha256
 from flows.pipeline_test import (
     SUITE,
     SuiteShared,
@@ -212,23 +213,33 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
     result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=_ui_url(), started_at=started,
                          ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped])
     try:
-        publish_suite(result)
-    except Exception as exc:
-        logger.warning("Could not publish the suite's summary artifact: %s", exc)
-    try:
         write_suite_pack(result, folder)
         result.evidence_dir = str(folder.resolve())
         logger.info("Suite evidence pack: %s", result.evidence_dir)
     except Exception as exc:
         logger.error("Could not write the suite's evidence pack: %s", exc)
+    try:  # after the pack: the report says where it is
+        publish_suite(result)
+    except Exception as exc:
+        logger.warning("Could not publish the suite's summary artifact: %s", exc)
     logger.info("Suite %r: %d passed, %d failed, %d not run in %s", result.suite, result.count("passed"),
                 result.count("failed"), result.count("not run"), format_duration(result.duration_s))
     return result
 
 
+#: a case's verdict in the suite's tables: the word and the mark, as a case's own evidence shows them
+VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not run"}
+#: widths of the summary table's cells: the UI never wraps a table cell, and its box is about 840 px at 1400 px
+#: (the whole texts are in the suite's report and pack)
+CASE_WIDTH, WHY_WIDTH = 34, 44
+
+
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
-    return [{"case": c.case, "verdict": c.status.upper(), "duration": format_duration(c.duration_s),
-             "failed step and reason": c.why, "flow run": c.ui_url or c.flow_run_id or ""} for c in result.cases]
+    """One row per case: verdict first (always in view), case, duration, the failed step and why, the flow run's
+    short id (its link is in the suite's report)."""
+    return [{"verdict": VERDICT[c.status], "case": md.shorten(c.case, CASE_WIDTH),
+             "duration": format_duration(c.duration_s), "failed step and reason": md.shorten(c.why, WHY_WIDTH),
+             "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
 
 def publish_suite(result: SuiteResult) -> None:
@@ -236,15 +247,19 @@ def publish_suite(result: SuiteResult) -> None:
     flow run (``suite-<name>-report``)."""
     key = suite_key(result.suite)
     verdict = f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"
+    word = "passed" if result.passed else "FAILED"  # first in the card's description: a card cuts the rest
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
-                          key=key, description=f"Suite {md.text(result.suite)}: {verdict} "
+                          key=key, description=f"{word} · suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    rows = [[c.case, c.status.upper(), format_duration(c.duration_s), c.why,
-             md.link("flow run", c.ui_url) if c.ui_url else md.code(c.flow_run_id or "none")] for c in result.cases]
+    rows = [[md.Md(VERDICT[c.status]), c.case, format_duration(c.duration_s), c.why,
+             md.link("open", c.ui_url) if c.ui_url else md.code((c.flow_run_id or "none")[:8])] for c in result.cases]
+    pack = (md.facts([("evidence pack", md.code(result.evidence_dir)),
+                      ("manifest SHA-256", md.code(manifest_sha256(Path(result.evidence_dir))))])
+            if result.evidence_dir else md.text("No evidence pack was written (see the suite's log)."))
     create_markdown_artifact(
         markdown=f"# Suite {md.text(result.suite)}: {md.text(verdict)}\n\n"
-        + md.table(["case", "verdict", "duration", "failed step and reason", "run"], rows),
-        key=f"{key}-report"[:KEY_MAX], description=f"Suite {md.text(result.suite)}: {verdict}")
+        + md.table(["verdict", "case", "duration", "failed step and reason", "run"], rows) + "\n\n" + pack,
+        key=f"{key}-report"[:KEY_MAX], description=f"{word} · suite {md.text(result.suite)}: {verdict}")
 
 
 # -------------------------------------------------------------------------------------------------- the CLI

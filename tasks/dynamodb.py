@@ -314,7 +314,7 @@ def _markdown(step: ExpectItemsStep, watched: Watched[ItemsSeen], ctx: StepConte
             facts.append(["index", md.code(step.query.index)])
     facts += [["consistent read", "yes" if step.consistent_read else "no"], ["expected", step.wanted()],
               ["found", f"{seen.count} item(s) {watched.timing()}"]]
-    parts: list[str] = [md.table(["", ""], facts)]
+    parts: list[str] = [md.facts((name, value) for name, value in facts)]
     if seen.items:
         shown = json.dumps(redact_json(plain(seen.items), ctx.secrets), indent=2, ensure_ascii=False, default=str)
         if len(shown) > MAX_SHOWN_CHARS:

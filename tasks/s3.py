@@ -992,8 +992,8 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
     obs = outcome.value
     if outcome.done:
         found = Observation(obs.matched, [], [])
-        rows = [["absent", f"no {target} for {hold:g} s",
-                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})", "❌ FAIL"]]
+        rows = [["❌ FAIL", "absent", f"no {target} for {hold:g} s",
+                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})"]]
         raise CheckFailed(
             f"{_listing(found)} appeared after {outcome.elapsed:.1f} s (poll {outcome.checks}): expected no "
             f"{target} for {hold:g} s",
@@ -1002,7 +1002,7 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
             markdown=markdown.Md(f"Watched {markdown.text(target)} for a hold of {hold:g} s: "
                                  f"{markdown.text(_listing(found))} appeared after {outcome.elapsed:.1f} s "
                                  f"(poll {outcome.checks}).\n\n"
-                                 + markdown.table(["check", "expected", "actual", "verdict"], rows)))
+                                 + markdown.table(["verdict", "check", "expected", "actual"], rows)))
     return obs, outcome.checks, outcome.elapsed
 
 
@@ -1013,9 +1013,9 @@ def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
     target = (", ".join(markdown.code(k) for k in step.keys) if step.keys else
               f"objects matching {markdown.code(step.pattern)} under {markdown.code(_where(step))}")
     how = "HEAD" if step.keys else "LIST"
-    rows = [["absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s", "✅ PASS"]]
+    rows = [["✅ PASS", "absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s"]]
     lines = [f"Watched {target} for **{elapsed:.1f} s** (hold {hold:g} s): {polls} poll(s) ({how}; no object was "
-             "downloaded), nothing appeared.", "", markdown.table(["check", "expected", "actual", "verdict"], rows)]
+             "downloaded), nothing appeared.", "", markdown.table(["verdict", "check", "expected", "actual"], rows)]
     if obs.others:
         lines += ["", "There, but not matching (not counted): "
                   + ", ".join(f"{markdown.code(o.key)} ({markdown.text(why)})" for o, why in obs.others[:20])]

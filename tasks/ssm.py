@@ -441,14 +441,15 @@ def _json_problems(name: str, value: str, expected: Any, show: Any) -> list[str]
 
 def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]],
                      secrets: Iterable[str]) -> str:
-    table = []
+    table, failures = [], []
     for exp, snap, problems in rows:
         secure = snap.secure or exp.type == SECURE
         expected = mask_any(exp.expected) if secure else truncate(json.dumps(exp.expected), MAX_SHOWN_VALUE)
-        result = "ok" if not problems else "FAILED: " + "; ".join(problems)
-        table.append([md.code(exp.name), exp.check, md.code(redact(expected, secrets)), _cell(snap, secrets),
-                      redact(result, secrets)])
-    return md.table(["parameter", "check", "expected", "actual", "result"], table)
+        table.append(["❌ FAIL" if problems else "✅ PASS", md.code(exp.name), exp.check,
+                      md.code(redact(expected, secrets)), _cell(snap, secrets)])
+        failures += [redact(p, secrets) for p in problems]
+    out = md.table(["verdict", "parameter", "check", "expected", "actual"], table)
+    return out + ("\n\n**What did not hold**\n\n" + md.bullets(failures) if failures else "")
 
 
 @step_kind(ExpectParametersStep, footprint=expect_parameters_footprint)

@@ -73,8 +73,8 @@ def test_failed_step_evidence_wraps_the_message_and_shows_raw_details_last() -> 
     assert md.message(LONG) in text  # wrapped text, not a one-line code block
     assert all(LONG[:40] not in body for _, body in code_blocks(text))
     assert text.index("**Checks**") < text.index("What the step saw (raw)") < text.index('"query_id"')
-    assert step_description(step) == "Step 2 orders-in-athena: FAILED"
-    assert step_description(failing_case().steps[0]).endswith(": passed")
+    assert step_description(step) == "FAILED · step 2 orders-in-athena"  # the verdict first: a card cuts the rest
+    assert step_description(failing_case().steps[0]).startswith("passed · step ")
 
 
 def test_message_keeps_lines_and_escapes_each() -> None:
