@@ -638,6 +638,11 @@ def main(argv: list[str] | None = None) -> int:
     if is_suite_file(Path(args.spec)):
         from flows.suite import run_suite_cli
 
+        if args.preflight or args.no_preflight:  # a suite's cases follow their own aws.preflight
+            print(f"--preflight and --no-preflight are for a case, not the suite {args.spec} (each case's "
+                  "aws.preflight decides; check a case alone with --preflight)", file=sys.stderr)
+            return EXIT_INVALID
+
         try:
             overrides = parse_vars(args.var)
         except SpecError as exc:

@@ -325,3 +325,54 @@ def test_a_run_missing_a_permission_stops_before_its_first_change(enforced: Simp
 
 def test_needs_are_hashable_for_grouping() -> None:
     assert len({Need("ssm:GetParameter", "a"), Need("ssm:GetParameter", "a")}) == 1
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def no_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.pipeline_test as cli
+
+    def refuse() -> Any:
+        raise AssertionError("--preflight started a Prefect server")
+
+    monkeypatch.setattr(cli, "prefect_api", refuse)
+    monkeypatch.setattr(cli, "guarded", lambda run: refuse())
+
+
+def test_preflight_alone_checks_and_exits_without_a_prefect_server(clients: ClientFactory, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.pipeline_test import main
+
+    no_prefect_server(monkeypatch)
+    clients.client("secretsmanager").create_secret(Name="pf/token", SecretString="pf-token-value-123")
+    clients.client("athena").create_work_group(Name="capped", Configuration={"BytesScannedCutoffPerQuery": 10**10})
+    spec = {**CASE, "steps": [*CASE["steps"], {"kind": "athena_query", "sql": "SELECT 1", "workgroup": "capped",
+                                               "output_location": "s3://pf-landing/athena/"}]}
+    assert main([str(write_case(tmp_path, spec)), "--preflight"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Preflight") and "all allowed" in out  # in-process moto: probes (no simulation there)
+    assert "Athena workgroup capped: at most 10 GB (10,000,000,000 bytes) scanned per query" in out
+    assert clients.client("ssm").describe_parameters()["Parameters"] == []  # nothing changed
+
+
+def test_preflight_without_credentials_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.pipeline_test import main
+
+    no_prefect_server(monkeypatch)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(name, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert main([str(write_case(tmp_path)), "--preflight"]) == 3
+    assert "Could not run: the preflight could not reach AWS as anyone: Unable to locate credentials" in \
+        capsys.readouterr().err
+
+
+def test_preflight_flags_are_for_a_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.pipeline_test import main
+
+    write_case(tmp_path)
+    assert main([str(tmp_path), "--preflight"]) == 2
+    assert "--preflight and --no-preflight are for a case, not the suite" in capsys.readouterr().err
