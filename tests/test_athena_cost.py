@@ -70,7 +70,7 @@ def test_a_query_under_its_cap_passes_with_the_bytes_and_the_limit_in_the_eviden
         "check": "max_scanned_bytes", "passed": True, "relation": "<=", "expected": 10**7, "actual": 3 * 1024**2,
         "note": ""}
     assert "- **Data scanned**: 3.15 MB (3,145,728 bytes), at most 10 MB (10,000,000 bytes)" in outcome.markdown
-    assert "| max_scanned_bytes | &lt;= 10 MB (10,000,000 bytes) | 3.15 MB (3,145,728 bytes) | ✅ PASS |" \
+    assert "| ✅ PASS | max_scanned_bytes | &lt;= 10 MB (10,000,000 bytes) | 3.15 MB (3,145,728 bytes) |" \
         in outcome.markdown
 
 
@@ -86,7 +86,7 @@ def test_a_query_that_scanned_more_than_its_cap_fails_its_step(clients: ClientFa
     assert str(failure) == ("1 of 2 checks failed: max_scanned_bytes: expected <= 1 GB (1,000,000,000 bytes), got "
                             "2 GB (2,000,000,000 bytes)")
     assert failure.details["data_scanned_bytes"] == 2 * GB and failure.details["max_scanned_bytes"] == GB
-    assert "| max_scanned_bytes | &lt;= 1 GB (1,000,000,000 bytes) | 2 GB (2,000,000,000 bytes) | ❌ FAIL |" \
+    assert "| ❌ FAIL | max_scanned_bytes | &lt;= 1 GB (1,000,000,000 bytes) | 2 GB (2,000,000,000 bytes) |" \
         in (failure.markdown or "")
     assert failure.hashed_items  # the result was read: the evidence of what the query returned stays
 

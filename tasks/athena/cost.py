@@ -153,6 +153,6 @@ def stopped_over_limit(query_id: str, execution: dict[str, Any], limit: ScanLimi
                "stopped_by": "workgroup" if by_workgroup else "pipeline-test", "checks": [c.to_dict() for c in checks]}
     body: str = markdown.facts([("Query id", markdown.code(query_id)), ("Data scanned", show_bytes(scanned))])
     if checks:
-        body = ("**Checks**\n\n" + markdown.table(["check", "expected", "actual", "verdict"], [c.row() for c in checks])
+        body = ("**Checks**\n\n" + markdown.table(["verdict", "check", "expected", "actual"], [c.row() for c in checks])
                 + "\n\n" + body)
     return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body)
