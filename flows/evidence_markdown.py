@@ -62,10 +62,13 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
         if result.status in MEANING:
             lines += [md.emphasis(MEANING[result.status]), ""]
         lines += [md.message(result.error), ""]
-    if outcome is not None:
-        lines += ["### What was done and proved", "", outcome.markdown, ""]
-        if outcome.links:
-            lines += ["### Links", "", md.bullets(md.link(link.text, link.url) for link in outcome.links), ""]
+    # the step's own evidence: from its outcome while it runs (the UI), else as its result carries it (the pack)
+    evidence = outcome.markdown if outcome is not None else result.evidence
+    links = [(link.text, link.url) for link in (outcome.links if outcome is not None else result.links)]
+    if evidence or outcome is not None:
+        lines += ["### What was done and proved", "", evidence, ""]
+    if links:
+        lines += ["### Links", "", md.bullets(md.link(text, url) for text, url in links), ""]
     if result.error and result.details:  # the raw details last: the readable part comes first
         lines += ["### What the step saw (raw)", "",
                   md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json", wrap=CODE_WIDTH), ""]
@@ -112,7 +115,7 @@ def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
         link = md.link("open", run["url"]) if run.get("url") else md.code(md.shorten(run.get("flow_run_id"), 12))
         rows.append([md.Md(ICON.get(run.get("status") or "", md.text(run.get("status") or "–"))), when,
                      run.get("duration") or "–", md.shorten(run.get("failed_step") or "–", LABEL_WIDTH), link])
-    return [f"### Last {len(history)} runs of this case", "",
+    return [f"### Last {len(history)} runs of this case" if len(history) > 1 else "### The last run of this case", "",
             md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
 
 
@@ -146,6 +149,11 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         ("duration", format_duration(result.duration_s)),
         ("steps", step_counts(result)),
     ]
+    if result.locks and result.locks.get("resources"):
+        waited = float(result.locks.get("waited_seconds") or 0)
+        facts.append(("locks", f"{len(result.locks['resources'])} held; waited {format_duration(waited)} for them "
+                      "(part of the duration)" if waited >= 0.05 else f"{len(result.locks['resources'])} held, "
+                      "no wait"))
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
         facts.append(("flow run", run))
@@ -165,6 +173,8 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
             where.append(("uploaded to", md.link(pack["s3_uri"], pack.get("url")) if pack.get("url")
                           else md.code(pack["s3_uri"])))
         lines += ["", "### Evidence pack", "", md.facts(where)]
+    if result.evidence_error:  # the run proves nothing without it (the CLI exits 4)
+        lines += ["", md.Md(f"**No evidence**: {md.text(result.evidence_error)}")]
     if result.notice is not None:
         sent = result.notice
         lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.get('target'))}" if sent.get("sent")

@@ -181,11 +181,26 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
                                 f"{', '.join(names)}; nothing was changed", code=LOCK_TIMEOUT)
             if logged is None or waited - logged >= LOG_EVERY:
                 logged = waited
+                busy = held_by_others(names, client)
                 logger.warning("Waiting for %d lock(s) that another run holds (%.0f s of at most %.0f s): %s",
-                               len(names), waited, timeout, ", ".join(names))
+                               len(busy), waited, timeout, ", ".join(busy))
             if stop.wait(min(max(retry_after, 0.05), MAX_RETRY_INTERVAL, timeout - waited)):
                 raise LockError("the run was stopped while waiting for its locks; nothing was changed",
                                 code=INTERRUPTED)
+
+
+def held_by_others(names: list[str], client: Any) -> list[str]:
+    """Of the locks a run asks for, those another run holds now (all slots taken): never the run's own unique
+    ones (its S3 prefix), which only made the list long. All of them when the server cannot say."""
+    busy = []
+    try:
+        for name in names:
+            limit = client.read_global_concurrency_limit_by_name(name)
+            if limit.active_slots >= limit.limit:
+                busy.append(name)
+    except Exception:
+        return names
+    return busy or names
 
 
 @contextmanager

@@ -8,6 +8,7 @@
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
     python -m flows.pipeline_test FOLDER-OR-SUITE.yaml [--tag T] [--max-parallel N] [--var k=v] [--evidence-dir D]
                                                                       run a suite (flows.suite)
+    python -m flows.pipeline_test [SUITE.yaml] --rerun-failed SUITE-PACK  run what failed in that suite run again
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a live run of another Prefect server holds a resource, a dead
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -39,7 +41,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import audit, evidence, evidence_pack, history, locks, prefect_logs, run_states
+from flows import audit, evidence, evidence_pack, history, locks, pack_folder, prefect_logs, run_states
 from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
@@ -57,10 +59,11 @@ from flows.evidence_markdown import MEANING, step_counts
 from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
+from flows.pack_folder import PackClaim
 from flows.preflight import step_zero
 from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
-from flows.results import CaseFailed, CaseResult, StepResult
+from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
 from flows.templating import TemplateError, builtin_values, render, resolve_variables
@@ -115,7 +118,9 @@ def _run_name() -> str:
     spec = params.get("spec")
     name = "case"
     try:
-        if isinstance(spec, CaseSpec):
+        if params.get("case_name"):
+            name = str(params["case_name"])
+        elif isinstance(spec, CaseSpec):
             name = spec.case
         elif isinstance(spec, dict):
             name = str(spec.get("case", name))
@@ -169,6 +174,7 @@ def pipeline_test(
     notify: dict[str, Any] | None = None,
     recover: bool = False,
     files_root: str | None = None,
+    case_name: str | None = None,
     preflight: bool = True,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
@@ -179,12 +185,15 @@ def pipeline_test(
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
     notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
     ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
-    (else the run refuses to start). ``preflight`` (and the case's ``aws.preflight``): first check that the caller
-    may do what the case needs (flows.preflight; a denial: could not run). The flow run fails when the case fails;
-    its result is a ``CaseResult`` either way.
+    (else the run refuses to start). ``case_name`` runs the case under another name (a suite's matrix row:
+    ``<case> [<row id>]``, so its artifacts, history and pack are its own). ``preflight`` (and the case's
+    ``aws.preflight``): first check that the caller may do what the case needs (flows.preflight; a denial: could
+    not run). The flow run fails when the case fails; its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
+    if case_name:
+        case = case.model_copy(update={"case": case_name})
     try:
         notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
     except ValidationError as exc:
@@ -213,6 +222,7 @@ def pipeline_test(
     steps: list[StepResult] = []
     running: list[Any] = []
     scratch: Path | None = None
+    pack_claim: PackClaim | None = None
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
@@ -229,6 +239,8 @@ def pipeline_test(
         try:
             if preflight and case.aws.preflight:  # step 0: may the caller do what the case needs? (no change)
                 step_zero(case, rendered, spec_dir, clients, logger)
+            # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
+            pack_claim = _claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
             with contextlib.ExitStack() as stack:
                 # the locks first (none of this run's changes may start before), then the journal's leftovers
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
@@ -259,8 +271,8 @@ def pipeline_test(
                     partial = _case_result(case, run_id, started, values,
                                            [*steps, *(interrupted(p) for p in running), stopped,
                                             *([undone] if undone else [])], secrets, lock, clients)
-                    if write_evidence:
-                        _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
+                    if pack_claim is not None:
+                        _write_pack(partial, case, spec_path, pack_claim, secrets, ctx, logger, upload=False)
                     if notice is not None:
                         send_notice(partial, notice, ui_url=partial.ui_url)
                     raise
@@ -271,21 +283,23 @@ def pipeline_test(
             steps.append(cleanup)
         result = _case_result(case, run_id, started, values, steps, secrets, lock, clients)
         if notice is not None:  # first, so that the pack records whether it was sent; it names where the pack goes
-            if write_evidence:
-                result.pack = _planned_pack(result, case, evidence_dir)
+            if pack_claim is not None:
+                result.pack = _planned_pack(result, case, pack_claim.folder)
             # logs a Slack failure, never changes the result
             result.notice = send_notice(result, notice, ui_url=result.ui_url)
-        if write_evidence:
-            _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
+        if pack_claim is not None:
+            _write_pack(result, case, spec_path, pack_claim, secrets, ctx, logger)
         evidence.publish_case(result, logger)
     finally:
         remove_redaction(redactor)
+        if pack_claim is not None:
+            pack_claim.abandon()  # a pack never written leaves no temporary folder (nothing once it is in place)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    if result.passed:
+    if result.passed and result.evidence_error is None:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result
-    failure = CaseFailed(result)
+    failure = CaseFailed(result) if not result.passed else EvidenceFailed(result)
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
 
 
@@ -404,22 +418,34 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
     )
 
 
-def _planned_pack(result: CaseResult, case: CaseSpec, evidence_dir: str | None) -> dict[str, Any]:
+def _claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_id: str, logger: Any
+                ) -> PackClaim:
+    """Claim the pack's folder (``evidence_dir``, else ``evidence/<case>/<time>-<run id>/``) before the run changes
+    anything; CouldNotRun when it is not new, not writable (read-only, full) or another run is writing to it."""
+    folder = Path(evidence_dir) if evidence_dir else evidence_pack.run_pack_dir(Path("evidence"), case.case, started,
+                                                                                run_id)
+    try:
+        return pack_folder.claim(folder, evidence_pack.private_default(), logger)
+    except pack_folder.PackFolderError as exc:
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc}; nothing was changed") from None
+
+
+def _planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> dict[str, Any]:
     """Where the pack will be written (and uploaded), for a notice sent before it is written."""
-    folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
     planned: dict[str, Any] = {"folder": str(folder.resolve())}
     if case.evidence is not None:
         planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
     return planned
 
 
-def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
+def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, claim: PackClaim,
                 secrets: Secrets, ctx: StepContext, logger: Any, upload: bool = True) -> None:
-    """Write the evidence pack (and upload it when the case asks); its folder goes in ``result.evidence_dir``.
-    A failure here is logged, never fatal."""
+    """Write the evidence pack into its claimed folder (and upload it when the case asks); its folder goes in
+    ``result.evidence_dir``. A failure is logged and goes in ``result.evidence_error`` (the CLI exits 4): nothing
+    of a pack that could not be written is left."""
+    folder = claim.folder
     try:
-        folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
-        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets)
+        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
         digest = evidence_pack.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
         result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
@@ -438,7 +464,18 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
                                  description=f"Evidence pack (manifest sha256 {digest})")
             logger.info("Evidence pack uploaded to s3://%s/%s", settings.bucket, prefix)
     except Exception as exc:
-        logger.error("Could not write or upload the evidence pack: %s", redact(str(exc), secrets))
+        what = "uploaded" if result.evidence_dir else "written"
+        if not result.evidence_dir:
+            result.pack = None  # not where the notice said it would be
+        result.evidence_error = redact(f"the evidence pack {folder} could not be {what}: {_why(exc)}", secrets)
+        logger.error("%s", result.evidence_error)
+
+
+def _why(exc: BaseException) -> str:
+    """An OSError as its reason and file (``No space left on device: report.json``), anything else as its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {Path(exc.filename).name}" if exc.filename else "")
+    return str(exc)
 
 
 # -------------------------------------------------------------------------------------------------- the CLI
@@ -478,7 +515,14 @@ def format_result(result: CaseResult, with_link: bool = True) -> str:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
     if result.evidence_dir:
         lines.append(f"Evidence pack: {result.evidence_dir}")
+    if result.evidence_error:
+        lines.append(f"NO EVIDENCE: {result.evidence_error}")
     return "\n".join(lines)
+
+
+def case_exit_code(result: CaseResult) -> int:
+    """1 when the case failed; else 4 when its evidence pack could not be written (or uploaded); else 0."""
+    return EXIT_FAILED if not result.passed else EXIT_NO_EVIDENCE if result.evidence_error else EXIT_PASSED
 
 
 def parse_vars(pairs: list[str]) -> dict[str, str]:
@@ -512,6 +556,8 @@ STOPPING_FLUSH_S = 10.0
 
 #: exit codes of the CLI
 EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: the run ended (and undid its changes) but its evidence pack could not be written or uploaded: it proves nothing
+EXIT_NO_EVIDENCE = 4
 
 
 @contextmanager
@@ -579,11 +625,22 @@ def _stop_signals_as_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def check_evidence_dir(folder: Path, spec: str) -> None:
-    """--evidence-dir must be a new or empty folder: found before the run, not after it."""
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | None = None,
+                       writable: bool = True) -> None:
+    """Found before the run, not after it: --evidence-dir (``folder``) must be a new or empty folder (SpecError:
+    exit 2); with ``writable``, the pack's folder (``folder``, else under ``default_parent``) must be writable
+    (not read-only, not full) and no other run may be writing to it (CouldNotRun: exit 3)."""
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "is not a folder" if not folder.is_dir() else "is not empty"
         raise SpecError(spec, [f"--evidence-dir {folder} {what}; give a new or empty folder"])
+    if not writable:
+        return
+    try:
+        if folder is not None:
+            pack_folder.check_new(folder)
+        pack_folder.probe_writable(folder if folder is not None else default_parent or Path("evidence"))
+    except pack_folder.PackFolderError as exc:
+        raise CouldNotRun(f"{exc}; nothing was changed (use --no-evidence to run without a pack)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
                         "case's aws.region, else '*' with a warning)")
     parser.add_argument("--kms-key-arn", metavar="ARN", help="--iam-policy: the KMS key of the SecureStrings "
                         "(default: any key, used only through SSM)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="a suite: run only the case of this name (a matrix row: 'case [row id]'; a glob "
+                        "such as 'Orders*' matches names; repeatable)")
+    parser.add_argument("--rerun-failed", metavar="PACK", help="a suite: run only the cases (and matrix rows) that "
+                        "failed or could not run in this suite evidence pack, as a new run linked to it (the suite "
+                        "file: the one the pack names, unless given)")
     parser.add_argument("--preflight", action="store_true", help="only check that the caller may do what the case "
                         "needs (iam:SimulatePrincipalPolicy, else read-only probes), print it and exit: 0 allowed, "
                         "3 not; no change, no Prefect server (see docs/aws.md)")
@@ -627,15 +690,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.schema:
         from flows.spec import json_schema
 
-        print(json.dumps(json_schema(), indent=2))
+        try:
+            print(json.dumps(json_schema(), indent=2), flush=True)
+        except BrokenPipeError:  # `--schema | head`: the reader has what it wanted; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PASSED
-    if not args.spec:
+    if not args.spec and not args.rerun_failed:
         parser.error("a spec file is required")
     if args.plan or args.iam_policy:
         return _plan_cli(args)
     from flows.suite_spec import is_suite_file
 
-    if is_suite_file(Path(args.spec)):
+    if args.rerun_failed or is_suite_file(Path(args.spec)):
         from flows.suite import run_suite_cli
 
         if args.preflight or args.no_preflight:  # a suite's cases follow their own aws.preflight
@@ -649,17 +715,21 @@ def main(argv: list[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_INVALID
         return run_suite_cli(args, overrides)
-    if args.tag or args.max_parallel is not None:
-        print(f"--tag and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
+    if args.tag or args.only or args.max_parallel is not None:
+        print(f"--tag, --only and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
               file=sys.stderr)
         return EXIT_INVALID
     try:
         overrides = parse_vars(args.var)
         case, spec_dir = load_spec(args.spec, overrides, args.files_root)
-        if args.evidence_dir and not args.no_evidence:
-            check_evidence_dir(Path(args.evidence_dir), args.spec)
+        if not args.no_evidence:
+            check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
+                               Path("evidence") / (slug(case.case) or "case"), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc)
+    except CouldNotRun as exc:
+        print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
     if args.validate:
         for warning in short_secret_warnings(iter_steps(case)):
             print(f"Warning: {warning}", file=sys.stderr)
@@ -692,7 +762,9 @@ def main(argv: list[str] | None = None) -> int:
         print(result.model_dump_json(indent=2) if args.json else format_result(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
-        return EXIT_PASSED if result.passed else EXIT_FAILED
+        if result.evidence_error and args.json:
+            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
+        return case_exit_code(result)
 
     return guarded(run)
 

@@ -16,7 +16,7 @@ from typing import Any
 from flows.iam_policy import WILDCARDS, build_policy, dumps, wildcard_problems
 from flows.plan import CasePlan, Plan, format_plan, plan_case
 from flows.spec import CaseSpec, SpecError, load_spec
-from tasks.iam import Arns
+from tasks.iam import Arns, partition
 
 EXIT_OK, EXIT_INVALID = 0, 2
 ACCOUNT = re.compile(r"[0-9]{12}")
@@ -39,15 +39,7 @@ def _flag_problems(args: Any) -> list[str]:
 def arns_for(case: CaseSpec, args: Any) -> Arns:
     """Where the case's ARNs point: the flags, else the case's ``aws:`` settings, else ``*``."""
     return Arns(account=args.account or case.aws.account_id or "*", region=args.region or case.aws.region or "*",
-                partition=_partition(args.region or case.aws.region or ""), kms_key_arn=args.kms_key_arn)
-
-
-def _partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
+                partition=partition(args.region or case.aws.region or ""), kms_key_arn=args.kms_key_arn)
 
 
 def _prefix_problems(case: CaseSpec, source: str) -> list[str]:

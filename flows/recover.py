@@ -28,7 +28,7 @@ import socket
 import sys
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
 from tasks.aws import ClientFactory
@@ -336,7 +336,9 @@ def main(argv: list[str], guarded: Callable[[Callable[[], int]], int] | None = N
         return 3
 
     def run() -> int:
-        recover_flow = flow(name="pipeline-test-recover", log_prints=False)(recover_flow_fn)
+        recover_flow = flow(name="pipeline-test-recover", log_prints=False,  # runs named by their time
+                            flow_run_name=lambda: f"recover-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
+                            )(recover_flow_fn)
         state: Any = recover_flow(region=args.region, profile=args.profile, credentials_block=args.credentials_block,
                              journal_prefix=args.journal_prefix, dry_run=args.dry_run, return_state=True)
         out = state.result(raise_on_failure=False)

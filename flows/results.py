@@ -12,6 +12,13 @@ from tasks.errors import HashedItem, StepFile
 StepStatus = Literal["passed", "failed", "error", "skipped"]
 
 
+class EvidenceLink(BaseModel):
+    """A link of a step's evidence."""
+
+    text: str
+    url: str
+
+
 class StepResult(BaseModel):
     """One step's outcome. ``failed``: the step ran and what it checked did not hold (a
     :class:`~tasks.errors.CheckFailed`); ``error``: the step could not do or check what it was asked (AWS refused,
@@ -35,6 +42,11 @@ class StepResult(BaseModel):
     items: list[HashedItem] = Field(default_factory=list)
     #: files the step wrote for the evidence pack (copied into it under ``steps/<number>/``)
     files: list[StepFile] = Field(default_factory=list)
+    #: the step's readable evidence (markdown: what it did, watched and proved, its checks), as its UI artifact
+    #: shows it: the pack's report.md renders it from here, with the same code, so the pack holds what the UI does
+    evidence: str = ""
+    #: the step's links (AWS console, or the emulator's URL), as in its UI artifact
+    links: list[EvidenceLink] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -60,6 +72,8 @@ class CaseResult(BaseModel):
     evidence_dir: str | None = None
     #: the evidence pack, once written: folder, manifest_sha256, and s3_uri and url once uploaded
     pack: dict[str, Any] | None = None
+    #: why the evidence pack could not be written (or uploaded, when the case asks): the run proves nothing then
+    evidence_error: str | None = None
     #: who ran the case, where and with what (see flows/audit.py); report.json's ``audit``
     audit: dict[str, Any] | None = None
     #: the Slack notice: sent or not, through what, and why not (None when the case asks for none)
@@ -89,4 +103,13 @@ class CaseFailed(Exception):
         failure = result.first_failure
         where = f" at step {failure.number} '{failure.label}': {failure.error}" if failure else ""
         super().__init__(f"case '{result.case}' failed{where}")
+        self.result = result
+
+
+class EvidenceFailed(CaseFailed):
+    """Carried by the flow run's Failed state when the case passed but its evidence pack could not be written."""
+
+    def __init__(self, result: CaseResult) -> None:
+        Exception.__init__(self, f"case '{result.case}' passed, but its evidence pack could not be written: "
+                                 f"{result.evidence_error}")
         self.result = result

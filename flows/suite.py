@@ -4,7 +4,8 @@ pool spreads them over workers. Then the suite's summary artifact and evidence p
 
     python -m flows.pipeline_test examples/cases/                  every case of a folder
     python -m flows.pipeline_test suite.yaml [--tag orders] [--max-parallel N] [--var k=v] [--evidence-dir D]
-                                             [--files-root DIR]
+                                             [--files-root DIR] [--only NAME]
+    python -m flows.pipeline_test [suite.yaml] --rerun-failed SUITE-PACK   only what failed in that run
 
 Cases that change one SSM parameter or S3 prefix take turns on their resource locks (:mod:`flows.locks`); a
 Ctrl+C or SIGTERM stops every running case, and each puts back what it changed.
@@ -29,6 +30,7 @@ from flows.engine import signals_deferred
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
 from flows.pack_base import manifest_sha256
+from flows.pack_folder import PackClaim, PackFolderError
 from flows.pipeline_test import (
     SUITE,
     SuiteShared,
@@ -39,17 +41,21 @@ from flows.pipeline_test import (
     result_of,
 )
 from flows.recover import CouldNotRun
+from flows.spec import read_spec_file
 from flows.suite_pack import (
     CASES_DIR,
     CaseVerdict,
+    RerunOf,
     SuiteCaseResult,
     SuiteFailed,
     SuiteResult,
+    claim_suite_folder,
     result_from_report,
     write_suite_pack,
 )
 from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
-from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
+from flows.suite_rerun import Rerun
+from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite, suite_name
 from tasks import markdown as md
 from tasks.base import format_duration
 
@@ -60,8 +66,18 @@ def suite_key(suite: str) -> str:
 
 
 def _suite_run_name() -> str:
-    source = (flow_run.parameters or {}).get("suite") or "suite"
-    return f"suite-{slug(Path(str(source)).stem) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    """The suite's name (its file's ``suite:``, or its folder's name) and the start time."""
+    source = Path(str((flow_run.parameters or {}).get("suite") or "suite"))
+    name = source.stem
+    try:
+        if source.is_dir():
+            name = source.resolve().name
+        elif source.is_file():
+            raw = read_spec_file(source)
+            name = str(raw.get("suite") or name) if isinstance(raw, dict) else name
+    except Exception:
+        pass
+    return f"suite-{slug(name) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
 def _now() -> datetime:
@@ -76,27 +92,40 @@ def pipeline_test_suite(
     max_parallel: int | None = None,
     evidence_dir: str | None = None,
     files_root: str | None = None,
+    only: list[str] | None = None,
+    rerun_of: dict[str, Any] | None = None,
 ) -> SuiteResult:
     """Run a suite (a folder of cases, or a suite file): every case validated first, then each a subflow run
     (or a run of the suite's deployment), at most ``max_parallel`` at once; leaves the summary artifact
     ``suite-<name>`` and the suite's evidence pack in ``evidence_dir`` (default:
     ``evidence/suites/<name>/<time>-<run id>/``). ``files_root`` (``--files-root``) replaces the suite file's
-    ``files_root``: every case's local files may also lie under it. The flow run fails when a case failed or did
-    not run."""
+    ``files_root``: every case's local files may also lie under it. ``only`` keeps the cases (and matrix rows) of
+    these names; ``rerun_of`` (``--rerun-failed``: the suite pack re-run and its manifest's SHA-256) links this run
+    to the first. The flow run fails when a case failed or did not run."""
     logger = get_run_logger()
-    plan = load_suite(suite, tags, plain_variables(variables), max_parallel, files_root)
+    plan = load_suite(suite, tags, plain_variables(variables), max_parallel, files_root, only)
+    rerun = RerunOf.model_validate(rerun_of) if rerun_of else None
+    if rerun is not None:
+        logger.info("Re-running the %d case(s) that failed or did not run in %s (manifest sha256 %s)",
+                    len(plan.cases), rerun.pack, rerun.manifest_sha256)
     if files_root and plan.spec.files_root:
         logger.info("--files-root %s replaces the suite file's files_root %r", files_root, plan.spec.files_root)
     started = _now()
     run_id = str(flow_run.id or "local")
     folder = Path(evidence_dir) if evidence_dir else (
-        Path("evidence") / "suites" / (slug(plan.spec.suite) or "suite") / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+        suite_evidence_parent(plan.spec.suite) / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+    try:  # before any case starts: a folder that is not new, not writable or full, or taken, is exit 3
+        claim = claim_suite_folder(folder, logger=logger)
+    except PackFolderError as exc:
+        message = f"suite '{plan.spec.suite}' did not start: {exc}; nothing was changed"
+        logger.error("%s", message)
+        return Failed(message=message, data=CouldNotRun(message))  # type: ignore[return-value]
     progress = PROGRESS.get() or Progress()
     progress.begin(len(plan.cases))
     logger.info("Suite %r: %d case(s), at most %d at once (%s)%s", plan.spec.suite, len(plan.cases),
                 plan.spec.max_parallel, "as runs of " + plan.spec.deployment.name
                 if plan.spec.run_as == "deployment" else "subflow runs in this process",
-                f"; left out by the tags: {len(plan.skipped)}" if plan.skipped else "")
+                f"; left out: {len(plan.skipped)}" if plan.skipped else "")
     shared = SuiteShared()  # the cases share its stop and AWS clients
     results: dict[int, SuiteCaseResult] = {}
     with lock_waits_seen(progress), ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
@@ -117,17 +146,33 @@ def pipeline_test_suite(
                 wait([f for f in futures if not f.cancelled()])
                 done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
                         and f.exception() is None}
-                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger)
+                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, claim, logger, rerun)
             raise
-    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, logger)
-    if result.passed:
+    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, claim, logger, rerun)
+    if result.passed and result.evidence_error is None:
         return result
     return Failed(message=str(SuiteFailed(result)), data=SuiteFailed(result))  # type: ignore[return-value]
 
 
+def case_pack(plan: SuitePlan, case: SuiteCase) -> str:
+    """The case's pack folder in the suite's pack: ``cases/<case slug>``, and ``-2``, ``-3`` ... after the slug of
+    cases whose names slug alike (each case's pack a folder of its own: two runs never share one)."""
+    used: set[str] = set()
+    for other in plan.cases:
+        base = slug(other.spec.case) or "case"
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        if other is case:
+            return f"{CASES_DIR}/{name}"
+    raise ValueError(f"{case.path} is not a case of the suite")
+
+
 def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress) -> SuiteCaseResult:
     """Run one case of the suite (in a thread of its own) and say how it went; never raises."""
-    pack = f"{CASES_DIR}/{slug(case.spec.case) or 'case'}"
+    pack = case_pack(plan, case)
     progress.case_started()
     started = _now()
     try:
@@ -147,7 +192,8 @@ def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress)
 def _run_subflow(case: SuiteCase, pack_dir: Path, started: datetime, files_root: Path | None) -> SuiteCaseResult:
     hidden = {k: SecretStr(v) for k, v in case.variables.items()}
     state = pipeline_test(spec=str(case.path), variables=hidden or None, evidence_dir=str(pack_dir),
-                          files_root=str(files_root) if files_root else None, return_state=True)
+                          files_root=str(files_root) if files_root else None,
+                          case_name=case.name if case.row is not None else None, return_state=True)
     return _verdict(case, started, state, result_of(state))
 
 
@@ -171,6 +217,8 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
         parameters["variables"] = case.variables
     if files_root:
         parameters["files_root"] = project_path(files_root)
+    if case.row is not None:
+        parameters["case_name"] = case.name
     run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
                          poll_interval=settings.poll_interval, as_subflow=True)
     state = run.state  # type: ignore[union-attr]
@@ -207,17 +255,28 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 
 
+def suite_evidence_parent(suite: str) -> Path:
+    """Where a suite's packs go by default: ``evidence/suites/<suite>/`` (each run in a folder of its own)."""
+    return Path("evidence") / "suites" / (slug(suite) or "suite")
+
+
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
-            logger: Any) -> SuiteResult:
-    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged)."""
+            claim: PackClaim, logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
+    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged; one of the
+    pack, or of a case's pack, goes in ``evidence_error``: the CLI exits 4)."""
     result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=_ui_url(), started_at=started,
-                         ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped])
+                         ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped],
+                         source=str(plan.source), rerun_of=rerun)
     try:
-        write_suite_pack(result, folder)
+        write_suite_pack(result, folder, claim=claim)
         result.evidence_dir = str(folder.resolve())
         logger.info("Suite evidence pack: %s", result.evidence_dir)
     except Exception as exc:
-        logger.error("Could not write the suite's evidence pack: %s", exc)
+        result.evidence_error = f"the suite's evidence pack {folder} could not be written: {exc}"
+        logger.error("%s", result.evidence_error)
+    lost = [c.case for c in cases if c.result is not None and c.result.evidence_error]
+    if lost and result.evidence_error is None:
+        result.evidence_error = f"the evidence pack of {len(lost)} case(s) could not be written: {', '.join(lost)}"
     try:  # after the pack: the report says where it is
         publish_suite(result)
     except Exception as exc:
@@ -270,10 +329,15 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
              f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
     lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
+    if result.rerun_of:
+        lines.append(f"A re-run of the failed cases of {result.rerun_of.pack} "
+                     f"(manifest sha256 {result.rerun_of.manifest_sha256})")
     if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {suite_key(result.suite)})")
     if result.evidence_dir:
         lines.append(f"Suite evidence pack: {result.evidence_dir}")
+    if result.evidence_error:
+        lines.append(f"NO EVIDENCE: {result.evidence_error}")
     return "\n".join(lines)
 
 
@@ -283,10 +347,35 @@ def suite_result_of(state: Any) -> SuiteResult | None:
 
 
 def exit_code(result: SuiteResult) -> int:
-    """0 every case passed; 1 a case failed; 3 no case failed but one could not run."""
-    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_PASSED
+    """0 every case passed; 1 a case failed; 3 no case failed but one could not run; 4 every case passed but an
+    evidence pack (the suite's or a case's) could not be written."""
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_NO_EVIDENCE, EXIT_PASSED
 
-    return EXIT_FAILED if result.count("failed") else EXIT_COULD_NOT_RUN if result.count("not run") else EXIT_PASSED
+    if result.count("failed"):
+        return EXIT_FAILED
+    if result.count("not run"):
+        return EXIT_COULD_NOT_RUN
+    return EXIT_NO_EVIDENCE if result.evidence_error else EXIT_PASSED
+
+
+def rerun_selection(args: Any) -> Rerun | None:
+    """With ``--rerun-failed PACK``: what the pack says failed (SpecError when it is no intact suite pack); the
+    suite file, when not given, is the one the pack names."""
+    from flows.spec import SpecError
+    from flows.suite_rerun import read_rerun
+
+    if not args.rerun_failed:
+        return None
+    if args.only:
+        raise SpecError("--only", ["--only and --rerun-failed go separately (the pack names the cases to re-run)"])
+    rerun = read_rerun(Path(args.rerun_failed))
+    if not args.spec:
+        if not rerun.source:
+            raise SpecError(f"--rerun-failed {args.rerun_failed}", ["the pack does not name its suite file: give "
+                                                                     "it (python -m flows.pipeline_test SUITE "
+                                                                     "--rerun-failed PACK)"])
+        args.spec = rerun.source
+    return rerun
 
 
 def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
@@ -305,14 +394,25 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     from flows.suite_progress import shown
 
     try:
-        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root)
-        if args.evidence_dir:
-            check_evidence_dir(Path(args.evidence_dir), args.spec)
+        rerun = rerun_selection(args)
+        if rerun is not None and not rerun.link.cases:
+            print(f"Nothing to re-run: every case of suite '{rerun.suite}' passed in {args.rerun_failed}.")
+            return EXIT_PASSED
+        if rerun is not None and suite_name(Path(args.spec)) != rerun.suite:
+            raise SpecError(str(args.spec), [f"--rerun-failed {args.rerun_failed} is a pack of suite "
+                                             f"'{rerun.suite}', not of '{suite_name(Path(args.spec))}'"])
+        only = rerun.link.cases if rerun is not None else args.only or None
+        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root, only)
+        check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
+                           suite_evidence_parent(plan.spec.suite), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
+    except CouldNotRun as exc:
+        print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
-              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "")
+              + (f" ({len(plan.skipped)} left out)" if plan.skipped else "")
               + (f"; local files may also lie under {plan.files_root}" if plan.files_root else "") + ".")
         return EXIT_PASSED
 
@@ -326,7 +426,9 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
                 state = pipeline_test_suite(suite=str(args.spec), tags=args.tag or None,
                                             variables={k: SecretStr(v) for k, v in overrides.items()} or None,
                                             max_parallel=args.max_parallel, evidence_dir=args.evidence_dir,
-                                            files_root=args.files_root, return_state=True)
+                                            files_root=args.files_root, only=only,
+                                            rerun_of=rerun.link.model_dump() if rerun else None,
+                                            return_state=True)
         finally:
             PROGRESS.reset(token)
         result = suite_result_of(state)
@@ -336,6 +438,8 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         print(result.model_dump_json(indent=2) if args.json else format_suite(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
+        if result.evidence_error and args.json:
+            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
         return exit_code(result)
 
     return guarded(run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from flows import pack_folder
 from flows.pack_base import (
     JUNIT_XML,
     MANIFEST,
@@ -26,7 +28,7 @@ from flows.pack_base import (
     pack_files,
     sha256_file,
 )
-from flows.pack_formats import _counts, _json_text, _prepare_folder, _write_text, private_default
+from flows.pack_formats import _counts, _json_text, _write_text, private_default
 from flows.pack_html import CSS
 from flows.pack_junit import _x, testsuite
 from flows.results import CaseResult, StepResult
@@ -74,6 +76,16 @@ class SuiteCaseResult(BaseModel):
         return self.reason or ""
 
 
+class RerunOf(BaseModel):
+    """The suite pack a re-run (``--rerun-failed``) re-runs the failed cases of: where it is, its manifest's SHA-256
+    (verified before the re-run), its suite's flow run and the cases re-run."""
+
+    pack: str
+    manifest_sha256: str
+    flow_run_id: str | None = None
+    cases: list[str] = []
+
+
 class SuiteResult(BaseModel):
     """What a suite run returns: every case's verdict; ``passed`` only when every case passed."""
 
@@ -85,6 +97,11 @@ class SuiteResult(BaseModel):
     cases: list[SuiteCaseResult]
     skipped: list[str] = []
     evidence_dir: str | None = None
+    #: the suite file or folder as given (what ``--rerun-failed`` runs again)
+    source: str | None = None
+    rerun_of: RerunOf | None = None
+    #: why the suite's evidence pack (or a case's) could not be written: the CLI exits 4
+    evidence_error: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -168,11 +185,14 @@ def index_html(result: SuiteResult) -> str:
         f"<h1>Suite {e(result.suite)} <span class='badge verdict {verdict}'>{e(result.status.upper())}</span></h1>",
         f"<p class='muted'>{counts}; started {e(_iso(result.started_at) or '')}, {result.duration_s:.1f} s; "
         f"flow run {e(result.flow_run_id or '')}</p>",
+        *([f"<p>A re-run of the failed cases of the suite pack <code>{e(result.rerun_of.pack)}</code> (manifest "
+           f"sha256 <code>{e(result.rerun_of.manifest_sha256)}</code>, flow run "
+           f"{e(result.rerun_of.flow_run_id or '')})</p>"] if result.rerun_of else []),
         "<h2>Timeline</h2>", timeline_svg(result),
         "<h2>Cases</h2>",
         "<table><tr><th>case</th><th>verdict</th><th>duration</th><th>failed step and reason</th><th>evidence"
         "</th><th>run</th></tr>", *rows, "</table>",
-        *([f"<p class='muted'>Left out by the tags: {e(', '.join(result.skipped))}</p>"] if result.skipped else []),
+        *([f"<p class='muted'>Left out: {e(', '.join(result.skipped))}</p>"] if result.skipped else []),
         f"<p class='muted'>Check this pack with <code>python -m flows.evidence_pack verify &lt;this folder&gt;"
         f"</code> ({e(MANIFEST)} lists every file, the cases' packs included).</p>",
         "</body></html>", ""])
@@ -214,7 +234,8 @@ def suite_report(result: SuiteResult) -> dict[str, Any]:
         "suite": result.suite, "status": result.status, "flow_run_id": result.flow_run_id, "ui_url": result.ui_url,
         "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at), "duration_s": result.duration_s,
         "counts": {s: result.count(s) for s in ("passed", "failed", "not run")},
-        "skipped_by_tags": result.skipped,
+        "skipped_by_tags": result.skipped, "source": result.source,
+        "rerun_of": result.rerun_of.model_dump() if result.rerun_of else None,
         "cases": [{"case": c.case, "path": c.path, "status": c.status, "started_at": _iso(c.started_at),
                    "ended_at": _iso(c.ended_at), "duration_s": c.duration_s, "flow_run_id": c.flow_run_id,
                    "ui_url": c.ui_url, "failed_step": c.failed_step.number if c.failed_step else None,
@@ -235,26 +256,63 @@ def case_reports(folder: Path, result: SuiteResult) -> dict[str, dict[str, Any]]
     return found
 
 
-def write_suite_pack(result: SuiteResult, folder: Path, private: bool | None = None) -> Path:
+def claim_suite_folder(folder: Path, private: bool | None = None, logger: Any = None) -> pack_folder.PackClaim:
+    """Claim a suite's pack folder before any case starts (new or empty, writable, no other run writing to it;
+    PackFolderError says why not) and create it, so its cases write their packs under ``cases/``."""
+    private = private_default() if private is None else private
+    taken = pack_folder.claim(folder, private, logger)
+    try:
+        Path(folder).mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+        if private:
+            pack_folder.restrict_to_owner(Path(folder), logger)
+    except OSError as exc:
+        taken.abandon()
+        raise pack_folder.PackFolderError(f"evidence folder {folder} cannot be written ({exc})") from None
+    return taken
+
+
+def write_suite_pack(result: SuiteResult, folder: Path, private: bool | None = None,
+                     claim: pack_folder.PackClaim | None = None) -> Path:
     """Write the suite's files into ``folder`` (which may already hold the cases' packs under ``cases/``) and the
-    manifest over every file, last."""
+    manifest over every file, last.
+
+    The suite's own files are written in ``claim``'s temporary folder (see :func:`claim_suite_folder`; without
+    one, a temporary folder is claimed here), then moved into ``folder``, the manifest last: on any failure the
+    suite's files already moved are removed again (the cases' packs, each whole, stay) and the error is raised."""
     folder = Path(folder)
     private = private_default() if private is None else private
-    if not folder.exists():
-        _prepare_folder(folder, private)
-    for c in result.cases:  # a case pack without its manifest (a run cut short) is not linked as a pack
-        if c.pack and not (folder / c.pack / MANIFEST).is_file():
-            c.pack = None
-    files = {INDEX_HTML: index_html(result), REPORT_JSON: _json_text(suite_report(result)),
-             JUNIT_XML: suite_junit_xml(result, case_reports(folder, result))}
-    for name, text in files.items():
-        _write_text(folder / name, text, private)
-    manifest = {
-        "schema": MANIFEST_SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "suite", "algorithm": "sha256",
-        "created_at": _iso(datetime.now(timezone.utc)), "suite": result.suite, "flow_run_id": result.flow_run_id,
-        "status": result.status,
-        "files": [{"path": n, "size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-                  for n in pack_files(folder) if n != MANIFEST],
-    }
-    _write_text(folder / MANIFEST, _json_text(manifest), private)
+    if claim is None:
+        claim = claim_suite_folder(folder, private) if not folder.exists() or not any(folder.iterdir()) else \
+            pack_folder.claim_staging(folder, private)
+    moved: list[Path] = []
+    try:
+        for c in result.cases:  # a case pack without its manifest (a run cut short) is not linked as a pack
+            if c.pack and not (folder / c.pack / MANIFEST).is_file():
+                c.pack = None
+        files = {INDEX_HTML: index_html(result), REPORT_JSON: _json_text(suite_report(result)),
+                 JUNIT_XML: suite_junit_xml(result, case_reports(folder, result))}
+        for name, text in files.items():
+            _write_text(claim.staging / name, text, private)
+        for name in files:
+            moved.append(folder / name)
+            os.replace(claim.staging / name, folder / name)
+        manifest = {
+            "schema": MANIFEST_SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "suite", "algorithm": "sha256",
+            "created_at": _iso(datetime.now(timezone.utc)), "suite": result.suite, "flow_run_id": result.flow_run_id,
+            "status": result.status,
+            "files": [{"path": n, "size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+                      for n in pack_files(folder) if n != MANIFEST],
+        }
+        _write_text(claim.staging / MANIFEST, _json_text(manifest), private)
+        moved.append(folder / MANIFEST)
+        os.replace(claim.staging / MANIFEST, folder / MANIFEST)
+    except BaseException:
+        for path in moved:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise
+    finally:
+        claim.abandon()
     return folder

@@ -31,6 +31,15 @@ from typing import Any, Callable, Literal
 Access = Literal["change", "read", "undo"]
 
 
+def partition(region: str) -> str:
+    """The ARN partition of a region: ``aws``, ``aws-cn`` or ``aws-us-gov``."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
 @dataclass(frozen=True)
 class Arns:
     """Where ARNs point. ``account`` and ``region`` are ``*`` when unknown (the plan needs neither)."""

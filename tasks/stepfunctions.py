@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
+from tasks import nesting
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
-from tasks.iam import Arns, Footprint
+from tasks.iam import Arns, Footprint, partition
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
 from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
@@ -135,14 +136,6 @@ def execution_name(prefix: str | None, run_id: str) -> str:
     return head[: MAX_NAME_CHARS - len(tail)] + tail
 
 
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
-
-
 def state_machine_arn(sfn: SFNClient, sts: STSClient | None, name_or_arn: str) -> str:
     """The ARN as given, or the ARN of a state machine named so in the caller's account and region."""
     if name_or_arn.startswith("arn:"):
@@ -199,7 +192,10 @@ class Candidates:
             return f"its name does not start with {self.prefix}"
         if self.match is None:
             return ""
-        document = _json(describe_execution(sfn, arn).get("input"))
+        try:
+            document = _json(describe_execution(sfn, arn).get("input"))
+        except StepError as exc:  # too deep to check: not this case's execution, whatever else it is
+            return exc.message
         self.masker.learn(document)  # another file's input may hold secrets at the sensitive paths too
         if document is MISSING:
             return "its input is not JSON"
@@ -267,7 +263,9 @@ def _json(text: Any) -> Any:
     if text is None:
         return MISSING
     try:
-        return json.loads(text)
+        return nesting.loads(text, "the execution's input or output")
+    except nesting.NestingError as exc:
+        raise StepError(f"{exc}: too deep to check") from None
     except (TypeError, ValueError):
         return MISSING
 

@@ -157,6 +157,7 @@ def _family(kind: str) -> str:
     return module.split(".")[1]
 
 
+@pytest.mark.e2e  # a child pytest (and the Prefect server some of those tests start): 2 to 4 minutes here
 def test_every_aws_call_a_kind_makes_is_declared(tmp_path: Path) -> None:
     calls = _recorded_calls(tmp_path)
     undeclared: dict[str, set[str]] = defaultdict(set)
@@ -202,3 +203,28 @@ def test_every_step_of_the_case_has_needs(tmp_path: Path) -> None:
     plan = every_kind_plan(tmp_path)
     labels = {p.label for p in iter_steps(parse_spec(EVERY_KIND, "every.yaml", tmp_path))}
     assert labels == {s.label for s in plan.cases[0].steps if s.footprint.needs}
+
+
+def test_a_denial_names_the_iam_action() -> None:
+    """S3 says only "Access Denied" and a HEAD's 403 nothing: every client of ClientFactory adds the action; a
+    message that names it already (SSM's, IAM's own wording) is left as it is."""
+    from botocore.exceptions import ClientError
+    from botocore.stub import Stubber
+
+    from tasks.aws import AwsTarget, ClientFactory
+
+    clients = ClientFactory(AwsTarget(region="us-east-1"))
+    s3, ssm = clients.client("s3"), clients.client("ssm")
+    with Stubber(s3) as stub:
+        stub.add_client_error("head_object", "403", "Forbidden", 403)
+        stub.add_client_error("list_objects_v2", "AccessDenied", "Access Denied", 403)
+        with pytest.raises(ClientError, match=r"Forbidden \(needs IAM action s3:GetObject\)"):
+            s3.head_object(Bucket="b", Key="k")
+        with pytest.raises(ClientError, match=r"Access Denied \(needs IAM action s3:ListBucket\)"):
+            s3.list_objects_v2(Bucket="b")
+    said = "User: arn:aws:iam::123456789012:user/u is not authorized to perform: ssm:GetParameter on resource: x"
+    with Stubber(ssm) as stub:
+        stub.add_client_error("get_parameter", "AccessDeniedException", said, 400)
+        with pytest.raises(ClientError) as caught:
+            ssm.get_parameter(Name="x")
+    assert caught.value.response["Error"]["Message"] == said

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from flows import pipeline_test as cli
 from flows.demo import DEMO_CASE, LANDING_BUCKET, PRODUCTION_SOURCE, REGION, SOURCE_PARAMETER, FakePipeline
@@ -36,11 +37,18 @@ from flows.results import CaseResult
 ACCOUNT = "123456789012"  # moto's account
 #: actions moto checks under another name than AWS's
 MOTO_NAMES = {"lambda:InvokeFunction": "lambda:Invoke"}
-#: statements whose actions moto never checks on the demo's path, with why (dropping them cannot fail the case
-#: on the emulator; on AWS they are needed)
-NOT_CHECKED_ON_THE_EMULATOR = {
-    "KmsKeys": "moto's SSM encrypts SecureStrings without calling KMS",
-    "GlueCatalog": "moto's Athena reads no Glue table with the caller's permissions",
+#: actions the demo's run never makes on the emulator, with why (a statement of only these cannot fail the case
+#: there; on AWS they are needed: the contract test proves the kinds call them)
+NOT_CALLED_ON_THE_EMULATOR = {
+    "kms:Decrypt": "moto's SSM encrypts SecureStrings without calling KMS",
+    "kms:Encrypt": "moto's SSM encrypts SecureStrings without calling KMS",
+    "kms:GenerateDataKey": "moto's SSM encrypts SecureStrings without calling KMS",
+    "glue:GetDatabase": "Athena reads the Glue catalog with the caller's permissions; moto's Athena does not",
+    "glue:GetTable": "Athena reads the Glue catalog with the caller's permissions; moto's Athena does not",
+    "glue:GetPartitions": "Athena reads the Glue catalog with the caller's permissions; moto's Athena does not",
+    "s3:GetBucketLocation": "Athena writes its result with the caller's permissions; moto's Athena does not",
+    "s3:ListMultipartUploadParts": "Athena writes its result with the caller's permissions; moto's Athena does not",
+    "s3:ListBucketMultipartUploads": "only an interrupted multipart upload's undo lists the parts left",
 }
 
 
@@ -88,6 +96,18 @@ def user_with_keys(iam: Any, name: str, document: dict[str, Any]) -> dict[str, s
     return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
+class TolerantPipeline(FakePipeline):
+    """The demo's fake pipeline, which skips a landed file that is gone before its turn (a run that failed early
+    has already deleted it), instead of trying it again on every pass and never reaching the next run's file."""
+
+    def process(self, bucket: str, key: str) -> None:
+        try:
+            super().process(bucket, key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+
+
 class Emulator:
     """The emulator with IAM enforced, the fake pipeline (as admin), and the case run as the case-runner."""
 
@@ -104,7 +124,7 @@ class Emulator:
         self.iam = self.session.client("iam", endpoint_url=endpoint)
         self.ssm = self.session.client("ssm", endpoint_url=endpoint)
         self.s3 = self.session.client("s3", endpoint_url=endpoint)
-        self.pipeline = FakePipeline(endpoint, delay=0.3, interval=0.1)
+        self.pipeline = TolerantPipeline(endpoint, delay=0.3, interval=0.1)
         for name in ("s3", "ssm", "dynamodb"):
             setattr(self.pipeline, name, self.session.client(name, endpoint_url=endpoint))  # type: ignore[call-overload]
         self.pipeline.create_resources()
@@ -148,6 +168,10 @@ class Emulator:
         left += [f"journal entry {p['Name']}" for p in journal]
         return left
 
+    def recover(self) -> None:
+        """As admin: `python -m flows.pipeline_test recover` puts back what a run could not undo."""
+        assert cli.main(["recover"]) == 0
+
     def stop(self) -> None:
         self.pipeline.stop()
 
@@ -173,14 +197,15 @@ PREFLIGHT = "PermissionPreflight"
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.parametrize("preflight", ["simulation"])
+@pytest.mark.parametrize("preflight", ["simulation", "probes"])
 def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emulator, dict[str, Any]],
                                                             preflight: str) -> None:
-    """With simulation (the emulator's SimulatePrincipalPolicy, allowed by the policy's preflight statement), any
-    one statement dropped stops the run before its first change (could not run, exit 3), naming an action of that
-    statement. (Without simulation, "probes": the preflight statement dropped too, the run stops no later than the
-    first step that needs a permission; not run here yet: a statement whose actions the undo needs (s3:DeleteObject)
-    leaves the upload and its journal entry for `recover`, and the next runs see them; see the lead's notes.)"""
+    """``simulation``: the generated policy as it is, so the preflight simulates (the emulator's
+    SimulatePrincipalPolicy): any one statement dropped stops the run before its first change (could not run),
+    naming an action of it, KMS and Glue statements too (the simulation evaluates the policy, whatever moto's
+    services call). ``probes``: the preflight's statement dropped (read-only probes): the run stops no later than
+    the first step that needs the permission, with every change undone (or, the undo refused, recovered) and the
+    action named."""
     env, generated = emulator
     assert os.environ["AWS_ACCESS_KEY_ID"] == env.admin["AWS_ACCESS_KEY_ID"]
     assert PREFLIGHT in {s["Sid"] for s in generated["Statement"]}
@@ -190,11 +215,12 @@ def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emul
     assert result is not None and result.passed, errors
     assert env.changed() == []
 
-    unexpected = []
+    unexpected, undo_denied, skipped = [], [], []
     for statement in policy["Statement"]:
         sid = statement["Sid"]
-        if sid in NOT_CHECKED_ON_THE_EMULATOR and preflight == "probes":
-            continue  # (the simulation checks them: it evaluates the policy, whatever moto's SSM and Athena call)
+        if preflight == "probes" and all(action in NOT_CALLED_ON_THE_EMULATOR for action in statement["Action"]):
+            skipped.append(sid)
+            continue
         result, errors = env.run_case({**policy, "Statement": [s for s in policy["Statement"] if s["Sid"] != sid]})
         if sid == PREFLIGHT:  # the preflight probes instead, and the case needs nothing else of it
             if result is None or not result.passed:
@@ -206,11 +232,20 @@ def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emul
         if (result is not None and result.passed) or not denied:
             unexpected.append(f"without {sid} ({', '.join(statement['Action'])}): the case "
                               f"{'passed' if result is not None and result.passed else 'failed'}; errors:\n{errors}")
-        if preflight == "simulation" and (result is not None or "the preflight (iam:SimulatePrincipalPolicy)"
-                                          not in errors):
-            unexpected.append(f"without {sid}: the run was not stopped by the preflight before its first change; "
+        if preflight == "simulation" and (result is not None
+                                          or "the preflight (iam:SimulatePrincipalPolicy)" not in errors):
+            unexpected.append(f"without {sid}: the preflight did not stop the run before its first change; "
                               f"errors:\n{errors}")
         left = env.changed()
+        if left and all(line.startswith("cleanup") for line in denied):
+            # the undo itself was refused: what it could not put back stays in the journal, and recover (run by
+            # someone who may) puts it back
+            assert any(item.startswith("journal entry") for item in left), left
+            undo_denied.append(sid)
+            env.recover()
+            left = env.changed()
         if left:
             unexpected.append(f"without {sid}: left changed: {left}")
     assert not unexpected, "\n".join(unexpected)
+    if preflight == "probes":
+        assert {"GlueCatalog", "KmsKeys"} <= set(skipped) and len(skipped) < len(policy["Statement"]) // 2, skipped

@@ -305,3 +305,22 @@ def test_a_waiting_run_creates_again_the_lock_its_last_holder_deleted(monkeypatc
     lease, _ = locks.acquire(["a", "b"], "run-1", timeout=5, lease=60, logger=logging.getLogger("test"),
                              client=client)
     assert client.released == ["lease-1"] and client.created == ["a"] and lease == "lease-2"
+
+
+def test_the_lock_wait_names_only_the_locks_another_run_holds() -> None:
+    """A run waiting for a shared parameter's lock does not list its own unique S3 prefix as held by another."""
+    from types import SimpleNamespace
+
+    from flows.locks import held_by_others
+
+    class Client:
+        def read_global_concurrency_limit_by_name(self, name: str) -> Any:
+            return SimpleNamespace(active_slots=1 if name == "shared" else 0, limit=1)
+
+    assert held_by_others(["own-prefix", "shared"], Client()) == ["shared"]
+
+    class Down:
+        def read_global_concurrency_limit_by_name(self, name: str) -> Any:
+            raise RuntimeError("server gone")
+
+    assert held_by_others(["own-prefix", "shared"], Down()) == ["own-prefix", "shared"]  # cannot tell: all

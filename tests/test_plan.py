@@ -12,6 +12,7 @@ import yaml
 
 from flows import pipeline_test
 from flows.plan import merged, shown
+from tests.test_bad_input import no_aws  # noqa: F401, F811  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples/cases/orders_ingestion.yaml"
@@ -19,19 +20,14 @@ SUITE = ROOT / "examples/nightly-suite.yaml"
 
 
 @pytest.fixture
-def no_aws_no_server(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail any AWS call, and any start of a Prefect server; no credentials at all."""
-    calls: list[str] = []
-
-    def refuse(self: Any, operation: str, params: Any) -> Any:
-        calls.append(operation)
-        raise AssertionError(f"the plan made an AWS call: {operation}")
+def no_aws_no_server(monkeypatch: pytest.MonkeyPatch, no_aws: list[str]) -> list[str]:  # noqa: F811
+    """Fail any AWS call (test_bad_input's ``no_aws``), and any start of a Prefect server; no credentials at all."""
+    calls = no_aws
 
     def no_server(*args: Any, **kwargs: Any) -> Any:
         calls.append("prefect server")
         raise AssertionError("the plan started a Prefect server")
 
-    monkeypatch.setattr("botocore.client.BaseClient._make_api_call", refuse)
     monkeypatch.setattr(pipeline_test, "temporary_server", no_server)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_URL"):
         monkeypatch.delenv(key, raising=False)
@@ -133,3 +129,14 @@ def test_placeholders_put_back_the_built_ins() -> None:
     values = {"run_timestamp": "19010203T040506", "flow_run_id": "aaaa", "run_date": "1901-02-03",
               "run_time": "040506"}
     assert shown("in/1901-02-03/aaaa/19010203T040506.csv", values) == "in/<run_date>/<flow_run_id>/<run_timestamp>.csv"
+
+
+def test_docs_quote_the_current_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/aws.md shows the real --plan and --iam-policy output of the demo case: it must stay what they print."""
+    monkeypatch.chdir(ROOT)
+    page = (ROOT / "docs/aws.md").read_text(encoding="utf-8")
+    for flag in ("--plan", "--iam-policy"):
+        code, out, err = run(capsys, "examples/cases/orders_ingestion.yaml", flag)
+        assert code == 0
+        for text in (out.rstrip(), err.rstrip()):
+            assert text in page, f"docs/aws.md does not show the current output of {flag}; paste it again:\n{text}"
