@@ -45,6 +45,7 @@ from prefect.states import Failed
 
 from flows import prefect_logs
 from flows.emulator import moto_api, moto_server, use_emulator
+from tasks.polling import wait_done
 
 prefect_logs.install()
 
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         building = setup.submit(stack.enter_context, demo_pipeline(loses_a_row=args.fail))
 
         def run() -> int:
+            wait_done(building)  # in slices: a signal's handler runs meanwhile (tasks.polling)
             pipeline = building.result()
             states = [pipeline_test(spec=str(case), return_state=True) for case in (DEMO_CASE, NEGATIVE_CASE)]
             seen.update(results=[(state, result_of(state)) for state in states], setting=source_setting(pipeline))

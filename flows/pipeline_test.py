@@ -43,8 +43,10 @@ from flows.api_client import client_retries
 from flows.engine import (
     LIVE,
     first_signal_stops,
+    handle_stop_signals,
     install_redaction,
     interrupted,
+    put_back_handlers,
     remove_redaction,
     render_case,
     run_cleanup,
@@ -497,23 +499,23 @@ def drain_prefect_workers(timeout: float = 5) -> None:
 
 @contextlib.contextmanager
 def _stop_signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM (how a worker or `kill` stops a process) ends the run like Ctrl+C: undo, evidence, exit 130. The
-    handlers in place before are put back at the end (the CLI's ``main`` may be called in a longer process)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+    """Every stop signal (``engine.STOP_SIGNALS``: SIGINT, SIGTERM, and SIGBREAK where it exists) ends the run like
+    Ctrl+C in every phase (lock wait, ``--recover``, steps, undo, writing the pack): undo, evidence, exit 130. A
+    process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work; and Ctrl+Break
+    must not kill the process outright (Python's default for SIGBREAK on Windows). The handlers in place before
+    are put back at the end (the CLI's ``main`` may be called in a longer process)."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
-                # a process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
+    previous = handle_stop_signals(interrupt)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        put_back_handlers(previous)
 
 
 def check_evidence_dir(folder: Path, spec: str) -> None:

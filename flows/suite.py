@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -50,6 +50,7 @@ from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
 from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
 from tasks import markdown as md
 from tasks.base import format_duration
+from tasks.polling import wait_done
 
 
 def suite_key(suite: str) -> str:
@@ -100,6 +101,7 @@ def pipeline_test_suite(
             futures.append(pool.submit(context.run, run_case, plan, case, folder, progress))
         try:
             for index, future in enumerate(futures):
+                wait_done(future)  # in slices: Ctrl+C, Ctrl+Break, SIGTERM get through on Windows too
                 results[index] = future.result()
         except BaseException:  # Ctrl+C, SIGTERM: stop every case; each undoes its changes; then the evidence
             shared.stop()
@@ -107,7 +109,9 @@ def pipeline_test_suite(
                 future.cancel()
             with signals_deferred(logger):
                 logger.warning("The suite is stopping: every running case stops and undoes its changes")
-                wait([f for f in futures if not f.cancelled()])
+                for future in futures:
+                    if not future.cancelled():
+                        wait_done(future)
                 done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
                         and f.exception() is None}
                 _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger)
@@ -150,7 +154,7 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
     both see); its result read back from the pack, else from the flow run's state."""
     from prefect.deployments import run_deployment
 
-    parameters: dict[str, Any] = {"spec": str(case.path), "evidence_dir": str(pack_dir.resolve())}
+    parameters: dict[str, Any] = {"spec": worker_path(case.path), "evidence_dir": worker_path(pack_dir.resolve())}
     if case.variables:
         parameters["variables"] = case.variables
     run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
@@ -168,6 +172,12 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
                                reason=f"its flow run did not end within {settings.timeout:.0f} s "
                                f"({state.type.value if state else 'no state'})")
     return _verdict(case, started, state, result, str(run.id))  # type: ignore[union-attr]
+
+
+def worker_path(path: PurePath) -> str:
+    """A path as a deployment's flow run gets it: with ``/`` (a worker may run on Linux while the suite runs on
+    Windows; Windows reads ``/`` too)."""
+    return path.as_posix()
 
 
 def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id: str | None = None
