@@ -244,8 +244,8 @@ def put_back_handlers(previous: dict[int, Any]) -> None:
 @contextmanager
 def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
     """While a case runs: the first stop signal (SIGINT, SIGTERM, SIGBREAK) stops it (sets ``stop``, then does
-    what the handler in place does: Prefect's raises TerminationSignal, Python's KeyboardInterrupt); any later one only logs, so it
-    can never interrupt the undo that follows. Main thread only; elsewhere a no-op."""
+    what the handler in place does: Prefect's raises TerminationSignal, Python's KeyboardInterrupt); any later
+    one only logs, so it can never interrupt the undo that follows. Main thread only; elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -270,8 +270,8 @@ def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
 
 @contextmanager
 def signals_deferred(logger: Any) -> Iterator[None]:
-    """While the block runs, the stop signals (SIGINT, SIGTERM, SIGBREAK) only log that the run is finishing its undo (main thread only;
-    elsewhere a no-op, as Python delivers signals to the main thread)."""
+    """While the block runs, the stop signals (SIGINT, SIGTERM, SIGBREAK) only log that the run is finishing its
+    undo (main thread only; elsewhere a no-op, as Python delivers signals to the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
