@@ -44,6 +44,7 @@ from prefect import flow
 from prefect.states import Failed
 
 from flows import prefect_logs
+from flows.console import safe_output
 from flows.emulator import moto_api, moto_server, use_emulator
 from tasks.polling import wait_done
 
@@ -227,6 +228,7 @@ def pipeline_demo(case: str = "examples/cases/orders_ingestion.yaml", break_pipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     parser = argparse.ArgumentParser(
         prog="python -m flows.demo",
         description="Run the example case against a fake ingestion pipeline on a local AWS emulator (no AWS "

@@ -40,6 +40,7 @@ from pydantic import SecretStr, ValidationError
 
 from flows import audit, evidence, evidence_pack, history, locks, prefect_logs
 from flows.api_client import client_retries
+from flows.console import json_text, safe_output
 from flows.engine import (
     LIVE,
     first_signal_stops,
@@ -404,7 +405,8 @@ def temporary_server_hint() -> str:
 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:
-    """A short plain-ASCII summary (Windows consoles may not print emoji)."""
+    """A short summary, plain ASCII of its own; the steps' messages may hold ❌ or ≥, which a console that cannot
+    show them gets as ``\u274c`` (see flows.console)."""
     lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"
              + ("" if result.passed else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
@@ -526,6 +528,7 @@ def check_evidence_dir(folder: Path, spec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
         return guarded(lambda: recover_main(argv[1:]))
@@ -602,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_FAILED
-        print(result.model_dump_json(indent=2) if args.json else format_result(result, with_link=not temporary))
+        print(json_text(result) if args.json else format_result(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
         return EXIT_PASSED if result.passed else EXIT_FAILED

@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import SecretStr
 
+from flows.console import json_text
 from flows.engine import signals_deferred
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
@@ -242,7 +243,7 @@ def publish_suite(result: SuiteResult) -> None:
 
 # -------------------------------------------------------------------------------------------------- the CLI
 def format_suite(result: SuiteResult, with_link: bool = True) -> str:
-    """A short plain-ASCII summary of a suite run."""
+    """A short summary of a suite run (see ``flows.pipeline_test.format_result``)."""
     width = max((len(c.case) for c in result.cases), default=10)
     word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
@@ -310,7 +311,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         if result is None:
             print(f"Could not run: the suite's flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_COULD_NOT_RUN
-        print(result.model_dump_json(indent=2) if args.json else format_suite(result, with_link=not temporary))
+        print(json_text(result) if args.json else format_suite(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
         return exit_code(result)
