@@ -6,6 +6,8 @@
   here too. SIGBREAK (Windows only) is stood in for by SIGUSR1.
 - Output: Windows writes redirected output in cp1252, which has no ❌ or ≥: the CLI's output through a strict
   cp1252 ``io.TextIOWrapper``.
+- Names and paths: ``PureWindowsPath``, reserved device names, quickstart's branches (its ``os.name`` test
+  and ``py -0p`` faked).
 """
 
 from __future__ import annotations
@@ -15,19 +17,24 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator
 
 import pydantic
 import pytest
 import yaml
 
+import quickstart
 from flows import engine
 from flows.console import json_text, safe_output
+from flows.naming import SLUG_MAX, slug, windows_reserved, windows_safe
 from flows.pipeline_test import _stop_signals_as_interrupts, main, pipeline_test
+from flows.suite import worker_path
+from flows.suite_pack import CASES_DIR
 
 #: stands in for SIGBREAK (Ctrl+Break; how Prefect cancels a flow run on Windows), which Linux does not have
 STAND_IN_SIGBREAK = signal.SIGUSR1
@@ -201,3 +208,126 @@ def test_json_text_is_valid_json_on_any_console() -> None:
         text = json_text(model, stream)
         assert text.isascii() and json.loads(text) == {"text": "≥ 1 ❌ 💥"}
     assert json_text(model, io.TextIOWrapper(io.BytesIO(), encoding="utf-8")) == model.model_dump_json(indent=2)
+
+
+# ------------------------------------------------------------------------------------------------ names, paths
+@pytest.mark.parametrize("name", ["CON", "con", "Prn", "AUX", "nul", "COM1", "com9", "LPT1", "lpt9"])
+def test_slugs_are_never_a_reserved_windows_name(name: str) -> None:
+    made = slug(name)
+    assert made and not windows_reserved(made) and made == f"{name.lower()}-x"
+    assert slug(f"{name} orders") == f"{name.lower()}-orders"  # only the whole name is reserved
+
+
+@pytest.mark.parametrize("name", ["CON", "con.txt", "NUL.tar.gz", "aux ", "com1.", "Lpt3 .csv", "PRN"])
+def test_reserved_names_with_extensions_trailing_dots_and_any_case(name: str) -> None:
+    assert windows_reserved(name)
+    safe = windows_safe(name)
+    assert not windows_reserved(safe) and not safe.endswith((".", " "))
+
+
+@pytest.mark.parametrize("name", ["console", "com10", "lpt", "com0", "nul-x", "a.con", "orders.csv"])
+def test_ordinary_names_are_kept(name: str) -> None:
+    assert not windows_reserved(name) and windows_safe(name) == name
+
+
+def test_a_suite_pack_path_stays_under_200_characters_below_the_evidence_folder() -> None:
+    long = "Nightly regression of the orders and returns ingestion, every source, every region, Ω edition " * 3
+    suite_slug, case_slug = slug(long), slug(long.replace("Nightly", "Daily"))
+    assert len(suite_slug) <= SLUG_MAX and suite_slug != case_slug  # each keeps a hash of its whole name
+    assert slug(long) == suite_slug  # stable from run to run
+    run = PureWindowsPath("suites", suite_slug, "20261208T002227Z-0123abcd", CASES_DIR, case_slug, "steps", "12.3",
+                          "reconciliation-differences-of-the-query.csv")
+    assert len(str(run)) < 200, len(str(run))
+    under = PureWindowsPath(r"C:\Users\Ana Lima\pipeline-test\evidence") / run
+    assert len(str(under)) < 260  # Windows' MAX_PATH, under a usual project folder
+
+
+def test_suite_deployment_runs_get_posix_paths() -> None:
+    assert worker_path(PureWindowsPath(r"examples\cases\orders.yaml")) == "examples/cases/orders.yaml"
+    assert worker_path(PureWindowsPath(r"C:\pt\evidence\suites\s\cases\c")) == "C:/pt/evidence/suites/s/cases/c"
+    assert worker_path(Path("examples/cases/orders.yaml")) == "examples/cases/orders.yaml"
+
+
+# ---------------------------------------------------------------------------------------------- quickstart.py
+PY_0P = """ -V:3.14 *        C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python314\\python.exe
+ -V:3.13t         C:\\Users\\ana\\AppData\\Local\\Programs\\Python\\Python313\\python3.13t.exe
+ -V:3.13          C:\\Program Files\\Python313\\python.exe
+ -V:3.11          C:\\Python311\\python.exe
+"""
+
+
+def test_py_0p_gives_the_newest_supported_python() -> None:
+    assert quickstart.pick_python(PY_0P) == "C:\\Program Files\\Python313\\python.exe"
+    assert quickstart.pick_python(" -3.12-64 *       C:\\Py312\\python.exe\n -3.9-32  C:\\Py39\\python.exe") \
+        == "C:\\Py312\\python.exe"  # an older launcher's format
+    assert quickstart.pick_python(" -V:3.14 *  C:\\Py314\\python.exe\n -V:3.9  C:\\Py39\\python.exe") is None
+    assert quickstart.pick_python("") is None
+
+
+@pytest.fixture
+def python_314(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """quickstart under Python 3.14; returns the commands it ran."""
+    ran: list[list[str]] = []
+    monkeypatch.setattr(quickstart.sys, "version_info", (3, 14, 0, "final", 0))
+    monkeypatch.setattr(quickstart.sys, "version", "3.14.0 (main) [MSC v.1944 64 bit (AMD64)]")
+    monkeypatch.delenv(quickstart.RELAUNCHED, raising=False)
+
+    def run(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        ran.append(command)
+        if command == ["py", "-0p"]:
+            return subprocess.CompletedProcess(command, 0, stdout=PY_0P, stderr="")
+        assert kwargs["env"][quickstart.RELAUNCHED] == "1"
+        return subprocess.CompletedProcess(command, 7)
+
+    monkeypatch.setattr(quickstart.subprocess, "run", run)
+    return ran
+
+
+def test_quickstart_on_windows_relaunches_itself_with_a_supported_python(python_314: list[list[str]],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quickstart, "on_windows", lambda: True)
+    with pytest.raises(SystemExit) as stop:
+        quickstart.check_python(["demo"])
+    assert stop.value.code == 7  # the relaunched run's exit code
+    assert python_314 == [["py", "-0p"], ["C:\\Program Files\\Python313\\python.exe",
+                                          str(Path(quickstart.__file__).resolve()), "demo"]]
+
+
+def test_quickstart_names_py_313_when_no_supported_python_is_found(python_314: list[list[str]],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quickstart, "on_windows", lambda: True)
+    monkeypatch.setattr(quickstart, "launcher_python", lambda: None)
+    with pytest.raises(SystemExit, match=r"3\.14\.0.*`py -3\.13 quickstart\.py test`"):
+        quickstart.check_python(["test"])
+    monkeypatch.setenv(quickstart.RELAUNCHED, "1")  # a relaunched run never starts a third
+    monkeypatch.setattr(quickstart, "launcher_python", lambda: pytest.fail("looked for another Python"))
+    with pytest.raises(SystemExit, match="py -3.13"):
+        quickstart.check_python(["test"])
+
+
+def test_quickstart_elsewhere_names_python313_and_never_relaunches(python_314: list[list[str]],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quickstart, "on_windows", lambda: False)
+    with pytest.raises(SystemExit, match="python3.13 quickstart.py demo"):
+        quickstart.check_python(["demo"])
+    assert python_314 == []
+
+
+def test_quickstart_goes_on_under_a_supported_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    for version in ((3, 10, 0), (3, 13, 5)):
+        monkeypatch.setattr(quickstart.sys, "version_info", version)
+        quickstart.check_python(["demo"])  # no exit
+
+
+def test_quickstart_warns_about_a_long_project_path_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    long = PureWindowsPath("C:\\Users\\ana.lima.da.silva\\OneDrive - Example Corporation\\Documents\\pipeline-test")
+    assert len(str(long)) > quickstart.LONG_PROJECT_PATH
+    monkeypatch.setattr(quickstart, "on_windows", lambda: True)
+    warning = quickstart.long_path_warning(long)  # type: ignore[arg-type]
+    assert warning is not None and "LongPathsEnabled" in warning and str(long) in warning
+    assert quickstart.long_path_warning(PureWindowsPath("C:\\pt")) is None  # type: ignore[arg-type]
+    monkeypatch.setattr(quickstart, "long_paths_enabled", lambda: True)
+    assert quickstart.long_path_warning(long) is None  # type: ignore[arg-type]
+    monkeypatch.setattr(quickstart, "on_windows", lambda: False)
+    monkeypatch.setattr(quickstart, "long_paths_enabled", lambda: False)
+    assert quickstart.long_path_warning(long) is None  # type: ignore[arg-type]
