@@ -11,8 +11,8 @@
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
-130 interrupted (Ctrl+C, SIGTERM: what the run had changed was undone). A suite: 1 when a case failed, else 3 when
-one could not run. The Prefect API refusing a call (e.g. 503 on creating the flow run) is 3, never 1.
+130 interrupted (Ctrl+C, Ctrl+Break, SIGTERM: what the run had changed was undone). A suite: 1 when a case failed,
+else 3 when one could not run. The Prefect API refusing a call (e.g. 503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
