@@ -48,7 +48,7 @@ def confine(path: Path, raw: str, allowed: tuple[Path, ...]) -> Path:
         raise LocalPathError(
             f"local path {raw!r} resolves to {resolved}, outside {_shown_roots(allowed)}; files a step names must "
             "lie under the spec's folder. To allow another folder, name it with --files-root DIR (flow parameter "
-            "files_root)")
+            "files_root; for a suite, --files-root DIR or the suite file's files_root)")
     return resolved
 
 

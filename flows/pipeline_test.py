@@ -546,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recover", action="store_true", help="first put back what dead runs left changed on "
                         "this case's resources (else the run refuses to start when there is any)")
     parser.add_argument("--files-root", metavar="DIR", help="local files named by steps may also lie under DIR "
-                        "(default: only under the spec's folder)")
+                        "(default: only under the spec's folder); a suite: for every case, instead of the suite "
+                        "file's files_root")
     parser.add_argument("--tag", action="append", default=[], metavar="TAG",
                         help="a suite: run only the cases with this tag (repeatable: any of them)")
     parser.add_argument("--max-parallel", type=int, metavar="N", help="a suite: at most N cases at once")

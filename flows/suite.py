@@ -4,6 +4,7 @@ pool spreads them over workers. Then the suite's summary artifact and evidence p
 
     python -m flows.pipeline_test examples/cases/                  every case of a folder
     python -m flows.pipeline_test suite.yaml [--tag orders] [--max-parallel N] [--var k=v] [--evidence-dir D]
+                                             [--files-root DIR]
 
 Cases that change one SSM parameter or S3 prefix take turns on their resource locks (:mod:`flows.locks`); a
 Ctrl+C or SIGTERM stops every running case, and each puts back what it changed.
@@ -75,13 +76,18 @@ def pipeline_test_suite(
     variables: dict[str, str | SecretStr] | None = None,
     max_parallel: int | None = None,
     evidence_dir: str | None = None,
+    files_root: str | None = None,
 ) -> SuiteResult:
     """Run a suite (a folder of cases, or a suite file): every case validated first, then each a subflow run
     (or a run of the suite's deployment), at most ``max_parallel`` at once; leaves the summary artifact
     ``suite-<name>`` and the suite's evidence pack in ``evidence_dir`` (default:
-    ``evidence/suites/<name>/<time>-<run id>/``). The flow run fails when a case failed or did not run."""
+    ``evidence/suites/<name>/<time>-<run id>/``). ``files_root`` (``--files-root``) replaces the suite file's
+    ``files_root``: every case's local files may also lie under it. The flow run fails when a case failed or did
+    not run."""
     logger = get_run_logger()
-    plan = load_suite(suite, tags, plain_variables(variables), max_parallel)
+    plan = load_suite(suite, tags, plain_variables(variables), max_parallel, files_root)
+    if files_root and plan.spec.files_root:
+        logger.info("--files-root %s replaces the suite file's files_root %r", files_root, plan.spec.files_root)
     started = _now()
     run_id = str(flow_run.id or "local")
     folder = Path(evidence_dir) if evidence_dir else (
@@ -130,9 +136,9 @@ def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress)
     started = _now()
     try:
         if plan.spec.run_as == "deployment":
-            outcome = _run_deployment(plan.spec.deployment, case, folder / pack, started)
+            outcome = _run_deployment(plan.spec.deployment, case, folder / pack, started, plan.files_root)
         else:
-            outcome = _run_subflow(case, folder / pack, started)
+            outcome = _run_subflow(case, folder / pack, started, plan.files_root)
     except Exception as exc:  # e.g. the Prefect API refused to create the case's flow run (503)
         outcome = SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
                                   ended_at=_now(), reason=f"the case's flow run could not be run: "
@@ -142,15 +148,24 @@ def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress)
     return outcome
 
 
-def _run_subflow(case: SuiteCase, pack_dir: Path, started: datetime) -> SuiteCaseResult:
+def _run_subflow(case: SuiteCase, pack_dir: Path, started: datetime, files_root: Path | None) -> SuiteCaseResult:
     hidden = {k: SecretStr(v) for k, v in case.variables.items()}
     state = pipeline_test(spec=str(case.path), variables=hidden or None, evidence_dir=str(pack_dir),
-                          return_state=True)
+                          files_root=str(files_root) if files_root else None, return_state=True)
     return _verdict(case, started, state, result_of(state))
 
 
+def project_path(path: Path) -> str:
+    """A folder as a worker of the deployment names it: relative to the working folder, with ``/`` (workers may
+    run on Linux), when it lies inside it (workers have the project at the same relative path); else absolute."""
+    resolved = path.resolve()
+    if resolved.is_relative_to(Path.cwd().resolve()):
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    return resolved.as_posix()
+
+
 def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Path,
-                    started: datetime) -> SuiteCaseResult:
+                    started: datetime, files_root: Path | None) -> SuiteCaseResult:
     """The case as a flow run of the deployment (its worker writes the pack where the suite says: a folder
     both see); its result read back from the pack, else from the flow run's state."""
     from prefect.deployments import run_deployment
@@ -158,6 +173,8 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
     parameters: dict[str, Any] = {"spec": worker_path(case.path), "evidence_dir": worker_path(pack_dir.resolve())}
     if case.variables:
         parameters["variables"] = case.variables
+    if files_root:
+        parameters["files_root"] = project_path(files_root)
     run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
                          poll_interval=settings.poll_interval, as_subflow=True)
     state = run.state  # type: ignore[union-attr]
@@ -284,14 +301,15 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     from flows.suite_progress import shown
 
     try:
-        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel)
+        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root)
         if args.evidence_dir:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
-              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "") + ".")
+              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "")
+              + (f"; local files may also lie under {plan.files_root}" if plan.files_root else "") + ".")
         return EXIT_PASSED
 
     temporary = on_temporary_server()  # links to a temporary server are dead once the run ends
@@ -304,7 +322,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
                 state = pipeline_test_suite(suite=str(args.spec), tags=args.tag or None,
                                             variables={k: SecretStr(v) for k, v in overrides.items()} or None,
                                             max_parallel=args.max_parallel, evidence_dir=args.evidence_dir,
-                                            return_state=True)
+                                            files_root=args.files_root, return_state=True)
         finally:
             PROGRESS.reset(token)
         result = suite_result_of(state)

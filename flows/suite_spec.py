@@ -2,8 +2,9 @@
 
 A suite file (YAML or JSON, read with the same bounded reader as a case, :mod:`flows.spec_file`) names its cases
 (paths and globs relative to the file), the tags to select, variables for an environment that apply to every case
-that declares them, ``max_parallel``, and how the cases run (in this process, or as runs of a deployment). A
-folder is a suite of every ``*.yaml``/``*.yml``/``*.json`` case directly in it.
+that declares them, ``max_parallel``, the folder local files may also lie under (``files_root``, as ``--files-root``
+does for one case), and how the cases run (in this process, or as runs of a deployment). A folder is a suite of every
+``*.yaml``/``*.yml``/``*.json`` case directly in it.
 
 :func:`load_suite` validates every case before any runs: one invalid case makes the suite invalid
 (:class:`flows.spec.SpecError`, naming the file, the step and the field).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import glob
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -69,6 +70,11 @@ class SuiteSpec(SpecModel):
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings,
                                            description="The deployment that runs the cases when `run_as` is "
                                            "`deployment`.")
+    files_root: str | None = Field(
+        None, min_length=1, max_length=1024,
+        description="A folder, relative to the suite file and inside its folder (`data`), that local files named by "
+        "every case's steps may also lie under besides the case's own folder (a `cases/` + `data/` layout), as "
+        "`--files-root` does for one case. `--files-root DIR` on the command line wins over it.")
 
     @field_validator("cases")
     @classmethod
@@ -76,6 +82,15 @@ class SuiteSpec(SpecModel):
         for pattern in v:
             if not pattern.strip() or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
                 raise ValueError(f"case path {pattern!r} must be relative to the suite file, inside its folder")
+        return v
+
+    @field_validator("files_root")
+    @classmethod
+    def _root_inside(cls, v: str | None) -> str | None:
+        if v is not None and (Path(v).is_absolute() or PureWindowsPath(v).anchor
+                              or ".." in Path(v.replace("\\", "/")).parts):
+            raise ValueError(f"files_root {v!r} must be relative to the suite file, inside its folder (a folder "
+                             "elsewhere: --files-root DIR on the command line)")
         return v
 
 
@@ -97,6 +112,7 @@ class SuitePlan:
     folder: Path
     cases: list[SuiteCase]
     skipped: list[Path] = field(default_factory=list)  # cases left out by the tags
+    files_root: Path | None = None  # --files-root, else the suite file's files_root (relative to its folder)
 
 
 def is_suite_file(path: Path) -> bool:
@@ -149,12 +165,33 @@ def case_files(spec: SuiteSpec, folder: Path, source: str, strict: bool = True) 
     return list(found)
 
 
+def suite_files_root(spec: SuiteSpec, folder: Path, source: str, files_root: str | Path | None) -> Path | None:
+    """The folder every case's local files may also lie under: ``files_root`` (``--files-root``, relative to the
+    working folder) when given, else the suite file's ``files_root`` (relative to its folder, and inside it);
+    SpecError when it is not a folder."""
+    if files_root:
+        root = Path(files_root).expanduser()
+        if not root.is_dir():
+            raise SpecError(source, [f"--files-root {files_root}: not a folder"])
+        return root
+    if spec.files_root is None:
+        return None
+    root = folder / spec.files_root.replace("\\", "/")
+    if not root.is_dir():
+        raise SpecError(source, [f"files_root: {spec.files_root!r} is not a folder (looked for {root})"])
+    if not root.resolve().is_relative_to(folder.resolve()):
+        raise SpecError(source, [f"files_root: {spec.files_root!r} resolves to {root.resolve()}, outside the suite "
+                                 f"file's folder {folder.resolve()} (a folder elsewhere: --files-root DIR)"])
+    return root
+
+
 def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[str, str] | None = None,
-               max_parallel: int | None = None) -> SuitePlan:
+               max_parallel: int | None = None, files_root: str | Path | None = None) -> SuitePlan:
     """Read a suite (folder or file) and validate every case it selects; SpecError naming every invalid case.
 
     ``tags`` (the CLI's ``--tag``) replace the suite's; ``overrides`` (``--var``) override its variables; each case
-    gets the variables it declares. Nothing runs here."""
+    gets the variables it declares; ``files_root`` (``--files-root``) replaces the suite file's. Nothing runs
+    here."""
     path = Path(path)
     spec, folder = _suite_of(path)
     updates: dict[str, Any] = {}
@@ -167,6 +204,7 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
             raise SpecError(str(path), ["--max-parallel: must be at least 1"])
         updates["max_parallel"] = max_parallel
     spec = spec.model_copy(update=updates)
+    root = suite_files_root(spec, folder, str(path), files_root)
     files = case_files(spec, folder, str(path), strict=not path.is_dir())
     cases: list[SuiteCase] = []
     skipped: list[Path] = []
@@ -180,7 +218,7 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
             names = set(declared) if isinstance(declared, dict) else set()
             declared_anywhere |= names
             variables = {k: str(v) for k, v in spec.variables.items() if k in names}
-            case, _ = load_spec(file, variables)
+            case, _ = load_spec(file, variables, root)
         except SpecError as exc:
             problems += [f"{exc.source}: {p}" for p in exc.problems]
             continue
@@ -209,7 +247,7 @@ def load_suite(path: str | Path, tags: list[str] | None = None, overrides: dict[
         else:
             why = "cases: the suite has no case"
         raise SpecError(str(path), [why])
-    return SuitePlan(spec, path, folder, cases, skipped)
+    return SuitePlan(spec, path, folder, cases, skipped, root)
 
 
 def suite_json_schema() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import jmespath
 from jmespath.exceptions import JMESPathError
@@ -41,9 +41,13 @@ MISSING = object()
 class JsonExpect(SpecModel):
     """What a JSON document must contain."""
 
+    #: the field it is given in, for the message when it is empty
+    field_name: ClassVar[str] = "expect"
+
     json_subset: Any = Field(
         None,
-        description="A JSON value the document (a Lambda response payload, an execution's output) must contain: "
+        description="A JSON value the document (a Lambda response payload, an execution's output; for "
+        "match_input, the execution's input) must contain: "
         "objects match when every expected key matches (extra keys are fine), lists when they have the same "
         "length and match item by item, scalars when equal.",
     )
@@ -55,7 +59,7 @@ class JsonExpect(SpecModel):
     @model_validator(mode="after")
     def _check(self) -> "JsonExpect":
         if "json_subset" not in self.model_fields_set and not self.jmespath:
-            raise ValueError("expect needs json_subset and/or jmespath")
+            raise ValueError(f"{self.field_name} needs json_subset and/or jmespath")
         for expr in self.jmespath:
             try:
                 jmespath.compile(expr)

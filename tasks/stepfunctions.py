@@ -2,7 +2,10 @@
 
 The step starts an execution of a state machine with an input (templated JSON), naming it
 ``<name_prefix><run id>-<random>``, or waits for the one the pipeline started: the newest execution of the state
-machine started since the case began, optionally only those whose name starts with ``name_prefix``. It waits with
+machine started since the case began, optionally only those whose name starts with ``name_prefix`` and whose input
+matches ``match_input`` (a JSON subset and/or JMESPath, as ``expect``: with two files landing, or cases side by side,
+the execution of the case's own file); the executions considered, and why each was taken or not, are in the
+evidence. It waits with
 the growing interval, stops the execution on timeout (``StopExecution``), checks the final status and, optionally,
 the output (``json_subset`` and JMESPath, the checks of ``invoke_lambda``: :mod:`tasks.json_checks`). A failed
 execution fails the step with its ``error`` and ``cause`` and the state it failed in, from the execution history.
@@ -17,16 +20,17 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
-from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error
+from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
-from tasks.runs import RunWait, StateHistory, duration_s, literal, newest_since, took, watch, when
+from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
 
 if TYPE_CHECKING:
@@ -40,6 +44,12 @@ MAX_NAME_CHARS = 80
 MAX_INPUT_BYTES = 256 * 1024
 #: the state shown while no execution of the pipeline's has been seen yet
 NO_EXECUTION_YET = "NO EXECUTION YET"
+#: the state shown while the pipeline's executions seen so far are none of the case's (name_prefix, match_input)
+NO_MATCH_YET = "NO MATCHING EXECUTION YET"
+#: how many of the executions considered the evidence lists (the newest)
+MAX_CANDIDATES_SHOWN = 50
+#: characters of the reason an execution was not the case's
+MAX_WHY_NOT_CHARS = 500
 #: how many executions are looked at for the pipeline's (ListExecutions' largest page, newest first)
 EXECUTIONS_PAGE = 1000
 #: how many history events are read (newest first) to find the state an execution failed in
@@ -52,6 +62,13 @@ _NAME_PREFIX = template_aware(r"[A-Za-z0-9_-]*", "letters, digits, - and _ only"
 
 class ExecutionExpect(JsonExpect):
     """What the execution's output must contain."""
+
+
+class ExecutionMatch(JsonExpect):
+    """Which of the pipeline's executions is the case's: the one whose input contains this (a JSON subset and/or
+    JMESPath expressions with their values, compared as `expect` compares the output)."""
+
+    field_name: ClassVar[str] = "match_input"
 
 
 class StepFunctionsStep(StepBase):
@@ -67,12 +84,17 @@ class StepFunctionsStep(StepBase):
                                description="The state machine's ARN, or its name (in the case's account and region).")
     start: bool = Field(
         True, description="Start an execution (true), or wait for the one the pipeline started (false): the newest "
-        "execution started since the case began (with name_prefix: the newest whose name starts with it).")
+        "execution started since the case began (with name_prefix: whose name starts with it; with match_input: "
+        "whose input matches).")
     input: Any = Field(None, description="The execution's input, any JSON value (templated). With start only.")
     name_prefix: Annotated[str | None, _NAME_PREFIX] = Field(
         None, max_length=60,
         description="With start: the start of the execution's name (default `pipeline-test-`; the run id and a "
         "random part follow). Without start: only executions whose name starts with this are the pipeline's.")
+    match_input: ExecutionMatch | None = Field(
+        None, description="Without start: wait for the newest execution (since the case began) whose input matches "
+        "this, e.g. the file the case uploaded, rather than the newest of all. The executions considered (name, "
+        "start, matched or why not) are in the evidence.")
     sensitive_fields: list[str] = Field(
         default_factory=list,
         description="Dotted paths (db.password, users[*].token) masked in the input and output in the evidence.")
@@ -87,7 +109,10 @@ class StepFunctionsStep(StepBase):
     @model_validator(mode="after")
     def _check(self) -> "StepFunctionsStep":
         if not self.start and "input" in self.model_fields_set:
-            raise ValueError("input is for an execution the step starts (start: true)")
+            raise ValueError("input is for an execution the step starts (start: true); to find the pipeline's "
+                             "execution by its input use match_input")
+        if self.start and self.match_input is not None:
+            raise ValueError("match_input finds an execution the pipeline started: it needs start: false")
         if self.expect is not None and self.expect_status != "SUCCEEDED":
             raise ValueError(f"expect checks the output, which only a SUCCEEDED execution has "
                              f"(expect_status is {self.expect_status})")
@@ -146,14 +171,69 @@ def describe_execution(sfn: SFNClient, execution_arn: str) -> dict[str, Any]:
         raise aws_error("Step Functions DescribeExecution", f"execution {execution_arn}", exc) from None
 
 
-def pipeline_execution(sfn: SFNClient, arn: str, since: float, prefix: str | None) -> dict[str, Any] | None:
-    """The newest execution of the state machine started at or after ``since`` (named ``prefix...``), or None."""
+@dataclass
+class Candidates:
+    """The executions started since the case began that the step considered as the pipeline's, by ARN: name,
+    start, whether it is the case's and, if not, why (each one's input is read once: it never changes)."""
+
+    prefix: str | None
+    match: ExecutionMatch | None
+    masker: JsonMasker
+    seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)  # by ARN: the start, for the order (newest first)
+
+    def accept(self, sfn: SFNClient, execution: dict[str, Any]) -> bool:
+        arn = str(execution["executionArn"])
+        if arn not in self.seen:
+            name = str(execution.get("name", ""))
+            why = self._why_not(sfn, arn, name)
+            self.seen[arn] = {"name": name, "started": when(execution.get("startDate")), "matched": not why,
+                              "why_not": why or None, "picked": False}
+            moment = as_utc(execution.get("startDate"))
+            self.started[arn] = moment.timestamp() if moment else 0.0
+        return bool(self.seen[arn]["matched"])
+
+    def _why_not(self, sfn: SFNClient, arn: str, name: str) -> str:
+        if not name.startswith(self.prefix or ""):
+            return f"its name does not start with {self.prefix}"
+        if self.match is None:
+            return ""
+        document = _json(describe_execution(sfn, arn).get("input"))
+        self.masker.learn(document)  # another file's input may hold secrets at the sensitive paths too
+        if document is MISSING:
+            return "its input is not JSON"
+        return truncate("; ".join(expect_mismatches(self.match, document, self.masker)), MAX_WHY_NOT_CHARS)
+
+    def pick(self, arn: str) -> None:
+        self.seen[arn]["picked"] = True
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The newest first, at most MAX_CANDIDATES_SHOWN, with the secrets the run knows by now masked."""
+        newest = sorted(self.seen, key=lambda arn: self.started[arn], reverse=True)
+        return [{**self.seen[arn], "why_not": self.masker.text(self.seen[arn]["why_not"])
+                 if self.seen[arn]["why_not"] else None} for arn in newest[:MAX_CANDIDATES_SHOWN]]
+
+    def summary(self) -> str:
+        """``2 considered: ingest-b ($.key: expected ..., got ...); ...`` for a timeout's message."""
+        if not self.seen:
+            return "none was started since the case began"
+        shown = [f"{c['name']} ({c['why_not']})" for c in self.to_list()[:5]]
+        more = len(self.seen) - len(shown)
+        return f"{len(self.seen)} considered: " + "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+
+
+def pipeline_execution(sfn: SFNClient, arn: str, since: float, candidates: Candidates) -> dict[str, Any] | None:
+    """The newest execution of the state machine started at or after ``since`` that ``candidates`` takes (its name
+    starts with the prefix, its input matches), or None; every execution since then is recorded there."""
     try:
         executions = sfn.list_executions(stateMachineArn=arn, maxResults=EXECUTIONS_PAGE)["executions"]
     except AWS_ERRORS as exc:
         raise aws_error("Step Functions ListExecutions", f"state machine {arn}", exc) from None
-    return newest_since([dict(e) for e in executions], lambda e: e.get("startDate"), since,
-                        lambda e: str(e.get("name", "")).startswith(prefix or ""))
+    found = newest_since([dict(e) for e in executions], lambda e: e.get("startDate"), since,
+                         lambda e: candidates.accept(sfn, e))  # only those started since then are considered
+    if found is not None:
+        candidates.pick(str(found["executionArn"]))
+    return found
 
 
 def stop_execution(sfn: SFNClient, execution_arn: str, why: str) -> str:
@@ -209,13 +289,14 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
     else:
         ctx.logger.info("Waiting for the execution of %s that the pipeline starts", arn)
     seen: dict[str, Any] = {}
+    candidates = Candidates(step.name_prefix, step.match_input, masker)
 
     def describe() -> dict[str, Any]:
         nonlocal execution_arn
         if execution_arn is None:
-            found = pipeline_execution(sfn, arn, ctx.started_at, step.name_prefix)
+            found = pipeline_execution(sfn, arn, ctx.started_at, candidates)
             if found is None:
-                return {}
+                return {"status": NO_MATCH_YET} if candidates.seen else {}
             execution_arn = str(found["executionArn"])
             ctx.logger.info("Found Step Functions execution %s, started %s", found.get("name"),
                             when(found.get("startDate")))
@@ -234,19 +315,22 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
                         stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
                         clock=ctx.clock, history=history)
     except StepError as exc:
-        details = _details(step, arn, seen, history, masker, None)
+        details = _details(step, arn, seen or ({"status": NO_MATCH_YET} if candidates.seen else {}), history, masker,
+                           None, candidates)
         exc.details = {**exc.details, **details}
         exc.markdown = _markdown(details, [])
         message = exc.message
         if seen.get("name") and not step.start:
             message = message.replace(what, f"Step Functions execution {seen['name']} of {arn}")
+        elif not step.start and exc.code == TIMED_OUT:
+            message = _none_found(step, arn, candidates)
         raise exc.with_message(masker.text(message)) from None
     execution = watched.value
     output = _json(execution.get("output"))
     masker.learn(output)
     status = _status(execution)
     failed_in = failed_state(sfn, str(execution["executionArn"])) if status != "SUCCEEDED" else None
-    details = _details(step, arn, execution, history, masker, failed_in)
+    details = _details(step, arn, execution, history, masker, failed_in, candidates)
     problems: list[str] = []
     if status != step.expect_status:
         reason = f"{execution.get('error') or 'no error'}: {truncate(str(execution.get('cause') or 'no cause'), 1000)}"
@@ -273,9 +357,18 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
 
 
 
+def _none_found(step: StepFunctionsStep, arn: str, candidates: Candidates) -> str:
+    """The timeout's message when no execution was the case's: what was looked for, and what was considered."""
+    wanted = " and ".join(w for w in (f"whose name starts with {step.name_prefix}" if step.name_prefix else "",
+                                      "whose input matches match_input" if step.match_input else "") if w)
+    return (f"no execution of {arn} {wanted + ' ' if wanted else ''}was started since the case began, within "
+            f"{step.wait.timeout:g} s: {candidates.summary()}")
+
+
 def _details(step: StepFunctionsStep, arn: str, execution: dict[str, Any], history: StateHistory,
-             masker: JsonMasker, failed_in: str | None) -> dict[str, Any]:
-    document = _json(execution.get("input")) if execution.get("input") is not None else step.input
+             masker: JsonMasker, failed_in: str | None, candidates: Candidates) -> dict[str, Any]:
+    document = _json(execution.get("input")) if execution.get("input") is not None else \
+        step.input if step.start else MISSING
     output = _json(execution.get("output"))
     return {
         "state_machine": arn,
@@ -293,6 +386,10 @@ def _details(step: StepFunctionsStep, arn: str, execution: dict[str, Any], histo
         "states_observed": history.to_list(),
         "input": shown_json(document, masker) if document is not MISSING else None,
         "output": shown_json(output, masker) if output is not MISSING else None,
+        "match_input": shown_json(step.match_input.model_dump(exclude_unset=True), masker)
+        if step.match_input else None,
+        "candidates": None if step.start else candidates.to_list(),
+        "candidates_considered": None if step.start else len(candidates.seen),
     }
 
 
@@ -314,6 +411,23 @@ def _markdown(details: dict[str, Any], problems: list[str]) -> str:
         parts.append("**Input**\n\n" + md.code_block(details["input"], "json"))
     if details.get("output") is not None:
         parts.append("**Output**\n\n" + md.code_block(details["output"], "json"))
+    if details.get("candidates") is not None:
+        parts.append(_candidates_markdown(details))
     if problems:
         parts.append("**Expectations not met**\n\n" + md.bullets(problems))
     return "\n\n".join(parts)
+
+
+def _candidates_markdown(details: dict[str, Any]) -> str:
+    """The executions considered as the pipeline's: which one the step took, and why each other was not."""
+    rows = [[md.code(c["name"]), c["started"], "picked" if c["picked"] else "yes" if c["matched"] else "no",
+             c["why_not"] or ("the newest that matches" if c["picked"] else "it matches, but a newer one does")]
+            for c in details["candidates"]]
+    count = details["candidates_considered"]
+    head = f"**Executions considered** ({count} started since the case began"
+    head += f"; the newest {len(rows)} shown)" if count > len(rows) else ")"
+    if details.get("match_input") is not None:
+        head += "\n\nmatch_input:\n\n" + md.code_block(details["match_input"], "json")
+    if not rows:
+        return head + "\n\nNone was started since the case began."
+    return head + "\n\n" + md.table(["Execution", "Started", "Matches", "Why not"], rows)

@@ -177,6 +177,82 @@ def test_waits_for_the_execution_the_pipeline_starts(
     assert outcome.details["states_observed"][0]["state"] == "NO EXECUTION YET"
 
 
+def pipeline_starting(sfn: Any, arn: str, ctx: StepContext, inputs: dict[str, Any]) -> FakeClock:
+    """A fake clock whose first sleep is the pipeline starting one execution per input (in order, once the case
+    has begun), and whose every sleep lets moto's executions end."""
+    started: list[str] = []
+
+    def pipeline(_: float) -> None:
+        if not started:
+            while time.time() < ctx.started_at:  # moto stamps executions with the real time
+                settle()
+            for name, document in inputs.items():
+                started.append(sfn.start_execution(stateMachineArn=arn, name=name,
+                                                   input=json.dumps(document))["executionArn"])
+                time.sleep(0.002)  # distinct start times: the newest is the last started
+        settle()
+
+    return FakeClock(on_sleep=pipeline)
+
+
+def landed(folder: str, token: str = "t") -> dict[str, Any]:
+    return {"file": f"landing/{folder}/clientes.csv", "auth": {"token": token}}
+
+
+@pytest.mark.parametrize("match", [{"json_subset": {"file": "landing/a/clientes.csv"}},
+                                   {"jmespath": {"file": "landing/a/clientes.csv", "auth.token != null": True}}])
+def test_match_input_picks_the_execution_of_the_case_s_file(
+        arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path, match: dict[str, Any]) -> None:
+    """Two files land; the pipeline starts an execution for each, b's last: the step checks a's, not the newest."""
+    sfn = sfn_module_clients.client("stepfunctions")
+    sfn.start_execution(stateMachineArn=arns["load"], name="ingest-before", input=json.dumps(landed("a")))
+    ctx = make_ctx(sfn_module_clients, tmp_path, FakeClock(), started_at=time.time() + 0.05)
+    ctx.clock_override = pipeline_starting(sfn, arns["load"], ctx, {"ingest-a": landed("a"),
+                                                                    "ingest-b": landed("b")}).clock
+    step = sfn_step(state_machine=arns["load"], start=False, name_prefix="ingest-", match_input=match,
+                    expect={"jmespath": {"file": "landing/a/clientes.csv"}})
+
+    outcome = run(step, ctx)
+
+    d = outcome.details
+    assert d["name"] == "ingest-a" and d["status"] == "SUCCEEDED" and d["candidates_considered"] == 2
+    # the newest first; the execution from before the case began is no candidate
+    assert [c["name"] for c in d["candidates"]] == ["ingest-b", "ingest-a"]
+    b, a = d["candidates"]
+    assert a["picked"] and a["matched"] and a["why_not"] is None
+    assert not b["matched"] and not b["picked"]
+    assert 'expected "landing/a/clientes.csv", got "landing/b/clientes.csv"' in b["why_not"]
+    assert "**Executions considered** (2 started since the case began)" in outcome.markdown
+    assert "landing/b/clientes.csv" in outcome.markdown and "match_input" in outcome.markdown
+
+
+def test_no_execution_matching_the_input_times_out_listing_the_candidates(
+        arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
+    sfn = sfn_module_clients.client("stepfunctions")
+    ctx = make_ctx(sfn_module_clients, tmp_path, FakeClock(), started_at=time.time() + 0.05)
+    clock = pipeline_starting(sfn, arns["load"], ctx, {"ingest-a": landed("a", TOKEN), "other-b": landed("b", TOKEN)})
+    ctx.clock_override = clock.clock
+    step = sfn_step(state_machine=arns["load"], start=False, name_prefix="ingest-", wait={"timeout": 60},
+                    sensitive_fields=["auth.token"],
+                    match_input={"json_subset": {"file": "landing/c/clientes.csv", "auth": {"token": "other"}}})
+
+    with pytest.raises(StepError) as err:
+        run(step, ctx)
+
+    assert err.value.code == TIMED_OUT and clock.t == pytest.approx(60)
+    message = err.value.message
+    assert message.startswith(f"no execution of {arns['load']} whose name starts with ingest- and whose input "
+                              "matches match_input was started since the case began, within 60 s: 2 considered: ")
+    assert 'ingest-a ($.file: expected "landing/c/clientes.csv", got "landing/a/clientes.csv"; $.auth.token: ' \
+        in message and "other-b (its name does not start with ingest-)" in message
+    d = err.value.details
+    assert [(c["name"], c["matched"]) for c in d["candidates"]] == [("other-b", False), ("ingest-a", False)]
+    assert d["states_observed"][-1]["state"] == "NO MATCHING EXECUTION YET" and d["input"] is None
+    assert "**Executions considered** (2 started since the case began)" in str(err.value.markdown)
+    # another file's input holds a secret at a sensitive path: masked wherever the candidates are shown
+    assert TOKEN not in message and TOKEN not in json.dumps(d) and TOKEN not in str(err.value.markdown)
+
+
 def test_state_machine_by_name_and_start_error_with_aws_code(
         arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
     outcome = run(sfn_step(state_machine="reject", expect_status="FAILED"),
@@ -202,6 +278,14 @@ def test_execution_names_fit_step_functions_limits() -> None:
     ({"state_machine": "m", "expect": {"jmespath": {"a[": 1}}}, "field 'expect': invalid JMESPath expression 'a['"),
     ({"state_machine": "m", "expect": {}}, "field 'expect': expect needs json_subset and/or jmespath"),
     ({"state_machine": "m", "input": {"x": "y" * 300_000}}, "Step Functions allows at most 262144"),
+    ({"state_machine": "m", "start": False, "match_input": {}},
+     "field 'match_input': match_input needs json_subset and/or jmespath"),
+    ({"state_machine": "m", "start": False, "match_input": {"jmespath": {"file ==": "a"}}},
+     "field 'match_input': invalid JMESPath expression 'file =='"),
+    ({"state_machine": "m", "start": False, "match_input": {"json_subsett": {"file": "a"}}},
+     "field 'match_input.json_subsett': unknown field"),
+    ({"state_machine": "m", "match_input": {"json_subset": {"file": "a"}}},
+     "match_input finds an execution the pipeline started: it needs start: false"),
 ])
 def test_bad_input_is_refused_at_validation(step: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError) as err:
