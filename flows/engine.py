@@ -223,15 +223,40 @@ def undo_now(ctx: StepContext, logger: Any) -> StepResult | None:
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n))
 
 
-def handle_stop_signals(handler: Any) -> dict[int, Any]:
-    """Install ``handler`` for every stop signal; returns the handlers it replaced (main thread only)."""
+def handle_stop_signals(handler: Any, only_unhandled: bool = False) -> dict[int, Any]:
+    """Install ``handler`` for every stop signal (``only_unhandled``: for those that no Python handler takes);
+    returns the handlers it replaced (main thread only; elsewhere nothing)."""
     previous = {}
     for signum in STOP_SIGNALS:
         try:
+            if only_unhandled and callable(signal.getsignal(signum)):
+                continue
             previous[signum] = signal.signal(signum, handler)
         except (ValueError, OSError):
             pass
     return previous
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def interrupt_on_stop_signals(only_unhandled: bool = False) -> dict[int, Any]:
+    """Make the stop signals end the run like Ctrl+C (KeyboardInterrupt: undo, evidence, exit 130) in every
+    phase, not only the steps. ``only_unhandled``: only those that no Python handler takes, so a handler of
+    Prefect's stays (in a worker's flow run on Windows: SIGBREAK, by which Prefect cancels it there, whose
+    default ends the process at once). Returns what :func:`put_back_handlers` puts back (main thread only)."""
+    return handle_stop_signals(_interrupt, only_unhandled)
+
+
+@contextmanager
+def stop_signals_interrupt(only_unhandled: bool = False) -> Iterator[None]:
+    """:func:`interrupt_on_stop_signals` while the block runs; the handlers before are put back at its end."""
+    previous = interrupt_on_stop_signals(only_unhandled)
+    try:
+        yield
+    finally:
+        put_back_handlers(previous)
 
 
 def put_back_handlers(previous: dict[int, Any]) -> None:

@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -44,14 +43,15 @@ from flows.console import json_text, safe_output
 from flows.engine import (
     LIVE,
     first_signal_stops,
-    handle_stop_signals,
     install_redaction,
+    interrupt_on_stop_signals,
     interrupted,
     put_back_handlers,
     remove_redaction,
     render_case,
     run_cleanup,
     run_steps,
+    stop_signals_interrupt,
     undo_hook,
     undo_now,
 )
@@ -201,6 +201,7 @@ def pipeline_test(
     steps: list[StepResult] = []
     running: list[Any] = []
     scratch: Path | None = None
+    signals = interrupt_on_stop_signals(only_unhandled=True)  # SIGBREAK in a worker's run: every phase, as the CLI
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
@@ -265,6 +266,7 @@ def pipeline_test(
             _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
         evidence.publish_case(result, logger)
     finally:
+        put_back_handlers(signals)
         remove_redaction(redactor)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -506,18 +508,8 @@ def _stop_signals_as_interrupts() -> Iterator[None]:
     process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work; and Ctrl+Break
     must not kill the process outright (Python's default for SIGBREAK on Windows). The handlers in place before
     are put back at the end (the CLI's ``main`` may be called in a longer process)."""
-    if threading.current_thread() is not threading.main_thread():
+    with stop_signals_interrupt():  # a no-op in another thread than the main one
         yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = handle_stop_signals(interrupt)
-    try:
-        yield
-    finally:
-        put_back_handlers(previous)
 
 
 def check_evidence_dir(folder: Path, spec: str) -> None:

@@ -26,7 +26,7 @@ from prefect.states import Failed
 from pydantic import SecretStr
 
 from flows.console import json_text
-from flows.engine import signals_deferred
+from flows.engine import signals_deferred, stop_signals_interrupt
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
 from flows.pipeline_test import (
@@ -100,7 +100,9 @@ def pipeline_test_suite(
                 f"; left out by the tags: {len(plan.skipped)}" if plan.skipped else "")
     shared = SuiteShared()  # the cases share its stop and AWS clients
     results: dict[int, SuiteCaseResult] = {}
-    with lock_waits_seen(progress), ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
+    # a stop signal without a handler (SIGBREAK: Prefect's cancel on Windows) stops the suite too, as Ctrl+C does
+    with stop_signals_interrupt(only_unhandled=True), lock_waits_seen(progress), \
+            ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
         futures: list[Future[SuiteCaseResult]] = []
         for case in plan.cases:
             context = contextvars.copy_context()  # the suite's flow run context: each case is its subflow

@@ -115,6 +115,39 @@ def test_the_cli_handler_covers_every_stop_signal(with_sigbreak: signal.Signals)
     assert {s: signal.getsignal(s) for s in engine.STOP_SIGNALS} == before
 
 
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_worker_run_takes_sigbreak_in_every_phase(with_sigbreak: signal.Signals, monkeypatch: pytest.MonkeyPatch,
+                                                    s3, tmp_path: Path) -> None:
+    """A flow run in a worker's process (no CLI around it): Prefect cancels it on Windows by Ctrl+Break, whose
+    default ends the process at once. While the flow runs, also outside its steps (here: writing the pack),
+    SIGBREAK raises KeyboardInterrupt (undo, evidence); a handler in place (SIGINT's) is left as it is."""
+    from flows import evidence_pack
+
+    s3.create_bucket(Bucket="win-phase")
+    seen: dict[int, Any] = {}
+    real = evidence_pack.write_pack
+
+    def write_pack(*args: Any, **kwargs: Any) -> None:
+        seen.update({s: signal.getsignal(s) for s in engine.STOP_SIGNALS})
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(evidence_pack, "write_pack", write_pack)
+    before = {s: signal.getsignal(s) for s in engine.STOP_SIGNALS}
+    assert before[with_sigbreak] == signal.SIG_DFL
+    spec = {"case": "Windows worker phases", "aws": {"region": "us-east-1"}, "steps": [
+        {"kind": "upload", "name": "land", "files": ["data.csv"], "bucket": "win-phase", "key": "in/data.csv",
+         "cleanup": True}]}
+    (tmp_path / "data.csv").write_text("id\n1\n")
+    state = pipeline_test(spec=spec, base_dir=str(tmp_path), evidence_dir=str(tmp_path / "pack"),
+                          return_state=True)
+    assert state.is_completed()
+    assert callable(seen[with_sigbreak]) and seen[with_sigbreak] is not before[with_sigbreak]
+    with pytest.raises(KeyboardInterrupt, match="SIGUSR1"):
+        seen[with_sigbreak](with_sigbreak, None)
+    assert seen[signal.SIGINT] is before[signal.SIGINT]  # pytest's (Python's) own, kept
+    assert {s: signal.getsignal(s) for s in engine.STOP_SIGNALS} == before  # put back after the run
+
+
 def test_first_signal_stops_and_signals_deferred_cover_sigbreak(with_sigbreak: signal.Signals) -> None:
     stop = threading.Event()
     before = {s: signal.getsignal(s) for s in engine.STOP_SIGNALS}
