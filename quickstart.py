@@ -1,17 +1,19 @@
 """Set up and run, on a fresh machine with only Python (3.10 to 3.13), on Windows, Linux or macOS.
 
-    python quickstart.py demo     create .venv, install the pinned dependencies, run the demo
-    python quickstart.py test     the same, with pytest, then run the test suite on two processes (pytest-xdist;
+    python quickstart.py demo     create .venv, install the pinned dependencies (not the test tools), run the demo
+    python quickstart.py test     the same with the test tools (the `test` extra: pytest, ruff, mypy and the type
+                                  stubs), then run the test suite on two processes (pytest-xdist;
                                   extra args go to pytest: -n 0 runs it in one process, e.g. for --pdb)
     python quickstart.py lint     the same, then check the code with ruff (pyflakes, pycodestyle, import order)
                                   and the types with mypy (configured in pyproject.toml)
 
 The virtual environment is made once, in .venv beside this file, and reinstalled only when pyproject.toml or
-constraints.txt change. The install uses uv (pinned below; installed into .venv first, wheels for Windows, macOS
-and Linux), about ten times faster than pip; when uv cannot be had, pip does it. Either way the installed modules
-are compiled to bytecode once, at install (pip does by default; uv is told to): a Python process that imports
-Prefect then starts in about 2.5 s instead of 6 s here, wherever bytecode is not written at import
-(PYTHONDONTWRITEBYTECODE, read-only folders). Afterwards you can also use the environment directly (see the README).
+constraints.txt change (the test extra is added once, by the first `test` or `lint`). The install uses uv (pinned
+below; installed into .venv first, wheels for Windows, macOS and Linux), about ten times faster than pip; when uv
+cannot be had, pip does it. Either way the installed modules are compiled to bytecode once, at install (pip does by
+default; uv is told to): a Python process that imports Prefect then starts in about 2.5 s instead of 6 s here,
+wherever bytecode is not written at import (PYTHONDONTWRITEBYTECODE, read-only folders). Afterwards you can also use
+the environment directly (see the README).
 """
 
 from __future__ import annotations
@@ -38,28 +40,37 @@ def venv_python() -> Path:
     return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_env() -> Path:
-    """Create .venv and install the project with its pinned dependencies (skipped when up to date)."""
+def ensure_env(extra: str | None = "test") -> Path:
+    """Create .venv and install the project with its pinned dependencies (skipped when up to date). ``extra``: the
+    optional dependencies too (``test``: pytest, ruff, mypy and the type stubs; None for the demo, which needs
+    none of them). The stamp says which: the demo after the tests installs nothing, the tests after the demo
+    only the extra. The Python was checked before (``check_python``)."""
     python = venv_python()
     if not python.exists():
         print(f"Creating a virtual environment in {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    stamp_text = hashlib.sha256(
+    digest = hashlib.sha256(
         b"".join((ROOT / name).read_bytes() for name in ("pyproject.toml", "constraints.txt")) + RECIPE
     ).hexdigest()
     stamp = VENV / ".pipeline-test-installed"
-    if not stamp.exists() or stamp.read_text() != stamp_text:
-        install(python)
-        stamp.write_text(stamp_text)
+    # "<digest>" (the base) or "<digest> test" (with the test extra), of what is installed now
+    installed = stamp.read_text().split() if stamp.exists() else []
+    same = installed[:1] == [digest]
+    extras = sorted({*(installed[1:] if same else ()), *((extra,) if extra else ())})
+    if not same or extras != sorted(installed[1:]):
+        install(python, extras)
+        stamp.write_text(" ".join([digest, *extras]))
     return python
 
 
-def install(python: Path) -> None:
-    """The project and its pinned dependencies into .venv: with uv, else (uv not installable here) with pip."""
+def install(python: Path, extras: list[str]) -> None:
+    """The project and its pinned dependencies (and ``extras``) into .venv: with uv, else (uv not installable
+    here) with pip."""
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    wanted = ["-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"]
-    print("Installing the pinned dependencies with uv and compiling them (first time: about half a minute) ...",
-          flush=True)
+    project = f"{ROOT}[{','.join(extras)}]" if extras else str(ROOT)
+    wanted = ["-c", str(ROOT / "constraints.txt"), "-e", project]
+    what = "the pinned dependencies" + (f" and the {', '.join(extras)} extra" if extras else "")
+    print(f"Installing {what} with uv and compiling them (first time: one to two minutes) ...", flush=True)
     if subprocess.run([*pip, UV]).returncode == 0 and subprocess.run(
             [str(python), "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python),
              *wanted]).returncode == 0:
@@ -157,7 +168,7 @@ def main(argv: list[str]) -> int:
     warning = long_path_warning()
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    python = ensure_env()
+    python = ensure_env(None if argv[0] == "demo" else "test")
     # the project's own modules too (only what changed since the last time; __pycache__ is ignored by git)
     subprocess.run([str(python), "-m", "compileall", "-q", *PACKAGES], cwd=ROOT, stdout=subprocess.DEVNULL)
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUTF8": "1"}

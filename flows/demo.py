@@ -16,7 +16,8 @@ Starts moto's server on 127.0.0.1 (a free port) and builds a fake orders pipelin
 Then it runs ``examples/cases/orders_ingestion.yaml`` and the negative case ``orders_bad_header.yaml`` as Prefect
 flows and prints the results and where to see the evidence. No AWS account, no network. ``--suite`` runs every
 example case as one suite (``examples/nightly-suite.yaml``) instead. ``--fail`` breaks the fake pipeline (it
-loses a row), to show what a failed case and its evidence look like.
+loses a row), to show what a failed case and its evidence look like. ``python -m flows.emulator`` runs the same
+emulator and fake pipeline on their own until Ctrl+C, for running the example cases by hand.
 
 The flow ``pipeline-test-demo`` (:func:`pipeline_demo`) runs one case the same way inside one flow run, the
 case a subflow run of it: prefect.yaml's ``demo`` deployment runs it, so a worker or ``deployments/serve.py``
@@ -68,6 +69,11 @@ PRODUCTION_SOURCE = "acme-prod-landing"
 FUNCTION = "demo-orders-ingest"
 AUDIT_TABLE = "demo-ingest-audit"
 DEAD_LETTER_QUEUE = "demo-orders-dlq"
+#: the function's answer to an invocation, and how many are kept queued
+LAMBDA_ANSWER = json.dumps({"accepted": True, "source": "orders"})
+LAMBDA_ANSWERS = 20
+#: moto's account (its default): the emulator runs in this process, its backends are read here
+MOTO_ACCOUNT = "123456789012"
 
 
 class FakePipeline:
@@ -101,12 +107,19 @@ class FakePipeline:
         boto3.client("lambda", endpoint_url=self.endpoint, region_name=REGION).create_function(
             FunctionName=FUNCTION, Runtime="python3.12", Role=role["Role"]["Arn"], Handler="app.handler",
             Code={"ZipFile": b"PK\x05\x06" + b"\x00" * 18}, Description="Starts an orders ingestion")
-        # what the function answers (moto runs no code without Docker: its answers are queued here, one for each
-        # example case, so the demo's suite has one per case)
-        cases = max(1, len(list(DEMO_CASE.parent.glob("*.yaml"))))
-        moto_api(self.endpoint, "static/lambda-simple/response",
-                 {"region": REGION, "results": [json.dumps({"accepted": True, "source": "orders"})] * cases})
+        self.queue_lambda_answers()
         self.create_audit_resources()
+
+    def queue_lambda_answers(self) -> None:
+        """What the function answers: moto runs no code without Docker, its answers are queued (one per
+        invocation). Kept at LAMBDA_ANSWERS or more, so a long-lived emulator (``python -m flows.emulator``)
+        answers every run; checked on each pass of the pipeline."""
+        from moto.awslambda_simple.models import lambda_simple_backends
+
+        queued = len(lambda_simple_backends[MOTO_ACCOUNT][REGION].lambda_simple_results_queue)
+        if queued < LAMBDA_ANSWERS:
+            moto_api(self.endpoint, "static/lambda-simple/response",
+                     {"region": REGION, "results": [LAMBDA_ANSWER] * (LAMBDA_ANSWERS - queued)})
 
     def create_audit_resources(self) -> None:
         """The audit table (one item per ingested file, keyed by its S3 URI) and the dead-letter queue."""
@@ -140,6 +153,7 @@ class FakePipeline:
 
     def tick(self, now: float) -> None:
         """One pass: note new files in the configured source bucket, process those that waited ``delay``."""
+        self.queue_lambda_answers()
         source = self.ssm.get_parameter(Name=SOURCE_PARAMETER)["Parameter"]["Value"]
         if source != LANDING_BUCKET:
             return  # pointed at production: nothing to see here
@@ -168,6 +182,12 @@ class FakePipeline:
             rows = rows[:-1]
         total = sum((Decimal(r["amount"]) for r in rows), Decimal("0"))
         self.write_audit(bucket, key, target, len(rows), total)
+        # the table's answer to the case's next query (moto answers Athena from a queue, in order): a file's
+        # rows replace the answers that a case stopped before its query left behind, so they never answer a
+        # later run (the example cases take turns on the SSM parameter: one file at a time)
+        from moto.athena.models import athena_backends
+
+        athena_backends[MOTO_ACCOUNT][REGION].query_results_queue.clear()
         columns = [("orders", "bigint"), ("total_amount", "decimal(12,2)"), ("currencies", "bigint")]
         data = [[c for c, _ in columns], [str(len(rows)), f"{total:.2f}", str(len({r['currency'] for r in rows}))]]
         moto_api(self.endpoint, "static/athena/query-results", {"region": REGION, "results": [{
@@ -188,10 +208,11 @@ def where_to_look(result_url: str | None, case: str, temporary: bool) -> str:
 
 
 @contextlib.contextmanager
-def demo_pipeline(loses_a_row: bool = False, say: Any = print) -> Iterator[FakePipeline]:
-    """The local emulator with the fake pipeline running on it, this process's AWS SDK pointed at it."""
+def demo_pipeline(loses_a_row: bool = False, say: Any = print, port: int = 0) -> Iterator[FakePipeline]:
+    """The local emulator with the fake pipeline running on it, this process's AWS SDK pointed at it. ``port``:
+    the emulator's (0: a free one)."""
     say("Starting the local AWS emulator (moto) ...")
-    with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
+    with moto_server(lambda_like_aws=True, port=port) as endpoint, use_emulator(endpoint):
         say(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
         pipeline = FakePipeline(endpoint, loses_a_row=loses_a_row)
         pipeline.create_resources()
@@ -281,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SSM {SOURCE_PARAMETER} after the runs: {setting!r} ({restored}: the cases changed it for the test)")
     for line in dict.fromkeys(where):  # the temporary server's hint once, a link per case otherwise
         print(line)
+    print("Next: `python -m flows.emulator` keeps this emulator and its fake pipeline running, so you can run the "
+          "example cases yourself (docs/running.md, Against the local emulator).")
     return 0 if passed else 1
 
 

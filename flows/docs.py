@@ -25,7 +25,7 @@ from pydantic_core import PydanticUndefined
 
 from flows.notify import NotifySettings
 from flows.spec import AwsSettings, CaseSpec, EvidenceSettings, ParallelGroup, json_schema, step_kinds
-from flows.suite_spec import DeploymentSettings, SuiteSpec, suite_json_schema
+from flows.suite_spec import DeploymentSettings, MatrixCase, SuiteSpec, suite_json_schema
 from flows.templating import BUILTINS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +64,8 @@ def _heading(model: type[BaseModel]) -> str:
     """The heading of the reference section that documents a model: links to the model point at its anchor."""
     named: dict[type[BaseModel], str] = {CaseSpec: "The case", AwsSettings: "`aws`", EvidenceSettings: "`evidence`",
                                          NotifySettings: "`notify`", ParallelGroup: "Step `parallel`",
-                                         SuiteSpec: "The suite file", DeploymentSettings: "Suite `deployment`"}
+                                         SuiteSpec: "The suite file", DeploymentSettings: "Suite `deployment`",
+                                         MatrixCase: "Suite `cases` matrix entry"}
     named.update({kind.model: f"Step `{kind.kind}`" for kind in step_kinds()})
     return named.get(model, model.__name__)
 
@@ -234,6 +235,8 @@ def reference() -> str:
     parts += [f"## {_heading(SuiteSpec)}", "", (SuiteSpec.__doc__ or "").strip(), " A folder of cases is a suite "
               "too (every case directly in it, default settings). Schema: `suite.schema.json`.", "",
               model_table(SuiteSpec), "",
+              f"## {_heading(MatrixCase)}", "", (MatrixCase.__doc__ or "").strip(), "",
+              model_table(MatrixCase), "",
               f"## {_heading(DeploymentSettings)}", "", (DeploymentSettings.__doc__ or "").strip(), "",
               model_table(DeploymentSettings), ""]
     parts.append(END)

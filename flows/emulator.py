@@ -2,14 +2,24 @@
 
 Nothing here reaches AWS: the emulator listens on a free loopback port and the environment it sets points
 every SDK call at it, with fake credentials.
+
+    python -m flows.emulator [--port PORT] [--shell sh|cmd|powershell] [--fail]
+
+runs it on its own, with the demo's fake orders pipeline built on it (see ``flows/demo.py``), until Ctrl+C (or
+SIGTERM): it prints the environment that points a terminal (or a worker) at it, so the example cases, the
+nightly suite and the example deployments run against it, e.g. ``python -m flows.pipeline_test examples/cases/``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
 import os
+import signal
+import socket
+import sys
 import threading
 import urllib.request
 from typing import Any, Iterable, Iterator
@@ -71,13 +81,14 @@ class SerializedMotoServer(ThreadedMotoServer):
 
 
 @contextlib.contextmanager
-def moto_server(lambda_like_aws: bool = False) -> Iterator[str]:
-    """Run moto's threaded server on a free loopback port; yields its URL (``http://127.0.0.1:PORT``).
-    ``lambda_like_aws``: invoking a function that does not exist fails as on AWS (this process's moto)."""
+def moto_server(lambda_like_aws: bool = False, port: int = 0) -> Iterator[str]:
+    """Run moto's threaded server on a loopback port (``port``, 0: a free one); yields its URL
+    (``http://127.0.0.1:PORT``). ``lambda_like_aws``: invoking a function that does not exist fails as on AWS
+    (this process's moto)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per AWS call is noise
     if lambda_like_aws:
         _lambda_like_aws()
-    server = SerializedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = SerializedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
@@ -116,3 +127,72 @@ def use_emulator(endpoint: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# ------------------------------------------------------------------------------------------- the command
+SHELLS = ("sh", "cmd", "powershell")
+
+
+def env_lines(env: dict[str, str], shell: str) -> list[str]:
+    """``env`` set, and the variables that could reach a real account (:data:`REAL_ENV`) unset, in a shell's
+    syntax: ``sh`` (bash, zsh), ``cmd`` or ``powershell``."""
+    if shell == "cmd":
+        return [f"set {k}={v}" for k, v in env.items()] + [f"set {k}=" for k in REAL_ENV]
+    if shell == "powershell":
+        return ([f"$env:{k} = '{v}'" for k, v in env.items()]
+                + [f"Remove-Item Env:{k} -ErrorAction SilentlyContinue" for k in REAL_ENV])
+    return [f"export {k}={v}" for k, v in env.items()] + [f"unset {' '.join(REAL_ENV)}"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.emulator",
+        description="Run the local AWS emulator (moto's server on 127.0.0.1) with the demo's fake orders pipeline "
+                    "on it until Ctrl+C, and print the environment that points a terminal at it: then the "
+                    "example cases, the nightly suite and the example deployments run against it.")
+    parser.add_argument("--port", type=int, default=0, help="the emulator's port (default: a free one)")
+    parser.add_argument("--shell", choices=SHELLS, help="print the environment for this shell only (default: "
+                        "sh on Linux and macOS, cmd and powershell on Windows)")
+    parser.add_argument("--fail", action="store_true", help="break the fake pipeline (it loses a row)")
+    args = parser.parse_args(argv)
+    if args.port:  # moto's server would wait forever for a port it cannot bind
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            print(f"Port {args.port} on 127.0.0.1 cannot be used ({exc.strerror or exc}): give another with --port, "
+                  "or none for a free one.", file=sys.stderr)
+            return 3
+    stop = threading.Event()
+    stops = [signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])]
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in stops}
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    try:
+        say("Loading the fake pipeline ...")
+        from flows.demo import demo_pipeline
+
+        with demo_pipeline(loses_a_row=args.fail, say=say, port=args.port) as pipeline:
+            shells = [args.shell] if args.shell else (["cmd", "powershell"] if os.name == "nt" else ["sh"])
+            say(f"\nThe emulator is ready on {pipeline.endpoint}, with the demo's pipeline (buckets demo-landing, "
+                "demo-curated, ...). Point another terminal at it:\n")
+            for shell in shells:
+                if len(shells) > 1:
+                    say(f"  {'cmd' if shell == 'cmd' else 'PowerShell'}:")
+                for line in env_lines(emulator_env(pipeline.endpoint), shell):
+                    say(f"    {line}")
+                say("")
+            say("then run, for example:\n    python -m flows.pipeline_test examples/cases/orders_ingestion.yaml\n"
+                "    python -m flows.pipeline_test examples/nightly-suite.yaml\n"
+                "Ctrl+C here stops the emulator (everything in it is lost).")
+            while not stop.wait(0.5):
+                pass
+            say("Stopping the emulator ...")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    say("Stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

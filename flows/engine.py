@@ -23,7 +23,7 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
 from flows import evidence
-from flows.results import StepFailed, StepResult
+from flows.results import EvidenceLink, StepFailed, StepResult
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
 from tasks import markdown as md
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
@@ -65,6 +65,7 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         summary=outcome.summary if outcome else "", error=error, error_code=code,
         details=outcome.details if outcome and status == "passed" else details,
         request_ids=outcome.request_ids if outcome else [], items=items, files=files,
+        **carried_evidence(outcome),
     )
     result, outcome = scrub(result, outcome, ctx.secrets)
     publish = functools.partial(_publish, result, outcome, describe(placed), logger)
@@ -77,6 +78,14 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         return result
     logger.error("%s %s: %s", describe(placed), status, error)
     return Failed(message=f"{describe(placed)}: {error}", data=StepFailed(result))
+
+
+def carried_evidence(outcome: StepOutcome | None) -> dict[str, Any]:
+    """The step's readable evidence and links, carried on its result (the pack renders them as the UI does)."""
+    if outcome is None:
+        return {}
+    return {"evidence": outcome.markdown, "links": [EvidenceLink(text=link.text, url=link.url)
+                                                    for link in outcome.links]}
 
 
 def _publish(result: StepResult, outcome: StepOutcome | None, what: str, logger: Any) -> None:
@@ -354,6 +363,7 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
     if sections:
         markdown += "\n\n" + "\n\n".join(sections)
     cleanup = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)
+    result.evidence = markdown
     result, scrubbed = scrub(result, cleanup, ctx.secrets)
     return result, scrubbed or cleanup
 

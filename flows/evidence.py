@@ -23,6 +23,7 @@ from flows.evidence_markdown import (  # noqa: F401  (re-exported: callers impor
     KEY_MAX,
     case_key,
     case_markdown,
+    step_card,
     step_description,
     step_markdown,
     summary_rows,
@@ -88,11 +89,11 @@ def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:
         return
     for url, link in [(url, link) for link in outcome.links if (url := md.safe_url(link.url))][:MAX_LINK_ARTIFACTS]:
         create_link_artifact(link=url, link_text=md.text(link.text),
-                             description=f"Step {md.text(result.label)}: {md.text(link.text)}")
+                             description=step_card(result, link.text))
     for name, rows in outcome.tables.items():
         if rows:
             create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in rows],
-                                  description=f"Step {md.text(result.label)}: {md.text(name)}")
+                                  description=step_card(result, name))
 
 
 def publish_case(result: CaseResult, logger: Any = None) -> None:
@@ -101,14 +102,14 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     key = case_key(result.case)
     verdict = "passed" if result.passed else "FAILED"
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
-                          key=key, description=f"{md.text(result.case)}: {verdict} "
+                          key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")
     history = read_history(key, logger=logger)
     for run in history:  # this run is still running on the server: its duration is the case's
         if run.get("flow_run_id") == result.flow_run_id and not run.get("duration"):
             run["duration"] = format_duration(result.duration_s)
     create_markdown_artifact(markdown=case_markdown(result, history), key=f"{key}-report"[:KEY_MAX],
-                             description=f"{md.text(result.case)}: {verdict}")
+                             description=f"{verdict} · {md.text(result.case)}")
 
 
 if __name__ == "__main__":  # python -m flows.evidence verify DIR: check an evidence pack

@@ -62,10 +62,13 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
         if result.status in MEANING:
             lines += [md.emphasis(MEANING[result.status]), ""]
         lines += [md.message(result.error), ""]
-    if outcome is not None:
-        lines += ["### What was done and proved", "", outcome.markdown, ""]
-        if outcome.links:
-            lines += ["### Links", "", md.bullets(md.link(link.text, link.url) for link in outcome.links), ""]
+    # the step's own evidence: from its outcome while it runs (the UI), else as its result carries it (the pack)
+    evidence = outcome.markdown if outcome is not None else result.evidence
+    links = [(link.text, link.url) for link in (outcome.links if outcome is not None else result.links)]
+    if evidence or outcome is not None:
+        lines += ["### What was done and proved", "", evidence, ""]
+    if links:
+        lines += ["### Links", "", md.bullets(md.link(text, url) for text, url in links), ""]
     if result.error and result.details:  # the raw details last: the readable part comes first
         lines += ["### What the step saw (raw)", "",
                   md.code_block(json.dumps(result.details, indent=2, default=str)[:6000], "json", wrap=CODE_WIDTH), ""]
@@ -73,24 +76,30 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 
 
 def step_description(result: StepResult) -> str:
-    """The artifact card's description: the verdict in words, FAILED or ERROR in capitals so the card shows it."""
+    """The artifact card's description: the verdict first (a card cuts a long description short), FAILED or ERROR
+    in capitals so the card shows it, then the step's number and name."""
     verdict = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}[result.status]
-    return f"Step {md.text(result.number)} {md.text(result.label)}: {verdict}"
+    return f"{verdict} · step {md.text(result.number)} {md.text(result.label)}"
 
 
-#: widths of the summary's cells (the full texts are in the step's artifact and in the pack)
-DETAIL_WIDTH = 44
+def step_card(result: StepResult, what: str) -> str:
+    """The description of a step's other cards (links, tables): its number and name, then what the card holds."""
+    return f"step {md.text(result.number)} {md.text(result.label)} · {md.text(what)}"
+
+
+#: widths of the summary's cells (the full texts are in the step's artifact and in the pack): the UI does not wrap
+#: a table's cells, and at 1400 px its table box is about 840 px wide
+DETAIL_WIDTH = 52
 LABEL_WIDTH = 32
 
 
 def summary_rows(result: CaseResult) -> list[dict[str, str]]:
-    """One row per step: step, kind, status, duration, detail (the failure's message, or the summary), each cell
-    short enough that the table fits the UI's width."""
+    """One row per step: status (first, so it is always seen), step, duration, detail (the failure's message, or
+    the summary), each cell short enough that the table fits the UI's width (the kind is in each step's evidence)."""
     return [
         {
-            "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
-            "kind": s.kind,
             "status": ICON[s.status],
+            "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
             "duration": format_duration(s.duration_s) if s.status != "skipped" else "–",
             "detail": md.shorten(s.error or s.summary or "", DETAIL_WIDTH),
         }
@@ -106,7 +115,7 @@ def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
         link = md.link("open", run["url"]) if run.get("url") else md.code(md.shorten(run.get("flow_run_id"), 12))
         rows.append([md.Md(ICON.get(run.get("status") or "", md.text(run.get("status") or "–"))), when,
                      run.get("duration") or "–", md.shorten(run.get("failed_step") or "–", LABEL_WIDTH), link])
-    return [f"### Last {len(history)} runs of this case", "",
+    return [f"### Last {len(history)} runs of this case" if len(history) > 1 else "### The last run of this case", "",
             md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
 
 
@@ -140,6 +149,11 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         ("duration", format_duration(result.duration_s)),
         ("steps", step_counts(result)),
     ]
+    if result.locks and result.locks.get("resources"):
+        waited = float(result.locks.get("waited_seconds") or 0)
+        facts.append(("locks", f"{len(result.locks['resources'])} held; waited {format_duration(waited)} for them "
+                      "(part of the duration)" if waited >= 0.05 else f"{len(result.locks['resources'])} held, "
+                      "no wait"))
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
         facts.append(("flow run", run))
@@ -149,8 +163,8 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
                   f" ({md.text(MEANING[failure.status])})", "",
                   md.message(failure.error or ""), ""]
-    lines.append(md.table(["step", "status", "duration", "detail"],  # the kind is in each step's evidence
-                          [[r["step"], md.Md(r["status"]), r["duration"], r["detail"]] for r in summary_rows(result)]))
+    lines.append(md.table(["status", "step", "duration", "detail"],  # the kind is in each step's evidence
+                          [[md.Md(r["status"]), r["step"], r["duration"], r["detail"]] for r in summary_rows(result)]))
     if result.pack is not None:
         pack = result.pack
         where: list[tuple[str, Any]] = [("folder", md.code(pack.get("folder"))),

@@ -10,6 +10,11 @@ Slots are leases: the run renews its lease in the background (every ``lease × 0
 (SIGKILL, a lost worker) the lease expires after ``PIPELINE_TEST_LOCK_LEASE_SECONDS`` (60 s by default) and the
 server frees the slot. The journal (``tasks.journal``) records the lease, so ``recover`` can free it at once
 when it knows the holder is dead.
+
+A run deletes its limits when it is done with them, while it still holds their one slot (so no other run can
+hold one of them then); a run that was waiting finds its limit gone, creates it again and takes it. So a server
+keeps no limit of a run that ended. Limits are created in this process one at a time, after a read, so that the
+cases of a suite never create the same limit at once (PostgreSQL would log the refused duplicate as an error).
 """
 
 from __future__ import annotations
@@ -81,20 +86,45 @@ class HeldLocks:
         return {"resources": self.resources, "limits": self.names, "waited_seconds": round(self.waited_s, 3)}
 
 
+#: limits are created one at a time in this process (it guards calls to the server, it holds no data)
+_CREATING = threading.Lock()
+#: a run that keeps finding its limits gone (deleted as fast as it creates them) gives up after this many tries
+MAX_RECREATE = 5
+
+
 def ensure_limits(names: list[str], client: Any = None) -> None:
-    """Create the one-slot limits that do not exist yet (another run creating one at the same time is fine), on
-    ``client`` (a sync Prefect client) or a new one."""
+    """Create the one-slot limits that do not exist yet, on ``client`` (a sync Prefect client) or a new one.
+    Quietly idempotent: read first, one creation at a time in this process, and another process creating one
+    at the same moment (409 Conflict) is fine."""
     with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         for name in names:
-            try:
-                client.read_global_concurrency_limit_by_name(name)
-                continue
-            except ObjectNotFound:
-                pass
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
+            with _CREATING:
+                try:
+                    client.read_global_concurrency_limit_by_name(name)
+                    continue
+                except ObjectNotFound:
+                    pass
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+                except ObjectAlreadyExists:
+                    pass
+
+
+def delete_limits(names: list[str], client: Any) -> None:
+    """Delete the limits a run is done with. Call it while holding their slot (no other run holds one then: a
+    waiting run finds them gone, creates them again and takes them). Never raises: a limit left behind costs
+    nothing but a row."""
+    for name in names:
+        try:
+            client.delete_global_concurrency_limit_by_name(name)
+        except Exception:
+            pass
+
+
+def _release(client: Any, lease_id: str | None) -> None:
+    if lease_id:
+        with contextlib.suppress(Exception):
+            client.release_concurrency_slots_with_lease(uuid.UUID(lease_id))
 
 
 def _holder(run_id: str) -> ConcurrencyLeaseHolder | None:
@@ -115,15 +145,29 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
     holder = _holder(run_id)
     stop = stop or threading.Event()
     logged: float | None = None
+    recreated = 0
     with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         while True:
             try:
                 response = client.increment_concurrency_slots_with_lease(names, 1, "concurrency", lease, holder)
                 body = response.json()
-                if len(body.get("limits") or []) < len(names):
-                    raise LockError(f"the locks {', '.join(names)} do not exist on the Prefect server",
+                got = {str(limit.get("name")) for limit in body.get("limits") or []}
+                missing = [name for name in names if name not in got]
+                if not missing:
+                    return str(body["lease_id"]), time.monotonic() - t0
+                # the run that held them last deleted them (see delete_limits): give back the slots just taken
+                # of the others, create the missing ones again, and ask again at once
+                _release(client, body.get("lease_id"))
+                recreated += 1
+                if recreated > MAX_RECREATE:
+                    raise LockError(f"the locks {', '.join(missing)} do not exist on the Prefect server",
                                     code=LOCK_UNAVAILABLE)
-                return str(body["lease_id"]), time.monotonic() - t0
+                try:
+                    ensure_limits(missing, client)
+                except Exception as exc:
+                    raise LockError(f"could not create the resource locks on the Prefect server: {exc}",
+                                    code=LOCK_UNAVAILABLE) from None
+                continue
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:
                     raise LockError(f"the Prefect server refused the locks: {exc.response.status_code} "
@@ -138,11 +182,26 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
                                 f"{', '.join(names)}; nothing was changed", code=LOCK_TIMEOUT)
             if logged is None or waited - logged >= LOG_EVERY:
                 logged = waited
+                busy = held_by_others(names, client)
                 logger.warning("Waiting for %d lock(s) that another run holds (%.0f s of at most %.0f s): %s",
-                               len(names), waited, timeout, ", ".join(names))
+                               len(busy), waited, timeout, ", ".join(busy))
             if wait_event(stop, min(max(retry_after, 0.05), MAX_RETRY_INTERVAL, timeout - waited)):
                 raise LockError("the run was stopped while waiting for its locks; nothing was changed",
                                 code=INTERRUPTED)
+
+
+def held_by_others(names: list[str], client: Any) -> list[str]:
+    """Of the locks a run asks for, those another run holds now (all slots taken): never the run's own unique
+    ones (its S3 prefix), which only made the list long. All of them when the server cannot say."""
+    busy = []
+    try:
+        for name in names:
+            limit = client.read_global_concurrency_limit_by_name(name)
+            if limit.active_slots >= limit.limit:
+                busy.append(name)
+    except Exception:
+        return names
+    return busy or names
 
 
 @contextmanager
@@ -172,6 +231,7 @@ def hold(resources: list[str], run_id: str, *, timeout: float, logger: Any,
                                             suppress_warnings=False):
                 yield held
         finally:
+            delete_limits(held.names, client)  # still holding their slot: see delete_limits
             try:
                 client.release_concurrency_slots_with_lease(uuid.UUID(lease_id)).raise_for_status()
             except Exception as exc:  # the lease expires by itself

@@ -8,11 +8,13 @@
     python -m flows.pipeline_test --schema                           print the spec's JSON Schema
     python -m flows.pipeline_test FOLDER-OR-SUITE.yaml [--tag T] [--max-parallel N] [--var k=v] [--evidence-dir D]
                                                                       run a suite (flows.suite)
+    python -m flows.pipeline_test [SUITE.yaml] --rerun-failed SUITE-PACK  run what failed in that suite run again
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
-run (Prefect API unreachable, locks not obtained, a dead run's changes not yet recovered: nothing was changed);
-130 interrupted (Ctrl+C, Ctrl+Break, SIGTERM: what the run had changed was undone). A suite: 1 when a case failed,
-else 3 when one could not run. The Prefect API refusing a call (e.g. 503 on creating the flow run) is 3, never 1.
+run (Prefect API unreachable, locks not obtained, a live run of another Prefect server holds a resource, a dead
+run's changes not yet recovered: nothing was changed); 130 interrupted (Ctrl+C, Ctrl+Break, SIGTERM: what the run
+had changed was undone). A suite: 1 when a case failed, else 3 when one could not run. The Prefect API refusing a
+call (e.g. 503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
@@ -32,12 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import audit, evidence, evidence_pack, history, locks, prefect_logs
+from flows import audit, evidence, evidence_pack, history, locks, prefect_logs, run_states
 from flows.api_client import client_retries
 from flows.console import json_text, safe_output
 from flows.engine import (
@@ -59,7 +61,7 @@ from flows.evidence_markdown import MEANING, step_counts
 from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
-from flows.recover import CouldNotRun, Recovered, redo_entries, release_dead_locks
+from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
 from flows.results import CaseFailed, CaseResult, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
@@ -67,7 +69,7 @@ from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory, is_real_aws
 from tasks.base import StepContext, UndoLog
 from tasks.errors import StepError
-from tasks.journal import SsmJournal, read_entries
+from tasks.journal import Heartbeat, SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
 
 if TYPE_CHECKING:
@@ -115,7 +117,9 @@ def _run_name() -> str:
     spec = params.get("spec")
     name = "case"
     try:
-        if isinstance(spec, CaseSpec):
+        if params.get("case_name"):
+            name = str(params["case_name"])
+        elif isinstance(spec, CaseSpec):
             name = spec.case
         elif isinstance(spec, dict):
             name = str(spec.get("case", name))
@@ -169,6 +173,7 @@ def pipeline_test(
     notify: dict[str, Any] | None = None,
     recover: bool = False,
     files_root: str | None = None,
+    case_name: str | None = None,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
@@ -178,11 +183,14 @@ def pipeline_test(
     under the working directory) unless ``write_evidence`` is false. ``notify`` overrides the case's Slack
     notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
     ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
-    (else the run refuses to start). The flow run fails when the case fails; its result is a ``CaseResult``
-    either way.
+    (else the run refuses to start). ``case_name`` runs the case under another name (a suite's matrix row:
+    ``<case> [<row id>]``, so its artifacts, history and pack are its own). The flow run fails when the case
+    fails; its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
+    if case_name:
+        case = case.model_copy(update={"case": case_name})
     try:
         notice = NotifySettings.model_validate(notify) if notify is not None else case.notify
     except ValidationError as exc:
@@ -223,22 +231,24 @@ def pipeline_test(
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
                 if resources:
                     ssm = clients.client("ssm")
+                    claim = stack.enter_context(_claimed(ssm, resources, case, run_id, ctx, logger))
                     _settle_leftovers(clients, ssm, resources, case, run_id, recover, logger)
                     ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case,
-                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id)
+                                                  prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id,
+                                                  lease_lost=lambda: claim.lost)
                     logger.info("Holding %d lock(s) until the undo is done: %s", len(resources),
                                 ", ".join(resources))
                 LIVE[run_id] = ctx
                 try:
                     with first_signal_stops(ctx.stop, logger):
                         run_steps(rendered, ctx, steps, running)
-                        cleanup = run_cleanup(ctx)
+                        cleanup = _way_out(run_cleanup(ctx), ctx, case, logger)
                         publisher.close()  # every step's artifacts exist before the case's own
                 except BaseException as exc:
                     # cancelled (SIGTERM), interrupted or crashed: stop the waits of running steps, undo at once,
                     # leave the evidence of what was done, then let Prefect record the end
                     ctx.stop.set()
-                    undone = undo_now(ctx, logger)
+                    undone = _way_out(undo_now(ctx, logger), ctx, case, logger)
                     publisher.close(timeout=STOPPING_FLUSH_S)
                     stopped = StepResult(number="stop", label="run stopped", kind="stop", status="error",
                                          error=f"the run was stopped ({type(exc).__name__}) before the case ended",
@@ -252,7 +262,7 @@ def pipeline_test(
                         send_notice(partial, notice, ui_url=partial.ui_url)
                     raise
         except CouldNotRun as exc:
-            return _could_not_run(str(exc), logger)  # type: ignore[return-value]
+            return _could_not_run(str(exc), logger, case.case)  # type: ignore[return-value]
         LIVE.pop(run_id, None)
         if cleanup is not None:
             steps.append(cleanup)
@@ -277,10 +287,16 @@ def pipeline_test(
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
 
 
-def _could_not_run(message: str, logger: Any) -> State:
-    """The flow run's end when the case never started its steps (nothing was changed): exit 3 in the CLI."""
+def _could_not_run(message: str, logger: Any, case: str) -> State:
+    """The flow run's end when the case never started its steps (nothing was changed): Cancelled, named NotRun
+    (see flows.run_states), with an artifact that says why and what to do; exit 3 in the CLI."""
     logger.error("%s", message)
-    return Failed(message=message, data=CouldNotRun(message))
+    try:
+        create_markdown_artifact(markdown=run_states.not_run_markdown(case, message),
+                                 key=f"{evidence.case_key(case)}-not-run"[:100], description=f"NOT RUN · {case}")
+    except Exception as exc:
+        logger.warning("Could not publish why the case did not run: %s", exc)
+    return run_states.not_run(message, CouldNotRun(message))
 
 
 @contextlib.contextmanager
@@ -300,6 +316,46 @@ def _locked(clients: ClientFactory, resources: list[str], case: CaseSpec, run_id
     with contextlib.ExitStack() as stack:
         stack.push(held.__exit__)
         yield lock
+
+
+@contextlib.contextmanager
+def _claimed(ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str, ctx: StepContext,
+             logger: Any) -> Iterator[Heartbeat]:
+    """The run's claim on its resources in the undo journal, its lease renewed while the run is alive (so any
+    ``recover`` can tell it is alive, whatever its Prefect server); CouldNotRun when it cannot be written, or when
+    a live run that this server's locks cannot see (another server) claims any of the same resources. A run whose
+    lease cannot be renewed in time is stopped (``ctx.stop``), and its journal refuses any further change."""
+    heartbeat = Heartbeat(ssm, run_id=run_id, case=case.case, resources=resources, logger=logger,
+                          prefix=case.aws.journal_prefix, on_lost=ctx.stop.set)
+    try:
+        heartbeat.__enter__()
+    except StepError as exc:
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
+    with contextlib.ExitStack() as stack:
+        stack.push(heartbeat.__exit__)
+        try:
+            refuse_live_claims(ssm, resources, case.aws.journal_prefix, run_id, case.case)
+        except StepError as exc:
+            raise CouldNotRun(f"case '{case.case}' did not start: {exc.message}") from None
+        yield heartbeat
+
+
+def _way_out(cleanup: StepResult | None, ctx: StepContext, case: CaseSpec, logger: Any) -> StepResult | None:
+    """When the clean-up could not put everything back, say what is left and the exact ``recover`` command (the
+    journal still holds those undos)."""
+    left = [a for a in ctx.undo.pending() if a.journal_id]
+    if cleanup is None or not left:
+        return cleanup
+    try:
+        region = ctx.clients.region  # what the run used (the spec's, the block's or the chain's)
+    except Exception:
+        region = case.aws.region
+    command = recover_command(region, case.aws.profile, case.aws.credentials_block, case.aws.journal_prefix)
+    text = (f"left undone, kept in the undo journal: {', '.join(sorted({a.resource for a in left}))}; put them "
+            f"back, once AWS answers again, with `{command}`")
+    logger.error("The clean-up could not undo everything: %s", text)
+    cleanup.error = f"{cleanup.error}; {text}" if cleanup.error else text
+    return cleanup
 
 
 def _settle_leftovers(clients: ClientFactory, ssm: SSMClient, resources: list[str], case: CaseSpec, run_id: str,
@@ -523,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
-        return guarded(lambda: recover_main(argv[1:]))
+        return recover_main(argv[1:], guarded)
     parser = argparse.ArgumentParser(prog="python -m flows.pipeline_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="the test case: a YAML or JSON spec file; or a suite: a folder "
                         "of cases, or a suite file (see docs/running.md, Suites)")
@@ -543,17 +599,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", action="append", default=[], metavar="TAG",
                         help="a suite: run only the cases with this tag (repeatable: any of them)")
     parser.add_argument("--max-parallel", type=int, metavar="N", help="a suite: at most N cases at once")
+    parser.add_argument("--plan", action="store_true", help="print what the case (or suite) will change, read, "
+                        "undo and lock, without running it: no AWS call, no credentials (see docs/aws.md)")
+    parser.add_argument("--iam-policy", action="store_true", help="print the least-privilege IAM policy the case "
+                        "(or suite) needs, as JSON, without running it (see docs/aws.md)")
+    parser.add_argument("--account", metavar="ID", help="--iam-policy: the AWS account of the ARNs (default: the "
+                        "case's aws.account_id, else '*' with a warning)")
+    parser.add_argument("--region", metavar="REGION", help="--iam-policy: the region of the ARNs (default: the "
+                        "case's aws.region, else '*' with a warning)")
+    parser.add_argument("--kms-key-arn", metavar="ARN", help="--iam-policy: the KMS key of the SecureStrings "
+                        "(default: any key, used only through SSM)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="a suite: run only the case of this name (a matrix row: 'case [row id]'; a glob "
+                        "such as 'Orders*' matches names; repeatable)")
+    parser.add_argument("--rerun-failed", metavar="PACK", help="a suite: run only the cases (and matrix rows) that "
+                        "failed or could not run in this suite evidence pack, as a new run linked to it (the suite "
+                        "file: the one the pack names, unless given)")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
 
         print(json.dumps(json_schema(), indent=2))
         return EXIT_PASSED
-    if not args.spec:
+    if not args.spec and not args.rerun_failed:
         parser.error("a spec file is required")
+    if args.plan or args.iam_policy:
+        return _plan_cli(args)
     from flows.suite_spec import is_suite_file
 
-    if is_suite_file(Path(args.spec)):
+    if args.rerun_failed or is_suite_file(Path(args.spec)):
         from flows.suite import run_suite_cli
 
         try:
@@ -562,8 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_INVALID
         return run_suite_cli(args, overrides)
-    if args.tag or args.max_parallel is not None:
-        print(f"--tag and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
+    if args.tag or args.only or args.max_parallel is not None:
+        print(f"--tag, --only and --max-parallel are for a suite (a folder or a suite file), not the case {args.spec}",
               file=sys.stderr)
         return EXIT_INVALID
     try:
@@ -604,6 +678,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PASSED if result.passed else EXIT_FAILED
 
     return guarded(run)
+
+
+def _plan_cli(args: argparse.Namespace) -> int:
+    """--plan and --iam-policy (flows.plan_cli): no AWS call, no Prefect server."""
+    from flows.plan_cli import plan_cli
+
+    try:
+        overrides = parse_vars(args.var)
+    except SpecError as exc:
+        return invalid(exc)
+    return plan_cli(args, overrides)
 
 
 def invalid(exc: SpecError, what: str = "no AWS call was made") -> int:

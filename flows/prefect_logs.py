@@ -10,7 +10,11 @@ a failed case from a bug, then logs (in a worker's or ``serve``'s flow-run proce
 - ``Task run failed with state: Failed(...)`` logged with ``exc_info=True`` although no exception is being
   handled, which prints a stray ``NoneType: None`` line: that empty traceback is removed.
 
-Any other exception (a bug) keeps its traceback. The filters are installed once per process on Prefect's run
+Any other exception (a bug) keeps its traceback. And for every step's task run, Prefect's own end-of-run lines
+move to DEBUG (:class:`QuietStepStates`): ``Finished in state Completed()`` was a quarter of all log lines, and a
+failed step said its failure three times at ERROR (our line, then ``Task run failed with state: Failed(...,
+result=StepFailed(...))`` and ``Finished in state Failed(...)``, the state's repr). Our own line per step stays:
+``step N 'name' (kind) passed: …`` or ``… failed: …``. The filters are installed once per process on Prefect's run
 loggers (``install()``, called when :mod:`flows.pipeline_test` is imported) and hold no state.
 """
 
@@ -46,9 +50,27 @@ class ExpectedFailureFilter(logging.Filter):
         return True
 
 
+#: Prefect's lines at the end of a task run, which repeat what the step's own line said
+STATE_LINES = ("Finished in state ", "Task run failed with state: ")
+
+
+class QuietStepStates(logging.Filter):
+    """Prefect's end-of-run lines of a task run, at DEBUG: shown only where DEBUG is (PREFECT_LOGGING_LEVEL)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and record.getMessage().startswith(STATE_LINES):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info, record.exc_text = None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def install() -> None:
-    """Put the filter on Prefect's flow-run and task-run loggers (once)."""
+    """Put the filters on Prefect's flow-run and task-run loggers (once)."""
     for name in RUN_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, ExpectedFailureFilter) for f in logger.filters):
             logger.addFilter(ExpectedFailureFilter())
+    task_runs = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, QuietStepStates) for f in task_runs.filters):
+        task_runs.addFilter(QuietStepStates())

@@ -12,6 +12,13 @@ from tasks.errors import HashedItem, StepFile
 StepStatus = Literal["passed", "failed", "error", "skipped"]
 
 
+class EvidenceLink(BaseModel):
+    """A link of a step's evidence."""
+
+    text: str
+    url: str
+
+
 class StepResult(BaseModel):
     """One step's outcome. ``failed``: the step ran and what it checked did not hold (a
     :class:`~tasks.errors.CheckFailed`); ``error``: the step could not do or check what it was asked (AWS refused,
@@ -35,6 +42,11 @@ class StepResult(BaseModel):
     items: list[HashedItem] = Field(default_factory=list)
     #: files the step wrote for the evidence pack (copied into it under ``steps/<number>/``)
     files: list[StepFile] = Field(default_factory=list)
+    #: the step's readable evidence (markdown: what it did, watched and proved, its checks), as its UI artifact
+    #: shows it: the pack's report.md renders it from here, with the same code, so the pack holds what the UI does
+    evidence: str = ""
+    #: the step's links (AWS console, or the emulator's URL), as in its UI artifact
+    links: list[EvidenceLink] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -71,6 +71,9 @@ class AwsSettings(SpecModel):
 
     region: str | None = Field(None, description="AWS region; default: the credentials block's, else "
                                "AWS_REGION / the profile's.")
+    account_id: str | None = Field(None, pattern=r"^[0-9]{12}$", description="The AWS account the case is meant "
+                                   "for (12 digits): the IAM policy that --iam-policy makes names it in its ARNs "
+                                   "(default: --account, else any account).")
     profile: str | None = Field(None, description="Named profile from ~/.aws/config (SSO works); default: "
                                 "AWS_PROFILE or the default chain.")
     credentials_block: str | None = Field(None, description="Name of a saved prefect-aws AwsCredentials block.")

@@ -4,7 +4,8 @@ pool spreads them over workers. Then the suite's summary artifact and evidence p
 
     python -m flows.pipeline_test examples/cases/                  every case of a folder
     python -m flows.pipeline_test suite.yaml [--tag orders] [--max-parallel N] [--var k=v] [--evidence-dir D]
-                                             [--files-root DIR]
+                                             [--files-root DIR] [--only NAME]
+    python -m flows.pipeline_test [suite.yaml] --rerun-failed SUITE-PACK   only what failed in that run
 
 Cases that change one SSM parameter or S3 prefix take turns on their resource locks (:mod:`flows.locks`); a
 Ctrl+C or SIGTERM stops every running case, and each puts back what it changed.
@@ -29,6 +30,7 @@ from flows.console import json_text
 from flows.engine import signals_deferred, stop_signals_interrupt
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
+from flows.pack_base import manifest_sha256
 from flows.pipeline_test import (
     SUITE,
     SuiteShared,
@@ -39,9 +41,11 @@ from flows.pipeline_test import (
     result_of,
 )
 from flows.recover import CouldNotRun
+from flows.spec import read_spec_file
 from flows.suite_pack import (
     CASES_DIR,
     CaseVerdict,
+    RerunOf,
     SuiteCaseResult,
     SuiteFailed,
     SuiteResult,
@@ -49,7 +53,8 @@ from flows.suite_pack import (
     write_suite_pack,
 )
 from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
-from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
+from flows.suite_rerun import Rerun
+from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite, suite_name
 from tasks import markdown as md
 from tasks.base import format_duration
 from tasks.polling import wait_done
@@ -61,8 +66,18 @@ def suite_key(suite: str) -> str:
 
 
 def _suite_run_name() -> str:
-    source = (flow_run.parameters or {}).get("suite") or "suite"
-    return f"suite-{slug(Path(str(source)).stem) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    """The suite's name (its file's ``suite:``, or its folder's name) and the start time."""
+    source = Path(str((flow_run.parameters or {}).get("suite") or "suite"))
+    name = source.stem
+    try:
+        if source.is_dir():
+            name = source.resolve().name
+        elif source.is_file():
+            raw = read_spec_file(source)
+            name = str(raw.get("suite") or name) if isinstance(raw, dict) else name
+    except Exception:
+        pass
+    return f"suite-{slug(name) or 'suite'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
 def _now() -> datetime:
@@ -77,15 +92,22 @@ def pipeline_test_suite(
     max_parallel: int | None = None,
     evidence_dir: str | None = None,
     files_root: str | None = None,
+    only: list[str] | None = None,
+    rerun_of: dict[str, Any] | None = None,
 ) -> SuiteResult:
     """Run a suite (a folder of cases, or a suite file): every case validated first, then each a subflow run
     (or a run of the suite's deployment), at most ``max_parallel`` at once; leaves the summary artifact
     ``suite-<name>`` and the suite's evidence pack in ``evidence_dir`` (default:
     ``evidence/suites/<name>/<time>-<run id>/``). ``files_root`` (``--files-root``) replaces the suite file's
-    ``files_root``: every case's local files may also lie under it. The flow run fails when a case failed or did
-    not run."""
+    ``files_root``: every case's local files may also lie under it. ``only`` keeps the cases (and matrix rows) of
+    these names; ``rerun_of`` (``--rerun-failed``: the suite pack re-run and its manifest's SHA-256) links this run
+    to the first. The flow run fails when a case failed or did not run."""
     logger = get_run_logger()
-    plan = load_suite(suite, tags, plain_variables(variables), max_parallel, files_root)
+    plan = load_suite(suite, tags, plain_variables(variables), max_parallel, files_root, only)
+    rerun = RerunOf.model_validate(rerun_of) if rerun_of else None
+    if rerun is not None:
+        logger.info("Re-running the %d case(s) that failed or did not run in %s (manifest sha256 %s)",
+                    len(plan.cases), rerun.pack, rerun.manifest_sha256)
     if files_root and plan.spec.files_root:
         logger.info("--files-root %s replaces the suite file's files_root %r", files_root, plan.spec.files_root)
     started = _now()
@@ -97,7 +119,7 @@ def pipeline_test_suite(
     logger.info("Suite %r: %d case(s), at most %d at once (%s)%s", plan.spec.suite, len(plan.cases),
                 plan.spec.max_parallel, "as runs of " + plan.spec.deployment.name
                 if plan.spec.run_as == "deployment" else "subflow runs in this process",
-                f"; left out by the tags: {len(plan.skipped)}" if plan.skipped else "")
+                f"; left out: {len(plan.skipped)}" if plan.skipped else "")
     shared = SuiteShared()  # the cases share its stop and AWS clients
     results: dict[int, SuiteCaseResult] = {}
     # a stop signal without a handler (SIGBREAK: Prefect's cancel on Windows) stops the suite too, as Ctrl+C does
@@ -123,9 +145,9 @@ def pipeline_test_suite(
                         wait_done(future)
                 done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
                         and f.exception() is None}
-                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger)
+                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger, rerun)
             raise
-    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, logger)
+    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, logger, rerun)
     if result.passed:
         return result
     return Failed(message=str(SuiteFailed(result)), data=SuiteFailed(result))  # type: ignore[return-value]
@@ -153,7 +175,8 @@ def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress)
 def _run_subflow(case: SuiteCase, pack_dir: Path, started: datetime, files_root: Path | None) -> SuiteCaseResult:
     hidden = {k: SecretStr(v) for k, v in case.variables.items()}
     state = pipeline_test(spec=str(case.path), variables=hidden or None, evidence_dir=str(pack_dir),
-                          files_root=str(files_root) if files_root else None, return_state=True)
+                          files_root=str(files_root) if files_root else None,
+                          case_name=case.name if case.row is not None else None, return_state=True)
     return _verdict(case, started, state, result_of(state))
 
 
@@ -177,6 +200,8 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
         parameters["variables"] = case.variables
     if files_root:
         parameters["files_root"] = project_path(files_root)
+    if case.row is not None:
+        parameters["case_name"] = case.name
     run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
                          poll_interval=settings.poll_interval, as_subflow=True)
     state = run.state  # type: ignore[union-attr]
@@ -220,28 +245,39 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
 
 
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
-            logger: Any) -> SuiteResult:
+            logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
     """The suite's result, its summary artifact and its evidence pack (a failure of either is logged)."""
     result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=_ui_url(), started_at=started,
-                         ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped])
-    try:
-        publish_suite(result)
-    except Exception as exc:
-        logger.warning("Could not publish the suite's summary artifact: %s", exc)
+                         ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped],
+                         source=str(plan.source), rerun_of=rerun)
     try:
         write_suite_pack(result, folder)
         result.evidence_dir = str(folder.resolve())
         logger.info("Suite evidence pack: %s", result.evidence_dir)
     except Exception as exc:
         logger.error("Could not write the suite's evidence pack: %s", exc)
+    try:  # after the pack: the report says where it is
+        publish_suite(result)
+    except Exception as exc:
+        logger.warning("Could not publish the suite's summary artifact: %s", exc)
     logger.info("Suite %r: %d passed, %d failed, %d not run in %s", result.suite, result.count("passed"),
                 result.count("failed"), result.count("not run"), format_duration(result.duration_s))
     return result
 
 
+#: a case's verdict in the suite's tables: the word and the mark, as a case's own evidence shows them
+VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not run"}
+#: widths of the summary table's cells: the UI never wraps a table cell, and its box is about 840 px at 1400 px
+#: (the whole texts are in the suite's report and pack)
+CASE_WIDTH, WHY_WIDTH = 34, 44
+
+
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
-    return [{"case": c.case, "verdict": c.status.upper(), "duration": format_duration(c.duration_s),
-             "failed step and reason": c.why, "flow run": c.ui_url or c.flow_run_id or ""} for c in result.cases]
+    """One row per case: verdict first (always in view), case, duration, the failed step and why, the flow run's
+    short id (its link is in the suite's report)."""
+    return [{"verdict": VERDICT[c.status], "case": md.shorten(c.case, CASE_WIDTH),
+             "duration": format_duration(c.duration_s), "failed step and reason": md.shorten(c.why, WHY_WIDTH),
+             "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
 
 def publish_suite(result: SuiteResult) -> None:
@@ -249,15 +285,19 @@ def publish_suite(result: SuiteResult) -> None:
     flow run (``suite-<name>-report``)."""
     key = suite_key(result.suite)
     verdict = f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"
+    word = "passed" if result.passed else "FAILED"  # first in the card's description: a card cuts the rest
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
-                          key=key, description=f"Suite {md.text(result.suite)}: {verdict} "
+                          key=key, description=f"{word} · suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    rows = [[c.case, c.status.upper(), format_duration(c.duration_s), c.why,
-             md.link("flow run", c.ui_url) if c.ui_url else md.code(c.flow_run_id or "none")] for c in result.cases]
+    rows = [[md.Md(VERDICT[c.status]), c.case, format_duration(c.duration_s), c.why,
+             md.link("open", c.ui_url) if c.ui_url else md.code((c.flow_run_id or "none")[:8])] for c in result.cases]
+    pack = (md.facts([("evidence pack", md.code(result.evidence_dir)),
+                      ("manifest SHA-256", md.code(manifest_sha256(Path(result.evidence_dir))))])
+            if result.evidence_dir else md.text("No evidence pack was written (see the suite's log)."))
     create_markdown_artifact(
         markdown=f"# Suite {md.text(result.suite)}: {md.text(verdict)}\n\n"
-        + md.table(["case", "verdict", "duration", "failed step and reason", "run"], rows),
-        key=f"{key}-report"[:KEY_MAX], description=f"Suite {md.text(result.suite)}: {verdict}")
+        + md.table(["verdict", "case", "duration", "failed step and reason", "run"], rows) + "\n\n" + pack,
+        key=f"{key}-report"[:KEY_MAX], description=f"{word} · suite {md.text(result.suite)}: {verdict}")
 
 
 # -------------------------------------------------------------------------------------------------- the CLI
@@ -268,6 +308,9 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
              f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
     lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
+    if result.rerun_of:
+        lines.append(f"A re-run of the failed cases of {result.rerun_of.pack} "
+                     f"(manifest sha256 {result.rerun_of.manifest_sha256})")
     if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {suite_key(result.suite)})")
     if result.evidence_dir:
@@ -287,6 +330,26 @@ def exit_code(result: SuiteResult) -> int:
     return EXIT_FAILED if result.count("failed") else EXIT_COULD_NOT_RUN if result.count("not run") else EXIT_PASSED
 
 
+def rerun_selection(args: Any) -> Rerun | None:
+    """With ``--rerun-failed PACK``: what the pack says failed (SpecError when it is no intact suite pack); the
+    suite file, when not given, is the one the pack names."""
+    from flows.spec import SpecError
+    from flows.suite_rerun import read_rerun
+
+    if not args.rerun_failed:
+        return None
+    if args.only:
+        raise SpecError("--only", ["--only and --rerun-failed go separately (the pack names the cases to re-run)"])
+    rerun = read_rerun(Path(args.rerun_failed))
+    if not args.spec:
+        if not rerun.source:
+            raise SpecError(f"--rerun-failed {args.rerun_failed}", ["the pack does not name its suite file: give "
+                                                                     "it (python -m flows.pipeline_test SUITE "
+                                                                     "--rerun-failed PACK)"])
+        args.spec = rerun.source
+    return rerun
+
+
 def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     """The CLI for a folder or suite file (called by ``flows.pipeline_test.main``): validate every case (exit 2
     naming file, step and field; nothing runs), then run the suite with its progress shown."""
@@ -303,14 +366,22 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
     from flows.suite_progress import shown
 
     try:
-        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root)
+        rerun = rerun_selection(args)
+        if rerun is not None and not rerun.link.cases:
+            print(f"Nothing to re-run: every case of suite '{rerun.suite}' passed in {args.rerun_failed}.")
+            return EXIT_PASSED
+        if rerun is not None and suite_name(Path(args.spec)) != rerun.suite:
+            raise SpecError(str(args.spec), [f"--rerun-failed {args.rerun_failed} is a pack of suite "
+                                             f"'{rerun.suite}', not of '{suite_name(Path(args.spec))}'"])
+        only = rerun.link.cases if rerun is not None else args.only or None
+        plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root, only)
         if args.evidence_dir:
             check_evidence_dir(Path(args.evidence_dir), args.spec)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
-              + (f" ({len(plan.skipped)} left out by the tags)" if plan.skipped else "")
+              + (f" ({len(plan.skipped)} left out)" if plan.skipped else "")
               + (f"; local files may also lie under {plan.files_root}" if plan.files_root else "") + ".")
         return EXIT_PASSED
 
@@ -324,7 +395,9 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
                 state = pipeline_test_suite(suite=str(args.spec), tags=args.tag or None,
                                             variables={k: SecretStr(v) for k, v in overrides.items()} or None,
                                             max_parallel=args.max_parallel, evidence_dir=args.evidence_dir,
-                                            files_root=args.files_root, return_state=True)
+                                            files_root=args.files_root, only=only,
+                                            rerun_of=rerun.link.model_dump() if rerun else None,
+                                            return_state=True)
         finally:
             PROGRESS.reset(token)
         result = suite_result_of(state)

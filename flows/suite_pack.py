@@ -74,6 +74,16 @@ class SuiteCaseResult(BaseModel):
         return self.reason or ""
 
 
+class RerunOf(BaseModel):
+    """The suite pack a re-run (``--rerun-failed``) re-runs the failed cases of: where it is, its manifest's SHA-256
+    (verified before the re-run), its suite's flow run and the cases re-run."""
+
+    pack: str
+    manifest_sha256: str
+    flow_run_id: str | None = None
+    cases: list[str] = []
+
+
 class SuiteResult(BaseModel):
     """What a suite run returns: every case's verdict; ``passed`` only when every case passed."""
 
@@ -85,6 +95,9 @@ class SuiteResult(BaseModel):
     cases: list[SuiteCaseResult]
     skipped: list[str] = []
     evidence_dir: str | None = None
+    #: the suite file or folder as given (what ``--rerun-failed`` runs again)
+    source: str | None = None
+    rerun_of: RerunOf | None = None
 
     @property
     def duration_s(self) -> float:
@@ -168,11 +181,14 @@ def index_html(result: SuiteResult) -> str:
         f"<h1>Suite {e(result.suite)} <span class='badge verdict {verdict}'>{e(result.status.upper())}</span></h1>",
         f"<p class='muted'>{counts}; started {e(_iso(result.started_at) or '')}, {result.duration_s:.1f} s; "
         f"flow run {e(result.flow_run_id or '')}</p>",
+        *([f"<p>A re-run of the failed cases of the suite pack <code>{e(result.rerun_of.pack)}</code> (manifest "
+           f"sha256 <code>{e(result.rerun_of.manifest_sha256)}</code>, flow run "
+           f"{e(result.rerun_of.flow_run_id or '')})</p>"] if result.rerun_of else []),
         "<h2>Timeline</h2>", timeline_svg(result),
         "<h2>Cases</h2>",
         "<table><tr><th>case</th><th>verdict</th><th>duration</th><th>failed step and reason</th><th>evidence"
         "</th><th>run</th></tr>", *rows, "</table>",
-        *([f"<p class='muted'>Left out by the tags: {e(', '.join(result.skipped))}</p>"] if result.skipped else []),
+        *([f"<p class='muted'>Left out: {e(', '.join(result.skipped))}</p>"] if result.skipped else []),
         f"<p class='muted'>Check this pack with <code>python -m flows.evidence_pack verify &lt;this folder&gt;"
         f"</code> ({e(MANIFEST)} lists every file, the cases' packs included).</p>",
         "</body></html>", ""])
@@ -214,7 +230,8 @@ def suite_report(result: SuiteResult) -> dict[str, Any]:
         "suite": result.suite, "status": result.status, "flow_run_id": result.flow_run_id, "ui_url": result.ui_url,
         "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at), "duration_s": result.duration_s,
         "counts": {s: result.count(s) for s in ("passed", "failed", "not run")},
-        "skipped_by_tags": result.skipped,
+        "skipped_by_tags": result.skipped, "source": result.source,
+        "rerun_of": result.rerun_of.model_dump() if result.rerun_of else None,
         "cases": [{"case": c.case, "path": c.path, "status": c.status, "started_at": _iso(c.started_at),
                    "ended_at": _iso(c.ended_at), "duration_s": c.duration_s, "flow_run_id": c.flow_run_id,
                    "ui_url": c.ui_url, "failed_step": c.failed_step.number if c.failed_step else None,

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 import boto3
 from botocore.config import Config
 
+from tasks.iam import name_denied_action
+
 if TYPE_CHECKING:
     # the boto3 type stubs are test-only dependencies: imported for mypy, never at run time
     from botocore.client import BaseClient
@@ -136,7 +138,9 @@ class ClientFactory:
                 region = self.target.region or self._session.region_name
                 if region:
                     params["region_name"] = region
-                self._clients[service] = self._session.client(service, **params)
+                client = self._session.client(service, **params)
+                client.meta.events.register("after-call.*.*", name_denied_action)  # denials name the action
+                self._clients[service] = client
             return self._clients[service]
 
     @property

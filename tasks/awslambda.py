@@ -27,6 +27,7 @@ from tasks import markdown as md
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
+from tasks.iam import Arns, Footprint
 from tasks.json_checks import (
     MAX_SHOWN_CHARS,
     MISSING,
@@ -238,7 +239,17 @@ def _links(client: LambdaClient, step: InvokeLambdaStep) -> list[Link]:
     return [Link(url=url, text=f"Lambda function {name}")]
 
 
-@step_kind(InvokeLambdaStep)
+def invoke_lambda_footprint(step: InvokeLambdaStep, arns: Arns) -> Footprint:
+    """One Invoke of the function (or its version or alias)."""
+    function = step.function if step.qualifier is None else f"{step.function}:{step.qualifier}"
+    fp = Footprint().change("Lambda invocation", function, f"invoke ({step.invocation_type})")
+    if not function.startswith("arn:") and ":function:" in function:  # a partial ARN: account:function:name
+        account, _, rest = function.partition(":function:")
+        function = f"arn:{arns.partition}:lambda:{arns.region}:{account}:function:{rest}"
+    return fp.need(arns.lambda_function(function), "lambda:InvokeFunction")
+
+
+@step_kind(InvokeLambdaStep, footprint=invoke_lambda_footprint)
 def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
     """Invoke the function, check status, function error and expectations, and record the evidence."""
     masker = JsonMasker.for_paths(step.sensitive_fields, ctx.secrets)

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.aws import ClientFactory
 from tasks.errors import HashedItem, StepFile
+from tasks.iam import Arns, Footprint, FootprintFn
 from tasks.polling import Clock
 from tasks.secrets import Secrets
 
@@ -298,19 +299,34 @@ class StepKind:
     kind: str
     model: type[StepBase]
     run: Runner
+    #: what a rendered step of this kind touches and which IAM actions it needs (``tasks.iam``); None only while
+    #: a kind has not declared it (a test fails for such a kind)
+    footprint: FootprintFn | None = None
 
 
 REGISTRY: dict[str, StepKind] = {}
 
 
-def step_kind(model: type[StepBase]) -> Callable[[Runner], Runner]:
-    """Register ``run`` as the runner of ``model``'s kind (the model's ``kind`` literal)."""
+def step_kind(model: type[StepBase], footprint: FootprintFn | None = None) -> Callable[[Runner], Runner]:
+    """Register ``run`` as the runner of ``model``'s kind (the model's ``kind`` literal), with its ``footprint``:
+    ``(rendered step, tasks.iam.Arns) -> tasks.iam.Footprint``, what it changes, reads and undoes, and every IAM
+    action its runner calls on which ARN (the plan, the IAM policy and the preflight are made from it)."""
     kind = model.model_fields["kind"].default
     if not isinstance(kind, str):
         raise TypeError(f"{model.__name__}.kind needs a literal default")
 
     def register(run: Runner) -> Runner:
-        REGISTRY[kind] = StepKind(kind, model, run)
+        REGISTRY[kind] = StepKind(kind, model, run, footprint)
         return run
 
     return register
+
+
+def footprint(step: StepBase, arns: Arns | None = None) -> Footprint:
+    """What a rendered step touches and needs (its kind's declaration), with ARNs for ``arns`` (default: ``*``
+    for account and region). Raises LookupError for a kind that declares none."""
+    kind = REGISTRY[step.kind]  # type: ignore[attr-defined]
+    if kind.footprint is None:
+        raise LookupError(f"step kind {kind.kind!r} declares no footprint (its IAM actions): "
+                          "@step_kind(Model, footprint=...)")
+    return kind.footprint(step, arns or Arns())

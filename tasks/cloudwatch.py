@@ -20,6 +20,7 @@ from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
 from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.iam import Arns, Footprint
 from tasks.polling import MAX_WAIT_SECONDS, PollSettings
 from tasks.secrets import redact
 
@@ -72,7 +73,12 @@ ALARM_FACTS = ("AlarmName", "StateValue", "StateReason", "StateUpdatedTimestamp"
                "ActionsEnabled")
 
 
-@step_kind(ExpectAlarmStateStep)
+def expect_alarm_state_footprint(step: ExpectAlarmStateStep, arns: Arns) -> Footprint:
+    fp = Footprint().read("CloudWatch alarm", step.alarm, f"state {step.state}")
+    return fp.need(arns.cloudwatch_alarm(step.alarm), "cloudwatch:DescribeAlarms")
+
+
+@step_kind(ExpectAlarmStateStep, footprint=expect_alarm_state_footprint)
 def run_expect_alarm_state(step: ExpectAlarmStateStep, ctx: StepContext) -> StepOutcome:
     """Wait for the alarm's state; the evidence shows its state, reason, metric and threshold."""
     client = ctx.clients.client("cloudwatch")
@@ -182,7 +188,12 @@ def _log_markdown(step: ExpectLogEventsStep, start_ms: int, seen: LogLines, watc
     return "\n\n".join(parts)
 
 
-@step_kind(ExpectLogEventsStep)
+def expect_log_events_footprint(step: ExpectLogEventsStep, arns: Arns) -> Footprint:
+    fp = Footprint().read("CloudWatch log group", step.log_group, "filter events since the case began")
+    return fp.need(arns.log_group(step.log_group), "logs:FilterLogEvents")
+
+
+@step_kind(ExpectLogEventsStep, footprint=expect_log_events_footprint)
 def run_expect_log_events(step: ExpectLogEventsStep, ctx: StepContext) -> StepOutcome:
     """Count the matching lines since the case began (a count that only grows: past its maximum, fail at once)."""
     client = ctx.clients.client("logs")

@@ -24,6 +24,7 @@ from tasks import markdown as md
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, StepError, aws_error
 from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.iam import Arns, Footprint
 from tasks.json_match import exact_number, json_equal, json_subset_mismatches
 from tasks.polling import PollSettings
 from tasks.secrets import redact, redact_json
@@ -313,7 +314,7 @@ def _markdown(step: ExpectItemsStep, watched: Watched[ItemsSeen], ctx: StepConte
             facts.append(["index", md.code(step.query.index)])
     facts += [["consistent read", "yes" if step.consistent_read else "no"], ["expected", step.wanted()],
               ["found", f"{seen.count} item(s) {watched.timing()}"]]
-    parts: list[str] = [md.table(["", ""], facts)]
+    parts: list[str] = [md.facts((name, value) for name, value in facts)]
     if seen.items:
         shown = json.dumps(redact_json(plain(seen.items), ctx.secrets), indent=2, ensure_ascii=False, default=str)
         if len(shown) > MAX_SHOWN_CHARS:
@@ -325,7 +326,17 @@ def _markdown(step: ExpectItemsStep, watched: Watched[ItemsSeen], ctx: StepConte
     return "\n\n".join(parts)
 
 
-@step_kind(ExpectItemsStep)
+def expect_items_footprint(step: ExpectItemsStep, arns: Arns) -> Footprint:
+    """GetItem by key, or Query (of the table or one of its indexes)."""
+    table = arns.dynamodb_table(step.table)
+    if step.query is None:
+        return Footprint().read("DynamoDB table", step.table, "get item by key").need(table, "dynamodb:GetItem")
+    index = step.query.index
+    fp = Footprint().read("DynamoDB table", step.table, "query" + (f" index {index}" if index else ""))
+    return fp.need(f"{table}/index/{index}" if index else table, "dynamodb:Query")
+
+
+@step_kind(ExpectItemsStep, footprint=expect_items_footprint)
 def run_expect_items(step: ExpectItemsStep, ctx: StepContext) -> StepOutcome:
     """Wait for the items and check them; the evidence shows them as plain JSON."""
     client = ctx.clients.client("dynamodb")

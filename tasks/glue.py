@@ -27,6 +27,7 @@ from tasks import markdown as md
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
 from tasks.expect import console_link
+from tasks.iam import Arns, Footprint
 from tasks.json_checks import truncate
 from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import mask, redact
@@ -183,7 +184,21 @@ def dpu_seconds(run: dict[str, Any]) -> tuple[float | None, bool]:
     return None, False
 
 
-@step_kind(GlueJobStep)
+def glue_job_footprint(step: GlueJobStep, arns: Arns) -> Footprint:
+    """Start a run and follow it (or find the pipeline's among the job's runs); stop it on timeout."""
+    job = arns.glue_job(step.job)
+    fp = Footprint()
+    if step.start:
+        fp.change("Glue job run", step.job, "start a run (not undone)").need(job, "glue:StartJobRun", "glue:GetJobRun")
+    else:
+        fp.read("Glue job runs", step.job, "wait for the pipeline's run").need(job, "glue:GetJobRuns",
+                                                                                 "glue:GetJobRun")
+    if step.stop_on_timeout:
+        fp.need(job, "glue:BatchStopJobRun")
+    return fp
+
+
+@step_kind(GlueJobStep, footprint=glue_job_footprint)
 def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
     """Start (or find) the run, wait for a final state (stopping it on timeout), check it, record the evidence."""
     glue: GlueClient = ctx.clients.client("glue")
@@ -421,7 +436,25 @@ def table_problems(glue: GlueClient, database: str, expected: TableExpect) -> tu
     return problems, found
 
 
-@step_kind(GlueCrawlerStep)
+def glue_crawler_footprint(step: GlueCrawlerStep, arns: Arns) -> Footprint:
+    """Start a crawl (or wait for the pipeline's), stop it on timeout, then read the tables it must have made."""
+    crawler = arns.glue_crawler(step.crawler)
+    fp = Footprint().need(crawler, "glue:GetCrawler", "glue:ListCrawls")  # the crawl's state, its history
+    if step.start:
+        fp.change("Glue crawl", step.crawler, "start a crawl (not undone)").need(crawler, "glue:StartCrawler")
+    else:
+        fp.read("Glue crawler", step.crawler, "wait for the pipeline's crawl")
+    if step.stop_on_timeout:
+        fp.need(crawler, "glue:StopCrawler")
+    if step.tables and step.database:
+        for table in step.tables:
+            fp.read("Glue table", f"{step.database}.{table.name}", "exists, columns")
+        for resource in (arns.glue_catalog(), arns.glue_database(step.database), arns.glue_tables(step.database)):
+            fp.need(resource, "glue:GetTable")
+    return fp
+
+
+@step_kind(GlueCrawlerStep, footprint=glue_crawler_footprint)
 def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     """Start (or await) the crawl, wait for the crawler to be READY again, check the crawl and the tables."""
     glue: GlueClient = ctx.clients.client("glue")

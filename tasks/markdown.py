@@ -18,6 +18,7 @@ escapes: ``& < >`` become entities and formatting characters are neutralised wit
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable
 
@@ -145,15 +146,104 @@ def cell(value: Any) -> str:
     return text(value)
 
 
-def table(header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> Md:
-    """A markdown table: one line per row, every cell escaped (see :func:`cell`)."""
-    head = [cell(h) for h in header]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+#: the width of an artifact's markdown box in the Prefect UI at a 1400 px window (measured: 828 to 846 px); the UI
+#: never wraps a table cell (``white-space: nowrap``), so a wider table scrolls sideways and hides its last columns
+TABLE_PX = 820
+#: estimated pixels: per character of a cell (the UI's fonts, code and text alike, rounded up), per column (padding)
+CHAR_PX, COLUMN_PX = 7.5, 26
+#: the narrowest a cell is cut to (in characters) before its full value moves under the table
+MIN_CELL_CHARS = 12
+_LINK_TARGET = re.compile(r"\]\([^)]*\)")
+_ENTITY = re.compile(r"&#?[A-Za-z0-9]+;")
+_WIDE_CHAR = re.compile(r"[\u2600-\u27bf\U0001f300-\U0001faff]")
+
+
+def shown_chars(markdown: str) -> int:
+    """About how many characters a markdown cell shows (link targets, escapes and fences are not shown; an emoji
+    counts twice)."""
+    shown = _ENTITY.sub("x", _LINK_TARGET.sub("]", markdown)).replace("\\", "")
+    shown = shown.replace("`", "").replace("[", "").replace("]", "")
+    return len(shown) + len(_WIDE_CHAR.findall(shown))
+
+
+def _cut(value: Any, limit: int) -> str | None:
+    """A cell's value cut to ``limit`` shown characters, as a cell; None when it cannot be cut (built markdown)."""
+    if isinstance(value, Code):  # an identifier (a key, an id): its start and its end tell it apart
+        return code(shorten_middle(value.raw, limit)).in_cell()  # type: ignore[attr-defined]
+    if isinstance(value, Md):
+        return None
+    flat = one_line(value)  # a name or a URI (no space): its start and end tell it apart; prose: its start
+    return text(shorten_middle(flat, limit) if " " not in flat.strip() else shorten(flat, limit))
+
+
+def table(header: Iterable[Any], rows: Iterable[Iterable[Any]], width_px: int = TABLE_PX) -> Md:
+    """A markdown table: one line per row, every cell escaped (see :func:`cell`), that fits ``width_px``.
+
+    The Prefect UI does not wrap table cells, so a table wider than its box hides its last columns (often the
+    verdict). When the cells' estimated width is over the budget, the widest columns' longest cells are cut (with
+    ``…`` and a note number) and their whole values listed under the table, until it fits."""
+    head_values = list(header)
+    head = [cell(h) for h in head_values]
+    raw: list[list[Any]] = []
     for row in rows:
-        cells = [cell(v) for v in row]
-        cells += [""] * (len(head) - len(cells))
-        lines.append("| " + " | ".join(c or " " for c in cells[: len(head)]) + " |")
+        values = list(row)[: len(head)]
+        raw.append(values + [""] * (len(head) - len(values)))
+    whole = [[cell(v) for v in row] for row in raw]
+    limits: list[int | None] = [None] * len(head)
+
+    def cut_at(r: int, c: int) -> str | None:
+        """The cell cut to its column's limit, or None when it is shown whole."""
+        limit = limits[c]
+        if limit is None or shown_chars(whole[r][c]) <= limit:
+            return None
+        return _cut(raw[r][c], limit)
+
+    def widths() -> list[int]:
+        return [max([shown_chars(head[c])] + [shown_chars(cut_at(r, c) or whole[r][c]) + (5 if cut_at(r, c) else 0)
+                                              for r in range(len(raw))]) for c in range(len(head))]
+
+    while raw:
+        current = widths()
+        over = sum(w * CHAR_PX + COLUMN_PX for w in current) - width_px
+        if over <= 0:
+            break
+        for column in sorted(range(len(head)), key=lambda c: -current[c]):
+            limit = max(MIN_CELL_CHARS, shown_chars(head[column]), current[column] - 5 - math.ceil(over / CHAR_PX))
+            if limits[column] is not None and limit >= limits[column]:  # type: ignore[operator]
+                continue
+            before = limits[column]
+            limits[column] = limit
+            if any(cut_at(r, column) for r in range(len(raw))):
+                break
+            limits[column] = before  # nothing in this column can be cut to that
+        else:
+            break  # nothing left that can be cut (built markdown): leave it as it is
+    notes: list[str] = []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, row in enumerate(whole):
+        shown = []
+        for c, value in enumerate(row):
+            cut = cut_at(r, c)
+            if cut is not None:
+                notes.append(f"{len(notes) + 1}. {text(one_line(head_values[c]) or 'value')}: {value}")
+                value = f"{cut} ({len(notes)})"
+            shown.append(value or " ")
+        lines.append("| " + " | ".join(shown) + " |")
+    if notes:
+        lines += ["", "Whole values of the cells cut above:", "", *notes]
     return Md("\n".join(lines))
+
+
+def fitting_columns(header: list[Any], rows: list[list[Any]], width_px: int = TABLE_PX) -> int:
+    """How many leading columns of a data table fit ``width_px`` whole (at least one): a preview of rows shows
+    those and says how many more there are, rather than cutting every value."""
+    used = 0
+    for column, name in enumerate(header):
+        widest = max([shown_chars(cell(name))] + [shown_chars(cell(row[column])) for row in rows if column < len(row)])
+        used += round(widest * CHAR_PX) + COLUMN_PX
+        if used > width_px:
+            return max(1, column)
+    return len(header)
 
 
 def bullets(items: Iterable[Any]) -> Md:
@@ -178,6 +268,15 @@ def message(value: Any, max_lines: int = 40) -> Md:
     if len(lines) > max_lines:
         kept.append(Md(f"… ({len(lines) - max_lines} more lines in the evidence pack)"))
     return Md("  \n".join(line if line.strip() else Md("&#160;") for line in kept))
+
+
+def shorten_middle(value: Any, limit: int) -> str:
+    """A value's text on one line, cut in the middle to ``limit`` characters (``head…tail``)."""
+    flat = one_line(value)
+    if len(flat) <= limit:
+        return flat
+    tail = max(1, (limit - 1) // 2)
+    return flat[: max(1, limit - 1 - tail)] + "…" + flat[-tail:]
 
 
 def facts(pairs: Iterable[tuple[Any, Any]]) -> Md:

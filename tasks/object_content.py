@@ -652,16 +652,19 @@ def _copy_check(upload: LocalFile, sha256: str) -> Check:
 
 
 # ------------------------------------------------------------------------------------------------ the evidence
+#: the longest a check's text is shown in the UI (the table cuts it further to fit, listing it whole below)
+SHOWN = 300
+
 def content_markdown(reports: list[ObjectReport]) -> markdown.Md:
-    """Per object: what was read, what was held in memory, and a table of check, expected, actual, verdict."""
+    """Per object: what was read, what was held in memory, and a table of verdict, check, expected, actual."""
     parts: list[str] = []
     for report in reports:
         read = (f"read {format_bytes(report.stats.bytes_read)} of {format_bytes(report.size)} in "
                 f"{report.stats.requests} GET(s)" + (", gunzipped on the fly" if report.stats.gunzipped else ""))
         parts += [f"Content of {markdown.code(report.key)} as {markdown.code(report.format)}: {markdown.text(read)}; "
                   f"held in memory: {markdown.text(report.stats.held)}.", "",
-                  markdown.table(["check", "expected", "actual", "verdict"],
-                                 [[markdown.shorten(c.check, 40), markdown.shorten(c.expected, 40),
-                                   markdown.shorten(c.actual, 40), "✅ PASS" if c.passed else "❌ FAIL"]
+                  markdown.table(["verdict", "check", "expected", "actual"],
+                                 [["✅ PASS" if c.passed else "❌ FAIL", markdown.shorten(c.check, SHOWN),
+                                   markdown.shorten(c.expected, SHOWN), markdown.shorten(c.actual, SHOWN)]
                                   for c in report.checks]), ""]
     return markdown.Md("\n".join(parts).rstrip())

@@ -58,6 +58,7 @@ from tasks.errors import (
     error_code,
     request_id,
 )
+from tasks.iam import Arns, Footprint
 from tasks.object_content import (
     MAX_OBJECTS,
     LocalFile,
@@ -736,7 +737,30 @@ def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
     return Link(f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}", f"s3://{bucket}/{key} (local emulator)")
 
 
-@step_kind(UploadStep)
+def upload_footprint(step: UploadStep, arns: Arns) -> Footprint:
+    """Checks the keys (HEAD), puts the objects (tagged unless ``tags: {}``), verifies their checksums; the undo
+    reads each object again and deletes it (its version, on a versioned bucket) or aborts its unfinished parts."""
+    fp = Footprint()
+    target = (step.key if step.key is not None else step.key_prefix or "").replace("\\", "/")
+    objects = arns.s3_objects(step.bucket, target, prefix=step.key is None)
+    fp.change("S3 " + ("object" if step.key is not None else "prefix"), f"s3://{step.bucket}/{target}",
+              f"upload {', '.join(step.files)}" + (", overwrite" if step.overwrite else ""))
+    fp.need(objects, "s3:GetObject", "s3:PutObject")
+    if step.tags != {}:
+        fp.need(objects, "s3:PutObjectTagging")
+    if step.content_type:  # a Content-Type set by copying the object onto itself, with its tags
+        fp.need(objects, "s3:GetObjectTagging")
+    if step.sse == "aws:kms":
+        fp.need_kms(arns, "s3", "kms:GenerateDataKey", "kms:Decrypt")
+    if step.cleanup:
+        fp.undo("S3 " + ("object" if step.key is not None else "prefix"), f"s3://{step.bucket}/{target}",
+                "delete what this case uploaded (if unchanged since)")
+        fp.need(objects, "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload")
+        fp.need(arns.s3_bucket(step.bucket), "s3:ListBucketMultipartUploads")
+    return fp
+
+
+@step_kind(UploadStep, footprint=upload_footprint)
 def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     """Upload the step's files; every key is checked for existence before the first byte goes up."""
     client = ctx.clients.client("s3")
@@ -968,8 +992,8 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
     obs = outcome.value
     if outcome.done:
         found = Observation(obs.matched, [], [])
-        rows = [["absent", f"no {target} for {hold:g} s",
-                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})", "❌ FAIL"]]
+        rows = [["❌ FAIL", "absent", f"no {target} for {hold:g} s",
+                 f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})"]]
         raise CheckFailed(
             f"{_listing(found)} appeared after {outcome.elapsed:.1f} s (poll {outcome.checks}): expected no "
             f"{target} for {hold:g} s",
@@ -978,7 +1002,7 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
             markdown=markdown.Md(f"Watched {markdown.text(target)} for a hold of {hold:g} s: "
                                  f"{markdown.text(_listing(found))} appeared after {outcome.elapsed:.1f} s "
                                  f"(poll {outcome.checks}).\n\n"
-                                 + markdown.table(["check", "expected", "actual", "verdict"], rows)))
+                                 + markdown.table(["verdict", "check", "expected", "actual"], rows)))
     return obs, outcome.checks, outcome.elapsed
 
 
@@ -989,9 +1013,9 @@ def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
     target = (", ".join(markdown.code(k) for k in step.keys) if step.keys else
               f"objects matching {markdown.code(step.pattern)} under {markdown.code(_where(step))}")
     how = "HEAD" if step.keys else "LIST"
-    rows = [["absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s", "✅ PASS"]]
+    rows = [["✅ PASS", "absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s"]]
     lines = [f"Watched {target} for **{elapsed:.1f} s** (hold {hold:g} s): {polls} poll(s) ({how}; no object was "
-             "downloaded), nothing appeared.", "", markdown.table(["check", "expected", "actual", "verdict"], rows)]
+             "downloaded), nothing appeared.", "", markdown.table(["verdict", "check", "expected", "actual"], rows)]
     if obs.others:
         lines += ["", "There, but not matching (not counted): "
                   + ", ".join(f"{markdown.code(o.key)} ({markdown.text(why)})" for o, why in obs.others[:20])]
@@ -1032,7 +1056,24 @@ def _listing(obs: Observation, limit: int = 20) -> str:
     return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
-@step_kind(ExpectObjectsStep)
+def expect_objects_footprint(step: ExpectObjectsStep, arns: Arns) -> Footprint:
+    """HEAD of exact keys, or a LIST of the prefix; GETs of the objects whose content is checked."""
+    fp = Footprint()
+    if step.keys is not None:
+        for key in step.keys:
+            fp.read("S3 object", f"s3://{step.bucket}/{key}", "absent" if step.absent else "exists")
+            fp.need(arns.s3_objects(step.bucket, key, prefix=False), "s3:GetObject")
+        fp.need(arns.s3_bucket(step.bucket), "s3:ListBucket")  # a missing key: what is there instead
+    else:
+        prefix = step.prefix or ""
+        fp.read("S3 prefix", f"s3://{step.bucket}/{prefix}", ("absent " if step.absent else "list ") + step.pattern)
+        fp.need(arns.s3_bucket(step.bucket), "s3:ListBucket")
+        if step.content is not None:
+            fp.need(arns.s3_objects(step.bucket, prefix), "s3:GetObject")
+    return fp
+
+
+@step_kind(ExpectObjectsStep, footprint=expect_objects_footprint)
 def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome:
     """Wait for and check the objects the pipeline writes (or, with absent, that none appear)."""
     if step.absent:

@@ -19,6 +19,7 @@ from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, aws_error
 from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.iam import Arns, Footprint
 from tasks.polling import PollSettings
 
 if TYPE_CHECKING:
@@ -128,7 +129,13 @@ def _markdown(step: ExpectQueueDepthStep, url: str, watched: Watched[Depth]) -> 
     ])
 
 
-@step_kind(ExpectQueueDepthStep)
+def expect_queue_depth_footprint(step: ExpectQueueDepthStep, arns: Arns) -> Footprint:
+    """The queue's URL (by name) and its attributes; never a message."""
+    fp = Footprint().read("SQS queue", step.queue, "attributes (message counts)")
+    return fp.need(arns.sqs_queue(step.queue), "sqs:GetQueueUrl", "sqs:GetQueueAttributes")
+
+
+@step_kind(ExpectQueueDepthStep, footprint=expect_queue_depth_footprint)
 def run_expect_queue_depth(step: ExpectQueueDepthStep, ctx: StepContext) -> StepOutcome:
     """Wait until the queue's counts meet the step's (and keep meeting them for ``hold``)."""
     client = ctx.clients.client("sqs")

@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from tasks import markdown as md
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
+from tasks.iam import Arns, Footprint
 from tasks.json_checks import truncate
 from tasks.json_match import json_subset_mismatches
 from tasks.secrets import Secrets, mask, mask_any, redact
@@ -255,6 +256,62 @@ def _scrub(exc: StepError, secrets: Iterable[str], **details: Any) -> StepError:
     return clean
 
 
+# --- footprints (the plan, the IAM policy, the preflight) -------------------------------------------------------
+
+#: reading a parameter as the snapshot does: its value (decrypted) and its metadata
+SNAPSHOT_ACTIONS = ("ssm:GetParameter",)
+#: putting a parameter back: read it again, write or delete it, its tags when it is created again, and (from a
+#: record, in another process) a SecureString's earlier value from its history
+RESTORE_ACTIONS = ("ssm:GetParameter", "ssm:PutParameter", "ssm:DeleteParameter", "ssm:AddTagsToResource",
+                   "ssm:GetParameterHistory")
+
+
+def _parameter_reads(fp: Footprint, arns: Arns, name: str) -> None:
+    fp.need(arns.ssm_parameter(name), *SNAPSHOT_ACTIONS)
+    fp.need("*", "ssm:DescribeParameters")  # AWS cannot scope it to a parameter
+    fp.need_kms(arns, "ssm", "kms:Decrypt")  # the value is read decrypted (a SecureString's key)
+
+
+def _restored(fp: Footprint, arns: Arns, name: str) -> None:
+    """A parameter changed and snapshotted before (with its tags) for the restore."""
+    fp.need(arns.ssm_parameter(name), *RESTORE_ACTIONS, "ssm:ListTagsForResource")
+    fp.undo("SSM parameter", name, "put back as it was (deleted if it did not exist)")
+
+
+def set_parameters_footprint(step: SetParametersStep, arns: Arns) -> Footprint:
+    fp = Footprint()
+    for spec in step.parameters:
+        key = f", KMS key {spec.key_id}" if spec.key_id else ""
+        fp.change("SSM parameter", spec.name, f"set ({spec.type}{key})")
+        _parameter_reads(fp, arns, spec.name)
+        fp.need(arns.ssm_parameter(spec.name), "ssm:PutParameter")
+        if spec.type == SECURE:
+            fp.need_kms(arns, "ssm", "kms:Encrypt")
+        if step.restore:
+            _restored(fp, arns, spec.name)
+    return fp
+
+
+def delete_parameters_footprint(step: DeleteParametersStep, arns: Arns) -> Footprint:
+    fp = Footprint()
+    for name in step.names:
+        fp.change("SSM parameter", name, "delete" + (" (if it exists)" if step.missing_ok else ""))
+        _parameter_reads(fp, arns, name)
+        fp.need(arns.ssm_parameter(name), "ssm:DeleteParameter")
+        if step.restore:
+            fp.need_kms(arns, "ssm", "kms:Encrypt")  # a deleted SecureString is created again
+            _restored(fp, arns, name)
+    return fp
+
+
+def expect_parameters_footprint(step: ExpectParametersStep, arns: Arns) -> Footprint:
+    fp = Footprint()
+    for exp in step.parameters:
+        fp.read("SSM parameter", exp.name, f"{exp.check}" + (f" ({exp.type})" if exp.type else ""))
+        _parameter_reads(fp, arns, exp.name)
+    return fp
+
+
 # --- runners -----------------------------------------------------------------------------------------------------
 
 
@@ -288,7 +345,7 @@ def _public_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
 
 
-@step_kind(SetParametersStep)
+@step_kind(SetParametersStep, footprint=set_parameters_footprint)
 def run_set_parameters(step: SetParametersStep, ctx: StepContext) -> StepOutcome:
     """Write each parameter, after snapshotting it and registering its restore; evidence shows before and after."""
     ssm = ctx.clients.client("ssm")
@@ -321,7 +378,7 @@ def _delete_one(ssm: SSMClient, name: str, step: DeleteParametersStep, ctx: Step
             "restore": restore, "_snaps": (before, after)}
 
 
-@step_kind(DeleteParametersStep)
+@step_kind(DeleteParametersStep, footprint=delete_parameters_footprint)
 def run_delete_parameters(step: DeleteParametersStep, ctx: StepContext) -> StepOutcome:
     """Delete each parameter after snapshotting it; without missing_ok, a missing one fails the step first."""
     ssm = ctx.clients.client("ssm")
@@ -384,17 +441,18 @@ def _json_problems(name: str, value: str, expected: Any, show: Any) -> list[str]
 
 def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]],
                      secrets: Iterable[str]) -> str:
-    table = []
+    table, failures = [], []
     for exp, snap, problems in rows:
         secure = snap.secure or exp.type == SECURE
         expected = mask_any(exp.expected) if secure else truncate(json.dumps(exp.expected), MAX_SHOWN_VALUE)
-        result = "ok" if not problems else "FAILED: " + "; ".join(problems)
-        table.append([md.code(exp.name), exp.check, md.code(redact(expected, secrets)), _cell(snap, secrets),
-                      redact(result, secrets)])
-    return md.table(["parameter", "check", "expected", "actual", "result"], table)
+        table.append(["❌ FAIL" if problems else "✅ PASS", md.code(exp.name), exp.check,
+                      md.code(redact(expected, secrets)), _cell(snap, secrets)])
+        failures += [redact(p, secrets) for p in problems]
+    out = md.table(["verdict", "parameter", "check", "expected", "actual"], table)
+    return out + ("\n\n**What did not hold**\n\n" + md.bullets(failures) if failures else "")
 
 
-@step_kind(ExpectParametersStep)
+@step_kind(ExpectParametersStep, footprint=expect_parameters_footprint)
 def run_expect_parameters(step: ExpectParametersStep, ctx: StepContext) -> StepOutcome:
     """Read every parameter with decryption and check all expectations; fails listing every one not met."""
     ssm = ctx.clients.client("ssm")

@@ -29,6 +29,7 @@ from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
+from tasks.iam import Arns, Footprint, partition
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
 from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
@@ -132,14 +133,6 @@ def execution_name(prefix: str | None, run_id: str) -> str:
     tail = f"{re.sub(r'[^A-Za-z0-9_-]', '', run_id)[:8]}-{uuid.uuid4().hex[:8]}"
     head = DEFAULT_PREFIX if prefix is None else prefix
     return head[: MAX_NAME_CHARS - len(tail)] + tail
-
-
-def partition(region: str) -> str:
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    return "aws"
 
 
 def state_machine_arn(sfn: SFNClient, sts: STSClient | None, name_or_arn: str) -> str:
@@ -271,7 +264,32 @@ def _json(text: Any) -> Any:
         return MISSING
 
 
-@step_kind(StepFunctionsStep)
+def step_functions_footprint(step: StepFunctionsStep, arns: Arns) -> Footprint:
+    """Start an execution (or find the pipeline's), follow it, read its history; stop it on timeout. A state
+    machine given by name is found in the caller's account (STS GetCallerIdentity)."""
+    machine = arns.state_machine(step.state_machine)
+    executions = arns.executions(machine)
+    express = arns.executions(machine, "express")  # an Express state machine's executions
+    fp = Footprint()
+    if not step.state_machine.startswith("arn:"):
+        fp.need("*", "sts:GetCallerIdentity")
+    if step.start:
+        fp.change("Step Functions execution", step.state_machine, "start an execution (not undone)")
+        fp.need(machine, "states:StartExecution")
+    else:
+        fp.read("Step Functions executions", step.state_machine, "wait for the pipeline's execution")
+        fp.need(machine, "states:ListExecutions")
+        # the Service Authorization Reference lists Map Runs beside state machines for ListExecutions (parliament
+        # wants both): the same machine's Map Runs, read only
+        fp.need(arns.executions(machine, "mapRun"), "states:ListExecutions")
+    fp.need(executions, "states:DescribeExecution", "states:GetExecutionHistory")
+    fp.need(express, "states:DescribeExecution")
+    if step.stop_on_timeout:
+        fp.need(executions, "states:StopExecution")
+    return fp
+
+
+@step_kind(StepFunctionsStep, footprint=step_functions_footprint)
 def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome:
     """Start (or find) the execution, wait for it to end (stopping it on timeout), check status and output."""
     sfn: SFNClient = ctx.clients.client("stepfunctions")

@@ -194,6 +194,19 @@ def _migrated_template() -> Path:
     return Path(tempfile.gettempdir()) / f"pipeline-test-prefect-{prefect.__version__}-migrated.db"
 
 
+@pytest.fixture
+def chromium() -> str:
+    """The chromium binary (Debian's package) for the browser tests: skipped without it on a workstation, failed
+    in CI (CI set), where the browser tests must run (.ci/run installs it)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary:
+        return binary
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail("chromium is not installed but CI is set: the browser tests must run in CI "
+                    "(install Debian's chromium package, as .ci/run does)")
+    pytest.skip("chromium is not installed (Debian: apt-get install chromium); in CI (CI set) this test fails")
+
+
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One Prefect server for the whole session (a subprocess on a free port, on a database of its own); yields its
@@ -313,3 +326,55 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if planned:
         terminalreporter.write_line(f"fault injection: {len(planned - broken)} of {len(planned)} (AWS call, fault) "
                                     "pairs covered")
+
+
+
+class RunProgress:
+    """A progress line every :attr:`every` seconds of a test run, for CI logs and terminals where dots say little:
+    ``progress: 120/412 tests done, 1 failed, 95 s; running: tests/test_deploy.py::test_x (62 s)``, and a line as
+    soon as a test fails (``progress: failed tests/...``). A plugin on the controller only (pytest-xdist's workers
+    report to it), registered by :func:`pytest_configure`; the dots and pytest's closing summary line stay as they
+    are. ``PIPELINE_TEST_PROGRESS_S`` sets the interval (default 30; 0 turns it off)."""
+
+    def __init__(self, reporter: Any, every: float, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.reporter, self.every, self.clock = reporter, every, clock or time.monotonic
+        self.started = self.last = self.clock()
+        self.done: set[str] = set()
+        self.failed: set[str] = set()
+        self.running: dict[str, float] = {}
+
+    def line(self, text: str) -> None:
+        if getattr(self.reporter, "_width_of_current_line", 0):  # after a row of dots
+            self.reporter.write("\n")
+        self.reporter.write_line(f"progress: {text}")
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        if not self.running and not self.done:
+            self.last = self.clock()  # the first line comes `every` seconds into the tests, not the collection
+        self.running.setdefault(nodeid, self.clock())
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and report.nodeid not in self.failed:
+            self.failed.add(report.nodeid)
+            self.line(f"failed {report.nodeid} ({report.when}, at {self.clock() - self.started:.0f} s)")
+        if report.when == "teardown":
+            self.done.add(report.nodeid)
+            self.running.pop(report.nodeid, None)
+        now = self.clock()
+        if now - self.last >= self.every:
+            self.last = now
+            total = getattr(self.reporter._session, "testscollected", 0) or "?"
+            longest = sorted(self.running.items(), key=lambda item: item[1])[:2]
+            running = ", ".join(f"{nodeid} ({now - since:.0f} s)" for nodeid, since in longest)
+            self.line(f"{len(self.done)}/{total} tests done, {len(self.failed)} failed, {now - self.started:.0f} s"
+                      + (f"; running: {running}" if running else ""))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    every = float(os.environ.get("PIPELINE_TEST_PROGRESS_S") or 30)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if every > 0 and reporter is not None and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(RunProgress(reporter, every), "pipeline-test-progress")

@@ -777,7 +777,7 @@ def test_runner_success_evidence(athena_clients: ClientFactory, fake_clock: Fake
     assert [c["passed"] for c in details["checks"]] == [True, True, True]
     assert result.tables == {"preview": details["preview"]}
     assert "```sql\nSELECT * FROM orders WHERE id > ? ORDER BY id\n```" in result.markdown
-    assert "- **Data scanned**: 0 B" in result.markdown and "| row_count | 2 | 2 | ✅ PASS |" in result.markdown
+    assert "- **Data scanned**: 0 B" in result.markdown and "| ✅ PASS | row_count | 2 | 2 |" in result.markdown
     assert result.markdown.index("**Checks**") < result.markdown.index("```sql")  # the readable checks first
     assert "| 1 | 9007199254740993 |" in result.markdown and "Ann, the first" in result.markdown
     assert result.request_ids
@@ -837,7 +837,7 @@ def test_runner_reports_all_failing_checks(athena_clients: ClientFactory, fake_c
     assert message.endswith("first_row.ok: expected == False, got True")
     assert err.value.code == CHECK_FAILED
     assert [c["passed"] for c in err.value.details["checks"]] == [False, True, False, False]
-    assert "| row_count | 3 | 2 | ❌ FAIL |" in (err.value.markdown or "") and err.value.details["query_id"]
+    assert "| ❌ FAIL | row_count | 3 | 2 |" in (err.value.markdown or "") and err.value.details["query_id"]
     [item] = err.value.hashed_items  # the failed query's result still goes into the evidence pack
     assert item.kind == "query_result" and item.sha256 == err.value.details["result_sha256"] and item.rows == 2
 

@@ -415,3 +415,45 @@ def test_ordinary_templates_still_render(template: str, expected: str) -> None:
 
     values = {**builtin_values("c", "r", datetime(2026, 1, 2, tzinfo=timezone.utc), "UTC"), "bucket": "b"}
     assert render(template, values) == expected
+
+
+# ------------------------------------------------------------------------- --plan and --iam-policy (issue 27)
+PLAN_CASES = [
+    Bad("plan-unknown-account", ["--account '12345'", "not an AWS account id"], args=["--account", "12345"],
+        names_file=False),
+    Bad("plan-account-in-the-case", ["aws.account_id", "should match pattern"],
+        change=lambda raw: raw["aws"].update(account_id="prod")),
+    Bad("plan-region", ["--region 'moon-1'", "not an AWS region"], args=["--region", "moon-1"], names_file=False),
+    Bad("plan-kms-alias", ["--kms-key-arn 'alias/aws/ssm'", "an alias does not scope a policy"],
+        args=["--kms-key-arn", "alias/aws/ssm"], names_file=False),
+    Bad("plan-wildcard-in-a-prefix", ["aws.allowed_parameter_prefixes", "'/other/*' holds a wildcard"],
+        change=lambda raw: raw["aws"].update(allowed_parameter_prefixes=["/test/", "/other/*"])),
+    Bad("plan-no-aws-steps", ["field 'steps'", "at least 1 item"], change=top(steps=[])),
+]
+
+
+@pytest.mark.parametrize("flag", ["--plan", "--iam-policy"])
+@pytest.mark.parametrize("bad", PLAN_CASES, ids=lambda b: b.id)
+def test_plan_and_policy_refuse_bad_input(bad: Bad, flag: str, tmp_path: Path, no_aws: list[str],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--plan and --iam-policy validate like a run (exit 2, file and field named, no AWS call), and refuse what
+    a policy cannot be scoped by: an account or region that is not one, a KMS alias, a wildcard in a prefix."""
+    path = make(bad, tmp_path)
+    code = pipeline_test.main([str(path), flag, *bad.args])
+    out, err = capsys.readouterr()
+    assert code == 2, out + err
+    _check_message(bad, path, out + err)
+    assert no_aws == []
+
+
+def test_the_policy_refuses_a_wildcard_in_a_resource_name(tmp_path: Path, no_aws: list[str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A key prefix with * would make the policy grant more than the case names: --iam-policy refuses it (the plan
+    shows it)."""
+    bad = Bad("policy-wildcard-key", ["'s3://landing-bucket/in/*/' holds an IAM wildcard"],
+              change=step(0, key_prefix="in/*/"))
+    path = make(bad, tmp_path)
+    assert pipeline_test.main([str(path), "--iam-policy"]) == 2
+    _check_message(bad, path, "".join(capsys.readouterr()))
+    assert pipeline_test.main([str(path), "--plan"]) == 0
+    assert no_aws == []

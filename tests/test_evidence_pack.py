@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -454,21 +452,6 @@ def test_upload_pack_with_kms_and_refusals(passing_pack: Path, clients, s3, buck
 
 
 # -------------------------------------------------------------------------------------------- the browser
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _require_chromium() -> str:
-    """The chromium binary; skip without it on a workstation, but fail in CI, where the test must run."""
-    binary = _chromium()
-    if binary:
-        return binary
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        pytest.fail("chromium is not installed but CI is set: the browser test must run in CI "
-                    "(install Debian's chromium package, as .ci/run does)")
-    pytest.skip("chromium is not installed (Debian: apt-get install chromium); in CI (CI set) this test fails")
-
-
 class _VisibleText(HTMLParser):
     """The text a reader sees: everything in <body> except <style>, <script> and <template>."""
 
@@ -506,8 +489,8 @@ def _rendered_dom(binary: str, page: Path, tmp_path: Path) -> str:
     return done.stdout
 
 
-def test_report_html_reads_right_in_a_real_browser(failing_pack: Path, tmp_path: Path) -> None:
-    binary = _require_chromium()
+def test_report_html_reads_right_in_a_real_browser(failing_pack: Path, tmp_path: Path, chromium: str) -> None:
+    binary = chromium
     dom = _rendered_dom(binary, failing_pack / "report.html", tmp_path)
     parser = _VisibleText()
     parser.feed(dom)
@@ -524,8 +507,8 @@ def test_report_html_reads_right_in_a_real_browser(failing_pack: Path, tmp_path:
     assert "<script" not in dom.lower()
 
 
-def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_path: Path) -> None:
-    binary = _require_chromium()
+def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_path: Path, chromium: str) -> None:
+    binary = chromium
     dom = _rendered_dom(binary, passing_pack / "report.html", tmp_path)
     parser = _VisibleText()
     parser.feed(dom)

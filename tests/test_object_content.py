@@ -74,8 +74,8 @@ def test_csv_rows_columns_and_conditions_hold_with_evidence(module_clients, s3, 
     assert [c["check"] for c in report["checks"]] == [
         "row count", "columns", "order_id: not_null", "order_id: unique", "order_id: regex", "currency: one_of",
         "amount: min", "amount: max"]
-    assert "| check | expected | actual | verdict |" in out.markdown
-    assert "| row count | 3 | 3 | ✅ PASS |" in out.markdown and "held in memory: one row at a time" in out.markdown
+    assert "| verdict | check | expected | actual |" in out.markdown
+    assert "| ✅ PASS | row count | 3 | 3 |" in out.markdown and "held in memory: one row at a time" in out.markdown
     assert "content check(s) held" in out.summary
 
 

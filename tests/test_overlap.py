@@ -143,6 +143,18 @@ def test_a_run_that_cannot_get_its_lock_in_time_changes_nothing(ssm, tmp_path: P
     reason = state.result(raise_on_failure=False)
     assert isinstance(reason, CouldNotRun) and "timed out after 1 s" in str(reason)
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")
+    # visibly not a test failure: Cancelled named NotRun (grey in the UI), with an artifact that says why and what to do
+    assert state.type.value == "CANCELLED" and state.name == "NotRun", state
+    assert state.message.startswith("could not run, nothing was changed: ")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["case-impatient-not-run"])), limit=1)
+    assert str(artifact.flow_run_id) == str(state.state_details.flow_run_id)
+    assert artifact.description == "NOT RUN · Impatient" and "timed out after 1 s" in str(artifact.data)
+    assert "nothing was changed" in str(artifact.data) and "recover" in str(artifact.data)
 
 
 def test_the_cli_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) -> None:
@@ -157,3 +169,158 @@ def test_the_cli_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) ->
     err = capsys.readouterr().err
     assert "Could not run: the Prefect API at http://127.0.0.1:9/api did not answer" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ runs of other Prefect servers, and lock limits
+def other_servers_run(clients, *, value: str, run_id: str = "run-of-server-b") -> Any:
+    """What a live run on another Prefect server leaves in AWS: its claim (a lease) and the undo of its change;
+    this server's locks know nothing of it."""
+    from tasks.base import StepContext, UndoLog
+    from tasks.journal import Heartbeat, SsmJournal
+    from tasks.ssm import SetParametersStep, run_set_parameters
+
+    ssm = clients.client("ssm")
+    claim = Heartbeat(ssm, run_id=run_id, case="Case B", resources=["ssm:/shared/source"],
+                      logger=logging.getLogger("test"))
+    claim.owner = {"host": "laptop-b", "pid": 4242, "user": "ana"}
+    claim.claim()
+    ctx = StepContext(clients=clients, case_name="Case B", run_id=run_id, label="set", spec_dir=Path.cwd(),
+                      undo=UndoLog(journal=SsmJournal(ssm, run_id=run_id, case="Case B")))
+    run_set_parameters(SetParametersStep.model_validate({"kind": "set_parameters", "parameters": [
+        {"name": "/shared/source", "value": value}]}), ctx)
+    return claim
+
+
+def test_recover_skips_a_live_run_of_another_server_and_recovers_it_once_its_lease_ran_out(ssm, clients) -> None:
+    from datetime import timedelta
+
+    from flows.recover import recover
+    from tasks.journal import read_claims, utcnow
+
+    other_servers_run(clients, value="value-b")
+    found, report = recover(clients, prefix=None, logger=logging.getLogger("test"))
+    assert len(found) == 1 and not report.done and len(report.skipped) == 1
+    assert report.lines()[0].startswith("  SKIPPED   ssm:/shared/source: run run-of-server-b of case 'Case B' on host "
+                                        "laptop-b pid 4242 (user ana) is alive, lease until ")
+    assert ssm.get_parameter(Name="/shared/source")["Parameter"]["Value"] == "value-b"
+    # the run died (no renewal for a lease and more): the next recover puts the value back and forgets its claim
+    later = utcnow() + timedelta(seconds=121)
+    _, report = recover(clients, prefix=None, logger=logging.getLogger("test"), now=lambda: later)
+    assert len(report.done) == 1 and not report.skipped
+    assert originals(ssm) == ("prod-bucket", SECRET, "prod")
+    assert read_entries(ssm) == [] and read_claims(ssm) == []
+
+
+def test_a_run_refuses_to_start_when_a_live_run_of_another_server_holds_its_parameter(ssm, clients,
+                                                                                      tmp_path: Path) -> None:
+    """The other run's lock is on another server: this one gets its own lock at once, then finds the other's
+    claim in the journal and refuses (exit 3 in the CLI), naming that run, before changing anything."""
+    from flows.recover import CouldNotRun
+    from tasks.journal import read_claims
+
+    claim = other_servers_run(clients, value="value-b")
+    state = pipeline_test(spec=case("Case A", "value-a"), base_dir=str(tmp_path), write_evidence=False,
+                          return_state=True)
+    reason = state.result(raise_on_failure=False)
+    assert isinstance(reason, CouldNotRun), reason
+    assert ("case 'Case A' did not start: run run-of-server-b of case 'Case B' on host laptop-b pid 4242 (user ana) "
+            "is changing ssm:/shared/source now") in str(reason)
+    assert ssm.get_parameter(Name="/shared/source")["Parameter"]["Value"] == "value-b"  # untouched by A
+    assert [c.run_id for c in read_claims(ssm)] == [claim.run_id]  # A's own claim is gone
+
+
+def test_a_run_leaves_no_lock_limit_behind(ssm, tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.locks import lock_name
+
+    assert run(case("Tidy", "value-t"), tmp_path).passed
+    with get_client(sync_client=True) as client:
+        names = {limit.name for limit in client.read_global_concurrency_limits(limit=200)}
+    assert not names & {lock_name("ssm:/shared/source"), lock_name("ssm:/shared/token")}, names
+
+
+class FakeLimits:
+    """A sync Prefect client's concurrency-limit calls, in memory: ``taken`` by another process at the moment
+    this one creates (409), and limits deleted by their last holder while this one waits."""
+
+    def __init__(self, existing: set[str], *, taken: set[str] = frozenset(), gone_once: set[str] = frozenset()):
+        import httpx
+
+        self.httpx = httpx
+        self.limits, self.taken, self.gone_once = set(existing), set(taken), set(gone_once)
+        self.created: list[str] = []
+        self.released: list[str] = []
+
+    def read_global_concurrency_limit_by_name(self, name: str) -> Any:
+        from prefect.exceptions import ObjectNotFound
+
+        if name not in self.limits:
+            raise ObjectNotFound(http_exc=Exception("404"))
+        return name
+
+    def create_global_concurrency_limit(self, limit: Any) -> None:
+        from prefect.exceptions import ObjectAlreadyExists
+
+        from flows import locks
+
+        assert locks._CREATING.locked()  # one creation at a time in this process
+        if limit.name in self.taken:  # another process created it a moment ago: the API answers 409 Conflict
+            request = self.httpx.Request("POST", "http://prefect/api/v2/concurrency_limits/")
+            conflict = self.httpx.HTTPStatusError("409", request=request,
+                                                  response=self.httpx.Response(409, request=request))
+            self.limits.add(limit.name)
+            raise ObjectAlreadyExists(http_exc=conflict)
+        self.limits.add(limit.name)
+        self.created.append(limit.name)
+
+    def increment_concurrency_slots_with_lease(self, names: list[str], *_: Any) -> Any:
+        self.limits -= self.gone_once  # deleted by the run that held them, once
+        self.gone_once = set()
+        lease = f"lease-{len(self.released) + 1}"
+        return self.httpx.Response(200, json={"lease_id": lease, "limits": [
+            {"name": n} for n in names if n in self.limits]})
+
+    def release_concurrency_slots_with_lease(self, lease_id: Any) -> None:
+        self.released.append(str(lease_id))
+
+
+def test_creating_a_lock_another_process_just_created_is_quiet() -> None:
+    from flows.locks import ensure_limits
+
+    client = FakeLimits({"a"}, taken={"b"})
+    ensure_limits(["a", "b", "c"], client)
+    assert client.created == ["c"] and client.limits == {"a", "b", "c"}
+
+
+def test_a_waiting_run_creates_again_the_lock_its_last_holder_deleted(monkeypatch) -> None:
+    """The increment takes the slots of the limits that exist (here ``b``) and leaves out ``a``, just deleted:
+    the run gives ``b``'s slot back, creates ``a`` again and takes both."""
+    import uuid as uuid_module
+
+    from flows import locks
+
+    monkeypatch.setattr(uuid_module, "UUID", lambda value: value)  # the fake's lease ids are not UUIDs
+    client = FakeLimits({"a", "b"}, gone_once={"a"})
+    lease, _ = locks.acquire(["a", "b"], "run-1", timeout=5, lease=60, logger=logging.getLogger("test"),
+                             client=client)
+    assert client.released == ["lease-1"] and client.created == ["a"] and lease == "lease-2"
+
+
+def test_the_lock_wait_names_only_the_locks_another_run_holds() -> None:
+    """A run waiting for a shared parameter's lock does not list its own unique S3 prefix as held by another."""
+    from types import SimpleNamespace
+
+    from flows.locks import held_by_others
+
+    class Client:
+        def read_global_concurrency_limit_by_name(self, name: str) -> Any:
+            return SimpleNamespace(active_slots=1 if name == "shared" else 0, limit=1)
+
+    assert held_by_others(["own-prefix", "shared"], Client()) == ["shared"]
+
+    class Down:
+        def read_global_concurrency_limit_by_name(self, name: str) -> Any:
+            raise RuntimeError("server gone")
+
+    assert held_by_others(["own-prefix", "shared"], Down()) == ["own-prefix", "shared"]  # cannot tell: all

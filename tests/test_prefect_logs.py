@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import flows.pipeline_test  # noqa: F401 - importing the flow's module installs the filters
-from flows.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter
+from flows.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter, QuietStepStates
 from flows.recover import CouldNotRun
 from flows.results import CaseFailed, CaseResult
 from flows.spec import SpecError
@@ -75,3 +75,27 @@ def test_demo_help_does_not_run_the_demo(capsys: pytest.CaptureFixture[str]) -> 
     assert ended.value.code == 0
     out = capsys.readouterr().out
     assert "--fail" in out and "Starting the local AWS emulator" not in out
+
+
+@pytest.mark.parametrize("message", ["Finished in state Completed()", "Finished in state Failed('step 4 ...')",
+                                     "Task run failed with state: Failed(message='x', result=StepFailed('x'))"])
+def test_prefect_s_end_of_task_lines_move_to_debug(message: str) -> None:
+    logger = logging.getLogger("prefect.task_runs")
+    level = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        rec = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, message, None, None)
+        assert not QuietStepStates().filter(rec)  # at INFO: not shown, nor sent to the API
+        assert rec.levelno == logging.DEBUG and rec.levelname == "DEBUG"
+        logger.setLevel(logging.DEBUG)
+        rec = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, message, None, None)
+        assert QuietStepStates().filter(rec) and rec.levelname == "DEBUG"  # at DEBUG: shown, as DEBUG
+    finally:
+        logger.setLevel(level)
+
+
+def test_the_step_s_own_line_stays() -> None:
+    rec = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1,
+                            "step 4 'x' (athena_query) failed: 1 of 1 checks failed", None, None)
+    assert QuietStepStates().filter(rec) and rec.levelno == logging.ERROR
+    assert sum(isinstance(f, QuietStepStates) for f in logging.getLogger("prefect.task_runs").filters) == 1

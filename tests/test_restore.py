@@ -188,3 +188,93 @@ def read_log_texts(flow_run_id: str | None) -> str:
         return "\n".join(entry.message for entry in logs)
 
     return asyncio.run(go())
+
+
+def test_a_clean_up_that_cannot_restore_says_what_is_left_and_the_recover_command(ssm, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """The AWS endpoint is gone when the clean-up starts: the cleanup step names what is left undone (the
+    journal still holds it) and the exact `recover` command; that command's work, once AWS answers again, puts
+    everything back."""
+    from botocore.exceptions import EndpointConnectionError
+
+    import flows.pipeline_test
+    from flows.pipeline_test import format_result
+    from flows.recover import recover
+    from tasks.aws import AwsTarget, ClientFactory
+    from tasks.journal import read_entries
+
+    before = snapshot_all(ssm)
+    gone = {"now": False}
+
+    def unreachable(model: Any, **_: Any) -> None:
+        if gone["now"]:
+            raise EndpointConnectionError(endpoint_url="https://ssm.us-east-1.amazonaws.com/")
+
+    real_client = ClientFactory.client
+
+    def client(self: ClientFactory, service: Any) -> Any:
+        made = real_client(self, service)
+        if service == "ssm":
+            made.meta.events.register("before-call.ssm", unreachable, unique_id="endpoint-gone")
+        return made
+
+    real_cleanup = flows.pipeline_test.run_cleanup
+
+    def cleanup_without_aws(ctx: Any) -> Any:
+        gone["now"] = True
+        return real_cleanup(ctx)
+
+    monkeypatch.setattr(ClientFactory, "client", client)
+    monkeypatch.setattr(flows.pipeline_test, "run_cleanup", cleanup_without_aws)
+    spec = case(name="Gone case")
+    spec["aws"]["journal_prefix"] = "/pipeline-test/gone"
+    result = result_of(pipeline_test(spec=spec, base_dir=str(tmp_path), write_evidence=False, return_state=True))
+    gone["now"] = False
+    assert result is not None and result.steps[-1].label == "cleanup" and result.steps[-1].status == "error"
+    error = result.steps[-1].error or ""
+    assert ("left undone, kept in the undo journal: ssm:/test/brand-new, ssm:/test/doomed, ssm:/test/list, "
+            "ssm:/test/source, ssm:/test/token") in error
+    command = "python -m flows.pipeline_test recover --region us-east-1 --journal-prefix /pipeline-test/gone"
+    assert f"`{command}`" in error and command in format_result(result)
+    assert CANARY not in error
+    assert len(read_entries(ssm, "/pipeline-test/gone")) == 5 and snapshot_all(ssm) != before
+
+    # what that command does, once AWS answers again
+    _, report = recover(ClientFactory(AwsTarget(region="us-east-1")), prefix="/pipeline-test/gone",
+                        logger=logging.getLogger("test"))
+    assert len(report.done) == 5 and not report.failed and not report.skipped
+    assert snapshot_all(ssm) == before
+
+
+def test_recover_without_credentials_says_so_in_one_line_at_once(monkeypatch, capsys, tmp_path: Path) -> None:
+    import time
+
+    from flows.pipeline_test import main
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    t0 = time.monotonic()
+    code = main(["recover", "--region", "us-east-1"])
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 3 and err.startswith("Could not run: no AWS credentials found") and err.count("\n") == 1, err
+    assert "Traceback" not in err and took < 10  # before any Prefect server starts
+
+
+def test_recover_that_cannot_read_the_journal_exits_3_without_a_traceback(monkeypatch, capsys) -> None:
+    """Credentials, but the journal refuses them (AccessDenied): one line, exit 3."""
+    import flows.recover
+    from tasks.errors import AwsCallError
+
+    def denied(*_: Any, **__: Any) -> Any:
+        raise AwsCallError("SSM GetParametersByPath (undo journal) on /pipeline-test/journal failed: "
+                           "AccessDeniedException", code="AccessDeniedException")
+
+    monkeypatch.setattr(flows.recover, "read_entries", denied)
+    code = flows.recover.main(["--region", "us-east-1"])
+    err = capsys.readouterr().err
+    assert code == 3 and "Could not run: SSM GetParametersByPath (undo journal)" in err and "AccessDenied" in err
+    assert "Traceback" not in err

@@ -150,12 +150,18 @@ def kill_then_refuse_then_recover(sc: Scenario) -> dict[str, Any]:
     sc.wait_until_changed(proc)
     proc.kill()
     proc.communicate(timeout=30)
-    left = {"changed": sc.changed(), "journal": len(sc.journal())}
+    entries = sc.journal()
+    left = {"changed": sc.changed(), "journal": len(entries)}
     refused = sc.cli(str(sc.spec))
     still_changed = sc.changed()
     recovered = sc.cli("recover", "--region", "us-east-1", "--journal-prefix", journal_prefix(sc.name))
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: sc.api_url}), get_client(sync_client=True) as client:
+        killed_state = client.read_flow_run(entries[0].run_id).state if entries else None  # type: ignore[arg-type]
     return {"left": left, "refused": refused, "still_changed": still_changed, "recovered": recovered,
-            "as_before": sc.as_before(), "journal": sc.journal()}
+            "as_before": sc.as_before(), "journal": sc.journal(), "killed_state": killed_state}
 
 
 #: every pair of (signal, once or twice, to the process or its group) in 4 runs instead of all 8 combinations;
@@ -194,5 +200,9 @@ def test_signals_always_leave_aws_as_it_was(moto_endpoint, prefect_harness, tmp_
     assert kill["recovered"].returncode == 0, kill["recovered"].stdout + kill["recovered"].stderr
     assert "3 restored" in kill["recovered"].stdout
     assert kill["as_before"] and kill["journal"] == []
+    # the killed run's flow run, left Running by the dead process, is Crashed, saying who found it and what was done
+    state = kill["killed_state"]
+    assert state is not None and state.type.value == "CRASHED", state
+    assert state.message.startswith("found dead by "), state.message
     for text in (kill["refused"].stdout, kill["refused"].stderr, kill["recovered"].stdout, kill["recovered"].stderr):
         assert CANARY not in text and ORIGINAL not in text and "Traceback" not in text

@@ -73,8 +73,8 @@ def test_failed_step_evidence_wraps_the_message_and_shows_raw_details_last() -> 
     assert md.message(LONG) in text  # wrapped text, not a one-line code block
     assert all(LONG[:40] not in body for _, body in code_blocks(text))
     assert text.index("**Checks**") < text.index("What the step saw (raw)") < text.index('"query_id"')
-    assert step_description(step) == "Step 2 orders-in-athena: FAILED"
-    assert step_description(failing_case().steps[0]).endswith(": passed")
+    assert step_description(step) == "FAILED · step 2 orders-in-athena"  # the verdict first: a card cuts the rest
+    assert step_description(failing_case().steps[0]).startswith("passed · step ")
 
 
 def test_message_keeps_lines_and_escapes_each() -> None:
@@ -222,3 +222,20 @@ def test_code_blocks_can_be_broken_to_the_ui_width() -> None:
     body = block.split("\n")[1:-1]
     assert len(body) > 1 and all(len(line) <= 96 for line in body)
     assert " ".join(line.strip() for line in body) == sql
+
+
+def test_the_history_gives_each_run_its_own_duration_and_reads_in_the_singular() -> None:
+    """One source for durations: a run's line in later reports shows the duration its own report gave (from
+    its summary table's description), not the flow run's, which also counts Prefect's start and end."""
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from flows.evidence_markdown import _history_markdown
+    from flows.history import history_rows
+
+    artifact = SimpleNamespace(flow_run_id="r1", data="[]", created=datetime(2026, 12, 8, tzinfo=timezone.utc),
+                               description="FAILED · Orders ingestion (3.6 s)")
+    run = SimpleNamespace(start_time=artifact.created, total_run_time=timedelta(seconds=4.4))
+    [row] = history_rows([artifact], {"r1": run}, lambda _: None)
+    assert row["duration"] == "3.6 s"
+    assert _history_markdown([row])[0] == "### The last run of this case"

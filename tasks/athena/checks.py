@@ -120,12 +120,12 @@ class CheckResult:
         """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
         return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.text()}"
 
-    def row(self, width: int = 40) -> list[str]:
-        """check, expected, actual, verdict: short cells for a table that fits the UI (the pack has them whole)."""
+    def row(self, width: int = 300) -> list[str]:
+        """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
         relation = f"{self.relation} " if self.relation else ""
         actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
-        return [shorten(self.name, width), shorten(relation + _show(self.expected), width), shorten(actual, width),
-                "✅ PASS" if self.passed else "❌ FAIL"]
+        return ["✅ PASS" if self.passed else "❌ FAIL", shorten(self.name, width),
+                shorten(relation + _show(self.expected), width), shorten(actual, width)]
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,

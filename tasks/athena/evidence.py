@@ -34,8 +34,14 @@ def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Result rows as a markdown table (NULL for a null; every name and value escaped)."""
     if not columns:
         return "_(no columns)_"
-    return markdown.table(columns, [["NULL" if row.get(c) is None else json_safe(row.get(c)) for c in columns]
-                                    for row in rows])
+    cells = [["NULL" if row.get(c) is None else json_safe(row.get(c)) for c in columns] for row in rows]
+    shown = markdown.fitting_columns(columns, cells)  # the UI does not wrap cells: the columns that fit, whole
+    table: str = markdown.table(columns[:shown], [row[:shown] for row in cells])
+    if shown < len(columns):
+        rest = ", ".join(markdown.code(c) for c in columns[shown:])
+        table += markdown.Md(f"\n\n{len(columns) - shown} more column(s) not shown here: {rest} (every column is "
+                             "in the step's preview table and in the evidence pack)")
+    return table
 
 
 def _facts(run: QueryRun, step: AthenaQueryStep, row_count: int) -> dict[str, Any]:
@@ -98,8 +104,8 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
         fact_rows.insert(1, ("Parameters", markdown.Md(", ".join(markdown.cell(markdown.code(p))
                                                                  for p in step.parameters))))
     parts = []
-    if checks:  # the readable part first: check, expected, actual, verdict
-        parts.append("**Checks**\n\n" + markdown.table(["check", "expected", "actual", "verdict"],
+    if checks:  # the readable part first: verdict, check, expected, actual
+        parts.append("**Checks**\n\n" + markdown.table(["verdict", "check", "expected", "actual"],
                                                         [c.row() for c in checks]))
     parts += [
         markdown.code_block(sql.strip(), "sql", wrap=CODE_WIDTH),

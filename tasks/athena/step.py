@@ -15,6 +15,7 @@ from tasks.athena.sql_guard import SqlCheck, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
+from tasks.iam import Arns, Footprint
 from tasks.s3 import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
@@ -136,7 +137,34 @@ class ResultSink:
             self.reconciler.close()
 
 
-@step_kind(AthenaQueryStep)
+def athena_query_footprint(step: AthenaQueryStep, arns: Arns) -> Footprint:
+    """Start the query in its workgroup, wait, read the result file (or pages); Athena reads the Glue catalog and
+    writes the result to the output location with the caller's permissions."""
+    workgroup = arns.athena_workgroup(step.workgroup)
+    fp = Footprint().read("Athena workgroup", step.workgroup, ("query" if not step.allow_write else "statement")
+                          + (f" in database {step.database}" if step.database else ""))
+    fp.need(workgroup, "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults",
+            "athena:StopQueryExecution")
+    if step.allow_write:
+        fp.change("Athena statement", step.workgroup, "may write tables or data (allow_write; not undone)")
+    database = step.database or "*"
+    for resource in (arns.glue_catalog(), arns.glue_database(database), arns.glue_tables(database)):
+        fp.need(resource, "glue:GetDatabase", "glue:GetTable", "glue:GetPartitions")
+    if step.output_location:
+        bucket, _, prefix = step.output_location.removeprefix("s3://").partition("/")
+        fp.change("S3 prefix", step.output_location, "Athena writes the query result (not undone)")
+        fp.need(arns.s3_bucket(bucket), "s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads")
+        fp.need(arns.s3_objects(bucket, prefix), "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
+                "s3:ListMultipartUploadParts")
+    else:
+        fp.notes.append(f"athena_query: the result goes to workgroup {step.workgroup}'s output location, which the "
+                        "case does not name: grant s3:GetObject and s3:PutObject there")
+    fp.notes.append("athena_query: Athena reads the tables' data with the caller's permissions: grant s3:GetObject "
+                    "and s3:ListBucket on their data locations (the case does not name them)")
+    return fp
+
+
+@step_kind(AthenaQueryStep, footprint=athena_query_footprint)
 def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     """Check the SQL (nothing is sent if it writes without allow_write), run it, wait, read and check the rows as
     they stream in."""
