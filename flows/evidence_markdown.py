@@ -173,6 +173,8 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
             where.append(("uploaded to", md.link(pack["s3_uri"], pack.get("url")) if pack.get("url")
                           else md.code(pack["s3_uri"])))
         lines += ["", "### Evidence pack", "", md.facts(where)]
+    if result.evidence_error:  # the run proves nothing without it (the CLI exits 4)
+        lines += ["", md.Md(f"**No evidence**: {md.text(result.evidence_error)}")]
     if result.notice is not None:
         sent = result.notice
         lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.get('target'))}" if sent.get("sent")

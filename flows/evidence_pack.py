@@ -18,7 +18,9 @@ anchor it, keep its SHA-256 elsewhere (the flow logs it and puts it in the link 
 This module verifies and uploads packs and holds the CLI; it re-exports the names of the modules that write
 them: :mod:`flows.pack_base` (file names, naming, hashing; the conventions by which the run's hashes of inputs
 and query results are found), :mod:`flows.pack_formats` (report.json, report.md, the manifest, ``write_pack``,
-and how secrets are kept out of the pack), :mod:`flows.pack_html` and :mod:`flows.pack_junit`.
+and how secrets are kept out of the pack), :mod:`flows.pack_html` and :mod:`flows.pack_junit`;
+:mod:`flows.pack_folder` says where a pack goes and how it gets there whole (or not at all), byte-exact and private
+on every OS.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
@@ -55,6 +58,8 @@ from flows.pack_base import (  # noqa: F401
     pack_files,
     pack_name,
     pack_prefix,
+    run_pack_dir,
+    run_pack_name,
     sha256_bytes,
     sha256_file,
 )
@@ -70,6 +75,7 @@ from flows.pack_formats import (  # noqa: F401
 from flows.pack_html import failures_first, report_html  # noqa: F401
 from flows.pack_junit import junit_xml  # noqa: F401
 from flows.suite_pack import SUITE_REQUIRED_FILES
+from tasks import nesting
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -81,8 +87,8 @@ def _load_manifest(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     if not path.is_file():
         return None, [f"{MANIFEST}: missing (this folder is not a complete evidence pack)"]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = nesting.loads(path.read_text(encoding="utf-8"), "the manifest")
+    except (OSError, ValueError) as exc:
         return None, [f"{MANIFEST}: unreadable ({exc})"]
     if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
         return None, [f"{MANIFEST}: not an evidence pack manifest (schema is not {MANIFEST_SCHEMA!r})"]
@@ -114,9 +120,36 @@ def _listed(data: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]
     return listed, problems
 
 
-def _check_file(folder: Path, name: str, entry: dict[str, Any]) -> str | None:
+def _walk(folder: Path) -> tuple[set[str], list[str]]:
+    """The pack's regular files (relative POSIX paths), and what else is in it: links (to a file, a folder or
+    nowhere: never followed), folders holding no file, and anything that is not a file or a folder."""
+    files: set[str] = set()
+    others: list[str] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        here = Path(root)
+        for name in [*dirs, *names]:
+            path = here / name
+            rel = path.relative_to(folder).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                others.append(f"{rel}: extra (a link, which a pack never holds)")
+            elif stat.S_ISREG(mode):
+                files.add(rel)
+            elif stat.S_ISDIR(mode):
+                with os.scandir(path) as entries:
+                    if next(entries, None) is None:
+                        others.append(f"{rel}/: extra (an empty folder, not in {MANIFEST})")
+            else:
+                others.append(f"{rel}: extra (not a regular file)")
+        dirs[:] = [d for d in dirs if not (here / d).is_symlink()]
+    return files, others
+
+
+def _check_file(folder: Path, name: str, entry: dict[str, Any], files: set[str]) -> str | None:
     path = folder / name
-    if not path.is_file():
+    if name not in files:
+        if os.path.lexists(path):
+            return f"{name}: not a regular file of the pack (a link, a folder, or under a link)"
         return f"{name}: missing"
     actual = sha256_file(path)
     if actual != entry["sha256"]:
@@ -127,8 +160,9 @@ def _check_file(folder: Path, name: str, entry: dict[str, Any]) -> str | None:
 def verify(folder: Path, manifest_sha256_expected: str | None = None) -> list[str]:
     """Check a pack against its manifest; the problems, each starting with the file's name (empty: intact).
 
-    Reports changed and missing files, files that are not in the manifest (extra), and a manifest that does
-    not list the pack's required files. With ``manifest_sha256_expected`` the manifest itself is checked too.
+    Reports changed and missing files, files that are not in the manifest (extra), links and empty folders
+    (extra: a pack holds only regular files; links are never followed), and a manifest that does not list the
+    pack's required files. With ``manifest_sha256_expected`` the manifest itself is checked too.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -143,14 +177,15 @@ def verify(folder: Path, manifest_sha256_expected: str | None = None) -> list[st
         return problems + load_problems
     listed, problems_listed = _listed(data)
     problems += problems_listed
-    problems += [p for name, entry in sorted(listed.items()) if (p := _check_file(folder, name, entry))]
+    files, others = _walk(folder)
+    problems += [p for name, entry in sorted(listed.items()) if (p := _check_file(folder, name, entry, files))]
     # a suite's pack (flows.suite_pack) has its own required files; its cases' packs are files of it
     required = SUITE_REQUIRED_FILES if data.get("kind") == "suite" else REQUIRED_FILES
     problems += [f"{name}: not listed in {MANIFEST} (every pack has it)" for name in required
                  if name not in listed]
-    problems += [f"{name}: extra (not in {MANIFEST})" for name in pack_files(folder)
+    problems += [f"{name}: extra (not in {MANIFEST})" for name in sorted(files)
                  if name != MANIFEST and name not in listed and name not in required]
-    return problems
+    return problems + others
 
 
 # ------------------------------------------------------------------------------------------------------ upload

@@ -62,13 +62,23 @@ def _case_slug(case: str) -> str:
 
 def pack_name(result: CaseResult) -> str:
     """``<YYYYmmddTHHMMSSZ>-<first 8 characters of the run id>``: sorts by time, unique per run."""
-    run = re.sub(r"[^A-Za-z0-9]+", "", result.flow_run_id or "")[:8] or "local"
-    return f"{_utc(result.started_at):%Y%m%dT%H%M%SZ}-{run}"
+    return run_pack_name(result.started_at, result.flow_run_id)
+
+
+def run_pack_name(started_at: datetime, flow_run_id: str | None) -> str:
+    """:func:`pack_name` of a run known by its start and id (before it has a result)."""
+    run = re.sub(r"[^A-Za-z0-9]+", "", flow_run_id or "")[:8] or "local"
+    return f"{_utc(started_at):%Y%m%dT%H%M%SZ}-{run}"
 
 
 def default_pack_dir(base: Path, result: CaseResult) -> Path:
     """The pack's default folder: ``<base>/<case-slug>/<YYYYmmddTHHMMSSZ>-<run id prefix>/``."""
-    return Path(base) / _case_slug(result.case) / pack_name(result)
+    return run_pack_dir(base, result.case, result.started_at, result.flow_run_id)
+
+
+def run_pack_dir(base: Path, case: str, started_at: datetime, flow_run_id: str | None) -> Path:
+    """:func:`default_pack_dir` of a run known by its case, start and id (before it has a result)."""
+    return Path(base) / _case_slug(case) / run_pack_name(started_at, flow_run_id)
 
 
 def pack_prefix(base_prefix: str, result: CaseResult) -> str:

@@ -8,8 +8,10 @@ built (never in a file's finished text, so no file's syntax can break): long sec
 and, in the spec's copy, its validated form and the variables, any value that *is* a secret. The spec's copy
 is masked at the YAML value level (parsed, masked, dumped). Names, keys and schema strings are never masked.
 
-The pack is private by default: folders 0700, files 0600 (set ``PIPELINE_TEST_PACK_PRIVATE=false``, or pass
-``private=False``, for the process's usual permissions).
+The pack is private by default: folders 0700, files 0600, and on Windows an owner-only access list (set
+``PIPELINE_TEST_PACK_PRIVATE=false``, or pass ``private=False``, for the process's usual permissions). It is
+written whole or not at all, every file in binary mode (the same bytes on every OS): see
+:mod:`flows.pack_folder`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from flows import pack_folder
 from flows.evidence_markdown import case_markdown, step_markdown
 from flows.pack_base import (
     JUNIT_XML,
@@ -228,10 +231,10 @@ def _copy_step_files(result: CaseResult, folder: Path, secrets: Sequence[str], p
             target = folder / STEP_FILES_DIR / slug_path(step.number) / Path(*parts)
             for parent in reversed([p for p in target.parents if not p.exists()]):
                 parent.mkdir(mode=0o700 if private else 0o777)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-            with open(source, encoding="utf-8", newline="") as src, open(fd, "w", encoding="utf-8", newline="") as dst:
+            # binary: its line ends stay as the step wrote them, on every OS
+            with open(source, encoding="utf-8", newline="") as src, pack_folder.open_for_write(target, private) as dst:
                 for line in src:
-                    dst.write(redact(line, secrets) if secrets else line)
+                    dst.write((redact(line, secrets) if secrets else line).encode("utf-8"))
 
 
 def slug_path(text: str) -> str:
@@ -240,30 +243,14 @@ def slug_path(text: str) -> str:
 
 
 def _write_text(path: Path, text: str, private: bool = True) -> None:
-    """Write UTF-8 with LF line ends on every OS (the hashes must not depend on the platform); a private file
-    is created readable by its owner only (0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
-    if private:
-        os.chmod(path, 0o600)
-    with open(fd, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(text)
+    """Write the text as UTF-8 bytes, its LF line ends kept on every OS (binary mode: the hashes must not depend on
+    the platform); a private file is created readable by its owner only (0600)."""
+    pack_folder.write_bytes(path, text.encode("utf-8"), private)
 
 
 def private_default() -> bool:
     """Whether packs are private unless said otherwise: yes, unless PIPELINE_TEST_PACK_PRIVATE is false/0/no."""
     return os.environ.get(PRIVATE_ENV, "").strip().lower() not in ("0", "false", "no", "off")
-
-
-def _prepare_folder(folder: Path, private: bool = True) -> None:
-    """Create the folder; refuse one that holds anything, so a pack never mixes with other files. A private
-    pack's folder, and every folder created for it, is 0700."""
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"evidence folder {folder} already exists and is not empty; choose a new folder")
-    missing = [p for p in [folder, *folder.parents] if not p.exists()]
-    for path in reversed(missing):
-        path.mkdir(mode=0o700 if private else 0o777, exist_ok=True)
-    if private:
-        os.chmod(folder, 0o700)
 
 
 def write_pack(
@@ -277,6 +264,7 @@ def write_pack(
     extra_items: Iterable[PackItem] = (),
     generated_at: datetime | None = None,
     private: bool | None = None,
+    claim: pack_folder.PackClaim | None = None,
 ) -> Path:
     """Write the evidence pack of a finished run into ``folder`` (new or empty) and return the folder.
 
@@ -285,7 +273,11 @@ def write_pack(
     for byte (``spec_path`` is its path, for the record; the text is read from it when not given);
     ``secrets`` are the run's secret values (its registry), masked in the values every file is built from;
     ``extra_items`` are hashed inputs or query results beyond those in the steps' ``items``. ``private`` (default:
-    :func:`private_default`) makes folders 0700 and files 0600. The manifest is written last.
+    :func:`private_default`) makes folders 0700 and files 0600 (on Windows, an owner-only access list).
+
+    The pack is written whole or not at all: into ``claim``'s temporary folder (the run claimed ``folder`` before
+    it changed anything; without a claim, ``folder`` is claimed here), the manifest last, then renamed into place.
+    On any failure nothing is left (PackFolderError or OSError says why).
     """
     folder = Path(folder)
     known = [s for s in dict.fromkeys(secrets) if s]
@@ -308,11 +300,16 @@ def write_pack(
         if shown is not None:
             files[report["spec"]["file"]] = shown
     private = private_default() if private is None else private
-    _prepare_folder(folder, private)
-    for name, text in files.items():
-        _write_text(folder / name, text, private)
-    _copy_step_files(result, folder, known, private)
-    _write_text(folder / MANIFEST, _json_text(build_manifest(folder, clean, report, items)), private)
-    return folder
+    taken = claim if claim is not None else pack_folder.claim(folder, private)
+    try:
+        staging = taken.staging
+        for name, text in files.items():
+            _write_text(staging / name, text, private)
+        _copy_step_files(result, staging, known, private)
+        _write_text(staging / MANIFEST, _json_text(build_manifest(staging, clean, report, items)), private)
+        return taken.commit()
+    except BaseException:
+        taken.abandon()  # no half pack: whatever was written goes
+        raise
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 from pydantic import SecretStr, ValidationError
 
-from flows import audit, evidence, evidence_pack, history, locks, prefect_logs, run_states
+from flows import audit, evidence, evidence_pack, history, locks, pack_folder, prefect_logs, run_states
 from flows.api_client import client_retries
 from flows.console import json_text, safe_output
 from flows.engine import (
@@ -61,9 +62,10 @@ from flows.evidence_markdown import MEANING, step_counts
 from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
+from flows.pack_folder import PackClaim
 from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
-from flows.results import CaseFailed, CaseResult, StepResult
+from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.templating import builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory, is_real_aws
@@ -209,6 +211,7 @@ def pipeline_test(
     steps: list[StepResult] = []
     running: list[Any] = []
     scratch: Path | None = None
+    pack_claim: PackClaim | None = None
     signals = interrupt_on_stop_signals(only_unhandled=True)  # SIGBREAK in a worker's run: every phase, as the CLI
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
@@ -226,6 +229,8 @@ def pipeline_test(
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
+            # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
+            pack_claim = _claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
             with contextlib.ExitStack() as stack:
                 # the locks first (none of this run's changes may start before), then the journal's leftovers
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
@@ -256,8 +261,8 @@ def pipeline_test(
                     partial = _case_result(case, run_id, started, values,
                                            [*steps, *(interrupted(p) for p in running), stopped,
                                             *([undone] if undone else [])], secrets, lock, clients)
-                    if write_evidence:
-                        _write_pack(partial, case, spec_path, evidence_dir, secrets, ctx, logger, upload=False)
+                    if pack_claim is not None:
+                        _write_pack(partial, case, spec_path, pack_claim, secrets, ctx, logger, upload=False)
                     if notice is not None:
                         send_notice(partial, notice, ui_url=partial.ui_url)
                     raise
@@ -268,22 +273,24 @@ def pipeline_test(
             steps.append(cleanup)
         result = _case_result(case, run_id, started, values, steps, secrets, lock, clients)
         if notice is not None:  # first, so that the pack records whether it was sent; it names where the pack goes
-            if write_evidence:
-                result.pack = _planned_pack(result, case, evidence_dir)
+            if pack_claim is not None:
+                result.pack = _planned_pack(result, case, pack_claim.folder)
             # logs a Slack failure, never changes the result
             result.notice = send_notice(result, notice, ui_url=result.ui_url)
-        if write_evidence:
-            _write_pack(result, case, spec_path, evidence_dir, secrets, ctx, logger)
+        if pack_claim is not None:
+            _write_pack(result, case, spec_path, pack_claim, secrets, ctx, logger)
         evidence.publish_case(result, logger)
     finally:
         put_back_handlers(signals)
         remove_redaction(redactor)
+        if pack_claim is not None:
+            pack_claim.abandon()  # a pack never written leaves no temporary folder (nothing once it is in place)
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    if result.passed:
+    if result.passed and result.evidence_error is None:
         logger.info("Case %r passed (%d steps)", case.case, len(steps))
         return result
-    failure = CaseFailed(result)
+    failure = CaseFailed(result) if not result.passed else EvidenceFailed(result)
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]
 
 
@@ -402,22 +409,34 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
     )
 
 
-def _planned_pack(result: CaseResult, case: CaseSpec, evidence_dir: str | None) -> dict[str, Any]:
+def _claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_id: str, logger: Any
+                ) -> PackClaim:
+    """Claim the pack's folder (``evidence_dir``, else ``evidence/<case>/<time>-<run id>/``) before the run changes
+    anything; CouldNotRun when it is not new, not writable (read-only, full) or another run is writing to it."""
+    folder = Path(evidence_dir) if evidence_dir else evidence_pack.run_pack_dir(Path("evidence"), case.case, started,
+                                                                                run_id)
+    try:
+        return pack_folder.claim(folder, evidence_pack.private_default(), logger)
+    except pack_folder.PackFolderError as exc:
+        raise CouldNotRun(f"case '{case.case}' did not start: {exc}; nothing was changed") from None
+
+
+def _planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> dict[str, Any]:
     """Where the pack will be written (and uploaded), for a notice sent before it is written."""
-    folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
     planned: dict[str, Any] = {"folder": str(folder.resolve())}
     if case.evidence is not None:
         planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
     return planned
 
 
-def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evidence_dir: str | None,
+def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, claim: PackClaim,
                 secrets: Secrets, ctx: StepContext, logger: Any, upload: bool = True) -> None:
-    """Write the evidence pack (and upload it when the case asks); its folder goes in ``result.evidence_dir``.
-    A failure here is logged, never fatal."""
+    """Write the evidence pack into its claimed folder (and upload it when the case asks); its folder goes in
+    ``result.evidence_dir``. A failure is logged and goes in ``result.evidence_error`` (the CLI exits 4): nothing
+    of a pack that could not be written is left."""
+    folder = claim.folder
     try:
-        folder = Path(evidence_dir) if evidence_dir else evidence_pack.default_pack_dir(Path("evidence"), result)
-        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets)
+        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
         digest = evidence_pack.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
         result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
@@ -436,7 +455,18 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, evid
                                  description=f"Evidence pack (manifest sha256 {digest})")
             logger.info("Evidence pack uploaded to s3://%s/%s", settings.bucket, prefix)
     except Exception as exc:
-        logger.error("Could not write or upload the evidence pack: %s", redact(str(exc), secrets))
+        what = "uploaded" if result.evidence_dir else "written"
+        if not result.evidence_dir:
+            result.pack = None  # not where the notice said it would be
+        result.evidence_error = redact(f"the evidence pack {folder} could not be {what}: {_why(exc)}", secrets)
+        logger.error("%s", result.evidence_error)
+
+
+def _why(exc: BaseException) -> str:
+    """An OSError as its reason and file (``No space left on device: report.json``), anything else as its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f": {Path(exc.filename).name}" if exc.filename else "")
+    return str(exc)
 
 
 # -------------------------------------------------------------------------------------------------- the CLI
@@ -477,7 +507,14 @@ def format_result(result: CaseResult, with_link: bool = True) -> str:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
     if result.evidence_dir:
         lines.append(f"Evidence pack: {result.evidence_dir}")
+    if result.evidence_error:
+        lines.append(f"NO EVIDENCE: {result.evidence_error}")
     return "\n".join(lines)
+
+
+def case_exit_code(result: CaseResult) -> int:
+    """1 when the case failed; else 4 when its evidence pack could not be written (or uploaded); else 0."""
+    return EXIT_FAILED if not result.passed else EXIT_NO_EVIDENCE if result.evidence_error else EXIT_PASSED
 
 
 def parse_vars(pairs: list[str]) -> dict[str, str]:
@@ -511,6 +548,8 @@ STOPPING_FLUSH_S = 10.0
 
 #: exit codes of the CLI
 EXIT_PASSED, EXIT_FAILED, EXIT_INVALID, EXIT_COULD_NOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: the run ended (and undid its changes) but its evidence pack could not be written or uploaded: it proves nothing
+EXIT_NO_EVIDENCE = 4
 
 
 @contextmanager
@@ -568,11 +607,22 @@ def _stop_signals_as_interrupts() -> Iterator[None]:
         yield
 
 
-def check_evidence_dir(folder: Path, spec: str) -> None:
-    """--evidence-dir must be a new or empty folder: found before the run, not after it."""
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | None = None,
+                       writable: bool = True) -> None:
+    """Found before the run, not after it: --evidence-dir (``folder``) must be a new or empty folder (SpecError:
+    exit 2); with ``writable``, the pack's folder (``folder``, else under ``default_parent``) must be writable
+    (not read-only, not full) and no other run may be writing to it (CouldNotRun: exit 3)."""
+    if folder is not None and folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "is not a folder" if not folder.is_dir() else "is not empty"
         raise SpecError(spec, [f"--evidence-dir {folder} {what}; give a new or empty folder"])
+    if not writable:
+        return
+    try:
+        if folder is not None:
+            pack_folder.check_new(folder)
+        pack_folder.probe_writable(folder if folder is not None else default_parent or Path("evidence"))
+    except pack_folder.PackFolderError as exc:
+        raise CouldNotRun(f"{exc}; nothing was changed (use --no-evidence to run without a pack)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,7 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.schema:
         from flows.spec import json_schema
 
-        print(json.dumps(json_schema(), indent=2))
+        try:
+            print(json.dumps(json_schema(), indent=2), flush=True)
+        except BrokenPipeError:  # `--schema | head`: the reader has what it wanted; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PASSED
     if not args.spec and not args.rerun_failed:
         parser.error("a spec file is required")
@@ -643,10 +696,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_vars(args.var)
         case, _ = load_spec(args.spec, overrides, args.files_root)
-        if args.evidence_dir and not args.no_evidence:
-            check_evidence_dir(Path(args.evidence_dir), args.spec)
+        if not args.no_evidence:
+            check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
+                               Path("evidence") / (slug(case.case) or "case"), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc)
+    except CouldNotRun as exc:
+        print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
     if args.validate:
         for warning in short_secret_warnings(iter_steps(case)):
             print(f"Warning: {warning}", file=sys.stderr)
@@ -675,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json_text(result) if args.json else format_result(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
-        return EXIT_PASSED if result.passed else EXIT_FAILED
+        if result.evidence_error and args.json:
+            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
+        return case_exit_code(result)
 
     return guarded(run)
 

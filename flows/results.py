@@ -72,6 +72,8 @@ class CaseResult(BaseModel):
     evidence_dir: str | None = None
     #: the evidence pack, once written: folder, manifest_sha256, and s3_uri and url once uploaded
     pack: dict[str, Any] | None = None
+    #: why the evidence pack could not be written (or uploaded, when the case asks): the run proves nothing then
+    evidence_error: str | None = None
     #: who ran the case, where and with what (see flows/audit.py); report.json's ``audit``
     audit: dict[str, Any] | None = None
     #: the Slack notice: sent or not, through what, and why not (None when the case asks for none)
@@ -101,4 +103,13 @@ class CaseFailed(Exception):
         failure = result.first_failure
         where = f" at step {failure.number} '{failure.label}': {failure.error}" if failure else ""
         super().__init__(f"case '{result.case}' failed{where}")
+        self.result = result
+
+
+class EvidenceFailed(CaseFailed):
+    """Carried by the flow run's Failed state when the case passed but its evidence pack could not be written."""
+
+    def __init__(self, result: CaseResult) -> None:
+        Exception.__init__(self, f"case '{result.case}' passed, but its evidence pack could not be written: "
+                                 f"{result.evidence_error}")
         self.result = result

@@ -4,9 +4,15 @@ Jinja's own sandbox stops templates from reaching Python internals, but not from
 ``{{ 'a' * 3000000000 }}`` or ``{{ 9 ** 99999999 }}``. This one refuses, *before* doing it, any operation whose
 result would be too big, and stops a rendering that runs too long:
 
+* only allowed methods and filters exist for a template (an allow-list, :data:`SAFE_METHODS` and
+  :data:`SAFE_FILTERS`): each makes a result bounded by its input, or is checked before it runs; so
+  ``str.translate`` (whose table can turn one character into a megabyte), ``str.encode``, ``pprint``,
+  ``urlize``, ``wordwrap`` and ``random`` are not available, and ``tojson``'s ``indent`` is at most
+  :data:`MAX_JSON_INDENT` with the indented size estimated first;
 * ``*``, ``+``, ``**`` and ``%`` (intercepted binary operators), ``~`` (string concatenation), method calls
-  such as ``str.ljust``/``replace``/``join``/``format``, and filters such as ``center``, ``indent``,
-  ``replace``, ``join``, ``format``, ``batch`` and ``slice`` are checked for the size of what they would make;
+  such as ``str.ljust``/``replace``/``join``/``format``/``strftime``, and filters such as ``center``,
+  ``indent``, ``replace``, ``join``, ``format``, ``tojson``, ``batch`` and ``slice`` are checked for the size of
+  what they would make;
 * every value printed, and the rendered text as a whole, is at most :data:`MAX_TEXT` characters;
 * loop iterations, calls and operations count against :data:`MAX_OPERATIONS` per rendering, and the wall
   clock against a deadline (checked as the template runs, so an empty nested loop is stopped too);
@@ -26,13 +32,16 @@ import re
 import string
 import time
 import types
+from datetime import date, datetime, timedelta
+from datetime import time as day_time
 from typing import Any, Callable, Iterable, Iterator
 
 from jinja2 import StrictUndefined, nodes, pass_context
 from jinja2.compiler import CodeGenerator, Frame
-from jinja2.runtime import Context
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import _PassArg
+from jinja2.utils import Namespace, _PassArg
 
 #: characters of any string a template makes or prints, and of a rendered result
 MAX_TEXT = 1_000_000
@@ -52,6 +61,35 @@ MAX_WIDTH = 100_000
 MAX_OPERATIONS = 100_000
 #: seconds one rendering may take when the caller sets no earlier deadline
 RENDER_SECONDS = 10.0
+#: the largest ``indent`` of the tojson filter
+MAX_JSON_INDENT = 16
+#: methods a template may call, by the type of the object: each makes a result bounded by its input (the
+#: ones that could still grow, such as ljust or replace, are checked before they run: _check_call)
+_STR_METHODS = frozenset({
+    "capitalize", "casefold", "center", "count", "endswith", "expandtabs", "find", "format", "format_map",
+    "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit", "isidentifier", "islower", "isnumeric",
+    "isprintable", "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip", "partition",
+    "removeprefix", "removesuffix", "replace", "rfind", "rindex", "rjust", "rpartition", "rsplit", "rstrip",
+    "split", "splitlines", "startswith", "strip", "swapcase", "title", "upper", "zfill",
+})
+_TIME_METHODS = frozenset({"strftime", "isoformat", "weekday", "isoweekday", "isocalendar", "date", "time",
+                           "timestamp", "utcoffset", "tzname", "total_seconds"})
+SAFE_METHODS: tuple[tuple[type | tuple[type, ...], frozenset[str]], ...] = (
+    (str, _STR_METHODS),
+    (dict, frozenset({"get", "items", "keys", "values"})),
+    ((list, tuple), frozenset({"count", "index"})),
+    ((datetime, date, day_time, timedelta), _TIME_METHODS),
+    (LoopContext, frozenset({"cycle", "changed"})),
+)
+#: Jinja's filters a template may use (the others, such as pprint, urlize, wordwrap, xmlattr and random,
+#: are not defined): each is bounded by its input, or checked before it runs (_guard_filter)
+SAFE_FILTERS = frozenset({
+    "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e", "escape",
+    "filesizeformat", "first", "float", "format", "groupby", "indent", "int", "items", "join", "last", "length",
+    "list", "lower", "map", "max", "min", "reject", "rejectattr", "replace", "reverse", "round", "select",
+    "selectattr", "slice", "sort", "string", "striptags", "sum", "title", "tojson", "trim", "truncate", "unique",
+    "upper", "urlencode", "wordcount",
+})
 #: where a rendering's budget travels in the template context (not a name a template can spell)
 BUDGET_KEY = "pipeline-test budget"
 
@@ -157,6 +195,49 @@ def check_format(fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Non
     _refuse_text(len(fmt) + count * text_size((args, kwargs)), "the formatted text")
 
 
+def indented_json_size(value: Any, indent: int, limit: int = MAX_TEXT) -> int:
+    """About how many characters ``json.dumps(value, indent=indent)`` makes; stops counting once past ``limit``.
+
+    Each item of a list or a dict goes on its own line, indented by its depth times ``indent``.
+    """
+    total = text_size(value, limit)
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack and total <= limit:
+        item, depth = stack.pop()
+        children = list(item.values()) if isinstance(item, dict) else item if isinstance(item, (list, tuple)) else ()
+        total += (len(children) + 1) * (depth * indent + 1)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
+    return total
+
+
+def check_tojson(value: Any, indent: Any) -> None:
+    """Refuse a tojson indent that is not a small number, or whose indented result would be too large."""
+    if indent is None:
+        return
+    if not isinstance(indent, int) or isinstance(indent, bool) or not 0 <= indent <= MAX_JSON_INDENT:
+        raise TemplateLimit(f"the tojson filter's indent must be a number from 0 to {MAX_JSON_INDENT} "
+                            f"(got {shown_value(indent)})")
+    _refuse_text(indented_json_size(value, indent), "the indented JSON")
+
+
+def shown_value(value: Any) -> str:
+    """A value as a refusal quotes it: its type for anything but a short number or string."""
+    if isinstance(value, (int, float, str)) and len(text := repr(value)) <= 40:
+        return text
+    return f"a {type(value).__name__}"
+
+
+def check_strftime(fmt: Any) -> None:
+    """Refuse a strftime format whose result could be too large (a directive makes at most ~64 characters)."""
+    if isinstance(fmt, str):
+        _refuse_text(len(fmt) + 64 * fmt.count("%"), "the strftime text")
+
+
+def safe_method(obj: Any, name: str) -> bool:
+    """May a template call the method ``name`` of ``obj`` (see SAFE_METHODS)?"""
+    return any(isinstance(obj, types_) and name in names for types_, names in SAFE_METHODS)
+
+
 def _materialise(items: Any) -> Any:
     """A sized version of ``items`` (a generator is read, at most MAX_ITEMS + 1 of it)."""
     if isinstance(items, (str, list, tuple, dict, set, frozenset, range)):
@@ -225,6 +306,8 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
             args = (*args[:skip], value, *rest)
         elif name == "format":
             check_printf(str(value), (rest, kwargs))
+        elif name == "tojson":
+            check_tojson(value, rest[0] if rest else kwargs.get("indent"))
         result = func(*args, **kwargs)
         if not isinstance(result, types.GeneratorType):
             _refuse_text(text_size(result), f"the result of the {name!r} filter")
@@ -264,8 +347,19 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def __init__(self) -> None:
         super().__init__(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False,
                          optimized=False, finalize=self._finalize)
-        self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
+        self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items() if name in SAFE_FILTERS}
         self.globals = {name: self.globals[name] for name in ("range", "dict", "namespace")}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        """Jinja's own rules, and a method only when it is on the allow-list (data attributes stay readable)."""
+        if not super().is_safe_attribute(obj, attr, value):
+            return False
+        return not callable(value) or isinstance(obj, Namespace) or safe_method(obj, attr)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        return self.undefined(f"{type(obj).__name__}.{attribute} is not allowed in templates (see 'Templates "
+                              "and variables' in docs/writing-cases.md for what is)", name=attribute, obj=obj,
+                              exc=SecurityError)
 
     @staticmethod
     def _finalize(value: Any) -> Any:
@@ -306,6 +400,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, str) and isinstance(target, (types.BuiltinMethodType, types.MethodType)):
             public = {k: v for k, v in kwargs.items() if not k.startswith("_")}
             args = _check_str_method(owner, target.__name__, args, public)
+        elif isinstance(owner, (date, day_time)) and getattr(target, "__name__", "") == "strftime":
+            check_strftime(args[0] if args else kwargs.get("format"))
         result = super().call(__context, __obj, *args, **kwargs)
         if not isinstance(result, (types.GeneratorType, Iterator)):
             _refuse_text(text_size(result), "the result of a call")

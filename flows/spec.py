@@ -9,9 +9,12 @@ and name) and the field.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import re
 import time
+import typing
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,13 +33,16 @@ from flows.templating import (
     TemplateError,
     builtin_values,
     check_template,
+    functions_called,
     is_templated,
     render,
     resolve_variables,
+    variables_in,
 )
 from tasks.aws import AwsTarget
-from tasks.base import REGISTRY, SpecModel, StepBase, StepKind
-from tasks.s3 import S3Key
+from tasks.base import REGISTRY, RESOURCE_NAME, SpecModel, StepBase, StepKind
+from tasks.s3 import BucketName, S3Key
+from tasks.secrets import MIN_SECRET_CHARS, mask, redact
 
 #: the service modules whose step kinds a case can use; importing one registers its kinds
 SERVICE_MODULES = ("tasks.s3", "tasks.ssm", "tasks.awslambda", "tasks.athena", "tasks.dynamodb", "tasks.sqs",
@@ -64,13 +70,28 @@ AWS_SETTINGS_CREDENTIAL_KEYS = {"aws_access_key_id", "aws_secret_access_key", "a
 VALIDATION_SECONDS = 10.0
 #: how many problems an error message lists
 SHOWN_PROBLEMS = 50
+#: template functions whose result is a secret (a name calling one may not be a resource name)
+SECRET_FUNCTIONS = frozenset({"secret", "ssm"})
+#: an AWS region's shape (us-east-1, us-gov-west-1, eu-isoe-west-1, ...), never a path or a URL
+REGION = r"^[a-z]{2}(-[a-z]+){1,3}-[0-9]{1,2}$"
+#: Unicode categories a case name may not hold: control (newline, NUL), format (U+202E and the other bidi
+#: controls, zero-width characters), line and paragraph separators, surrogates, private use, unassigned
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+
+
+def hidden_character(text: str) -> str | None:
+    """The first control or invisible formatting character of ``text``, as ``U+202E``, or None."""
+    for ch in text:
+        if unicodedata.category(ch) in _HIDDEN_CATEGORIES:
+            return f"U+{ord(ch):04X}"
+    return None
 
 
 class AwsSettings(SpecModel):
     """Where and as whom the case calls AWS. Credentials never go here: name a block or a profile."""
 
-    region: str | None = Field(None, description="AWS region; default: the credentials block's, else "
-                               "AWS_REGION / the profile's.")
+    region: str | None = Field(None, pattern=REGION, description="AWS region (e.g. eu-west-1); default: the "
+                               "credentials block's, else AWS_REGION / the profile's.")
     account_id: str | None = Field(None, pattern=r"^[0-9]{12}$", description="The AWS account the case is meant "
                                    "for (12 digits): the IAM policy that --iam-policy makes names it in its ARNs "
                                    "(default: --account, else any account).")
@@ -106,7 +127,7 @@ class AwsSettings(SpecModel):
 class EvidenceSettings(SpecModel):
     """Where the run's evidence pack is also kept, besides the local folder: an S3 bucket, encrypted at rest."""
 
-    bucket: str = Field(..., description="Bucket to upload the evidence pack to.")
+    bucket: BucketName = Field(..., description="Bucket to upload the evidence pack to.")
     prefix: S3Key = Field("pipeline-test-evidence/", description="Key prefix; the pack goes under "
                         "<prefix><case>/<time>-<run id>/.")
     sse: Literal["AES256", "aws:kms", "aws:kms:dsse"] = Field("AES256", description="Server-side encryption.")
@@ -177,6 +198,11 @@ class CaseSpec(SpecModel):
     def _sluggable(cls, v: str) -> str:
         if not slug(v):
             raise ValueError("the case name needs at least one letter or digit")
+        found = hidden_character(v)
+        if found:
+            raise ValueError(f"the case name holds {found}, a control or invisible formatting character (a newline, "
+                             "NUL or a bidi control could forge or hide a line of the output); use visible "
+                             "characters only")
         return v
 
     @field_validator("timezone")
@@ -398,7 +424,20 @@ def parse_spec(raw: Any, source: str = "<spec>", spec_dir: Path | None = None,
     try:
         spec = CaseSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(source, _pydantic_problems(raw, exc)) from None
+        problems = _pydantic_problems(raw, exc)
+        if any(err["type"] != "extra_forbidden" for err in exc.errors(include_url=False)):
+            raise SpecError(source, problems) from None
+        # only unknown fields: check the rest without them, so that one pass reports every problem (unless the
+        # spec without them is no longer whole: a misspelt field that another check needed)
+        stripped = _without(raw, [tuple(e["loc"]) for e in exc.errors(include_url=False)])
+        try:
+            CaseSpec.model_validate(stripped)
+            parse_spec(stripped, source, spec_dir, overrides, files_root)
+        except SpecError as more:
+            problems += more.problems
+        except ValidationError:
+            pass
+        raise SpecError(source, problems) from None
     unknown = sorted(set(overrides) - set(spec.variables))
     if unknown:
         raise SpecError(source, [f"--var {n}: no such variable in the case (declared: "
@@ -417,6 +456,22 @@ def parse_spec(raw: Any, source: str = "<spec>", spec_dir: Path | None = None,
     return spec
 
 
+def _without(raw: Any, locations: list[tuple[Any, ...]]) -> Any:
+    """A copy of ``raw`` without the fields at ``locations`` (pydantic's, which may hold a union's tag)."""
+    data = copy.deepcopy(raw)
+    for loc in locations:
+        node = data
+        for part in loc[:-1]:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            # else: a union's tag (the step's kind), not a level of the data
+        if isinstance(node, dict):
+            node.pop(loc[-1], None)
+    return data
+
+
 def _located(raw: Any, loc: tuple[Any, ...], msg: str) -> str:
     where, fld = _where(raw, loc)
     return f"{where}: {('field ' + repr(fld) + ': ') if fld else ''}{msg}"
@@ -431,10 +486,12 @@ def _trial_render(spec: CaseSpec, spec_dir: Path, allowed: tuple[Path, ...], dea
     except TemplateError as exc:
         return [f"case: field 'variables': {exc}"]
     problems = []
+    renderings: list[tuple[PlacedStep, StepBase]] = []
     for placed in iter_steps(spec):
         deadline.check(describe(placed))
         try:
             rendered = render_step(placed.step, values, deadline.at)
+            renderings.append((placed, rendered))
             paths = _local_file_problems(placed.step, rendered, spec_dir, allowed)
             checks = rendered.case_checks(spec)
             if not paths:  # the step's own checks may read its files: only once they are known to be allowed
@@ -447,6 +504,82 @@ def _trial_render(spec: CaseSpec, spec_dir: Path, allowed: tuple[Path, ...], dea
                 fld = ".".join(str(p) for p in err["loc"])
                 problems.append(f"{describe(placed)}: field {fld!r} after templating: "
                                 f"{err['msg'].removeprefix('Value error, ')}")
+    problems += _secrets_in_names(renderings, values, spec_dir)
+    known = _known_secrets(spec, values, deadline)
+    return [_masked(problem, known) for problem in problems] if known else problems
+
+
+def _known_secrets(spec: CaseSpec, values: dict[str, Any], deadline: _Deadline) -> set[str]:
+    """The secret values the case handles (SecureString values, sensitive fields), rendered: also those of a
+    step whose rendering failed, so that no problem quotes one."""
+    found = set()
+    for placed in iter_steps(spec):
+        for secret in placed.step.secrets():
+            try:
+                found.add(render(secret, values, deadline.at))
+            except TemplateError:
+                continue
+    return {s for s in found if s}
+
+
+def _masked(text: str, secrets: set[str]) -> str:
+    """A problem's text with the case's secrets masked: searched for when long enough, and quoted (a rendered
+    value a message shows, such as "(got 'value')") whatever their length."""
+    text = redact(text, secrets)
+    for secret in secrets:
+        text = text.replace(repr(secret), mask(secret))
+    return text
+
+
+# ----------------------------------------------------------------------------------- secrets in resource names
+def _marked(annotation: Any) -> bool:
+    """Does a type (``S3Key``, ``list[S3Key] | None``, ...) carry the RESOURCE_NAME mark?"""
+    if typing.get_origin(annotation) is Annotated:
+        base, *extras = typing.get_args(annotation)
+        return any(e is RESOURCE_NAME for e in extras) or _marked(base)
+    return any(_marked(arg) for arg in typing.get_args(annotation))
+
+
+def resource_names(model: BaseModel, path: str = "") -> Iterator[tuple[str, str]]:
+    """(field path, value) of every field of ``model`` (nested models too) marked RESOURCE_NAME."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        where = f"{path}.{name}" if path else name
+        if any(m is RESOURCE_NAME for m in info.metadata) or _marked(info.annotation):
+            items = value if isinstance(value, list) else [value]
+            yield from ((f"{where}[{i}]" if isinstance(value, list) else where, v)
+                        for i, v in enumerate(items) if isinstance(v, str))
+        elif isinstance(value, BaseModel):
+            yield from resource_names(value, where)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from resource_names(item, f"{where}[{i}]")
+
+
+def _secrets_in_names(renderings: list[tuple[PlacedStep, StepBase]], values: dict[str, Any],
+                      spec_dir: Path) -> list[str]:
+    """Refuse a secret (a SecureString value, a sensitive field's value) in a resource name: names travel
+    unmasked (console links, lock names, events, the pack's step details), so a secret may not be part of one.
+
+    Found by the variable or the secret function (SECRET_FUNCTIONS) a name's template uses (whatever the secret's
+    length), and by value for secrets long enough to be searched for (MIN_SECRET_CHARS)."""
+    secrets = {s for _, rendered in renderings for s in rendered.secrets() if s}
+    secret_vars = {name for name, value in values.items() if isinstance(value, str) and value in secrets}
+    long = [s for s in secrets if len(s) >= MIN_SECRET_CHARS]
+    problems = []
+    for placed, rendered in renderings:
+        written = dict(resource_names(placed.step))
+        names = [*resource_names(rendered), *(("(lock name)", r) for r in rendered.resources(spec_dir))]
+        for fld, value in names:
+            text = written.get(fld, "")
+            used = sorted(variables_in(text) & secret_vars | functions_called(text) & SECRET_FUNCTIONS)
+            if used or any(s in value for s in long):
+                via = f" (through {{{{ {used[0]}{'()' if used[0] in SECRET_FUNCTIONS else ''} }}}})" if used else ""
+                problems.append(f"{describe(placed)}: field {fld!r}: holds a secret value{via}: resource names "
+                                "(buckets, S3 keys, parameter names, URIs) are never masked (they travel into links, "
+                                "lock names, events and the evidence pack), so a secret may not be part of one")
+                break
     return problems
 
 

@@ -13,19 +13,20 @@ file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
 from yaml.nodes import MappingNode, Node, SequenceNode
 
+from tasks import nesting
+
 #: the largest spec file read
 MAX_SPEC_BYTES = 1_000_000
 #: nodes (mappings, lists, keys, scalars) of a spec, counting every use of an alias and every merged key
 MAX_NODES = 50_000
-#: how deep mappings and lists may nest
-MAX_DEPTH = 64
+#: how deep mappings and lists may nest (the same limit as every other document: tasks.nesting)
+MAX_DEPTH = nesting.MAX_DEPTH
 #: aliases (``*name``) in one YAML spec
 MAX_ALIASES = 100
 
@@ -179,8 +180,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def load_json(text: str) -> Any:
     try:
-        data = json.loads(text, object_pairs_hook=_unique_keys)
-    except RecursionError:
-        raise SpecFileError(f"the spec nests deeper than {MAX_DEPTH} levels") from None
+        data = nesting.loads(text, "the spec", object_pairs_hook=_unique_keys)
+    except nesting.NestingError as exc:
+        raise SpecFileError(str(exc)) from None
     expanded_size(data, json_children, "spec")
     return data

@@ -31,6 +31,7 @@ from flows.engine import signals_deferred, stop_signals_interrupt
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
 from flows.pack_base import manifest_sha256
+from flows.pack_folder import PackClaim, PackFolderError
 from flows.pipeline_test import (
     SUITE,
     SuiteShared,
@@ -49,6 +50,7 @@ from flows.suite_pack import (
     SuiteCaseResult,
     SuiteFailed,
     SuiteResult,
+    claim_suite_folder,
     result_from_report,
     write_suite_pack,
 )
@@ -113,7 +115,13 @@ def pipeline_test_suite(
     started = _now()
     run_id = str(flow_run.id or "local")
     folder = Path(evidence_dir) if evidence_dir else (
-        Path("evidence") / "suites" / (slug(plan.spec.suite) or "suite") / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+        suite_evidence_parent(plan.spec.suite) / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+    try:  # before any case starts: a folder that is not new, not writable or full, or taken, is exit 3
+        claim = claim_suite_folder(folder, logger=logger)
+    except PackFolderError as exc:
+        message = f"suite '{plan.spec.suite}' did not start: {exc}; nothing was changed"
+        logger.error("%s", message)
+        return Failed(message=message, data=CouldNotRun(message))  # type: ignore[return-value]
     progress = PROGRESS.get() or Progress()
     progress.begin(len(plan.cases))
     logger.info("Suite %r: %d case(s), at most %d at once (%s)%s", plan.spec.suite, len(plan.cases),
@@ -145,17 +153,33 @@ def pipeline_test_suite(
                         wait_done(future)
                 done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
                         and f.exception() is None}
-                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, logger, rerun)
+                _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, claim, logger, rerun)
             raise
-    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, logger, rerun)
-    if result.passed:
+    result = _finish(plan, run_id, started, [results[i] for i in sorted(results)], folder, claim, logger, rerun)
+    if result.passed and result.evidence_error is None:
         return result
     return Failed(message=str(SuiteFailed(result)), data=SuiteFailed(result))  # type: ignore[return-value]
 
 
+def case_pack(plan: SuitePlan, case: SuiteCase) -> str:
+    """The case's pack folder in the suite's pack: ``cases/<case slug>``, and ``-2``, ``-3`` ... after the slug of
+    cases whose names slug alike (each case's pack a folder of its own: two runs never share one)."""
+    used: set[str] = set()
+    for other in plan.cases:
+        base = slug(other.spec.case) or "case"
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        if other is case:
+            return f"{CASES_DIR}/{name}"
+    raise ValueError(f"{case.path} is not a case of the suite")
+
+
 def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress) -> SuiteCaseResult:
     """Run one case of the suite (in a thread of its own) and say how it went; never raises."""
-    pack = f"{CASES_DIR}/{slug(case.spec.case) or 'case'}"
+    pack = case_pack(plan, case)
     progress.case_started()
     started = _now()
     try:
@@ -244,18 +268,28 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 
 
+def suite_evidence_parent(suite: str) -> Path:
+    """Where a suite's packs go by default: ``evidence/suites/<suite>/`` (each run in a folder of its own)."""
+    return Path("evidence") / "suites" / (slug(suite) or "suite")
+
+
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
-            logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
-    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged)."""
+            claim: PackClaim, logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
+    """The suite's result, its summary artifact and its evidence pack (a failure of either is logged; one of the
+    pack, or of a case's pack, goes in ``evidence_error``: the CLI exits 4)."""
     result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=_ui_url(), started_at=started,
                          ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped],
                          source=str(plan.source), rerun_of=rerun)
     try:
-        write_suite_pack(result, folder)
+        write_suite_pack(result, folder, claim=claim)
         result.evidence_dir = str(folder.resolve())
         logger.info("Suite evidence pack: %s", result.evidence_dir)
     except Exception as exc:
-        logger.error("Could not write the suite's evidence pack: %s", exc)
+        result.evidence_error = f"the suite's evidence pack {folder} could not be written: {exc}"
+        logger.error("%s", result.evidence_error)
+    lost = [c.case for c in cases if c.result is not None and c.result.evidence_error]
+    if lost and result.evidence_error is None:
+        result.evidence_error = f"the evidence pack of {len(lost)} case(s) could not be written: {', '.join(lost)}"
     try:  # after the pack: the report says where it is
         publish_suite(result)
     except Exception as exc:
@@ -315,6 +349,8 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {suite_key(result.suite)})")
     if result.evidence_dir:
         lines.append(f"Suite evidence pack: {result.evidence_dir}")
+    if result.evidence_error:
+        lines.append(f"NO EVIDENCE: {result.evidence_error}")
     return "\n".join(lines)
 
 
@@ -324,10 +360,15 @@ def suite_result_of(state: Any) -> SuiteResult | None:
 
 
 def exit_code(result: SuiteResult) -> int:
-    """0 every case passed; 1 a case failed; 3 no case failed but one could not run."""
-    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_PASSED
+    """0 every case passed; 1 a case failed; 3 no case failed but one could not run; 4 every case passed but an
+    evidence pack (the suite's or a case's) could not be written."""
+    from flows.pipeline_test import EXIT_COULD_NOT_RUN, EXIT_FAILED, EXIT_NO_EVIDENCE, EXIT_PASSED
 
-    return EXIT_FAILED if result.count("failed") else EXIT_COULD_NOT_RUN if result.count("not run") else EXIT_PASSED
+    if result.count("failed"):
+        return EXIT_FAILED
+    if result.count("not run"):
+        return EXIT_COULD_NOT_RUN
+    return EXIT_NO_EVIDENCE if result.evidence_error else EXIT_PASSED
 
 
 def rerun_selection(args: Any) -> Rerun | None:
@@ -375,10 +416,13 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
                                              f"'{rerun.suite}', not of '{suite_name(Path(args.spec))}'"])
         only = rerun.link.cases if rerun is not None else args.only or None
         plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root, only)
-        if args.evidence_dir:
-            check_evidence_dir(Path(args.evidence_dir), args.spec)
+        check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
+                           suite_evidence_parent(plan.spec.suite), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
+    except CouldNotRun as exc:
+        print(f"Could not run: {exc}", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
     if args.validate:
         print(f"Suite {args.spec} is valid: suite '{plan.spec.suite}', {len(plan.cases)} case(s)"
               + (f" ({len(plan.skipped)} left out)" if plan.skipped else "")
@@ -407,6 +451,8 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         print(json_text(result) if args.json else format_suite(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
+        if result.evidence_error and args.json:
+            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
         return exit_code(result)
 
     return guarded(run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from flows import pack_folder
 from flows.pack_base import (
     JUNIT_XML,
     MANIFEST,
@@ -26,7 +28,7 @@ from flows.pack_base import (
     pack_files,
     sha256_file,
 )
-from flows.pack_formats import _counts, _json_text, _prepare_folder, _write_text, private_default
+from flows.pack_formats import _counts, _json_text, _write_text, private_default
 from flows.pack_html import CSS
 from flows.pack_junit import _x, testsuite
 from flows.results import CaseResult, StepResult
@@ -98,6 +100,8 @@ class SuiteResult(BaseModel):
     #: the suite file or folder as given (what ``--rerun-failed`` runs again)
     source: str | None = None
     rerun_of: RerunOf | None = None
+    #: why the suite's evidence pack (or a case's) could not be written: the CLI exits 4
+    evidence_error: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -252,26 +256,63 @@ def case_reports(folder: Path, result: SuiteResult) -> dict[str, dict[str, Any]]
     return found
 
 
-def write_suite_pack(result: SuiteResult, folder: Path, private: bool | None = None) -> Path:
+def claim_suite_folder(folder: Path, private: bool | None = None, logger: Any = None) -> pack_folder.PackClaim:
+    """Claim a suite's pack folder before any case starts (new or empty, writable, no other run writing to it;
+    PackFolderError says why not) and create it, so its cases write their packs under ``cases/``."""
+    private = private_default() if private is None else private
+    taken = pack_folder.claim(folder, private, logger)
+    try:
+        Path(folder).mkdir(mode=0o700 if private else 0o777, exist_ok=True)
+        if private:
+            pack_folder.restrict_to_owner(Path(folder), logger)
+    except OSError as exc:
+        taken.abandon()
+        raise pack_folder.PackFolderError(f"evidence folder {folder} cannot be written ({exc})") from None
+    return taken
+
+
+def write_suite_pack(result: SuiteResult, folder: Path, private: bool | None = None,
+                     claim: pack_folder.PackClaim | None = None) -> Path:
     """Write the suite's files into ``folder`` (which may already hold the cases' packs under ``cases/``) and the
-    manifest over every file, last."""
+    manifest over every file, last.
+
+    The suite's own files are written in ``claim``'s temporary folder (see :func:`claim_suite_folder`; without
+    one, a temporary folder is claimed here), then moved into ``folder``, the manifest last: on any failure the
+    suite's files already moved are removed again (the cases' packs, each whole, stay) and the error is raised."""
     folder = Path(folder)
     private = private_default() if private is None else private
-    if not folder.exists():
-        _prepare_folder(folder, private)
-    for c in result.cases:  # a case pack without its manifest (a run cut short) is not linked as a pack
-        if c.pack and not (folder / c.pack / MANIFEST).is_file():
-            c.pack = None
-    files = {INDEX_HTML: index_html(result), REPORT_JSON: _json_text(suite_report(result)),
-             JUNIT_XML: suite_junit_xml(result, case_reports(folder, result))}
-    for name, text in files.items():
-        _write_text(folder / name, text, private)
-    manifest = {
-        "schema": MANIFEST_SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "suite", "algorithm": "sha256",
-        "created_at": _iso(datetime.now(timezone.utc)), "suite": result.suite, "flow_run_id": result.flow_run_id,
-        "status": result.status,
-        "files": [{"path": n, "size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
-                  for n in pack_files(folder) if n != MANIFEST],
-    }
-    _write_text(folder / MANIFEST, _json_text(manifest), private)
+    if claim is None:
+        claim = claim_suite_folder(folder, private) if not folder.exists() or not any(folder.iterdir()) else \
+            pack_folder.claim_staging(folder, private)
+    moved: list[Path] = []
+    try:
+        for c in result.cases:  # a case pack without its manifest (a run cut short) is not linked as a pack
+            if c.pack and not (folder / c.pack / MANIFEST).is_file():
+                c.pack = None
+        files = {INDEX_HTML: index_html(result), REPORT_JSON: _json_text(suite_report(result)),
+                 JUNIT_XML: suite_junit_xml(result, case_reports(folder, result))}
+        for name, text in files.items():
+            _write_text(claim.staging / name, text, private)
+        for name in files:
+            moved.append(folder / name)
+            os.replace(claim.staging / name, folder / name)
+        manifest = {
+            "schema": MANIFEST_SCHEMA, "schema_version": SCHEMA_VERSION, "kind": "suite", "algorithm": "sha256",
+            "created_at": _iso(datetime.now(timezone.utc)), "suite": result.suite, "flow_run_id": result.flow_run_id,
+            "status": result.status,
+            "files": [{"path": n, "size": (folder / n).stat().st_size, "sha256": sha256_file(folder / n)}
+                      for n in pack_files(folder) if n != MANIFEST],
+        }
+        _write_text(claim.staging / MANIFEST, _json_text(manifest), private)
+        moved.append(folder / MANIFEST)
+        os.replace(claim.staging / MANIFEST, folder / MANIFEST)
+    except BaseException:
+        for path in moved:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        raise
+    finally:
+        claim.abandon()
     return folder

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from flows.sandbox import (
@@ -75,6 +75,17 @@ def variables_in(text: str) -> set[str]:
     _check_size(text)
     try:
         return set(meta.find_undeclared_variables(_env.parse(text)))
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message} in {shown(text)}") from None
+    except (RecursionError, MemoryError):
+        raise TemplateError(f"template nested too deeply: {shown(text)}") from None
+
+
+def functions_called(text: str) -> set[str]:
+    """The names of the functions a template calls by name (``range``, a global such as ``secret``, a macro)."""
+    _check_size(text)
+    try:
+        return {call.node.name for call in _env.parse(text).find_all(nodes.Call) if isinstance(call.node, nodes.Name)}
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message} in {shown(text)}") from None
     except (RecursionError, MemoryError):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
+from tasks import nesting
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
@@ -151,7 +152,9 @@ def load_payload(step: InvokeLambdaStep, spec_dir: Path, render: Callable[[str],
         raise StepError(f"cannot read payload_file {step.payload_file} ({path}): {exc.strerror or exc}") from None
     rendered = render(text)
     try:
-        return json.loads(rendered)
+        return nesting.loads(rendered, f"payload_file {step.payload_file}")
+    except nesting.NestingError as exc:
+        raise StepError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise StepError(
             f"payload_file {step.payload_file} is not valid JSON after templating: {exc.msg} "

@@ -30,6 +30,15 @@ def is_template(text: str) -> bool:
     return "{{" in text or "{%" in text
 
 
+class ResourceName:
+    """Marks a field (``Annotated[str, RESOURCE_NAME]``) whose value names an AWS resource: a bucket, an S3 key
+    or prefix, a parameter name, an S3 URI. Such names travel unmasked (links, lock names, events, the pack's
+    step details), so validation refuses a secret in them (flows.spec)."""
+
+
+RESOURCE_NAME = ResourceName()
+
+
 def template_aware(pattern: str, message: str) -> AfterValidator:
     """A string constraint that holds for rendered values and waits for rendering on templates.
 

@@ -17,7 +17,9 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import Field, model_validator
 
+from tasks import nesting
 from tasks.base import SpecModel
+from tasks.errors import StepError
 from tasks.json_match import jmespath_mismatches, json_subset_mismatches
 from tasks.secrets import (
     Secrets,
@@ -78,7 +80,9 @@ def parse_json(body: bytes) -> Any:
     if not body:
         return MISSING
     try:
-        return json.loads(body)
+        return nesting.loads(body, "the response")
+    except nesting.NestingError as exc:
+        raise StepError(f"{exc}: too deep to check") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return MISSING
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Un
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
-from tasks import markdown
+from tasks import markdown, nesting
 from tasks.base import SpecModel, format_bytes
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
@@ -78,10 +78,13 @@ class ObjectCsvOptions(SpecModel):
     @classmethod
     def _known_encoding(cls, value: str) -> str:
         try:
-            codecs.lookup(value)
+            info = codecs.lookup(value)
         except LookupError:
             raise ValueError(f"unknown encoding {value!r} (use a Python codec name such as utf-8 or latin-1)") \
                 from None
+        if not getattr(info, "_is_text_encoding", True):
+            raise ValueError(f"{value!r} is not a text encoding (it is a codec for bytes, such as zlib or base64); "
+                             "use a text encoding such as utf-8 or latin-1")
         return value
 
     @model_validator(mode="after")
@@ -452,7 +455,7 @@ def _jsonl_records(stream: io.BufferedIOBase) -> Iterator[Any]:
     for number, line in enumerate(lines(text), 1):
         if line.strip():
             try:
-                yield json.loads(line)
+                yield nesting.loads(line, f"line {number}")
             except ValueError as exc:
                 raise Unreadable(f"line {number}: not valid JSON: {exc}") from None
 

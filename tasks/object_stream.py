@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
+from tasks import nesting
 from tasks.errors import AWS_ERRORS, aws_error
 from tasks.polling import WaitInterrupted
 
@@ -125,7 +126,7 @@ def json_values(text: io.TextIOBase) -> Iterator[Any]:
             want = min(want * 2, MAX_JSON_VALUE_CHARS)
             fill()
         try:
-            yield json.loads(buf[pos:])
+            yield nesting.loads(buf[pos:], "the JSON value")
         except ValueError as exc:
             raise Unreadable(f"not valid JSON: {exc}") from None
         return
@@ -139,7 +140,12 @@ def json_values(text: io.TextIOBase) -> Iterator[Any]:
                 try:
                     value, end = decoder.raw_decode(buf, pos)
                     if end < len(buf) or eof:
+                        nesting.check_depth(value, f"array element {count + 1}")
                         break
+                except RecursionError:
+                    raise Unreadable(str(nesting.too_deep(f"array element {count + 1}"))) from None
+                except nesting.NestingError as exc:
+                    raise Unreadable(str(exc)) from None
                 except ValueError as exc:
                     if eof:
                         raise Unreadable(f"array element {count + 1}: not valid JSON: {exc}") from None

@@ -25,6 +25,10 @@ T = TypeVar("T")
 MAX_WAIT_SECONDS = 7 * 24 * 3600.0
 #: the longest interval between checks or between progress lines: 1 day
 MAX_INTERVAL_SECONDS = 24 * 3600.0
+#: the shortest first interval, and the shortest interval the growth may stop at: a floor, so a wait cannot
+#: become a burst of AWS calls (1e-9 s made 328 calls in a second)
+MIN_INITIAL_SECONDS = 0.05
+MIN_INTERVAL_SECONDS = 0.1
 
 
 class PollSettings(BaseModel):
@@ -33,9 +37,11 @@ class PollSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     timeout: float = Field(300.0, gt=0, le=MAX_WAIT_SECONDS, description="Give up after this many seconds.")
-    initial: float = Field(0.2, gt=0, le=MAX_INTERVAL_SECONDS, description="First interval between checks.")
+    initial: float = Field(0.2, ge=MIN_INITIAL_SECONDS, le=MAX_INTERVAL_SECONDS,
+                           description="First interval between checks.")
     factor: float = Field(1.25, ge=1.0, le=4.0, description="Each interval is the previous one times this.")
-    max_interval: float = Field(15.0, gt=0, le=MAX_INTERVAL_SECONDS, description="Intervals never grow past this.")
+    max_interval: float = Field(15.0, ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS,
+                                description="Intervals never grow past this.")
     log_every: float = Field(15.0, gt=0, le=MAX_INTERVAL_SECONDS,
                              description="Log progress at most this often while waiting.")
 

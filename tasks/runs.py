@@ -21,7 +21,15 @@ from pydantic import Field
 from tasks import markdown as md
 from tasks.base import format_duration
 from tasks.errors import TIMED_OUT, StepError
-from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.polling import (
+    MAX_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    MIN_INITIAL_SECONDS,
+    MIN_INTERVAL_SECONDS,
+    Clock,
+    PollSettings,
+    poll,
+)
 
 T = TypeVar("T")
 Logger = logging.Logger | logging.LoggerAdapter
@@ -33,8 +41,10 @@ class RunWait(PollSettings):
 
     timeout: float = Field(3600.0, gt=0, le=MAX_WAIT_SECONDS,
                            description="Give up after this many seconds (and stop the run, with stop_on_timeout).")
-    initial: float = Field(2.0, gt=0, le=MAX_INTERVAL_SECONDS, description="First interval between checks.")
-    max_interval: float = Field(30.0, gt=0, le=MAX_INTERVAL_SECONDS, description="Intervals never grow past this.")
+    initial: float = Field(2.0, ge=MIN_INITIAL_SECONDS, le=MAX_INTERVAL_SECONDS,
+                           description="First interval between checks.")
+    max_interval: float = Field(30.0, ge=MIN_INTERVAL_SECONDS,
+                                le=MAX_INTERVAL_SECONDS, description="Intervals never grow past this.")
     log_every: float = Field(60.0, gt=0, le=MAX_INTERVAL_SECONDS,
                              description="Log progress at most this often while waiting.")
 

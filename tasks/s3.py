@@ -17,6 +17,7 @@ import functools
 import hashlib
 import mimetypes
 import posixpath
+import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,7 @@ from s3transfer.utils import ChunksizeAdjuster, ReadFileChunk
 from tasks import markdown
 from tasks.aws import is_real_aws
 from tasks.base import (
+    RESOURCE_NAME,
     Link,
     StepBase,
     StepContext,
@@ -39,6 +41,7 @@ from tasks.base import (
     UndoAction,
     UndoLog,
     format_bytes,
+    is_template,
     step_kind,
     template_aware,
     undo_kind,
@@ -80,20 +83,52 @@ for _ext, _type in {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjs
     mimetypes.add_type(_type, _ext)
 
 MIB = 1024 * 1024
-#: an S3 bucket name (3 to 63 lowercase letters, digits, dots and dashes), checked once templates are rendered
-BucketName = Annotated[str, template_aware(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
-                                           "an S3 bucket name is 3 to 63 lowercase letters, digits, '.' and '-'")]
+#: S3's limit on a key, in UTF-8 bytes
+MAX_KEY_BYTES = 1024
+#: an S3 bucket name (S3's rules: 3 to 63 lowercase letters, digits, dots and dashes, starting and ending with a
+#: letter or digit, no '..', '.-' or '-.', not shaped like an IP address), checked once templates are rendered
+BucketName = Annotated[str, template_aware(
+    r"(?!\d+\.\d+\.\d+\.\d+$)(?!xn--)(?!.*(\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
+    "an S3 bucket name is 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or "
+    "digit, without '..' and not shaped like an IP address"), RESOURCE_NAME]
+_DRIVE = re.compile(r"^[A-Za-z]:([\\/]|$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _safe_key(value: str) -> str:
-    """An S3 key (or prefix) with no ``..`` segment and no leading ``/`` (also checked once rendered)."""
-    parts = value.replace("\\", "/").split("/")
+    """An S3 key (or prefix): ``\\`` read as ``/`` (the one normalisation of every key field), no drive letter,
+    no ``..`` segment, no leading ``/``, no control character, at most MAX_KEY_BYTES bytes of UTF-8 (checked as
+    written and again once rendered; a template is normalised once rendered)."""
+    if not is_template(value):
+        value = value.replace("\\", "/")
+    if _DRIVE.match(value):
+        raise ValueError(f"an S3 key must not start with a drive letter ({value[:3]!r}: a local Windows path?); "
+                         "write the key relative to the bucket, e.g. in/a.csv")
     if value.startswith(("/", "\\")):
         raise ValueError("an S3 key must not start with '/' (S3 keys are relative: write in/a.csv, not /in/a.csv)")
-    if ".." in parts:
+    if ".." in value.replace("\\", "/").split("/"):
         raise ValueError("an S3 key must not hold a '..' segment (S3 does not resolve it; the object would land "
                          "under a key with '..' in it)")
+    if _CONTROL.search(value):
+        raise ValueError("an S3 key must not hold a control character (newline, tab, NUL, ...)")
+    if not is_template(value) and len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise ValueError(f"an S3 key is at most {MAX_KEY_BYTES:,} bytes of UTF-8 (this one is "
+                         f"{len(value.encode('utf-8', 'surrogatepass')):,})")
     return value
+
+
+def check_glob(pattern: str) -> str:
+    """A glob whose character classes are well formed: ``[z-a]`` (a reversed range) matches nothing, so a wait
+    on it would only ever time out; refused (checked as written and once rendered)."""
+    if is_template(pattern):
+        return pattern
+    for match in re.finditer(r"\[!?(\]?[^\]]*)\]", pattern):
+        body = match.group(1)
+        for low, high in re.findall(r"(.)-(.)", body):
+            if low > high:
+                raise ValueError(f"the glob {pattern!r} has a reversed range {low}-{high} in {match.group()!r}, "
+                                 "which matches nothing (write it low to high, e.g. [a-z])")
+    return pattern
 
 
 def _safe_uri_key(value: str | None) -> str | None:
@@ -104,9 +139,13 @@ def _safe_uri_key(value: str | None) -> str | None:
 
 
 #: an S3 key or prefix: no '..' segment, no leading '/', checked as written and again once rendered
-S3Key = Annotated[str, AfterValidator(_safe_key)]
-#: the same check on the key part of an s3:// URI (use in an Annotated string field)
+S3Key = Annotated[str, AfterValidator(_safe_key), RESOURCE_NAME]
+#: the same check on the key part of an s3:// URI (use in an Annotated string field, with RESOURCE_NAME)
 S3_URI_KEY = AfterValidator(_safe_uri_key)
+#: the most objects a count may name (a LIST of a million keys already takes minutes)
+MAX_COUNT = 1_000_000
+#: S3's largest object (5 TiB)
+MAX_OBJECT_BYTES = 5 * 1024 ** 4
 TAG_RUN = "pipeline-test-run"
 TAG_CASE = "pipeline-test-case"
 
@@ -685,11 +724,14 @@ class ExpectObjectsStep(StepBase):
     bucket: BucketName = Field(..., description="Bucket to look in.")
     keys: list[S3Key] | None = Field(None, min_length=1, description="Exact keys that must exist.")
     prefix: S3Key | None = Field(None, description="Key prefix to list (instead of keys).")
-    pattern: str = Field("*", description="Glob on the key's part after the prefix (``*`` also spans ``/``).")
-    count: int | None = Field(None, ge=0, description="Exactly this many matching objects (with prefix).")
-    min_count: int | None = Field(None, ge=1, description="At least this many matching objects (with prefix; "
-                                  "default 1).")
-    min_size: int = Field(0, ge=0, description="Minimum size in bytes of each matching object.")
+    pattern: Annotated[str, AfterValidator(check_glob)] = Field(
+        "*", description="Glob on the key's part after the prefix (``*`` also spans ``/``).")
+    count: int | None = Field(None, ge=0, le=MAX_COUNT, description="Exactly this many matching objects (with "
+                              "prefix).")
+    min_count: int | None = Field(None, ge=1, le=MAX_COUNT, description="At least this many matching objects (with "
+                                  "prefix; default 1).")
+    min_size: int = Field(0, ge=0, le=MAX_OBJECT_BYTES, description="Minimum size in bytes of each matching object "
+                          "(at most S3's 5 TiB).")
     wait: PollSettings = Field(default_factory=PollSettings, description="How long and how often to look.")
     content: ObjectContent | None = Field(None, description="Check what each matching object holds (read "
                                           f"streamed, at most {MAX_OBJECTS} objects): format, rows, columns, a "

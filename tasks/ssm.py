@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Sequence
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tasks import markdown as md
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind
+from tasks import nesting
+from tasks.base import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
 from tasks.iam import Arns, Footprint
 from tasks.json_checks import truncate
@@ -78,7 +79,8 @@ class ParameterSpec(SpecModel):
 
     model_config = _HIDE_INPUT
 
-    name: str = Field(..., min_length=1, max_length=2048, description="Parameter name, e.g. /pipeline/test/source.")
+    name: Annotated[str, RESOURCE_NAME] = Field(..., min_length=1, max_length=2048,
+                                              description="Parameter name, e.g. /pipeline/test/source.")
     value: str = Field(
         ...,
         description="The value (templated; a list is joined with commas for a StringList; quote values that YAML "
@@ -133,7 +135,8 @@ class DeleteParametersStep(StepBase):
     """Delete SSM parameters (recreated when the case ends unless ``restore: false``)."""
 
     kind: Literal["delete_parameters"] = "delete_parameters"
-    names: list[str] = Field(..., min_length=1, description="Names of the parameters to delete.")
+    names: list[Annotated[str, RESOURCE_NAME]] = Field(..., min_length=1,
+                                                   description="Names of the parameters to delete.")
     restore: bool = Field(True, description="Recreate every deleted parameter as it was when the case ends.")
     missing_ok: bool = Field(False, description="A parameter that does not exist is fine (else the step fails).")
 
@@ -156,7 +159,7 @@ class ParameterExpectation(SpecModel):
 
     model_config = _HIDE_INPUT
 
-    name: str = Field(..., min_length=1, description="Parameter name.")
+    name: Annotated[str, RESOURCE_NAME] = Field(..., min_length=1, description="Parameter name.")
     equals: str | None = Field(None, description="The value must be exactly this.")
     contains: str | None = Field(
         None, description="The value must contain this (for a StringList: every comma-separated item is an item)."
@@ -433,7 +436,9 @@ def _contains(value: str, expected: str, string_list: bool) -> bool:
 
 def _json_problems(name: str, value: str, expected: Any, show: Any) -> list[str]:
     try:
-        document = json.loads(value)
+        document = nesting.loads(value, f"SSM parameter {name}")
+    except nesting.NestingError as exc:
+        return [str(exc)]
     except json.JSONDecodeError:
         return [f"SSM parameter {name} is not JSON: {show(value)}"]
     return [f"SSM parameter {name} {p}" for p in json_subset_mismatches(expected, document, lambda _p, v: show(v))]

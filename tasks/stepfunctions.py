@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
+from tasks import nesting
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.expect import console_link
@@ -191,7 +192,10 @@ class Candidates:
             return f"its name does not start with {self.prefix}"
         if self.match is None:
             return ""
-        document = _json(describe_execution(sfn, arn).get("input"))
+        try:
+            document = _json(describe_execution(sfn, arn).get("input"))
+        except StepError as exc:  # too deep to check: not this case's execution, whatever else it is
+            return exc.message
         self.masker.learn(document)  # another file's input may hold secrets at the sensitive paths too
         if document is MISSING:
             return "its input is not JSON"
@@ -259,7 +263,9 @@ def _json(text: Any) -> Any:
     if text is None:
         return MISSING
     try:
-        return json.loads(text)
+        return nesting.loads(text, "the execution's input or output")
+    except nesting.NestingError as exc:
+        raise StepError(f"{exc}: too deep to check") from None
     except (TypeError, ValueError):
         return MISSING
 

@@ -2,10 +2,11 @@
 
 For every input: exit code 2, a message naming the file and the field (and the step when there is one), no
 traceback, within 5 s, under 300 MB, and no AWS call. Most run in-process (``main([...])``, memory measured
-with tracemalloc, AWS calls refused by a patched botocore); two also run in a real Python process the way
-``python -m flows.pipeline_test`` does (``sys.exit(main())``; memory measured with ru_maxrss, AWS pointed at a
-closed port): one whose template work is too slow to measure under tracemalloc, and a binary file (which used
-to end with a traceback and exit code 1).
+with tracemalloc, AWS calls refused by a patched botocore); four also run in a real Python process the way
+``python -m flows.pipeline_test`` does (``sys.exit(main())``; address space capped at 300 MB over the imports,
+memory measured with ru_maxrss, AWS pointed at a closed port): one whose template work is too slow to measure
+under tracemalloc, a binary file (which used to end with a traceback and exit code 1), a template bomb and a
+deeply nested payload file (issue 23: both were computed, or recursed, before they were refused).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Bad:
     subprocess: bool = False
     #: False for a bad command-line argument found before the file is read
     names_file: bool = True
+    #: at least one of these is in the message too (a refusal that may hit one of several limits)
+    expect_any: list[str] = field(default_factory=list)
 
 
 def step(i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
@@ -84,16 +87,23 @@ def step(i: int, **fields: Any) -> Callable[[dict[str, Any]], None]:
     return change
 
 
-def top(**fields: Any) -> Callable[[dict[str, Any]], None]:
+def update(section: str | None, fields: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """A change that sets top-level fields (section None) or fields of a top-level mapping (aws, variables)."""
     def change(raw: dict[str, Any]) -> None:
-        raw.update(fields)
+        (raw if section is None else raw[section]).update(fields)
     return change
+
+
+def top(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    return update(None, fields)
 
 
 def variables(**values: Any) -> Callable[[dict[str, Any]], None]:
-    def change(raw: dict[str, Any]) -> None:
-        raw["variables"].update(values)
-    return change
+    return update("variables", values)
+
+
+def aws(**fields: Any) -> Callable[[dict[str, Any]], None]:
+    return update("aws", fields)
 
 
 def payload(value: Any) -> Callable[[dict[str, Any]], None]:
@@ -129,11 +139,159 @@ def _write(folder: Path, name: str, content: str | bytes) -> Path:
     return path
 
 
+#: what a refusal by one of the time or work limits says
+LIMITS = ["loop iterations, calls and operations", "ran out of time", "validation took longer than"]
 STEP_LAMBDA = "step 3 'start' (invoke_lambda)"
 STEP_UPLOAD = "step 1 'land' (upload)"
 STEP_EXPECT = "step 2 'landed' (expect_objects)"
 STEP_ATHENA = "step 4 'rows' (athena_query)"
 STEP_SSM = "step 5 'point' (set_parameters)"
+
+def template_bomb(id: str, expect: list[str], template: str) -> Bad:
+    """A template in the Lambda step's payload that the sandbox must refuse before computing it."""
+    return Bad(id, [STEP_LAMBDA, TEMPLATE, *expect], change=payload({"x": template}))
+
+
+def payload_file(content: str) -> dict[str, Any]:
+    """A bad input's fields for a payload_file step holding ``content``."""
+    return {"change": step(2, payload=..., payload_file="event.json"),
+            "setup": lambda d: _write(d, "event.json", content)}
+
+
+def secure(value: str, name: str = "/test/secret") -> Callable[[dict[str, Any]], None]:
+    """The set_parameters step writes ``value`` as a SecureString (so it is a secret of the run)."""
+    return step(4, parameters=[{"name": name, "value": value, "type": "SecureString"}])
+
+
+def both(*changes: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        for one in changes:
+            one(raw)
+    return change
+
+
+def csv_encoding(name: str) -> Callable[[dict[str, Any]], None]:
+    return step(1, content={"format": "csv", "csv": {"encoding": name}})
+
+
+CASE_FIELD = "case: field 'case'"
+SECRET = "holds a secret value"
+TOKEN = "tok-5e5e5e5e5e"  # a variable's value that a SecureString also holds
+
+#: issue 23's kinds: unicode tricks, bombs, depth, injections, huge values, region, keys, encodings, SQL
+#: parameters, globs, intervals, secrets in resource names
+MORE_CASES: list[Bad] = [
+    # ---- unicode tricks in the case name (the console prints it: a newline could forge a PASSED line)
+    Bad("case-name-newline", [CASE_FIELD, "U+000A", "control or invisible"],
+        change=top(case="x\nCase 'x' PASSED in 0.1 s")),
+    Bad("case-name-nul", [CASE_FIELD, "U+0000"], change=top(case="x\x00y")),
+    Bad("case-name-bidi", [CASE_FIELD, "U+202E"], change=top(case="invoice\u202eslx.exe")),
+    Bad("case-name-zero-width", [CASE_FIELD, "U+200B"], change=top(case="orders\u200b")),
+    Bad("case-name-line-separator", [CASE_FIELD, "U+2028"], change=top(case="a\u2028b")),
+    Bad("case-name-escape", [CASE_FIELD, "U+001B"], change=top(case="\x1b[2Jcleared")),
+    # ---- S3 keys: S3's 1,024 bytes, no control characters, no drive letter, as written and once rendered
+    Bad("key-nul", [STEP_UPLOAD, "key_prefix", "control character"], change=step(0, key_prefix="in/\x00/")),
+    Bad("key-newline", [STEP_EXPECT, "prefix", "control character"], change=step(1, prefix="in/\nx/")),
+    Bad("key-2000-chars", [STEP_EXPECT, "prefix", "1,024 bytes"], change=step(1, prefix="a" * 2000)),
+    Bad("key-utf8-bytes", [STEP_EXPECT, "prefix", "1,024 bytes", "1,200"], change=step(1, prefix="é" * 600)),
+    Bad("key-120k-chars", [STEP_EXPECT, "keys.0", "1,024 bytes"], change=step(1, prefix=..., keys=["k" * 120_000])),
+    Bad("key-rendered-too-long", [STEP_EXPECT, "prefix", "after templating", "1,024 bytes"],
+        change=both(variables(p="a" * 1100), step(1, prefix="{{ p }}/"))),
+    Bad("key-drive-letter", [STEP_EXPECT, "keys.0", "drive letter"],
+        change=step(1, prefix=..., keys=["C:\\in\\a.csv"])),
+    Bad("key-prefix-drive-letter", [STEP_UPLOAD, "key_prefix", "drive letter"], change=step(0, key_prefix="D:/in/")),
+    Bad("key-rendered-drive-letter", [STEP_EXPECT, "prefix", "after templating", "drive letter"],
+        change=both(variables(p="c:"), step(1, prefix="{{ p }}\\in\\"))),
+    Bad("evidence-prefix-newline", ["case: field 'evidence.prefix'", "control character"],
+        change=top(evidence={"bucket": "evidence-bucket", "prefix": "a\nb/"})),
+    # ---- region and bucket names: shapes, never paths or URLs
+    Bad("region-path", ["case: field 'aws.region'", "pattern"], change=aws(region="us-east-1/../../evil")),
+    Bad("region-url", ["case: field 'aws.region'", "pattern"], change=aws(region="https://evil.example")),
+    Bad("region-uppercase", ["case: field 'aws.region'", "pattern"], change=aws(region="US-EAST-1")),
+    Bad("region-newline", ["case: field 'aws.region'", "pattern"], change=aws(region="us-east-1\nx")),
+    Bad("evidence-bucket-dotdot", ["case: field 'evidence.bucket'", "S3 bucket name"],
+        change=top(evidence={"bucket": "../../etc"})),
+    Bad("bucket-ip-address", [STEP_UPLOAD, "bucket", "IP address"], change=step(0, bucket="192.168.1.1")),
+    Bad("bucket-double-dot", [STEP_UPLOAD, "bucket", "'..'"], change=step(0, bucket="my..bucket")),
+    Bad("bucket-rendered-dotdot", [STEP_UPLOAD, "bucket", "after templating"], change=variables(bucket="a..b")),
+    # ---- bombs the sandbox refuses before it computes them
+    template_bomb("translate-bomb", ["str.translate is not allowed"],
+                  "{{ ('a'*100000).translate({97:'b'*1000000})|length }}"),
+    template_bomb("tojson-indent-bomb", ["tojson", "indent"], "{{ [[[[1, 2, 3]]]] * 1000|tojson(indent=100000000) }}"),
+    template_bomb("tojson-indented-size", ["the indented JSON would be more than"],
+                  "{{ ([[1] * 1000] * 100)|tojson(indent=16) }}"),
+    template_bomb("encode-method", ["str.encode is not allowed"], "{{ bucket.encode('utf-16') * 1000 }}"),
+    template_bomb("attr-filter-translate", ["str.translate is not allowed"],
+                  "{{ (bucket|attr('translate'))({108: 'x' * 999999}) }}"),
+    template_bomb("wordwrap-filter", ["No filter named 'wordwrap'"], "{{ ('a ' * 400000)|wordwrap(1) }}"),
+    template_bomb("random-filter", ["No filter named 'random'"], "{{ [1, 2]|random }}"),
+    template_bomb("strftime-bomb", ["strftime text"], "{{ run_at.strftime('%c' * 400000) }}"),
+    template_bomb("dunder-class", ["not allowed"], "{{ bucket.__class__ }}"),
+    template_bomb("dict-method-bomb", ["dict.fromkeys is not allowed"],
+                  "{{ {}.fromkeys(range(100000), 'x' * 100000) }}"),
+    # ---- depth: payload files, JSON and YAML specs
+    Bad("payload-file-deep-list", [STEP_LAMBDA, "payload_file", "nests deeper than 64"],
+        **payload_file("[" * 1001 + "]" * 1001)),
+    Bad("payload-file-deep-object", [STEP_LAMBDA, "payload_file", "nests deeper than 64"],
+        **payload_file('{"a": ' * 200 + "1" + "}" * 200)),
+    Bad("payload-file-deep-unclosed", [STEP_LAMBDA, "payload_file", "nests deeper than 64"],
+        **payload_file("[" * 100_000)),
+    Bad("deep-yaml-mappings", ["nests deeper than 64"],
+        text=header(LAMBDA_STEP + "      a: " + "{a: " * 100 + "1" + "}" * 100 + "\n")),
+    Bad("deep-json-objects", ["nests deeper than 64"], name="case.json",
+        text=json.dumps(base())[:-1] + ', "x": ' + '{"a": ' * 3000 + "1" + "}" * 3000 + "}"),
+    # ---- globs that can only time out
+    Bad("glob-reversed-range", [STEP_EXPECT, "pattern", "reversed range z-a"], change=step(1, pattern="[z-a]*")),
+    Bad("glob-reversed-digits", [STEP_EXPECT, "pattern", "reversed range 9-0"],
+        change=step(1, pattern="part-[9-0].csv")),
+    # ---- huge values
+    Bad("count-1e40", [STEP_EXPECT, "count", "less than or equal to 1000000"], change=step(1, count=10**40)),
+    Bad("min-size-1e40", [STEP_EXPECT, "min_size", "less than or equal to"], change=step(1, min_size=10**40)),
+    Bad("min-count-huge", [STEP_EXPECT, "min_count", "less than or equal to 1000000"],
+        change=step(1, min_count=10**12)),
+    # ---- encodings: text encodings only
+    Bad("csv-encoding-zlib", [STEP_EXPECT, "encoding", "not a text encoding"], change=csv_encoding("zlib_codec")),
+    Bad("csv-encoding-base64", [STEP_EXPECT, "encoding", "not a text encoding"], change=csv_encoding("base64")),
+    Bad("csv-encoding-rot13", [STEP_EXPECT, "encoding", "not a text encoding"], change=csv_encoding("rot_13")),
+    # ---- Athena parameters: literals only, the statement read-only with them in place
+    Bad("sql-param-subquery", [STEP_ATHENA, "parameters.0", "one SQL literal"],
+        change=step(3, sql="SELECT * FROM clientes WHERE id = ?", parameters=["(DELETE FROM clientes)"])),
+    Bad("sql-param-injection", [STEP_ATHENA, "parameters.0", "one SQL literal"],
+        change=step(3, sql="SELECT * FROM clientes WHERE id = ?", parameters=["'x'); DROP TABLE clientes; --"])),
+    Bad("sql-param-function", [STEP_ATHENA, "parameters.0", "one SQL literal"],
+        change=step(3, sql="SELECT * FROM clientes WHERE d = ?", parameters=["now()"])),
+    Bad("sql-param-rendered", [STEP_ATHENA, "parameters.0", "after templating", "one SQL literal"],
+        change=both(variables(p="1; DROP TABLE clientes"),
+                    step(3, sql="SELECT * FROM clientes WHERE id = ?", parameters=["{{ p }}"]))),
+    # ---- wait intervals: a floor, so a wait is never a burst of calls
+    Bad("wait-initial-tiny", [STEP_EXPECT, "wait.initial", "greater than or equal to 0.05"],
+        change=wait(1, initial=1e-9, max_interval=1e-9)),
+    Bad("wait-max-interval-tiny", [STEP_EXPECT, "wait.max_interval", "greater than or equal to 0.1"],
+        change=wait(1, max_interval=1e-9)),
+    Bad("athena-wait-initial-tiny", [STEP_ATHENA, "wait.initial", "greater than or equal to 0.05"],
+        change=wait(3, initial=1e-9)),
+    # ---- secrets in resource names (never masked: links, lock names, events, the pack)
+    Bad("secret-in-key-prefix", [STEP_UPLOAD, "key_prefix", SECRET, "{{ token }}"],
+        change=both(variables(token=TOKEN), secure("{{ token }}"), step(0, key_prefix="up/{{ token }}/"))),
+    Bad("short-secret-in-key", [STEP_EXPECT, "prefix", SECRET],
+        change=both(variables(token="pin1"), secure("{{ token }}"), step(1, prefix="in/{{ token }}/"))),
+    Bad("secret-in-bucket", [STEP_UPLOAD, "bucket", SECRET],
+        change=both(variables(bucket="secret-bucket-99"), secure("{{ bucket }}"))),
+    Bad("secret-in-parameter-name", [STEP_SSM, "parameters[1].name", SECRET],
+        change=both(variables(token=TOKEN), step(4, parameters=[
+            {"name": "/test/k", "value": "{{ token }}", "type": "SecureString"},
+            {"name": "/test/{{ token }}", "value": "x"}]))),
+    Bad("secret-literal-in-prefix", [STEP_EXPECT, "prefix", SECRET],
+        change=both(secure("literal-secret-99"), step(1, prefix="in/literal-secret-99/"))),
+    Bad("secret-in-output-location", [STEP_ATHENA, "output_location", SECRET],
+        change=both(variables(token=TOKEN), secure("{{ token }}"),
+                    step(3, output_location="s3://results-bucket/{{ token }}/"))),
+    Bad("secret-from-var-in-key", [STEP_UPLOAD, "key_prefix", SECRET], args=["--var", f"token={TOKEN}x"],
+        change=both(variables(token="placeholder"), secure("{{ token }}"), step(0, key_prefix="up/{{ token }}/"))),
+    # ---- one pass reports every problem: an unknown field does not hide the others
+    Bad("unknown-field-and-more", [STEP_UPLOAD, "buckett", "unknown field", STEP_EXPECT, "unknown variable nope"],
+        change=both(step(0, buckett="x"), step(1, prefix="{{ nope }}/"))),
+]
 
 CASES: list[Bad] = [
     # ---- bounded: the file and its YAML
@@ -175,7 +333,9 @@ CASES: list[Bad] = [
         change=payload({"x": "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}"})),
     Bad("recursive-macro", [STEP_LAMBDA, TEMPLATE, "recurses too deeply"],
         change=payload({"x": "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"})),
-    Bad("exponential-macro", [STEP_LAMBDA, TEMPLATE, "loop iterations, calls and operations"], subprocess=True,
+    # refused with exit 2 naming a limit; which one (and so which step the message names) depends on the machine's
+    # speed and load: the sandbox's count of operations, its rendering deadline, or validation's own deadline
+    Bad("exponential-macro", [], subprocess=True, expect_any=LIMITS,
         change=payload({"x": "{% macro f(n) %}{% if n %}{{ f(n-1) }}{{ f(n-1) }}{% endif %}{% endmacro %}"
                              "{{ f(40) }}"})),
     Bad("too-many-tags", [STEP_LAMBDA, TEMPLATE, "tags"], change=payload({"x": "{{ bucket }}" * 300})),
@@ -201,7 +361,7 @@ CASES: list[Bad] = [
     Bad("timeout-nan", [STEP_EXPECT, "wait.timeout", "finite"], change=wait(1, timeout=float("nan"))),
     Bad("timeout-1e300", [STEP_EXPECT, "wait.timeout", "less than or equal to 604800"], change=wait(1, timeout=1e300)),
     Bad("interval-inf", [STEP_EXPECT, "wait.max_interval"], change=wait(1, max_interval=float("inf"))),
-    Bad("initial-negative", [STEP_EXPECT, "wait.initial", "greater than 0"], change=wait(1, initial=-1)),
+    Bad("initial-negative", [STEP_EXPECT, "wait.initial", "greater than or equal to 0.05"], change=wait(1, initial=-1)),
     Bad("athena-timeout-1e300", [STEP_ATHENA, "wait.timeout"], change=wait(3, timeout=1e300)),
     Bad("variable-inf", ["case: field 'variables.x", "finite number"], change=variables(x=float("inf"))),
     Bad("multipart-absurd", [STEP_UPLOAD, "multipart_threshold_mb"], change=step(0, multipart_threshold_mb=10**300)),
@@ -239,8 +399,7 @@ CASES: list[Bad] = [
     Bad("secret-key-in-parameter", [STEP_SSM, "parameters.0.value", "secret access key"],
         change=step(4, parameters=[{"name": "/test/k", "value": SECRET_KEY, "type": "SecureString"}])),
     Bad("credential-in-var", ["variables.bucket", "access key id"], args=["--var", f"bucket={ACCESS_KEY_ID}"]),
-    Bad("password-under-aws", ["case: field 'aws'", "credentials never go in a spec"],
-        change=lambda raw: raw["aws"].update(password="abc")),
+    Bad("password-under-aws", ["case: field 'aws'", "credentials never go in a spec"], change=aws(password="abc")),
     # ---- S3 keys
     Bad("key-prefix-dotdot", [STEP_UPLOAD, "key_prefix", "'..'"], change=step(0, key_prefix="in/../out/")),
     Bad("key-leading-slash", [STEP_UPLOAD, "key", "start with '/'"], change=step(0, key_prefix=..., key="/in/a.csv")),
@@ -288,8 +447,10 @@ CASES: list[Bad] = [
         change=lambda raw: raw["steps"].append({"kind": "parallel", "steps": [{"kind": "parallel", "steps": []}]})),
     Bad("unknown-var-override", ["--var nope", "no such variable"], args=["--var", "nope=1"]),
     Bad("bad-var-syntax", ["--var 'novalue'", "expected name=value"], args=["--var", "novalue"], names_file=False),
+    *MORE_CASES,
 ]
-SUBPROCESS_TOO = {"binary-file"}  # also run for real: no traceback, exit code 2
+#: also run for real (no traceback, exit code 2, under the memory cap): a binary file, a bomb and a depth
+SUBPROCESS_TOO = {"binary-file", "translate-bomb", "payload-file-deep-list"}
 
 
 def make(bad: Bad, folder: Path) -> Path:
@@ -329,6 +490,7 @@ def test_the_base_case_is_valid(tmp_path: Path, no_aws: list[str], capsys: pytes
 
 def test_the_table_is_big_enough() -> None:
     assert len(CASES) >= 60 and len({b.id for b in CASES}) == len(CASES)
+    assert len(MORE_CASES) >= 40  # issue 23's corpus
 
 
 @pytest.mark.parametrize("bad", [b for b in CASES if not b.subprocess], ids=lambda b: b.id)
@@ -358,18 +520,25 @@ def _check_message(bad: Bad, path: Path, output: str) -> None:
     assert path.name in output or not bad.names_file, output
     for text in bad.expect:
         assert text in output, f"{bad.id}: {text!r} not in:\n{output}"
+    assert not bad.expect_any or any(text in output for text in bad.expect_any), \
+        f"{bad.id}: none of {bad.expect_any} in:\n{output}"
     # a case says "Nothing was run: no AWS call was made.", a suite (a folder) "... no case started, no AWS ..."
     assert "Nothing was run: " in output and "no AWS call was made." in output, output
 
 
-#: the child reports how much its resident memory grew while validating (ru_maxrss is in KiB on Linux)
-CHILD = """
-import resource, sys, time
+#: the child caps its address space at what it holds after its imports plus MAX_BYTES (so a bomb computed before
+#: it is refused ends in a MemoryError, not in a swapping machine), and reports how much its resident memory grew
+#: while validating (ru_maxrss is in KiB on Linux)
+CHILD = f"""
+import os, resource, sys, time
 from flows.pipeline_test import main
+if os.path.exists("/proc/self/statm"):
+    size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (size + {MAX_BYTES}, resource.getrlimit(resource.RLIMIT_AS)[1]))
 before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.process_time()
 code = main(sys.argv[1:])
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(f"grown-kib={grown} seconds={time.process_time() - started:.2f}", file=sys.stderr)
+print(f"grown-kib={{grown}} seconds={{time.process_time() - started:.2f}}", file=sys.stderr)
 sys.exit(code)
 """
 

@@ -3,23 +3,32 @@ real browser. Results are built directly: no Prefect server and no AWS (moto onl
 
 from __future__ import annotations
 
+import errno
 import html
 import json
+import logging
+import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
 
 from flows import evidence_pack as ep
+from flows import pack_folder
+from flows.pack_folder import PackFolderError
 from flows.results import CaseResult, StepResult
 from flows.spec import CaseSpec, parse_spec
+from flows.suite_pack import SuiteCaseResult, SuiteResult, write_suite_pack
 from tasks import markdown as md
-from tasks.errors import HashedItem
+from tasks.errors import HashedItem, StepFile
 from tasks.secrets import mask
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
@@ -218,8 +227,9 @@ def test_a_pack_goes_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
     folder = tmp_path / "pack"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(PackFolderError, match="not empty"):
         ep.write_pack(passing_result(), None, folder)
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
     bare = ep.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
     assert sorted(p.name for p in bare.iterdir()) == sorted(set(ALL_FILES) - {"spec.yaml"})
     assert ep.verify(bare) == []
@@ -282,6 +292,40 @@ def test_verify_refuses_manifest_paths_outside_the_pack(passing_pack: Path) -> N
     manifest["files"].append({"path": "../outside.txt", "size": 1, "sha256": "0" * 64})
     (passing_pack / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     assert any("bad file entry" in p for p in ep.verify(passing_pack))
+
+
+@pytest.mark.parametrize("make, names", [
+    (lambda pack: (pack / "root").symlink_to("/"), ["root: extra (a link, which a pack never holds)"]),
+    (lambda pack: (pack / "loop").symlink_to("."), ["loop: extra (a link, which a pack never holds)"]),
+    (lambda pack: (pack / "gone").symlink_to("nowhere"), ["gone: extra (a link, which a pack never holds)"]),
+    (lambda pack: (pack / "copy.md").symlink_to(pack / "report.md"), ["copy.md: extra (a link"]),
+    (lambda pack: (pack / "empty").mkdir(), ["empty/: extra (an empty folder, not in manifest.json)"]),
+    (lambda pack: os.mkfifo(pack / "pipe"), ["pipe: extra (not a regular file)"]),
+], ids=["link-to-root", "link-to-itself", "dangling-link", "link-to-a-file", "empty-folder", "fifo"])
+def test_verify_counts_links_and_unlisted_folders_as_extras(passing_pack: Path, make, names: list[str]) -> None:
+    """``ln -s / root`` or ``ln -s . loop`` inside a pack used to leave it "intact": links are never followed."""
+    assert ep.verify(passing_pack) == []
+    make(passing_pack)
+    problems = ep.verify(passing_pack)
+    assert len(problems) == 1 and problems[0].startswith(names[0]), problems
+    assert ep.main(["verify", str(passing_pack)]) == 1
+
+
+def test_verify_refuses_a_listed_file_replaced_by_a_link(passing_pack: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "report.md"
+    outside.write_bytes((passing_pack / "report.md").read_bytes())  # the same bytes, elsewhere
+    (passing_pack / "report.md").unlink()
+    (passing_pack / "report.md").symlink_to(outside)
+    assert ep.verify(passing_pack) == ["report.md: not a regular file of the pack (a link, a folder, or under a link)",
+                                       "report.md: extra (a link, which a pack never holds)"]
+
+
+def test_verify_of_a_deeply_nested_manifest_is_a_problem_not_a_traceback(passing_pack: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (passing_pack / "manifest.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    assert ep.verify(passing_pack) == ["manifest.json: unreadable (the manifest nests deeper than 64 levels)"]
+    assert ep.main(["verify", str(passing_pack)]) == 1
+    assert "Traceback" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- junit
@@ -418,6 +462,222 @@ def test_the_spec_copy_and_its_hash_match_the_file_byte_for_byte(tmp_path: Path)
     assert ep.verify(folder) == []
 
 
+# ------------------------------------------------------------------------ whole or nothing, the same bytes on every OS
+class _TextMode:
+    """A file written through the C runtime's text mode, as Windows does for a file opened without O_BINARY: every
+    LF written becomes CRLF."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def write(self, data: bytes) -> int:
+        return self.handle.write(bytes(data).replace(b"\n", b"\r\n"))
+
+    def __enter__(self) -> _TextMode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
+class _FakeOs:
+    """``flows.pack_folder``'s view of Windows, on Linux: ``O_BINARY`` exists, a file opened without it is in text
+    mode; ``name`` is "nt" only when asked; ``fail`` makes opening a file of that name fail with that errno."""
+
+    O_BINARY = 1 << 29  # a bit Linux's open() never sees: it is taken off before the real call
+
+    def __init__(self, name: str = "posix", fail: tuple[str, int] | None = None) -> None:
+        self.name = name
+        self.fail = fail
+        self.text_fds: set[int] = set()
+        self.opened: list[tuple[str, bool]] = []
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(os, attr)
+
+    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+        if self.fail and Path(path).name.startswith(self.fail[0]):
+            raise OSError(self.fail[1], os.strerror(self.fail[1]), str(path))
+        fd = os.open(path, flags & ~self.O_BINARY, mode)
+        self.opened.append((Path(path).name, bool(flags & self.O_BINARY)))
+        if not flags & self.O_BINARY:
+            self.text_fds.add(fd)
+        return fd
+
+    def rename(self, src: Any, dst: Any) -> None:
+        if self.name == "nt" and os.path.exists(dst):  # Windows renames onto nothing, not even an empty folder
+            raise FileExistsError(183, "Cannot create a file when that file already exists", str(dst))
+        os.rename(src, dst)
+
+    def fdopen(self, fd: int, mode: str = "r") -> Any:
+        handle = os.fdopen(fd, mode)
+        return _TextMode(handle) if fd in self.text_fds else handle
+
+
+def _with_step_file(tmp_path: Path) -> CaseResult:
+    """The passing result, its check 3 having written a CSV for the pack (copied under steps/3/)."""
+    scratch = tmp_path / "scratch" / "missing.csv"
+    scratch.parent.mkdir()
+    scratch.write_bytes(b"id,amount\n7,10\n")
+    result = passing_result()
+    result.steps[3].files = [StepFile.of(scratch, "reconcile/missing.csv")]
+    return result
+
+
+def _pack_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_every_pack_file_is_written_in_binary_mode_so_windows_writes_the_same_bytes(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
+    """On Windows a file opened without O_BINARY is text mode (LF written as CRLF): simulated, no pack file may hold
+    a CR, report.json's spec.sha256 is the spec copy's, and a CRLF spec stays byte for byte (not CR CR LF)."""
+    windows = _FakeOs()
+    monkeypatch.setattr(pack_folder, "os", windows)
+    spec_lf = tmp_path / "orders.yaml"
+    spec_lf.write_bytes(SPEC_YAML.encode("utf-8"))
+    folder = ep.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "lf", spec_path=spec_lf)
+    files = _pack_bytes(folder)
+    assert set(files) == {*ALL_FILES, "steps/3/reconcile/missing.csv"}
+    assert [name for name, data in files.items() if b"\r" in data] == []
+    report = _json(folder / "report.json")
+    assert report["spec"]["sha256"] == ep.sha256_file(folder / "spec.yaml") == ep.sha256_file(spec_lf)
+    assert windows.opened and all(binary for _, binary in windows.opened), windows.opened
+    assert files["steps/3/reconcile/missing.csv"] == b"id,amount\n7,10\n"
+    assert ep.verify(folder) == []
+
+    spec_crlf = tmp_path / "windows.yaml"
+    spec_crlf.write_bytes(SPEC_YAML.replace("\n", "\r\n").encode("utf-8"))
+    folder = ep.write_pack(passing_result(), _case_spec(), tmp_path / "crlf", spec_path=spec_crlf)
+    assert (folder / "spec.yaml").read_bytes() == spec_crlf.read_bytes()
+    assert _json(folder / "report.json")["spec"]["sha256"] == ep.sha256_file(spec_crlf)
+    assert [n for n, data in _pack_bytes(folder).items() if b"\r" in data] == ["spec.yaml"]
+
+    # a suite's pack over it: its own files too
+    suite = tmp_path / "suite"
+    ep.write_pack(passing_result(), _case_spec(), suite / "cases" / "orders-ingestion", spec_path=spec_lf)
+    case = SuiteCaseResult(case=CASE, path=str(spec_lf), status="passed", started_at=T0, ended_at=T0,
+                           result=passing_result(), pack="cases/orders-ingestion")
+    write_suite_pack(SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case]), suite)
+    assert [n for n, data in _pack_bytes(suite).items() if b"\r" in data] == []
+    assert ep.verify(suite) == [] and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+@pytest.mark.parametrize("failing", ["report.html", "manifest.json", "missing.csv"])
+def test_a_pack_that_cannot_be_written_leaves_nothing_behind(tmp_path: Path, monkeypatch, code: int,
+                                                             failing: str) -> None:
+    monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=(failing, code)))
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(OSError, match=os.strerror(code)):
+        ep.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "pack", spec_text=SPEC_YAML)
+    assert sorted(p for p in tmp_path.iterdir() if p.name != "scratch") == before  # no pack, no temporary folder
+
+
+def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_path: Path, monkeypatch) -> None:
+    from flows.suite import exit_code
+
+    suite = tmp_path / "suite"
+    ep.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
+    case = SuiteCaseResult(case=CASE, path="orders.yaml", status="passed", started_at=T0, ended_at=T0,
+                           result=passing_result(), pack="cases/orders-ingestion")
+    result = SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case])
+    monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=("manifest.json", errno.ENOSPC)))
+    with pytest.raises(OSError, match="No space left"):
+        write_suite_pack(result, suite)
+    assert sorted(p.name for p in suite.iterdir()) == ["cases"] and not list(tmp_path.glob(".*"))
+    assert ep.verify(suite / "cases" / "orders-ingestion") == []  # the case's own pack is whole
+    assert exit_code(result) == 0
+    result.evidence_error = "the suite's evidence pack could not be written"
+    assert exit_code(result) == 4
+
+
+def test_a_full_or_read_only_folder_is_refused_when_claimed(tmp_path: Path, monkeypatch) -> None:
+    """The claim (before the run) writes a probe: ENOSPC or EROFS there refuse the folder, and leave nothing."""
+    from flows.pipeline_test import check_evidence_dir
+    from flows.recover import CouldNotRun
+
+    for code in (errno.ENOSPC, errno.EROFS):
+        monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=(".", code)))  # the probe's name starts with "."
+        with pytest.raises(PackFolderError, match=re.escape(f"cannot be written ({os.strerror(code)})")):
+            pack_folder.claim(tmp_path / "pack", True)
+        with pytest.raises(CouldNotRun, match=re.escape(os.strerror(code))):
+            check_evidence_dir(tmp_path / "pack", "case.yaml")
+        with pytest.raises(CouldNotRun, match=re.escape(os.strerror(code))):
+            check_evidence_dir(None, "case.yaml", tmp_path / "evidence" / "orders")
+        assert not (tmp_path / "pack").exists() and not list(tmp_path.glob(".*"))
+
+
+def test_two_runs_given_one_folder_one_is_refused_and_nothing_mixes(tmp_path: Path) -> None:
+    folder = tmp_path / "pack"
+    first = pack_folder.claim(folder, True)  # the first run, before its first change
+    with pytest.raises(PackFolderError, match="another run is writing an evidence pack to"):
+        pack_folder.claim(folder, True)
+    with pytest.raises(PackFolderError, match="another run is writing"):
+        ep.write_pack(failing_result(), None, folder)
+    folder.mkdir()  # an empty folder in its place meanwhile is fine: the pack replaces it
+    assert ep.write_pack(passing_result(), None, folder, claim=first) == folder
+    assert ep.verify(folder) == [] and _json(folder / "report.json")["status"] == "passed"
+    with pytest.raises(PackFolderError, match="is not empty"):
+        pack_folder.claim(folder, True)
+    assert not list(tmp_path.glob(".*"))
+
+    other = tmp_path / "other"
+    late = pack_folder.claim(other, True)
+    other.mkdir()
+    (other / "notes.txt").write_text("someone else's", encoding="utf-8")
+    with pytest.raises(PackFolderError, match="was filled by something else"):
+        ep.write_pack(passing_result(), None, other, claim=late)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"] and not list(tmp_path.glob(".*"))
+
+
+def _fake_windows(monkeypatch, icacls: subprocess.CompletedProcess | None = None,
+                  whoami: str | None = '"host\\ana","S-1-5-21-1-2-3-1001"\r\n') -> list[list[str]]:
+    calls: list[list[str]] = []
+
+    def run(command: list[str], **kw: Any) -> subprocess.CompletedProcess:
+        calls.append(command)
+        assert kw.get("timeout") and not kw.get("shell")
+        if command[0] == "whoami":
+            if whoami is None:
+                raise FileNotFoundError(2, "No such file or directory", "whoami")
+            return subprocess.CompletedProcess(command, 0, whoami, "")
+        return icacls or subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(pack_folder, "os", _FakeOs(name="nt"))
+    monkeypatch.setattr(pack_folder, "subprocess", SimpleNamespace(run=run, SubprocessError=subprocess.SubprocessError))
+    return calls
+
+
+def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path, monkeypatch, caplog) -> None:
+    calls = _fake_windows(monkeypatch)
+    (tmp_path / "pack").mkdir()  # an empty folder given with --evidence-dir: Windows renames onto nothing
+    folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
+    staging = str(pack_folder.staging_dir(tmp_path / "pack"))  # set before the first file, renamed with the pack
+    assert calls == [["whoami", "/user", "/fo", "csv", "/nh"],
+                     ["icacls", staging, "/inheritance:r", "/grant:r", "*S-1-5-21-1-2-3-1001:(OI)(CI)F", "/q"]]
+    assert ep.verify(folder) == [] and "could not be made private" not in caplog.text
+
+    monkeypatch.setenv("USERNAME", "ana")  # whoami missing: the user's name
+    calls = _fake_windows(monkeypatch, whoami=None)
+    ep.write_pack(passing_result(), None, tmp_path / "named", private=True)
+    assert calls[-1][-2] == "ana:(OI)(CI)F"
+
+    calls = _fake_windows(monkeypatch)  # not private: no access list
+    ep.write_pack(passing_result(), None, tmp_path / "open", private=False)
+    assert calls == []
+
+
+def test_a_pack_that_cannot_be_made_private_on_windows_says_so(tmp_path: Path, monkeypatch, caplog) -> None:
+    denied = subprocess.CompletedProcess(["icacls"], 5, "", "Access is denied.\r\n")
+    _fake_windows(monkeypatch, icacls=denied)
+    with caplog.at_level(logging.WARNING, logger="flows.pack_folder"):
+        folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
+    assert ep.verify(folder) == []  # the pack is still written, and the warning names its folder
+    assert (f"The evidence pack {tmp_path / 'pack'} could not be made private (icacls: Access is denied.)"
+            in caplog.text)
+
+
 # ---------------------------------------------------------------------------------------------- S3 upload
 def test_upload_pack_puts_every_file_encrypted_manifest_last(failing_pack: Path, s3, bucket: str) -> None:
     prefix = ep.pack_prefix("evidence/", failing_result())
@@ -516,3 +776,28 @@ def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_
     assert f"{CASE} PASSED" in text and "5 of 5 passed" in text
     assert 'class="failure-box"' not in dom and "FAILED" not in text and "ERROR" not in text
     assert SHA_ORDERS in text and SHA_CUSTOMERS in text  # the hashed inputs are shown
+
+
+def test_specs_data_and_docs_are_checked_out_with_lf_on_every_os() -> None:
+    """.gitattributes pins LF for what is hashed byte for byte (a spec's sha256 must not depend on the checkout),
+    and every such file in the repository is LF already."""
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["a.yaml", "a.yml", "a.json", "a.jsonl", "a.csv", "a.md", "examples/cases/data/x.txt"]
+    done = subprocess.run(["git", "check-attr", "eol", "--", *names], cwd=root, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines() == [f"{n}: eol: lf" for n in names]
+    eols = subprocess.run(["git", "ls-files", "--eol", "--", "*.yaml", "*.yml", "*.json", "*.csv", "*.md",
+                           "examples"], cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert eols and [line for line in eols if not line.startswith("i/lf")] == []
+
+
+def test_cases_of_a_suite_whose_names_slug_alike_get_packs_of_their_own() -> None:
+    from flows.suite import case_pack
+
+    cases = [SimpleNamespace(spec=SimpleNamespace(case=name)) for name in ("Orders v1", "orders-v1", "Orders v1",
+                                                                           "orders-v1-2", "")]
+    plan = SimpleNamespace(cases=cases)
+    assert [case_pack(plan, c) for c in cases] == [  # type: ignore[arg-type]
+        "cases/orders-v1", "cases/orders-v1-2", "cases/orders-v1-3", "cases/orders-v1-2-2", "cases/case"]

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import html.parser
 import json
 import logging
 import re
+import shutil
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Iterator
@@ -231,7 +234,7 @@ SHORT_SECRET = "test"  # allowed with a warning: masked where it is known to be 
 #: the headings the project's templates make (nothing else may become a heading)
 HEADINGS = re.compile(r"^(Hostile .*: (✅ PASSED|❌ FAILED)|Step \S+ · .* · .*|Failure( \(.*\))?|"
                       r"What was done and proved|Links|Spec|Files and results hashed by the run|What the step saw \(raw\)|"
-                      r"Evidence pack|Who ran it, where|Last \d+ runs of this case)$")
+                      r"Evidence pack|Who ran it, where|Last \d+ runs of this case|The last run of this case)$")
 
 
 def hostile_case(folder: Path) -> Path:
@@ -349,3 +352,149 @@ def test_hostile_values_cannot_break_or_forge_the_evidence(aws_lambda, tmp_path,
     assert "pipeline-test" in files["junit.xml"] and "Hostile" in files["report.md"]
     assert yaml.safe_load(files["spec.yaml"])["steps"][1]["parameters"][1]["value"] == "****"
     assert yaml.safe_load(files["spec.yaml"])["steps"][2]["parameters"][0]["equals"] == "****"
+
+
+# ------------------------------------------------------------------------- a pack that cannot be written is no pass
+PARAMETER = "/pack/setting"
+
+
+@pytest.fixture
+def ssm_case(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+    """A case that changes one SSM parameter (``old`` before, ``new`` during the run) and checks it, under moto."""
+    import boto3
+
+    with mock_aws():
+        ssm = boto3.client("ssm", region_name=REGION)
+        ssm.put_parameter(Name=PARAMETER, Value="old", Type="String")
+        spec = {"case": "Pack integrity", "aws": {"region": REGION, "allowed_parameter_prefixes": ["/pack/"]},
+                "steps": [{"kind": "set_parameters", "name": "change",
+                           "parameters": [{"name": PARAMETER, "value": "new", "type": "String"}]},
+                          {"kind": "expect_parameters", "name": "check",
+                           "parameters": [{"name": PARAMETER, "equals": "new"}]}]}
+        folder = tmp_path / "cases"
+        folder.mkdir()
+        path = folder / "pack_integrity.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        yield path, ssm
+
+
+def _value(ssm: Any) -> str:
+    return ssm.get_parameter(Name=PARAMETER)["Parameter"]["Value"]
+
+
+def _changed(ssm: Any) -> bool:
+    """Whether the run touched the parameter at all (its version moves on every change, and on the undo)."""
+    return ssm.get_parameter(Name=PARAMETER)["Parameter"]["Version"] != 1
+
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, *options: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``where`` (skips when this machine does not allow mounting: not root)."""
+    where.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False) if shutil.which("mount") else None
+    if done is None or done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() if done else 'no mount command'}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def _fill(folder: Path, leave: int = 0) -> None:
+    """Fill a tmpfs up to ``leave`` bytes free."""
+    free = shutil.disk_usage(folder).free - leave
+    try:
+        (folder / "filler").write_bytes(b"\0" * free)
+    except OSError:
+        pass
+    assert shutil.disk_usage(folder).free <= leave
+
+
+def test_a_full_or_read_only_evidence_folder_is_refused_before_anything_changes(ssm_case, tmp_path, capsys,
+                                                                                monkeypatch) -> None:
+    """Exit 3 and nothing changed, for --evidence-dir and the default folder, for a case, its flow run (as a
+    deployment or a suite runs it) and a suite."""
+    from flows.pipeline_test import main, pipeline_test
+    from flows.recover import CouldNotRun
+    from flows.suite import pipeline_test_suite
+
+    spec, ssm = ssm_case
+    with _tmpfs(tmp_path / "full", "size=64k") as full, _tmpfs(tmp_path / "ro", "ro", "size=64k") as read_only:
+        _fill(full)
+        for where, reason in ((full, "No space left on device"), (read_only, "Read-only file system")):
+            assert main([str(spec), "--evidence-dir", str(where / "pack")]) == 3
+            err = capsys.readouterr().err
+            assert "Could not run: evidence folder" in err and reason in err and "nothing was changed" in err, err
+            assert main([str(spec.parent), "--evidence-dir", str(where / "suite")]) == 3  # a suite
+            assert reason in capsys.readouterr().err
+            state = pipeline_test(spec=str(spec), evidence_dir=str(where / "pack"), return_state=True)
+            refused = state.result(raise_on_failure=False)
+            assert isinstance(refused, CouldNotRun) and reason in str(refused), refused
+            state = pipeline_test_suite(suite=str(spec.parent), evidence_dir=str(where / "suite"), return_state=True)
+            refused = state.result(raise_on_failure=False)
+            assert isinstance(refused, CouldNotRun) and "did not start" in str(refused), refused
+            monkeypatch.chdir(where)  # the default folder, evidence/<case>/... under the working folder
+            assert main([str(spec)]) == 3 and reason in capsys.readouterr().err
+            monkeypatch.chdir(tmp_path)
+            assert sorted(p.name for p in where.iterdir()) == (["filler"] if where == full else [])
+        assert _value(ssm) == "old" and not _changed(ssm)
+
+
+def test_a_pack_that_fills_the_disk_after_the_run_is_exit_4_and_leaves_nothing(ssm_case, tmp_path, capsys) -> None:
+    """Room for the claim's probe, not for the pack: the run undoes its change, says PASSED and NO EVIDENCE, exits 4
+    (the flow run fails), and no half pack nor temporary folder is left."""
+    from flows.pipeline_test import format_result, main
+    from flows.results import CaseResult
+
+    spec, ssm = ssm_case
+    with _tmpfs(tmp_path / "small", "size=64k") as small:
+        _fill(small, leave=12 * 1024)
+        assert main([str(spec), "--evidence-dir", str(small / "pack"), "--json"]) == 4
+        out = capsys.readouterr()
+        result = CaseResult.model_validate_json(out.out[out.out.index("{"):])
+        why = f"the evidence pack {small / 'pack'} could not be written: No space left on device"
+        assert result.passed and (result.evidence_error or "").startswith(why), result.evidence_error
+        assert result.evidence_dir is None and result.pack is None and f"NO EVIDENCE: {why}" in out.err
+        assert "Case 'Pack integrity' PASSED" in format_result(result) and f"NO EVIDENCE: {why}" in format_result(result)
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    report = next(a for a in artifacts_of(result.flow_run_id or "") if (a.key or "").endswith("-report"))
+    assert f"**No evidence**: {why}" in str(report.data)
+    assert _value(ssm) == "old" and _changed(ssm)  # it ran, and put the value back
+
+
+def test_two_runs_given_one_evidence_folder_never_mix(ssm_case, tmp_path, capsys) -> None:
+    """A run that finds the folder claimed by a run in progress is refused before its first change (exit 3); one
+    that finds it written is refused too (exit 2, as any folder that is not new); the first run's pack is intact."""
+    from flows.pack_folder import claim
+    from flows.pipeline_test import main, pipeline_test
+    from flows.recover import CouldNotRun
+
+    spec, ssm = ssm_case
+    folder = tmp_path / "shared"
+    first = claim(folder, True)  # the first run, in progress
+    assert main([str(spec), "--evidence-dir", str(folder)]) == 3
+    assert "another run is writing an evidence pack to" in capsys.readouterr().err
+    state = pipeline_test(spec=str(spec), evidence_dir=str(folder), return_state=True)  # past the CLI's check
+    assert isinstance(state.result(raise_on_failure=False), CouldNotRun)
+    assert not _changed(ssm)
+    first.abandon()
+
+    assert main([str(spec), "--evidence-dir", str(folder)]) == 0
+    assert main([str(spec), "--evidence-dir", str(folder)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert evidence_pack.verify(folder) == [] and not list(tmp_path.glob(".*"))
+
+
+def test_a_pack_that_cannot_be_uploaded_is_exit_4_and_stays_on_disk(ssm_case, tmp_path, capsys) -> None:
+    from flows.pipeline_test import main
+
+    spec, ssm = ssm_case
+    raw = yaml.safe_load(spec.read_text())
+    raw["evidence"] = {"bucket": "no-such-evidence-bucket", "prefix": "packs/"}
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main([str(spec), "--evidence-dir", str(tmp_path / "pack")]) == 4
+    out = capsys.readouterr().out
+    assert f"NO EVIDENCE: the evidence pack {tmp_path / 'pack'} could not be uploaded:" in out
+    assert "NoSuchBucket" in out and "Case 'Pack integrity' PASSED" in out
+    assert evidence_pack.verify(tmp_path / "pack") == [] and _value(ssm) == "old"

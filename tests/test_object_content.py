@@ -166,8 +166,10 @@ def test_json_array_is_parsed_element_by_element_across_any_chunking(monkeypatch
     doc = ' [ {"a": [1, 2, {"b": "x,]"}]}, 12345 , "s\\"", null, 1.5e3 ] \n'
     assert list(json_values(io.StringIO(doc))) == [{"a": [1, 2, {"b": "x,]"}]}, 12345, 's"', None, 1500.0]
     assert list(json_values(io.StringIO("[]"))) == []
-    with pytest.raises(RecursionError):
+    with pytest.raises(object_stream.Unreadable, match="array element 1 nests deeper than 64 levels"):
         list(json_values(io.StringIO("[" * 100_000)))
+    with pytest.raises(object_stream.Unreadable, match="nests deeper than 64 levels"):
+        list(json_values(io.StringIO("[" + "[" * 70 + "]" * 70 + "]")))
     for bad, why in (('[1, 2', "without ']'"), ('[1 2]', "expected ',' or ']'"), ('[1] x', "after the top-level"),
                      ("", "no JSON value"), ('[{"a": }]', "element 1: not valid JSON")):
         with pytest.raises(object_stream.Unreadable, match=why):

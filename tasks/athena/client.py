@@ -27,7 +27,14 @@ from pydantic import Field
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper, columns_from_metadata
 from tasks.base import format_bytes
 from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
-from tasks.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.polling import (
+    MAX_INTERVAL_SECONDS,
+    MAX_WAIT_SECONDS,
+    MIN_INITIAL_SECONDS,
+    Clock,
+    PollSettings,
+    poll,
+)
 
 if TYPE_CHECKING:
     from types_boto3_athena import AthenaClient
@@ -166,7 +173,7 @@ class AthenaWait(PollSettings):
 
     timeout: float = Field(600.0, gt=0, le=MAX_WAIT_SECONDS,
                            description="Stop the query and fail after this many seconds.")
-    initial: float = Field(0.2, gt=0, le=MAX_INTERVAL_SECONDS,
+    initial: float = Field(0.2, ge=MIN_INITIAL_SECONDS, le=MAX_INTERVAL_SECONDS,
                            description="First interval between checks (a 2 s query is seen at once).")
 
 

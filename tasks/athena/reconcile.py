@@ -15,7 +15,6 @@ same instant), booleans; NULL equals only NULL (an empty CSV field is NULL); flo
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +23,7 @@ from typing import IO, Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
+from tasks import nesting
 from tasks.athena import checks as _checks  # checks.py imports this module for its model: used at call time
 from tasks.athena.values import Column, json_safe, normalise_type
 from tasks.base import SpecModel
@@ -115,7 +115,9 @@ def _peek_jsonl(handle: IO[str], name: str) -> list[dict[str, Any]]:
 
 def _json_line(line: str, number: int, name: str) -> dict[str, Any]:
     try:
-        value = json.loads(line, parse_float=str)
+        value = nesting.loads(line, f"expect.reconcile.file {name} line {number}", parse_float=str)
+    except nesting.NestingError as exc:
+        raise StepError(str(exc)) from None
     except ValueError as exc:
         raise StepError(f"expect.reconcile.file {name} line {number} is not JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -1,8 +1,11 @@
 """The read-only guard of ``athena_query``: sqlglot (Athena dialect) decides what a statement is.
 
 :func:`check_sql` refuses what must not reach Athena: several statements, SQL that cannot be parsed or that
-writes (only SELECT, WITH, VALUES, SHOW, DESCRIBE and EXPLAIN read), a wrong number of ``?`` parameters. The
-runner calls it before any AWS call; the spec validator can too.
+writes (only SELECT, WITH, VALUES, SHOW, DESCRIBE and EXPLAIN read), a wrong number of ``?`` parameters; and it
+judges the statement as it will run, with its parameters in place. :func:`check_literal` allows only SQL
+literals as parameters (a string in quotes, a number, a typed literal such as ``DATE '2024-01-31'``, TRUE,
+FALSE, NULL): ``(DELETE FROM t)`` or ``'x'); DROP TABLE t; --`` are refused. The runner calls both before any
+AWS call; the spec validator too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlglot.tokens import Token, TokenType
 
 from tasks.errors import StepError
 
-__all__ = ["READ_KINDS", "SqlCheck", "check_sql", "classify_sql"]
+__all__ = ["READ_KINDS", "SqlCheck", "check_literal", "check_sql", "classify_sql"]
 
 #: the statements that run without allow_write
 READ_KINDS = ("SELECT", "WITH", "VALUES", "SHOW", "DESCRIBE", "EXPLAIN")
@@ -36,6 +39,35 @@ _WRITE_NODES: tuple[type[exp.Expr], ...] = tuple(
     if hasattr(exp, name)
 )
 _EXPLAIN_OPTIONS = frozenset({"FORMAT", "TYPE"})
+#: the longest parameter (a literal)
+MAX_PARAMETER_CHARS = 10_000
+_LITERAL = re.compile(
+    r"\s*(?:[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"              # a number
+    r"|(?:(?:DATE|TIME|TIMESTAMP|DECIMAL|VARCHAR|CHAR|X|U&)\s*)?'(?:[^']|'')*'"  # a string, maybe typed
+    r"|INTERVAL\s*'(?:[^']|'')*'\s*[A-Za-z]+(?:\s+TO\s+[A-Za-z]+)?"       # an interval
+    r"|TRUE|FALSE|NULL)\s*", re.IGNORECASE)
+
+
+def check_literal(value: str) -> str:
+    """A parameter must be one SQL literal (see the module's description); ValueError saying what it may be."""
+    if len(value) > MAX_PARAMETER_CHARS:
+        raise ValueError(f"a parameter is at most {MAX_PARAMETER_CHARS:,} characters")
+    if not _LITERAL.fullmatch(value):
+        raise ValueError("a parameter must be one SQL literal: a string in single quotes ('2024-01-31', a quote "
+                         "inside doubled: 'O''Brien'), a number (42, -1.5), a typed literal (DATE '2024-01-31', "
+                         "TIMESTAMP '...'), TRUE, FALSE or NULL; not an expression or a statement")
+    return value
+
+
+def with_parameters(sql: str, parameters: Sequence[str]) -> str:
+    """The statement as it runs: each ``?`` placeholder (a token, not a '?' in a string) replaced by its
+    parameter, in order; extra parameters are left out (the count is checked separately)."""
+    places = [t for t in _tokenize(sql) if t.token_type == TokenType.PLACEHOLDER]
+    out, last = [], 0
+    for token, value in zip(places, parameters):
+        out += [sql[last:token.start], f" {value} "]
+        last = token.end + 1
+    return "".join(out) + sql[last:]
 
 
 @dataclass(frozen=True)
@@ -163,6 +195,16 @@ def check_sql(sql: str, *, allow_write: bool = False, parameters: Sequence[str] 
     ``allow_write`` any single statement passes, even one sqlglot cannot parse (Athena will judge it).
     """
     found = classify_sql(sql)
+    for i, value in enumerate(parameters, 1):
+        try:
+            check_literal(value)
+        except ValueError as exc:
+            raise StepError(f"parameter {i}: {exc}") from None
+    if parameters and not allow_write and found.read_only:
+        whole = classify_sql(with_parameters(sql, parameters))
+        if whole.parse_error or not whole.read_only:
+            raise StepError("Refused: with its parameters in place the statement is not one reading statement "
+                            f"({whole.parse_error or whole.kind}); parameters must be literals")
     if not allow_write:
         if found.parse_error:
             raise StepError(

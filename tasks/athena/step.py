@@ -5,20 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Callable, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
 from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
-from tasks.athena.sql_guard import SqlCheck, check_sql
+from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.base import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
 from tasks.errors import CheckFailed, StepError
 from tasks.iam import Arns, Footprint
 from tasks.s3 import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
+
+
+def literal_unless_templated(value: str) -> str:
+    """A parameter is one SQL literal (checked again once rendered, when it holds a template)."""
+    return value if is_template(value) else check_literal(value)
 
 
 class AthenaQueryStep(StepBase):
@@ -33,17 +38,18 @@ class AthenaQueryStep(StepBase):
         None,
         description="A file holding the SQL, relative to the spec; its content is templated. Give sql or sql_file.",
     )
-    parameters: list[str] = Field(
+    parameters: list[Annotated[str, AfterValidator(literal_unless_templated)]] = Field(
         default_factory=list,
         description="Athena execution parameters, one per `?` in the SQL, in order. Each is a SQL literal: "
-                    "`'2024-01-31'` (with quotes) for a string, `42` for a number. Use these for values "
+                    "`'2024-01-31'` (with quotes) for a string, `42` for a number, `DATE '2024-01-31'`, TRUE, "
+                    "FALSE, NULL; nothing else (an expression or a statement is refused). Use these for values "
                     "rather than templating them into the SQL.",
     )
     database: str | None = Field(None, description="The database (Glue schema) unqualified table names refer to.")
     catalog: str = Field("AwsDataCatalog", description="The data catalog.")
     workgroup: str = Field("primary", description="The Athena workgroup to run in.")
     output_location: Annotated[str | None, template_aware(r"s3://[^/]+(/.*)?", "an S3 URI: s3://bucket/prefix/"),
-                               S3_URI_KEY] = Field(
+                               S3_URI_KEY, RESOURCE_NAME] = Field(
         None,
         description="Where Athena writes the result (s3://bucket/prefix/); optional when the workgroup sets one.",
     )
