@@ -12,9 +12,9 @@
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a live run of another Prefect server holds a resource, a dead
-run's changes not yet recovered: nothing was changed); 130 interrupted (Ctrl+C, SIGTERM: what the run had changed
-was undone). A suite: 1 when a case failed, else 3 when one could not run. The Prefect API refusing a call (e.g.
-503 on creating the flow run) is 3, never 1.
+run's changes not yet recovered: nothing was changed); 130 interrupted (Ctrl+C, Ctrl+Break, SIGTERM: what the run
+had changed was undone). A suite: 1 when a case failed, else 3 when one could not run. The Prefect API refusing a
+call (e.g. 503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -43,15 +42,19 @@ from pydantic import SecretStr, ValidationError
 
 from flows import audit, evidence, evidence_pack, history, locks, pack_folder, prefect_logs, run_states
 from flows.api_client import client_retries
+from flows.console import json_text, safe_output
 from flows.engine import (
     LIVE,
     first_signal_stops,
     install_redaction,
+    interrupt_on_stop_signals,
     interrupted,
+    put_back_handlers,
     remove_redaction,
     render_case,
     run_cleanup,
     run_steps,
+    stop_signals_interrupt,
     undo_hook,
     undo_now,
 )
@@ -223,6 +226,7 @@ def pipeline_test(
     running: list[Any] = []
     scratch: Path | None = None
     pack_claim: PackClaim | None = None
+    signals = interrupt_on_stop_signals(only_unhandled=True)  # SIGBREAK in a worker's run: every phase, as the CLI
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
@@ -291,6 +295,7 @@ def pipeline_test(
             _write_pack(result, case, spec_path, pack_claim, secrets, ctx, logger)
         evidence.publish_case(result, logger)
     finally:
+        put_back_handlers(signals)
         remove_redaction(redactor)
         if pack_claim is not None:
             pack_claim.abandon()  # a pack never written leaves no temporary folder (nothing once it is in place)
@@ -502,7 +507,8 @@ def temporary_server_hint() -> str:
 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:
-    """A short plain-ASCII summary (Windows consoles may not print emoji)."""
+    """A short summary, plain ASCII of its own; the steps' messages may hold ❌ or ≥, which a console that cannot
+    show them gets as ``\u274c`` (see flows.console)."""
     lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"
              + ("" if result.passed else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
@@ -606,23 +612,13 @@ def drain_prefect_workers(timeout: float = 5) -> None:
 
 @contextlib.contextmanager
 def _stop_signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM (how a worker or `kill` stops a process) ends the run like Ctrl+C: undo, evidence, exit 130. The
-    handlers in place before are put back at the end (the CLI's ``main`` may be called in a longer process)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+    """Every stop signal (``engine.STOP_SIGNALS``: SIGINT, SIGTERM, and SIGBREAK where it exists) ends the run like
+    Ctrl+C in every phase (lock wait, ``--recover``, steps, undo, writing the pack): undo, evidence, exit 130. A
+    process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work; and Ctrl+Break
+    must not kill the process outright (Python's default for SIGBREAK on Windows). The handlers in place before
+    are put back at the end (the CLI's ``main`` may be called in a longer process)."""
+    with stop_signals_interrupt():  # a no-op in another thread than the main one
         yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
-                # a process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | None = None,
@@ -644,6 +640,7 @@ def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | No
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
         return recover_main(argv[1:], guarded)
@@ -759,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_FAILED
-        print(result.model_dump_json(indent=2) if args.json else format_result(result, with_link=not temporary))
+        print(json_text(result) if args.json else format_result(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
         if result.evidence_error and args.json:

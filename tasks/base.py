@@ -290,11 +290,11 @@ class StepContext:
         return self.clock_override or Clock.stoppable(self.stop)
 
     def scratch_folder(self, name: str) -> Path | None:
-        """A new folder for this step's files (``<scratch>/<step label>/<name>``), or None without a scratch dir."""
+        """A new folder for this step's files (``<scratch>/step-<label>/<name>``), or None without a scratch dir."""
         if self.scratch_dir is None:
             return None
         label = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.label).strip("-.") or "step"
-        folder = self.scratch_dir / label / name
+        folder = self.scratch_dir / f"step-{label}" / name  # never a name Windows reserves (a step named CON)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
