@@ -12,7 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.client import BaseClient
+from test_bad_input import no_aws as no_aws  # the fixture: any AWS call fails the test
 
 from flows.spec import SpecError, parse_spec
 from flows.template_secrets import PLACEHOLDER, Read, SecretReader, TemplateSecretError, case_reads, reads_footprint
@@ -31,27 +31,15 @@ def case(value: str, **extra: Any) -> dict[str, Any]:
                                                                   "type": "SecureString"}]}]}
 
 
-@pytest.fixture
-def no_aws_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every AWS call made while the test runs fails it (validation and the plan make none)."""
-    calls: list[str] = []
-
-    def refuse(self: Any, operation: str, params: Any) -> Any:
-        calls.append(operation)
-        raise AssertionError(f"an AWS call was made: {operation}")
-
-    monkeypatch.setattr(BaseClient, "_make_api_call", refuse)
-    return calls
-
-
 @pytest.mark.parametrize("template", [
     '{{ secret("prod/db") }}', '{{ secret("prod/db", key="password") }}', "{{ ssm('/team/token') }}",
     '{{ secret("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-AbCdEf") }}',
     'x-{{ ssm("/a") ~ secret("b") }}-{% if ssm("/c") %}y{% endif %}',
 ])
-def test_literal_calls_validate_without_any_aws_call(template: str, no_aws_calls: list[str], tmp_path: Path) -> None:
+@pytest.mark.usefixtures("no_aws")
+def test_literal_calls_validate_without_any_aws_call(template: str, tmp_path: Path) -> None:
     spec = parse_spec(case(template), "c.yaml", tmp_path)
-    assert spec.case == "c" and no_aws_calls == []
+    assert spec.case == "c"
     assert PLACEHOLDER in render(template.split("{% if")[0], {"secret": lambda *a, **k: PLACEHOLDER,
                                                               "ssm": lambda *a: PLACEHOLDER})
 
@@ -68,12 +56,11 @@ def test_literal_calls_validate_without_any_aws_call(template: str, no_aws_calls
     ("{{ secret }}", "secret is a function: call it with a literal string"),
     ("{{ ssm | length }}", "ssm is a function"),
 ])
-def test_calls_of_the_wrong_shape_are_refused_at_validation(template: str, message: str, no_aws_calls: list[str],
-                                                            tmp_path: Path) -> None:
+@pytest.mark.usefixtures("no_aws")
+def test_calls_of_the_wrong_shape_are_refused_at_validation(template: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(SpecError) as err:
         parse_spec(case(template, variables={"name": "n", "k": "k", "names": "x"}), "c.yaml", tmp_path)
     assert message in str(err.value) and "step 1" in str(err.value) and "field 'parameters[0].value'" in str(err.value)
-    assert no_aws_calls == []
 
 
 def test_a_variable_cannot_be_named_like_a_function(tmp_path: Path) -> None:
@@ -95,7 +82,8 @@ def test_case_reads_finds_every_read_once_in_variables_steps_and_template_files(
                                           Read("secret", "sql/key")]
 
 
-def test_reads_declare_their_permissions(no_aws_calls: list[str]) -> None:
+@pytest.mark.usefixtures("no_aws")
+def test_reads_declare_their_permissions() -> None:
     arns = Arns(account="123456789012", region=REGION)
     fp = reads_footprint([Read("secret", "prod/db", "password"), Read("ssm", "/team/token"),
                           Read("secret", "arn:aws:secretsmanager:us-east-1:123456789012:secret:x-AbCdEf")], arns)
@@ -163,8 +151,9 @@ def test_what_cannot_be_read_names_the_secret_and_aws_error(stored: ClientFactor
         assert err.value.code == code and code in err.value.message
 
 
-def test_plan_and_policy_name_the_reads_without_any_aws_call(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                             no_aws_calls: list[str]) -> None:
+@pytest.mark.usefixtures("no_aws")
+def test_plan_and_policy_name_the_reads_without_any_aws_call(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from flows.pipeline_test import main
 
     spec = case('{{ secret("prod/db", key="password") }}', variables={"t": '{{ ssm("/team/token") }}'})
@@ -181,7 +170,6 @@ def test_plan_and_policy_name_the_reads_without_any_aws_call(tmp_path: Path, cap
         "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db-??????"]
     assert any(s["Action"] == ["ssm:GetParameter"] and
                "arn:aws:ssm:us-east-1:123456789012:parameter/team/token" in s["Resource"] for s in policy["Statement"])
-    assert no_aws_calls == []
 
 
 @pytest.mark.usefixtures("prefect_harness")
