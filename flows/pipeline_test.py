@@ -63,13 +63,15 @@ from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
 from flows.pack_folder import PackClaim
+from flows.preflight import step_zero
 from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
 from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
-from flows.templating import builtin_values, render, resolve_variables
+from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
+from flows.templating import TemplateError, builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory, is_real_aws
-from tasks.base import StepContext, UndoLog
+from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import Heartbeat, SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
@@ -176,6 +178,7 @@ def pipeline_test(
     recover: bool = False,
     files_root: str | None = None,
     case_name: str | None = None,
+    preflight: bool = True,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
@@ -186,8 +189,9 @@ def pipeline_test(
     notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
     ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
     (else the run refuses to start). ``case_name`` runs the case under another name (a suite's matrix row:
-    ``<case> [<row id>]``, so its artifacts, history and pack are its own). The flow run fails when the case
-    fails; its result is a ``CaseResult`` either way.
+    ``<case> [<row id>]``, so its artifacts, history and pack are its own). ``preflight`` (and the case's
+    ``aws.preflight``): first check that the caller may do what the case needs (flows.preflight; a denial: could
+    not run). The flow run fails when the case fails; its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
@@ -201,12 +205,22 @@ def pipeline_test(
     spec_path = Path(spec) if isinstance(spec, (str, Path)) else None
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
-    values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
-    rendered = render_case(case, values)
     # the run's secret registry: the log filter, the runners, the net and the pack all share it
-    secrets = Secrets(s for p in iter_steps(rendered) for s in p.step.secrets())
+    secrets = Secrets()
+    suite = SUITE.get()
+    clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
+    reader = SecretReader(lambda: clients, secrets)  # secret() and ssm() in templates: read once, before any step
+    try:
+        reader.read_all(case_reads(case, spec_dir))
+        values = resolve_variables(case.variables, {**builtin_values(case.case, run_id, started, case.timezone),
+                                                    **reader.functions()})
+        rendered = render_case(case, values)
+    except (TemplateSecretError, TemplateError) as exc:
+        return _could_not_run(f"case '{case.case}' did not start: {reader.scrub(str(exc))}",  # type: ignore[return-value]
+                              logger, case.case)
+    secrets.add(*(s for p in iter_steps(rendered) for s in p.step.secrets()))
     redactor = install_redaction(secrets)
-    for warning in short_secret_warnings(iter_steps(rendered)):
+    for warning in [*short_secret_warnings(iter_steps(rendered)), *reader.warnings()]:
         logger.warning(warning)
     steps: list[StepResult] = []
     running: list[Any] = []
@@ -218,17 +232,17 @@ def pipeline_test(
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-        suite = SUITE.get()
-        clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
         publisher = evidence.StepPublisher()  # the steps' artifacts, off their critical path (closed below)
         scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets,
-                          publisher=publisher, scratch_dir=scratch)
+                          publisher=publisher, scratch_dir=scratch, scanned=Meter(case.aws.athena_max_scanned_bytes))
         if suite is not None:
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
+            if preflight and case.aws.preflight:  # step 0: may the caller do what the case needs? (no change)
+                step_zero(case, rendered, spec_dir, clients, logger)
             # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
             pack_claim = _claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
             with contextlib.ExitStack() as stack:
@@ -665,6 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-failed", metavar="PACK", help="a suite: run only the cases (and matrix rows) that "
                         "failed or could not run in this suite evidence pack, as a new run linked to it (the suite "
                         "file: the one the pack names, unless given)")
+    parser.add_argument("--preflight", action="store_true", help="only check that the caller may do what the case "
+                        "needs (iam:SimulatePrincipalPolicy, else read-only probes), print it and exit: 0 allowed, "
+                        "3 not; no change, no Prefect server (see docs/aws.md)")
+    parser.add_argument("--no-preflight", action="store_true", help="run without that check before the first change")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -683,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerun_failed or is_suite_file(Path(args.spec)):
         from flows.suite import run_suite_cli
 
+        if args.preflight or args.no_preflight:  # a suite's cases follow their own aws.preflight
+            print(f"--preflight and --no-preflight are for a case, not the suite {args.spec} (each case's "
+                  "aws.preflight decides; check a case alone with --preflight)", file=sys.stderr)
+            return EXIT_INVALID
+
         try:
             overrides = parse_vars(args.var)
         except SpecError as exc:
@@ -695,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     try:
         overrides = parse_vars(args.var)
-        case, _ = load_spec(args.spec, overrides, args.files_root)
+        case, spec_dir = load_spec(args.spec, overrides, args.files_root)
         if not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
                                Path("evidence") / (slug(case.case) or "case"), writable=not args.validate)
@@ -709,6 +732,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Warning: {warning}", file=sys.stderr)
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return EXIT_PASSED
+    if args.preflight:
+        from flows.preflight import cli as preflight_cli
+
+        return preflight_cli(case, spec_dir)
 
     temporary = on_temporary_server()  # links to a temporary server are dead once the run ends
 
@@ -717,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden = {k: SecretStr(v) for k, v in overrides.items()}
         state = pipeline_test(spec=str(args.spec), variables=hidden or None, evidence_dir=args.evidence_dir,
                               write_evidence=not args.no_evidence, recover=args.recover,
-                              files_root=args.files_root, return_state=True)
+                              files_root=args.files_root, preflight=not args.no_preflight, return_state=True)
         result = result_of(state)
         if result is None:
             value = state.result(raise_on_failure=False)
