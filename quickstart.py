@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import venv
@@ -43,9 +44,7 @@ def ensure_env(extra: str | None = "test") -> Path:
     """Create .venv and install the project with its pinned dependencies (skipped when up to date). ``extra``: the
     optional dependencies too (``test``: pytest, ruff, mypy and the type stubs; None for the demo, which needs
     none of them). The stamp says which: the demo after the tests installs nothing, the tests after the demo
-    only the extra."""
-    if sys.version_info < (3, 10) or sys.version_info >= (3, 14):
-        sys.exit(f"Python 3.10 to 3.13 is needed; this is {sys.version.split()[0]}.")
+    only the extra. The Python was checked before (``check_python``)."""
     python = venv_python()
     if not python.exists():
         print(f"Creating a virtual environment in {VENV} ...", flush=True)
@@ -80,10 +79,95 @@ def install(python: Path, extras: list[str]) -> None:
     subprocess.run([*pip, *wanted], check=True)
 
 
+# ------------------------------------------------------------------------------------- the Python, the path
+#: the Pythons the pinned dependencies install on (oldest, newest)
+SUPPORTED = ((3, 10), (3, 13))
+#: set in a run of this script that quickstart started with another Python (so it never starts a third)
+RELAUNCHED = "PIPELINE_TEST_QUICKSTART_RELAUNCHED"
+#: the longest project path the install works with on Windows without long paths: the deepest file the
+#: dependencies install (with its compiled bytecode) lies about 190 characters below the project folder
+LONG_PROJECT_PATH = 70
+
+
+def on_windows() -> bool:
+    return os.name == "nt"
+
+
+def supported(version: tuple[int, int]) -> bool:
+    return SUPPORTED[0] <= version <= SUPPORTED[1]
+
+
+def check_python(argv: list[str]) -> None:
+    """Go on only under a supported Python. Else, on Windows, run this script again with the newest supported
+    Python that the ``py`` launcher knows (``py -0p``), when there is one; otherwise exit naming what to run."""
+    if supported(sys.version_info[:2]):
+        return
+    here = sys.version.split()[0]
+    if on_windows() and not os.environ.get(RELAUNCHED):
+        other = launcher_python()
+        if other is not None:
+            print(f"Python {here} is not supported here (3.10 to 3.13 are): running quickstart.py with {other}",
+                  flush=True)
+            command = [other, str(Path(__file__).resolve()), *argv]
+            sys.exit(subprocess.run(command, env={**os.environ, RELAUNCHED: "1"}).returncode)
+    run = "py -3.13 quickstart.py" if on_windows() else "python3.13 quickstart.py"
+    sys.exit(f"Python 3.10 to 3.13 is needed; this is {here}. Install Python 3.13 (python.org) and run "
+             f"`{run} {' '.join(argv) or 'demo'}`" + (" (the py launcher picks it)." if on_windows() else "."))
+
+
+def launcher_python() -> str | None:
+    """The newest supported Python that the Windows ``py`` launcher lists (``py -0p``), or None."""
+    try:
+        listing = subprocess.run(["py", "-0p"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return pick_python(listing or "")
+
+
+def pick_python(listing: str) -> str | None:
+    """From ``py -0p``'s lines (`` -V:3.13 *   C:\\...\\python.exe``, older launchers `` -3.13-64  C:\\...``): the
+    path of the newest supported version (not a free-threaded ``3.13t`` build, whose wheels may be missing)."""
+    found = []
+    for line in listing.splitlines():
+        match = re.match(r"\s*-(?:V:)?(\d+)\.(\d+)(t?)(?:-\d+)?\s+(?:\*\s+)?(\S.*?)\s*$", line)
+        if match and not match.group(3) and supported((int(match.group(1)), int(match.group(2)))):
+            found.append(((int(match.group(1)), int(match.group(2))), match.group(4)))
+    return max(found)[1] if found else None
+
+
+def long_path_warning(root: Path = ROOT) -> str | None:
+    """On Windows without long paths enabled, a warning when the project's path is so long that the install
+    would pass Windows' 260-character limit (MAX_PATH); None otherwise."""
+    if not on_windows() or len(str(root)) <= LONG_PROJECT_PATH or long_paths_enabled():
+        return None
+    return (f"Warning: the project folder's path is {len(str(root))} characters long ({root}). Windows limits a "
+            "path to 260 characters unless long paths are enabled, and the install writes files about 190 "
+            f"characters below this folder: it may fail. Move the project to a shorter path (at most "
+            f"{LONG_PROJECT_PATH} characters, e.g. C:\\pt), or enable long paths (LongPathsEnabled; see "
+            "docs/running.md, Windows).")
+
+
+def long_paths_enabled() -> bool:
+    """True when Windows allows paths over 260 characters (the LongPathsEnabled registry value is 1)."""
+    if sys.platform != "win32":
+        return False
+    import winreg
+
+    try:
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:
+            return bool(winreg.QueryValueEx(key, "LongPathsEnabled")[0])
+    except OSError:
+        return False
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "lint"):
         print(__doc__)
         return 2
+    check_python(argv)
+    warning = long_path_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     python = ensure_env(None if argv[0] == "demo" else "test")
     # the project's own modules too (only what changed since the last time; __pycache__ is ignored by git)
     subprocess.run([str(python), "-m", "compileall", "-q", *PACKAGES], cwd=ROOT, stdout=subprocess.DEVNULL)

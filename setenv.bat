@@ -1,7 +1,7 @@
 @echo off
 rem Select the Prefect profile of pipeline-test (creating it when missing), point it at the local server
 rem started with `prefect server start`, and set PIPELINE_TEST_HOME to this folder (prefect.yaml's pull
-rem step uses it). Run it in every new cmd terminal, after activating .venv:
+rem step uses it), and PYTHONUTF8=1. Run it in every new cmd terminal, after activating .venv:
 rem
 rem     .venv\Scripts\activate
 rem     setenv.bat
@@ -52,5 +52,7 @@ prefect profile use %PT_PROFILE% >nul 2>&1
 prefect config view
 rem keep PIPELINE_TEST_HOME after endlocal (the line is expanded before endlocal runs)
 endlocal & set "PIPELINE_TEST_HOME=%PT_HOME%"
+rem Python writes UTF-8 also when its output is redirected (cp1252 has no characters such as the checks' marks)
+set "PYTHONUTF8=1"
 rem in quotes: a folder name may hold & (cmd would run what follows it as a command)
 echo PIPELINE_TEST_HOME="%PIPELINE_TEST_HOME%"

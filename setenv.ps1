@@ -1,6 +1,6 @@
 # Select the Prefect profile of pipeline-test (creating it when missing), point it at the local server
 # started with `prefect server start`, and set PIPELINE_TEST_HOME to this folder (prefect.yaml's pull step
-# uses it). Run it in every new PowerShell terminal, after activating .venv:
+# uses it), and PYTHONUTF8=1. Run it in every new PowerShell terminal, after activating .venv:
 #
 #     .\.venv\Scripts\Activate.ps1
 #     .\setenv.ps1
@@ -38,5 +38,7 @@ if ($LASTEXITCODE -ne 0) {
 # `profile use` also checks the server, which need not be running yet: its verdict is not shown
 prefect profile use $PtProfile *> $null
 $env:PIPELINE_TEST_HOME = $PSScriptRoot
+# Python writes UTF-8 also when its output is redirected (cp1252 has no characters such as the checks' marks)
+$env:PYTHONUTF8 = '1'
 prefect config view
 Write-Host "PIPELINE_TEST_HOME=$env:PIPELINE_TEST_HOME"

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Select the Prefect profile of pipeline-test (creating it when missing), point it at the local server started
-# with `prefect server start`, and set PIPELINE_TEST_HOME to this folder (prefect.yaml's pull step uses it).
+# with `prefect server start`, and set PIPELINE_TEST_HOME to this folder (prefect.yaml's pull step uses it) and
+# PYTHONUTF8=1.
 # Source it in every new terminal, after activating .venv, from the project folder:
 #
 #     . .venv/bin/activate
@@ -52,6 +53,9 @@ _pipeline_test_setenv() {
     prefect profile use "$_pt_profile" >/dev/null 2>&1
     PIPELINE_TEST_HOME=$_pt_home
     export PIPELINE_TEST_HOME
+    # as setenv.bat and setenv.ps1 do: Python writes UTF-8 also when its output is redirected
+    PYTHONUTF8=1
+    export PYTHONUTF8
     prefect config view
     echo "PIPELINE_TEST_HOME=${PIPELINE_TEST_HOME}"
 }

@@ -127,6 +127,10 @@ async def delete_deployments(names: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.console import safe_output
+
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
+    os.environ.setdefault("PYTHONUTF8", "1")  # and UTF-8 output for the flow runs it starts (child processes)
     parser = argparse.ArgumentParser(prog="python deployments/serve.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--list", action="store_true", help="print the deployments and exit")
     parser.add_argument("--replace", action="store_true",

@@ -45,7 +45,9 @@ from prefect import flow
 from prefect.states import Failed
 
 from flows import prefect_logs
+from flows.console import safe_output
 from flows.emulator import moto_api, moto_server, use_emulator
+from tasks.polling import wait_done
 
 prefect_logs.install()
 
@@ -247,6 +249,7 @@ def pipeline_demo(case: str = "examples/cases/orders_ingestion.yaml", break_pipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     parser = argparse.ArgumentParser(
         prog="python -m flows.demo",
         description="Run the example case against a fake ingestion pipeline on a local AWS emulator (no AWS "
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         building = setup.submit(stack.enter_context, demo_pipeline(loses_a_row=args.fail))
 
         def run() -> int:
+            wait_done(building)  # in slices: a signal's handler runs meanwhile (tasks.polling)
             pipeline = building.result()
             states = [pipeline_test(spec=str(case), return_state=True) for case in (DEMO_CASE, NEGATIVE_CASE)]
             seen.update(results=[(state, result_of(state)) for state in states], setting=source_setting(pipeline))

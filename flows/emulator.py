@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -67,7 +68,7 @@ class SerializedMotoServer(ThreadedMotoServer):
     by side). Nothing in moto blocks inside a call here (no SQS long polling), so one at a time costs little."""
 
     def _server_entry(self) -> None:
-        app = DomainDispatcherApplication(create_backend_app)
+        app = SimulatePrincipalPolicy(DomainDispatcherApplication(create_backend_app))
         lock = threading.Lock()
 
         def one_at_a_time(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -78,6 +79,148 @@ class SerializedMotoServer(ThreadedMotoServer):
                                    request_handler=MotoRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
+
+
+class SimulatePrincipalPolicy:
+    """A WSGI wrapper around moto's server that answers IAM's ``SimulatePrincipalPolicy`` (moto does not implement
+    it) from moto's own policy evaluator: ``moto.iam.access_control.IAMPolicy(document).is_action_permitted`` over
+    the principal's inline and attached policies (a user's groups' too), so the preflight's main branch
+    (flows.preflight) runs end to end here. Identity policies only, as far as moto evaluates them (a ``?`` in a
+    policy's resource matches one character). Once moto enforces IAM (``POST /moto-api/reset-auth``), the caller
+    must itself be allowed ``iam:SimulatePrincipalPolicy`` on the principal, else AccessDenied. Every other
+    request goes to moto unchanged."""
+
+    NS = "https://iam.amazonaws.com/doc/2010-05-08/"
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST" or "/iam/aws4_request" not in environ.get("HTTP_AUTHORIZATION", ""):
+            return self.app(environ, start_response)
+        import io
+        from urllib.parse import parse_qs
+
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        params = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        if params.get("Action") != "SimulatePrincipalPolicy":
+            return self.app(environ, start_response)
+        try:
+            status, xml = 200, self._simulate(params, environ)
+        except _IamError as exc:
+            status, xml = exc.status, (f'<ErrorResponse xmlns="{self.NS}"><Error><Type>Sender</Type><Code>{exc.code}'
+                                       f"</Code><Message>{_xml(exc.message)}</Message></Error>"
+                                       "<RequestId>pipeline-test-emulator</RequestId></ErrorResponse>")
+        start_response(f"{status} {'OK' if status == 200 else 'Error'}", [("Content-Type", "text/xml")])
+        return [xml.encode("utf-8")]
+
+    @staticmethod
+    def _members(params: dict[str, str], name: str) -> list[str]:
+        return [params[k] for k in sorted((k for k in params if re.fullmatch(rf"{name}\.member\.\d+", k)),
+                                          key=lambda k: int(k.rsplit(".", 1)[1]))]
+
+    def _simulate(self, params: dict[str, str], environ: dict[str, Any]) -> str:
+        from moto.core import DEFAULT_ACCOUNT_ID
+
+        source = params.get("PolicySourceArn", "")
+        match = re.fullmatch(r"arn:(aws[a-z-]*):iam::(\d{12}):(user|role)/(?:.*/)?([^/]+)", source)
+        if not match:
+            raise _IamError("InvalidInput", f"PolicySourceArn {source!r} is not a user's or a role's ARN")
+        partition, account, kind, name = match.groups()
+        context = {params[k]: params[k.replace("ContextKeyName", "ContextKeyValues.member.1")]
+                   for k in params if re.fullmatch(r"ContextEntries\.member\.\d+\.ContextKeyName", k)
+                   and k.replace("ContextKeyName", "ContextKeyValues.member.1") in params}
+        self._authorize(environ, source, account or DEFAULT_ACCOUNT_ID, partition)
+        policies = _principal_policies(account, partition, kind, name)
+        members = []
+        for action in self._members(params, "ActionNames"):
+            for resource in self._members(params, "ResourceArns") or ["*"]:
+                decision = _decide(policies, action, resource, context)
+                members.append(f"<member><EvalActionName>{_xml(action)}</EvalActionName><EvalResourceName>"
+                               f"{_xml(resource)}</EvalResourceName><EvalDecision>{decision}</EvalDecision>"
+                               "<MatchedStatements/><MissingContextValues/></member>")
+        return (f'<SimulatePrincipalPolicyResponse xmlns="{self.NS}"><SimulatePrincipalPolicyResult>'
+                f"<IsTruncated>false</IsTruncated><EvaluationResults>{''.join(members)}</EvaluationResults>"
+                "</SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>pipeline-test-emulator</RequestId>"
+                "</ResponseMetadata></SimulatePrincipalPolicyResponse>")
+
+    @staticmethod
+    def _authorize(environ: dict[str, Any], source: str, account: str, partition: str) -> None:
+        """Once moto enforces IAM: the caller (by its access key) must be allowed iam:SimulatePrincipalPolicy."""
+        from moto import settings
+        from moto.core.authorization import ActionAuthenticatorMixin
+        from moto.iam.access_control import create_access_key
+
+        if ActionAuthenticatorMixin.request_count < settings.INITIAL_NO_AUTH_ACTION_COUNT:
+            return
+        key = re.search(r"Credential=([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        headers = {"X-Amz-Security-Token": environ["HTTP_X_AMZ_SECURITY_TOKEN"]} \
+            if "HTTP_X_AMZ_SECURITY_TOKEN" in environ else {}
+        try:
+            caller = create_access_key(account, partition, key.group(1) if key else "", headers)
+        except Exception:
+            raise _IamError("InvalidClientTokenId", "The security token included in the request is invalid.",
+                            403) from None
+        if _decide(caller.collect_policies(), "iam:SimulatePrincipalPolicy", source, {}) != "allowed":
+            raise _IamError("AccessDenied", f"User: {caller.arn} is not authorized to perform: "
+                            f"iam:SimulatePrincipalPolicy on resource: {source}", 403)
+
+
+class _IamError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _xml(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
+def _principal_policies(account: str, partition: str, kind: str, name: str) -> list[Any]:
+    """A user's (with its groups') or a role's inline and attached policies, as moto keeps them."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[account][partition]
+    try:
+        if kind == "role":
+            inline: list[Any] = [backend.get_role_policy(name, p)[1] for p in backend.list_role_policies(name)]
+            return inline + list(backend.list_attached_role_policies(name)[0])
+        policies: list[Any] = [backend.get_user_policy(name, p) for p in backend.list_user_policies(name)]
+        policies += list(backend.list_attached_user_policies(name)[0])
+        for group in backend.get_groups_for_user(name):
+            policies += [backend.get_group_policy(group.name, p) for p in backend.list_group_policies(group.name)]
+            policies += list(backend.list_attached_group_policies(group.name)[0])
+        return policies
+    except Exception:  # moto's NoSuchEntity and its kin
+        raise _IamError("NoSuchEntity", f"The {kind} with name {name} cannot be found.", 404) from None
+
+
+def _decide(policies: list[Any], action: str, resource: str, context: dict[str, str]) -> str:
+    """IAM's decision over identity policies: an explicit Deny wins, then any Allow, else an implicit deny. Each
+    statement is evaluated by moto's ``IAMPolicyStatement`` (what ``IAMPolicy.is_action_permitted`` does for a
+    document), except that a statement whose condition does not hold is neutral, as in IAM (moto answers DENIED)."""
+    from moto.iam.access_control import IAMPolicy, IAMPolicyStatement, PermissionResult
+
+    allowed = False
+    for policy in policies:
+        statements = IAMPolicy(policy)._policy_json.get("Statement", [])
+        for raw in statements if isinstance(statements, list) else [statements]:
+            statement = dict(raw)
+            if isinstance(statement.get("Resource"), (str, list)):  # IAM's "?" (one character) for moto's matcher
+                resources = statement["Resource"]
+                statement["Resource"] = ([r.replace("?", ".") for r in resources] if isinstance(resources, list)
+                                         else resources.replace("?", "."))
+            evaluated = IAMPolicyStatement(statement)
+            if not evaluated._check_conditions(context or None):
+                continue
+            result = evaluated.is_action_permitted(action, resource, incoming_condition_values=context or None)
+            if result == PermissionResult.DENIED:
+                return "explicitDeny"
+            allowed = allowed or result == PermissionResult.PERMITTED
+    return "allowed" if allowed else "implicitDeny"
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_labe
 from tasks import markdown as md
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
 from tasks.errors import CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
+from tasks.polling import WAKE_S
 from tasks.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
 
 log = logging.getLogger("pipeline_test")
@@ -121,8 +122,23 @@ def _submit(placed: PlacedStep, ctx: StepContext) -> PrefectFuture[Any]:
     return step_task(placed.kind).with_options(task_run_name=placed.label).submit(quote(placed), quote(ctx))
 
 
-def _collect(placed: PlacedStep, future: PrefectFuture[Any]) -> StepResult:
-    future.wait()
+def await_step(what: str, future: PrefectFuture[Any], stop: threading.Event, logger: Any) -> None:
+    """Wait until a step's task run ends, in short slices (never one untimed wait: on Windows a signal could
+    not cut it short, see ``tasks.polling.WAKE_S``), so Ctrl+C, Ctrl+Break, SIGTERM and a Prefect cancel reach
+    their handler within a fraction of a second. Once ``stop`` is set, the step is stopping too (its waits end
+    on that event): this says so once and waits for its end, so its undo actions are all known to the undo."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    said = False
+    while not done.wait(WAKE_S):
+        if stop.is_set() and not said:
+            logger.warning("The run is stopping: waiting for %s to end", what)
+            said = True
+    future.wait(0)  # it is done: this only records its final state
+
+
+def _collect(placed: PlacedStep, future: PrefectFuture[Any], ctx: StepContext) -> StepResult:
+    await_step(describe(placed), future, ctx.stop, ctx.logger)
     state = future.state
     value = state.result(raise_on_failure=False)
     if isinstance(value, StepResult):
@@ -162,7 +178,7 @@ def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | 
         futures = [(p, _submit(p, ctx)) for p in group]
         batch = []
         for placed, future in futures:
-            batch.append(_collect(placed, future))
+            batch.append(_collect(placed, future, ctx))
             results.append(batch[-1])
             running.remove(placed)
         failed = [(p, r) for p, r in zip(group, batch) if not r.ok]
@@ -194,7 +210,7 @@ def run_cleanup(ctx: StepContext) -> StepResult | None:
     """Run every pending undo action (last first) as one step named ``cleanup``; None when there is none."""
     if not ctx.undo.actions:
         return None
-    return _collect(_CLEANUP, _cleanup_task.with_options(task_run_name="cleanup").submit(quote(ctx)))
+    return _collect(_CLEANUP, _cleanup_task.with_options(task_run_name="cleanup").submit(quote(ctx)), ctx)
 
 
 def undo_now(ctx: StepContext, logger: Any) -> StepResult | None:
@@ -210,31 +226,60 @@ def undo_now(ctx: StepContext, logger: Any) -> StepResult | None:
     return result
 
 
-#: the signals that stop a run (SIGBREAK: Ctrl+Break on Windows)
+#: the signals that stop a run, in every phase (lock wait, recover, steps, undo, writing the pack): SIGINT (Ctrl+C),
+#: SIGTERM (a worker's cancel, `kill`; on Windows a hard kill that no handler sees), SIGBREAK (Windows: Ctrl+Break,
+#: and how Prefect cancels a flow run there). Read at each call, so a test can stand one signal in for SIGBREAK.
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, n))
 
 
-def _handle_stop_signals(handler: Any) -> dict[int, Any]:
-    """Install ``handler`` for every stop signal; returns the handlers it replaced (main thread only)."""
+def handle_stop_signals(handler: Any, only_unhandled: bool = False) -> dict[int, Any]:
+    """Install ``handler`` for every stop signal (``only_unhandled``: for those that no Python handler takes);
+    returns the handlers it replaced (main thread only; elsewhere nothing)."""
     previous = {}
     for signum in STOP_SIGNALS:
         try:
+            if only_unhandled and callable(signal.getsignal(signum)):
+                continue
             previous[signum] = signal.signal(signum, handler)
         except (ValueError, OSError):
             pass
     return previous
 
 
-def _put_back(previous: dict[int, Any]) -> None:
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def interrupt_on_stop_signals(only_unhandled: bool = False) -> dict[int, Any]:
+    """Make the stop signals end the run like Ctrl+C (KeyboardInterrupt: undo, evidence, exit 130) in every
+    phase, not only the steps. ``only_unhandled``: only those that no Python handler takes, so a handler of
+    Prefect's stays (in a worker's flow run on Windows: SIGBREAK, by which Prefect cancels it there, whose
+    default ends the process at once). Returns what :func:`put_back_handlers` puts back (main thread only)."""
+    return handle_stop_signals(_interrupt, only_unhandled)
+
+
+@contextmanager
+def stop_signals_interrupt(only_unhandled: bool = False) -> Iterator[None]:
+    """:func:`interrupt_on_stop_signals` while the block runs; the handlers before are put back at its end."""
+    previous = interrupt_on_stop_signals(only_unhandled)
+    try:
+        yield
+    finally:
+        put_back_handlers(previous)
+
+
+def put_back_handlers(previous: dict[int, Any]) -> None:
+    """Put back the handlers that :func:`handle_stop_signals` replaced."""
     for signum, handler in previous.items():
-        signal.signal(signum, handler)
+        if handler is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signum, handler)
 
 
 @contextmanager
 def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
-    """While a case runs: the first SIGINT or SIGTERM stops it (sets ``stop``, then does what the handler in
-    place does: Prefect's raises TerminationSignal, Python's KeyboardInterrupt); any later one only logs, so it
-    can never interrupt the undo that follows. Main thread only; elsewhere a no-op."""
+    """While a case runs: the first stop signal (SIGINT, SIGTERM, SIGBREAK) stops it (sets ``stop``, then does
+    what the handler in place does: Prefect's raises TerminationSignal, Python's KeyboardInterrupt); any later
+    one only logs, so it can never interrupt the undo that follows. Main thread only; elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -244,23 +289,23 @@ def first_signal_stops(stop: threading.Event, logger: Any) -> Iterator[None]:
                        signal.Signals(signum).name)
 
     def first(signum: int, frame: Any) -> None:
-        _handle_stop_signals(later)
+        handle_stop_signals(later)
         stop.set()  # from here on the run is ending: `later` stays in place through the undo
         handler = previous.get(signum)
         if callable(handler):
             handler(signum, frame)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    previous = _handle_stop_signals(first)
+    previous = handle_stop_signals(first)
     yield
     if not stop.is_set():
-        _put_back(previous)
+        put_back_handlers(previous)
 
 
 @contextmanager
 def signals_deferred(logger: Any) -> Iterator[None]:
-    """While the block runs, SIGINT and SIGTERM only log that the run is finishing its undo (main thread only;
-    elsewhere a no-op, as Python delivers signals to the main thread)."""
+    """While the block runs, the stop signals (SIGINT, SIGTERM, SIGBREAK) only log that the run is finishing its
+    undo (main thread only; elsewhere a no-op, as Python delivers signals to the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -268,11 +313,11 @@ def signals_deferred(logger: Any) -> Iterator[None]:
     def wait_for_undo(signum: int, frame: Any) -> None:
         logger.warning("Signal %s received: finishing the undo first, then exiting", signal.Signals(signum).name)
 
-    previous = _handle_stop_signals(wait_for_undo)
+    previous = handle_stop_signals(wait_for_undo)
     try:
         yield
     finally:
-        _put_back(previous)
+        put_back_handlers(previous)
 
 
 class _CleanupStep:

@@ -13,6 +13,7 @@ import contextvars
 import logging
 import queue
 import threading
+import time
 from typing import Any, Callable
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -31,6 +32,7 @@ from flows.history import read_history
 from flows.results import CaseResult, StepResult
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
+from tasks.polling import WAKE_S
 
 MAX_LINK_ARTIFACTS = 3
 #: how long the end of a case waits for its steps' evidence still being published
@@ -72,8 +74,9 @@ class StepPublisher:
             thread, self._thread = self._thread, None
             if thread is not None:
                 self._queue.put(None)
-        if thread is not None:
-            thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            thread.join(min(WAKE_S, timeout))  # in slices: a signal's handler runs meanwhile (tasks.polling)
 
 
 def publish_step(result: StepResult, outcome: StepOutcome | None) -> None:

@@ -251,6 +251,9 @@ def upload_pack(s3_client: S3Client, folder: Path, bucket: str, prefix: str, sse
 # --------------------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None, prog: str = "python -m flows.evidence") -> int:
     """``verify DIR [--manifest-sha256 HEX]``: exit 0 when the pack is intact, 1 (naming the files) when not."""
+    from flows.console import safe_output
+
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (a folder's name may hold any character)
     parser = argparse.ArgumentParser(prog=prog, description="Evidence packs of pipeline-test runs.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("verify", help="check that an evidence pack is intact")

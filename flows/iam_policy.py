@@ -52,6 +52,9 @@ KIND_NAMES = {
     ("states", "express"): "StepFunctionsExecutions",
     ("athena", "workgroup"): "AthenaWorkgroups",
     ("kms", "key"): "KmsKeys",
+    ("secretsmanager", "secret"): "SecretsManagerSecrets",
+    ("iam", "user"): "PermissionPreflight",
+    ("iam", "role"): "PermissionPreflight",
 }
 #: the Sid of actions that AWS cannot scope to a resource (``Resource: "*"``)
 UNSCOPED = "NotResourceScoped"
@@ -79,7 +82,7 @@ def sid_of(need: Need, step: str) -> str:
     if need.resource == "*":
         return UNSCOPED
     kind = resource_kind(need.resource)
-    if step == RUN and kind == ("ssm", "parameter"):
+    if step == RUN and kind == ("ssm", "parameter") and need.action != "ssm:GetParameter":  # not ssm() in templates
         return JOURNAL
     return KIND_NAMES.get(kind, "".join(p[:1].upper() + p[1:] for p in re.split(r"[^A-Za-z0-9]+", "-".join(kind))))
 

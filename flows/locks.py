@@ -39,6 +39,7 @@ from prefect.concurrency._sync import release_concurrency_slots_with_lease
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from tasks.errors import INTERRUPTED, LOCK_TIMEOUT, LOCK_UNAVAILABLE
+from tasks.polling import wait_event
 
 LEASE_ENV = "PIPELINE_TEST_LOCK_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
@@ -184,7 +185,7 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
                 busy = held_by_others(names, client)
                 logger.warning("Waiting for %d lock(s) that another run holds (%.0f s of at most %.0f s): %s",
                                len(busy), waited, timeout, ", ".join(busy))
-            if stop.wait(min(max(retry_after, 0.05), MAX_RETRY_INTERVAL, timeout - waited)):
+            if wait_event(stop, min(max(retry_after, 0.05), MAX_RETRY_INTERVAL, timeout - waited)):
                 raise LockError("the run was stopped while waiting for its locks; nothing was changed",
                                 code=INTERRUPTED)
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.results import CaseResult, StepResult
 from tasks.markdown import slack_code, slack_code_block, slack_link, slack_text
+from tasks.polling import wait_done
 
 #: seconds to wait for Slack before giving up (the run waits this long at most)
 TIMEOUT_S = 10
@@ -208,7 +209,9 @@ def _run_async(make: Callable[[], Any]) -> Any:
     a sync flow a bare call to an async API returns a coroutine that is never awaited: this awaits it)."""
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="slack-notice")
     try:
-        return pool.submit(lambda: asyncio.run(make())).result(timeout=2 * TIMEOUT_S + 5)
+        future = pool.submit(lambda: asyncio.run(make()))
+        wait_done(future, 2 * TIMEOUT_S + 5)  # in slices: a signal's handler runs meanwhile (tasks.polling)
+        return future.result(timeout=0)
     finally:
         pool.shutdown(wait=False)  # on a timeout, do not wait for Slack any longer
 

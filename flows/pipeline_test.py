@@ -12,9 +12,9 @@
 
 Exit codes: 0 passed; 1 a check failed (or a step failed); 2 invalid spec (nothing touched AWS); 3 could not
 run (Prefect API unreachable, locks not obtained, a live run of another Prefect server holds a resource, a dead
-run's changes not yet recovered: nothing was changed); 130 interrupted (Ctrl+C, SIGTERM: what the run had changed
-was undone). A suite: 1 when a case failed, else 3 when one could not run. The Prefect API refusing a call (e.g.
-503 on creating the flow run) is 3, never 1.
+run's changes not yet recovered: nothing was changed); 130 interrupted (Ctrl+C, Ctrl+Break, SIGTERM: what the run
+had changed was undone). A suite: 1 when a case failed, else 3 when one could not run. The Prefect API refusing a
+call (e.g. 503 on creating the flow run) is 3, never 1.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -43,15 +42,19 @@ from pydantic import SecretStr, ValidationError
 
 from flows import audit, evidence, evidence_pack, history, locks, pack_folder, prefect_logs, run_states
 from flows.api_client import client_retries
+from flows.console import json_text, safe_output
 from flows.engine import (
     LIVE,
     first_signal_stops,
     install_redaction,
+    interrupt_on_stop_signals,
     interrupted,
+    put_back_handlers,
     remove_redaction,
     render_case,
     run_cleanup,
     run_steps,
+    stop_signals_interrupt,
     undo_hook,
     undo_now,
 )
@@ -60,13 +63,15 @@ from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
 from flows.pack_folder import PackClaim
+from flows.preflight import step_zero
 from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
 from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
-from flows.templating import builtin_values, render, resolve_variables
+from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
+from flows.templating import TemplateError, builtin_values, render, resolve_variables
 from tasks.aws import ClientFactory, is_real_aws
-from tasks.base import StepContext, UndoLog
+from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import Heartbeat, SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
@@ -173,6 +178,7 @@ def pipeline_test(
     recover: bool = False,
     files_root: str | None = None,
     case_name: str | None = None,
+    preflight: bool = True,
 ) -> CaseResult:
     """Run one ingestion test case (a spec file path, or a spec model) and leave its evidence.
 
@@ -183,8 +189,9 @@ def pipeline_test(
     notice settings (e.g. per deployment). Local files the steps name must lie under the spec's folder or
     ``files_root``. ``recover`` first puts back what dead runs left changed on the resources this case changes
     (else the run refuses to start). ``case_name`` runs the case under another name (a suite's matrix row:
-    ``<case> [<row id>]``, so its artifacts, history and pack are its own). The flow run fails when the case
-    fails; its result is a ``CaseResult`` either way.
+    ``<case> [<row id>]``, so its artifacts, history and pack are its own). ``preflight`` (and the case's
+    ``aws.preflight``): first check that the caller may do what the case needs (flows.preflight; a denial: could
+    not run). The flow run fails when the case fails; its result is a ``CaseResult`` either way.
     """
     logger = get_run_logger()
     case, spec_dir = resolve_spec(spec, variables, base_dir, files_root)
@@ -198,33 +205,44 @@ def pipeline_test(
     spec_path = Path(spec) if isinstance(spec, (str, Path)) else None
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id or "local")
-    values = resolve_variables(case.variables, builtin_values(case.case, run_id, started, case.timezone))
-    rendered = render_case(case, values)
     # the run's secret registry: the log filter, the runners, the net and the pack all share it
-    secrets = Secrets(s for p in iter_steps(rendered) for s in p.step.secrets())
+    secrets = Secrets()
+    suite = SUITE.get()
+    clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
+    reader = SecretReader(lambda: clients, secrets)  # secret() and ssm() in templates: read once, before any step
+    try:
+        reader.read_all(case_reads(case, spec_dir))
+        values = resolve_variables(case.variables, {**builtin_values(case.case, run_id, started, case.timezone),
+                                                    **reader.functions()})
+        rendered = render_case(case, values)
+    except (TemplateSecretError, TemplateError) as exc:
+        return _could_not_run(f"case '{case.case}' did not start: {reader.scrub(str(exc))}",  # type: ignore[return-value]
+                              logger, case.case)
+    secrets.add(*(s for p in iter_steps(rendered) for s in p.step.secrets()))
     redactor = install_redaction(secrets)
-    for warning in short_secret_warnings(iter_steps(rendered)):
+    for warning in [*short_secret_warnings(iter_steps(rendered)), *reader.warnings()]:
         logger.warning(warning)
     steps: list[StepResult] = []
     running: list[Any] = []
     scratch: Path | None = None
     pack_claim: PackClaim | None = None
+    signals = interrupt_on_stop_signals(only_unhandled=True)  # SIGBREAK in a worker's run: every phase, as the CLI
     try:
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
         logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
-        suite = SUITE.get()
-        clients = suite.clients(case.aws.target()) if suite is not None else ClientFactory(case.aws.target())
         publisher = evidence.StepPublisher()  # the steps' artifacts, off their critical path (closed below)
         scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
                           undo=UndoLog(), render=lambda text: render(text, values), logger=logger, secrets=secrets,
-                          publisher=publisher, scratch_dir=scratch)
+                          publisher=publisher, scratch_dir=scratch, scanned=Meter(case.aws.athena_max_scanned_bytes))
         if suite is not None:
             suite.register(ctx.stop)
         resources = sorted({r for p in iter_steps(rendered) for r in p.step.resources(spec_dir)})
         try:
+            if preflight and case.aws.preflight:  # step 0: may the caller do what the case needs? (no change)
+                step_zero(case, rendered, spec_dir, clients, logger)
             # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
             pack_claim = _claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
             with contextlib.ExitStack() as stack:
@@ -277,6 +295,7 @@ def pipeline_test(
             _write_pack(result, case, spec_path, pack_claim, secrets, ctx, logger)
         evidence.publish_case(result, logger)
     finally:
+        put_back_handlers(signals)
         remove_redaction(redactor)
         if pack_claim is not None:
             pack_claim.abandon()  # a pack never written leaves no temporary folder (nothing once it is in place)
@@ -488,7 +507,8 @@ def temporary_server_hint() -> str:
 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:
-    """A short plain-ASCII summary (Windows consoles may not print emoji)."""
+    """A short summary, plain ASCII of its own; the steps' messages may hold ❌ or ≥, which a console that cannot
+    show them gets as ``\u274c`` (see flows.console)."""
     lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"
              + ("" if result.passed else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
@@ -592,23 +612,13 @@ def drain_prefect_workers(timeout: float = 5) -> None:
 
 @contextlib.contextmanager
 def _stop_signals_as_interrupts() -> Iterator[None]:
-    """SIGTERM (how a worker or `kill` stops a process) ends the run like Ctrl+C: undo, evidence, exit 130. The
-    handlers in place before are put back at the end (the CLI's ``main`` may be called in a longer process)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+    """Every stop signal (``engine.STOP_SIGNALS``: SIGINT, SIGTERM, and SIGBREAK where it exists) ends the run like
+    Ctrl+C in every phase (lock wait, ``--recover``, steps, undo, writing the pack): undo, evidence, exit 130. A
+    process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work; and Ctrl+Break
+    must not kill the process outright (Python's default for SIGBREAK on Windows). The handlers in place before
+    are put back at the end (the CLI's ``main`` may be called in a longer process)."""
+    with stop_signals_interrupt():  # a no-op in another thread than the main one
         yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt),
-                # a process started in the background by a shell inherits SIGINT ignored: Ctrl+C must still work
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | None = None,
@@ -630,6 +640,7 @@ def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | No
 
 
 def main(argv: list[str] | None = None) -> int:
+    safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["recover"]:
         return recover_main(argv[1:], guarded)
@@ -668,6 +679,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun-failed", metavar="PACK", help="a suite: run only the cases (and matrix rows) that "
                         "failed or could not run in this suite evidence pack, as a new run linked to it (the suite "
                         "file: the one the pack names, unless given)")
+    parser.add_argument("--preflight", action="store_true", help="only check that the caller may do what the case "
+                        "needs (iam:SimulatePrincipalPolicy, else read-only probes), print it and exit: 0 allowed, "
+                        "3 not; no change, no Prefect server (see docs/aws.md)")
+    parser.add_argument("--no-preflight", action="store_true", help="run without that check before the first change")
     args = parser.parse_args(argv)
     if args.schema:
         from flows.spec import json_schema
@@ -686,6 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerun_failed or is_suite_file(Path(args.spec)):
         from flows.suite import run_suite_cli
 
+        if args.preflight or args.no_preflight:  # a suite's cases follow their own aws.preflight
+            print(f"--preflight and --no-preflight are for a case, not the suite {args.spec} (each case's "
+                  "aws.preflight decides; check a case alone with --preflight)", file=sys.stderr)
+            return EXIT_INVALID
+
         try:
             overrides = parse_vars(args.var)
         except SpecError as exc:
@@ -698,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     try:
         overrides = parse_vars(args.var)
-        case, _ = load_spec(args.spec, overrides, args.files_root)
+        case, spec_dir = load_spec(args.spec, overrides, args.files_root)
         if not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
                                Path("evidence") / (slug(case.case) or "case"), writable=not args.validate)
@@ -712,6 +732,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Warning: {warning}", file=sys.stderr)
         print(f"Spec {args.spec} is valid: case '{case.case}', {len(case.steps)} step(s).")
         return EXIT_PASSED
+    if args.preflight:
+        from flows.preflight import cli as preflight_cli
+
+        return preflight_cli(case, spec_dir)
 
     temporary = on_temporary_server()  # links to a temporary server are dead once the run ends
 
@@ -720,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden = {k: SecretStr(v) for k, v in overrides.items()}
         state = pipeline_test(spec=str(args.spec), variables=hidden or None, evidence_dir=args.evidence_dir,
                               write_evidence=not args.no_evidence, recover=args.recover,
-                              files_root=args.files_root, return_state=True)
+                              files_root=args.files_root, preflight=not args.no_preflight, return_state=True)
         result = result_of(state)
         if result is None:
             value = state.result(raise_on_failure=False)
@@ -732,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_FAILED
-        print(result.model_dump_json(indent=2) if args.json else format_result(result, with_link=not temporary))
+        print(json_text(result) if args.json else format_result(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
         if result.evidence_error and args.json:

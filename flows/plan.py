@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from zoneinfo import ZoneInfo
 
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, iter_steps, render_step
+from flows.template_secrets import case_reads, reads_footprint
 from flows.templating import builtin_values, resolve_variables
 from tasks.base import footprint
 from tasks.iam import Arns, Footprint, Need, Touch
@@ -168,16 +169,19 @@ def plan_case(case: CaseSpec, spec_dir: Path, source: str, arns: Arns) -> CasePl
              for pa, pb in zip(_render(case, va), _render(case, vb))]
     plan = CasePlan(case.case, source, steps, Footprint(), arns,
                     {f"<{n}>": f"the run's {n.replace('_', ' ')}" for n in PLACEHOLDERS})
-    plan.run = run_footprint(case, arns, plan.changes_anything)
+    plan.run = run_footprint(case, arns, plan.changes_anything, spec_dir)
     return plan
 
 
 # ------------------------------------------------------------------------------------------- the run's own
-def run_footprint(case: CaseSpec, arns: Arns, changes_anything: bool) -> Footprint:
-    """What a run needs besides its steps: the undo journal (when a step changes anything), the audit's STS call,
-    the evidence upload (``evidence:``)."""
-    fp = Footprint()
+def run_footprint(case: CaseSpec, arns: Arns, changes_anything: bool, spec_dir: Path | None = None) -> Footprint:
+    """What a run needs besides its steps: the secrets and parameters its templates read (``secret()``, ``ssm()``),
+    the undo journal (when a step changes anything), the audit's STS call, the evidence upload (``evidence:``)."""
+    fp = reads_footprint(case_reads(case, spec_dir or Path.cwd()), arns)
     fp.need("*", "sts:GetCallerIdentity")  # the audit: who ran the case (never fatal when refused)
+    if case.aws.preflight:  # the preflight (flows.preflight) asks IAM to simulate the caller: a user or a role
+        for principal in ("user/*", "role/*"):
+            fp.need(arns.arn("iam", principal, regional=False), "iam:SimulatePrincipalPolicy")
     if changes_anything:
         prefix = journal_prefix(case.aws.journal_prefix)
         fp.change("SSM parameter path", prefix + "/", "the undo journal: one SecureString entry per change, "

@@ -39,6 +39,7 @@ from flows.templating import (
     resolve_variables,
     variables_in,
 )
+from tasks.athena.cost import ByteCount
 from tasks.aws import AwsTarget
 from tasks.base import REGISTRY, RESOURCE_NAME, SpecModel, StepBase, StepKind
 from tasks.s3 import BucketName, S3Key
@@ -114,6 +115,13 @@ class AwsSettings(SpecModel):
                                  "AwsCredentials block and name it in credentials_block, or use a profile")
         return data
 
+    athena_max_scanned_bytes: ByteCount | None = Field(
+        None, description="The case's Athena cost guard: the most bytes all its Athena queries may scan together, a "
+        "number or a size (`10 GB`). A query that takes the total over is stopped and fails its step; once the total "
+        "is used up, later queries are not started. Each query's own cap is its step's `max_scanned_bytes`.")
+    preflight: bool = Field(True, description="Before the first change, check that the caller may do what the case "
+                            "needs (iam:SimulatePrincipalPolicy, else read-only probes); a missing permission stops "
+                            "the run with exit 3, nothing changed. `--no-preflight` switches it off for one run.")
     journal_prefix: str | None = Field(None, pattern=r"^/[A-Za-z0-9_.\-/]+$", description="SSM path of the "
                                        "durable undo journal: what the run must undo is kept there, encrypted, "
                                        "before each change, and removed once undone (see 'recover'). Default: "

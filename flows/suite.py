@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextvars
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -26,7 +26,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 from pydantic import SecretStr
 
-from flows.engine import signals_deferred
+from flows.console import json_text
+from flows.engine import signals_deferred, stop_signals_interrupt
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
 from flows.pack_base import manifest_sha256
@@ -58,6 +59,7 @@ from flows.suite_rerun import Rerun
 from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite, suite_name
 from tasks import markdown as md
 from tasks.base import format_duration
+from tasks.polling import wait_done
 
 
 def suite_key(suite: str) -> str:
@@ -128,7 +130,9 @@ def pipeline_test_suite(
                 f"; left out: {len(plan.skipped)}" if plan.skipped else "")
     shared = SuiteShared()  # the cases share its stop and AWS clients
     results: dict[int, SuiteCaseResult] = {}
-    with lock_waits_seen(progress), ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
+    # a stop signal without a handler (SIGBREAK: Prefect's cancel on Windows) stops the suite too, as Ctrl+C does
+    with stop_signals_interrupt(only_unhandled=True), lock_waits_seen(progress), \
+            ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
         futures: list[Future[SuiteCaseResult]] = []
         for case in plan.cases:
             context = contextvars.copy_context()  # the suite's flow run context: each case is its subflow
@@ -136,6 +140,7 @@ def pipeline_test_suite(
             futures.append(pool.submit(context.run, run_case, plan, case, folder, progress))
         try:
             for index, future in enumerate(futures):
+                wait_done(future)  # in slices: Ctrl+C, Ctrl+Break, SIGTERM get through on Windows too
                 results[index] = future.result()
         except BaseException:  # Ctrl+C, SIGTERM: stop every case; each undoes its changes; then the evidence
             shared.stop()
@@ -143,7 +148,9 @@ def pipeline_test_suite(
                 future.cancel()
             with signals_deferred(logger):
                 logger.warning("The suite is stopping: every running case stops and undoes its changes")
-                wait([f for f in futures if not f.cancelled()])
+                for future in futures:
+                    if not future.cancelled():
+                        wait_done(future)
                 done = {i: f.result() for i, f in enumerate(futures) if f.done() and not f.cancelled()
                         and f.exception() is None}
                 _finish(plan, run_id, started, [done[i] for i in sorted(done)], folder, claim, logger, rerun)
@@ -212,7 +219,7 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
     both see); its result read back from the pack, else from the flow run's state."""
     from prefect.deployments import run_deployment
 
-    parameters: dict[str, Any] = {"spec": str(case.path), "evidence_dir": str(pack_dir.resolve())}
+    parameters: dict[str, Any] = {"spec": worker_path(case.path), "evidence_dir": worker_path(pack_dir.resolve())}
     if case.variables:
         parameters["variables"] = case.variables
     if files_root:
@@ -234,6 +241,12 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
                                reason=f"its flow run did not end within {settings.timeout:.0f} s "
                                f"({state.type.value if state else 'no state'})")
     return _verdict(case, started, state, result, str(run.id))  # type: ignore[union-attr]
+
+
+def worker_path(path: PurePath) -> str:
+    """A path as a deployment's flow run gets it: with ``/`` (a worker may run on Linux while the suite runs on
+    Windows; Windows reads ``/`` too)."""
+    return path.as_posix()
 
 
 def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id: str | None = None
@@ -323,7 +336,7 @@ def publish_suite(result: SuiteResult) -> None:
 
 # -------------------------------------------------------------------------------------------------- the CLI
 def format_suite(result: SuiteResult, with_link: bool = True) -> str:
-    """A short plain-ASCII summary of a suite run."""
+    """A short summary of a suite run (see ``flows.pipeline_test.format_result``)."""
     width = max((len(c.case) for c in result.cases), default=10)
     word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
@@ -435,7 +448,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         if result is None:
             print(f"Could not run: the suite's flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_COULD_NOT_RUN
-        print(result.model_dump_json(indent=2) if args.json else format_suite(result, with_link=not temporary))
+        print(json_text(result) if args.json else format_suite(result, with_link=not temporary))
         if temporary and not args.json:
             print(temporary_server_hint())
         if result.evidence_error and args.json:

@@ -26,6 +26,7 @@ from flows.sandbox import (
     Budget,
     TemplateLimit,
 )
+from flows.template_secrets import FUNCTIONS, call_problems, placeholders
 
 BUILTINS: dict[str, str] = {
     "case_name": "The case's name.",
@@ -34,6 +35,7 @@ BUILTINS: dict[str, str] = {
     "run_time": "The run's start time, HHMMSS, in the case's time zone.",
     "run_timestamp": "The run's start as YYYYMMDDTHHMMSS, in the case's time zone (handy in keys).",
     "run_at": "The run's start as a datetime in the case's time zone: {{ run_at.strftime('%Y/%m/%d') }}.",
+    **FUNCTIONS,  # secret() and ssm(): flows.template_secrets
 }
 
 _env = BoundedEnvironment()
@@ -74,7 +76,11 @@ def variables_in(text: str) -> set[str]:
     """The variable names a template uses."""
     _check_size(text)
     try:
-        return set(meta.find_undeclared_variables(_env.parse(text)))
+        ast = _env.parse(text)
+        problems = call_problems(ast)
+        if problems:
+            raise TemplateError(f"{'; '.join(problems)}, in {shown(text)}")
+        return set(meta.find_undeclared_variables(ast))
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error: {exc.message} in {shown(text)}") from None
     except (RecursionError, MemoryError):
@@ -143,6 +149,7 @@ def builtin_values(case_name: str, flow_run_id: str, started: datetime, timezone
         "run_time": local.strftime("%H%M%S"),
         "run_timestamp": local.strftime("%Y%m%dT%H%M%S"),
         "run_at": local,
+        **placeholders(),  # no AWS call here: a run puts its SecretReader's functions in their place
     }
 
 

@@ -26,10 +26,12 @@ if TYPE_CHECKING:
     from types_boto3_cloudwatch import CloudWatchClient
     from types_boto3_dynamodb import DynamoDBClient
     from types_boto3_glue import GlueClient
+    from types_boto3_iam import IAMClient
     from types_boto3_kms import KMSClient
     from types_boto3_lambda import LambdaClient
     from types_boto3_logs import CloudWatchLogsClient
     from types_boto3_s3 import S3Client
+    from types_boto3_secretsmanager import SecretsManagerClient
     from types_boto3_sqs import SQSClient
     from types_boto3_ssm import SSMClient
     from types_boto3_stepfunctions import SFNClient
@@ -39,7 +41,8 @@ USER_AGENT = "pipeline-test"
 
 #: the services this project calls (each has its typed client in ``ClientFactory.client``)
 ServiceName = Literal[
-    "athena", "cloudwatch", "dynamodb", "glue", "kms", "lambda", "logs", "s3", "sqs", "ssm", "stepfunctions", "sts"
+    "athena", "cloudwatch", "dynamodb", "glue", "iam", "kms", "lambda", "logs", "s3", "secretsmanager", "sqs", "ssm",
+    "stepfunctions", "sts"
 ]
 
 
@@ -106,6 +109,8 @@ class ClientFactory:
     @overload
     def client(self, service: Literal["glue"]) -> GlueClient: ...
     @overload
+    def client(self, service: Literal["iam"]) -> IAMClient: ...
+    @overload
     def client(self, service: Literal["kms"]) -> KMSClient: ...
     @overload
     def client(self, service: Literal["lambda"]) -> LambdaClient: ...
@@ -113,6 +118,8 @@ class ClientFactory:
     def client(self, service: Literal["logs"]) -> CloudWatchLogsClient: ...
     @overload
     def client(self, service: Literal["s3"]) -> S3Client: ...
+    @overload
+    def client(self, service: Literal["secretsmanager"]) -> SecretsManagerClient: ...
     @overload
     def client(self, service: Literal["sqs"]) -> SQSClient: ...
     @overload

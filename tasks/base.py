@@ -216,6 +216,38 @@ def undo_kind(name: str) -> Callable[[UndoKind], UndoKind]:
     return register
 
 
+class Meter:
+    """A running total that a case's steps add to (e.g. the bytes its Athena queries scanned) and the case's limit
+    on it (None: none); thread-safe, as parallel steps add to it. One per case run, on its context."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._total = 0
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return self._total
+
+    def remaining(self) -> int | None:
+        """What is left of the limit (never below 0), or None without a limit."""
+        return None if self.limit is None else max(0, self.limit - self.total)
+
+    def add(self, amount: int) -> tuple[int, int]:
+        """Add ``amount``; returns the total before and after."""
+        with self._lock:
+            before = self._total
+            self._total += max(0, amount)
+            return before, self._total
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "Meter":
+        return self  # one per run: copies of the context share it
+
+    def __reduce__(self) -> Any:  # pickled (e.g. to hash task inputs): the limit only
+        return (Meter, (self.limit,))
+
+
 class Publisher(Protocol):
     """Takes work that need not hold up the step (its evidence in the UI) and does it before the case ends."""
 
@@ -250,17 +282,19 @@ class StepContext:
     publisher: Publisher | None = None
     #: the case run's scratch folder, for files a step writes for the evidence pack (None: no such files)
     scratch_dir: Path | None = None
+    #: bytes the case's Athena queries scanned, against the case's ``aws.athena_max_scanned_bytes``
+    scanned: Meter = field(default_factory=Meter)
 
     @property
     def clock(self) -> Clock:
         return self.clock_override or Clock.stoppable(self.stop)
 
     def scratch_folder(self, name: str) -> Path | None:
-        """A new folder for this step's files (``<scratch>/<step label>/<name>``), or None without a scratch dir."""
+        """A new folder for this step's files (``<scratch>/step-<label>/<name>``), or None without a scratch dir."""
         if self.scratch_dir is None:
             return None
         label = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.label).strip("-.") or "step"
-        folder = self.scratch_dir / label / name
+        folder = self.scratch_dir / f"step-{label}" / name  # never a name Windows reserves (a step named CON)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 

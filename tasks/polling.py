@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,11 +53,38 @@ class WaitInterrupted(StepError):
         super().__init__(message, code=INTERRUPTED)
 
 
+#: the longest any wait of a run blocks at once. A signal's handler (Ctrl+C, Ctrl+Break, SIGTERM, a Prefect
+#: cancel) runs only when the main thread is back in Python code, and on Windows with Python <= 3.13 a blocking
+#: wait (an Event, a lock, a future, a thread join) is not cut short by a signal, timeout or not; so every wait
+#: of the run path loops on slices this long, and a run stops within about a second on any OS.
+WAKE_S = 0.25
+
+
+def wait_event(event: threading.Event, seconds: float | None = None) -> bool:
+    """``event.wait(seconds)`` (None: until it is set) in slices of at most :data:`WAKE_S`, so that a signal's
+    handler runs meanwhile on every OS; True when the event is set."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    while True:
+        left = WAKE_S if deadline is None else min(WAKE_S, deadline - time.monotonic())
+        if left <= 0:
+            return event.is_set()
+        if event.wait(left):
+            return True
+
+
+def wait_done(future: Any, seconds: float | None = None) -> bool:
+    """Wait until a future (concurrent.futures or Prefect's) is done, as :func:`wait_event` does (None: no time
+    limit); True when it is done."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    return wait_event(done, seconds)
+
+
 def stoppable_sleep(stop: threading.Event) -> Callable[[float], None]:
     """A sleep that ends early, raising WaitInterrupted, once ``stop`` is set (one event per case run)."""
 
     def sleep(seconds: float) -> None:
-        if stop.wait(seconds):
+        if wait_event(stop, seconds):
             raise WaitInterrupted("the run is stopping, so the wait was cut short")
 
     return sleep

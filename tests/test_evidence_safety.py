@@ -47,6 +47,9 @@ CANARIES = {
     "var": "cnry-cli-var-5e5e5e",              # --var on the command line, used as a SecureString value
     "payload": "cnry-lambda-payload-9a9a",     # a Lambda payload's sensitive field (echoed by the function)
     "wrong": "cnry-wrong-expected-1212",       # an expected value compared with a SecureString (and failing)
+    "sm_secret": "cnry-secretsmanager-d00d",   # {{ secret("canary/db", key="password") }}: a Lambda payload field
+    "sm_whole": "cnry-whole-secret-abab",      # {{ secret("canary/token") }} in a case variable, then in SQL-free text
+    "ssm_template": "cnry-ssm-template-3c3c",  # {{ ssm("/canary/source") }} copied into a *String* parameter
 }
 
 
@@ -158,19 +161,22 @@ def canary_case(folder: Path) -> Path:
         "case": "Canary routes",
         "aws": {"region": REGION, "allowed_parameter_prefixes": ["/canary/"]},
         "notify": {"slack_webhook_block": "team", "when": ["failure", "success"]},
-        "variables": {"from_var": "overridden-on-the-command-line", "declared": c["variable"]},
+        "variables": {"from_var": "overridden-on-the-command-line", "declared": c["variable"],
+                      "whole": '{{ secret("canary/token") }}'},
         "steps": [
             {"kind": "set_parameters", "name": "set-secrets", "parameters": [
                 {"name": "/canary/literal", "value": c["literal"], "type": "SecureString"},
                 {"name": "/canary/var", "value": "{{ from_var }}", "type": "SecureString"},
                 {"name": "/canary/variable", "value": "{{ declared }}", "type": "SecureString"},
-                {"name": "/canary/existing", "value": "replaced-by-the-case", "type": "SecureString"}]},
+                {"name": "/canary/existing", "value": "replaced-by-the-case", "type": "SecureString"},
+                {"name": "/canary/copied", "value": '{{ ssm("/canary/source") }}'}]},
             {"kind": "expect_parameters", "name": "declared", "parameters": [
                 {"name": "/canary/literal", "equals": c["literal"], "type": "SecureString"}]},
             {"kind": "expect_parameters", "name": "undeclared", "parameters": [
                 {"name": "/canary/preset", "equals": c["undeclared"]}]},
             {"kind": "invoke_lambda", "name": "call", "function": "echo", "sensitive_fields": ["db.password"],
-             "payload": {"db": {"password": c["payload"]}, "token": "{{ from_var }}"},
+             "payload": {"db": {"password": c["payload"]}, "token": "{{ from_var }}",
+                         "auth": '{{ secret("canary/db", key="password") }}', "whole": "token {{ whole }}"},
              "expect": {"json_subset": {"ok": True}}},
             {"kind": "expect_parameters", "name": "mismatch", "parameters": [
                 {"name": "/canary/var", "equals": c["wrong"]}]},
@@ -190,9 +196,16 @@ def test_canary_never_leaks_by_any_route(aws_lambda, slack, tmp_path, run_logs, 
     ssm = boto3.client("ssm", region_name=REGION)
     ssm.put_parameter(Name="/canary/preset", Value=CANARIES["undeclared"], Type="SecureString")
     ssm.put_parameter(Name="/canary/existing", Value=CANARIES["before"], Type="SecureString")
+    ssm.put_parameter(Name="/canary/source", Value=CANARIES["ssm_template"], Type="SecureString")
+    secretsmanager = boto3.client("secretsmanager", region_name=REGION)
+    secretsmanager.create_secret(Name="canary/db", SecretString=json.dumps({"user": "app",
+                                                                           "password": CANARIES["sm_secret"]}))
+    secretsmanager.create_secret(Name="canary/token", SecretString=CANARIES["sm_whole"])
     aws_lambda.update(payload={"ok": True, "echo": {"db": {"password": CANARIES["payload"]}},
-                               "token": CANARIES["var"]},
-                      log=f"connecting with {CANARIES['payload']} as {CANARIES['var']}")
+                               "token": CANARIES["var"], "auth": CANARIES["sm_secret"],
+                               "whole": f"token {CANARIES['sm_whole']}"},
+                      log=f"connecting with {CANARIES['payload']} as {CANARIES['var']} ({CANARIES['sm_secret']}, "
+                          f"{CANARIES['sm_whole']}, {CANARIES['ssm_template']})")
     # (botocore's own debug log of request bodies is the user's choice to switch on, outside the run's loggers)
     pack = tmp_path / "pack"
     code = main([str(canary_case(tmp_path)), "--var", f"from_var={CANARIES['var']}", "--json",
@@ -205,6 +218,8 @@ def test_canary_never_leaks_by_any_route(aws_lambda, slack, tmp_path, run_logs, 
         ("mismatch", "failed"), ("cleanup", "passed")]
     # the case really used the secrets, and put the one found before back
     assert ssm.get_parameter(Name="/canary/existing", WithDecryption=True)["Parameter"]["Value"] == CANARIES["before"]
+    copied = result["steps"][0]["details"]["parameters"][4]  # the String parameter ssm() filled: masked in evidence
+    assert copied["name"] == "/canary/copied" and copied["after"]["value"].startswith("****(hmac:")
     assert "/canary/var" in result["steps"][-2]["error"] and mask(CANARIES["wrong"]) in result["steps"][-2]["error"]
 
     files = pack_texts(pack)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -
     assert any(a.key == "case-passing-case-report" and "Passing case: ✅ PASSED" in a.data for a in artifacts)
     report = next(a.data for a in artifacts if a.key == "case-passing-case-report")
     # the case's last runs, read back from the server: this one, with its verdict and duration
-    history = report[report.index("runs of this case"):]
+    history = report[re.search(r"runs? of this case", report).start():]  # type: ignore[union-attr]
     assert "✅ passed | " in history and f"| {format_duration(result.duration_s)} |" in history
     assert "### Evidence pack" in report and "### Who ran it, where" in report and "123456789012" in report
     assert all(a.key is None or set(a.key) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for a in artifacts)

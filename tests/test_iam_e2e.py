@@ -3,8 +3,10 @@
 One emulator for the whole test: an admin user (for the fake pipeline and the checks) and a case-runner user are
 made, then ``POST /moto-api/reset-auth`` with body ``0`` makes moto check every call's action (and S3's resources)
 against the caller's policies. The demo's passing case runs in-process under the case-runner's keys: with the policy
-that ``--iam-policy`` prints, it passes; with any one statement dropped, it fails with AccessDenied naming an action
-of that statement, and whatever it had changed is undone.
+that ``--iam-policy`` prints, it passes; with any one statement dropped, the preflight (simulated by the emulator's
+SimulatePrincipalPolicy) stops it before its first change naming an action of that statement; without simulation
+(the preflight's statement dropped too), it fails with AccessDenied naming the action, and whatever it had changed
+is undone.
 
 moto checks the *resources* of S3 calls only: any other call is checked as a call on resource ``*`` (moto does not
 work out its ARN), which a statement scoped to ARNs never matches. So on the emulator every statement of another
@@ -75,6 +77,16 @@ def enforce_iam(endpoint: str) -> None:
                                      headers={"Content-Type": "text/plain"})
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
         response.read()
+
+
+def unenforce_iam(endpoint: str) -> None:
+    """moto's IAM checks off again and its backends empty: they are this process's, shared with every later test."""
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+    ActionAuthenticatorMixin.request_count = 0
+    moto_api(endpoint, "reset", {})
 
 
 def user_with_keys(iam: Any, name: str, document: dict[str, Any]) -> dict[str, str]:
@@ -169,18 +181,36 @@ def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
              capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[Emulator, dict[str, Any]]]:
     policy = demo_policy(capsys)
     with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
-        emulator = Emulator(endpoint, policy, tmp_path, monkeypatch)
         try:
-            yield emulator, policy
+            emulator = Emulator(endpoint, policy, tmp_path, monkeypatch)
+            try:
+                yield emulator, policy
+            finally:
+                emulator.stop()
         finally:
-            emulator.stop()
+            unenforce_iam(endpoint)
+
+
+#: the preflight's own statement: only the preflight needs it (without it, the preflight probes instead)
+PREFLIGHT = "PermissionPreflight"
 
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("prefect_harness")
-def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emulator, dict[str, Any]]) -> None:
-    env, policy = emulator
+@pytest.mark.parametrize("preflight", ["simulation", "probes"])
+def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emulator, dict[str, Any]],
+                                                            preflight: str) -> None:
+    """``simulation``: the generated policy as it is, so the preflight simulates (the emulator's
+    SimulatePrincipalPolicy): any one statement dropped stops the run before its first change (could not run),
+    naming an action of it, KMS and Glue statements too (the simulation evaluates the policy, whatever moto's
+    services call). ``probes``: the preflight's statement dropped (read-only probes): the run stops no later than
+    the first step that needs the permission, with every change undone (or, the undo refused, recovered) and the
+    action named."""
+    env, generated = emulator
     assert os.environ["AWS_ACCESS_KEY_ID"] == env.admin["AWS_ACCESS_KEY_ID"]
+    assert PREFLIGHT in {s["Sid"] for s in generated["Statement"]}
+    policy = generated if preflight == "simulation" else \
+        {**generated, "Statement": [s for s in generated["Statement"] if s["Sid"] != PREFLIGHT]}
     result, errors = env.run_case(policy)
     assert result is not None and result.passed, errors
     assert env.changed() == []
@@ -188,16 +218,24 @@ def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emul
     unexpected, undo_denied, skipped = [], [], []
     for statement in policy["Statement"]:
         sid = statement["Sid"]
-        if all(action in NOT_CALLED_ON_THE_EMULATOR for action in statement["Action"]):
+        if preflight == "probes" and all(action in NOT_CALLED_ON_THE_EMULATOR for action in statement["Action"]):
             skipped.append(sid)
             continue
         result, errors = env.run_case({**policy, "Statement": [s for s in policy["Statement"] if s["Sid"] != sid]})
+        if sid == PREFLIGHT:  # the preflight probes instead, and the case needs nothing else of it
+            if result is None or not result.passed:
+                unexpected.append(f"without {sid}: the case did not pass; errors:\n{errors}")
+            continue
         denied = [line for line in errors.splitlines()
                   if ("denied" in line.lower() or "not authorized" in line.lower())
                   and any(action.lower() in line.lower() for action in statement["Action"])]
         if (result is not None and result.passed) or not denied:
             unexpected.append(f"without {sid} ({', '.join(statement['Action'])}): the case "
                               f"{'passed' if result is not None and result.passed else 'failed'}; errors:\n{errors}")
+        if preflight == "simulation" and (result is not None
+                                          or "the preflight (iam:SimulatePrincipalPolicy)" not in errors):
+            unexpected.append(f"without {sid}: the preflight did not stop the run before its first change; "
+                              f"errors:\n{errors}")
         left = env.changed()
         if left and all(line.startswith("cleanup") for line in denied):
             # the undo itself was refused: what it could not put back stays in the journal, and recover (run by
@@ -209,4 +247,5 @@ def test_the_policy_is_enough_and_every_statement_is_needed(emulator: tuple[Emul
         if left:
             unexpected.append(f"without {sid}: left changed: {left}")
     assert not unexpected, "\n".join(unexpected)
-    assert {"GlueCatalog", "KmsKeys"} <= set(skipped) and len(skipped) < len(policy["Statement"]) // 2, skipped
+    if preflight == "probes":
+        assert {"GlueCatalog", "KmsKeys"} <= set(skipped) and len(skipped) < len(policy["Statement"]) // 2, skipped

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Pr
 
 from pydantic import Field
 
+from tasks.athena.cost import ScanLimit, stopped_over_limit, workgroup_cancelled
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper, columns_from_metadata
 from tasks.base import format_bytes
 from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
@@ -185,17 +186,20 @@ def wait_for_query(
     logger: Logger | None = None,
     clock: Clock | None = None,
     request_ids: list[str] | None = None,
+    limit: ScanLimit | None = None,
 ) -> dict[str, Any]:
     """Wait until the query ends; return its SUCCEEDED execution.
 
     Checks at once, then at growing intervals (:func:`~tasks.polling.poll`). On timeout, or when waiting is
     interrupted (an AWS error, a cancelled flow), the query is stopped so it does not run on. A FAILED or
-    CANCELLED query is a StepError with Athena's reason.
+    CANCELLED query is a StepError with Athena's reason. With a ``limit`` (the cost guard), a query whose progress
+    shows more bytes scanned than it may is stopped at once, and one the workgroup's own limit cancelled, both a
+    CheckFailed with the bytes and the limit.
     """
     try:
         outcome = poll(
             lambda: get_execution(athena, query_id, request_ids),
-            lambda execution: state_of(execution) in TERMINAL_STATES,
+            lambda execution: state_of(execution) in TERMINAL_STATES or (limit is not None and limit.over(execution)),
             settings,
             describe=_describe_progress,
             what=f"Athena query {query_id}",
@@ -206,6 +210,8 @@ def wait_for_query(
         stop_query(athena, query_id, request_ids)
         raise
     execution = outcome.value
+    if limit is not None and state_of(execution) not in TERMINAL_STATES and limit.over(execution):
+        raise stopped_over_limit(query_id, execution, limit, stop_query(athena, query_id, request_ids))
     if not outcome.done:
         problem = stop_query(athena, query_id, request_ids)
         stopped = "stopped it with StopQueryExecution" if problem is None else f"could not stop it: {problem}"
@@ -216,6 +222,8 @@ def wait_for_query(
             details={"query_id": query_id, "state": state_of(execution), "stopped": problem is None},
         )
     if state_of(execution) != "SUCCEEDED":
+        if limit is not None and workgroup_cancelled(execution):
+            raise stopped_over_limit(query_id, execution, limit, None, by_workgroup=True)
         status = execution.get("Status", {})
         raise StepError(
             failure_message(execution),
@@ -540,11 +548,13 @@ def run_query(
     logger: Logger | None = None,
     clock: Clock | None = None,
     make_sink: Callable[[list[Column]], RowSink] | None = None,
+    limit: ScanLimit | None = None,
 ) -> QueryRun:
     """Start, wait for (stopping it on timeout) and read one query. Call :func:`check_sql` first.
 
     Without ``make_sink`` the rows are kept in ``result.rows``; with it they are fed to the sink as they are read
-    (:func:`read_results`) and only counted (``result.count``): results of any size in bounded memory.
+    (:func:`read_results`) and only counted (``result.count``): results of any size in bounded memory. With a
+    ``limit``, the query is stopped once it scans more than it may (see :func:`wait_for_query`).
     """
     log = logger or _log
     clock = clock or Clock()
@@ -556,7 +566,7 @@ def run_query(
     )
     log.info("Started Athena query %s in workgroup %s", query_id, workgroup)
     execution = wait_for_query(
-        athena, query_id, wait or AthenaWait(), logger=log, clock=clock, request_ids=ids
+        athena, query_id, wait or AthenaWait(), logger=log, clock=clock, request_ids=ids, limit=limit
     )
     elapsed = clock.now() - started
     log.info("Athena query %s SUCCEEDED after %.1f s; reading its results", query_id, elapsed)

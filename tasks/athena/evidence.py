@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tasks import markdown
 from tasks.athena.checks import CheckResult
 from tasks.athena.client import QueryRun, state_of
+from tasks.athena.cost import show_bytes
 from tasks.athena.values import ResultDigest, json_safe, result_digest
 from tasks.aws import is_real_aws
 from tasks.base import Link, StepOutcome, format_bytes
@@ -97,7 +98,8 @@ def _markdown(sql: str, step: AthenaQueryStep, facts: dict[str, Any], run: Query
         ("State", facts["state"]),
         ("Engine time", _ms(facts["engine_time_ms"])),
         ("Queue time", _ms(facts["queue_time_ms"])),
-        ("Data scanned", format_bytes(facts["data_scanned_bytes"])),
+        ("Data scanned", format_bytes(facts["data_scanned_bytes"]) if not step.max_scanned_bytes else
+         f"{show_bytes(facts['data_scanned_bytes'] or 0)}, at most {show_bytes(step.max_scanned_bytes)}"),
         ("Rows", f"{facts['row_count']} (read from {facts['result_source']})"),
     ]
     if step.parameters:

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from tasks.athena.checks import AthenaExpect, CheckAccumulator
 from tasks.athena.client import AthenaWait, run_query
+from tasks.athena.cost import ByteCount, ScanLimit, scanned_bytes, show_bytes
 from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
@@ -63,6 +64,13 @@ class AthenaQueryStep(StepBase):
         description="How long to wait for the query (it is stopped when this runs out) and how often to check.",
     )
     preview_rows: int = Field(20, ge=0, le=1000, description="How many rows to show in the evidence.")
+    max_scanned_bytes: ByteCount | None = Field(
+        None,
+        description="The cost guard: the most bytes this query may scan (Athena bills by bytes scanned), as a number "
+                    "or a size (`500 MB`, `10 GB`, `1 TiB`). A query whose progress shows more is stopped at once; "
+                    "either way the step fails with the bytes scanned and the limit in its evidence. The case's "
+                    "`aws.athena_max_scanned_bytes` limits all its queries together.",
+    )
     expect: AthenaExpect = Field(default_factory=AthenaExpect, description="Checks on the result.")
 
     @model_validator(mode="after")
@@ -150,7 +158,11 @@ def athena_query_footprint(step: AthenaQueryStep, arns: Arns) -> Footprint:
     fp = Footprint().read("Athena workgroup", step.workgroup, ("query" if not step.allow_write else "statement")
                           + (f" in database {step.database}" if step.database else ""))
     fp.need(workgroup, "athena:StartQueryExecution", "athena:GetQueryExecution", "athena:GetQueryResults",
-            "athena:StopQueryExecution")
+            "athena:StopQueryExecution", "athena:GetWorkGroup")  # GetWorkGroup: the preflight reads its own limit
+    cap = f"at most {show_bytes(step.max_scanned_bytes)} per query (max_scanned_bytes); " \
+        if step.max_scanned_bytes else ""
+    fp.notes.append(f"athena_query: workgroup {step.workgroup}: {cap}its own limit on bytes scanned per query was not "
+                    "looked up (the plan makes no AWS call); `--preflight` reads it (athena:GetWorkGroup)")
     if step.allow_write:
         fp.change("Athena statement", step.workgroup, "may write tables or data (allow_write; not undone)")
     database = step.database or "*"
@@ -177,6 +189,7 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     sql, found = check_step_sql(step, ctx.spec_dir, ctx.render)
     ctx.logger.info("Running %s statement on Athena (workgroup %s, catalog %s, database %s)",
                     found.kind, step.workgroup, step.catalog, step.database or "-")
+    limit = ScanLimit.of(step.max_scanned_bytes, ctx.scanned)  # nothing is started when the case's total is used up
     athena = ctx.clients.client("athena")
     run = run_query(
         athena,
@@ -191,9 +204,10 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         logger=ctx.logger,
         clock=ctx.clock,
         make_sink=lambda columns: ResultSink(step, ctx, columns),
+        limit=limit,
     )
     sink: ResultSink = run.sink
-    checks = sink.checks.results()
+    checks = sink.checks.results() + limit.charge(scanned_bytes(run.execution))
     reconciled = None
     if sink.reconciler is not None:
         reconciled = sink.reconciler.finish()
@@ -203,6 +217,7 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     streamed = ResultFacts(sink.checks.count, sink.checks.preview, sink.digest.hexdigest())
     outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
                             reconciled, streamed)
+    outcome.details.update(limit.facts())
     failed = [c for c in checks if not c.passed]
     if failed:
         raise CheckFailed(
