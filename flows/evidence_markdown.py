@@ -163,8 +163,10 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
                   f" ({md.text(MEANING[failure.status])})", "",
                   md.message(failure.error or ""), ""]
-    lines.append(md.table(["status", "step", "duration", "detail"],  # the kind is in each step's evidence
-                          [[md.Md(r["status"]), r["step"], r["duration"], r["detail"]] for r in summary_rows(result)]))
+    # the kind, and each detail whole, are in each step's evidence: the table only cuts its details to fit
+    lines.append(md.table(["status", "step", "duration", "detail"],
+                          [[md.Md(r["status"]), r["step"], r["duration"], r["detail"]] for r in summary_rows(result)],
+                          whole_below=False))
     if result.pack is not None:
         pack = result.pack
         where: list[tuple[str, Any]] = [("folder", md.code(pack.get("folder"))),

@@ -38,9 +38,10 @@ def not_run_markdown(case: str, message: str) -> str:
         "**Why**", "", md.message(message), "",
         "**What to do**", "",
         md.bullets([
-            "a dead run's changes not yet put back: `python -m flows.pipeline_test recover` (or run the case "
-            "with `--recover`)",
-            "locks held by another run: wait for it, or raise the case's `lock_timeout`",
+            md.Md(f"a dead run's changes not yet put back: {md.code('python -m flows.pipeline_test recover')} (or "
+                  f"run the case with {md.code('--recover')})"),
+            md.Md(f"locks held by another run: wait for it, or raise the case's {md.code('lock_timeout')}"),
+            md.Md(f"a permission missing (the preflight): grant it, see {md.code('--iam-policy')} in docs/aws.md"),
             "no AWS credentials or the Prefect API unreachable: see docs/running.md (Exit codes)",
         ]),
     ])

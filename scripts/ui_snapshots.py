@@ -5,10 +5,10 @@
 Starts `prefect server start` on a free port with a PREFECT_HOME of its own (PREFECT_API_URL and
 PREFECT_UI_API_URL point at it) and runs, against the demo's fake pipeline on the local emulator:
 the demo (a passing case and the negative case), the demo with ``--fail`` (a failing Athena check), a failing
-content check (the demo's case expecting one row too many), ``recover``, and the demo's suite with ``--fail`` (a
-failing suite). Then it opens, through Chromium's DevTools protocol (``scripts/cdp.py``), every artifact those
-runs published, the failing run's page and its Artifacts tab (the UI resets ``?tab=`` on load: the tab is
-clicked), and:
+content check (the demo's case expecting one row too many), ``recover``, a refused run (another run holds the
+case's setting past its ``lock_timeout``: NotRun), and the demo's suite with ``--fail`` (a failing suite).
+Then it opens, through Chromium's DevTools protocol (``scripts/cdp.py``), every artifact those runs published,
+the failing run's page and its Artifacts tab (the UI resets ``?tab=`` on load: the tab is clicked), and:
 
 - with ``--check``, measures every table of every artifact at 1400 px: a table wider than its box (the UI never
   wraps a table cell, so the last columns, often the verdict, are out of sight) is a finding, named by artifact
@@ -49,14 +49,20 @@ _PIPELINE = "from flows.demo import demo_pipeline\nfrom flows.pipeline_test impo
 SCENARIOS: dict[str, list[str]] = {
     "passing case and negative case": ["-m", "flows.demo"],
     "failing Athena check": ["-m", "flows.demo", "--fail"],
-    "failing content check and recover": ["-c", _PIPELINE + """
-import pathlib, sys, tempfile
-case = pathlib.Path("examples/cases/orders_ingestion.yaml").read_text().replace("row_count: 5", "row_count: 6", 1)
-spec = pathlib.Path(tempfile.mkdtemp()) / "orders_ingestion.yaml"
-spec.write_text(case)
+    "failing content check, recover, refused run": ["-c", _PIPELINE + """
+import logging, pathlib, shutil, sys, tempfile
+from flows import locks
+case = pathlib.Path("examples/cases/orders_ingestion.yaml").read_text()
+folder = pathlib.Path(tempfile.mkdtemp())
+shutil.copytree("examples/cases/data", folder / "data")  # the case's local files, beside the variants
+(folder / "failing.yaml").write_text(case.replace("row_count: 5", "row_count: 6", 1))
+(folder / "refused.yaml").write_text(case.replace("case: Orders ingestion", "case: Orders ingestion, setting held"
+                                                  "\\nlock_timeout: 1", 1))
 with demo_pipeline():
-    print("content check:", main([str(spec), "--files-root", "examples/cases"]))
+    print("content check:", main([str(folder / "failing.yaml")]))
     print("recover:", main(["recover"]))
+    with locks.hold(["ssm:/demo/orders/source_bucket"], "another-run", timeout=60, logger=logging.getLogger("x")):
+        print("refused:", main([str(folder / "refused.yaml")]))
 """],
     "failing suite": ["-m", "flows.demo", "--suite", "--fail"],
 }
@@ -178,6 +184,7 @@ def shoot_pages(browser: Browser, base: str, out: Path, runs: list[dict[str, Any
             "-report"),
         "suite-table.png": lambda a: (a.get("key") or "").startswith("suite-") and a["type"] == "table",
         "recover.png": lambda a: a.get("key") == "pipeline-test-recover",
+        "not-run.png": lambda a: (a.get("key") or "").endswith("-not-run"),
     }
     for name, match in wanted.items():
         artifact = next((a for a in artifacts if match(a)), None)
@@ -190,6 +197,31 @@ def shoot_pages(browser: Browser, base: str, out: Path, runs: list[dict[str, Any
     print(f"saved {browser.screenshot(out / 'case-history.png')}")
 
 
+#: the pictures in the docs: file name, which artifact, how much of the page's top (px at 1400 px)
+DOC_SHOTS = [
+    ("ui-failed-step.png", lambda a: bool(a.get("task_run_id")) and (a.get("description") or "").startswith(
+        "FAILED · step"), 1300),
+    ("ui-case-report.png", lambda a: a.get("key") == f"{CASE_KEY}-report" and (a.get("description") or "")
+     .startswith("FAILED"), 1300),
+    ("ui-suite-report.png", lambda a: (a.get("key") or "").startswith("suite-") and (a.get("key") or "").endswith(
+        "-report"), 700),
+    ("ui-not-run.png", lambda a: (a.get("key") or "").endswith("-not-run"), 800),
+]
+
+
+def shoot_docs(browser: Browser, base: str, folder: Path, artifacts: list[dict[str, Any]]) -> None:
+    """Small PNGs for the docs (``docs/images``): the top of a few artifact pages at 1400 px, scaled down."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, match, height in DOC_SHOTS:
+        artifact = next((a for a in artifacts if match(a)), None)
+        if artifact is None:
+            print(f"no artifact for {name}", file=sys.stderr)
+            continue
+        browser.open(f"{base}/artifacts/artifact/{artifact['id']}", RENDERED_JS, 30)
+        browser.wait_for("false", 1.5)
+        print(f"saved {browser.screenshot(folder / name, height=height, scale=0.55)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="ui-snapshots", help="folder for the PNGs (default: ui-snapshots)")
@@ -197,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="measure every artifact's tables at 1400 px; exit 1 "
                         "when one is wider than its box")
     parser.add_argument("--no-shots", action="store_true", help="take no screenshots")
+    parser.add_argument("--docs", metavar="DIR", help="also save small PNGs (0.55 scale, the page's top) of the "
+                        "failed step, the case report, the suite report and a refused run in DIR (docs/images)")
     args = parser.parse_args(argv)
     if not chromium_path():
         raise SystemExit("chromium is not installed (apt-get install chromium)")
@@ -215,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(f"{base}/api")
         codes = run_scenarios(env, out)
         expected = {"passing case and negative case": 0, "failing Athena check": 1,
-                    "failing content check and recover": 0, "failing suite": 1}
+                    "failing content check, recover, refused run": 0, "failing suite": 1}
+        said = (out / "failing-content-check-recover-refused-run.log")
+        lines = said.read_text().splitlines() if said.exists() else []
+        for what, code in (("content check", 1), ("recover", 0), ("refused", 3)):
+            if f"{what}: {code}" not in lines:
+                codes[f"{what} (expected exit {code})"] = -1
+                expected[f"{what} (expected exit {code})"] = code
         wrong = {name: code for name, code in codes.items() if code != expected[name]}
         if wrong:
             print(f"scenarios that did not end as expected (see their logs in {out}): {wrong}", file=sys.stderr)
@@ -230,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {finding}")
             if not args.no_shots:
                 shoot_pages(browser, base, out, runs, artifacts)
+            if args.docs:
+                shoot_docs(browser, base, Path(args.docs), artifacts)
         if wrong:
             return 2
     finally:

@@ -176,12 +176,14 @@ def _cut(value: Any, limit: int) -> str | None:
     return text(shorten_middle(flat, limit) if " " not in flat.strip() else shorten(flat, limit))
 
 
-def table(header: Iterable[Any], rows: Iterable[Iterable[Any]], width_px: int = TABLE_PX) -> Md:
+def table(header: Iterable[Any], rows: Iterable[Iterable[Any]], width_px: int = TABLE_PX,
+          whole_below: bool = True) -> Md:
     """A markdown table: one line per row, every cell escaped (see :func:`cell`), that fits ``width_px``.
 
     The Prefect UI does not wrap table cells, so a table wider than its box hides its last columns (often the
     verdict). When the cells' estimated width is over the budget, the widest columns' longest cells are cut (with
-    ``…`` and a note number) and their whole values listed under the table, until it fits."""
+    ``…``) until it fits; with ``whole_below`` (the default) each cut cell gets a note number and its whole value
+    is listed under the table (without: where the whole texts are elsewhere, e.g. each step's own evidence)."""
     head_values = list(header)
     head = [cell(h) for h in head_values]
     raw: list[list[Any]] = []
@@ -224,7 +226,9 @@ def table(header: Iterable[Any], rows: Iterable[Iterable[Any]], width_px: int = 
         shown = []
         for c, value in enumerate(row):
             cut = cut_at(r, c)
-            if cut is not None:
+            if cut is not None and not whole_below:
+                value = cut
+            elif cut is not None:
                 notes.append(f"{len(notes) + 1}. {text(one_line(head_values[c]) or 'value')}: {value}")
                 value = f"{cut} ({len(notes)})"
             shown.append(value or " ")

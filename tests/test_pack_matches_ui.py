@@ -28,6 +28,18 @@ def step_artifacts(flow_run_id: str) -> dict[str, str]:
             if a.type == "markdown" and isinstance(a.data, str) and a.data.startswith("## Step")}
 
 
+def assert_pack_holds_ui(result: Any) -> None:
+    """Every step that ran: its UI card, verbatim, in report.md; its evidence carried on its result."""
+    ui = step_artifacts(str(result.flow_run_id))
+    report = (Path(result.evidence_dir) / "report.md").read_text(encoding="utf-8")
+    for step in result.steps:
+        if step.status == "skipped":
+            continue
+        [card] = [text for first, text in ui.items() if f" · {step.label} · " in first]
+        assert card.rstrip("\n") in report, f"step {step.number} {step.label} ({step.kind}): the pack lacks its UI evidence"
+        assert step.evidence and step.evidence in card
+
+
 def test_report_md_holds_every_step_s_ui_evidence_whole(clients, data_dir: Path) -> None:
     s3, ssm, sqs = clients.client("s3"), clients.client("ssm"), clients.client("sqs")
     s3.create_bucket(Bucket="flow-bucket")
@@ -50,14 +62,32 @@ def test_report_md_holds_every_step_s_ui_evidence_whole(clients, data_dir: Path)
     assert result is not None and result.evidence_dir
     assert [s.status for s in result.steps] == ["passed", "passed", "passed", "passed", "failed", "skipped",
                                                 "passed"]
-    ui = step_artifacts(str(result.flow_run_id))
-    report = (Path(result.evidence_dir) / "report.md").read_text(encoding="utf-8")
-    for step in result.steps:
-        if step.status == "skipped":
-            continue
-        [card] = [text for first, text in ui.items() if f" · {step.label} · " in first]
-        assert card.rstrip("\n") in report, f"step {step.number} {step.label} ({step.kind}): the pack lacks its UI evidence"
-        assert step.evidence and step.evidence in card
+    assert_pack_holds_ui(result)
     # the absent step's pack says what was watched, as the UI does
     absent = next(s for s in result.steps if s.label == "nothing-rejected")
     assert "Watched objects matching" in absent.evidence and "rejected/" in absent.evidence
+
+
+def test_report_md_holds_the_ui_evidence_of_more_kinds(clients, data_dir: Path) -> None:
+    """DynamoDB, CloudWatch alarms and deleted parameters: the same, with a failing step among them."""
+    ddb, cw, ssm = clients.client("dynamodb"), clients.client("cloudwatch"), clients.client("ssm")
+    ddb.create_table(TableName="audit", BillingMode="PAY_PER_REQUEST",
+                     KeySchema=[{"AttributeName": "file", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "file", "AttributeType": "S"}])
+    ddb.put_item(TableName="audit", Item={"file": {"S": "a.csv"}, "status": {"S": "LOADED"}, "rows": {"N": "5"}})
+    cw.put_metric_alarm(AlarmName="ingest-errors", MetricName="Errors", Namespace="Ingest", Statistic="Sum",
+                        Period=60, EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
+    ssm.put_parameter(Name="/flow/feature", Value="on", Type="String")
+    steps = [
+        {"kind": "delete_parameters", "name": "feature-off", "names": ["/flow/feature"]},
+        {"kind": "expect_dynamodb_items", "name": "audited", "table": "audit", "key": {"file": "a.csv"},
+         "expect": {"attributes": {"status": "LOADED", "rows": 5}}},
+        {"kind": "expect_alarm_state", "name": "alarm-raised", "alarm": "ingest-errors", "state": "ALARM"},
+    ]
+    state = pipeline_test(spec={"case": "Pack as UI, more kinds", "aws": {"region": "us-east-1"}, "steps": steps},
+                          base_dir=str(data_dir), return_state=True)
+    result = result_of(state)
+    assert result is not None and result.evidence_dir
+    assert [s.status for s in result.steps] == ["passed", "passed", "failed", "passed"], result.first_failure
+    assert_pack_holds_ui(result)
+    assert ssm.get_parameter(Name="/flow/feature")["Parameter"]["Value"] == "on"  # put back
