@@ -194,6 +194,19 @@ def _migrated_template() -> Path:
     return Path(tempfile.gettempdir()) / f"pipeline-test-prefect-{prefect.__version__}-migrated.db"
 
 
+@pytest.fixture(autouse=True)
+def _moto_checks_no_iam_after_a_test() -> Iterator[None]:
+    """moto's IAM enforcement (``POST /moto-api/reset-auth``) is this process's: a test that turns it on and fails
+    to turn it off would make every later test of the worker fail with InvalidClientTokenId. Off after each test."""
+    yield
+    from moto import settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    if settings.INITIAL_NO_AUTH_ACTION_COUNT != float("inf"):
+        settings.INITIAL_NO_AUTH_ACTION_COUNT = float("inf")
+        ActionAuthenticatorMixin.request_count = 0
+
+
 @pytest.fixture
 def chromium() -> str:
     """The chromium binary (Debian's package) for the browser tests: skipped without it on a workstation, failed

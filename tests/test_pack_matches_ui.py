@@ -82,7 +82,8 @@ def test_report_md_holds_the_ui_evidence_of_more_kinds(clients, data_dir: Path) 
         {"kind": "delete_parameters", "name": "feature-off", "names": ["/flow/feature"]},
         {"kind": "expect_dynamodb_items", "name": "audited", "table": "audit", "key": {"file": "a.csv"},
          "expect": {"attributes": {"status": "LOADED", "rows": 5}}},
-        {"kind": "expect_alarm_state", "name": "alarm-raised", "alarm": "ingest-errors", "state": "ALARM"},
+        {"kind": "expect_alarm_state", "name": "alarm-raised", "alarm": "ingest-errors", "state": "ALARM",
+         "wait": {"timeout": 1}},
     ]
     state = pipeline_test(spec={"case": "Pack as UI, more kinds", "aws": {"region": "us-east-1"}, "steps": steps},
                           base_dir=str(data_dir), return_state=True)

@@ -104,8 +104,8 @@ def test_crash_of_the_flow_run_is_restored(ssm, tmp_path: Path, monkeypatch) -> 
     before = snapshot_all(ssm)
     real_collect = flows.engine._collect
 
-    def collect_then_die(placed: Any, future: Any) -> Any:
-        result = real_collect(placed, future)
+    def collect_then_die(placed: Any, future: Any, ctx: Any) -> Any:
+        result = real_collect(placed, future, ctx)
         if placed.label == "remove":
             raise Crash()
         return result
