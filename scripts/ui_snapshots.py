@@ -206,6 +206,11 @@ DOC_SHOTS = [
     ("ui-suite-report.png", lambda a: (a.get("key") or "").startswith("suite-") and (a.get("key") or "").endswith(
         "-report"), 700),
     ("ui-not-run.png", lambda a: (a.get("key") or "").endswith("-not-run"), 800),
+    ("ui-content-check.png", lambda a: bool(a.get("task_run_id")) and (a.get("description") or "").startswith(
+        "FAILED · step 3 curated-file-written"), 1300),
+    ("ui-recover.png", lambda a: a.get("key") == "pipeline-test-recover", 500),
+    ("ui-passing-case.png", lambda a: a.get("key") == f"{CASE_KEY}-report" and (a.get("description") or "")
+     .startswith("passed"), 1300),
 ]
 
 
@@ -230,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         "when one is wider than its box")
     parser.add_argument("--no-shots", action="store_true", help="take no screenshots")
     parser.add_argument("--docs", metavar="DIR", help="also save small PNGs (0.55 scale, the page's top) of the "
-                        "failed step, the case report, the suite report and a refused run in DIR (docs/images)")
+                        "failed Athena step, the failed and the passing case report, the suite report, a refused "
+                        "run, a failed content check and recover's report in DIR (docs/images)")
     args = parser.parse_args(argv)
     if not chromium_path():
         raise SystemExit("chromium is not installed (apt-get install chromium)")
