@@ -303,7 +303,7 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
 VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not run"}
 #: widths of the summary table's cells: the UI never wraps a table cell, and its box is about 840 px at 1400 px
 #: (the whole texts are in the suite's report and pack)
-CASE_WIDTH, WHY_WIDTH = 34, 44
+CASE_WIDTH, WHY_WIDTH = 30, 36
 
 
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
