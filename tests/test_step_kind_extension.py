@@ -125,7 +125,7 @@ def test_every_aws_call_of_the_kind_is_declared_by_its_footprint(tmp_path: Path)
                            "-p", "tests.iam_calls", "-p", "no:cacheprovider"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "3 passed" in proc.stdout
+    assert "4 passed" in proc.stdout
     recorded = [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
     assert recorded and all(call.get("kind") == KIND for call in recorded), recorded
     undeclared = {(c["service"], c["operation"]) for c in recorded

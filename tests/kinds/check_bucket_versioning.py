@@ -25,6 +25,13 @@ def run(clients: ClientFactory, bucket: str, status: str = "Enabled") -> StepOut
     return REGISTRY[KIND].run(step, StepContext(clients=clients, case_name="case", run_id="run-1", label="versioned"))
 
 
+def test_the_kind_keeps_the_contract_of_every_kind() -> None:
+    """tests/test_contract.py's rules on the model: the kind literal is its registry key, every field described."""
+    model = REGISTRY[KIND].model
+    assert model.model_fields["kind"].default == KIND and (model.__doc__ or "").strip()
+    assert all((info.description or "").strip() for name, info in model.model_fields.items() if name != "kind")
+
+
 def test_the_state_asked_for_holds(clients: ClientFactory) -> None:
     s3 = clients.client("s3")
     s3.create_bucket(Bucket="versioned")
