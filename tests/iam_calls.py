@@ -27,10 +27,8 @@ from typing import Any
 import botocore.session
 
 ENV = "PIPELINE_TEST_IAM_CALLS"
-#: modules of tasks/ that make no call of a kind's own
-NEUTRAL = {"tasks.kit.aws", "tasks.kit.step", "tasks.kit.errors", "tasks.kit.polling", "tasks.kit.iam", "tasks.kit.pipeline_runs", "tasks.kit.watch"}
 #: service modules that serve the kinds of another module
-ALIASES = {"ssm_restore": "ssm", "object_stream": "s3", "object_content": "s3", "json_checks": None}
+ALIASES = {"ssm_restore": "ssm"}
 
 _lock = threading.Lock()
 _runners: dict[CodeType, str] = {}
@@ -42,11 +40,11 @@ def family(module: str) -> str | None:
         return "preflight"
     if module.startswith("flows."):
         return "run"
-    if not module.startswith("tasks.") or module in NEUTRAL:
-        return None
-    name = module.split(".")[1]
-    if name == "journal":
+    if module == "tasks.kit.journal":
         return "run"
+    if not module.startswith("tasks.") or module.startswith("tasks.kit."):
+        return None  # the kit (tasks/kit/) makes no call of a kind's own; the journal's are the run's
+    name = module.split(".")[1]
     return ALIASES.get(name, name)
 
 
