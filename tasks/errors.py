@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -25,6 +25,9 @@ from botocore.exceptions import (
     NoRegionError,
     ProfileNotFound,
 )
+
+if TYPE_CHECKING:
+    from tasks.checks import CheckRecord
 
 # ------------------------------------------------------------------------------------------------ error codes
 #: what a step checked did not hold (an expectation, a count, a Lambda response, a query's checks)
@@ -112,11 +115,12 @@ class StepFile:
 class StepError(Exception):
     """A step could not do or check what it was asked to (its status is ``error``); the message is shown to
     the user as is. ``markdown`` is the step's own evidence (what it did and saw before it stopped), shown as
-    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack)."""
+    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack);
+    ``checks`` what it checked, typed (:class:`tasks.checks.CheckRecord`), passed and not."""
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -126,6 +130,8 @@ class StepError(Exception):
         self.hashed_items: list[HashedItem] = list(hashed_items or [])
         #: files it wrote for the evidence pack before it stopped
         self.files: list[StepFile] = list(files or [])
+        #: what it checked before it stopped, each with its verdict (report.html's checks table)
+        self.checks: list[CheckRecord] = list(checks or [])
 
     def with_message(self, message: str) -> StepError:
         """The same error (class, code, details, evidence) with another message, e.g. one with secrets masked."""
@@ -139,9 +145,9 @@ class CheckFailed(StepError):
 
     def __init__(self, message: str, *, code: str | None = CHECK_FAILED, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None) -> None:
         super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items,
-                         files=files)
+                         files=files, checks=checks)
 
 
 class AwsCallError(StepError):

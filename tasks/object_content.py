@@ -41,6 +41,7 @@ from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator,
 
 from tasks import markdown, nesting
 from tasks.base import SpecModel, format_bytes
+from tasks.checks import CheckRecord
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
 
@@ -259,6 +260,10 @@ class ObjectReport:
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
+
+    def records(self) -> list[CheckRecord]:
+        """The typed records of this object's checks (where: its key)."""
+        return [CheckRecord.of(c.check, c.passed, c.expected, c.actual, where=self.key) for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "format": self.format, "passed": self.passed,

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from tasks.athena.reconcile import Reconcile
 from tasks.athena.values import CONVERTERS, Column, QueryResult, json_safe, normalise_type
 from tasks.base import SpecModel
+from tasks.checks import CheckRecord
 from tasks.markdown import shorten
 
 __all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
@@ -126,6 +127,12 @@ class CheckResult:
         actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
         return ["✅ PASS" if self.passed else "❌ FAIL", shorten(self.name, width),
                 shorten(relation + _show(self.expected), width), shorten(actual, width)]
+
+    def record(self) -> CheckRecord:
+        """The typed record of this check (expected with its relation, actual with its note), as the pack shows it."""
+        relation = f"{self.relation} " if self.relation else ""
+        actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
+        return CheckRecord.of(self.name, self.passed, relation + _show(self.expected), actual)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,

@@ -155,4 +155,5 @@ def stopped_over_limit(query_id: str, execution: dict[str, Any], limit: ScanLimi
     if checks:
         body = ("**Checks**\n\n" + markdown.table(["verdict", "check", "expected", "actual"], [c.row() for c in checks])
                 + "\n\n" + body)
-    return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body)
+    return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body,
+                       checks=[c.record() for c in checks])
