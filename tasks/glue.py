@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks import markdown as md
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
+from tasks.checks import CheckRecord
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
 from tasks.expect import console_link
 from tasks.iam import Arns, Footprint
@@ -244,15 +245,18 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
     ctx.secrets.add(*secret_argument_values(run.get("Arguments") or {}, declared))
     details = _job_details(step, run, history, ctx)
     state = job_state(run)
-    problem = None
+    problem, actual = None, state
     if state != step.expect_state:
         reason = truncate(str(run.get("ErrorMessage") or "Glue gave no error message"), MAX_MESSAGE_CHARS)
         problem = redact(f"Glue job {step.job} run {run_id} ended {state} (expected {step.expect_state}): {reason}",
                          ctx.secrets)
+        actual = redact(f"{state}: {reason}", ctx.secrets)
     markdown = _job_markdown(step, details, history, problem)
+    checks = [CheckRecord.of("final state", problem is None, step.expect_state, actual)]
     if problem:
-        raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown)
+        raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown, checks=checks)
     return StepOutcome(
+        checks=checks,
         summary=f"Glue job {step.job} run {run_id} {state}{took(details['duration_s'])}",
         details=details,
         markdown=markdown,
@@ -405,6 +409,21 @@ def stop_crawler(glue: GlueClient, name: str) -> str:
     return "stopped it with StopCrawler"
 
 
+def _table_wanted(expected: TableExpect) -> str:
+    """What a table check expects, as text: the table exists, with these columns and partition keys."""
+    text = "exists" + (f", columns {', '.join(expected.columns)}" if expected.columns else "")
+    return text + (f", partition keys [{', '.join(expected.partition_keys)}]" if expected.partition_keys is not None
+                   else "")
+
+
+def _table_found(found: dict[str, Any]) -> str:
+    """What a table check found, as text."""
+    if not found.get("exists"):
+        return "does not exist"
+    return (f"columns {', '.join(found.get('columns') or []) or 'none'}, partition keys "
+            f"[{', '.join(found.get('partition_keys') or [])}]")
+
+
 def table_problems(glue: GlueClient, database: str, expected: TableExpect) -> tuple[list[str], dict[str, Any]]:
     """What is wrong with one table (missing, columns, partition keys), and what was found."""
     where = f"table {database}.{expected.name}"
@@ -518,6 +537,9 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
             problems += found_problems
             tables.append({**found, "ok": not found_problems})
     problems = [redact(p, ctx.secrets) for p in problems]
+    checks = [CheckRecord.of("crawl status", status == step.expect_status, step.expect_status, status)]
+    checks += [CheckRecord.of("table", t["ok"], _table_wanted(step.tables[i]), _table_found(t),
+                              where=f"{step.database}.{t['table']}") for i, t in enumerate(tables)]
     crawl = crawls.latest if crawls.latest and crawls.latest.get("StartTime") == last.get("StartTime") else {}
     details = {
         "crawler": step.crawler,
@@ -539,9 +561,11 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     }
     markdown = _crawler_markdown(step, details, history, tables, problems)
     if problems:
-        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown,
+                          checks=checks)
     checked = f", {len(tables)} table(s) as expected" if tables else ""
     return StepOutcome(
+        checks=checks,
         summary=f"Glue crawler {step.crawler}: crawl {status}{checked}",
         details=details,
         markdown=markdown,

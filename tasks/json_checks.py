@@ -19,8 +19,9 @@ from pydantic import Field, model_validator
 
 from tasks import nesting
 from tasks.base import SpecModel
+from tasks.checks import CheckRecord
 from tasks.errors import StepError
-from tasks.json_match import jmespath_mismatches, json_subset_mismatches
+from tasks.json_match import jmespath_mismatches, json_equal, json_subset_mismatches
 from tasks.secrets import (
     Secrets,
     Segment,
@@ -137,3 +138,21 @@ def expect_mismatches(expect: JsonExpect, document: Any, masker: JsonMasker) -> 
         problems += json_subset_mismatches(expect.json_subset, document, masker.show_at)
     problems += jmespath_mismatches(expect.jmespath, document, masker.show, shown=masker.doc(document))
     return [masker.text(p) for p in problems]
+
+
+def expect_checks(expect: JsonExpect, document: Any, masker: JsonMasker) -> list[CheckRecord]:
+    """Each part of ``expect`` as a typed check: the JSON subset (what it expected, and what did not match, if
+    anything), each JMESPath expression with what it gave; values as the evidence reports them (sensitive fields
+    and the run's secrets masked). ``document`` is JSON (not ``MISSING``: the caller reports a missing one)."""
+    records = []
+    if expect.has_subset:
+        problems = [masker.text(p) for p in json_subset_mismatches(expect.json_subset, document, masker.show_at)]
+        records.append(CheckRecord.of("json_subset", not problems,
+                                      masker.text(truncate(masker.show(masker.doc(expect.json_subset)), 1000)),
+                                      "; ".join(problems) or "contained"))
+    shown = masker.doc(document)
+    for expr, expected in expect.jmespath.items():
+        records.append(CheckRecord.of(expr, json_equal(expected, jmespath.search(expr, document)),
+                                      masker.text(masker.show(expected)),
+                                      masker.text(truncate(masker.show(jmespath.search(expr, shown)), 1000))))
+    return records
