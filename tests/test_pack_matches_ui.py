@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,6 +64,17 @@ def assert_pack_holds_ui(result: Any, kinds: str) -> None:
     report_json = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     page = html.unescape((folder / "report.html").read_text(encoding="utf-8"))
     assert {s.kind for s in result.steps} - {"cleanup"} == KINDS[kinds]
+    # the case report: every line of it in report.md, but for what only exists once the pack is written (where it
+    # is, its manifest's hash) and the history of earlier runs (read back from the server, not this run's evidence)
+    [case_report] = [a.data for a in artifacts if a.type == "markdown" and (a.key or "").endswith("-report")]
+    kept = case_report.split("### Evidence pack")[0].split("### Last ")[0].split("### The last run")[0]
+    missing = [line for line in kept.splitlines() if line.strip() and line not in report]
+    assert not missing, f"lines of the UI's case report not in report.md: {missing}"
+    # the case's summary table: each row's cells in report.md (as it reads: markdown's escapes taken out)
+    [summary] = [json.loads(a.data) for a in artifacts if a.type == "table" and (a.key or "").startswith("case-")]
+    shown = html.unescape(re.sub(r"\\(.)", r"\1", report))
+    for row in summary:
+        assert all(str(cell) in shown for cell in row.values()), f"summary row {row} not in report.md"
     for index, step in enumerate(result.steps):
         if step.status == "skipped":
             continue
