@@ -328,6 +328,10 @@ def test_expectations_not_met_fail_listing_each(ctx: StepContext, scripted: Scri
     assert info.value.details["problems"] == ['$.status: expected "ok", got "partial"',
                                               "length(rows): expected 3, got 2"]
     assert "Expectations not met" in (info.value.markdown or "")
+    assert [(c.name, c.verdict, c.expected, c.actual) for c in info.value.checks] == [
+        ("status", "passed", "200", "200"), ("function error", "passed", "none", "none"),
+        ("json_subset", "failed", '{"status": "ok"}', '$.status: expected "ok", got "partial"'),
+        ("length(rows)", "failed", "3", "2")]
 
 
 def test_expect_on_a_non_json_response_fails(ctx: StepContext, scripted: Script) -> None:

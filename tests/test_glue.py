@@ -318,6 +318,11 @@ def test_missing_table_and_wrong_columns_fail_the_step(glue_clients: ClientFacto
         f"table {DATABASE}.orders partition keys are [none], not ['dt']",
         f"table {DATABASE}.customers does not exist",
     ]
+    assert [(c.name, c.where, c.verdict) for c in err.value.checks] == [
+        ("crawl status", "", "passed"), ("table", f"{DATABASE}.orders", "failed"),
+        ("table", f"{DATABASE}.customers", "failed")]
+    assert err.value.checks[1].expected == "exists, columns id:bigint, amount, partition keys [dt]"
+    assert err.value.checks[2].actual == "does not exist"
 
 
 @pytest.mark.usefixtures("crawls_run")
