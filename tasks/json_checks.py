@@ -152,7 +152,9 @@ def expect_checks(expect: JsonExpect, document: Any, masker: JsonMasker) -> list
                                       "; ".join(problems) or "contained"))
     shown = masker.doc(document)
     for expr, expected in expect.jmespath.items():
-        records.append(CheckRecord.of(expr, json_equal(expected, jmespath.search(expr, document)),
-                                      masker.text(masker.show(expected)),
-                                      masker.text(truncate(masker.show(jmespath.search(expr, shown)), 1000))))
+        got, reported = jmespath.search(expr, document), jmespath.search(expr, shown)
+        # an expression that reads a masked (sensitive) value: what it was expected to give is masked too
+        expected_text = masker.show(expected if json_equal(got, reported) else mask_any(expected))
+        records.append(CheckRecord.of(expr, json_equal(expected, got), masker.text(expected_text),
+                                      masker.text(truncate(masker.show(reported), 1000))))
     return records
