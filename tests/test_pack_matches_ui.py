@@ -18,9 +18,10 @@ import requests
 from moto import mock_aws
 from moto.stepfunctions.parser.utils import TMP_THREADS
 
-from flows.pipeline_test import pipeline_test, result_of
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import REGISTRY
+from flows.evidence.results import result_of
+from flows.pipeline_test import pipeline_test
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.step import REGISTRY
 from tests.conftest import MOTO_CONFIG, REGION
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
