@@ -143,6 +143,9 @@ def test_failed_run_fails_the_step_with_glues_error_message(glue_clients: Client
     assert err.value.code == CHECK_FAILED
     assert err.value.markdown and "AnalysisException" in err.value.markdown
     assert err.value.details["error_message"] == "AnalysisException: Path does not exist"
+    [check] = err.value.checks
+    assert (check.name, check.verdict, check.expected) == ("final state", "failed", "SUCCEEDED")
+    assert check.actual == err.value.message  # what ended how, and Glue's reason
 
 
 def test_an_expected_failure_passes(glue_clients: ClientFactory, tmp_path: Path) -> None:
