@@ -27,6 +27,7 @@ from flows import spec_file
 from flows.credentials import credential_problems
 from flows.naming import slug
 from flows.spec import CaseSpec, SpecError, load_spec, read_spec_file
+from flows.suite_trends import TREND_RUNS
 from tasks.base import SpecModel
 
 #: at most this many cases in one suite (a glob gone wrong must not validate a whole disk)
@@ -133,6 +134,9 @@ class SuiteSpec(SpecModel):
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings,
                                            description="The deployment that runs the cases when `run_as` is "
                                            "`deployment`.")
+    trend_runs: int = Field(TREND_RUNS, ge=2, le=100, description="How many runs (this one included) each case's "
+                            "trend covers: pass rate, p50/p95 duration, slow and flaky marks, read from the suite's "
+                            "earlier evidence packs in the same evidence folder.")
     files_root: str | None = Field(
         None, min_length=1, max_length=1024,
         description="A folder, relative to the suite file and inside its folder (`data`), that local files named by "
