@@ -3,10 +3,10 @@ mark when this run took more than 1.5 × that p95, and a "flaky" mark when the v
 
 The history is read from the suite's earlier evidence packs (:mod:`flows.suite_pack`) in the folder that holds this
 run's pack (by default ``evidence/suites/<suite>/``), so it survives a fresh laptop with the packs copied along, and
-needs no Prefect server. Reading is bounded: at most ``window - 1`` earlier packs (the latest by folder name: the
-default names start with the UTC start time), each pack's manifest.json and report.json read up to
-:data:`READ_MAX_BYTES`, report.json checked against its manifest's SHA-256; a pack that cannot be read is skipped
-with a note, never a failure. Pure functions: no Prefect, no boto3.
+needs no Prefect server. Reading is bounded: at most ``window - 1`` earlier packs used and ``window`` opened (the
+latest by folder name: the default names start with the UTC start time), each pack's manifest.json and
+report.json read up to :data:`READ_MAX_BYTES`, report.json checked against its manifest's SHA-256; a pack that
+cannot be read is skipped with a note, never a failure. Pure functions: no Prefect, no boto3.
 """
 
 from __future__ import annotations
@@ -144,12 +144,13 @@ def _pack_runs(pack: Path, suite: str) -> tuple[str, dict[str, CaseRun]] | None:
 
 def read_history(parent: Path, suite: str, window: int = TREND_RUNS, exclude: Path | None = None) -> History:
     """The earlier runs of the suite ``suite`` from its packs in ``parent`` (never ``exclude``, this run's own):
-    at most ``window - 1`` packs, the latest first; a pack that cannot be read is skipped with a note."""
+    the latest first, at most ``window - 1`` used and ``window`` opened (another suite's pack is passed over, one
+    that cannot be read is skipped with a note)."""
     history = History()
     read: list[tuple[str, str, dict[str, CaseRun]]] = []
     skipped = 0
-    for pack in _candidates(Path(parent), exclude):
-        if len(read) >= window - 1:
+    for tried, pack in enumerate(_candidates(Path(parent), exclude)):
+        if len(read) >= window - 1 or tried >= window:  # at most `window` packs opened
             break
         try:
             found = _pack_runs(pack, suite)

@@ -176,3 +176,15 @@ def test_the_trend_arithmetic() -> None:
     assert case_trend(steady, CaseRun("not run", 99.0)).slow is False  # type: ignore[union-attr]
     once = case_trend(steady, CaseRun("failed", 10.0))
     assert once is not None and once.flips == 1 and not once.flaky and once.pass_rate == 0.8
+
+
+def test_at_most_window_packs_are_opened_however_many_cannot_be_read(tmp_path: Path, monkeypatch) -> None:
+    for n in range(12):
+        folder = write_pack(tmp_path, n, [("orders", "passed", 1.0)])
+        (folder / "manifest.json").write_text("[]" if n % 2 else "{", encoding="utf-8")
+    opened: list[str] = []
+    real = suite_trends._pack_runs
+    monkeypatch.setattr(suite_trends, "_pack_runs", lambda pack, suite: opened.append(pack.name) or real(pack, suite))
+    history = read_history(tmp_path, SUITE, window=5)
+    assert len(opened) == 5 and history.packs == 0
+    assert len(history.notes) == 2  # 10 and 8 are not JSON; 11, 9, 7 are no suite's pack: passed over
