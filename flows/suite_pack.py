@@ -171,6 +171,8 @@ def timeline_svg(result: SuiteResult) -> str:
 
 
 TREND_W, TREND_H = 240, 28
+#: the trend marks as index.html shows them (badges: no emoji font needed)
+SLOW_BADGE, FLAKY_BADGE = "SLOW", "FLAKY"
 
 
 def trend_svg(history: list[tuple[str, float]]) -> str:
@@ -198,11 +200,16 @@ def trends_html(result: SuiteResult) -> list[str]:
     for c in result.cases:
         trend = result.trends.cases.get(c.case)
         shown = cells(trend)
-        chart = trend_svg(trend.history) if trend is not None else "–"
+        chart, marks = "–", "–"
+        if trend is not None:
+            chart = trend_svg(trend.history)
+            marks = " ".join(f"<span class='badge {css}'>{word}</span>" for word, css, on in (
+                (SLOW_BADGE, "error", trend.slow), (FLAKY_BADGE, "failed", trend.flaky)) if on) or "–"
         rows.append(f"<tr><td>{e(c.case)}</td><td>{chart}</td>"
-                    + "".join(f"<td>{e(shown[k])}</td>" for k in ("pass rate", "p50 / p95", "last", "marks"))
-                    + "</tr>")
-    return ["<h2>Trends</h2>", f"<p class='muted'>{e(summary_line(result.trends))}</p>",
+                    + "".join(f"<td>{e(shown[k])}</td>" for k in ("pass rate", "p50 / p95", "last"))
+                    + f"<td>{marks}</td></tr>")
+    legend = summary_line(result.trends, SLOW_BADGE, FLAKY_BADGE)
+    return ["<h2>Trends</h2>", f"<p class='muted'>{e(legend)}</p>",
             "<table class='trends'><tr><th>case</th><th>last runs (oldest first)</th><th>pass rate</th>"
             "<th>p50 / p95</th><th>this run</th><th>marks</th></tr>", *rows, "</table>"]
 

@@ -218,10 +218,11 @@ def cells(trend: CaseTrend | None) -> dict[str, str]:
             "last": format_duration(trend.last_s), "marks": ", ".join(marks) or NONE}
 
 
-def summary_line(trends: SuiteTrends) -> str:
-    """Where the trends come from, in one line (the skipped packs' notes included)."""
+def summary_line(trends: SuiteTrends, slow: str = SLOW_MARK, flaky: str = FLAKY_MARK) -> str:
+    """Where the trends come from and what the marks (as shown: ``slow``, ``flaky``) say, in one line (the skipped
+    packs' notes included)."""
     line = (f"Over the last {trends.window} runs at most: this run and {trends.packs} earlier suite pack(s) in the "
-            f"evidence folder; p50 / p95 of the runs before this one; {SLOW_MARK}: this run took more than "
-            f"{SLOW_FACTOR} × that p95; {FLAKY_MARK}: the verdict changed more than once.")
+            f"evidence folder; p50 / p95 of the runs before this one; {slow}: this run took more than "
+            f"{SLOW_FACTOR} × that p95; {flaky}: the verdict changed more than once.")
     return line + (" Not read: " + "; ".join(trends.notes) + "." if trends.notes else "")
 
