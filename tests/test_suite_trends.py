@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from flows import suite as suite_flow
-from flows import suite_trends
-from flows.evidence_pack import verify
-from flows.suite_pack import SuiteCaseResult, SuiteResult, claim_suite_folder, write_suite_pack
-from flows.suite_trends import CaseRun, case_trend, flips, percentile, read_history
+from flows.evidence.pack.verify import verify
+from flows.suite import flow as suite_flow
+from flows.suite import trends as suite_trends
+from flows.suite.pack import SuiteCaseResult, SuiteResult, claim_suite_folder, write_suite_pack
+from flows.suite.trends import CaseRun, case_trend, flips, percentile, read_history
 
 T0 = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
 SUITE = "nightly"
@@ -50,13 +50,13 @@ def write_pack(parent: Path, n: int, cases: list[tuple[str, str, float]], suite:
 
 def finish(parent: Path, n: int, cases: list[tuple[str, str, float]], monkeypatch: pytest.MonkeyPatch,
            window: int = 20) -> tuple[SuiteResult, str, str]:
-    """A suite run's end as the suite flow does it (:func:`flows.suite._finish`): the trends read, the pack
+    """A suite run's end as the suite flow does it (:func:`flows.suite.flow._finish`): the trends read, the pack
     written, the UI report published (captured here); returns the result, its index.html and the report's
     markdown."""
     published: dict[str, str] = {}
     monkeypatch.setattr(suite_flow, "create_table_artifact", lambda **kw: None)
     monkeypatch.setattr(suite_flow, "create_markdown_artifact", lambda **kw: published.update(md=kw["markdown"]))
-    monkeypatch.setattr(suite_flow, "_ui_url", lambda: None)
+    monkeypatch.setattr(suite_flow, "this_run_url", lambda: None)
     plan: Any = SimpleNamespace(spec=SimpleNamespace(suite=SUITE, trend_runs=window), skipped=[], source="suite.yaml")
     folder = _folder(parent, n)
     claim = claim_suite_folder(folder)
@@ -109,7 +109,7 @@ def test_trends_appear_after_5_runs_in_the_pack_and_the_ui_report(tmp_path: Path
 
 
 def test_the_trends_table_fits_the_ui_box_with_long_case_names(tmp_path: Path, monkeypatch) -> None:
-    from tasks import markdown as md
+    from tasks.kit import markdown as md
 
     long = [("orders ingestion of the nightly batch [" + "x" * 60 + "]", "passed", 75.0)]
     write_pack(tmp_path, 0, [(long[0][0], "failed", 70.0)])
