@@ -23,7 +23,7 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
 from flows import evidence
-from flows.results import EvidenceLink, StepFailed, StepResult
+from flows.results import EvidenceLink, StepFailed, StepResult, plural
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
 from tasks import markdown as md
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
@@ -45,6 +45,7 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
     t0 = time.monotonic()
     outcome: StepOutcome | None = None
     status, error, code, details, items, files = "passed", None, None, {}, [], []
+    warnings: list[str] = []
     try:
         outcome = REGISTRY[placed.kind].run(placed.step, ctx)
         items, files = outcome.hashed_items, outcome.files
@@ -55,6 +56,13 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         error, code, details, items, files = exc.message, exc.code, exc.details, exc.hashed_items, exc.files
         if exc.markdown is not None:  # the step's own evidence (what it did and saw), shown as its report
             outcome = StepOutcome(summary="", details={}, markdown=exc.markdown)
+        if isinstance(exc, CheckFailed) and "warn" in (exc.severity, placed.step.severity):
+            # only warnings: the step is warned, the case goes on and may pass
+            status, warnings, error, code = "warned", exc.warnings, None, None
+            outcome = outcome or StepOutcome(summary="")
+            outcome.summary = outcome.summary or (f"passed with {plural(len(warnings), 'warning')}: "
+                                                 + "; ".join(warnings))
+            outcome.details = outcome.details or details
     except Exception as exc:  # a bug or an unforeseen failure: say so plainly, keep the traceback at debug level
         status, error, code = "error", f"unexpected {type(exc).__name__}: {exc}", type(exc).__name__
         logger.debug("Traceback of %s", describe(placed), exc_info=True)
@@ -62,7 +70,7 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
         description=placed.step.description, status=status, started_at=started,  # type: ignore[arg-type]
         duration_s=round(time.monotonic() - t0, 3),
-        summary=outcome.summary if outcome else "", error=error, error_code=code,
+        summary=outcome.summary if outcome else "", error=error, error_code=code, warnings=warnings,
         details=outcome.details if outcome and status == "passed" else details,
         request_ids=outcome.request_ids if outcome else [], items=items, files=files,
         **carried_evidence(outcome),
@@ -73,6 +81,10 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         ctx.publisher.submit(publish)
     else:
         publish()
+    if result.status == "warned":
+        logger.warning("%s passed with %s: %s", describe(placed), plural(len(warnings), "warning"),
+                       "; ".join(result.warnings))
+        return result
     if result.ok:
         logger.info("%s passed: %s", describe(placed), result.summary)
         return result

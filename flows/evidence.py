@@ -30,6 +30,7 @@ from flows.evidence_markdown import (  # noqa: F401  (re-exported: callers impor
 )
 from flows.history import read_history
 from flows.results import CaseResult, StepResult
+from flows.results import verdict as verdict_of
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
 from tasks.polling import WAKE_S
@@ -100,7 +101,7 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     """Create the case's keyed summary table and report (called in the flow run, after the pack is written so
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
-    verdict = "passed" if result.passed else "FAILED"
+    verdict = verdict_of(result.passed, result.warnings, "passed")
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")

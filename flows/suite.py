@@ -42,6 +42,7 @@ from flows.pipeline_test import (
     result_of,
 )
 from flows.recover import CouldNotRun
+from flows.results import plural
 from flows.spec import read_spec_file
 from flows.suite_pack import (
     CASES_DIR,
@@ -306,10 +307,17 @@ VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not r
 CASE_WIDTH, WHY_WIDTH = 30, 36
 
 
+def verdict_cell(case: SuiteCaseResult) -> str:
+    """``✅ passed``, ``⚠️ passed, 2 warnings``, ``❌ failed``, ``⛔ not run``."""
+    if case.status == "passed" and case.warnings:
+        return f"⚠️ passed, {plural(case.warnings, 'warning')}"
+    return VERDICT[case.status]
+
+
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
     """One row per case: verdict first (always in view), case, duration, the failed step and why, the flow run's
     short id (its link is in the suite's report)."""
-    return [{"verdict": VERDICT[c.status], "case": md.shorten(c.case, CASE_WIDTH),
+    return [{"verdict": verdict_cell(c), "case": md.shorten(c.case, CASE_WIDTH),
              "duration": format_duration(c.duration_s), "failed step and reason": md.shorten(c.why, WHY_WIDTH),
              "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
@@ -318,12 +326,12 @@ def publish_suite(result: SuiteResult) -> None:
     """The suite's summary table under the stable key ``suite-<name>`` and a report with links to every case's
     flow run (``suite-<name>-report``)."""
     key = suite_key(result.suite)
-    verdict = f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"
+    verdict = result.counts_text()
     word = "passed" if result.passed else "FAILED"  # first in the card's description: a card cuts the rest
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{word} · suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    rows = [[md.Md(VERDICT[c.status]), c.case, format_duration(c.duration_s), c.why,
+    rows = [[md.Md(verdict_cell(c)), c.case, format_duration(c.duration_s), c.why,
              md.link("open", c.ui_url) if c.ui_url else md.code((c.flow_run_id or "none")[:8])] for c in result.cases]
     pack = (md.facts([("evidence pack", md.code(result.evidence_dir)),
                       ("manifest SHA-256", md.code(manifest_sha256(Path(result.evidence_dir))))])
@@ -339,9 +347,9 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     """A short summary of a suite run (see ``flows.pipeline_test.format_result``)."""
     width = max((len(c.case) for c in result.cases), default=10)
     word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
-    lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
-             f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
-    lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
+    lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: {result.counts_text()}"]
+    mark = {c.case: "WARN" if c.warnings and c.status == "passed" else word[c.status] for c in result.cases}
+    lines += [f"  {mark[c.case]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
     if result.rerun_of:
         lines.append(f"A re-run of the failed cases of {result.rerun_of.pack} "
                      f"(manifest sha256 {result.rerun_of.manifest_sha256})")

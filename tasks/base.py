@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -75,6 +75,17 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
+#: how much a check that did not hold weighs: ``error`` fails the case, ``warn`` is a warning (the case passes)
+Severity = Literal["error", "warn"]
+
+
+def severity_field(what: str, default: Severity | None = "error") -> Any:
+    """The ``severity`` field of a step or of a check model (``what``: what it applies to)."""
+    inherit = " Unset: the severity of what holds it." if default is None else ""
+    return Field(default, description=f"`warn`: when {what} does not hold, the step is `warned` and the case still "
+                 f"passes (counted and shown as a warning everywhere a verdict is); `error`: it fails.{inherit}")
+
+
 class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, so a typo never passes silently."""
 
@@ -106,6 +117,9 @@ class StepBase(SpecModel):
     continue_on_failure: bool = Field(
         False, description="When this step fails, go on with the next steps (the case still fails)."
     )
+    severity: Severity = severity_field(
+        "any check of this step (a step that could not run, an AWS error or a timeout waiting for AWS, is still "
+        "an `error`)")
 
     def case_checks(self, case: Any) -> list[str]:
         """Checks that need the whole case (e.g. its AWS guard rails); each problem names the field.

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Un
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 from tasks import markdown, nesting
-from tasks.base import SpecModel, format_bytes
+from tasks.base import Severity, SpecModel, format_bytes, severity_field
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
 
@@ -111,6 +111,7 @@ class ObjectColumnRule(SpecModel):
     max: Bound | None = Field(None, description="Every value is at most this (compared as for `min`).")
     regex: str | None = Field(None, max_length=1000, description="Every value (as text) matches this regular "
                               "expression in full (Python syntax).")
+    severity: Severity | None = severity_field("one of these conditions", None)
 
     @field_validator("regex")
     @classmethod
@@ -171,6 +172,7 @@ class ObjectContent(SpecModel):
                                    "this size (MiB, as stored); a larger one stops the step as not checkable.")
     same_as_upload: SameAsUpload | None = Field(None, description="The object's SHA-256 equals the uploaded file's "
                                                 "(a pass-through copy); sizes are compared first.")
+    severity: Severity = severity_field("a check of this content (a column of `conditions` may say its own)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ObjectContent":
@@ -241,9 +243,15 @@ class Check:
     expected: str
     actual: str
     passed: bool
+    #: ``warn``: when it does not hold it is a warning (the step is warned); None: the content's severity
+    severity: str | None = None
+
+    @property
+    def mark(self) -> str:
+        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
 
     def line(self) -> str:
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.check}: expected {self.expected}, got {self.actual}"
+        return f"{self.mark} {self.check}: expected {self.expected}, got {self.actual}"
 
 
 @dataclass
@@ -377,12 +385,13 @@ class _Column:
                 continue
             label = f"{self.name}: {condition}"
             if self.missing:
-                out.append(Check(label, expected, "no such column", False))
+                out.append(Check(label, expected, "no such column", False, self.rule.severity))
             elif condition in self.bad:
                 count, examples = self.bad[condition]
-                out.append(Check(label, expected, f"{count:,} value(s) broke it: {'; '.join(examples)}", False))
+                out.append(Check(label, expected, f"{count:,} value(s) broke it: {'; '.join(examples)}", False,
+                                 self.rule.severity))
             else:
-                out.append(Check(label, expected, "every value", True))
+                out.append(Check(label, expected, "every value", True, self.rule.severity))
         return out
 
 
@@ -647,6 +656,8 @@ def check_object(client: S3Client, bucket: str, key: str, size: int, content: Ob
         if upload is not None and same_size:
             copy_check = [_copy_check(upload, sha256)]
     report.checks += copy_check
+    for check in report.checks:
+        check.severity = check.severity or content.severity
     return report
 
 
@@ -667,7 +678,7 @@ def content_markdown(reports: list[ObjectReport]) -> markdown.Md:
         parts += [f"Content of {markdown.code(report.key)} as {markdown.code(report.format)}: {markdown.text(read)}; "
                   f"held in memory: {markdown.text(report.stats.held)}.", "",
                   markdown.table(["verdict", "check", "expected", "actual"],
-                                 [["✅ PASS" if c.passed else "❌ FAIL", markdown.shorten(c.check, SHOWN),
+                                 [[c.mark, markdown.shorten(c.check, SHOWN),
                                    markdown.shorten(c.expected, SHOWN), markdown.shorten(c.actual, SHOWN)]
                                   for c in report.checks]), ""]
     return markdown.Md("\n".join(parts).rstrip())

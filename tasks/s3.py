@@ -59,6 +59,7 @@ from tasks.errors import (
     StepError,
     aws_error,
     error_code,
+    failed_checks,
     request_id,
 )
 from tasks.iam import Arns, Footprint
@@ -1145,12 +1146,12 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
         reports = _content_reports(ctx, step, obs.matched)
         md += "\n\n" + content_markdown(reports)
         details["content"] = [r.to_dict() for r in reports]
-        failed = [(r.key, c) for r in reports for c in r.checks if not c.passed]
-        if failed:
-            shown = "; ".join(f"{key}: {c.line()}" for key, c in failed[:5])
-            more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
-            raise CheckFailed(f"{len(failed)} content check(s) did not hold: {shown}{more}", details=details,
-                              markdown=md)
+        failed = [(c.severity or "error", f"{r.key}: {c.check}: expected {c.expected}, got {c.actual}")
+                  for r in reports for c in r.checks if not c.passed]
+        failure = failed_checks(failed, sum(len(r.checks) for r in reports), "content checks", details=details,
+                                markdown=md)
+        if failure is not None:
+            raise failure
         summary += f"; {sum(len(r.checks) for r in reports)} content check(s) held"
     return StepOutcome(
         summary=summary,

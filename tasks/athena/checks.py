@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from tasks.athena.reconcile import Reconcile
 from tasks.athena.values import CONVERTERS, Column, QueryResult, json_safe, normalise_type
-from tasks.base import SpecModel
+from tasks.base import Severity, SpecModel, severity_field
 from tasks.markdown import shorten
 
 __all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
@@ -36,6 +36,7 @@ class ColumnCondition(SpecModel):
     le: Any = Field(None, description="The value must be less than or equal to this.")
     not_null: bool = Field(False, description="When true, the value must not be NULL.")
     is_null: bool = Field(False, description="When true, the value must be NULL.")
+    severity: Severity | None = severity_field("one of these conditions", None)
 
     @model_validator(mode="after")
     def _something_to_check(self) -> "ColumnCondition":
@@ -73,6 +74,8 @@ class AthenaExpect(SpecModel):
     reconcile: Reconcile | None = Field(
         None, description="Compare the whole result with an expected dataset (a local CSV or JSONL file, or inline "
                           "rows) on key columns: rows missing, rows unexpected, values that differ.")
+    severity: Severity = severity_field("a check of this `expect` (a `first_row` column or a baseline may say its "
+                                        "own)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "AthenaExpect":
@@ -103,6 +106,13 @@ class CheckResult:
     note: str = ""
     #: how actual must relate to expected when not by equality: ">=", "<", "is not", ...
     relation: str = ""
+    #: ``warn``: when it does not hold, it is a warning (the step is warned), not a failure
+    severity: str = "error"
+
+    @property
+    def mark(self) -> str:
+        """``✅ PASS``, ``❌ FAIL``, or ``⚠️ WARN`` for a warning check that did not hold."""
+        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
 
     @property
     def name(self) -> str:
@@ -118,18 +128,19 @@ class CheckResult:
 
     def line(self) -> str:
         """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.text()}"
+        return f"{self.mark} {self.text()}"
 
     def row(self, width: int = 300) -> list[str]:
         """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
         relation = f"{self.relation} " if self.relation else ""
         actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
-        return ["✅ PASS" if self.passed else "❌ FAIL", shorten(self.name, width),
+        return [self.mark, shorten(self.name, width),
                 shorten(relation + _show(self.expected), width), shorten(actual, width)]
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,
-                          "expected": self.expected, "actual": self.actual, "note": self.note})
+                          "expected": self.expected, "actual": self.actual, "note": self.note,
+                          **({"severity": "warn"} if self.severity == "warn" else {})})
 
 
 _INT_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
@@ -295,8 +306,12 @@ class CheckAccumulator:
             checks.append(CheckResult("columns", names == expect.columns, expect.columns, names))
         if self.rows is not None:
             checks.append(self.rows.result())
+        for check in checks:
+            check.severity = expect.severity
         for name, condition in expect.first_row.items():
-            checks.extend(_column_checks(name, condition, self.columns, self.first))
+            for check in _column_checks(name, condition, self.columns, self.first):
+                check.severity = condition.severity or expect.severity
+                checks.append(check)
         return checks
 
 

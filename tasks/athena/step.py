@@ -15,7 +15,7 @@ from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
 from tasks.base import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
-from tasks.errors import CheckFailed, StepError
+from tasks.errors import StepError, failed_checks
 from tasks.iam import Arns, Footprint
 from tasks.s3 import S3_URI_KEY
 
@@ -212,19 +212,18 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     if sink.reconciler is not None:
         reconciled = sink.reconciler.finish()
         checks.append(reconciled.check())
+        checks[-1].severity = step.expect.severity
         ctx.logger.info("Reconciled %d result rows with %d expected rows: %s", reconciled.actual,
                         reconciled.expected, reconciled.check().note)
     streamed = ResultFacts(sink.checks.count, sink.checks.preview, sink.digest.hexdigest())
     outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
                             reconciled, streamed)
     outcome.details.update(limit.facts())
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        raise CheckFailed(
-            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.text() for c in failed),
-            details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
-            files=outcome.files,
-        )
+    failure = failed_checks([(c.severity, c.text()) for c in checks if not c.passed], len(checks),
+                            details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
+                            files=outcome.files)
+    if failure is not None:
+        raise failure
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
     return outcome
 
