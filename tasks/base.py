@@ -92,6 +92,22 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True, allow_inf_nan=False)
 
 
+#: the most past runs a baseline may ask for (each is one report.json read, size-capped, before the steps)
+BASELINE_MAX_RUNS = 50
+
+
+class Baseline(SpecModel):
+    """A value compared with the same value in the case's own last ``runs`` passing runs (their evidence packs'
+    report.json): it must lie within ``within_pct_of_baseline`` percent of their mean. With fewer passing runs
+    that recorded it, the check warns (it never fails) and says so."""
+
+    within_pct_of_baseline: float = Field(..., gt=0, le=1000, description="How far from the baseline (the mean "
+                                          "of the past runs' values) the value may be, in percent of it.")
+    runs: int = Field(7, ge=1, le=BASELINE_MAX_RUNS, description="How many past passing runs make the baseline.")
+    severity: Severity | None = severity_field("the value is outside the range (too few past runs always only "
+                                               "warn)", None)
+
+
 class StepBase(SpecModel):
     """Fields that every step has."""
 
@@ -120,6 +136,9 @@ class StepBase(SpecModel):
     severity: Severity = severity_field(
         "any check of this step (a step that could not run, an AWS error or a timeout waiting for AWS, is still "
         "an `error`)")
+    duration_baseline: Baseline | None = Field(
+        None, description="The step's duration compared with its duration in the case's last passing runs (e.g. "
+        "`{within_pct_of_baseline: 50, runs: 7}`): a step much slower, or faster, than usual.")
 
     def case_checks(self, case: Any) -> list[str]:
         """Checks that need the whole case (e.g. its AWS guard rails); each problem names the field.
@@ -298,6 +317,9 @@ class StepContext:
     scratch_dir: Path | None = None
     #: bytes the case's Athena queries scanned, against the case's ``aws.athena_max_scanned_bytes``
     scanned: Meter = field(default_factory=Meter)
+    #: the case's last passing runs, read from its evidence packs once before the steps (``tasks.baseline``), for
+    #: the checks that compare with a baseline; None when no step asks for one
+    history: Any = None
 
     @property
     def clock(self) -> Clock:

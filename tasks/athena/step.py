@@ -7,7 +7,7 @@ from typing import Annotated, Callable, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from tasks.athena.checks import AthenaExpect, CheckAccumulator
+from tasks.athena.checks import AthenaExpect, CheckAccumulator, baseline_checks
 from tasks.athena.client import AthenaWait, run_query
 from tasks.athena.cost import ByteCount, ScanLimit, scanned_bytes, show_bytes
 from tasks.athena.evidence import ResultFacts, query_outcome
@@ -207,7 +207,8 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         limit=limit,
     )
     sink: ResultSink = run.sink
-    checks = sink.checks.results() + limit.charge(scanned_bytes(run.execution))
+    against_past, baselines = baseline_checks(step.expect, sink.checks, ctx.label, ctx.history)
+    checks = sink.checks.results() + against_past + limit.charge(scanned_bytes(run.execution))
     reconciled = None
     if sink.reconciler is not None:
         reconciled = sink.reconciler.finish()
@@ -219,6 +220,8 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
     outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
                             reconciled, streamed)
     outcome.details.update(limit.facts())
+    if baselines:  # each value, its baseline and the runs it came from; later runs read the value from here
+        outcome.details["baselines"] = baselines
     failure = failed_checks([(c.severity, c.text()) for c in checks if not c.passed], len(checks),
                             details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
                             files=outcome.files)
