@@ -25,9 +25,10 @@ from prefect.utilities.annotations import quote
 from flows import evidence
 from flows.results import EvidenceLink, StepFailed, StepResult, plural
 from flows.spec import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps, render_step
+from tasks import baseline
 from tasks import markdown as md
 from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
-from tasks.errors import CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
+from tasks.errors import CHECK_FAILED, CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
 from tasks.polling import WAKE_S
 from tasks.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
 
@@ -75,6 +76,8 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         request_ids=outcome.request_ids if outcome else [], items=items, files=files,
         **carried_evidence(outcome),
     )
+    if placed.step.duration_baseline is not None and result.ok:
+        _duration_against_baseline(placed, ctx, result)
     result, outcome = scrub(result, outcome, ctx.secrets)
     publish = functools.partial(_publish, result, outcome, describe(placed), logger)
     if ctx.publisher is not None:  # in the case's publisher thread, in this task run's context: the step goes on
@@ -90,6 +93,24 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         return result
     logger.error("%s %s: %s", describe(placed), status, error)
     return Failed(message=f"{describe(placed)}: {error}", data=StepFailed(result))
+
+
+def _duration_against_baseline(placed: PlacedStep, ctx: StepContext, result: StepResult) -> None:
+    """The step's ``duration_baseline``: its duration against its duration in the case's last passing runs; the
+    value, baseline and runs go in its details (``baselines.duration_s``); outside the range it fails (or warns)."""
+    spec = placed.step.duration_baseline
+    assert spec is not None
+    checked = baseline.check(spec, placed.label, "duration_s", result.duration_s, ctx.history, placed.step.severity)
+    result.details = {**result.details, "baselines": {**result.details.get("baselines", {}),
+                                                       "duration_s": checked.record()}}
+    if checked.passed:
+        return
+    if checked.severity == "warn":
+        result.status, result.warnings = "warned", [*result.warnings, checked.text()]
+        if not result.summary.startswith("passed with"):
+            result.summary = f"passed with {plural(len(result.warnings), 'warning')}: {result.summary}"
+    else:
+        result.status, result.error, result.error_code = "failed", checked.text(), CHECK_FAILED
 
 
 def carried_evidence(outcome: StepOutcome | None) -> dict[str, Any]:

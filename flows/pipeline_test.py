@@ -70,6 +70,7 @@ from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
 from flows.templating import TemplateError, builtin_values, render, resolve_variables
+from tasks import baseline
 from tasks.aws import ClientFactory, is_real_aws
 from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
@@ -245,6 +246,8 @@ def pipeline_test(
                 step_zero(case, rendered, spec_dir, clients, logger)
             # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
             pack_claim = _claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
+            # the case's last passing runs, once, before the steps (only when a check compares with a baseline)
+            ctx.history = _history(rendered, case, started, run_id, pack_claim, logger)
             with contextlib.ExitStack() as stack:
                 # the locks first (none of this run's changes may start before), then the journal's leftovers
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
@@ -421,6 +424,24 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
         locks=held.public() if held is not None and held.resources else None,
         audit=context,
     )
+
+
+def _history(rendered: CaseSpec, case: CaseSpec, started: datetime, run_id: str, claim: PackClaim | None,
+             logger: Any) -> baseline.History | None:
+    """The case's last passing runs from its evidence packs (tasks.baseline): where this run's pack goes, and the
+    default ``evidence/<case>/``; None when no step compares with a baseline."""
+    runs = max((b.runs for p in iter_steps(rendered) for b in baseline.baselines_in(p.step)), default=0)
+    if not runs:
+        return None
+    own = claim.folder if claim is not None else None
+    default = evidence_pack.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
+    folders = list(dict.fromkeys([*([own.parent] if own is not None else []), default]))
+    history = baseline.read_history(folders, case.case, runs, own)
+    logger.info("Baselines: %d passing run(s) found in %d evidence pack(s) read under %s (up to %d wanted)",
+                len(history.runs), history.read, ", ".join(history.searched), runs)
+    for problem in history.problems:
+        logger.warning("Baselines: %s", problem)
+    return history
 
 
 def _claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_id: str, logger: Any

@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Iterator, Literal, Union
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 from tasks import markdown, nesting
-from tasks.base import Severity, SpecModel, format_bytes, severity_field
+from tasks.base import Baseline, Severity, SpecModel, format_bytes, severity_field
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
 
@@ -156,7 +156,10 @@ class ObjectContent(SpecModel):
         "auto", description="`auto`: gunzip when the key ends in `.gz` or the object starts with gzip's magic "
         "bytes. Parquet is never gzipped as a whole (its pages are compressed inside).")
     csv: ObjectCsvOptions | None = Field(None, description="CSV options (with format: csv).")
-    row_count: int | None = Field(None, ge=0, description="Exactly this many rows (records; CSV: after the header).")
+    row_count: Annotated[int, Field(ge=0)] | Baseline | None = Field(
+        None, description="Exactly this many rows (records; CSV: after the header); or, as a baseline "
+        "(`{within_pct_of_baseline: 20, runs: 7}`), the rows of every object the step checked, together, about as "
+        "many as in the case's last passing runs.")
     min_rows: int | None = Field(None, ge=0, description="At least this many rows.")
     max_rows: int | None = Field(None, ge=0, description="At most this many rows.")
     columns: list[str] | None = Field(None, min_length=1, description="The column names (CSV: the header; JSON: "
@@ -271,7 +274,7 @@ class ObjectReport:
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "format": self.format, "passed": self.passed,
                 "bytes_read": self.stats.bytes_read, "requests": self.stats.requests,
-                "gunzipped": self.stats.gunzipped, "held_in_memory": self.stats.held,
+                "gunzipped": self.stats.gunzipped, "held_in_memory": self.stats.held, "rows": self.stats.rows,
                 "checks": [c.__dict__ for c in self.checks]}
 
 
@@ -471,7 +474,7 @@ def _jsonl_records(stream: io.BufferedIOBase) -> Iterator[Any]:
 
 def _count_checks(content: ObjectContent, rows: int) -> list[Check]:
     out = []
-    if content.row_count is not None:
+    if isinstance(content.row_count, int):
         out.append(Check("row count", f"{content.row_count:,}", f"{rows:,}", rows == content.row_count))
     if content.min_rows is not None:
         out.append(Check("row count (min)", f"≥ {content.min_rows:,}", f"{rows:,}", rows >= content.min_rows))
@@ -571,6 +574,7 @@ def _parquet_checks(client: S3Client, bucket: str, key: str, size: int, content:
         parquet = pq.ParquetFile(source)
         schema = parquet.schema_arrow
         tally = _Tally(content, rows=parquet.metadata.num_rows, columns=list(schema.names))
+        stats.rows = tally.rows
         out = _count_checks(content, tally.rows) + _columns_check(content, tally.columns)
         for name, wanted in (content.column_types or {}).items():
             actual = str(schema.field(name).type) if name in schema.names else "no such column"
@@ -641,6 +645,7 @@ def check_object(client: S3Client, bucket: str, key: str, size: int, content: Ob
         else:
             text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[type-var]
             _record_pass(json_values(text), tally)
+        stats.rows = tally.rows
         return _shape_checks(content, tally)
 
     if content.format == "parquet":

@@ -30,10 +30,11 @@ from botocore.exceptions import ClientError
 from pydantic import AfterValidator, Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster, ReadFileChunk
 
-from tasks import markdown
+from tasks import baseline, markdown
 from tasks.aws import is_real_aws
 from tasks.base import (
     RESOURCE_NAME,
+    Baseline,
     Link,
     StepBase,
     StepContext,
@@ -1148,8 +1149,18 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
         details["content"] = [r.to_dict() for r in reports]
         failed = [(c.severity or "error", f"{r.key}: {c.check}: expected {c.expected}, got {c.actual}")
                   for r in reports for c in r.checks if not c.passed]
-        failure = failed_checks(failed, sum(len(r.checks) for r in reports), "content checks", details=details,
-                                markdown=md)
+        total = sum(len(r.checks) for r in reports)
+        if isinstance(step.content.row_count, Baseline):  # the rows of every object checked, against past runs
+            read = sum(r.stats.rows or 0 for r in reports)
+            checked = baseline.check(step.content.row_count, ctx.label, "row_count", read, ctx.history,
+                                     step.content.severity)
+            details["baselines"] = {"row_count": checked.record()}
+            mark = "✅ PASS" if checked.passed else "⚠️ WARN" if checked.severity == "warn" else "❌ FAIL"
+            md += "\n\n" + markdown.text(f"{mark} {checked.text()}")
+            total += 1
+            if not checked.passed:
+                failed.append((checked.severity, checked.text()))
+        failure = failed_checks(failed, total, "content checks", details=details, markdown=md)
         if failure is not None:
             raise failure
         summary += f"; {sum(len(r.checks) for r in reports)} content check(s) held"
