@@ -94,8 +94,9 @@ def _case_facts(result: CaseResult, report: dict[str, Any]) -> str:
     c, spec = report["counts"], report["spec"]
     rows = [
         ("status", _badge(result.status) + (f" {_e(result.verdict)}" if result.warnings else "")),
-        ("steps", _e(f"{c['passed']} of {c['total']} passed, {c.get('warned', 0)} warned, {c['failed']} failed, "
-                     f"{c['error']} error, {c['skipped']} skipped")),
+        ("steps", _e(f"{c['passed']} of {c['total']} passed, "
+                     + (f"{c['warned']} warned ({result.warnings} warnings), " if c.get("warned") else "")
+                     + f"{c['failed']} failed, {c['error']} error, {c['skipped']} skipped")),
         ("started", _e(report["run"]["started_at"])),
         ("ended", _e(report["run"]["ended_at"])),
         ("duration", _e(format_duration(result.duration_s))),

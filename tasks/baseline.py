@@ -94,8 +94,16 @@ def _pack_folders(folders: list[Path], own: Path | None) -> list[Path]:
             if (pack / "report.json").is_file():
                 found[pack] = pack.name
     own_resolved = own.resolve() if own is not None else None
-    return [p for p, _ in sorted(found.items(), key=lambda kv: kv[1], reverse=True)
+    # by the start time the name begins with; within one second, by when report.json was written
+    return [p for p, _ in sorted(found.items(), key=lambda kv: (kv[1][:16], _written(kv[0])), reverse=True)
             if own_resolved is None or p.resolve() != own_resolved]
+
+
+def _written(pack: Path) -> float:
+    try:
+        return (pack / "report.json").stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _past_run(pack: Path, case: str) -> PastRun | str | None:
