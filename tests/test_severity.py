@@ -230,3 +230,55 @@ def test_a_baseline_model_is_bounded() -> None:
     for bad in ({"within_pct_of_baseline": 0}, {"within_pct_of_baseline": 20, "runs": 51}, {"runs": 3}):
         with pytest.raises(ValidationError):
             Baseline.model_validate(bad)
+
+
+def test_a_suite_counts_warnings_and_a_case_with_warnings_passes() -> None:
+    from datetime import datetime, timezone
+
+    from flows.results import StepResult
+    from flows.suite import format_suite, summary_rows
+    from flows.suite_pack import SuiteCaseResult, SuiteResult, index_html, suite_report
+
+    now = datetime(2026, 12, 8, tzinfo=timezone.utc)
+
+    def case(name: str, *steps: StepResult) -> SuiteCaseResult:
+        result = CaseResult(case=name, status="passed", started_at=now, ended_at=now, duration_s=0.0,
+                            steps=list(steps))
+        return SuiteCaseResult(case=name, path=f"{name}.yaml", status="passed", started_at=now, ended_at=now,
+                               result=result)
+
+    warned = StepResult(number="1", label="count", kind="athena_query", status="warned",
+                        warnings=["row_count: expected 3, got 2", "first_row.n >: expected > 0, got 0"])
+    clean = StepResult(number="1", label="count", kind="athena_query", status="passed")
+    suite = SuiteResult(suite="Nightly", started_at=now, ended_at=now, cases=[case("a", warned), case("b", clean)])
+    assert suite.passed and suite.warnings == 2
+    assert suite.counts_text() == "2 passed, 0 failed, 0 not run (2 warnings in 1 case)"
+    text = format_suite(suite)
+    assert "2 passed, 0 failed, 0 not run (2 warnings in 1 case)" in text
+    assert "  WARN    a" in text and "2 warnings: step 1 'count': row_count: expected 3, got 2" in text
+    assert [row["verdict"] for row in summary_rows(suite)] == ["⚠️ passed, 2 warnings", "✅ passed"]
+    assert "PASSED, 2 warnings" in index_html(suite)
+    report = suite_report(suite)
+    assert report["warnings"] == 2 and [c["warnings"] for c in report["cases"]] == [2, 0]
+
+
+@pytest.mark.parametrize(("took", "status"), [(1.2, "passed"), (3.0, "failed")])
+def test_a_step_duration_against_its_baseline(took: float, status: str) -> None:
+    from flows.engine import _duration_against_baseline
+    from flows.results import StepResult
+    from flows.spec import PlacedStep
+    from tasks.base import StepContext
+    from tasks.s3 import ExpectObjectsStep
+
+    step = ExpectObjectsStep.model_validate({"kind": "expect_objects", "name": "q", "bucket": BUCKET, "keys": ["k"],
+                                             "duration_baseline": {"within_pct_of_baseline": 50, "runs": 2}})
+    ctx = StepContext(clients=None, case_name="c", run_id="r", label="q",  # type: ignore[arg-type]
+                      history=past(1.0, 1.0, metric="duration_s"))
+    result = StepResult(number="1", label="q", kind="expect_objects", status="passed", duration_s=took)
+    _duration_against_baseline(PlacedStep("1", step), ctx, result)
+    assert result.status == status and result.details["baselines"]["duration_s"]["baseline"] == 1.0
+    assert [r["flow_run_id"] for r in result.details["baselines"]["duration_s"]["runs"]] == ["run-1", "run-2"]
+    ctx.history = None  # no past run: a warning, never a failure
+    first = StepResult(number="1", label="q", kind="expect_objects", status="passed", duration_s=took)
+    _duration_against_baseline(PlacedStep("1", step), ctx, first)
+    assert first.status == "warned" and "no baseline yet" in first.warnings[0]
