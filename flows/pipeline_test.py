@@ -247,7 +247,7 @@ def pipeline_test(
             # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
             pack_claim = _claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
             # the case's last passing runs, once, before the steps (only when a check compares with a baseline)
-            ctx.history = _history(rendered, case, started, run_id, pack_claim, logger)
+            ctx.history = _history(rendered, case, started, run_id, pack_claim, clients, logger)
             with contextlib.ExitStack() as stack:
                 # the locks first (none of this run's changes may start before), then the journal's leftovers
                 lock = stack.enter_context(_locked(clients, resources, case, run_id, ctx, logger))
@@ -427,16 +427,21 @@ def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[st
 
 
 def _history(rendered: CaseSpec, case: CaseSpec, started: datetime, run_id: str, claim: PackClaim | None,
-             logger: Any) -> baseline.History | None:
-    """The case's last passing runs from its evidence packs (tasks.baseline): where this run's pack goes, and the
-    default ``evidence/<case>/``; None when no step compares with a baseline."""
+             clients: ClientFactory, logger: Any) -> baseline.History | None:
+    """The case's last passing runs from its evidence packs (tasks.baseline): where this run's pack goes, the
+    default ``evidence/<case>/``, and the S3 prefix ``evidence:`` uploads them to; None when no step compares
+    with a baseline."""
     runs = max((b.runs for p in iter_steps(rendered) for b in baseline.baselines_in(p.step)), default=0)
     if not runs:
         return None
     own = claim.folder if claim is not None else None
     default = evidence_pack.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
     folders = list(dict.fromkeys([*([own.parent] if own is not None else []), default]))
-    history = baseline.read_history(folders, case.case, runs, own)
+    s3 = None
+    if case.evidence is not None:
+        prefix = "/".join(p for p in (case.evidence.prefix.strip("/"), default.name) if p) + "/"
+        s3 = baseline.S3Packs(clients.client("s3"), case.evidence.bucket, prefix)
+    history = baseline.read_history(folders, case.case, runs, own, s3)
     logger.info("Baselines: %d passing run(s) found in %d evidence pack(s) read under %s (up to %d wanted)",
                 len(history.runs), history.read, ", ".join(history.searched), runs)
     for problem in history.problems:

@@ -26,6 +26,7 @@ from flows.spec import CaseSpec, ParallelGroup, PlacedStep, iter_steps, render_s
 from flows.template_secrets import case_reads, reads_footprint
 from flows.templating import builtin_values, resolve_variables
 from tasks.base import footprint
+from tasks.baseline import baselines_in
 from tasks.iam import Arns, Footprint, Need, Touch
 from tasks.journal import journal_prefix
 from tasks.secrets import redact_json
@@ -193,9 +194,15 @@ def run_footprint(case: CaseSpec, arns: Arns, changes_anything: bool, spec_dir: 
         ev = case.evidence
         fp.change("S3 prefix", f"s3://{ev.bucket}/{ev.prefix}", "the evidence pack (kept, not undone)")
         fp.need(arns.s3_objects(ev.bucket, ev.prefix), "s3:PutObject")
+        kms = Arns(arns.account, arns.region, arns.partition, ev.kms_key_id or arns.kms_key_arn)
         if ev.sse.startswith("aws:kms"):
-            key = Arns(arns.account, arns.region, arns.partition, ev.kms_key_id or arns.kms_key_arn)
-            fp.need_kms(key, "s3", "kms:GenerateDataKey")
+            fp.need_kms(kms, "s3", "kms:GenerateDataKey")
+        if any(True for p in iter_steps(case) for _ in baselines_in(p.step)):  # the earlier packs, for baselines
+            fp.read("S3 prefix", f"s3://{ev.bucket}/{ev.prefix}", "the case's earlier evidence packs (baselines)")
+            fp.need(arns.s3_bucket(ev.bucket), "s3:ListBucket")
+            fp.need(arns.s3_objects(ev.bucket, ev.prefix), "s3:GetObject")
+            if ev.sse.startswith("aws:kms"):
+                fp.need_kms(kms, "s3", "kms:Decrypt")
     return fp
 
 

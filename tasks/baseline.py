@@ -9,22 +9,28 @@ its database. Every baseline check records its value in its step's details (``de
 later runs find it there, with the baseline it was compared to and the runs (pack folders, flow run ids) it came
 from.
 
-Bounded: :func:`read_history` runs once per case run, before the steps; it lists the pack folders (names begin
-with the run's start time, so newest first without opening them) and reads at most ``2 x N`` report.json files
+Bounded: :func:`read_history` runs once per case run, before the steps; it lists the pack folders (and, for a case
+that uploads its packs with ``evidence:``, the S3 prefix; names begin with the run's start time, so newest first
+without opening them) and reads at most ``2 x N`` report.json files
 (N the largest ``runs`` a baseline of the case asks for), each at most :data:`REPORT_MAX_BYTES`, keeping the
 passing ones, up to N.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pydantic import BaseModel
 
 from tasks import nesting
 from tasks.base import Baseline
+from tasks.errors import AWS_ERRORS, aws_error
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
 
 #: the largest report.json read for a baseline (a larger one is passed over, and said so)
 REPORT_MAX_BYTES = 16 * 1024 * 1024
@@ -76,9 +82,9 @@ class History:
         return found[:runs]
 
 
-def _pack_folders(folders: list[Path], own: Path | None) -> list[Path]:
-    """Pack folders (holding a report.json) under ``folders``, newest first by name (``<UTC time>-<run id>``); a
-    suite's case packs (``<suite>/<run>/cases/<case>``) by the suite run's name."""
+def _pack_folders(folders: list[Path], own: Path | None) -> list[tuple[str, Path]]:
+    """Pack folders (holding a report.json) under ``folders`` with their names (``<UTC time>-<run id>``), newest
+    first; a suite's case packs (``<suite>/<run>/cases/<case>``) under the suite run's name."""
     found: dict[Path, str] = {}
     for folder in folders:
         if not folder.is_dir():
@@ -95,7 +101,8 @@ def _pack_folders(folders: list[Path], own: Path | None) -> list[Path]:
                 found[pack] = pack.name
     own_resolved = own.resolve() if own is not None else None
     # by the start time the name begins with; within one second, by when report.json was written
-    return [p for p, _ in sorted(found.items(), key=lambda kv: (kv[1][:16], _written(kv[0])), reverse=True)
+    return [(name, p) for p, name in sorted(found.items(), key=lambda kv: (kv[1][:16], _written(kv[0])),
+                                            reverse=True)
             if own_resolved is None or p.resolve() != own_resolved]
 
 
@@ -106,17 +113,42 @@ def _written(pack: Path) -> float:
         return 0.0
 
 
-def _past_run(pack: Path, case: str) -> PastRun | str | None:
-    """The passing run a pack holds (None: it did not pass or is another case's), or why it could not be read."""
-    path = pack / "report.json"
+def s3_pack_folders(client: S3Client, bucket: str, case_prefix: str, max_pages: int = 10) -> list[tuple[str, str]]:
+    """The pack folders under ``s3://bucket/<case_prefix>`` (``<time>-<run id>/``, as ``evidence:`` uploads them):
+    (name, key prefix), newest first; at most ``max_pages`` listings of 1,000."""
+    found = []
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=case_prefix, Delimiter="/")
+    for number, page in enumerate(pages, 1):
+        found += [(p["Prefix"][len(case_prefix):].rstrip("/"), p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+        if number >= max_pages:
+            break
+    return sorted(found, reverse=True)
+
+
+def _s3_report(client: S3Client, bucket: str, key: str) -> bytes:
+    """The first ``REPORT_MAX_BYTES + 1`` bytes of a report.json in S3 (one ranged GET)."""
+    response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{REPORT_MAX_BYTES}")
+    with contextlib.closing(response["Body"]) as body:
+        return bytes(body.read(REPORT_MAX_BYTES + 1))
+
+
+def _past_run(pack: Path | str, case: str, read: Callable[[], bytes] | None = None) -> PastRun | str | None:
+    """The passing run a pack holds (None: it did not pass or is another case's), or why it could not be read;
+    ``read``: how to read its report.json when it is not a local folder (an S3 pack)."""
+    path = f"{pack}report.json" if isinstance(pack, str) else pack / "report.json"
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(REPORT_MAX_BYTES + 1)
+        if read is not None:
+            data = read()
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(REPORT_MAX_BYTES + 1)
         if len(data) > REPORT_MAX_BYTES:
             return f"{path}: larger than {REPORT_MAX_BYTES // (1024 * 1024)} MiB, passed over"
         report = nesting.loads(data, str(path))
     except (OSError, ValueError) as exc:
         return f"{path}: not readable ({exc})"
+    except AWS_ERRORS as exc:
+        return f"{path}: not readable ({aws_error('S3 GetObject', str(path), exc).message})"
     if not isinstance(report, dict) or report.get("status") != "passed":
         return None
     if (report.get("case") or {}).get("name") != case:
@@ -134,15 +166,45 @@ def _past_run(pack: Path, case: str) -> PastRun | str | None:
                    values=values)
 
 
-def read_history(folders: list[Path], case: str, runs: int, own: Path | None = None) -> History:
+@dataclass(frozen=True)
+class S3Packs:
+    """Where ``evidence:`` uploads the case's packs: ``s3://bucket/<case_prefix><time>-<run id>/``."""
+
+    client: S3Client
+    bucket: str
+    case_prefix: str
+
+    def reader(self, key: str) -> Callable[[], bytes]:
+        return lambda: _s3_report(self.client, self.bucket, key)
+
+
+def read_history(folders: list[Path], case: str, runs: int, own: Path | None = None,
+                 s3: S3Packs | None = None) -> History:
     """The last ``runs`` passing runs of ``case`` from the packs under ``folders`` (``own``: this run's pack folder,
-    left out), reading at most ``READS_PER_RUN x runs`` report.json files."""
+    left out) and, with ``s3``, the packs uploaded there (a pack in both is read from the folder), newest first,
+    reading at most ``READS_PER_RUN x runs`` report.json files."""
     history = History(searched=[str(f) for f in folders])
-    for pack in _pack_folders(folders, own):
+    packs: dict[str, tuple[str, Path | str, Callable[[], bytes] | None]] = {}
+    for name, path in _pack_folders(folders, own):
+        packs.setdefault(name, (name, path, None))
+    if s3 is not None:
+        where = f"s3://{s3.bucket}/{s3.case_prefix}"
+        history.searched.append(where)
+        try:
+            listed = s3_pack_folders(s3.client, s3.bucket, s3.case_prefix)
+        except AWS_ERRORS as exc:
+            listed = []
+            history.problems.append(aws_error("S3 ListObjectsV2", where, exc).message)
+        for name, prefix in listed:
+            if name not in packs and not (own is not None and own.name == name):
+                packs[name] = (name, f"s3://{s3.bucket}/{prefix}", s3.reader(prefix + "report.json"))
+    newest = sorted(packs.values(), key=lambda p: (p[0][:16], _written(p[1]) if isinstance(p[1], Path) else 0.0),
+                    reverse=True)
+    for _, pack, read in newest:
         if len(history.runs) >= runs or history.read >= READS_PER_RUN * runs:
             break
         history.read += 1
-        past = _past_run(pack, case)
+        past = _past_run(pack, case, read)
         if isinstance(past, str):
             history.problems.append(past)
         elif past is not None:

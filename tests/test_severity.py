@@ -282,3 +282,38 @@ def test_a_step_duration_against_its_baseline(took: float, status: str) -> None:
     first = StepResult(number="1", label="q", kind="expect_objects", status="passed", duration_s=took)
     _duration_against_baseline(PlacedStep("1", step), ctx, first)
     assert first.status == "warned" and "no baseline yet" in first.warnings[0]
+
+
+def test_history_also_reads_the_packs_uploaded_to_s3(s3, tmp_path: Path) -> None:
+    s3.create_bucket(Bucket=BUCKET)
+
+    def report(value: float, status: str = "passed") -> bytes:
+        return json.dumps({"status": status, "case": {"name": "C"}, "run": {"flow_run_id": f"run-{value:g}"},
+                           "steps": [{"label": "q", "details": {"baselines": {"row_count": {"value": value}}}}]}
+                          ).encode()
+
+    prefix = "pipeline-test-evidence/c/"
+    s3.put_object(Bucket=BUCKET, Key=prefix + "20261201T000000Z-a/report.json", Body=report(1))
+    s3.put_object(Bucket=BUCKET, Key=prefix + "20261203T000000Z-c/report.json", Body=report(3, "failed"))
+    s3.put_object(Bucket=BUCKET, Key=prefix + "20261204T000000Z-d/report.json", Body=report(40))
+    local = tmp_path / "evidence" / "c" / "20261204T000000Z-d"  # the same pack, also kept locally: read from here
+    local.mkdir(parents=True)
+    (local / "report.json").write_bytes(report(4))
+    history = baseline.read_history([local.parent], "C", runs=2, s3=baseline.S3Packs(s3, BUCKET, prefix))
+    assert [r.values["q"]["row_count"] for r in history.runs] == [4.0, 1.0] and history.read == 3
+    assert history.runs[1].pack == f"s3://{BUCKET}/{prefix}20261201T000000Z-a/"
+    assert history.searched[-1] == f"s3://{BUCKET}/{prefix}"
+    refused = baseline.read_history([], "C", runs=2, s3=baseline.S3Packs(s3, "no-such-bucket-here", prefix))
+    assert refused.runs == [] and "NoSuchBucket" in refused.problems[0]
+
+
+def test_the_plan_names_the_reads_of_earlier_packs_in_s3() -> None:
+    from flows.plan import run_footprint
+    from flows.spec import CaseSpec
+    from tasks.iam import Arns
+
+    case = CaseSpec.model_validate({**spec(content_step({"row_count": {"within_pct_of_baseline": 20}})),
+                                    "evidence": {"bucket": BUCKET}})
+    needs = {(n.resource, n.action) for n in run_footprint(case, Arns(), False).needs}
+    assert (f"arn:aws:s3:::{BUCKET}", "s3:ListBucket") in needs
+    assert (f"arn:aws:s3:::{BUCKET}/pipeline-test-evidence/*", "s3:GetObject") in needs
