@@ -44,7 +44,7 @@ MAX_STEPS_LISTED = 40
 STATUS_ICON = {"passed": ":white_check_mark:", "warned": ":warning:", "failed": ":x:",
                "error": ":boom:", "skipped": ":next_track_button:"}
 
-When = Literal["failure", "success"]
+When = Literal["failure", "success", "warning"]
 
 
 def _on_failure() -> list[When]:
@@ -69,7 +69,8 @@ class NotifySettings(BaseModel):
         "posts to its own channel).")
     when: list[When] = Field(
         default_factory=_on_failure, min_length=1,
-        description="When to send a notice: failure (the default), success, or both.")
+        description="When to send a notice: failure (the default), success (every passed run), warning (a "
+        "passed run with warnings: checks with `severity: warn` that did not hold); any of them together.")
 
     @model_validator(mode="after")
     def _one_target(self) -> "NotifySettings":
@@ -85,7 +86,9 @@ class NotifySettings(BaseModel):
 
     def wants(self, result: CaseResult) -> bool:
         """Whether this result calls for a notice."""
-        return ("success" if result.passed else "failure") in self.when
+        if not result.passed:
+            return "failure" in self.when
+        return "success" in self.when or (result.warnings > 0 and "warning" in self.when)
 
 
 # ------------------------------------------------------------------------------------------- the message

@@ -317,3 +317,18 @@ def test_the_plan_names_the_reads_of_earlier_packs_in_s3() -> None:
     needs = {(n.resource, n.action) for n in run_footprint(case, Arns(), False).needs}
     assert (f"arn:aws:s3:::{BUCKET}", "s3:ListBucket") in needs
     assert (f"arn:aws:s3:::{BUCKET}/pipeline-test-evidence/*", "s3:GetObject") in needs
+
+
+def test_a_notice_on_warnings_only_when_asked() -> None:
+    from datetime import datetime, timezone
+
+    from flows.notify import NotifySettings
+    from flows.results import StepResult
+
+    now = datetime(2026, 12, 8, tzinfo=timezone.utc)
+    step = StepResult(number="1", label="q", kind="athena_query", status="warned", warnings=["row_count: low"])
+    warned = CaseResult(case="C", status="passed", started_at=now, ended_at=now, duration_s=1, steps=[step])
+    clean = warned.model_copy(update={"steps": [step.model_copy(update={"status": "passed", "warnings": []})]})
+    on_warning = NotifySettings(slack_webhook_block="x", when=["failure", "warning"])
+    assert on_warning.wants(warned) and not on_warning.wants(clean)
+    assert not NotifySettings(slack_webhook_block="x").wants(warned)
