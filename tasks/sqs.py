@@ -15,12 +15,12 @@ from urllib.parse import quote
 
 from pydantic import Field, model_validator
 
-from tasks import markdown as md
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.errors import AWS_ERRORS, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
-from tasks.iam import Arns, Footprint
-from tasks.polling import PollSettings
+from tasks.kit import markdown as md
+from tasks.kit.errors import AWS_ERRORS, aws_error
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
@@ -149,8 +149,8 @@ def run_expect_queue_depth(step: ExpectQueueDepthStep, ctx: StepContext) -> Step
                "attributes": depth.attributes, "checks": watched.checks,
                "waited_seconds": round(watched.waited, 3), "held_seconds": round(watched.held, 3)}
     if not watched.met:
-        raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown, check="depth")
     return StepOutcome(summary=f"SQS queue {step.queue}: {depth.describe()} {watched.timing()}", details=details,
-                       markdown=markdown,
+                       markdown=markdown, checks=[watched.record("depth", step.wanted(), depth.describe())],
                        links=console_link(ctx, "sqs", f"sqs/v3/home?region={{region}}#/queues/{quote(url, safe='')}",
                                           f"SQS queue {url.rsplit('/', 1)[-1]}"))

@@ -16,12 +16,12 @@ from pydantic import ValidationError
 from test_athena import OUTPUT, backend, context, inject, manual_states
 from test_athena import athena_clients as athena_clients  # the fixture: a result bucket, states reset
 
-from flows.spec import AwsSettings
+from flows.spec.model import AwsSettings
 from tasks.athena import AthenaQueryStep, run_athena_query
 from tasks.athena.cost import show_bytes, workgroup_cutoff
-from tasks.aws import ClientFactory
-from tasks.base import Meter
-from tasks.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.step import Meter
 
 GB = 10**9
 pytestmark = pytest.mark.usefixtures("athena_clients")
@@ -131,6 +131,10 @@ def test_the_case_total_is_shared_by_its_queries(clients: ClientFactory, fake_cl
         run_athena_query(step(), ctx)
     assert len(backend().executions) == calls  # nothing was sent to Athena
     assert err.value.details == {"case_scanned_bytes": 4 * GB, "case_max_scanned_bytes": 3 * GB}
+    [check] = err.value.checks  # typed, for report.json and report.html
+    assert (check.name, check.verdict, check.expected, check.actual) == (
+        "aws.athena_max_scanned_bytes", "failed", "< 3 GB (3,000,000,000 bytes)",
+        "4 GB (4,000,000,000 bytes) (before this query)")
 
 
 def test_a_query_the_workgroup_limit_cancelled_is_a_failed_check(clients: ClientFactory,

@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 
-from flows import evidence_pack as ep
-from flows.evidence_markdown import case_markdown, step_markdown
-from flows.notify import build_message
-from flows.pipeline_test import format_result, pipeline_test, result_of
-from flows.results import CaseResult
-from tasks import baseline
+from flows.cli import format_result
+from flows.evidence.markdown import case_markdown, step_markdown
+from flows.evidence.notify import build_message
+from flows.evidence.pack import verify as ep
+from flows.evidence.results import CaseResult, result_of
+from flows.pipeline_test import pipeline_test
 from tasks.athena.checks import AthenaExpect, CheckAccumulator, baseline_checks
 from tasks.athena.values import Column
-from tasks.base import Baseline
-from tasks.errors import failed_checks
+from tasks.kit import baseline
+from tasks.kit.errors import failed_checks
+from tasks.kit.step import Baseline
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
 BUCKET = "warn-bucket"
@@ -235,9 +236,10 @@ def test_a_baseline_model_is_bounded() -> None:
 def test_a_suite_counts_warnings_and_a_case_with_warnings_passes() -> None:
     from datetime import datetime, timezone
 
-    from flows.results import StepResult
-    from flows.suite import format_suite, summary_rows
-    from flows.suite_pack import SuiteCaseResult, SuiteResult, index_html, suite_report
+    from flows.evidence.results import StepResult
+    from flows.suite.cli import format_suite
+    from flows.suite.flow import summary_rows
+    from flows.suite.pack import SuiteCaseResult, SuiteResult, index_html, suite_report
 
     now = datetime(2026, 12, 8, tzinfo=timezone.utc)
 
@@ -264,11 +266,11 @@ def test_a_suite_counts_warnings_and_a_case_with_warnings_passes() -> None:
 
 @pytest.mark.parametrize(("took", "status"), [(1.2, "passed"), (3.0, "failed")])
 def test_a_step_duration_against_its_baseline(took: float, status: str) -> None:
-    from flows.engine import _duration_against_baseline
-    from flows.results import StepResult
-    from flows.spec import PlacedStep
-    from tasks.base import StepContext
-    from tasks.s3 import ExpectObjectsStep
+    from flows.evidence.results import StepResult
+    from flows.run.engine import _duration_against_baseline
+    from flows.spec.model import PlacedStep
+    from tasks.kit.step import StepContext
+    from tasks.s3.steps import ExpectObjectsStep
 
     step = ExpectObjectsStep.model_validate({"kind": "expect_objects", "name": "q", "bucket": BUCKET, "keys": ["k"],
                                              "duration_baseline": {"within_pct_of_baseline": 50, "runs": 2}})
@@ -308,9 +310,9 @@ def test_history_also_reads_the_packs_uploaded_to_s3(s3, tmp_path: Path) -> None
 
 
 def test_the_plan_names_the_reads_of_earlier_packs_in_s3() -> None:
-    from flows.plan import run_footprint
-    from flows.spec import CaseSpec
-    from tasks.iam import Arns
+    from flows.plan.changes import run_footprint
+    from flows.spec.model import CaseSpec
+    from tasks.kit.iam import Arns
 
     case = CaseSpec.model_validate({**spec(content_step({"row_count": {"within_pct_of_baseline": 20}})),
                                     "evidence": {"bucket": BUCKET}})
@@ -322,8 +324,8 @@ def test_the_plan_names_the_reads_of_earlier_packs_in_s3() -> None:
 def test_a_notice_on_warnings_only_when_asked() -> None:
     from datetime import datetime, timezone
 
-    from flows.notify import NotifySettings
-    from flows.results import StepResult
+    from flows.evidence.notify import NotifySettings
+    from flows.evidence.results import StepResult
 
     now = datetime(2026, 12, 8, tzinfo=timezone.utc)
     step = StepResult(number="1", label="q", kind="athena_query", status="warned", warnings=["row_count: low"])

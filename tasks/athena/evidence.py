@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks import markdown
 from tasks.athena.checks import CheckResult
 from tasks.athena.client import QueryRun, state_of
 from tasks.athena.cost import show_bytes
 from tasks.athena.values import ResultDigest, json_safe, result_digest
-from tasks.aws import is_real_aws
-from tasks.base import Link, StepOutcome, format_bytes
-from tasks.errors import HashedItem, StepFile
+from tasks.kit import markdown
+from tasks.kit.aws import is_real_aws
+from tasks.kit.files import HashedItem, StepFile
+from tasks.kit.step import Link, StepOutcome, format_bytes
 
 if TYPE_CHECKING:
     from tasks.athena.reconcile import ReconcileReport
@@ -192,6 +192,7 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         links=links,
         tables={"preview": safe_preview},
         request_ids=list(run.request_ids),
+        checks=[c.record() for c in checks],
         hashed_items=[HashedItem.query_result(query_id=run.query_id, location=facts["output_location"],
                                               rows=facts["row_count"], sha256=digest)],
         files=files,

@@ -14,10 +14,10 @@ from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
-from tasks.base import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
-from tasks.errors import StepError, failed_checks
-from tasks.iam import Arns, Footprint
-from tasks.s3 import S3_URI_KEY
+from tasks.kit.errors import StepError, failed_checks
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.step import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
+from tasks.s3.keys import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
 
@@ -224,7 +224,7 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         outcome.details["baselines"] = baselines
     failure = failed_checks([(c.severity, c.text()) for c in checks if not c.passed], len(checks),
                             details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
-                            files=outcome.files)
+                            files=outcome.files, checks=outcome.checks)
     if failure is not None:
         raise failure
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
