@@ -167,7 +167,7 @@ def case_history(rendered: CaseSpec, case: CaseSpec, started: datetime, run_id: 
     if not runs:
         return None
     own = claim.folder if claim is not None else None
-    default = evidence_pack.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
+    default = pack_files.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
     folders = list(dict.fromkeys([*([own.parent] if own is not None else []), default]))
     s3 = None
     if case.evidence is not None:
