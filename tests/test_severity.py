@@ -19,7 +19,7 @@ import pytest
 from flows.cli import format_result
 from flows.evidence.markdown import case_markdown, step_markdown
 from flows.evidence.notify import build_message
-from flows.evidence.pack import verify as ep
+from flows.evidence.pack import files as ep
 from flows.evidence.results import CaseResult, result_of
 from flows.pipeline_test import pipeline_test
 from tasks.athena.checks import AthenaExpect, CheckAccumulator, baseline_checks
