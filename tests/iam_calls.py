@@ -35,24 +35,22 @@ _runners: dict[CodeType, str] = {}
 
 
 def family(module: str) -> str | None:
-    """``tasks.ssm_restore`` -> ``ssm``; ``tasks.athena.client`` -> ``athena``; ``tasks.kit.journal`` -> ``run``."""
+    """``tasks.ssm_restore`` -> ``ssm``; ``tasks.athena.client`` -> ``athena``; ``tasks.s3.upload`` -> ``s3``;
+    ``tasks.kit.journal`` -> ``run``; the rest of the kit: none."""
     if module == "flows.run.preflight":  # its probes are chosen among the case's needs (test_iam_contract)
         return "preflight"
     if module.startswith("flows."):
         return "run"
-    if module == "tasks.kit.journal":
-        return "run"
-    if not module.startswith("tasks.") or module.startswith("tasks.kit."):
-        return None  # the kit (tasks/kit/) makes no call of a kind's own; the journal's are the run's
+    if not module.startswith("tasks."):
+        return None
+    if module.startswith("tasks.kit."):  # the kit makes no call of a kind's own, except the undo journal's
+        return "run" if module == "tasks.kit.journal" else None
     name = module.split(".")[1]
     return ALIASES.get(name, name)
 
 
 def is_test_side(module: str) -> bool:
-    """Code that plays the world around the kinds: the tests themselves and the demo's fake pipeline (not the kinds
-    the tests define under tests/kinds/, loaded with PIPELINE_TEST_STEP_MODULES)."""
-    if module.startswith("tests.kinds."):
-        return False
+    """Code that plays the world around the kinds: the tests themselves and the demo's fake pipeline."""
     return (module.startswith(("tests.", "test_", "conftest", "flows.demo", "flows.emulator"))
             or module in ("__main__",))
 
@@ -81,7 +79,6 @@ def who(frame: FrameType | None) -> dict[str, Any] | None:
             innermost, decided = family(module), True
         if frame.f_code in runners:
             runner = {"kind": runners[frame.f_code], "step": frame.f_locals.get("step")}  # the outermost wins
-            decided = True  # a kind outside tasks/ (PIPELINE_TEST_STEP_MODULES): its runner is its own
         transfer = transfer or module.startswith("s3transfer")
         frame = frame.f_back
     if innermost == "run":

@@ -112,6 +112,9 @@ def test_the_kind_runs_against_the_emulator_passing_and_failing(moto_endpoint, e
     assert "S3 bucket kind-plain: versioning is never enabled, expected Enabled" in proc.stdout
     report = (tmp_path / "failed" / "report.md").read_text(encoding="utf-8")
     assert "Bucket `kind-plain`: versioning never enabled, expected Enabled (GetBucketVersioning" in report
+    report_json = json.loads((tmp_path / "failed" / "report.json").read_text(encoding="utf-8"))
+    assert [(c["name"], c["expected"], c["actual"], c["verdict"]) for c in report_json["steps"][0]["checks"]] == [
+        ("versioning", "Enabled", "never enabled", "failed")]
     assert emulated_s3.get_bucket_versioning(Bucket="kind-plain").get("Status") is None  # nothing changed
 
 

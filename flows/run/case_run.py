@@ -15,8 +15,10 @@ from prefect.states import State
 
 from flows.evidence import audit, history
 from flows.evidence import ui as evidence
+from flows.evidence.pack import files as pack_files
 from flows.evidence.pack import folder as pack_folder
-from flows.evidence.pack import verify as evidence_pack
+from flows.evidence.pack import verify as pack_verify
+from flows.evidence.pack import write as pack_write
 from flows.evidence.pack.folder import PackClaim
 from flows.evidence.results import CaseResult, StepResult
 from flows.run import locks
@@ -29,7 +31,8 @@ from flows.run.recover import (
     refuse_live_claims,
     release_dead_locks,
 )
-from flows.spec.model import CaseSpec
+from flows.spec.model import CaseSpec, iter_steps
+from tasks.kit import baseline
 from tasks.kit.aws import ClientFactory, is_real_aws
 from tasks.kit.errors import StepError
 from tasks.kit.journal import Heartbeat, read_entries
@@ -155,14 +158,37 @@ def case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str
     )
 
 
+def case_history(rendered: CaseSpec, case: CaseSpec, started: datetime, run_id: str, claim: PackClaim | None,
+                 clients: ClientFactory, logger: Any) -> baseline.History | None:
+    """The case's last passing runs from its evidence packs (tasks.kit.baseline): where this run's pack goes, the
+    default ``evidence/<case>/``, and the S3 prefix ``evidence:`` uploads them to; None when no step compares
+    with a baseline."""
+    runs = max((b.runs for p in iter_steps(rendered) for b in baseline.baselines_in(p.step)), default=0)
+    if not runs:
+        return None
+    own = claim.folder if claim is not None else None
+    default = pack_files.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
+    folders = list(dict.fromkeys([*([own.parent] if own is not None else []), default]))
+    s3 = None
+    if case.evidence is not None:
+        prefix = "/".join(p for p in (case.evidence.prefix.strip("/"), default.name) if p) + "/"
+        s3 = baseline.S3Packs(clients.client("s3"), case.evidence.bucket, prefix)
+    history = baseline.read_history(folders, case.case, runs, own, s3)
+    logger.info("Baselines: %d passing run(s) found in %d evidence pack(s) read under %s (up to %d wanted)",
+                len(history.runs), history.read, ", ".join(history.searched), runs)
+    for problem in history.problems:
+        logger.warning("Baselines: %s", problem)
+    return history
+
+
 def claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_id: str, logger: Any
                 ) -> PackClaim:
     """Claim the pack's folder (``evidence_dir``, else ``evidence/<case>/<time>-<run id>/``) before the run changes
     anything; CouldNotRun when it is not new, not writable (read-only, full) or another run is writing to it."""
-    folder = Path(evidence_dir) if evidence_dir else evidence_pack.run_pack_dir(Path("evidence"), case.case, started,
+    folder = Path(evidence_dir) if evidence_dir else pack_files.run_pack_dir(Path("evidence"), case.case, started,
                                                                                 run_id)
     try:
-        return pack_folder.claim(folder, evidence_pack.private_default(), logger)
+        return pack_folder.claim(folder, pack_write.private_default(), logger)
     except pack_folder.PackFolderError as exc:
         raise CouldNotRun(f"case '{case.case}' did not start: {exc}; nothing was changed") from None
 
@@ -171,7 +197,7 @@ def planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> dict[str, 
     """Where the pack will be written (and uploaded), for a notice sent before it is written."""
     planned: dict[str, Any] = {"folder": str(folder.resolve())}
     if case.evidence is not None:
-        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
+        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{pack_files.pack_prefix(case.evidence.prefix, result)}"
     return planned
 
 
@@ -182,18 +208,18 @@ def write_case_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, 
     of a pack that could not be written is left."""
     folder = claim.folder
     try:
-        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
-        digest = evidence_pack.manifest_sha256(folder)
+        pack_write.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
+        digest = pack_files.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
         result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
         logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
         if upload and case.evidence is not None:
             settings = case.evidence
-            prefix = evidence_pack.pack_prefix(settings.prefix, result)
-            evidence_pack.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
+            prefix = pack_files.pack_prefix(settings.prefix, result)
+            pack_verify.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
                                       kms_key_id=settings.kms_key_id)
             endpoint = ctx.clients.endpoint_url("s3")
-            url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
+            url = (pack_verify.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
                    else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
             result.pack.update(s3_uri=f"s3://{settings.bucket}/{prefix}", url=url)
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",

@@ -31,7 +31,8 @@ from flows.evidence.pack.files import (
 from flows.evidence.pack.html import CSS
 from flows.evidence.pack.junit import _x, testsuite
 from flows.evidence.pack.write import _counts, _json_text, _write_text, private_default
-from flows.evidence.results import CaseResult, StepResult
+from flows.evidence.results import CaseResult, StepResult, plural
+from flows.suite.trends import SuiteTrends, cells, summary_line
 
 INDEX_HTML = "index.html"
 #: files every suite pack has (besides the manifest)
@@ -68,11 +69,20 @@ class SuiteCaseResult(BaseModel):
         return self.result.first_failure if self.result is not None else None
 
     @property
+    def warnings(self) -> int:
+        """How many checks of the case warned (``severity: warn``); a case with warnings passes."""
+        return self.result.warnings if self.result is not None else 0
+
+    @property
     def why(self) -> str:
-        """The failed step and its reason (or why the case did not run); empty when it passed."""
+        """The failed step and its reason (or why the case did not run); its warnings when it passed with some;
+        empty when it passed."""
         step = self.failed_step
         if step is not None:
             return f"step {step.number} '{step.label}' {step.status}: {step.error or ''}"
+        if self.reason is None and self.warnings and self.result is not None:
+            first = next(s for s in self.result.steps if s.warnings)
+            return f"{plural(self.warnings, 'warning')}: step {first.number} '{first.label}': {first.warnings[0]}"
         return self.reason or ""
 
 
@@ -102,6 +112,8 @@ class SuiteResult(BaseModel):
     rerun_of: RerunOf | None = None
     #: why the suite's evidence pack (or a case's) could not be written: the CLI exits 4
     evidence_error: str | None = None
+    #: every case's trend over its last runs, from the suite's earlier packs (:mod:`flows.suite.trends`)
+    trends: SuiteTrends | None = None
 
     @property
     def duration_s(self) -> float:
@@ -109,6 +121,17 @@ class SuiteResult(BaseModel):
 
     def count(self, status: CaseVerdict) -> int:
         return sum(1 for c in self.cases if c.status == status)
+
+    @property
+    def warnings(self) -> int:
+        """The warnings of every case (they never fail a case, nor the suite)."""
+        return sum(c.warnings for c in self.cases)
+
+    def counts_text(self) -> str:
+        """``3 passed, 1 failed, 0 not run`` and, when some warned, ``(2 warnings in 1 case)``."""
+        text = f"{self.count('passed')} passed, {self.count('failed')} failed, {self.count('not run')} not run"
+        warned = sum(1 for c in self.cases if c.warnings)
+        return text + (f" ({plural(self.warnings, 'warning')} in {plural(warned, 'case')})" if warned else "")
 
     @property
     def passed(self) -> bool:
@@ -167,6 +190,50 @@ def timeline_svg(result: SuiteResult) -> str:
     return "\n".join(parts)
 
 
+TREND_W, TREND_H = 240, 28
+#: the trend marks as index.html shows them (badges: no emoji font needed)
+SLOW_BADGE, FLAKY_BADGE = "SLOW", "FLAKY"
+
+
+def trend_svg(history: list[tuple[str, float]]) -> str:
+    """A case's last runs, oldest first: one bar per run, its height the duration, coloured by verdict."""
+    longest = max((d for _, d in history), default=0.0) or 1.0
+    step = TREND_W / max(len(history), 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{TREND_W}" height="{TREND_H}" role="img" '
+             f'aria-label="the last {len(history)} runs">']
+    for i, (verdict, duration) in enumerate(history):
+        h = 3 + (TREND_H - 3) * duration / longest
+        title = html.escape(f"run {i + 1}: {verdict}, {duration:.1f} s", quote=True)
+        parts.append(f'<rect x="{i * step:.1f}" y="{TREND_H - h:.1f}" width="{max(step - 2, 1):.1f}" height="{h:.1f}" '
+                     f'fill="{COLOURS.get(verdict, "#8c959f")}" data-status="{html.escape(verdict)}">'
+                     f'<title>{title}</title></rect>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def trends_html(result: SuiteResult) -> list[str]:
+    """The Trends section: per case its last runs as a chart, pass rate, p50 / p95, this run's duration, marks."""
+    if result.trends is None:
+        return []
+    e = html.escape
+    rows = []
+    for c in result.cases:
+        trend = result.trends.cases.get(c.case)
+        shown = cells(trend)
+        chart, marks = "–", "–"
+        if trend is not None:
+            chart = trend_svg(trend.history)
+            marks = " ".join(f"<span class='badge {css}'>{word}</span>" for word, css, on in (
+                (SLOW_BADGE, "error", trend.slow), (FLAKY_BADGE, "failed", trend.flaky)) if on) or "–"
+        rows.append(f"<tr><td>{e(c.case)}</td><td>{chart}</td>"
+                    + "".join(f"<td>{e(shown[k])}</td>" for k in ("pass rate", "p50 / p95", "last"))
+                    + f"<td>{marks}</td></tr>")
+    legend = summary_line(result.trends, SLOW_BADGE, FLAKY_BADGE)
+    return ["<h2>Trends</h2>", f"<p class='muted'>{e(legend)}</p>",
+            "<table class='trends'><tr><th>case</th><th>last runs (oldest first)</th><th>pass rate</th>"
+            "<th>p50 / p95</th><th>this run</th><th>marks</th></tr>", *rows, "</table>"]
+
+
 def index_html(result: SuiteResult) -> str:
     """index.html: the verdict, the timeline, and a row per case linking its pack and its flow run."""
     e = html.escape
@@ -175,10 +242,12 @@ def index_html(result: SuiteResult) -> str:
         css = {"passed": "passed", "failed": "failed", "not run": "error"}[c.status]
         pack = f'<a href="{e(c.pack)}/report.html">pack</a>' if c.pack else "none"
         run = f'<a href="{e(c.ui_url)}">flow run</a>' if c.ui_url else e(c.flow_run_id or "")
-        rows.append(f"<tr><td>{e(c.case)}</td><td><span class='badge {css}'>{e(c.status.upper())}</span></td>"
+        css, word = ("warned", f"PASSED, {plural(c.warnings, 'warning')}") if c.warnings and css == "passed" else (
+            css, c.status.upper())
+        rows.append(f"<tr><td>{e(c.case)}</td><td><span class='badge {css}'>{e(word)}</span></td>"
                     f"<td>{c.duration_s:.1f} s</td><td>{e(c.why)}</td><td>{pack}</td><td>{run}</td></tr>")
     verdict = {"passed": "passed", "failed": "failed", "not run": "error"}[result.status]
-    counts = ", ".join(f"{result.count(s)} {s}" for s in ("passed", "failed", "not run"))
+    counts = result.counts_text()
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Suite {e(result.suite)}: {e(result.status.upper())}</title><style>{CSS}</style></head><body>",
@@ -192,6 +261,7 @@ def index_html(result: SuiteResult) -> str:
         "<h2>Cases</h2>",
         "<table><tr><th>case</th><th>verdict</th><th>duration</th><th>failed step and reason</th><th>evidence"
         "</th><th>run</th></tr>", *rows, "</table>",
+        *trends_html(result),
         *([f"<p class='muted'>Left out: {e(', '.join(result.skipped))}</p>"] if result.skipped else []),
         f"<p class='muted'>Check this pack with <code>python -m flows.pipeline_test verify &lt;this folder&gt;"
         f"</code> ({e(MANIFEST)} lists every file, the cases' packs included).</p>",
@@ -233,13 +303,14 @@ def suite_report(result: SuiteResult) -> dict[str, Any]:
         "generated_at": _iso(datetime.now(timezone.utc)),
         "suite": result.suite, "status": result.status, "flow_run_id": result.flow_run_id, "ui_url": result.ui_url,
         "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at), "duration_s": result.duration_s,
-        "counts": {s: result.count(s) for s in ("passed", "failed", "not run")},
+        "counts": {s: result.count(s) for s in ("passed", "failed", "not run")}, "warnings": result.warnings,
         "skipped_by_tags": result.skipped, "source": result.source,
         "rerun_of": result.rerun_of.model_dump() if result.rerun_of else None,
+        "trends": result.trends.model_dump() if result.trends else None,
         "cases": [{"case": c.case, "path": c.path, "status": c.status, "started_at": _iso(c.started_at),
                    "ended_at": _iso(c.ended_at), "duration_s": c.duration_s, "flow_run_id": c.flow_run_id,
                    "ui_url": c.ui_url, "failed_step": c.failed_step.number if c.failed_step else None,
-                   "reason": c.why or None, "pack": c.pack} for c in result.cases],
+                   "reason": c.why or None, "pack": c.pack, "warnings": c.warnings} for c in result.cases],
     }
 
 

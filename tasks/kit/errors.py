@@ -12,7 +12,7 @@ below, one per meaning, or AWS's own error code passed through as AWS gives it (
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -24,6 +24,9 @@ from botocore.exceptions import (
 )
 
 from tasks.kit.files import HashedItem, StepFile
+
+if TYPE_CHECKING:
+    from tasks.kit.checks import CheckRecord
 
 # ------------------------------------------------------------------------------------------------ error codes
 #: what a step checked did not hold (an expectation, a count, a Lambda response, a query's checks)
@@ -66,11 +69,12 @@ AWS_PRECONDITION_FAILED = "PreconditionFailed"
 class StepError(Exception):
     """A step could not do or check what it was asked to (its status is ``error``); the message is shown to
     the user as is. ``markdown`` is the step's own evidence (what it did and saw before it stopped), shown as
-    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack)."""
+    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack);
+    ``checks`` what it checked, typed (:class:`tasks.kit.checks.CheckRecord`), passed and not."""
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -80,6 +84,8 @@ class StepError(Exception):
         self.hashed_items: list[HashedItem] = list(hashed_items or [])
         #: files it wrote for the evidence pack before it stopped
         self.files: list[StepFile] = list(files or [])
+        #: what it checked before it stopped, each with its verdict (report.html's checks table)
+        self.checks: list[CheckRecord] = list(checks or [])
 
     def with_message(self, message: str) -> StepError:
         """The same error (class, code, details, evidence) with another message, e.g. one with secrets masked."""
@@ -89,13 +95,41 @@ class StepError(Exception):
 
 
 class CheckFailed(StepError):
-    """The step could look, and what it checked did not hold: the step's status is ``failed``."""
+    """The step could look, and what it checked did not hold: the step's status is ``failed``, or ``warned`` when
+    every check that did not hold says ``severity: warn`` (``severity="warn"``; ``warnings`` then lists them, one
+    line each) or the step itself does."""
 
     def __init__(self, message: str, *, code: str | None = CHECK_FAILED, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None,
+                 severity: Literal["error", "warn"] = "error", warnings: list[str] | None = None) -> None:
         super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items,
-                         files=files)
+                         files=files, checks=checks)
+        self.severity = severity
+        #: the checks that did not hold, one line each (default: the message)
+        self.warnings: list[str] = list(warnings or [message])
+
+
+def failed_checks(texts: list[tuple[str, str]], total: int, what: str = "checks", shown: int = 10,
+                  **evidence: Any) -> CheckFailed | None:
+    """The failure of a step's checks, from ``(severity, text)`` of each check that did not hold among ``total``:
+    None when none failed; a ``warn`` failure when every one of them is a warning, else an ``error`` one (its
+    message names both kinds; at most ``shown`` of each). ``evidence``: details, markdown, hashed_items, files."""
+    if not texts:
+        return None
+    errors = [t for s, t in texts if s != "warn"]
+    warned = [t for s, t in texts if s == "warn"]
+
+    def listed(items: list[str]) -> str:
+        return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more" if len(items) > shown else "")
+
+    if errors:
+        message = f"{len(errors)} of {total} {what} failed: {listed(errors)}"
+        if warned:
+            message += f" (and {len(warned)} warning(s): {listed(warned)})"
+        return CheckFailed(message, **evidence)
+    return CheckFailed(f"{len(warned)} of {total} {what} warned: {listed(warned)}", severity="warn",
+                       warnings=warned, **evidence)
 
 
 class AwsCallError(StepError):

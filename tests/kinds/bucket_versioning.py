@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from tasks.kit import markdown as md
+from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import AWS_ERRORS, CheckFailed, aws_error
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind
@@ -70,7 +71,9 @@ def run_expect_bucket_versioning(step: ExpectBucketVersioningStep, ctx: StepCont
     found = versioning_status(ctx.clients.client("s3"), step.bucket) or NEVER_ENABLED
     markdown = _markdown(step, found)
     details = {"bucket": step.bucket, "expected": step.status, "found": found}
+    checks = [CheckRecord.of("versioning", found == step.status, step.status, found, where=step.bucket)]
     if found != step.status:
         raise CheckFailed(f"S3 bucket {step.bucket}: versioning is {found}, expected {step.status}",
-                          details=details, markdown=markdown)
-    return StepOutcome(summary=f"S3 bucket {step.bucket}: versioning {found}", details=details, markdown=markdown)
+                          details=details, markdown=markdown, checks=checks)
+    return StepOutcome(summary=f"S3 bucket {step.bucket}: versioning {found}", details=details, markdown=markdown,
+                       checks=checks)

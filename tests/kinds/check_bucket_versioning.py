@@ -39,6 +39,8 @@ def test_the_state_asked_for_holds(clients: ClientFactory) -> None:
     outcome = run(clients, "versioned", "Suspended")
     assert outcome.summary == "S3 bucket versioned: versioning Suspended"
     assert outcome.details == {"bucket": "versioned", "expected": "Suspended", "found": "Suspended"}
+    assert [(c.name, c.expected, c.actual, c.verdict) for c in outcome.checks] == [
+        ("versioning", "Suspended", "Suspended", "passed")]
 
 
 def test_a_bucket_never_versioned_fails_the_check(clients: ClientFactory) -> None:
@@ -46,6 +48,7 @@ def test_a_bucket_never_versioned_fails_the_check(clients: ClientFactory) -> Non
     with pytest.raises(CheckFailed, match="versioning is never enabled, expected Enabled") as caught:
         run(clients, "plain")
     assert caught.value.markdown and "❌" in caught.value.markdown
+    assert [(c.actual, c.verdict) for c in caught.value.checks] == [("never enabled", "failed")]
 
 
 def test_a_missing_bucket_is_an_error_with_awss_code(clients: ClientFactory) -> None:

@@ -9,13 +9,15 @@ from typing import Any, Sequence
 
 from flows.evidence.pack.files import STATUS_WORD, PackItem, _iso
 from flows.evidence.results import CaseResult, StepResult
+from tasks.kit.checks import CheckRecord
 from tasks.kit.step import format_duration
 
 _HTML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 CSS = """
 :root { --pass: #116329; --pass-bg: #dafbe1; --fail: #a40e26; --fail-bg: #ffebe9; --err: #6639ba;
-  --err-bg: #fbefff; --skip: #57606a; --skip-bg: #eaeef2; --line: #d0d7de; --muted: #57606a; }
+  --err-bg: #fbefff; --warn: #7d4e00; --warn-bg: #fff8c5;
+  --skip: #57606a; --skip-bg: #eaeef2; --line: #d0d7de; --muted: #57606a; }
 * { box-sizing: border-box; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1f2328;
   max-width: 1100px; margin: 0 auto; padding: 24px; }
@@ -26,6 +28,7 @@ h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 20px; margin: 28px 0 8p
   border: 1px solid currentColor; white-space: nowrap; }
 .verdict { font-size: 18px; padding: 4px 14px; vertical-align: middle; margin-left: 8px; }
 .passed { color: var(--pass); background: var(--pass-bg); } .failed { color: var(--fail); background: var(--fail-bg); }
+.warned { color: var(--warn); background: var(--warn-bg); }
 .error { color: var(--err); background: var(--err-bg); } .skipped { color: var(--skip); background: var(--skip-bg); }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; }
 th, td { border: 1px solid var(--line); padding: 6px 8px; text-align: left; vertical-align: top; }
@@ -42,6 +45,7 @@ section.step { border: 1px solid var(--line); border-left-width: 6px; border-rad
   margin: 12px 0; }
 section.step.passed { border-left-color: var(--pass); background: none; }
 section.step.failed { border-left-color: var(--fail); background: none; }
+section.step.warned { border-left-color: var(--warn); background: none; }
 section.step.error { border-left-color: var(--err); background: none; }
 section.step.skipped { border-left-color: var(--skip); background: none; }
 section.step { color: #1f2328; } section.step.failed h3, section.step.failed .msg { color: var(--fail); }
@@ -90,9 +94,10 @@ def _facts_table(rows: Sequence[tuple[str, str]]) -> str:
 def _case_facts(result: CaseResult, report: dict[str, Any]) -> str:
     c, spec = report["counts"], report["spec"]
     rows = [
-        ("status", _badge(result.status)),
-        ("steps", _e(f"{c['passed']} of {c['total']} passed, {c['failed']} failed, {c['error']} error, "
-                     f"{c['skipped']} skipped")),
+        ("status", _badge(result.status) + (f" {_e(result.verdict)}" if result.warnings else "")),
+        ("steps", _e(f"{c['passed']} of {c['total']} passed, "
+                     + (f"{c['warned']} warned ({result.warnings} warnings), " if c.get("warned") else "")
+                     + f"{c['failed']} failed, {c['error']} error, {c['skipped']} skipped")),
         ("started", _e(report["run"]["started_at"])),
         ("ended", _e(report["run"]["ended_at"])),
         ("duration", _e(format_duration(result.duration_s))),
@@ -165,11 +170,14 @@ def _step_section(s: StepResult) -> str:
              f"<h3>Step {_e(s.number)} &middot; {_e(s.label)} {_badge(s.status)}</h3>"]
     if s.description:
         parts.append(f'<p class="muted"><em>{_e(s.description)}</em></p>')
+    if s.warnings:
+        parts.append(f"<p class=\"msg\"><strong>Warnings ({len(s.warnings)}):</strong></p>"
+                     + "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in s.warnings[:50]) + "</ul>")
     if s.error:
         code = f" ({_e(s.error_code)})" if s.error_code else ""
         parts.append(f"<p class=\"msg\"><strong>{'Error' if s.status == 'error' else 'Failure'}{code}:</strong></p>"
                      f"<pre>{_e(s.error)}</pre>")
-    parts.append(_checks_table(s.details))
+    parts.append(_checks_table(s.checks))
     parts.append(_facts_table(facts))
     if s.details:  # the raw details last: the readable checks come first
         parts.append("<p><strong>Raw details (JSON)</strong></p><pre>"
@@ -177,41 +185,16 @@ def _step_section(s: StepResult) -> str:
     return "".join(parts) + "</section>"
 
 
-def step_checks(details: Any, where: str = "") -> list[dict[str, Any]]:
-    """The checks a step recorded in its details (lists under ``checks`` of ``{check, passed, expected, actual}``,
-    at any depth, e.g. per object read), each with where it was found."""
-    found: list[dict[str, Any]] = []
-    if isinstance(details, dict):
-        here = details["key"] if isinstance(details.get("key"), str) else where
-        checks = details.get("checks")
-        if isinstance(checks, list) and all(isinstance(c, dict) and "check" in c and "passed" in c for c in checks):
-            found += [{**c, "where": here} for c in checks]
-        for key, value in details.items():
-            if key != "checks" and isinstance(value, (dict, list)):
-                found += step_checks(value, here)
-    elif isinstance(details, list):
-        for value in details:
-            found += step_checks(value, where)
-    return found
-
-
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _checks_table(details: dict[str, Any]) -> str:
-    """The step's checks as a readable table (check, expected, actual, verdict), before any JSON."""
-    checks = step_checks(details)
+def _checks_table(checks: Sequence[CheckRecord]) -> str:
+    """The step's checks as a readable table (check, expected, actual, verdict), before any JSON: from the typed
+    checks its result carries (:class:`tasks.kit.checks.CheckRecord`), never guessed from ``details``."""
     if not checks:
         return ""
     rows = []
     for c in checks:
-        relation = f"{c['relation']} " if c.get("relation") else ""
-        name = f"{c['where']}: {c['check']}" if c.get("where") else str(c["check"])
-        actual = _shown(c.get("actual")) + (f" ({c['note']})" if c.get("note") else "")
-        rows.append(f'<tr class="row-{"passed" if c["passed"] else "failed"}"><td><code>{_e(name)}</code></td>'
-                    f"<td>{_e(relation + _shown(c.get('expected')))}</td><td>{_e(actual)}</td>"
-                    f"<td>{_badge('passed' if c['passed'] else 'failed')}</td></tr>")
+        name = f"{c.where}: {c.name}" if c.where else c.name
+        rows.append(f'<tr class="row-{_e(c.verdict)}"><td><code>{_e(name)}</code></td>'
+                    f"<td>{_e(c.expected)}</td><td>{_e(c.actual)}</td><td>{_badge(c.verdict)}</td></tr>")
     return ('<table class="checks"><thead><tr><th>check</th><th>expected</th><th>actual</th><th>verdict</th></tr>'
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
 
@@ -239,7 +222,7 @@ def _variables_table(variables: dict[str, Any]) -> str:
 
 def report_html(result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]) -> str:
     """report.html: one page, no script, no network (a CSP forbids it), readable on screen and on paper."""
-    verdict = STATUS_WORD[result.status]
+    verdict = result.verdict
     body = [
         f'<header><h1>{_e(result.case)} {_badge(result.status, "verdict")}</h1>',
         f'<p class="muted">{_e(result.description)}</p>' if result.description else "",

@@ -1,6 +1,6 @@
 """Writing an evidence pack: report.json, report.md, the manifest, and :func:`write_pack` (which also writes
-report.html from :mod:`flows.evidence.pack.html` and junit.xml from :mod:`flows.evidence.pack.junit`). Verifying and uploading a
-pack, and its CLI, are in :mod:`flows.evidence.pack.verify`.
+report.html from html.py and junit.xml from junit.py). Verifying and uploading a pack, and its CLI, are in
+verify.py.
 
 No secret may reach the pack: step results are masked at the source, and :func:`write_pack` masks the run's
 known secrets (``secrets``, the run's registry) in the *values* of the result and report before any file is
@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from flows.evidence.pack import folder as pack_folder
 from flows.evidence.markdown import case_markdown, step_markdown
+from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack.files import (
     JUNIT_XML,
     MANIFEST,
@@ -83,7 +83,7 @@ def _canonical(data: Any) -> bytes:
 
 
 def _counts(result: CaseResult) -> dict[str, int]:
-    counts = {"total": len(result.steps), "passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    counts = {"total": len(result.steps), "passed": 0, "warned": 0, "failed": 0, "error": 0, "skipped": 0}
     for step in result.steps:
         counts[step.status] += 1
     return counts
@@ -134,6 +134,8 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
         "audit": result.audit,
         "notice": result.notice,
         "status": result.status,
+        "verdict": result.verdict,
+        "warnings": result.warnings,
         "counts": _counts(result),
         "first_failure": None if failure is None else {
             "number": failure.number, "label": failure.label, "status": failure.status,
@@ -187,7 +189,8 @@ def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[
     lines += _items_markdown(items)
     lines += [_step_section_md(s) for s in result.steps]
     lines += ["---", "", f"Written by pipeline-test {md.text(report['generator']['version'])} at "
-              f"{report['generated_at']}. Check this pack with `python -m flows.pipeline_test verify <this folder>`.", ""]
+              f"{report['generated_at']}. Check this pack with "
+              "`python -m flows.pipeline_test verify <this folder>`.", ""]
     return "\n".join(lines)
 
 
