@@ -32,8 +32,9 @@ pytestmark = pytest.mark.e2e
 
 
 def cli(args: list[str], cwd: Path, *, modules: str | None = MODULE, endpoint: str | None = None,
-        api_url: str | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m flows.pipeline_test ARGS`` in a child process, with the kind's module named (or not)."""
+        api_url: str | None = None, program: str = "flows.pipeline_test") -> subprocess.CompletedProcess[str]:
+    """``python -m flows.pipeline_test ARGS`` (or another ``program``) in a child process, with the kind's module
+    named (or not)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", STEP_MODULES_ENV))}
     env.update(emulator_env(endpoint or "http://127.0.0.1:9"), PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8",
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
@@ -41,7 +42,7 @@ def cli(args: list[str], cwd: Path, *, modules: str | None = MODULE, endpoint: s
         env[STEP_MODULES_ENV] = modules
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    return subprocess.run([sys.executable, "-m", "flows.pipeline_test", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", program, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
 
 
@@ -85,6 +86,9 @@ def test_the_variable_loads_the_kind_for_validate_schema_plan_and_policy(tmp_pat
     assert {"Sid": "S3Buckets", "Effect": "Allow", "Action": ["s3:GetBucketVersioning"],
             "Resource": ["arn:aws:s3:::kind-bucket"]} in statements
     assert not any(a.startswith("s3:Put") for s in statements for a in s["Action"])
+
+    proc = cli(["--check"], ROOT, program="flows.spec.reference")  # never writes the team's kind into the docs
+    assert proc.returncode == 2 and f"{STEP_MODULES_ENV} is set ({MODULE})" in proc.stderr, proc.stderr
 
 
 def test_a_bad_module_name_is_one_clear_line_and_exit_2(tmp_path: Path) -> None:
