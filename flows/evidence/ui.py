@@ -28,7 +28,7 @@ from flows.evidence.markdown import (
     step_markdown,
     summary_rows,
 )
-from flows.evidence.history import read_history
+from flows.evidence.history import case_history
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit import markdown as md
 from tasks.kit.step import StepOutcome, format_duration
@@ -101,10 +101,16 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
     verdict = "passed" if result.passed else "FAILED"
-    create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
+    rows = summary_rows(result)
+    create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in rows],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")
-    history = read_history(key, logger=logger)
+    failed = next((r for r in rows if "passed" not in r["status"]), None)  # as history_rows reads the table
+    this_run = {"flow_run_id": result.flow_run_id, "status": "failed" if failed else "passed",
+                "started": result.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                "duration": format_duration(result.duration_s), "failed_step": failed["step"] if failed else None,
+                "url": result.ui_url}
+    history = case_history(key, this_run, logger=logger)
     for run in history:  # this run is still running on the server: its duration is the case's
         if run.get("flow_run_id") == result.flow_run_id and not run.get("duration"):
             run["duration"] = format_duration(result.duration_s)
