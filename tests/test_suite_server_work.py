@@ -1,0 +1,254 @@
+"""What a suite asks of its Prefect server (issue #28, item 8): never more cases at once than the server holds (by
+its database and its pool), a server hiccup waited out (Prefect's client retries a lock call answered 503; a case
+whose flow run could not be created is tried again, and reported "not run" only after a bounded time), and every
+case's history read once per suite. Fakes only: no server, no sleep."""
+
+from __future__ import annotations
+
+import logging
+import types
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
+
+from flows.evidence import history
+from flows.run.prefect_client import ServerCapacity, bound_parallel, database_of, server_capacity
+from flows.suite import flow as suite_flow
+from flows.suite.pack import SuiteCaseResult
+from flows.suite.progress import Progress
+from flows.suite.spec import load_suite
+
+
+def admin_settings(pool: int = 5, overflow: int = 10, driver: str | None = None) -> Any:
+    body = {"server": {"database": {"driver": driver, "connection_url": "**********",
+                                    "sqlalchemy": {"pool_size": pool, "max_overflow": overflow}}}}
+    return lambda url: httpx.Response(200, json=body, request=httpx.Request("GET", url))
+
+
+# ------------------------------------------------------------------------------------------------ the bound
+@pytest.mark.parametrize(("url", "database", "cap"), [
+    ("postgresql+asyncpg://prefect@db:5432/prefect", "postgresql", 15),
+    ("sqlite+aiosqlite:////home/me/.prefect/prefect.db", "sqlite", 7),
+])
+def test_the_cap_follows_the_servers_database(url: str, database: str, cap: int) -> None:
+    with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: url}):
+        capacity = server_capacity("http://prefect.test/api", get=admin_settings())
+    assert (capacity.database, capacity.connections, capacity.max_parallel) == (database, 15, cap)
+
+
+def test_the_servers_own_driver_and_pool_win() -> None:
+    capacity = server_capacity("http://prefect.test/api", get=admin_settings(20, 20, "postgresql+asyncpg"))
+    assert (capacity.database, capacity.max_parallel) == ("postgresql", 40)
+    assert "DRIVER" in capacity.source
+    small = server_capacity("http://prefect.test/api", get=admin_settings(2, 0, "sqlite+aiosqlite"))
+    assert small.max_parallel == 1  # never 0
+
+
+def test_a_server_that_cannot_say_is_taken_for_prefects_defaults() -> None:
+    def down(url: str) -> Any:
+        raise httpx.ConnectError("refused")
+
+    capacity = server_capacity("http://prefect.test/api", get=down)
+    assert capacity.connections == 15 and capacity.database == database_of(None) == "sqlite"
+    assert server_capacity(None).source == "this process's temporary server"
+
+
+def test_asking_for_more_than_the_server_holds_is_capped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    sqlite = ServerCapacity("sqlite", 15, "Prefect's default")
+    logger = logging.getLogger("test-bound")
+    with caplog.at_level(logging.WARNING, "test-bound"):
+        assert bound_parallel(None, sqlite, logger) == 7  # none asked: what the server holds, no line
+        assert bound_parallel(3, sqlite, logger) == 3
+        assert not caplog.records
+        assert bound_parallel(100, sqlite, logger) == 7
+    assert caplog.messages == ["max_parallel 100 is more than the Prefect server holds: 7 case(s) at once (its "
+                               "database: sqlite, known from Prefect's default; its connection pool: 15); running 7 "
+                               "at once"]
+    assert bound_parallel(20, ServerCapacity("postgresql", 15, "x"), logger) == 15
+
+
+def test_a_suite_without_max_parallel_leaves_it_to_the_server(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("case: a\naws: {region: us-east-1}\nsteps:\n  - kind: expect_parameters\n"
+                                     "    name: p\n    parameters: [{name: /x, equals: y}]\n")
+    assert load_suite(tmp_path).spec.max_parallel is None
+    assert load_suite(tmp_path, max_parallel=2).spec.max_parallel == 2
+
+
+# ------------------------------------------------------------------------------------------------ hiccups
+class Flaky:
+    """An API that answers ``failures`` first (status codes), then 200 with ``body``."""
+
+    def __init__(self, failures: list[int], body: Any) -> None:
+        self.failures, self.body, self.calls = list(failures), body, 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/csrf-token"):
+            return httpx.Response(422, text="CSRF protection is disabled.")
+        self.calls += 1
+        if self.failures:
+            return httpx.Response(self.failures.pop(0), json={"detail": "database is locked"})
+        return httpx.Response(200, json=self.body)
+
+
+def test_a_lock_call_answered_503_is_retried_by_prefects_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The locks (flows.run.locks) use Prefect's sync client: a 503 (Prefect's answer to `database is locked`) is
+    sent again, not a lost case."""
+    import prefect.client.base as base
+    from prefect.client.orchestration import SyncPrefectClient
+
+    slept: list[float] = []
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(**{**vars(base.time), "sleep": slept.append}))
+    lease = str(uuid.uuid4())
+    api = Flaky([503, 503], {"lease_id": lease, "limits": [{"name": "lock-a", "id": str(uuid.uuid4()),
+                                                               "limit": 1}]})
+    with SyncPrefectClient("http://prefect.test/api", httpx_settings={"transport": httpx.MockTransport(api)}) as c:
+        response = c.increment_concurrency_slots_with_lease(["lock-a"], 1, "concurrency", 60.0)
+    assert response.json()["lease_id"] == lease and api.calls == 3 and len(slept) == 2
+
+
+def one_case_plan(tmp_path: Path) -> Any:
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "a.yaml").write_text("case: a\naws: {region: us-east-1}\nsteps:\n"
+                                               "  - kind: expect_parameters\n    name: p\n"
+                                               "    parameters: [{name: /x, equals: y}]\n")
+    plan = load_suite(tmp_path / "cases")
+    return plan, plan.cases[0]
+
+
+def passed(case: Any) -> SuiteCaseResult:
+    now = datetime.now(timezone.utc)
+    return SuiteCaseResult(case=case.spec.case, path=str(case.path), status="passed", started_at=now, ended_at=now)
+
+
+def test_a_case_whose_flow_run_could_not_be_created_is_tried_again(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, case = one_case_plan(tmp_path)
+    answers: list[Any] = [httpx.HTTPStatusError("503 Service Unavailable", request=httpx.Request("POST", "http://x"),
+                                                response=httpx.Response(503)), passed(case)]
+
+    def run_subflow(*args: Any) -> SuiteCaseResult:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(suite_flow, "_run_subflow", run_subflow)
+    pauses: list[float] = []
+    outcome = suite_flow.run_case(plan, case, tmp_path / "pack", Progress(),
+                                  pause=lambda s: pauses.append(s) or False)
+    assert outcome.status == "passed" and pauses == [suite_flow.CASE_RETRY_PAUSE_S] and not answers
+
+
+def test_a_case_is_not_run_only_after_a_bounded_time_and_says_why(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, case = one_case_plan(tmp_path)
+    clock = {"t": datetime(2026, 12, 8, tzinfo=timezone.utc)}
+
+    def now() -> datetime:
+        return clock["t"]
+
+    def pause(seconds: float) -> bool:
+        from datetime import timedelta
+
+        clock["t"] += timedelta(seconds=seconds)
+        return False
+
+    def run_subflow(*args: Any) -> SuiteCaseResult:
+        raise httpx.ConnectError("connection dropped")
+
+    monkeypatch.setattr(suite_flow, "_now", now)
+    monkeypatch.setattr(suite_flow, "_run_subflow", run_subflow)
+    outcome = suite_flow.run_case(plan, case, tmp_path / "pack", Progress(), retry_for=100, pause=pause)
+    assert outcome.status == "not run"
+    # 5 + 10 + 20 + 40 s of pauses fit in 100 s; the next (60 s) would not
+    assert outcome.reason == "the case's flow run could not be run (5 tries in 75 s): ConnectError: connection dropped"
+
+
+def test_a_case_that_wrote_its_pack_is_not_run_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, case = one_case_plan(tmp_path)
+    tries = []
+
+    def run_subflow(case: Any, pack_dir: Path, *args: Any) -> SuiteCaseResult:
+        tries.append(1)
+        pack_dir.mkdir(parents=True)  # it ran (and may have changed AWS) before its end could not be recorded
+        raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(suite_flow, "_run_subflow", run_subflow)
+    outcome = suite_flow.run_case(plan, case, tmp_path / "pack", Progress(), pause=lambda s: False)
+    assert outcome.status == "not run" and len(tries) == 1 and outcome.pack == "cases/a"
+
+
+def test_a_stopped_suite_does_not_wait_out_a_hiccup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, case = one_case_plan(tmp_path)
+
+    def run_subflow(*args: Any) -> SuiteCaseResult:
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(suite_flow, "_run_subflow", run_subflow)
+    outcome = suite_flow.run_case(plan, case, tmp_path / "pack", Progress(), pause=lambda s: True)
+    assert outcome.status == "not run" and "1 tries" in str(outcome.reason)
+
+
+# ------------------------------------------------------------------------------------------------ history
+class CountingClient:
+    """A sync Prefect client's two history reads, counted: ``versions`` summary-table versions per key."""
+
+    def __init__(self, keys: list[str], versions: int) -> None:
+        self.reads: list[str] = []
+        self.artifacts = [types.SimpleNamespace(key=k, flow_run_id=uuid.uuid4(), data='[{"status": "✅ passed"}]',
+                                                description="passed · x (1.0 s)", created=None)
+                          for _ in range(versions) for k in keys]
+
+    def __enter__(self) -> CountingClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def read_artifacts(self, artifact_filter: Any, sort: Any, limit: int, offset: int = 0) -> list[Any]:
+        assert limit <= history.PAGE
+        self.reads.append("artifacts")
+        return [a for a in self.artifacts if a.key in artifact_filter.key.any_][offset:offset + limit]
+
+    def read_flow_runs(self, flow_run_filter: Any, limit: int | None = None) -> list[Any]:
+        assert limit is not None and limit <= history.PAGE
+        self.reads.append("flow_runs")
+        return [types.SimpleNamespace(id=i, start_time=None, total_run_time=None) for i in flow_run_filter.id.any_]
+
+
+def test_a_suite_reads_the_history_of_all_its_cases_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect.client.orchestration as orchestration
+
+    keys = [f"case-c{i}" for i in range(8)]
+    client = CountingClient(keys, versions=12)
+    monkeypatch.setattr(orchestration, "get_client", lambda sync_client=False: client)
+    got = history.read_histories(keys, limit=10)
+    assert client.reads == ["artifacts", "flow_runs"]  # 2 requests for 8 cases (it was 2 per case)
+    assert [len(got[k]) for k in keys] == [10] * 8
+    client.reads.clear()
+    many = [f"case-m{i}" for i in range(30)]  # 300 versions: two pages of each
+    client = CountingClient(many, versions=10)
+    monkeypatch.setattr(orchestration, "get_client", lambda sync_client=False: client)
+    assert sum(len(v) for v in history.read_histories(many, limit=10).values()) == 300
+    assert client.reads == ["artifacts", "artifacts", "flow_runs", "flow_runs"]
+
+
+def test_a_case_of_a_suite_reads_no_history_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a case in a suite read its history")
+
+    monkeypatch.setattr(history, "read_history", no_read)
+    earlier = [{"flow_run_id": f"r{i}", "status": "passed"} for i in range(12)]
+    this_run = {"flow_run_id": "now", "status": "failed"}
+    token = history.SUITE_HISTORY.set({"case-a": earlier})
+    try:
+        rows = history.case_history("case-a", this_run)
+        assert rows[0] is this_run and [r["flow_run_id"] for r in rows[1:]] == [f"r{i}" for i in range(9)]
+        assert history.case_history("case-new", this_run) == [this_run]
+    finally:
+        history.SUITE_HISTORY.reset(token)
