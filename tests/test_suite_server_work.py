@@ -139,8 +139,12 @@ def test_a_case_whose_flow_run_could_not_be_created_is_tried_again(tmp_path: Pat
 
     monkeypatch.setattr(suite_flow, "_run_subflow", run_subflow)
     pauses: list[float] = []
-    outcome = suite_flow.run_case(plan, case, tmp_path / "pack", Progress(),
-                                  pause=lambda s: pauses.append(s) or False)
+
+    def pause(seconds: float) -> bool:
+        pauses.append(seconds)
+        return False
+
+    outcome = suite_flow.run_case(plan, case, tmp_path / "pack", Progress(), pause=pause)
     assert outcome.status == "passed" and pauses == [suite_flow.CASE_RETRY_PAUSE_S] and not answers
 
 
