@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_LOCK = re.compile(r"/v2/concurrency_limits/pipeline-test-lock-[^/]+")
 #: the kinds of the docs' table, first match wins: (kind, method, path pattern)
 KINDS: list[tuple[str, str, str]] = [
     ("flow runs created", "POST", r"^/flow_runs/$"),
@@ -30,19 +31,26 @@ KINDS: list[tuple[str, str, str]] = [
     ("task runs created", "POST", r"^/task_runs/$"),
     ("task run state changes", "POST", r"^/task_runs/\{id\}/set_state$"),
     ("artifacts created", "POST", r"^/artifacts/$"),
+    ("subflow lookups (Prefect's)", "POST", r"^/flow_runs/filter \(parent\)$"),
     ("history reads", "POST", r"^/(artifacts|flow_runs)/filter$"),
     ("lock calls", "*", r"^/v2/concurrency_limits/"),
     ("log batches", "POST", r"^/logs/$"),
+    ("flows registered (Prefect's, each run)", "POST", r"^/flows/$"),
+    ("client set-up (Prefect's: CSRF token, version, storage, health)", "GET", r"^/(csrf-token|admin/|health)"),
     ("flow and deployment reads", "*", r"^/(flows|deployments)/"),
-    ("flow run reads", "GET", r"^/flow_runs/\{id\}$"),
+    ("flow run reads and updates", "*", r"^/flow_runs/\{id\}$"),
 ]
 
 
-def route(method: str, path: str, api_path: str) -> str:
-    """``POST /flow_runs/{id}/set_state`` from a request's method and URL path (the API's own prefix cut)."""
+def route(method: str, path: str, api_path: str, body: bytes = b"") -> str:
+    """``POST /flow_runs/{id}/set_state`` from a request's method and URL path (the API's own prefix cut); a lock's
+    name is ``{lock}``; Prefect's own read of a subflow's runs (by its parent task run) is ``... (parent)``."""
     if path.startswith(api_path):
         path = path[len(api_path):] or "/"
-    return f"{method} {_ID.sub('{id}', path)}"
+    path = _LOCK.sub("/v2/concurrency_limits/{lock}", _ID.sub("{id}", path))
+    if path == "/flow_runs/filter" and b"parent_task_run_id" in body:
+        path += " (parent)"
+    return f"{method} {path}"
 
 
 def kind_of(request: str) -> str:
@@ -66,7 +74,8 @@ def install(api_url: str) -> tuple[Counter[str], Counter[str]]:
     def count(request: httpx.Request) -> None:
         if request.url.host == base.host and request.url.port == base.port:
             with lock:
-                requests[route(request.method, request.url.path, base.path.rstrip("/"))] += 1
+                body = request.content if request.method == "POST" else b""
+                requests[route(request.method, request.url.path, base.path.rstrip("/"), body)] += 1
 
     sync_send, async_send, emit = httpx.Client.send, httpx.AsyncClient.send, PrefectEventsClient._emit
 

@@ -75,7 +75,8 @@ def prefect_server(home: Path, log: Path, db_url: str | None, db_timeout: str) -
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false",
-               PREFECT_SERVER_DATABASE_TIMEOUT=db_timeout)
+               PREFECT_SERVER_DATABASE_TIMEOUT=db_timeout,
+               PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")  # Prefect hides `database is locked` (a 503) otherwise
     if db_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
     prefect = Path(sys.executable).parent / "prefect"

@@ -256,3 +256,38 @@ def test_a_case_of_a_suite_reads_no_history_of_its_own(monkeypatch: pytest.Monke
         assert history.case_history("case-new", this_run) == [this_run]
     finally:
         history.SUITE_HISTORY.reset(token)
+
+
+# ------------------------------------------------------------------------------------------------ locks
+class Renewals:
+    def __init__(self, fail_first: bool = False, enough: int = 3) -> None:
+        import threading
+
+        self.calls, self.fail_first, self.enough, self.done = 0, fail_first, enough, threading.Event()
+
+    def renew_concurrency_lease(self, lease_id: Any, lease: float) -> None:
+        self.calls += 1
+        if self.calls >= self.enough:
+            self.done.set()
+        if self.fail_first and self.calls == 1:
+            raise httpx.ConnectError("dropped")
+
+
+def test_a_lease_just_taken_is_not_renewed_at_once() -> None:
+    """Prefect's own helper renews at the start, on a client of its own: a request (and a client) per case."""
+    from flows.run.locks import renewed
+
+    client = Renewals()
+    with renewed(client, str(uuid.uuid4()), 60.0, logging.getLogger("test")):
+        pass
+    assert client.calls == 0
+
+
+def test_a_held_lease_is_renewed_and_a_failed_renewal_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    from flows.run.locks import renewed
+
+    client = Renewals(fail_first=True)
+    with caplog.at_level(logging.WARNING, "test-renew"), \
+            renewed(client, str(uuid.uuid4()), 60.0, logging.getLogger("test-renew"), every=0.001):
+        assert client.done.wait(30)  # an event, not a sleep: set by the third renewal
+    assert client.calls >= 3 and "Could not renew the resource locks' lease" in caplog.text
