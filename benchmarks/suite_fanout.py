@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -114,6 +115,26 @@ def packs(folder: Path) -> int:
     return sum(1 for _ in folder.rglob("manifest.json")) if folder.exists() else 0
 
 
+_ENTRY = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ", re.M)
+
+
+def locked_entries(log: str) -> tuple[int, int]:
+    """`database is locked` in a server's log: (requests it answered 503, which Prefect's client sent again; the
+    others: the server's own services, e.g. its task-run recorder). An entry is a log line and its traceback; the
+    ASGI server's copy of a request's error ("Exception in ASGI application") is not counted twice."""
+    answered = elsewhere = 0
+    starts = [m.start() for m in _ENTRY.finditer(log)] + [len(log)]
+    for start, end in zip(starts, starts[1:]):
+        entry = log[start:end]
+        if "database is locked" not in entry or "Exception in ASGI application" in entry.split("\n", 1)[0]:
+            continue
+        if "Encountered retryable exception in request" in entry.split("\n", 1)[0]:
+            answered += 1
+        else:
+            elsewhere += 1
+    return answered, elsewhere
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU-seconds (user + system) of a process and its live descendants, and of the children they reaped
     (``/proc/<pid>/stat``: psutil is not needed). 0 where /proc is not (not Linux)."""
@@ -180,9 +201,11 @@ def run_modes(args: argparse.Namespace, database: str, endpoint: str, files: lis
         def server_log(text: str) -> int:
             return log.read_text(errors="replace").count(text)
 
+        def locked() -> tuple[int, int]:
+            return locked_entries(log.read_text(errors="replace"))
+
         for mode in args.modes:
-            before_runs, before_locked, before_pool = completed_runs(api), server_log("database is locked"), \
-                server_log("QueuePool limit")
+            before_runs, before_locked, before_pool = completed_runs(api), locked(), server_log("QueuePool limit")
             before_server, before_client = cpu_seconds(server_pid), client_cpu()
             out = tmp / "evidence" / database / mode
             t0 = time.monotonic()
@@ -219,16 +242,16 @@ def run_modes(args: argparse.Namespace, database: str, endpoint: str, files: lis
             figures["modes"][mode] = {
                 "wall": wall, "cases": n, "per_minute": n / wall * 60, "failed": sum(1 for c in codes if c),
                 "lost_packs": expected_packs - found, "lost_runs": n - done,
-                "locked": server_log("database is locked") - before_locked,
+                "locked_503": locked()[0] - before_locked[0], "locked": locked()[1] - before_locked[1],
                 "pool": server_log("QueuePool limit") - before_pool,
                 "server_cpu": (cpu_seconds(server_pid) - before_server) / n,
                 "client_cpu": (client_cpu() - before_client) / n, "requests": per_case(counts, n)}
             f = figures["modes"][mode]
             print(f"[{database}] {mode:>10}: {wall:6.1f} s wall for {n} case(s) ({f['per_minute']:.1f}/min), exit "
                   f"codes {sorted(set(codes))}, {found} pack(s) ({f['lost_packs']} missing), {done} Completed case "
-                  f"flow run(s) ({f['lost_runs']} lost), {f['locked']} 'database is locked', {f['pool']} 'QueuePool "
-                  f"limit'; per case: server {f['server_cpu']:.2f} CPU-s, CLI {f['client_cpu']:.2f} CPU-s; {load()}",
-                  flush=True)
+                  f"flow run(s) ({f['lost_runs']} lost), 'database is locked' {f['locked']} (and "
+                  f"{f['locked_503']} answered 503, sent again), {f['pool']} 'QueuePool limit'; per case: server "
+                  f"{f['server_cpu']:.2f} CPU-s, CLI {f['client_cpu']:.2f} CPU-s; {load()}", flush=True)
             for text in errors[:3]:
                 print("    " + text.strip().splitlines()[-1] if text.strip() else "    (no message)")
     return figures
@@ -255,9 +278,9 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None
         row(f"{name}: server CPU-s per case", mode(name, "server_cpu", "{:.2f}"))
         row(f"{name}: CLI CPU-s per case", mode(name, "client_cpu", "{:.2f}"))
         row(f"{name}: lost runs", mode(name, "lost_runs", "{}"))
-        row(f"{name}: `database is locked`, `QueuePool limit`",
-            lambda r, name=name: (f"{r['modes'][name]['locked']}, {r['modes'][name]['pool']}"
-                                  if name in r["modes"] else "–"))
+        row(f"{name}: `database is locked` (and requests answered 503 for it, sent again), `QueuePool limit`",
+            lambda r, name=name: (f"{r['modes'][name]['locked']} ({r['modes'][name]['locked_503']}), "
+                                  f"{r['modes'][name]['pool']}" if name in r["modes"] else "–"))
     print("\nPrefect API requests per case, by kind (a suite's own requests shared out over its cases):")
     heads = [(db, m) for db in columns for m in results[db]["modes"]]
     kinds = sorted({k for db, m in heads for k in results[db]["modes"][m]["requests"]})
