@@ -33,7 +33,7 @@ def admin_settings(pool: int = 5, overflow: int = 10, driver: str | None = None)
 # ------------------------------------------------------------------------------------------------ the bound
 @pytest.mark.parametrize(("url", "database", "cap"), [
     ("postgresql+asyncpg://prefect@db:5432/prefect", "postgresql", 15),
-    ("sqlite+aiosqlite:////home/me/.prefect/prefect.db", "sqlite", 7),
+    ("sqlite+aiosqlite:////home/me/.prefect/prefect.db", "sqlite", 4),
 ])
 def test_the_cap_follows_the_servers_database(url: str, database: str, cap: int) -> None:
     with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: url}):
@@ -46,7 +46,8 @@ def test_the_servers_own_driver_and_pool_win() -> None:
     assert (capacity.database, capacity.max_parallel) == ("postgresql", 40)
     assert "DRIVER" in capacity.source
     small = server_capacity("http://prefect.test/api", get=admin_settings(2, 0, "sqlite+aiosqlite"))
-    assert small.max_parallel == 1  # never 0
+    assert small.max_parallel == 1  # never 0, and half the pool on SQLite
+    assert ServerCapacity("sqlite", 100, "x").max_parallel == 4
 
 
 def test_a_server_that_cannot_say_is_taken_for_prefects_defaults() -> None:
@@ -62,12 +63,12 @@ def test_asking_for_more_than_the_server_holds_is_capped_with_a_log_line(caplog:
     sqlite = ServerCapacity("sqlite", 15, "Prefect's default")
     logger = logging.getLogger("test-bound")
     with caplog.at_level(logging.WARNING, "test-bound"):
-        assert bound_parallel(None, sqlite, logger) == 7  # none asked: what the server holds, no line
+        assert bound_parallel(None, sqlite, logger) == 4  # none asked: what the server holds, no line
         assert bound_parallel(3, sqlite, logger) == 3
         assert not caplog.records
-        assert bound_parallel(100, sqlite, logger) == 7
-    assert caplog.messages == ["max_parallel 100 is more than the Prefect server holds: 7 case(s) at once (its "
-                               "database: sqlite, known from Prefect's default; its connection pool: 15); running 7 "
+        assert bound_parallel(100, sqlite, logger) == 4
+    assert caplog.messages == ["max_parallel 100 is more than the Prefect server holds: 4 case(s) at once (its "
+                               "database: sqlite, known from Prefect's default; its connection pool: 15); running 4 "
                                "at once"]
     assert bound_parallel(20, ServerCapacity("postgresql", 15, "x"), logger) == 15
 

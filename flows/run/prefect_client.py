@@ -47,6 +47,8 @@ def client_retries() -> Iterator[dict[str, str]]:
 
 #: what a Prefect server's database holds at once when the server cannot say (Prefect's pool: 5 + overflow 10)
 DEFAULT_CONNECTIONS = 15
+#: cases at once on a SQLite server: as fast as 20 at once in docs/running.md's measurements, without their stalls
+SQLITE_MAX_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,9 @@ class ServerCapacity:
 
     A running case has about one request at a time on its own path (its task runs, locks, state changes) and one
     from its evidence thread (artifacts), besides the batched logs and events. On PostgreSQL, requests run side by
-    side: a case per connection of the server's pool. On SQLite, every write waits for the one writer and holds
-    its connection meanwhile: half as many, so no request waits for a connection as long as the pool's timeout
-    (its `QueuePool limit ... reached` is an error, not a retry)."""
+    side: a case per connection of the server's pool. On SQLite, every write waits for the one writer: more cases
+    at once do not go faster, they queue, and a queue of writers is what stalls that server (`database is locked`
+    after its database timeout; seen with 7 cases at once, 2026-12-08): at most :data:`SQLITE_MAX_PARALLEL`."""
 
     database: str  # "sqlite", "postgresql"
     connections: int  # the server's pool: pool_size + max_overflow
@@ -65,7 +67,9 @@ class ServerCapacity:
 
     @property
     def max_parallel(self) -> int:
-        return max(1, self.connections if self.database == "postgresql" else self.connections // 2)
+        if self.database == "postgresql":
+            return max(1, self.connections)
+        return max(1, min(SQLITE_MAX_PARALLEL, self.connections // 2))
 
 
 def database_of(url: str | None) -> str:

@@ -124,7 +124,7 @@ class SuiteSpec(SpecModel):
         default_factory=dict, description="Values for the environment (bucket names, prefixes), given to every "
         "case that declares the variable (others ignore it); `--var name=value` overrides them.")
     max_parallel: int | None = Field(None, ge=1, le=64, description="How many cases run at the same time "
-                                     "(`--max-parallel` overrides); unset: what the Prefect server holds (7 on "
+                                     "(`--max-parallel` overrides); unset: what the Prefect server holds (4 on "
                                      "SQLite, 15 on PostgreSQL with Prefect's default connection pool), and never "
                                      "more (the suite's log says when it runs fewer than asked). Cases that change "
                                      "the same SSM parameter or S3 prefix still take turns on their locks.")
