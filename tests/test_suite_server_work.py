@@ -292,3 +292,30 @@ def test_a_held_lease_is_renewed_and_a_failed_renewal_tried_again(caplog: pytest
             renewed(client, str(uuid.uuid4()), 60.0, logging.getLogger("test-renew"), every=0.001):
         assert client.done.wait(30)  # an event, not a sleep: set by the third renewal
     assert client.calls >= 3 and "Could not renew the resource locks' lease" in caplog.text
+
+
+def test_a_suite_of_three_reads_the_history_once(prefect_harness: Any, clients: Any, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on Prefect's test server: one read for the suite, none per case, and each case's report still
+    lists its run."""
+    from flows.cli import main
+    from tests.test_suite import upload_case
+
+    clients.client("s3").create_bucket(Bucket="suite-bucket")
+    cases = tmp_path / "cases"
+    for name in ("one", "two", "three"):
+        upload_case(cases, name)
+    reads: list[list[str]] = []
+    read_histories = history.read_histories
+
+    def counted(keys: list[str], *args: Any, **kwargs: Any) -> Any:
+        reads.append(sorted(keys))
+        return read_histories(keys, *args, **kwargs)
+
+    def no_read(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a case in a suite read its history")
+
+    monkeypatch.setattr(suite_flow, "read_histories", counted)
+    monkeypatch.setattr(history, "read_history", no_read)
+    assert main([str(cases), "--evidence-dir", str(tmp_path / "pack")]) == 0
+    assert reads == [["case-one", "case-three", "case-two"]]

@@ -125,7 +125,9 @@ def pipeline_test_suite(
                 f"; left out: {len(plan.skipped)}" if plan.skipped else "")
     shared = SuiteShared()  # the cases share its stop and AWS clients
     # every case's last runs, read once here (not two requests per case): each case's report adds its own run
-    histories = read_histories([case_key(c.name) for c in plan.cases], logger=logger)
+    # (a run of the deployment reads its own, in its worker)
+    histories = (read_histories([case_key(c.name) for c in plan.cases], logger=logger)
+                 if plan.spec.run_as != "deployment" else None)
     results: dict[int, SuiteCaseResult] = {}
     # a stop signal without a handler (SIGBREAK: Prefect's cancel on Windows) stops the suite too, as Ctrl+C does
     with stop_signals_interrupt(only_unhandled=True), lock_waits_seen(progress), \
