@@ -5,6 +5,9 @@ Prefect's client already retries 408, 429, 502 and 503 answers and dropped conne
 with an exponential back-off (2, 4, 8 ... s) and jitter. Its defaults (5 retries, jitter 0.2) give up after about
 a minute, which a busy SQLite server outlasts when many runs start together; ours wait up to about four minutes,
 and spread the retries wider. A value the user set (environment or profile) always wins.
+
+How many cases of a suite one server holds at once (:func:`server_capacity`, :func:`bound_parallel`): by its
+connection pool, which the server tells, and its database, which it does not (SQLite unless known otherwise).
 """
 
 from __future__ import annotations
