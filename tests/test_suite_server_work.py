@@ -319,3 +319,30 @@ def test_a_suite_of_three_reads_the_history_once(prefect_harness: Any, clients: 
     monkeypatch.setattr(history, "read_history", no_read)
     assert main([str(cases), "--evidence-dir", str(tmp_path / "pack")]) == 0
     assert reads == [["case-one", "case-three", "case-two"]]
+
+
+def test_a_resource_named_after_the_run_takes_no_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An S3 prefix with the run's flow run id in it (``{{ flow_run_id }}``) is the run's alone: only the shared
+    parameter is locked (the case's five lock requests, four of them writes, are saved for such a prefix)."""
+    import contextlib
+
+    from flows.run import case_run
+
+    run_id = str(uuid.uuid4())
+    asked: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def hold(resources: list[str], *args: Any, **kwargs: Any) -> Any:
+        asked.append(resources)
+        yield types.SimpleNamespace(resources=resources, lease_id=None)
+
+    monkeypatch.setattr(case_run.locks, "hold", hold)
+    monkeypatch.setattr(case_run, "release_dead_locks", lambda *args: None)
+    case = types.SimpleNamespace(case="c", lock_timeout=5, aws=types.SimpleNamespace(journal_prefix=None))
+    clients = types.SimpleNamespace(client=lambda name: None)
+    ctx = types.SimpleNamespace(stop=None)
+    resources = [f"s3:landing/in/{run_id}/", "ssm:/orders/source"]
+    with case_run.locked(clients, resources, case, run_id, ctx, logging.getLogger("t")) as lock:  # type: ignore[arg-type]
+        assert lock.resources == ["ssm:/orders/source"]
+    assert asked == [["ssm:/orders/source"]]
+    assert not case_run.run_own("s3:landing/in/local/", "local")  # no flow run: no id to trust
