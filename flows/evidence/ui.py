@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from flows.evidence.history import case_history
 from flows.evidence.markdown import (
-    ICON,
     KEY_MAX,
     case_key,
     case_markdown,
@@ -28,11 +28,10 @@ from flows.evidence.markdown import (
     step_markdown,
     summary_rows,
 )
-from flows.evidence.history import case_history
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit import markdown as md
-from tasks.kit.step import StepOutcome, format_duration
 from tasks.kit.polling import WAKE_S
+from tasks.kit.step import StepOutcome, format_duration
 
 MAX_LINK_ARTIFACTS = 3
 #: how long the end of a case waits for its steps' evidence still being published
