@@ -346,3 +346,42 @@ def test_a_resource_named_after_the_run_takes_no_lock(monkeypatch: pytest.Monkey
         assert lock.resources == ["ssm:/orders/source"]
     assert asked == [["ssm:/orders/source"]]
     assert not case_run.run_own("s3:landing/in/local/", "local")  # no flow run: no id to trust
+
+
+class HiccupLimits:
+    """The lock request answered ``codes`` first (e.g. 500: the server's pool timed out), then granted."""
+
+    def __init__(self, codes: list[int]) -> None:
+        self.codes, self.calls = list(codes), 0
+
+    def increment_concurrency_slots_with_lease(self, names: list[str], *_: Any) -> Any:
+        self.calls += 1
+        request = httpx.Request("POST", "http://prefect.test/api/v2/concurrency_limits/increment-with-lease")
+        if self.codes:
+            code = self.codes.pop(0)
+            raise httpx.HTTPStatusError(str(code), request=request, response=httpx.Response(code, request=request))
+        return httpx.Response(200, json={"lease_id": "lease-1", "limits": [{"name": n} for n in names]},
+                              request=request)
+
+
+def test_a_lock_request_answered_500_is_waited_out(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from flows.run import locks
+
+    pauses: list[float] = []
+
+    def no_wait(event: Any, seconds: float) -> bool:
+        pauses.append(seconds)
+        return False
+
+    monkeypatch.setattr(locks, "wait_event", no_wait)
+    client = HiccupLimits([500, 500])
+    with caplog.at_level(logging.WARNING, "test-hiccup"):
+        lease, _ = locks.acquire(["a"], str(uuid.uuid4()), timeout=60, lease=60,
+                                 logger=logging.getLogger("test-hiccup"), client=client)
+    assert lease == "lease-1" and client.calls == 3 and pauses == [1.0, 2.0]
+    assert "The Prefect server answered 500 while taking the locks" in caplog.text
+    # a refusal that is not a hiccup (422) is not asked again
+    with pytest.raises(locks.LockError, match="refused the locks: 422"):
+        locks.acquire(["a"], str(uuid.uuid4()), timeout=60, lease=60, logger=logging.getLogger("t"),
+                      client=HiccupLimits([422]))

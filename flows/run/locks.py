@@ -45,6 +45,10 @@ LEASE_ENV = "PIPELINE_TEST_LOCK_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 #: a waiting run asks again at least this often (the server suggests when, from how long slots are held)
 MAX_RETRY_INTERVAL = 2.0
+#: a 5xx answer to the lock request that Prefect's client does not retry (500: e.g. the server's connection pool
+#: timed out) is asked again, 1, 2, 4 ... s later (at most MAX_HICCUP_PAUSE_S), for this long, before the run gives up
+HICCUP_S = 120.0
+MAX_HICCUP_PAUSE_S = 15.0
 #: a held lease is renewed after this part of its duration
 RENEW_FRACTION = 0.75
 #: log that the run is still waiting at most this often
@@ -148,6 +152,7 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
     stop = stop or threading.Event()
     logged: float | None = None
     recreated = 0
+    hiccup_pause = 1.0
     with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         while True:
             try:
@@ -171,9 +176,18 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
                                     code=LOCK_UNAVAILABLE) from None
                 continue
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
-                    raise LockError(f"the Prefect server refused the locks: {exc.response.status_code} "
+                code = exc.response.status_code
+                if code != 423 and (code < 500 or time.monotonic() - t0 + hiccup_pause > HICCUP_S):
+                    raise LockError(f"the Prefect server refused the locks: {code} "
                                     f"{exc.response.text[:200]}", code=LOCK_UNAVAILABLE) from None
+                if code != 423:  # a 5xx that Prefect's client does not retry (a pool timeout): wait it out
+                    logger.warning("The Prefect server answered %d while taking the locks; asking again in %.0f s",
+                                   code, hiccup_pause)
+                    if wait_event(stop, hiccup_pause):
+                        raise LockError("the run was stopped while taking its locks; nothing was changed",
+                                        code=INTERRUPTED) from None
+                    hiccup_pause = min(hiccup_pause * 2, MAX_HICCUP_PAUSE_S)
+                    continue
                 retry_after = float(exc.response.headers.get("Retry-After", 1.0))
             except httpx.HTTPError as exc:
                 raise LockError(f"the Prefect server did not answer while taking the locks: {exc}",
