@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.evidence.history import case_history
+from flows.evidence.history import case_history, first_failed
 from flows.evidence.markdown import (
     KEY_MAX,
     case_key,
@@ -29,6 +29,7 @@ from flows.evidence.markdown import (
     summary_rows,
 )
 from flows.evidence.results import CaseResult, StepResult
+from flows.evidence.results import verdict as verdict_of
 from tasks.kit import markdown as md
 from tasks.kit.polling import WAKE_S
 from tasks.kit.step import StepOutcome, format_duration
@@ -99,12 +100,12 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     """Create the case's keyed summary table and report (called in the flow run, after the pack is written so
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
-    verdict = "passed" if result.passed else "FAILED"
+    verdict = verdict_of(result.passed, result.warnings, "passed")
     rows = summary_rows(result)
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in rows],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")
-    failed = next((r for r in rows if "passed" not in r["status"]), None)  # as history_rows reads the table
+    failed = first_failed(rows)  # as history_rows reads the table
     this_run = {"flow_run_id": result.flow_run_id, "status": "failed" if failed else "passed",
                 "started": result.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
                 "duration": format_duration(result.duration_s), "failed_step": failed["step"] if failed else None,
