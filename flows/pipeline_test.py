@@ -207,8 +207,10 @@ def pipeline_test(
                     ctx.undo.journal = SsmJournal(ssm, run_id=run_id, case=case.case,
                                                   prefix=case.aws.journal_prefix, lease_id=lambda: lock.lease_id,
                                                   lease_lost=lambda: claim.lost)
-                    logger.info("Holding %d lock(s) until the undo is done: %s", len(resources),
-                                ", ".join(resources))
+                    own = sorted(set(resources) - set(lock.resources))  # named after this run: no lock
+                    logger.info("Holding %d lock(s) until the undo is done: %s%s", len(lock.resources),
+                                ", ".join(lock.resources) or "none",
+                                f" (no lock for this run's own: {', '.join(own)})" if own else "")
                 LIVE[run_id] = ctx
                 try:
                     with first_signal_stops(ctx.stop, logger):

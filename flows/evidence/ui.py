@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.evidence.history import read_history
+from flows.evidence.history import case_history, first_failed
 from flows.evidence.markdown import (
     KEY_MAX,
     case_key,
@@ -101,10 +101,16 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
     verdict = verdict_of(result.passed, result.warnings, "passed")
-    create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
+    rows = summary_rows(result)
+    create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in rows],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")
-    history = read_history(key, logger=logger)
+    failed = first_failed(rows)  # as history_rows reads the table
+    this_run = {"flow_run_id": result.flow_run_id, "status": "failed" if failed else "passed",
+                "started": result.started_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                "duration": format_duration(result.duration_s), "failed_step": failed["step"] if failed else None,
+                "url": result.ui_url}
+    history = case_history(key, this_run, logger=logger)
     for run in history:  # this run is still running on the server: its duration is the case's
         if run.get("flow_run_id") == result.flow_run_id and not run.get("duration"):
             run["duration"] = format_duration(result.duration_s)

@@ -6,7 +6,8 @@ all of its locks in one request (all or none, so two runs can never each hold ha
 before its first step, and holds them until its undo is done and read back. The server keeps the locks, so this
 holds across threads, processes, workers and deployments that share one Prefect server (not across servers).
 
-Slots are leases: the run renews its lease in the background (every ``lease × 0.75`` s); when the holder dies
+Slots are leases: the run renews its lease in the background (every ``lease × 0.75`` s, the first time that long
+after taking it, on the hold's own client: no request at the start, no second client); when the holder dies
 (SIGKILL, a lost worker) the lease expires after ``PIPELINE_TEST_LOCK_LEASE_SECONDS`` (60 s by default) and the
 server frees the slot. The journal (``tasks.kit.journal``) records the lease, so ``recover`` can free it at once
 when it knows the holder is dead.
@@ -34,7 +35,6 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.concurrency._sync import release_concurrency_slots_with_lease
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
@@ -45,6 +45,12 @@ LEASE_ENV = "PIPELINE_TEST_LOCK_LEASE_SECONDS"
 DEFAULT_LEASE_SECONDS = 60.0
 #: a waiting run asks again at least this often (the server suggests when, from how long slots are held)
 MAX_RETRY_INTERVAL = 2.0
+#: a 5xx answer to the lock request that Prefect's client does not retry (500: e.g. the server's connection pool
+#: timed out) is asked again, 1, 2, 4 ... s later (at most MAX_HICCUP_PAUSE_S), for this long, before the run gives up
+HICCUP_S = 120.0
+MAX_HICCUP_PAUSE_S = 15.0
+#: a held lease is renewed after this part of its duration
+RENEW_FRACTION = 0.75
 #: log that the run is still waiting at most this often
 LOG_EVERY = 15.0
 PREFIX = "pipeline-test-lock"
@@ -146,6 +152,7 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
     stop = stop or threading.Event()
     logged: float | None = None
     recreated = 0
+    hiccup_pause = 1.0
     with contextlib.nullcontext(client) if client is not None else get_client(sync_client=True) as client:
         while True:
             try:
@@ -169,9 +176,18 @@ def acquire(names: list[str], run_id: str, timeout: float, lease: float, logger:
                                     code=LOCK_UNAVAILABLE) from None
                 continue
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
-                    raise LockError(f"the Prefect server refused the locks: {exc.response.status_code} "
+                code = exc.response.status_code
+                if code != 423 and (code < 500 or time.monotonic() - t0 + hiccup_pause > HICCUP_S):
+                    raise LockError(f"the Prefect server refused the locks: {code} "
                                     f"{exc.response.text[:200]}", code=LOCK_UNAVAILABLE) from None
+                if code != 423:  # a 5xx that Prefect's client does not retry (a pool timeout): wait it out
+                    logger.warning("The Prefect server answered %d while taking the locks; asking again in %.0f s",
+                                   code, hiccup_pause)
+                    if wait_event(stop, hiccup_pause):
+                        raise LockError("the run was stopped while taking its locks; nothing was changed",
+                                        code=INTERRUPTED) from None
+                    hiccup_pause = min(hiccup_pause * 2, MAX_HICCUP_PAUSE_S)
+                    continue
                 retry_after = float(exc.response.headers.get("Retry-After", 1.0))
             except httpx.HTTPError as exc:
                 raise LockError(f"the Prefect server did not answer while taking the locks: {exc}",
@@ -227,8 +243,7 @@ def hold(resources: list[str], run_id: str, *, timeout: float, logger: Any,
         if held.waited_s >= 0.5:
             logger.info("Took %d lock(s) after waiting %.1f s", len(held.names), held.waited_s)
         try:
-            with maintain_concurrency_lease(uuid.UUID(lease_id), lease, raise_on_lease_renewal_failure=False,
-                                            suppress_warnings=False):
+            with renewed(client, lease_id, lease, logger):
                 yield held
         finally:
             delete_limits(held.names, client)  # still holding their slot: see delete_limits
@@ -237,6 +252,31 @@ def hold(resources: list[str], run_id: str, *, timeout: float, logger: Any,
             except Exception as exc:  # the lease expires by itself
                 logger.warning("Could not release the resource locks (they expire within %.0f s): %s", lease,
                                exc)
+
+
+@contextmanager
+def renewed(client: Any, lease_id: str, lease: float, logger: Any, every: float | None = None) -> Iterator[None]:
+    """Renew the lease every ``every`` s (``lease`` × RENEW_FRACTION) in a thread, on ``client`` (thread-safe),
+    while the block runs; the first renewal ``every`` s after the lease was taken. A failed renewal is logged and
+    tried again at the next turn (the lease runs out only after ``lease`` s)."""
+    done = threading.Event()
+    every = lease * RENEW_FRACTION if every is None else every
+
+    def loop() -> None:
+        while not wait_event(done, every):
+            try:
+                client.renew_concurrency_lease(uuid.UUID(lease_id), lease)
+            except Exception as exc:
+                logger.warning("Could not renew the resource locks' lease (tried again in %.0f s; it runs out "
+                               "%.0f s after the last renewal): %s", every, lease, exc)
+
+    thread = threading.Thread(target=loop, name="lock-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
 
 
 def release_lease(lease_id: str) -> bool:

@@ -17,21 +17,23 @@ import contextvars
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Failed
 from pydantic import SecretStr
 
-from flows.evidence.history import this_run_url
-from flows.evidence.markdown import KEY_MAX
+from flows.evidence.history import SUITE_HISTORY, read_histories, this_run_url
+from flows.evidence.markdown import KEY_MAX, case_key
 from flows.evidence.pack.files import manifest_sha256
 from flows.evidence.pack.folder import PackClaim, PackFolderError
 from flows.evidence.results import plural, result_of
 from flows.pipeline_test import pipeline_test, plain_variables
 from flows.run.engine import signals_deferred, stop_signals_interrupt
+from flows.run.prefect_client import bound_parallel, server_capacity
 from flows.run.recover import CouldNotRun
 from flows.run.shared import SUITE, SuiteShared
 from flows.spec.load import read_spec_file
@@ -52,7 +54,7 @@ from flows.suite.spec import DeploymentSettings, SuiteCase, SuitePlan, load_suit
 from flows.suite.trends import CaseRun, SuiteTrends, read_history, suite_trends, summary_line
 from flows.suite.trends import cells as trend_cells
 from tasks.kit import markdown as md
-from tasks.kit.polling import wait_done
+from tasks.kit.polling import wait_done, wait_event
 from tasks.kit.step import format_duration
 
 
@@ -118,19 +120,25 @@ def pipeline_test_suite(
         return Failed(message=message, data=CouldNotRun(message))  # type: ignore[return-value]
     progress = PROGRESS.get() or Progress()
     progress.begin(len(plan.cases))
+    parallel = bound_parallel(plan.spec.max_parallel, server_capacity(PREFECT_API_URL.value()), logger)
     logger.info("Suite %r: %d case(s), at most %d at once (%s)%s", plan.spec.suite, len(plan.cases),
-                plan.spec.max_parallel, "as runs of " + plan.spec.deployment.name
+                parallel, "as runs of " + plan.spec.deployment.name
                 if plan.spec.run_as == "deployment" else "subflow runs in this process",
                 f"; left out: {len(plan.skipped)}" if plan.skipped else "")
     shared = SuiteShared()  # the cases share its stop and AWS clients
+    # every case's last runs, read once here (not two requests per case): each case's report adds its own run
+    # (a run of the deployment reads its own, in its worker)
+    histories = (read_histories([case_key(c.name) for c in plan.cases], logger=logger)
+                 if plan.spec.run_as != "deployment" else None)
     results: dict[int, SuiteCaseResult] = {}
     # a stop signal without a handler (SIGBREAK: Prefect's cancel on Windows) stops the suite too, as Ctrl+C does
     with stop_signals_interrupt(only_unhandled=True), lock_waits_seen(progress), \
-            ThreadPoolExecutor(plan.spec.max_parallel, thread_name_prefix="case") as pool:
+            ThreadPoolExecutor(parallel, thread_name_prefix="case") as pool:
         futures: list[Future[SuiteCaseResult]] = []
         for case in plan.cases:
             context = contextvars.copy_context()  # the suite's flow run context: each case is its subflow
             context.run(SUITE.set, shared)
+            context.run(SUITE_HISTORY.set, histories)
             futures.append(pool.submit(context.run, run_case, plan, case, folder, progress))
         try:
             for index, future in enumerate(futures):
@@ -171,23 +179,69 @@ def case_pack(plan: SuitePlan, case: SuiteCase) -> str:
     raise ValueError(f"{case.path} is not a case of the suite")
 
 
-def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress) -> SuiteCaseResult:
-    """Run one case of the suite (in a thread of its own) and say how it went; never raises."""
+#: a case whose flow run could not be created or run (the server did not answer, or answered 5xx, after the
+#: Prefect client's own retries) is tried again, as long as it wrote nothing, for this long before it is "not run"
+CASE_RETRY_S = 300.0
+#: the pause before the first retry of such a case; doubled each time, at most CASE_RETRY_MAX_PAUSE_S
+CASE_RETRY_PAUSE_S = 5.0
+CASE_RETRY_MAX_PAUSE_S = 60.0
+
+
+def run_case(plan: SuitePlan, case: SuiteCase, folder: Path, progress: Progress, retry_for: float = CASE_RETRY_S,
+             pause: Callable[[float], bool] | None = None) -> SuiteCaseResult:
+    """Run one case of the suite (in a thread of its own) and say how it went; never raises. A server hiccup that
+    outlasts the Prefect client's retries (the case's flow run could not be created: a 5xx, a pool timeout, a
+    dropped connection) is waited out: the case is tried again while it left no pack (it changed nothing), for
+    ``retry_for`` seconds, then reported "not run" with the reason. ``pause(seconds)`` waits between tries and
+    says whether the suite was stopped meanwhile (default: the suite's stop)."""
     pack = case_pack(plan, case)
     progress.case_started()
     started = _now()
-    try:
-        if plan.spec.run_as == "deployment":
-            outcome = _run_deployment(plan.spec.deployment, case, folder / pack, started, plan.files_root)
-        else:
-            outcome = _run_subflow(case, folder / pack, started, plan.files_root)
-    except Exception as exc:  # e.g. the Prefect API refused to create the case's flow run (503)
-        outcome = SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
-                                  ended_at=_now(), reason=f"the case's flow run could not be run: "
-                                  f"{type(exc).__name__}: {exc}"[:2000])
+    pause = pause or _suite_pause()
+    tries, delay = 0, CASE_RETRY_PAUSE_S
+    while True:
+        tries += 1
+        try:
+            if plan.spec.run_as == "deployment":
+                outcome = _run_deployment(plan.spec.deployment, case, folder / pack, started, plan.files_root)
+            else:
+                outcome = _run_subflow(case, folder / pack, started, plan.files_root)
+            break
+        except Exception as exc:  # e.g. the Prefect API refused to create the case's flow run (503)
+            error = f"{type(exc).__name__}: {exc}"
+            spent = (_now() - started).total_seconds()
+            if (folder / pack).exists() or spent + delay > retry_for or pause(delay):
+                outcome = SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run",
+                                          started_at=started, ended_at=_now(),
+                                          reason=f"the case's flow run could not be run ({tries} tries in "
+                                          f"{spent:.0f} s): {error}"[:2000])
+                break
+            _logger().warning("Case %r: its flow run could not be run (%s); trying again in %.0f s",
+                                     case.name, error[:300], delay)
+            delay = min(delay * 2, CASE_RETRY_MAX_PAUSE_S)
     outcome.pack = pack if (folder / pack).is_dir() else None
     progress.case_ended(outcome.status)
     return outcome
+
+
+def _logger() -> Any:
+    try:
+        return get_run_logger()
+    except Exception:  # outside a flow run (a test)
+        import logging
+
+        return logging.getLogger("pipeline_test")
+
+
+def _suite_pause() -> Callable[[float], bool]:
+    """Waits that the suite's stop (Ctrl+C, SIGTERM) ends at once; True when it did."""
+    import threading
+
+    event = threading.Event()
+    shared = SUITE.get()
+    if shared is not None:
+        shared.register(event)
+    return lambda seconds: wait_event(event, seconds)
 
 
 def _run_subflow(case: SuiteCase, pack_dir: Path, started: datetime, files_root: Path | None) -> SuiteCaseResult:

@@ -124,11 +124,11 @@ class SuiteSpec(SpecModel):
     variables: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Values for the environment (bucket names, prefixes), given to every "
         "case that declares the variable (others ignore it); `--var name=value` overrides them.")
-    max_parallel: int = Field(4, ge=1, le=64, description="How many cases run at the same time (`--max-parallel` "
-                              "overrides). Cases that change the same SSM parameter or S3 prefix still take turns "
-                              "on their locks. Against a Prefect server on SQLite keep it at 4 (more cases creating "
-                              "their runs at once now and then stall that server for up to a minute); on PostgreSQL, "
-                              "more.")
+    max_parallel: int | None = Field(None, ge=1, le=64, description="How many cases run at the same time "
+                                     "(`--max-parallel` overrides); unset: what the Prefect server holds (4 on "
+                                     "SQLite, 15 on PostgreSQL with Prefect's default connection pool), and never "
+                                     "more (the suite's log says when it runs fewer than asked). Cases that change "
+                                     "the same SSM parameter or S3 prefix still take turns on their locks.")
     run_as: Literal["process", "deployment"] = Field(
         "process", description="`process`: every case a subflow run in this process (threads); `deployment`: "
         "every case a flow run of `deployment`, picked up by the work pool's workers.")
