@@ -50,7 +50,10 @@ def family(module: str) -> str | None:
 
 
 def is_test_side(module: str) -> bool:
-    """Code that plays the world around the kinds: the tests themselves and the demo's fake pipeline."""
+    """Code that plays the world around the kinds: the tests themselves and the demo's fake pipeline (not the kinds
+    the tests define under tests/kinds/, loaded with PIPELINE_TEST_STEP_MODULES)."""
+    if module.startswith("tests.kinds."):
+        return False
     return (module.startswith(("tests.", "test_", "conftest", "flows.demo", "flows.emulator"))
             or module in ("__main__",))
 
@@ -79,6 +82,7 @@ def who(frame: FrameType | None) -> dict[str, Any] | None:
             innermost, decided = family(module), True
         if frame.f_code in runners:
             runner = {"kind": runners[frame.f_code], "step": frame.f_locals.get("step")}  # the outermost wins
+            decided = True  # a kind outside tasks/ (PIPELINE_TEST_STEP_MODULES): its runner is its own
         transfer = transfer or module.startswith("s3transfer")
         frame = frame.f_back
     if innermost == "run":

@@ -101,6 +101,18 @@ def test_every_registered_kind_has_a_minimal_instance_here() -> None:
     assert STATEFUL, "no kind changes AWS state: the undo-order test below checks nothing"
 
 
+def test_a_kind_name_registered_twice_is_refused() -> None:
+    """A module of PIPELINE_TEST_STEP_MODULES (or of the product) cannot take over a kind's name."""
+    from tasks.kit.step import step_kind
+
+    class Twin(StepBase):
+        kind: typing.Literal["upload"] = "upload"
+
+    with pytest.raises(TypeError, match="step kind 'upload' is already registered by tasks.s3.steps.UploadStep"):
+        step_kind(Twin)(lambda step, ctx: None)  # type: ignore[arg-type,return-value]
+    assert REGISTRY["upload"].model.__name__ == "UploadStep"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_is_a_literal_defaulting_to_its_registry_key(kind: str) -> None:
     model = REGISTRY[kind].model

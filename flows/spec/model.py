@@ -1,10 +1,13 @@
 """The test-case spec models: what a user writes (YAML or JSON) to describe one ingestion test; the step kinds
-it may use (SERVICE_MODULES); its steps in order, groups included. Reading and validating it: flows/spec/load.py."""
+it may use (SERVICE_MODULES, and a team's own: PIPELINE_TEST_STEP_MODULES); its steps in order, groups included.
+Reading and validating it: flows/spec/load.py."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
@@ -25,16 +28,43 @@ from tasks.s3.keys import BucketName, S3Key
 #: the service modules whose step kinds a case can use; importing one registers its kinds
 SERVICE_MODULES = ("tasks.s3.steps", "tasks.ssm", "tasks.awslambda", "tasks.athena", "tasks.dynamodb", "tasks.sqs",
                    "tasks.cloudwatch", "tasks.glue", "tasks.stepfunctions")
-for _module in SERVICE_MODULES:
-    importlib.import_module(_module)
+#: the environment variable naming more step modules, outside the product (comma-separated module names, importable
+#: from sys.path): a team's own kinds, without a fork. Read once, here, before the step union below is built
+STEP_MODULES_ENV = "PIPELINE_TEST_STEP_MODULES"
+
+
+def extra_step_modules() -> tuple[str, ...]:
+    """The modules ``PIPELINE_TEST_STEP_MODULES`` names (none when it is unset or empty)."""
+    return tuple(name.strip() for name in os.environ.get(STEP_MODULES_ENV, "").split(",") if name.strip())
+
+
+#: the extra step modules of this process (the generated reference and schemas are made without any)
+EXTRA_STEP_MODULES = extra_step_modules()
+
+
+def _import_step_modules() -> None:
+    for module in SERVICE_MODULES:
+        importlib.import_module(module)
+    for module in EXTRA_STEP_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # a bad name or a broken module: one clear line, exit 2, before any AWS call
+            print(f"pipeline-test: {STEP_MODULES_ENV} names {module!r}, which could not be loaded: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+_import_step_modules()
 
 
 def _service_index(module: str) -> int:
-    """The place of the service module (or package, e.g. tasks.athena for tasks.athena.step) defining a model."""
-    for i, name in enumerate(SERVICE_MODULES):
+    """The place of the service module (or package, e.g. tasks.athena for tasks.athena.step) defining a model: the
+    product's first, then the extra modules as ``PIPELINE_TEST_STEP_MODULES`` lists them."""
+    listed = SERVICE_MODULES + EXTRA_STEP_MODULES
+    for i, name in enumerate(listed):
         if module == name or module.startswith(name + "."):
             return i
-    return len(SERVICE_MODULES)
+    return len(listed)
 
 
 def step_kinds() -> list[StepKind]:

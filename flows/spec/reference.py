@@ -24,7 +24,16 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from flows.evidence.notify import NotifySettings
-from flows.spec.model import AwsSettings, CaseSpec, EvidenceSettings, ParallelGroup, json_schema, step_kinds
+from flows.spec.model import (
+    EXTRA_STEP_MODULES,
+    STEP_MODULES_ENV,
+    AwsSettings,
+    CaseSpec,
+    EvidenceSettings,
+    ParallelGroup,
+    json_schema,
+    step_kinds,
+)
 from flows.spec.templating import BUILTINS
 from flows.suite.spec import DeploymentSettings, MatrixCase, SuiteSpec, suite_json_schema
 
@@ -264,6 +273,10 @@ def updated_page(text: str, name: str = "docs/reference.md") -> str:
 
 
 def main(argv: list[str]) -> int:
+    if EXTRA_STEP_MODULES:  # the generated files document the product's kinds only, never a team's own
+        print(f"{STEP_MODULES_ENV} is set ({', '.join(EXTRA_STEP_MODULES)}): the reference and the schemas document "
+              "the product's step kinds only; unset it and run again", file=sys.stderr)
+        return 2
     page = REFERENCE.read_text(encoding="utf-8")
     wanted = {REFERENCE: updated_page(page), SCHEMA: schema_text(), SUITE_SCHEMA: schema_text(suite_json_schema())}
     if "--check" in argv:

@@ -399,6 +399,10 @@ def step_kind(model: type[StepBase], footprint: FootprintFn | None = None) -> Ca
         raise TypeError(f"{model.__name__}.kind needs a literal default")
 
     def register(run: Runner) -> Runner:
+        known = REGISTRY.get(kind)
+        if known is not None and known.model.__qualname__ != model.__qualname__:
+            raise TypeError(f"step kind {kind!r} is already registered by {known.model.__module__}."
+                            f"{known.model.__name__}: choose another kind name")
         REGISTRY[kind] = StepKind(kind, model, run, footprint)
         return run
 
