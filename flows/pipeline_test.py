@@ -207,6 +207,8 @@ def pipeline_test(
                     logger.info("Holding %d lock(s) until the undo is done: %s", len(resources),
                                 ", ".join(resources))
                 LIVE[run_id] = ctx
+                # a card per step, pending, in step order in the Artifacts tab (flows.evidence.ui)
+                publisher.prepare([(p.number, p.label) for p in iter_steps(rendered)] + [("end", "cleanup")])
                 try:
                     with first_signal_stops(ctx.stop, logger):
                         run_steps(rendered, ctx, steps, running)
