@@ -190,8 +190,8 @@ def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | 
             running.remove(placed)
         failed = [(p, r) for p, r in zip(group, batch) if not r.ok and not p.step.continue_on_failure]
         if failed:
-            stop = "not run: " + ", ".join(f"step {r.number} {r.label!r} {'failed' if r.status == 'failed' else 'had an error'}"
-                                           for _, r in failed)
+            stop = "not run: " + ", ".join(f"step {r.number} {r.label!r} " + ("failed" if r.status == "failed"
+                                                                              else "had an error") for _, r in failed)
     return results
 
 
