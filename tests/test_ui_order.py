@@ -55,6 +55,11 @@ def test_step_cards_in_step_order_and_a_skipped_step_is_a_task_run_with_its_reas
     assert skipped.state.type.value == "CANCELLED" and skipped.state.name == SKIPPED
     assert "not run: step 5 'never' failed" in skipped.state.message
     assert result.steps[5].status == "skipped" and result.steps[5].summary == "not run: step 5 'never' failed"
+    # the key's history page lists each version by its flow run's name: the verdict comes first in it
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(result.flow_run_id).name.startswith("❌ FAILED · ordered-case-")
 
 
 def test_a_subflow_run_names_the_deployment_of_its_parent() -> None:
@@ -85,3 +90,25 @@ def test_a_subflow_run_names_the_deployment_of_its_parent() -> None:
         assert deployment_of(client, client.read_flow_run(child.id))[0] == "nightly-demo"
         alone = client.create_flow_run(parent)
         assert deployment_of(client, alone) == (None, None)
+
+
+def test_a_slow_start_says_it_is_still_under_way() -> None:
+    import threading
+
+    from flows.demo import progress
+
+    said: list[str] = []
+    twice = threading.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if len(said) >= 2:
+            twice.set()
+
+    with progress(say, "starting the local AWS emulator", every=0.01):
+        assert twice.wait(30)
+    count = len(said)
+    assert said[0].startswith("... still starting the local AWS emulator (") and said[0].endswith(" s so far)")
+    with progress(say, "never said", every=None):
+        pass
+    assert len(said) == count  # nothing after the block, nothing when asked for none

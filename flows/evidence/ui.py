@@ -160,6 +160,7 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
     verdict = "passed" if result.passed else "FAILED"
+    name_run_by_verdict(("✅ " if result.passed else "❌ ") + verdict, logger)
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")
@@ -169,3 +170,20 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
             run["duration"] = format_duration(result.duration_s)
     create_markdown_artifact(markdown=case_markdown(result, history), key=f"{key}-report"[:KEY_MAX],
                              description=f"{verdict} · {md.text(result.case)}")
+
+
+def name_run_by_verdict(verdict: str, logger: Any = None) -> None:
+    """Put the verdict first in this flow run's name (``❌ FAILED · orders-ingestion-20261208-031500``), before
+    the case's keyed artifacts are made: the history page of an artifact key (artifacts/key/<key>) lists each
+    version by its id and its flow run's name, and shows a description only when opened, so the name is where
+    every version's verdict can be seen at once. Never fails a case."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    try:
+        if flow_run.id and flow_run.name and not flow_run.name.startswith(verdict):
+            with get_client(sync_client=True) as client:
+                client.update_flow_run(UUID(flow_run.id), name=f"{verdict} · {flow_run.name}")
+    except Exception as exc:
+        if logger is not None:
+            logger.warning("Could not put the verdict in the flow run's name: %s", exc)
