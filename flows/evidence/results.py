@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tasks.kit.checks import CheckRecord
 from tasks.kit.files import HashedItem, StepFile
 
 StepStatus = Literal["passed", "failed", "error", "skipped"]
@@ -47,6 +48,9 @@ class StepResult(BaseModel):
     evidence: str = ""
     #: the step's links (AWS console, or the emulator's URL), as in its UI artifact
     links: list[EvidenceLink] = Field(default_factory=list)
+    #: what the step checked, each with expected, actual and verdict (typed, from its outcome or its failure):
+    #: report.json's ``checks``, and report.html's checks table
+    checks: list[CheckRecord] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
