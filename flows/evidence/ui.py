@@ -9,9 +9,10 @@ artifact's id is a random UUID (uuid4) given by the server, so neither the order
 them. So when the case starts, :meth:`StepPublisher.prepare` creates one card per step (the flow run's, as
 "pending"), sorts their ids and gives the highest to step 1, the next to step 2, and so on; each step then fills
 its own card (a PATCH keeps the id), a skipped step's card says why, and cards never filled are deleted at the
-end. A step's link and table cards (few, each named ``step N name · what``) stay with its task run. Nothing here sees a secret: step outcomes are masked at the
-source. Every value is escaped by :mod:`tasks.kit.markdown`: only these templates make headings, verdicts, tables
-and links.
+end. A step's link and table cards (few, each named ``step N name · what``) stay with its task run.
+
+Nothing here sees a secret: step outcomes are masked at the source. Every value is escaped by
+:mod:`tasks.kit.markdown`: only these templates make headings, verdicts, tables and links.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from uuid import UUID
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from flows.evidence.history import read_history
 from flows.evidence.markdown import (
-    ICON,
     KEY_MAX,
     case_key,
     case_markdown,
@@ -36,11 +37,10 @@ from flows.evidence.markdown import (
     step_markdown,
     summary_rows,
 )
-from flows.evidence.history import read_history
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit import markdown as md
-from tasks.kit.step import StepOutcome, format_duration
 from tasks.kit.polling import WAKE_S
+from tasks.kit.step import StepOutcome, format_duration
 
 MAX_LINK_ARTIFACTS = 3
 #: how long the end of a case waits for its steps' evidence still being published
