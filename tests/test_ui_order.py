@@ -4,6 +4,7 @@ skipped steps as task runs with their reason, and the deployment a subflow run c
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,13 @@ def test_step_cards_in_step_order_and_a_skipped_step_is_a_task_run_with_its_reas
                           return_state=True)
     result = result_of(state)
     assert state.is_failed() and result is not None
-    cards = [a.description for a in tab_artifacts(result.flow_run_id)
-             if a.type == "markdown" and a.key is None and not a.task_run_id]
+    tab = tab_artifacts(result.flow_run_id)
+    cards = [a.description for a in tab if a.type == "markdown" and a.key is None and not a.task_run_id]
     assert cards == ["passed · step 1 land", "passed · step 2 first", "passed · step 3 second",
                      "passed · step 4 third", "FAILED · step 5 never", "skipped · step 6 after",
                      "passed · step end cleanup"]  # no card left pending
+    links = [a.description for a in tab if a.task_run_id]  # link cards, with their step's task run, numbered
+    assert "step 1 land · " in " ".join(links) and all(re.match(r"step \d \S+ · ", d) for d in links), links
     skipped = next(t for t in read_task_runs(result.flow_run_id) if t.name == "after")
     assert skipped.state.type.value == "CANCELLED" and skipped.state.name == SKIPPED
     assert "not run: step 5 'never' failed" in skipped.state.message
