@@ -54,6 +54,8 @@ def test_step_cards_in_step_order_and_a_skipped_step_is_a_task_run_with_its_reas
                      "passed · step end cleanup"]  # no card left pending
     links = [a.description for a in tab if a.task_run_id]  # link cards, with their step's task run, numbered
     assert "step 1 land · " in " ".join(links) and all(re.match(r"step \d \S+ · ", d) for d in links), links
+    card = next(a.data for a in tab if a.description == "skipped · step 6 after")
+    assert "### Not run" in card and "step 5 'never' failed" in card  # the card says why
     skipped = next(t for t in read_task_runs(result.flow_run_id) if t.name == "after")
     assert skipped.state.type.value == "CANCELLED" and skipped.state.name == SKIPPED
     assert "not run: step 5 'never' failed" in skipped.state.message
