@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flows.spec.slugs import slug
 from flows.evidence.results import CaseResult, StepResult
+from flows.spec.slugs import slug
 from tasks.kit import markdown as md
 from tasks.kit.step import StepOutcome, format_duration
 
