@@ -121,3 +121,15 @@ def test_no_module_is_over_600_lines() -> None:
 def test_every_module_says_what_it_is() -> None:
     silent = [name for name, path in MODULES.items() if not ast.get_docstring(ast.parse(path.read_text("utf-8")))]
     assert not silent, silent
+
+
+def test_no_module_is_hidden_from_git() -> None:
+    """A module .gitignore hides is missing from every clone (flows/evidence/ once matched `evidence/`)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        return
+    files = [str(p.relative_to(ROOT)) for p in MODULES.values()]
+    out = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == [], f"ignored by .gitignore: {out.stdout.split()}"

@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.evidence.pack import files as pack_files
 from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack import verify as ep
+from flows.evidence.pack import write as pack_write
 from flows.evidence.pack.folder import PackFolderError
 from flows.evidence.results import CaseResult, StepResult
 from flows.spec.load import parse_spec
@@ -132,8 +134,8 @@ def failing_result() -> CaseResult:
 
 
 def write(result: CaseResult, tmp_path: Path, **kw: object) -> Path:
-    folder = ep.default_pack_dir(tmp_path / "evidence", result)
-    return ep.write_pack(result, _case_spec(), folder, spec_text=SPEC_YAML, spec_path="cases/orders.yaml",
+    folder = pack_files.default_pack_dir(tmp_path / "evidence", result)
+    return pack_write.write_pack(result, _case_spec(), folder, spec_text=SPEC_YAML, spec_path="cases/orders.yaml",
                          generated_at=T0 + timedelta(seconds=4), **kw)  # type: ignore[arg-type]
 
 
@@ -154,11 +156,11 @@ def _json(path: Path) -> dict:
 # --------------------------------------------------------------------------------------- a complete pack
 def test_default_folder_and_prefix_name_the_case_time_and_run() -> None:
     result = passing_result()
-    folder = ep.default_pack_dir(Path("evidence"), result)
+    folder = pack_files.default_pack_dir(Path("evidence"), result)
     assert folder.as_posix() == "evidence/orders-ingestion/20260314T092653Z-0f5e2a9c"
-    assert ep.pack_prefix("/audit/pipeline-test/", result) == \
+    assert pack_files.pack_prefix("/audit/pipeline-test/", result) == \
         "audit/pipeline-test/orders-ingestion/20260314T092653Z-0f5e2a9c/"
-    assert ep.pack_prefix("", result.model_copy(update={"flow_run_id": None})).endswith("-local/")
+    assert pack_files.pack_prefix("", result.model_copy(update={"flow_run_id": None})).endswith("-local/")
 
 
 @pytest.mark.parametrize("make", [passing_result, failing_result], ids=["passed", "failed"])
@@ -182,12 +184,12 @@ def test_a_run_leaves_a_complete_intact_pack(make, tmp_path: Path) -> None:
 def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pack: Path) -> None:
     import jsonschema
 
-    schema = json.loads(ep.SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = json.loads(pack_files.SCHEMA_FILE.read_text(encoding="utf-8"))
     report = _json(failing_pack / "report.json")
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)
     assert (report["schema"], report["schema_version"]) == ("pipeline-test/evidence-report", 1)
     assert report["case"]["name"] == CASE and report["status"] == "failed"
-    assert report["spec"]["sha256"] == ep.sha256_bytes(SPEC_YAML.encode("utf-8"))
+    assert report["spec"]["sha256"] == pack_files.sha256_bytes(SPEC_YAML.encode("utf-8"))
     assert report["spec"]["case_sha256"] and report["spec"]["validated"]["case"] == CASE
     assert report["run"]["flow_run_id"] == RUN_ID and report["run"]["ui_url"].endswith(RUN_ID)
     assert report["run"]["started_at"] == "2026-03-14T09:26:53Z"
@@ -229,9 +231,9 @@ def test_a_pack_goes_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(PackFolderError, match="not empty"):
-        ep.write_pack(passing_result(), None, folder)
+        pack_write.write_pack(passing_result(), None, folder)
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
-    bare = ep.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
+    bare = pack_write.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
     assert sorted(p.name for p in bare.iterdir()) == sorted(set(ALL_FILES) - {"spec.yaml"})
     assert ep.verify(bare) == []
 
@@ -434,7 +436,7 @@ def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
     spec_text = SPEC_YAML + f"# leaked in a comment: {plain} {tricky}\n"
     case = parse_spec({**yaml.safe_load(SPEC_YAML), "description": f"case {plain}"}, "<spec>", Path.cwd())
     # keys and names (a spec's path, a step's label) are never masked, by design: values are
-    folder = ep.write_pack(result, case, tmp_path / "pack", spec_text=spec_text, spec_path="cases/orders.yaml",
+    folder = pack_write.write_pack(result, case, tmp_path / "pack", spec_text=spec_text, spec_path="cases/orders.yaml",
                            secrets=list(CANARIES))
     files = ep.pack_files(folder)
     assert set(files) == set(ALL_FILES)
@@ -448,7 +450,7 @@ def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
     spec = _json(folder / "report.json")["spec"]
     assert spec["redacted"] is True  # and its hashes are of what the pack shows, so no guess can be confirmed
     assert spec["sha256"] == ep.sha256_file(folder / "spec.yaml")
-    assert spec["case_sha256"] == ep.sha256_bytes(
+    assert spec["case_sha256"] == pack_files.sha256_bytes(
         json.dumps(spec["validated"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     assert ep.verify(folder) == []
 
@@ -456,7 +458,7 @@ def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
 def test_the_spec_copy_and_its_hash_match_the_file_byte_for_byte(tmp_path: Path) -> None:
     spec_file = tmp_path / "orders.yaml"
     spec_file.write_bytes(SPEC_YAML.replace("\n", "\r\n").encode("utf-8"))  # a Windows checkout
-    folder = ep.write_pack(passing_result(), _case_spec(), tmp_path / "pack", spec_path=spec_file)
+    folder = pack_write.write_pack(passing_result(), _case_spec(), tmp_path / "pack", spec_path=spec_file)
     assert (folder / "spec.yaml").read_bytes() == spec_file.read_bytes()
     report = _json(folder / "report.json")
     assert report["spec"]["sha256"] == ep.sha256_file(spec_file) and report["spec"]["source"] == str(spec_file)
@@ -537,7 +539,7 @@ def test_every_pack_file_is_written_in_binary_mode_so_windows_writes_the_same_by
     monkeypatch.setattr(pack_folder, "os", windows)
     spec_lf = tmp_path / "orders.yaml"
     spec_lf.write_bytes(SPEC_YAML.encode("utf-8"))
-    folder = ep.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "lf", spec_path=spec_lf)
+    folder = pack_write.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "lf", spec_path=spec_lf)
     files = _pack_bytes(folder)
     assert set(files) == {*ALL_FILES, "steps/3/reconcile/missing.csv"}
     assert [name for name, data in files.items() if b"\r" in data] == []
@@ -549,14 +551,14 @@ def test_every_pack_file_is_written_in_binary_mode_so_windows_writes_the_same_by
 
     spec_crlf = tmp_path / "windows.yaml"
     spec_crlf.write_bytes(SPEC_YAML.replace("\n", "\r\n").encode("utf-8"))
-    folder = ep.write_pack(passing_result(), _case_spec(), tmp_path / "crlf", spec_path=spec_crlf)
+    folder = pack_write.write_pack(passing_result(), _case_spec(), tmp_path / "crlf", spec_path=spec_crlf)
     assert (folder / "spec.yaml").read_bytes() == spec_crlf.read_bytes()
     assert _json(folder / "report.json")["spec"]["sha256"] == ep.sha256_file(spec_crlf)
     assert [n for n, data in _pack_bytes(folder).items() if b"\r" in data] == ["spec.yaml"]
 
     # a suite's pack over it: its own files too
     suite = tmp_path / "suite"
-    ep.write_pack(passing_result(), _case_spec(), suite / "cases" / "orders-ingestion", spec_path=spec_lf)
+    pack_write.write_pack(passing_result(), _case_spec(), suite / "cases" / "orders-ingestion", spec_path=spec_lf)
     case = SuiteCaseResult(case=CASE, path=str(spec_lf), status="passed", started_at=T0, ended_at=T0,
                            result=passing_result(), pack="cases/orders-ingestion")
     write_suite_pack(SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case]), suite)
@@ -571,7 +573,7 @@ def test_a_pack_that_cannot_be_written_leaves_nothing_behind(tmp_path: Path, mon
     monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=(failing, code)))
     before = sorted(tmp_path.iterdir())
     with pytest.raises(OSError, match=os.strerror(code)):
-        ep.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "pack", spec_text=SPEC_YAML)
+        pack_write.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "pack", spec_text=SPEC_YAML)
     assert sorted(p for p in tmp_path.iterdir() if p.name != "scratch") == before  # no pack, no temporary folder
 
 
@@ -579,7 +581,7 @@ def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_pat
     from flows.suite.cli import exit_code
 
     suite = tmp_path / "suite"
-    ep.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
+    pack_write.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
     case = SuiteCaseResult(case=CASE, path="orders.yaml", status="passed", started_at=T0, ended_at=T0,
                            result=passing_result(), pack="cases/orders-ingestion")
     result = SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case])
@@ -615,9 +617,9 @@ def test_two_runs_given_one_folder_one_is_refused_and_nothing_mixes(tmp_path: Pa
     with pytest.raises(PackFolderError, match="another run is writing an evidence pack to"):
         pack_folder.claim(folder, True)
     with pytest.raises(PackFolderError, match="another run is writing"):
-        ep.write_pack(failing_result(), None, folder)
+        pack_write.write_pack(failing_result(), None, folder)
     folder.mkdir()  # an empty folder in its place meanwhile is fine: the pack replaces it
-    assert ep.write_pack(passing_result(), None, folder, claim=first) == folder
+    assert pack_write.write_pack(passing_result(), None, folder, claim=first) == folder
     assert ep.verify(folder) == [] and _json(folder / "report.json")["status"] == "passed"
     with pytest.raises(PackFolderError, match="is not empty"):
         pack_folder.claim(folder, True)
@@ -628,7 +630,7 @@ def test_two_runs_given_one_folder_one_is_refused_and_nothing_mixes(tmp_path: Pa
     other.mkdir()
     (other / "notes.txt").write_text("someone else's", encoding="utf-8")
     with pytest.raises(PackFolderError, match="was filled by something else"):
-        ep.write_pack(passing_result(), None, other, claim=late)
+        pack_write.write_pack(passing_result(), None, other, claim=late)
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"] and not list(tmp_path.glob(".*"))
 
 
@@ -653,7 +655,7 @@ def _fake_windows(monkeypatch, icacls: subprocess.CompletedProcess | None = None
 def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path, monkeypatch, caplog) -> None:
     calls = _fake_windows(monkeypatch)
     (tmp_path / "pack").mkdir()  # an empty folder given with --evidence-dir: Windows renames onto nothing
-    folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
+    folder = pack_write.write_pack(passing_result(), None, tmp_path / "pack", private=True)
     staging = str(pack_folder.staging_dir(tmp_path / "pack"))  # set before the first file, renamed with the pack
     assert calls == [["whoami", "/user", "/fo", "csv", "/nh"],
                      ["icacls", staging, "/inheritance:r", "/grant:r", "*S-1-5-21-1-2-3-1001:(OI)(CI)F", "/q"]]
@@ -661,11 +663,11 @@ def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path
 
     monkeypatch.setenv("USERNAME", "ana")  # whoami missing: the user's name
     calls = _fake_windows(monkeypatch, whoami=None)
-    ep.write_pack(passing_result(), None, tmp_path / "named", private=True)
+    pack_write.write_pack(passing_result(), None, tmp_path / "named", private=True)
     assert calls[-1][-2] == "ana:(OI)(CI)F"
 
     calls = _fake_windows(monkeypatch)  # not private: no access list
-    ep.write_pack(passing_result(), None, tmp_path / "open", private=False)
+    pack_write.write_pack(passing_result(), None, tmp_path / "open", private=False)
     assert calls == []
 
 
@@ -673,7 +675,7 @@ def test_a_pack_that_cannot_be_made_private_on_windows_says_so(tmp_path: Path, m
     denied = subprocess.CompletedProcess(["icacls"], 5, "", "Access is denied.\r\n")
     _fake_windows(monkeypatch, icacls=denied)
     with caplog.at_level(logging.WARNING, logger="flows.evidence.pack.folder"):
-        folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
+        folder = pack_write.write_pack(passing_result(), None, tmp_path / "pack", private=True)
     assert ep.verify(folder) == []  # the pack is still written, and the warning names its folder
     assert (f"The evidence pack {tmp_path / 'pack'} could not be made private (icacls: Access is denied.)"
             in caplog.text)
@@ -681,7 +683,7 @@ def test_a_pack_that_cannot_be_made_private_on_windows_says_so(tmp_path: Path, m
 
 # ---------------------------------------------------------------------------------------------- S3 upload
 def test_upload_pack_puts_every_file_encrypted_manifest_last(failing_pack: Path, s3, bucket: str) -> None:
-    prefix = ep.pack_prefix("evidence/", failing_result())
+    prefix = pack_files.pack_prefix("evidence/", failing_result())
     keys = ep.upload_pack(s3, failing_pack, bucket, prefix)
     assert keys[-1] == prefix + "manifest.json"
     assert sorted(keys) == sorted(prefix + n for n in ALL_FILES)

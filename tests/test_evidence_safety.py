@@ -32,6 +32,7 @@ from moto.awslambda_simple.models import LambdaSimpleBackend
 
 import flows.evidence.notify
 from flows.evidence.pack import verify as evidence_pack
+from flows.evidence.pack.files import pack_files
 from tasks.kit.secrets import MASK_KEY_ENV, mask
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -151,7 +152,7 @@ def artifacts_of(flow_run_id: str) -> list[Any]:
 
 
 def pack_texts(folder: Path) -> dict[str, str]:
-    return {name: (folder / name).read_text(encoding="utf-8") for name in evidence_pack.pack_files(folder)}
+    return {name: (folder / name).read_text(encoding="utf-8") for name in pack_files(folder)}
 
 
 # ------------------------------------------------------------------------------------------------- the canary

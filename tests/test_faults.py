@@ -49,7 +49,8 @@ from prefect.states import State
 import flows.evidence.ui
 import tasks.athena as athena_mod
 from flows.emulator import FAKE_ENV, REAL_ENV
-from flows.evidence.pack.verify import verify, write_pack
+from flows.evidence.pack.verify import verify
+from flows.evidence.pack.write import write_pack
 from flows.evidence.results import CaseResult, StepResult
 from flows.run.engine import execute_step, undo_now
 from flows.spec.load import parse_spec

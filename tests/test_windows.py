@@ -123,7 +123,7 @@ def test_a_worker_run_takes_sigbreak_in_every_phase(with_sigbreak: signal.Signal
     """A flow run in a worker's process (no CLI around it): Prefect cancels it on Windows by Ctrl+Break, whose
     default ends the process at once. While the flow runs, also outside its steps (here: writing the pack),
     SIGBREAK raises KeyboardInterrupt (undo, evidence); a handler in place (SIGINT's) is left as it is."""
-    from flows.evidence.pack import verify as evidence_pack
+    from flows.evidence.pack import write as evidence_pack
 
     s3.create_bucket(Bucket="win-phase")
     seen: dict[int, Any] = {}

@@ -15,8 +15,10 @@ from prefect.states import State
 
 from flows.evidence import audit, history
 from flows.evidence import ui as evidence
+from flows.evidence.pack import files as pack_files
 from flows.evidence.pack import folder as pack_folder
-from flows.evidence.pack import verify as evidence_pack
+from flows.evidence.pack import verify as pack_verify
+from flows.evidence.pack import write as pack_write
 from flows.evidence.pack.folder import PackClaim
 from flows.evidence.results import CaseResult, StepResult
 from flows.run import locks
@@ -159,10 +161,10 @@ def claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_
                 ) -> PackClaim:
     """Claim the pack's folder (``evidence_dir``, else ``evidence/<case>/<time>-<run id>/``) before the run changes
     anything; CouldNotRun when it is not new, not writable (read-only, full) or another run is writing to it."""
-    folder = Path(evidence_dir) if evidence_dir else evidence_pack.run_pack_dir(Path("evidence"), case.case, started,
+    folder = Path(evidence_dir) if evidence_dir else pack_files.run_pack_dir(Path("evidence"), case.case, started,
                                                                                 run_id)
     try:
-        return pack_folder.claim(folder, evidence_pack.private_default(), logger)
+        return pack_folder.claim(folder, pack_write.private_default(), logger)
     except pack_folder.PackFolderError as exc:
         raise CouldNotRun(f"case '{case.case}' did not start: {exc}; nothing was changed") from None
 
@@ -171,7 +173,7 @@ def planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> dict[str, 
     """Where the pack will be written (and uploaded), for a notice sent before it is written."""
     planned: dict[str, Any] = {"folder": str(folder.resolve())}
     if case.evidence is not None:
-        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
+        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{pack_files.pack_prefix(case.evidence.prefix, result)}"
     return planned
 
 
@@ -182,18 +184,18 @@ def write_case_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, 
     of a pack that could not be written is left."""
     folder = claim.folder
     try:
-        evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
-        digest = evidence_pack.manifest_sha256(folder)
+        pack_write.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
+        digest = pack_files.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
         result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
         logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
         if upload and case.evidence is not None:
             settings = case.evidence
-            prefix = evidence_pack.pack_prefix(settings.prefix, result)
-            evidence_pack.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
+            prefix = pack_files.pack_prefix(settings.prefix, result)
+            pack_verify.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
                                       kms_key_id=settings.kms_key_id)
             endpoint = ctx.clients.endpoint_url("s3")
-            url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
+            url = (pack_verify.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
                    else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
             result.pack.update(s3_uri=f"s3://{settings.bucket}/{prefix}", url=url)
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",

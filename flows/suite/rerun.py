@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.evidence.pack.verify import MANIFEST, REPORT_JSON, manifest_sha256, verify
+from flows.evidence.pack.files import REPORT_JSON
+from flows.evidence.pack.verify import MANIFEST, manifest_sha256, verify
 from flows.spec.load import SpecError
 from flows.suite.pack import SUITE_REPORT_SCHEMA, RerunOf
 

@@ -19,8 +19,8 @@ This module verifies and uploads packs and holds the CLI; it re-exports the name
 them: :mod:`flows.evidence.pack.files` (file names, naming, hashing; the conventions by which the run's hashes of inputs
 and query results are found), :mod:`flows.evidence.pack.write` (report.json, report.md, the manifest, ``write_pack``,
 and how secrets are kept out of the pack), :mod:`flows.evidence.pack.html` and :mod:`flows.evidence.pack.junit`;
-:mod:`flows.evidence.pack.folder` says where a pack goes and how it gets there whole (or not at all), byte-exact and private
-on every OS.
+folder.py says where a pack goes and how it gets there whole (or not at all), byte-exact and private on every
+OS.
 """
 
 from __future__ import annotations
@@ -38,42 +38,15 @@ from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 from flows.evidence.pack.files import (
     _SHA256,
     CONTENT_TYPES,
-    JUNIT_XML,
     MANIFEST,
     MANIFEST_SCHEMA,
-    PRIVATE_ENV,
-    REPORT_HTML,
-    REPORT_JSON,
-    REPORT_MD,
-    REPORT_SCHEMA,
     REQUIRED_FILES,
-    SCHEMA_FILE,
     SCHEMA_VERSION,
     SSE_VALUES,
-    STATUS_WORD,
-    PackItem,
-    default_pack_dir,
-    hashed_items,
     manifest_sha256,
     pack_files,
-    pack_name,
-    pack_prefix,
-    run_pack_dir,
-    run_pack_name,
-    sha256_bytes,
     sha256_file,
 )
-from flows.evidence.pack.write import (
-    build_manifest,
-    build_report,
-    private_default,
-    redact_result,
-    report_markdown,
-    spec_copy_name,
-    write_pack,
-)
-from flows.evidence.pack.html import failures_first, report_html
-from flows.evidence.pack.junit import junit_xml
 from flows.suite.pack import SUITE_REQUIRED_FILES
 from tasks.kit import nesting
 

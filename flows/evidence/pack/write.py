@@ -1,6 +1,6 @@
 """Writing an evidence pack: report.json, report.md, the manifest, and :func:`write_pack` (which also writes
-report.html from :mod:`flows.evidence.pack.html` and junit.xml from :mod:`flows.evidence.pack.junit`). Verifying and uploading a
-pack, and its CLI, are in :mod:`flows.evidence.pack.verify`.
+report.html from html.py and junit.xml from junit.py). Verifying and uploading a pack, and its CLI, are in
+verify.py.
 
 No secret may reach the pack: step results are masked at the source, and :func:`write_pack` masks the run's
 known secrets (``secrets``, the run's registry) in the *values* of the result and report before any file is
@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from flows.evidence.pack import folder as pack_folder
 from flows.evidence.markdown import case_markdown, step_markdown
+from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack.files import (
     JUNIT_XML,
     MANIFEST,
@@ -187,7 +187,8 @@ def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[
     lines += _items_markdown(items)
     lines += [_step_section_md(s) for s in result.steps]
     lines += ["---", "", f"Written by pipeline-test {md.text(report['generator']['version'])} at "
-              f"{report['generated_at']}. Check this pack with `python -m flows.pipeline_test verify <this folder>`.", ""]
+              f"{report['generated_at']}. Check this pack with "
+              "`python -m flows.pipeline_test verify <this folder>`.", ""]
     return "\n".join(lines)
 
 
