@@ -59,11 +59,13 @@ class StepPublisher:
         #: each step's card, by step number (filled by :meth:`prepare`, in the publisher's thread)
         self.cards: dict[str, UUID] = {}
         self._filled: set[str] = set()
+        self._prepared = False
 
     def prepare(self, steps: list[tuple[str, str]]) -> None:
         """Create a "pending" card per step (``(number, label)`` in step order, the clean-up last) in the flow run
         that calls this, so the Artifacts tab lists them in step order (see the module's doc); in the publisher's
         thread, before any step's work."""
+        self._prepared = True  # known at once: close() deletes what is unfilled even if this has not run yet
         self.submit(lambda: self._prepare(steps))
 
     def _prepare(self, steps: list[tuple[str, str]]) -> None:
@@ -97,7 +99,7 @@ class StepPublisher:
 
     def _drop_unfilled(self) -> None:
         """Delete the cards no step filled (no clean-up to do; a run stopped half-way): no card stays pending."""
-        unfilled = [card for number, card in self.cards.items() if number not in self._filled]
+        unfilled = [self.cards.pop(number) for number in list(self.cards) if number not in self._filled]
         if not unfilled:
             return
         from prefect.client.orchestration import get_client
@@ -127,7 +129,8 @@ class StepPublisher:
 
     def close(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
         """Wait until every piece of work submitted so far is done (a later submit starts a new thread)."""
-        if self.cards:
+        if self._prepared:
+            self._prepared = False
             self.submit(self._drop_unfilled)
         with self._lock:
             thread, self._thread = self._thread, None
