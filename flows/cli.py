@@ -64,18 +64,18 @@ if TYPE_CHECKING:
     pass
 
 
-STATUS_TEXT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
+STATUS_TEXT = {"passed": "PASS", "warned": "WARN", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:
     """A short summary, plain ASCII of its own; the steps' messages may hold ❌ or ≥, which a console that cannot
     show them gets as ``\u274c`` (see flows.console)."""
     # durations as every report writes them (format_duration): one source, one form
-    lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {format_duration(result.duration_s)}"
-             + ("" if result.passed else f" ({step_counts(result)})")]
+    lines = [f"Case '{result.case}' {result.verdict} in {format_duration(result.duration_s)}"
+             + ("" if result.passed and not result.warnings else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
     for s in result.steps:
-        detail = s.error if s.error else s.summary
+        detail = s.error if s.error else "; ".join(s.warnings) if s.warnings else s.summary
         took = format_duration(s.duration_s) if s.status != "skipped" else "-"
         lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {took:>8}  {detail}")
     if any(s.status in MEANING for s in result.steps):

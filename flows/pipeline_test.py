@@ -26,6 +26,7 @@ from flows.evidence.pack.folder import PackClaim
 from flows.evidence.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.run import prefect_logs
 from flows.run.case_run import (
+    case_history,
     case_result,
     claim_pack,
     claimed,
@@ -195,6 +196,8 @@ def pipeline_test(
                 step_zero(case, rendered, spec_dir, clients, logger)
             # the pack's folder is claimed before anything changes: not writable, full or taken is exit 3
             pack_claim = claim_pack(evidence_dir, case, started, run_id, logger) if write_evidence else None
+            # the case's last passing runs, once, before the steps (only when a check compares with a baseline)
+            ctx.history = case_history(rendered, case, started, run_id, pack_claim, clients, logger)
             with contextlib.ExitStack() as stack:
                 # the locks first (none of this run's changes may start before), then the journal's leftovers
                 lock = stack.enter_context(locked(clients, resources, case, run_id, ctx, logger))

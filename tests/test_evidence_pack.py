@@ -194,7 +194,8 @@ def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pac
     assert report["run"]["flow_run_id"] == RUN_ID and report["run"]["ui_url"].endswith(RUN_ID)
     assert report["run"]["started_at"] == "2026-03-14T09:26:53Z"
     assert report["variables"]["landing_bucket"] == "demo-landing"
-    assert report["counts"] == {"total": 5, "passed": 2, "failed": 1, "error": 1, "skipped": 1}
+    assert report["counts"] == {"total": 5, "passed": 2, "warned": 0, "failed": 1, "error": 1,
+                                "skipped": 1}
     assert report["first_failure"]["label"] == "curated-file-written"
     step = report["steps"][0]
     assert (step["kind"], step["status"], step["duration_s"]) == ("upload", "passed", 0.21)

@@ -101,7 +101,7 @@ def test_csv_failures_name_each_check_with_examples(module_clients, s3, tmp_path
     assert failed["amount: min"] == "2 value(s) broke it: row 2: '-5'; row 3: 'abc'"
     assert failed["nope: not_null"] == "no such column"
     assert failed["fields per row"] == "1 row(s) differ, first row 4: 4 field(s)"
-    assert "content check(s) did not hold" in info.value.message and info.value.markdown
+    assert "content checks failed" in info.value.message and info.value.markdown
     assert "❌ FAIL" in info.value.markdown
 
 

@@ -17,6 +17,8 @@ from tasks.kit.step import format_duration
 #: how many runs the case report shows
 HISTORY_RUNS = 10
 _PASSED = "passed"
+#: the words of a step's status cell that do not fail the case (a warned step passes with warnings)
+_OK_WORDS = (_PASSED, "warned")
 #: the case's duration at the end of its summary table's description ("FAILED · Orders ingestion (2.9 s)")
 _OWN_DURATION = re.compile(r"\(([0-9][^()]*)\)\s*$")
 
@@ -31,7 +33,8 @@ def history_rows(artifacts: list[Any], runs: dict[str, Any], url_for: Callable[[
             steps = json.loads(artifact.data) if isinstance(artifact.data, str) else list(artifact.data or [])
         except ValueError:
             steps = []
-        failed = next((s for s in steps if isinstance(s, dict) and _PASSED not in str(s.get("status", ""))), None)
+        failed = next((s for s in steps if isinstance(s, dict)
+                       and not any(word in str(s.get("status", "")) for word in _OK_WORDS)), None)
         run = runs.get(run_id) if run_id else None
         started = getattr(run, "start_time", None) or artifact.created
         took = getattr(run, "total_run_time", None)

@@ -10,24 +10,28 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flows.evidence.results import CaseResult, StepResult
+from flows.evidence.results import CaseResult, StepResult, plural
 from flows.spec.slugs import slug
 from tasks.kit import markdown as md
 from tasks.kit.step import StepOutcome, format_duration
 
 #: the widest code line the Prefect UI shows whole at 1400 px (raw details are broken for display)
 CODE_WIDTH = 96
-ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
+ICON = {"passed": "✅ passed", "warned": "⚠️ warned", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
 #: what a step's status means, for the reader of a report that is not passed
-MEANING = {"failed": "a check did not hold", "error": "the step could not do or check what it was asked (AWS "
+MEANING = {"warned": "a check with severity: warn did not hold (a warning: the case may still pass)",
+           "failed": "a check did not hold", "error": "the step could not do or check what it was asked (AWS "
            "refused, a wait for AWS timed out, a bad input, the run was stopped, a bug)"}
 
 
 def step_counts(result: CaseResult) -> str:
-    """``2 of 5 passed, 1 failed, 1 error, 1 skipped`` (only the passed count when all passed)."""
+    """``2 of 5 passed, 1 warned, 1 failed, 1 error, 1 skipped`` (only the passed count when all passed; the warned
+    count when some warned)."""
     count = {status: sum(s.status == status for s in result.steps) for status in ICON}
     text = f"{count['passed']} of {len(result.steps)} passed"
-    if count["passed"] < len(result.steps):
+    if count["warned"]:
+        text += f", {count['warned']} warned ({plural(result.warnings, 'warning')})"
+    if count["passed"] + count["warned"] < len(result.steps):
         text += f", {count['failed']} failed, {count['error']} error, {count['skipped']} skipped"
     return text
 KEY_MAX = 100
@@ -57,6 +61,9 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
     if result.request_ids:
         facts.append(("AWS request ids", md.Md(", ".join(md.cell(md.code(r)) for r in result.request_ids[:10]))))
     lines += [md.facts(facts), ""]
+    if result.warnings:
+        lines += [f"### Warnings ({len(result.warnings)})", "", md.emphasis(MEANING["warned"]), "",
+                  md.bullets(md.text(w) for w in result.warnings[:50]), ""]
     if result.error:
         code = f" ({md.code(result.error_code)})" if result.error_code else ""
         lines += [("### Error" if result.status == "error" else "### Failure") + code, ""]
@@ -81,7 +88,8 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 def step_description(result: StepResult) -> str:
     """The artifact card's description: the verdict first (a card cuts a long description short), FAILED or ERROR
     in capitals so the card shows it, then the step's number and name."""
-    verdict = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}[result.status]
+    verdict = {"passed": "passed", "warned": "WARNED", "failed": "FAILED", "error": "ERROR",
+               "skipped": "skipped"}[result.status]
     return f"{verdict} · step {md.text(result.number)} {md.text(result.label)}"
 
 
@@ -143,7 +151,7 @@ def audit_facts(audit: dict[str, Any]) -> list[tuple[str, Any]]:
 def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = None) -> str:
     """The case report: verdict, run, first failure (wrapped text), the per-step table (short cells), the
     evidence pack, who ran it, the case's last runs, variables."""
-    status = "✅ PASSED" if result.passed else "❌ FAILED"
+    status = ("✅ " if result.passed and not result.warnings else "⚠️ " if result.passed else "❌ ") + result.verdict
     lines = [f"# {md.text(result.case)}: {status}", ""]
     if result.description:
         lines += [md.emphasis(result.description), ""]

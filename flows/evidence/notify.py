@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows.evidence.results import CaseResult, StepResult
+from flows.evidence.results import CaseResult, StepResult, plural
 from tasks.kit.markdown import slack_code, slack_code_block, slack_link, slack_text
 from tasks.kit.polling import wait_done
 
@@ -38,10 +38,13 @@ from tasks.kit.polling import wait_done
 TIMEOUT_S = 10
 #: Slack shows at most this many characters of a message's text; errors are cut well before that
 MAX_ERROR_CHARS = 1500
+#: how many warnings the notice lists (each cut at 300 characters)
+MAX_WARNINGS_LISTED = 5
 MAX_STEPS_LISTED = 40
-STATUS_ICON = {"passed": ":white_check_mark:", "failed": ":x:", "error": ":boom:", "skipped": ":next_track_button:"}
+STATUS_ICON = {"passed": ":white_check_mark:", "warned": ":warning:", "failed": ":x:",
+               "error": ":boom:", "skipped": ":next_track_button:"}
 
-When = Literal["failure", "success"]
+When = Literal["failure", "success", "warning"]
 
 
 def _on_failure() -> list[When]:
@@ -66,7 +69,8 @@ class NotifySettings(BaseModel):
         "posts to its own channel).")
     when: list[When] = Field(
         default_factory=_on_failure, min_length=1,
-        description="When to send a notice: failure (the default), success, or both.")
+        description="When to send a notice: failure (the default), success (every passed run), warning (a "
+        "passed run with warnings: checks with `severity: warn` that did not hold); any of them together.")
 
     @model_validator(mode="after")
     def _one_target(self) -> "NotifySettings":
@@ -82,7 +86,9 @@ class NotifySettings(BaseModel):
 
     def wants(self, result: CaseResult) -> bool:
         """Whether this result calls for a notice."""
-        return ("success" if result.passed else "failure") in self.when
+        if not result.passed:
+            return "failure" in self.when
+        return "success" in self.when or (result.warnings > 0 and "warning" in self.when)
 
 
 # ------------------------------------------------------------------------------------------- the message
@@ -138,9 +144,8 @@ def _context_lines(result: CaseResult) -> list[str]:
 def build_message(result: CaseResult, ui_url: str | None = None) -> str:
     """The notice's text (Slack mrkdwn): verdict, steps, the failing step's error, the link to the run. Every
     value is escaped by :mod:`tasks.kit.markdown` (its ``slack_*`` builders): only this template formats."""
-    verdict = "PASSED" if result.passed else "FAILED"
-    icon = ":white_check_mark:" if result.passed else ":x:"
-    lines = [f"{icon} *pipeline-test: case '{slack_text(result.case)}' {verdict}* in {result.duration_s:.1f} s"]
+    icon = ":x:" if not result.passed else ":warning:" if result.warnings else ":white_check_mark:"
+    lines = [f"{icon} *pipeline-test: case '{slack_text(result.case)}' {result.verdict}* in {result.duration_s:.1f} s"]
     run_date = result.variables.get("run_date")
     if run_date:
         lines.append(f"Run date {slack_text(run_date)}")
@@ -149,6 +154,12 @@ def build_message(result: CaseResult, ui_url: str | None = None) -> str:
         lines.append(_step_line(step))
     if len(result.steps) > MAX_STEPS_LISTED:
         lines.append(f"… and {len(result.steps) - MAX_STEPS_LISTED} more step(s)")
+    warned = [(s, w) for s in result.steps for w in s.warnings]
+    if warned:
+        lines += ["", f"*{slack_text(plural(len(warned), 'warning'))}:*"]
+        lines += [f":warning: {slack_code(s.number)} {slack_text(w[:300])}" for s, w in warned[:MAX_WARNINGS_LISTED]]
+        if len(warned) > MAX_WARNINGS_LISTED:
+            lines.append(f"… and {len(warned) - MAX_WARNINGS_LISTED} more warning(s)")
     failure = result.first_failure
     if failure is not None:
         error = failure.error or "(no error message)"

@@ -10,7 +10,18 @@ from pydantic import BaseModel, Field
 from tasks.kit.checks import CheckRecord
 from tasks.kit.files import HashedItem, StepFile
 
-StepStatus = Literal["passed", "failed", "error", "skipped"]
+StepStatus = Literal["passed", "warned", "failed", "error", "skipped"]
+
+
+def plural(count: int, word: str) -> str:
+    """``1 warning``, ``2 warnings``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def verdict(passed: bool, warnings: int, passed_word: str = "PASSED", failed_word: str = "FAILED") -> str:
+    """``PASSED``, ``PASSED with 2 warnings``, ``FAILED`` (with its warnings too: ``FAILED with 1 warning``)."""
+    word = passed_word if passed else failed_word
+    return f"{word} with {plural(warnings, 'warning')}" if warnings else word
 
 
 class EvidenceLink(BaseModel):
@@ -24,8 +35,10 @@ class StepResult(BaseModel):
     """One step's outcome. ``failed``: the step ran and what it checked did not hold (a
     :class:`~tasks.kit.errors.CheckFailed`); ``error``: the step could not do or check what it was asked (AWS refused,
     a wait for AWS timed out, a bad input, the run was stopped, a bug); ``skipped``: not run because an earlier
-    step failed. ``items`` are what the step hashed (uploaded inputs, query results) for the evidence pack; the
-    pack lists them as its ``inputs`` and ``query_results``, not in the step's entry."""
+    step failed; ``warned``: it ran and what did not hold are only warnings (``severity: warn``), listed in
+    ``warnings`` -- a warned step counts as passed for the case. ``items`` are what the step hashed (uploaded
+    inputs, query results) for the evidence pack; the pack lists them as its ``inputs`` and ``query_results``, not
+    in the step's entry."""
 
     number: str
     label: str
@@ -38,6 +51,8 @@ class StepResult(BaseModel):
     summary: str = ""
     error: str | None = None
     error_code: str | None = None
+    #: the checks that did not hold but only warn (``severity: warn``), one line each (status ``warned``)
+    warnings: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
     request_ids: list[str] = Field(default_factory=list)
     items: list[HashedItem] = Field(default_factory=list)
@@ -54,7 +69,8 @@ class StepResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        return self.status == "passed"
+        """Passed, or passed with warnings (``warned``): the case goes on and may pass."""
+        return self.status in ("passed", "warned")
 
 
 class CaseResult(BaseModel):
@@ -86,6 +102,16 @@ class CaseResult(BaseModel):
     @property
     def passed(self) -> bool:
         return self.status == "passed"
+
+    @property
+    def warnings(self) -> int:
+        """How many checks of the case warned (``severity: warn``): they never fail it."""
+        return sum(len(s.warnings) for s in self.steps)
+
+    @property
+    def verdict(self) -> str:
+        """``PASSED``, ``PASSED with 2 warnings`` or ``FAILED`` (``FAILED with 1 warning``)."""
+        return verdict(self.passed, self.warnings)
 
     @property
     def first_failure(self) -> StepResult | None:

@@ -38,6 +38,7 @@ from flows.evidence.markdown import (
     summary_rows,
 )
 from flows.evidence.results import CaseResult, StepResult
+from flows.evidence.results import verdict as verdict_of
 from tasks.kit import markdown as md
 from tasks.kit.polling import WAKE_S
 from tasks.kit.step import StepOutcome, format_duration
@@ -162,8 +163,8 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     """Create the case's keyed summary table and report (called in the flow run, after the pack is written so
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
-    verdict = "passed" if result.passed else "FAILED"
-    name_run_by_verdict(("✅ " if result.passed else "❌ ") + verdict, logger)
+    verdict = verdict_of(result.passed, result.warnings, "passed")
+    name_run_by_verdict(("❌ " if not result.passed else "⚠️ " if result.warnings else "✅ ") + verdict, logger)
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")

@@ -26,6 +26,7 @@ from flows.spec.load import case_reads, render_step
 from flows.spec.model import CaseSpec, ParallelGroup, PlacedStep, iter_steps
 from flows.spec.template_secrets import reads_footprint
 from flows.spec.templating import builtin_values, resolve_variables
+from tasks.kit.baseline import baselines_in
 from tasks.kit.iam import Arns, Footprint, Need, Touch
 from tasks.kit.journal import journal_prefix
 from tasks.kit.secrets import redact_json
@@ -194,9 +195,15 @@ def run_footprint(case: CaseSpec, arns: Arns, changes_anything: bool, spec_dir: 
         ev = case.evidence
         fp.change("S3 prefix", f"s3://{ev.bucket}/{ev.prefix}", "the evidence pack (kept, not undone)")
         fp.need(arns.s3_objects(ev.bucket, ev.prefix), "s3:PutObject")
+        kms = Arns(arns.account, arns.region, arns.partition, ev.kms_key_id or arns.kms_key_arn)
         if ev.sse.startswith("aws:kms"):
-            key = Arns(arns.account, arns.region, arns.partition, ev.kms_key_id or arns.kms_key_arn)
-            fp.need_kms(key, "s3", "kms:GenerateDataKey")
+            fp.need_kms(kms, "s3", "kms:GenerateDataKey")
+        if any(True for p in iter_steps(case) for _ in baselines_in(p.step)):  # the earlier packs, for baselines
+            fp.read("S3 prefix", f"s3://{ev.bucket}/{ev.prefix}", "the case's earlier evidence packs (baselines)")
+            fp.need(arns.s3_bucket(ev.bucket), "s3:ListBucket")
+            fp.need(arns.s3_objects(ev.bucket, ev.prefix), "s3:GetObject")
+            if ev.sse.startswith("aws:kms"):
+                fp.need_kms(kms, "s3", "kms:Decrypt")
     return fp
 
 

@@ -31,7 +31,8 @@ from flows.run.recover import (
     refuse_live_claims,
     release_dead_locks,
 )
-from flows.spec.model import CaseSpec
+from flows.spec.model import CaseSpec, iter_steps
+from tasks.kit import baseline
 from tasks.kit.aws import ClientFactory, is_real_aws
 from tasks.kit.errors import StepError
 from tasks.kit.journal import Heartbeat, read_entries
@@ -155,6 +156,29 @@ def case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str
         locks=held.public() if held is not None and held.resources else None,
         audit=context,
     )
+
+
+def case_history(rendered: CaseSpec, case: CaseSpec, started: datetime, run_id: str, claim: PackClaim | None,
+                 clients: ClientFactory, logger: Any) -> baseline.History | None:
+    """The case's last passing runs from its evidence packs (tasks.kit.baseline): where this run's pack goes, the
+    default ``evidence/<case>/``, and the S3 prefix ``evidence:`` uploads them to; None when no step compares
+    with a baseline."""
+    runs = max((b.runs for p in iter_steps(rendered) for b in baseline.baselines_in(p.step)), default=0)
+    if not runs:
+        return None
+    own = claim.folder if claim is not None else None
+    default = pack_files.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
+    folders = list(dict.fromkeys([*([own.parent] if own is not None else []), default]))
+    s3 = None
+    if case.evidence is not None:
+        prefix = "/".join(p for p in (case.evidence.prefix.strip("/"), default.name) if p) + "/"
+        s3 = baseline.S3Packs(clients.client("s3"), case.evidence.bucket, prefix)
+    history = baseline.read_history(folders, case.case, runs, own, s3)
+    logger.info("Baselines: %d passing run(s) found in %d evidence pack(s) read under %s (up to %d wanted)",
+                len(history.runs), history.read, ", ".join(history.searched), runs)
+    for problem in history.problems:
+        logger.warning("Baselines: %s", problem)
+    return history
 
 
 def claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_id: str, logger: Any

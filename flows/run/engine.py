@@ -23,11 +23,13 @@ from prefect.states import Cancelled, Failed, State
 from prefect.utilities.annotations import quote
 
 from flows.evidence import ui as evidence
-from flows.evidence.results import EvidenceLink, StepFailed, StepResult
+from flows.evidence.results import EvidenceLink, StepFailed, StepResult, plural
 from flows.spec.load import render_step
 from flows.spec.model import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps
+from tasks.kit import baseline
 from tasks.kit import markdown as md
-from tasks.kit.errors import CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
+from tasks.kit.checks import CheckRecord
+from tasks.kit.errors import CHECK_FAILED, CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
 from tasks.kit.polling import WAKE_S
 from tasks.kit.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
 from tasks.kit.step import REGISTRY, StepContext, StepOutcome, UndoAction
@@ -46,6 +48,7 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
     t0 = time.monotonic()
     outcome: StepOutcome | None = None
     status, error, code, details, items, files, checks = "passed", None, None, {}, [], [], []
+    warnings: list[str] = []
     try:
         outcome = REGISTRY[placed.kind].run(placed.step, ctx)
         items, files, checks = outcome.hashed_items, outcome.files, outcome.checks
@@ -57,6 +60,14 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         checks = exc.checks
         if exc.markdown is not None:  # the step's own evidence (what it did and saw), shown as its report
             outcome = StepOutcome(summary="", details={}, markdown=exc.markdown)
+        if isinstance(exc, CheckFailed) and "warn" in (exc.severity, placed.step.severity):
+            # only warnings: the step is warned, the case goes on and may pass
+            status, warnings, error, code = "warned", exc.warnings, None, None
+            checks = [c.model_copy(update={"verdict": "warned"}) if c.verdict == "failed" else c for c in checks]
+            outcome = outcome or StepOutcome(summary="")
+            outcome.summary = outcome.summary or (f"passed with {plural(len(warnings), 'warning')}: "
+                                                 + "; ".join(warnings))
+            outcome.details = outcome.details or details
     except Exception as exc:  # a bug or an unforeseen failure: say so plainly, keep the traceback at debug level
         status, error, code = "error", f"unexpected {type(exc).__name__}: {exc}", type(exc).__name__
         logger.debug("Traceback of %s", describe(placed), exc_info=True)
@@ -64,18 +75,44 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
         description=placed.step.description, status=status, started_at=started,  # type: ignore[arg-type]
         duration_s=round(time.monotonic() - t0, 3),
-        summary=outcome.summary if outcome else "", error=error, error_code=code,
+        summary=outcome.summary if outcome else "", error=error, error_code=code, warnings=warnings,
         details=outcome.details if outcome and status == "passed" else details,
         request_ids=outcome.request_ids if outcome else [], items=items, files=files, checks=checks,
         **carried_evidence(outcome),
     )
+    if placed.step.duration_baseline is not None and result.ok:
+        _duration_against_baseline(placed, ctx, result)
     result, outcome = scrub(result, outcome, ctx.secrets)
     hand_over(ctx, functools.partial(_publish, result, outcome, describe(placed), logger, ctx.publisher))
+    if result.status == "warned":
+        logger.warning("%s passed with %s: %s", describe(placed), plural(len(result.warnings), "warning"),
+                       "; ".join(result.warnings))
+        return result
     if result.ok:
         logger.info("%s passed: %s", describe(placed), result.summary)
         return result
     logger.error("%s %s: %s", describe(placed), status, error)
     return Failed(message=f"{describe(placed)}: {error}", data=StepFailed(result))
+
+
+def _duration_against_baseline(placed: PlacedStep, ctx: StepContext, result: StepResult) -> None:
+    """The step's ``duration_baseline``: its duration against its duration in the case's last passing runs; the
+    value, baseline and runs go in its details (``baselines.duration_s``); outside the range it fails (or warns)."""
+    spec = placed.step.duration_baseline
+    assert spec is not None
+    checked = baseline.check(spec, placed.label, "duration_s", result.duration_s, ctx.history, placed.step.severity)
+    result.details = {**result.details, "baselines": {**result.details.get("baselines", {}),
+                                                       "duration_s": checked.record()}}
+    result.checks = [*result.checks, CheckRecord.of("duration_s (baseline)", checked.passed, checked.expected(),
+                                                    f"{checked.value:g} s", severity=checked.severity)]
+    if checked.passed:
+        return
+    if checked.severity == "warn":
+        result.status, result.warnings = "warned", [*result.warnings, checked.text()]
+        if not result.summary.startswith("passed with"):
+            result.summary = f"passed with {plural(len(result.warnings), 'warning')}: {result.summary}"
+    else:
+        result.status, result.error, result.error_code = "failed", checked.text(), CHECK_FAILED
 
 
 def carried_evidence(outcome: StepOutcome | None) -> dict[str, Any]:

@@ -26,9 +26,9 @@ def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     """A short summary of a suite run (see ``flows.cli.format_result``)."""
     width = max((len(c.case) for c in result.cases), default=10)
     word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
-    lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
-             f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
-    lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
+    lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: {result.counts_text()}"]
+    mark = {c.case: "WARN" if c.warnings and c.status == "passed" else word[c.status] for c in result.cases}
+    lines += [f"  {mark[c.case]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
     if result.rerun_of:
         lines.append(f"A re-run of the failed cases of {result.rerun_of.pack} "
                      f"(manifest sha256 {result.rerun_of.manifest_sha256})")

@@ -29,7 +29,7 @@ from flows.evidence.history import this_run_url
 from flows.evidence.markdown import KEY_MAX
 from flows.evidence.pack.files import manifest_sha256
 from flows.evidence.pack.folder import PackClaim, PackFolderError
-from flows.evidence.results import result_of
+from flows.evidence.results import plural, result_of
 from flows.pipeline_test import pipeline_test, plain_variables
 from flows.run.engine import signals_deferred, stop_signals_interrupt
 from flows.run.recover import CouldNotRun
@@ -314,10 +314,17 @@ VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not r
 CASE_WIDTH, WHY_WIDTH = 30, 36
 
 
+def verdict_cell(case: SuiteCaseResult) -> str:
+    """``✅ passed``, ``⚠️ passed, 2 warnings``, ``❌ failed``, ``⛔ not run``."""
+    if case.status == "passed" and case.warnings:
+        return f"⚠️ passed, {plural(case.warnings, 'warning')}"
+    return VERDICT[case.status]
+
+
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
     """One row per case: verdict first (always in view), case, duration, the failed step and why, the flow run's
     short id (its link is in the suite's report)."""
-    return [{"verdict": VERDICT[c.status], "case": md.shorten(c.case, CASE_WIDTH),
+    return [{"verdict": verdict_cell(c), "case": md.shorten(c.case, CASE_WIDTH),
              "duration": format_duration(c.duration_s), "failed step and reason": md.shorten(c.why, WHY_WIDTH),
              "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
@@ -339,12 +346,12 @@ def publish_suite(result: SuiteResult) -> None:
     """The suite's summary table under the stable key ``suite-<name>`` and a report with links to every case's
     flow run (``suite-<name>-report``)."""
     key = suite_key(result.suite)
-    verdict = f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"
+    verdict = result.counts_text()
     word = "passed" if result.passed else "FAILED"  # first in the card's description: a card cuts the rest
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{word} · suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    rows = [[md.Md(VERDICT[c.status]), c.case, format_duration(c.duration_s), c.why,
+    rows = [[md.Md(verdict_cell(c)), c.case, format_duration(c.duration_s), c.why,
              md.link("open", c.ui_url) if c.ui_url else md.code((c.flow_run_id or "none")[:8])] for c in result.cases]
     pack = (md.facts([("evidence pack", md.code(result.evidence_dir)),
                       ("manifest SHA-256", md.code(manifest_sha256(Path(result.evidence_dir))))])

@@ -31,7 +31,7 @@ from flows.evidence.pack.files import (
 from flows.evidence.pack.html import CSS
 from flows.evidence.pack.junit import _x, testsuite
 from flows.evidence.pack.write import _counts, _json_text, _write_text, private_default
-from flows.evidence.results import CaseResult, StepResult
+from flows.evidence.results import CaseResult, StepResult, plural
 from flows.suite.trends import SuiteTrends, cells, summary_line
 
 INDEX_HTML = "index.html"
@@ -69,11 +69,20 @@ class SuiteCaseResult(BaseModel):
         return self.result.first_failure if self.result is not None else None
 
     @property
+    def warnings(self) -> int:
+        """How many checks of the case warned (``severity: warn``); a case with warnings passes."""
+        return self.result.warnings if self.result is not None else 0
+
+    @property
     def why(self) -> str:
-        """The failed step and its reason (or why the case did not run); empty when it passed."""
+        """The failed step and its reason (or why the case did not run); its warnings when it passed with some;
+        empty when it passed."""
         step = self.failed_step
         if step is not None:
             return f"step {step.number} '{step.label}' {step.status}: {step.error or ''}"
+        if self.reason is None and self.warnings and self.result is not None:
+            first = next(s for s in self.result.steps if s.warnings)
+            return f"{plural(self.warnings, 'warning')}: step {first.number} '{first.label}': {first.warnings[0]}"
         return self.reason or ""
 
 
@@ -112,6 +121,17 @@ class SuiteResult(BaseModel):
 
     def count(self, status: CaseVerdict) -> int:
         return sum(1 for c in self.cases if c.status == status)
+
+    @property
+    def warnings(self) -> int:
+        """The warnings of every case (they never fail a case, nor the suite)."""
+        return sum(c.warnings for c in self.cases)
+
+    def counts_text(self) -> str:
+        """``3 passed, 1 failed, 0 not run`` and, when some warned, ``(2 warnings in 1 case)``."""
+        text = f"{self.count('passed')} passed, {self.count('failed')} failed, {self.count('not run')} not run"
+        warned = sum(1 for c in self.cases if c.warnings)
+        return text + (f" ({plural(self.warnings, 'warning')} in {plural(warned, 'case')})" if warned else "")
 
     @property
     def passed(self) -> bool:
@@ -222,10 +242,12 @@ def index_html(result: SuiteResult) -> str:
         css = {"passed": "passed", "failed": "failed", "not run": "error"}[c.status]
         pack = f'<a href="{e(c.pack)}/report.html">pack</a>' if c.pack else "none"
         run = f'<a href="{e(c.ui_url)}">flow run</a>' if c.ui_url else e(c.flow_run_id or "")
-        rows.append(f"<tr><td>{e(c.case)}</td><td><span class='badge {css}'>{e(c.status.upper())}</span></td>"
+        css, word = ("warned", f"PASSED, {plural(c.warnings, 'warning')}") if c.warnings and css == "passed" else (
+            css, c.status.upper())
+        rows.append(f"<tr><td>{e(c.case)}</td><td><span class='badge {css}'>{e(word)}</span></td>"
                     f"<td>{c.duration_s:.1f} s</td><td>{e(c.why)}</td><td>{pack}</td><td>{run}</td></tr>")
     verdict = {"passed": "passed", "failed": "failed", "not run": "error"}[result.status]
-    counts = ", ".join(f"{result.count(s)} {s}" for s in ("passed", "failed", "not run"))
+    counts = result.counts_text()
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Suite {e(result.suite)}: {e(result.status.upper())}</title><style>{CSS}</style></head><body>",
@@ -281,14 +303,14 @@ def suite_report(result: SuiteResult) -> dict[str, Any]:
         "generated_at": _iso(datetime.now(timezone.utc)),
         "suite": result.suite, "status": result.status, "flow_run_id": result.flow_run_id, "ui_url": result.ui_url,
         "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at), "duration_s": result.duration_s,
-        "counts": {s: result.count(s) for s in ("passed", "failed", "not run")},
+        "counts": {s: result.count(s) for s in ("passed", "failed", "not run")}, "warnings": result.warnings,
         "skipped_by_tags": result.skipped, "source": result.source,
         "rerun_of": result.rerun_of.model_dump() if result.rerun_of else None,
         "trends": result.trends.model_dump() if result.trends else None,
         "cases": [{"case": c.case, "path": c.path, "status": c.status, "started_at": _iso(c.started_at),
                    "ended_at": _iso(c.ended_at), "duration_s": c.duration_s, "flow_run_id": c.flow_run_id,
                    "ui_url": c.ui_url, "failed_step": c.failed_step.number if c.failed_step else None,
-                   "reason": c.why or None, "pack": c.pack} for c in result.cases],
+                   "reason": c.why or None, "pack": c.pack, "warnings": c.warnings} for c in result.cases],
     }
 
 

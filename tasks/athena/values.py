@@ -246,6 +246,13 @@ class CheckResult:
     note: str = ""
     #: how actual must relate to expected when not by equality: ">=", "<", "is not", ...
     relation: str = ""
+    #: ``warn``: when it does not hold, it is a warning (the step is warned), not a failure
+    severity: str = "error"
+
+    @property
+    def mark(self) -> str:
+        """``✅ PASS``, ``❌ FAIL``, or ``⚠️ WARN`` for a warning check that did not hold."""
+        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
 
     @property
     def name(self) -> str:
@@ -261,24 +268,26 @@ class CheckResult:
 
     def line(self) -> str:
         """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.text()}"
+        return f"{self.mark} {self.text()}"
 
     def row(self, width: int = 300) -> list[str]:
         """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
         relation = f"{self.relation} " if self.relation else ""
         actual = show_value(self.actual) + (f" ({self.note})" if self.note else "")
-        return ["✅ PASS" if self.passed else "❌ FAIL", shorten(self.name, width),
+        return [self.mark, shorten(self.name, width),
                 shorten(relation + show_value(self.expected), width), shorten(actual, width)]
 
     def record(self) -> CheckRecord:
         """The typed record of this check (expected with its relation, actual with its note), as the pack shows it."""
         relation = f"{self.relation} " if self.relation else ""
         actual = show_value(self.actual) + (f" ({self.note})" if self.note else "")
-        return CheckRecord.of(self.name, self.passed, relation + show_value(self.expected), actual)
+        return CheckRecord.of(self.name, self.passed, relation + show_value(self.expected), actual,
+                              severity=self.severity)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,
-                          "expected": self.expected, "actual": self.actual, "note": self.note})
+                          "expected": self.expected, "actual": self.actual, "note": self.note,
+                          **({"severity": "warn"} if self.severity == "warn" else {})})
 
 
 _INT_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
@@ -309,9 +318,15 @@ def coerce_expected(value: Any, athena_type: str) -> Any:
     return value
 
 
+class Shown(str):
+    """A text a check shows as it is (not quoted as a string value is): e.g. a baseline's range."""
+
+
 def show_value(value: Any) -> str:
     """A value for a message, short: strings quoted (so '' differs from NULL), numbers and dates bare."""
-    if value is None:
+    if isinstance(value, Shown):
+        text = str(value)
+    elif value is None:
         text = "NULL"
     elif isinstance(value, (Decimal, date, dtime)):
         text = str(json_safe(value))

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Verdict = Literal["passed", "failed"]
+#: ``warned``: it did not hold, and it only warns (``severity: warn``): the step is warned, the case may pass
+Verdict = Literal["passed", "warned", "failed"]
 
 
 class CheckRecord(BaseModel):
@@ -29,10 +30,12 @@ class CheckRecord(BaseModel):
                                        "a parameter); empty otherwise.")
 
     @classmethod
-    def of(cls, name: str, passed: bool, expected: object, actual: object, where: str = "") -> CheckRecord:
-        """A record from a check's parts (values shown with ``str``)."""
-        return cls(name=name, expected=_text(expected), actual=_text(actual), verdict="passed" if passed else "failed",
-                   where=where)
+    def of(cls, name: str, passed: bool, expected: object, actual: object, where: str = "",
+           severity: str | None = "error") -> CheckRecord:
+        """A record from a check's parts (values shown with ``str``); a check with ``severity`` ``warn`` that did
+        not hold is ``warned``."""
+        verdict: Verdict = "passed" if passed else "warned" if severity == "warn" else "failed"
+        return cls(name=name, expected=_text(expected), actual=_text(actual), verdict=verdict, where=where)
 
     @property
     def passed(self) -> bool:

@@ -12,7 +12,7 @@ below, one per meaning, or AWS's own error code passed through as AWS gives it (
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -95,13 +95,41 @@ class StepError(Exception):
 
 
 class CheckFailed(StepError):
-    """The step could look, and what it checked did not hold: the step's status is ``failed``."""
+    """The step could look, and what it checked did not hold: the step's status is ``failed``, or ``warned`` when
+    every check that did not hold says ``severity: warn`` (``severity="warn"``; ``warnings`` then lists them, one
+    line each) or the step itself does."""
 
     def __init__(self, message: str, *, code: str | None = CHECK_FAILED, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None,
+                 severity: Literal["error", "warn"] = "error", warnings: list[str] | None = None) -> None:
         super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items,
                          files=files, checks=checks)
+        self.severity = severity
+        #: the checks that did not hold, one line each (default: the message)
+        self.warnings: list[str] = list(warnings or [message])
+
+
+def failed_checks(texts: list[tuple[str, str]], total: int, what: str = "checks", shown: int = 10,
+                  **evidence: Any) -> CheckFailed | None:
+    """The failure of a step's checks, from ``(severity, text)`` of each check that did not hold among ``total``:
+    None when none failed; a ``warn`` failure when every one of them is a warning, else an ``error`` one (its
+    message names both kinds; at most ``shown`` of each). ``evidence``: details, markdown, hashed_items, files."""
+    if not texts:
+        return None
+    errors = [t for s, t in texts if s != "warn"]
+    warned = [t for s, t in texts if s == "warn"]
+
+    def listed(items: list[str]) -> str:
+        return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more" if len(items) > shown else "")
+
+    if errors:
+        message = f"{len(errors)} of {total} {what} failed: {listed(errors)}"
+        if warned:
+            message += f" (and {len(warned)} warning(s): {listed(warned)})"
+        return CheckFailed(message, **evidence)
+    return CheckFailed(f"{len(warned)} of {total} {what} warned: {listed(warned)}", severity="warn",
+                       warnings=warned, **evidence)
 
 
 class AwsCallError(StepError):

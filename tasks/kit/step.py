@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -76,10 +76,37 @@ def format_duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
+#: how much a check that did not hold weighs: ``error`` fails the case, ``warn`` is a warning (the case passes)
+Severity = Literal["error", "warn"]
+
+
+def severity_field(what: str, default: Severity | None = "error") -> Any:
+    """The ``severity`` field of a step or of a check model (``what``: what it applies to)."""
+    inherit = " Unset: the severity of what holds it." if default is None else ""
+    return Field(default, description=f"`warn`: when {what} does not hold, the step is `warned` and the case still "
+                 f"passes (counted and shown as a warning everywhere a verdict is); `error`: it fails.{inherit}")
+
+
 class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, so a typo never passes silently."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True, allow_inf_nan=False)
+
+
+#: the most past runs a baseline may ask for (each is one report.json read, size-capped, before the steps)
+BASELINE_MAX_RUNS = 50
+
+
+class Baseline(SpecModel):
+    """A value compared with the same value in the case's own last ``runs`` passing runs (their evidence packs'
+    report.json): it must lie within ``within_pct_of_baseline`` percent of their mean. With fewer passing runs
+    that recorded it, the check warns (it never fails) and says so."""
+
+    within_pct_of_baseline: float = Field(..., gt=0, le=1000, description="How far from the baseline (the mean "
+                                          "of the past runs' values) the value may be, in percent of it.")
+    runs: int = Field(7, ge=1, le=BASELINE_MAX_RUNS, description="How many past passing runs make the baseline.")
+    severity: Severity | None = severity_field("the value is outside the range (too few past runs always only "
+                                               "warn)", None)
 
 
 class StepBase(SpecModel):
@@ -107,6 +134,12 @@ class StepBase(SpecModel):
     continue_on_failure: bool = Field(
         False, description="When this step fails, go on with the next steps (the case still fails)."
     )
+    severity: Severity = severity_field(
+        "any check of this step (a step that could not run, an AWS error or a timeout waiting for AWS, is still "
+        "an `error`)")
+    duration_baseline: Baseline | None = Field(
+        None, description="The step's duration compared with its duration in the case's last passing runs (e.g. "
+        "`{within_pct_of_baseline: 50, runs: 7}`): a step much slower, or faster, than usual.")
 
     def case_checks(self, case: Any) -> list[str]:
         """Checks that need the whole case (e.g. its AWS guard rails); each problem names the field.
@@ -285,6 +318,9 @@ class StepContext:
     scratch_dir: Path | None = None
     #: bytes the case's Athena queries scanned, against the case's ``aws.athena_max_scanned_bytes``
     scanned: Meter = field(default_factory=Meter)
+    #: the case's last passing runs, read from its evidence packs once before the steps (``tasks.kit.baseline``), for
+    #: the checks that compare with a baseline; None when no step asks for one
+    history: Any = None
 
     @property
     def clock(self) -> Clock:

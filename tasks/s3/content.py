@@ -63,9 +63,15 @@ class Check:
     expected: str
     actual: str
     passed: bool
+    #: ``warn``: when it does not hold it is a warning (the step is warned); None: the content's severity
+    severity: str | None = None
+
+    @property
+    def mark(self) -> str:
+        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
 
     def line(self) -> str:
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.check}: expected {self.expected}, got {self.actual}"
+        return f"{self.mark} {self.check}: expected {self.expected}, got {self.actual}"
 
 
 @dataclass
@@ -84,12 +90,13 @@ class ObjectReport:
 
     def records(self) -> list[CheckRecord]:
         """The typed records of this object's checks (where: its key)."""
-        return [CheckRecord.of(c.check, c.passed, c.expected, c.actual, where=self.key) for c in self.checks]
+        return [CheckRecord.of(c.check, c.passed, c.expected, c.actual, where=self.key, severity=c.severity)
+                for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "format": self.format, "passed": self.passed,
                 "bytes_read": self.stats.bytes_read, "requests": self.stats.requests,
-                "gunzipped": self.stats.gunzipped, "held_in_memory": self.stats.held,
+                "gunzipped": self.stats.gunzipped, "held_in_memory": self.stats.held, "rows": self.stats.rows,
                 "checks": [c.__dict__ for c in self.checks]}
 
 
@@ -203,12 +210,13 @@ class _Column:
                 continue
             label = f"{self.name}: {condition}"
             if self.missing:
-                out.append(Check(label, expected, "no such column", False))
+                out.append(Check(label, expected, "no such column", False, self.rule.severity))
             elif condition in self.bad:
                 count, examples = self.bad[condition]
-                out.append(Check(label, expected, f"{count:,} value(s) broke it: {'; '.join(examples)}", False))
+                out.append(Check(label, expected, f"{count:,} value(s) broke it: {'; '.join(examples)}", False,
+                                 self.rule.severity))
             else:
-                out.append(Check(label, expected, "every value", True))
+                out.append(Check(label, expected, "every value", True, self.rule.severity))
         return out
 
 
@@ -288,7 +296,7 @@ def _jsonl_records(stream: io.BufferedIOBase) -> Iterator[Any]:
 
 def _count_checks(content: ObjectContent, rows: int) -> list[Check]:
     out = []
-    if content.row_count is not None:
+    if isinstance(content.row_count, int):
         out.append(Check("row count", f"{content.row_count:,}", f"{rows:,}", rows == content.row_count))
     if content.min_rows is not None:
         out.append(Check("row count (min)", f"≥ {content.min_rows:,}", f"{rows:,}", rows >= content.min_rows))
@@ -388,6 +396,7 @@ def _parquet_checks(client: S3Client, bucket: str, key: str, size: int, content:
         parquet = pq.ParquetFile(source)
         schema = parquet.schema_arrow
         tally = _Tally(content, rows=parquet.metadata.num_rows, columns=list(schema.names))
+        stats.rows = tally.rows
         out = _count_checks(content, tally.rows) + _columns_check(content, tally.columns)
         for name, wanted in (content.column_types or {}).items():
             actual = str(schema.field(name).type) if name in schema.names else "no such column"
@@ -458,6 +467,7 @@ def check_object(client: S3Client, bucket: str, key: str, size: int, content: Ob
         else:
             text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")  # type: ignore[type-var]
             _record_pass(json_values(text), tally)
+        stats.rows = tally.rows
         return _shape_checks(content, tally)
 
     if content.format == "parquet":
@@ -473,6 +483,8 @@ def check_object(client: S3Client, bucket: str, key: str, size: int, content: Ob
         if upload is not None and same_size:
             copy_check = [_copy_check(upload, sha256)]
     report.checks += copy_check
+    for check in report.checks:
+        check.severity = check.severity or content.severity
     return report
 
 
@@ -493,7 +505,7 @@ def content_markdown(reports: list[ObjectReport]) -> markdown.Md:
         parts += [f"Content of {markdown.code(report.key)} as {markdown.code(report.format)}: {markdown.text(read)}; "
                   f"held in memory: {markdown.text(report.stats.held)}.", "",
                   markdown.table(["verdict", "check", "expected", "actual"],
-                                 [["✅ PASS" if c.passed else "❌ FAIL", markdown.shorten(c.check, SHOWN),
+                                 [[c.mark, markdown.shorten(c.check, SHOWN),
                                    markdown.shorten(c.expected, SHOWN), markdown.shorten(c.actual, SHOWN)]
                                   for c in report.checks]), ""]
     return markdown.Md("\n".join(parts).rstrip())

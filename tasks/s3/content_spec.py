@@ -6,11 +6,11 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import re
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
-from tasks.kit.step import SpecModel
+from tasks.kit.step import Baseline, Severity, SpecModel, severity_field
 
 if TYPE_CHECKING:
     pass
@@ -74,6 +74,7 @@ class ObjectColumnRule(SpecModel):
     max: Bound | None = Field(None, description="Every value is at most this (compared as for `min`).")
     regex: str | None = Field(None, max_length=1000, description="Every value (as text) matches this regular "
                               "expression in full (Python syntax).")
+    severity: Severity | None = severity_field("one of these conditions", None)
 
     @field_validator("regex")
     @classmethod
@@ -118,7 +119,10 @@ class ObjectContent(SpecModel):
         "auto", description="`auto`: gunzip when the key ends in `.gz` or the object starts with gzip's magic "
         "bytes. Parquet is never gzipped as a whole (its pages are compressed inside).")
     csv: ObjectCsvOptions | None = Field(None, description="CSV options (with format: csv).")
-    row_count: int | None = Field(None, ge=0, description="Exactly this many rows (records; CSV: after the header).")
+    row_count: Annotated[int, Field(ge=0)] | Baseline | None = Field(
+        None, description="Exactly this many rows (records; CSV: after the header); or, as a baseline "
+        "(`{within_pct_of_baseline: 20, runs: 7}`), the rows of every object the step checked, together, about as "
+        "many as in the case's last passing runs.")
     min_rows: int | None = Field(None, ge=0, description="At least this many rows.")
     max_rows: int | None = Field(None, ge=0, description="At most this many rows.")
     columns: list[str] | None = Field(None, min_length=1, description="The column names (CSV: the header; JSON: "
@@ -134,6 +138,7 @@ class ObjectContent(SpecModel):
                                    "this size (MiB, as stored); a larger one stops the step as not checkable.")
     same_as_upload: SameAsUpload | None = Field(None, description="The object's SHA-256 equals the uploaded file's "
                                                 "(a pass-through copy); sizes are compared first.")
+    severity: Severity = severity_field("a check of this content (a column of `conditions` may say its own)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ObjectContent":

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from pydantic import AfterValidator, Field, model_validator
 
-from tasks.kit import markdown
+from tasks.kit import baseline, markdown
 from tasks.kit.aws import is_real_aws
 from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import (
@@ -30,11 +30,22 @@ from tasks.kit.errors import (
     CheckFailed,
     StepError,
     aws_error,
+    failed_checks,
 )
 from tasks.kit.files import HashedItem
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
-from tasks.kit.step import Link, StepBase, StepContext, StepOutcome, UndoAction, UndoLog, format_bytes, step_kind
+from tasks.kit.step import (
+    Baseline,
+    Link,
+    StepBase,
+    StepContext,
+    StepOutcome,
+    UndoAction,
+    UndoLog,
+    format_bytes,
+    step_kind,
+)
 from tasks.s3.content import MAX_OBJECTS, LocalFile, ObjectReport, check_object, content_markdown
 from tasks.s3.content_spec import ObjectContent
 from tasks.s3.keys import (
@@ -550,12 +561,23 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
         md += "\n\n" + content_markdown(reports)
         details["content"] = [r.to_dict() for r in reports]
         records += [record for r in reports for record in r.records()]
-        failed = [(r.key, c) for r in reports for c in r.checks if not c.passed]
-        if failed:
-            shown = "; ".join(f"{key}: {c.line()}" for key, c in failed[:5])
-            more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
-            raise CheckFailed(f"{len(failed)} content check(s) did not hold: {shown}{more}", details=details,
-                              markdown=md, checks=records)
+        failed = [(c.severity or "error", f"{r.key}: {c.check}: expected {c.expected}, got {c.actual}")
+                  for r in reports for c in r.checks if not c.passed]
+        total = sum(len(r.checks) for r in reports)
+        if isinstance(step.content.row_count, Baseline):  # the rows of every object checked, against past runs
+            read = sum(r.stats.rows or 0 for r in reports)
+            checked = baseline.check(step.content.row_count, ctx.label, "row_count", read, ctx.history,
+                                     step.content.severity)
+            details["baselines"] = {"row_count": checked.record()}
+            md += "\n\n" + markdown.text(f"{checked.mark} {checked.text()}")
+            records.append(CheckRecord.of("row_count (baseline)", checked.passed, checked.expected(),
+                                          f"{checked.value:g}", severity=checked.severity))
+            total += 1
+            if not checked.passed:
+                failed.append((checked.severity, checked.text()))
+        failure = failed_checks(failed, total, "content checks", details=details, markdown=md, checks=records)
+        if failure is not None:
+            raise failure
         summary += f"; {sum(len(r.checks) for r in reports)} content check(s) held"
     return StepOutcome(
         summary=summary,

@@ -38,6 +38,8 @@ class ReadStats:
     requests: int = 0
     gunzipped: bool = False
     held: str = ""
+    #: the rows (records) read, when the object was parsed (a baseline of the row count compares their total)
+    rows: int | None = None
 
 
 

@@ -41,7 +41,7 @@ CONTENT_TYPES = {
     ".yaml": "application/yaml",
     ".yml": "application/yaml",
 }
-STATUS_WORD = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
+STATUS_WORD = {"passed": "PASSED", "warned": "WARNED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
 SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PRIVATE_ENV = "PIPELINE_TEST_PACK_PRIVATE"

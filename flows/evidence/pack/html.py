@@ -16,7 +16,8 @@ _HTML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 CSS = """
 :root { --pass: #116329; --pass-bg: #dafbe1; --fail: #a40e26; --fail-bg: #ffebe9; --err: #6639ba;
-  --err-bg: #fbefff; --skip: #57606a; --skip-bg: #eaeef2; --line: #d0d7de; --muted: #57606a; }
+  --err-bg: #fbefff; --warn: #7d4e00; --warn-bg: #fff8c5;
+  --skip: #57606a; --skip-bg: #eaeef2; --line: #d0d7de; --muted: #57606a; }
 * { box-sizing: border-box; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; color: #1f2328;
   max-width: 1100px; margin: 0 auto; padding: 24px; }
@@ -27,6 +28,7 @@ h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 20px; margin: 28px 0 8p
   border: 1px solid currentColor; white-space: nowrap; }
 .verdict { font-size: 18px; padding: 4px 14px; vertical-align: middle; margin-left: 8px; }
 .passed { color: var(--pass); background: var(--pass-bg); } .failed { color: var(--fail); background: var(--fail-bg); }
+.warned { color: var(--warn); background: var(--warn-bg); }
 .error { color: var(--err); background: var(--err-bg); } .skipped { color: var(--skip); background: var(--skip-bg); }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 16px; }
 th, td { border: 1px solid var(--line); padding: 6px 8px; text-align: left; vertical-align: top; }
@@ -43,6 +45,7 @@ section.step { border: 1px solid var(--line); border-left-width: 6px; border-rad
   margin: 12px 0; }
 section.step.passed { border-left-color: var(--pass); background: none; }
 section.step.failed { border-left-color: var(--fail); background: none; }
+section.step.warned { border-left-color: var(--warn); background: none; }
 section.step.error { border-left-color: var(--err); background: none; }
 section.step.skipped { border-left-color: var(--skip); background: none; }
 section.step { color: #1f2328; } section.step.failed h3, section.step.failed .msg { color: var(--fail); }
@@ -91,9 +94,10 @@ def _facts_table(rows: Sequence[tuple[str, str]]) -> str:
 def _case_facts(result: CaseResult, report: dict[str, Any]) -> str:
     c, spec = report["counts"], report["spec"]
     rows = [
-        ("status", _badge(result.status)),
-        ("steps", _e(f"{c['passed']} of {c['total']} passed, {c['failed']} failed, {c['error']} error, "
-                     f"{c['skipped']} skipped")),
+        ("status", _badge(result.status) + (f" {_e(result.verdict)}" if result.warnings else "")),
+        ("steps", _e(f"{c['passed']} of {c['total']} passed, "
+                     + (f"{c['warned']} warned ({result.warnings} warnings), " if c.get("warned") else "")
+                     + f"{c['failed']} failed, {c['error']} error, {c['skipped']} skipped")),
         ("started", _e(report["run"]["started_at"])),
         ("ended", _e(report["run"]["ended_at"])),
         ("duration", _e(format_duration(result.duration_s))),
@@ -166,6 +170,9 @@ def _step_section(s: StepResult) -> str:
              f"<h3>Step {_e(s.number)} &middot; {_e(s.label)} {_badge(s.status)}</h3>"]
     if s.description:
         parts.append(f'<p class="muted"><em>{_e(s.description)}</em></p>')
+    if s.warnings:
+        parts.append(f"<p class=\"msg\"><strong>Warnings ({len(s.warnings)}):</strong></p>"
+                     + "<ul>" + "".join(f"<li>{_e(w)}</li>" for w in s.warnings[:50]) + "</ul>")
     if s.error:
         code = f" ({_e(s.error_code)})" if s.error_code else ""
         parts.append(f"<p class=\"msg\"><strong>{'Error' if s.status == 'error' else 'Failure'}{code}:</strong></p>"
@@ -215,7 +222,7 @@ def _variables_table(variables: dict[str, Any]) -> str:
 
 def report_html(result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]) -> str:
     """report.html: one page, no script, no network (a CSP forbids it), readable on screen and on paper."""
-    verdict = STATUS_WORD[result.status]
+    verdict = result.verdict
     body = [
         f'<header><h1>{_e(result.case)} {_badge(result.status, "verdict")}</h1>',
         f'<p class="muted">{_e(result.description)}</p>' if result.description else "",

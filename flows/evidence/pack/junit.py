@@ -20,6 +20,7 @@ def _x(text: Any) -> str:
 
 def _system_out(s: StepResult) -> str:
     lines = [s.summary] if s.summary else []
+    lines += [f"WARNING: {w}" for w in s.warnings]  # a warned step passes: its warnings go here, no <failure>
     if s.request_ids:
         lines.append("AWS request ids: " + ", ".join(s.request_ids))
     if s.details:
@@ -51,7 +52,8 @@ def testsuite(result: CaseResult, counts: dict[str, int], spec_sha256: str | Non
     suite = ET.Element("testsuite", {"name": _x(result.case), **totals, "skipped": str(counts["skipped"]),
                                      "timestamp": _utc(result.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
     props = ET.SubElement(suite, "properties")
-    for name, value in (("status", result.status), ("flow_run_id", result.flow_run_id), ("ui_url", result.ui_url),
+    for name, value in (("status", result.status), ("verdict", result.verdict), ("warnings", str(result.warnings)),
+                        ("flow_run_id", result.flow_run_id), ("ui_url", result.ui_url),
                         ("spec_sha256", spec_sha256), ("case_sha256", case_sha256)):
         if value:
             ET.SubElement(props, "property", {"name": name, "value": _x(value)})

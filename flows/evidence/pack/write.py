@@ -83,7 +83,7 @@ def _canonical(data: Any) -> bytes:
 
 
 def _counts(result: CaseResult) -> dict[str, int]:
-    counts = {"total": len(result.steps), "passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    counts = {"total": len(result.steps), "passed": 0, "warned": 0, "failed": 0, "error": 0, "skipped": 0}
     for step in result.steps:
         counts[step.status] += 1
     return counts
@@ -134,6 +134,8 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
         "audit": result.audit,
         "notice": result.notice,
         "status": result.status,
+        "verdict": result.verdict,
+        "warnings": result.warnings,
         "counts": _counts(result),
         "first_failure": None if failure is None else {
             "number": failure.number, "label": failure.label, "status": failure.status,
