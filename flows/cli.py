@@ -58,6 +58,7 @@ from flows.run.recover import main as recover_main
 from flows.spec.load import SpecError, load_spec
 from flows.spec.model import iter_steps
 from flows.spec.slugs import slug
+from tasks.kit.step import format_duration
 
 if TYPE_CHECKING:
     pass
@@ -69,12 +70,14 @@ STATUS_TEXT = {"passed": "PASS", "warned": "WARN", "failed": "FAIL", "error": "E
 def format_result(result: CaseResult, with_link: bool = True) -> str:
     """A short summary, plain ASCII of its own; the steps' messages may hold ❌ or ≥, which a console that cannot
     show them gets as ``\u274c`` (see flows.console)."""
-    lines = [f"Case '{result.case}' {result.verdict} in {result.duration_s:.1f} s"
+    # durations as every report writes them (format_duration): one source, one form
+    lines = [f"Case '{result.case}' {result.verdict} in {format_duration(result.duration_s)}"
              + ("" if result.passed and not result.warnings else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
     for s in result.steps:
         detail = s.error if s.error else "; ".join(s.warnings) if s.warnings else s.summary
-        lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {s.duration_s:6.1f} s  {detail}")
+        took = format_duration(s.duration_s) if s.status != "skipped" else "-"
+        lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {took:>8}  {detail}")
     if any(s.status in MEANING for s in result.steps):
         lines.append("  " + "; ".join(f"{STATUS_TEXT[k]}: {v}" for k, v in MEANING.items()))
     if with_link and result.ui_url:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from flows.console import safe_output
@@ -208,16 +208,44 @@ def where_to_look(result_url: str | None, case: str, temporary: bool) -> str:
     return temporary_server_hint()
 
 
+#: how often a deployment run of the demo says it is still starting the emulator (it takes ~20 s there)
+PROGRESS_S = 5.0
+
+
 @contextlib.contextmanager
-def demo_pipeline(loses_a_row: bool = False, say: Any = print, port: int = 0) -> Iterator[FakePipeline]:
+def progress(say: Any, what: str, every: float | None = PROGRESS_S) -> Iterator[None]:
+    """While the block runs, say every ``every`` seconds that ``what`` is still under way, with the time so far
+    (None: say nothing), so a run's log is never silent for long."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while every is not None and not done.wait(every):
+            say(f"... still {what} ({time.monotonic() - started:.0f} s so far)")
+
+    thread = threading.Thread(target=beat, name="demo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(1.0)
+
+
+@contextlib.contextmanager
+def demo_pipeline(loses_a_row: bool = False, say: Any = print, port: int = 0,
+                  progress_every: float | None = None) -> Iterator[FakePipeline]:
     """The local emulator with the fake pipeline running on it, this process's AWS SDK pointed at it. ``port``:
-    the emulator's (0: a free one)."""
+    the emulator's (0: a free one); ``progress_every``: say every so many seconds that it is still starting."""
     say("Starting the local AWS emulator (moto) ...")
-    with moto_server(lambda_like_aws=True, port=port) as endpoint, use_emulator(endpoint):
-        say(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
-        pipeline = FakePipeline(endpoint, loses_a_row=loses_a_row)
-        pipeline.create_resources()
-        pipeline.start()
+    with contextlib.ExitStack() as stack:
+        with progress(say, "starting the local AWS emulator and the fake pipeline", progress_every):
+            endpoint = stack.enter_context(moto_server(lambda_like_aws=True, port=port))
+            stack.enter_context(use_emulator(endpoint))
+            say(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
+            pipeline = FakePipeline(endpoint, loses_a_row=loses_a_row)
+            pipeline.create_resources()
+            pipeline.start()
         try:
             yield pipeline
         finally:
@@ -238,9 +266,11 @@ def pipeline_demo(case: str = "examples/cases/orders_ingestion.yaml", break_pipe
     """The demo as one flow run: start the local AWS emulator and the fake pipeline, run the case (a path under
     the project folder) as a subflow run against them, and end as the case ended. ``break_pipeline``: the
     pipeline loses a row, so the case fails."""
-    from flows.pipeline_test import pipeline_test
+    logger = get_run_logger()  # not print: the progress lines come from another thread, which print would miss
+    with progress(logger.info, "loading the case's flow", PROGRESS_S):
+        from flows.pipeline_test import pipeline_test
 
-    with demo_pipeline(loses_a_row=break_pipeline) as pipeline:
+    with demo_pipeline(loses_a_row=break_pipeline, say=logger.info, progress_every=PROGRESS_S) as pipeline:
         state = pipeline_test(spec=str(ROOT / case), evidence_dir=evidence_dir, return_state=True)
         print(f"SSM {SOURCE_PARAMETER} after the case: {source_setting(pipeline)!r} "
               f"(it was {PRODUCTION_SOURCE!r} before)")

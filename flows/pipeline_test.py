@@ -181,7 +181,8 @@ def pipeline_test(
         guard = [f"{describe(p)}: {m}" for p in iter_steps(rendered) for m in p.step.case_checks(case)]
         if guard:  # the guard rails again, with the run's real values
             raise SpecError("<spec>", guard)
-        logger.info("Case %r: %d step(s), run date %s", case.case, len(case.steps), values["run_date"])
+        logger.info("Case %r: %d step(s), run date %s", case.case, len(list(iter_steps(rendered))),
+                    values["run_date"])  # every step, those of parallel groups too: as the end counts them
         publisher = evidence.StepPublisher()  # the steps' artifacts, off their critical path (closed below)
         scratch = Path(tempfile.mkdtemp(prefix="pipeline-test-"))  # files steps write for the pack; removed below
         ctx = StepContext(clients=clients, case_name=case.case, run_id=run_id, label="", spec_dir=spec_dir,
@@ -212,6 +213,8 @@ def pipeline_test(
                                 ", ".join(lock.resources) or "none",
                                 f" (no lock for this run's own: {', '.join(own)})" if own else "")
                 LIVE[run_id] = ctx
+                # a card per step, pending, in step order in the Artifacts tab (flows.evidence.ui)
+                publisher.prepare([(p.number, p.label) for p in iter_steps(rendered)] + [("end", "cleanup")])
                 try:
                     with first_signal_stops(ctx.stop, logger):
                         run_steps(rendered, ctx, steps, running)
@@ -256,7 +259,8 @@ def pipeline_test(
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     if result.passed and result.evidence_error is None:
-        logger.info("Case %r passed (%d steps)", case.case, len(steps))
+        logger.info("Case %r passed (%d steps%s)", case.case, len(steps) - (cleanup is not None),
+                    ", then the clean-up" if cleanup is not None else "")
         return result
     failure = CaseFailed(result) if not result.passed else EvidenceFailed(result)
     return Failed(message=str(failure), data=failure)  # type: ignore[return-value]

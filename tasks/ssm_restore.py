@@ -288,7 +288,9 @@ _RESTORE_WORDS = {
 
 def _restore_record(original: ParameterSnapshot, current: ParameterSnapshot, after: ParameterSnapshot,
                     action: str) -> dict[str, Any]:
-    summary = f"SSM parameter {original.name}: {_RESTORE_WORDS[action]}"
+    # what was done only: every place that shows it names the parameter already ("Restore SSM parameter X: put
+    # back" in the clean-up's line and table, "Recovered ssm:X (run ...): put back" in recover's)
+    summary = _RESTORE_WORDS[action]
     markdown = md.table(["parameter", "before restore", "after restore", "action"],
                         [[md.code(original.name), _cell(current), _cell(after), _RESTORE_WORDS[action]]])
     return {

@@ -532,8 +532,13 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
     for verdict, (flow_run, extra) in runs.items():
         run, case_runs, logs, artifacts = asyncio.run(_read_run_tree(api, flow_run.id))
         assert run.name.startswith("demo-") and run.parameters == {**demo["parameters"], **extra}
-        assert [r.name[:len("orders-ingestion-")] for r in case_runs] == ["orders-ingestion-"]  # the subflow
+        # the subflow, its verdict put first in its name when it ended (the key history page shows it)
+        verdict_name = "✅ passed · orders-ingestion-" if verdict == "pass" else "❌ FAILED · orders-ingestion-"
+        assert [r.name[:len(verdict_name)] for r in case_runs] == [verdict_name]
         assert any(a.key == "case-orders-ingestion" for a in artifacts), [a.key for a in artifacts]
+        # the case report names the deployment that ran it, though the case is a subflow run of the demo's
+        report = next(a.data for a in artifacts if a.key == "case-orders-ingestion-report")
+        assert "not run from a deployment" not in report and "- **deployment**: demo\n" in report, report
         assert (tmp_path / f"evidence-{verdict}" / "manifest.json").is_file()  # the pack, where it was told
         text = "\n".join(log.message for log in logs)
         # a failed case is a failure, not a crash: no traceback, no stray "NoneType: None", in the UI's logs

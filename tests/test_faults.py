@@ -443,7 +443,7 @@ def harness(account: ClientFactory, injector: Injector, spec_dir: Path, tmp_path
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     """Cases in-process on the module's account; step evidence is not sent to Prefect (there is no run here)."""
     hook_runners(monkeypatch, injector)
-    monkeypatch.setattr(flows.evidence.ui, "publish_step", lambda result, outcome: None)
+    monkeypatch.setattr(flows.evidence.ui, "publish_step", lambda result, outcome, publisher=None: None)
     (tmp_path / "packs").mkdir()
     harness = Harness(account, injector, spec_dir, tmp_path / "packs")
     yield harness

@@ -86,7 +86,8 @@ def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -
                                                         ("✅ passed", "end cleanup")]
     assert list(rows[0]) == ["status", "step", "duration", "detail"]  # the verdict first: always in view
     step_md = [a for a in artifacts if a.type == "markdown" and a.key is None and a.data.startswith("## Step")]
-    assert len(step_md) == 3 and all(a.task_run_id for a in step_md)  # one per step, cleanup included
+    assert len(step_md) == 3 and not any(a.task_run_id for a in step_md)  # one per step, cleanup included: the
+    # flow run's, in step order (flows.evidence.ui)
     links = [a for a in artifacts if a.key is None and a.data.startswith("[s3://flow-bucket/in/")]
     assert len(links) == 2  # the uploaded object and the object found
     assert any("## Step 1 · land · ✅ passed" in a.data for a in step_md)

@@ -65,28 +65,43 @@ def _os_user() -> str | None:
         return None
 
 
+#: how many parent flow runs are climbed to find the deployment a subflow run came from
+PARENT_LEVELS = 5
+
+
 def _deployment() -> tuple[str | None, str | None]:
     """The deployment's name and the flow run's work pool, when the run came from a deployment.
 
     Read off the run's own context (its FlowRun knows its deployment id and work pool), so a run not started
-    from a deployment costs no API call; one call reads the deployment's name otherwise. (Prefect's
-    ``prefect.runtime.deployment.name`` reads the flow run from the API on every use, with a new client each
-    time: measurable in a suite of many cases.)"""
+    from a deployment, nor as a subflow, costs no API call. (Prefect's ``prefect.runtime.deployment.name`` reads
+    the flow run from the API on every use, with a new client each time: measurable in a suite of many cases.)
+    A subflow run (a case of the demo's deployment, of a suite's) has no deployment of its own: its parents'
+    is found by :func:`deployment_of`."""
     try:
         from prefect.context import FlowRunContext
 
         context = FlowRunContext.get()
         run = context.flow_run if context is not None else None
-        deployment_id = getattr(run, "deployment_id", None)
-        if run is None or deployment_id is None:
+        if run is None or (run.deployment_id is None and run.parent_task_run_id is None):
             return None, None
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
-            name = client.read_deployment(deployment_id).name
-        return name or None, run.work_pool_name
+            return deployment_of(client, run)
     except Exception:  # no server: simply not known
         return None, None
+
+
+def deployment_of(client: Any, run: Any) -> tuple[str | None, str | None]:
+    """The deployment's name and work pool of ``run`` or, for a subflow run, of the nearest parent flow run that
+    came from a deployment (up to :data:`PARENT_LEVELS` levels up); (None, None) when none did."""
+    for _ in range(PARENT_LEVELS + 1):
+        if run.deployment_id is not None:
+            return client.read_deployment(run.deployment_id).name or None, run.work_pool_name
+        if run.parent_task_run_id is None:
+            break
+        run = client.read_flow_run(client.read_task_run(run.parent_task_run_id).flow_run_id)
+    return None, None
 
 
 def collect(clients: Any) -> dict[str, Any]:

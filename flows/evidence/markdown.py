@@ -52,7 +52,8 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
     if result.description:
         lines += [md.emphasis(result.description), ""]
     facts: list[tuple[str, Any]] = [("kind", md.code(result.kind)), ("status", ICON[result.status]),
-                                    ("duration", format_duration(result.duration_s))]
+                                    ("duration", format_duration(result.duration_s) if result.status != "skipped"
+                                     else "–")]
     if result.group:
         facts.append(("parallel group", result.group))
     if result.started_at:
@@ -69,6 +70,8 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
         if result.status in MEANING:
             lines += [md.emphasis(MEANING[result.status]), ""]
         lines += [md.message(result.error), ""]
+    if result.status == "skipped":  # why it was not run (which step stopped the case)
+        lines += ["### Not run", "", md.message(result.summary or "not run"), ""]
     # the step's own evidence: from its outcome while it runs (the UI), else as its result carries it (the pack)
     evidence = outcome.markdown if outcome is not None else result.evidence
     links = [(link.text, link.url) for link in (outcome.links if outcome is not None else result.links)]

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from prefect import Task, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 from prefect.utilities.annotations import quote
 
 from flows.evidence import ui as evidence
@@ -83,11 +83,7 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
     if placed.step.duration_baseline is not None and result.ok:
         _duration_against_baseline(placed, ctx, result)
     result, outcome = scrub(result, outcome, ctx.secrets)
-    publish = functools.partial(_publish, result, outcome, describe(placed), logger)
-    if ctx.publisher is not None:  # in the case's publisher thread, in this task run's context: the step goes on
-        ctx.publisher.submit(publish)
-    else:
-        publish()
+    hand_over(ctx, functools.partial(_publish, result, outcome, describe(placed), logger, ctx.publisher))
     if result.status == "warned":
         logger.warning("%s passed with %s: %s", describe(placed), plural(len(result.warnings), "warning"),
                        "; ".join(result.warnings))
@@ -127,9 +123,17 @@ def carried_evidence(outcome: StepOutcome | None) -> dict[str, Any]:
                                                     for link in outcome.links]}
 
 
-def _publish(result: StepResult, outcome: StepOutcome | None, what: str, logger: Any) -> None:
+def hand_over(ctx: StepContext, publish: Any) -> None:
+    """Publish a step's evidence in the case's publisher thread, in this task run's context (the step goes on)."""
+    if ctx.publisher is not None:
+        ctx.publisher.submit(publish)
+    else:
+        publish()
+
+
+def _publish(result: StepResult, outcome: StepOutcome | None, what: str, logger: Any, publisher: Any = None) -> None:
     try:
-        evidence.publish_step(result, outcome)
+        evidence.publish_step(result, outcome, publisher)
     except Exception as exc:  # evidence must never turn a passed step into a crash
         logger.warning("Could not publish the evidence of %s: %s", what, exc)
 
@@ -204,12 +208,14 @@ def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | 
     """
     results = [] if results is None else results
     running = [] if running is None else running
-    stop = False
+    stop: str | None = None  # once set, why the remaining steps are not run
     places = list(iter_steps(rendered))
     for index, item in enumerate(rendered.steps, 1):
         group = [p for p in places if p.number == str(index) or p.number.startswith(f"{index}.")]
         if stop:
-            results += [_skipped(p) for p in group]
+            skips = [(p, skip_task(p.kind).with_options(task_run_name=p.label).submit(quote(p), stop, quote(ctx)))
+                     for p in group]
+            results += [_collect(p, future, ctx) for p, future in skips]
             continue
         if isinstance(item, ParallelGroup):
             ctx.logger.info("Running %d steps side by side (group %s)", len(group), group_label(item, index))
@@ -220,9 +226,10 @@ def run_steps(rendered: CaseSpec, ctx: StepContext, results: list[StepResult] | 
             batch.append(_collect(placed, future, ctx))
             results.append(batch[-1])
             running.remove(placed)
-        failed = [(p, r) for p, r in zip(group, batch) if not r.ok]
-        if any(not p.step.continue_on_failure for p, _ in failed):
-            stop = True
+        failed = [(p, r) for p, r in zip(group, batch) if not r.ok and not p.step.continue_on_failure]
+        if failed:
+            stop = "not run: " + ", ".join(f"step {r.number} {r.label!r} " + ("failed" if r.status == "failed"
+                                                                              else "had an error") for _, r in failed)
     return results
 
 
@@ -239,10 +246,23 @@ def interrupted(placed: PlacedStep) -> StepResult:
                       error="the run was stopped while this step was running")
 
 
-def _skipped(placed: PlacedStep) -> StepResult:
-    return StepResult(number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
-                      description=placed.step.description, status="skipped",
-                      summary="not run: an earlier step failed")
+#: the name of a skipped step's task run state
+SKIPPED = "Skipped"
+
+
+def _skip_step(placed: PlacedStep, why: str, ctx: StepContext) -> State:
+    """A step not run (an earlier one failed): its task run ends Cancelled, named Skipped, with the reason, and its
+    card says why. Cancelled, not Completed: the UI shows it grey, as not run, never green as if it had passed."""
+    result = StepResult(number=placed.number, label=placed.label, kind=placed.kind, group=placed.group,
+                        description=placed.step.description, status="skipped", summary=why)
+    hand_over(ctx, functools.partial(_publish, result, None, describe(placed), ctx.logger, ctx.publisher))
+    return Cancelled(name=SKIPPED, message=f"{describe(placed)}: {why}", data=result)
+
+
+@functools.cache
+def skip_task(kind: str) -> Any:
+    """The Prefect task of a skipped step of a kind (named as the kind's, so the UI groups them together)."""
+    return task(name=kind, cache_policy=NO_CACHE, retries=0)(_skip_step)
 
 
 def run_cleanup(ctx: StepContext) -> StepResult | None:
@@ -413,10 +433,7 @@ def _do_cleanup(ctx: StepContext) -> StepResult | State:
     except Exception:
         logger = log
     result, outcome = _undo(ctx.undo.pending(), ctx, logger)
-    try:
-        evidence.publish_step(result, outcome)
-    except Exception as exc:
-        logger.warning("Could not publish the clean-up evidence: %s", exc)
+    hand_over(ctx, functools.partial(_publish, result, outcome, "the clean-up", logger, ctx.publisher))
     if result.error:
         logger.error("Clean-up incomplete: %s", result.error)
         return Failed(message=f"clean-up incomplete: {result.error}", data=StepFailed(result))
