@@ -1,7 +1,8 @@
-"""Generate the spec reference (docs/reference.md) and the JSON Schema file from the spec models themselves.
+"""Generate the spec reference (docs/reference.md) and the JSON Schema files from the models themselves.
 
-    python -m flows.docs          rewrite docs/reference.md's generated section and spec.schema.json
-    python -m flows.docs --check  exit 1 if either is out of date (the tests run this check)
+    python -m flows.docs          rewrite docs/reference.md's generated section, spec.schema.json, suite.schema.json,
+                                  and the evidence packs' flows/report.schema.json and flows/suite-report.schema.json
+    python -m flows.docs --check  exit 1 if any is out of date (the tests run this check)
 
 So the documentation of every field can never drift from the code. Every model the reference links to has
 its own heading, linked by the anchor GitHub gives it (``github_anchor``); a link to no heading stops the
@@ -24,6 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from flows.notify import NotifySettings
+from flows.report_model import SCHEMA_FILE, SUITE_SCHEMA_FILE, case_report_schema, suite_report_schema
 from flows.spec import AwsSettings, CaseSpec, EvidenceSettings, ParallelGroup, json_schema, step_kinds
 from flows.suite_spec import DeploymentSettings, MatrixCase, SuiteSpec, suite_json_schema
 from flows.templating import BUILTINS
@@ -264,7 +266,8 @@ def updated_page(text: str, name: str = "docs/reference.md") -> str:
 
 def main(argv: list[str]) -> int:
     page = REFERENCE.read_text(encoding="utf-8")
-    wanted = {REFERENCE: updated_page(page), SCHEMA: schema_text(), SUITE_SCHEMA: schema_text(suite_json_schema())}
+    wanted = {REFERENCE: updated_page(page), SCHEMA: schema_text(), SUITE_SCHEMA: schema_text(suite_json_schema()),
+              SCHEMA_FILE: schema_text(case_report_schema()), SUITE_SCHEMA_FILE: schema_text(suite_report_schema())}
     if "--check" in argv:
         stale = [p.relative_to(ROOT).as_posix() for p, want in wanted.items()
                  if (p.read_text(encoding="utf-8") if p.exists() else "") != want]
@@ -274,8 +277,8 @@ def main(argv: list[str]) -> int:
         return 0
     for path, text in wanted.items():
         path.write_text(text, encoding="utf-8", newline="\n")
-    print(f"wrote {REFERENCE.relative_to(ROOT).as_posix()} (spec and suite reference), {SCHEMA.name} and "
-          f"{SUITE_SCHEMA.name}")
+    print(f"wrote {REFERENCE.relative_to(ROOT).as_posix()} (spec and suite reference), {SCHEMA.name}, "
+          f"{SUITE_SCHEMA.name} and the reports' schemas")
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from flows.naming import slug
+from flows.report_model import Audit
 from flows.results import CaseResult, StepResult
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
@@ -119,20 +120,19 @@ def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
             md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
 
 
-def audit_facts(audit: dict[str, Any]) -> list[tuple[str, Any]]:
+def audit_facts(audit: Audit) -> list[tuple[str, Any]]:
     """Who ran the case, where and with what (report.json's ``audit``), as facts."""
-    aws = audit.get("aws") or {}
-    identity = aws.get("caller_arn") or (f"unknown ({aws['error_code']})" if aws.get("error_code") else "–")
+    aws = audit.aws
+    identity = aws.caller_arn or (f"unknown ({aws.error_code})" if aws.error_code else "–")
     facts: list[tuple[str, Any]] = [
-        ("AWS account", md.code(aws.get("account_id") or "–")), ("AWS identity", md.code(identity)),
-        ("AWS region", aws.get("region") or "–"),
-        ("deployment", audit.get("deployment") or "– (not run from a deployment)"),
-        ("work pool", audit.get("work_pool") or "–"), ("host", audit.get("host") or "–"),
-        ("OS user", audit.get("os_user") or "–"),
-        ("project version", md.Md(md.cell(md.text(audit.get("project_version") or "–"))
-                                  + (f", git {md.cell(md.code(audit['git_commit']))}" if audit.get("git_commit")
-                                     else ""))),
-        ("Prefect / boto3", f"{audit.get('prefect_version') or '–'} / {audit.get('boto3_version') or '–'}"),
+        ("AWS account", md.code(aws.account_id or "–")), ("AWS identity", md.code(identity)),
+        ("AWS region", aws.region or "–"),
+        ("deployment", audit.deployment or "– (not run from a deployment)"),
+        ("work pool", audit.work_pool or "–"), ("host", audit.host or "–"),
+        ("OS user", audit.os_user or "–"),
+        ("project version", md.Md(md.cell(md.text(audit.project_version or "–"))
+                                  + (f", git {md.cell(md.code(audit.git_commit))}" if audit.git_commit else ""))),
+        ("Prefect / boto3", f"{audit.prefect_version or '–'} / {audit.boto3_version or '–'}"),
     ]
     return facts
 
@@ -149,11 +149,10 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         ("duration", format_duration(result.duration_s)),
         ("steps", step_counts(result)),
     ]
-    if result.locks and result.locks.get("resources"):
-        waited = float(result.locks.get("waited_seconds") or 0)
-        facts.append(("locks", f"{len(result.locks['resources'])} held; waited {format_duration(waited)} for them "
-                      "(part of the duration)" if waited >= 0.05 else f"{len(result.locks['resources'])} held, "
-                      "no wait"))
+    if result.locks and result.locks.resources:
+        held, waited = len(result.locks.resources), result.locks.waited_seconds
+        facts.append(("locks", f"{held} held; waited {format_duration(waited)} for them (part of the duration)"
+                      if waited >= 0.05 else f"{held} held, no wait"))
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
         facts.append(("flow run", run))
@@ -169,18 +168,17 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
                           whole_below=False))
     if result.pack is not None:
         pack = result.pack
-        where: list[tuple[str, Any]] = [("folder", md.code(pack.get("folder"))),
-                                        ("manifest SHA-256", md.code(pack.get("manifest_sha256")))]
-        if pack.get("s3_uri"):
-            where.append(("uploaded to", md.link(pack["s3_uri"], pack.get("url")) if pack.get("url")
-                          else md.code(pack["s3_uri"])))
+        where: list[tuple[str, Any]] = [("folder", md.code(pack.folder)),
+                                        ("manifest SHA-256", md.code(pack.manifest_sha256))]
+        if pack.s3_uri:
+            where.append(("uploaded to", md.link(pack.s3_uri, pack.url) if pack.url else md.code(pack.s3_uri)))
         lines += ["", "### Evidence pack", "", md.facts(where)]
     if result.evidence_error:  # the run proves nothing without it (the CLI exits 4)
         lines += ["", md.Md(f"**No evidence**: {md.text(result.evidence_error)}")]
     if result.notice is not None:
         sent = result.notice
-        lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.get('target'))}" if sent.get("sent")
-                                                    else f"not sent ({md.text(sent.get('reason'))})"))]
+        lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.target)}" if sent.sent
+                                                    else f"not sent ({md.text(sent.reason)})"))]
     if result.audit:
         lines += ["", "### Who ran it, where", "", md.facts(audit_facts(result.audit))]
     if history:

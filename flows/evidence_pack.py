@@ -2,7 +2,8 @@
 
 A pack holds:
 
-    report.json    machine-readable record (schema: flows/report.schema.json, ``schema_version`` 1)
+    report.json    machine-readable record (models: flows/report_model.py; schema: flows/report.schema.json,
+                   ``schema_version`` 1)
     report.md      the same for people (the content of the UI artifacts)
     report.html    one self-contained page (no network, no script), printable; failures first
     junit.xml      one testcase per step, for Jenkins, GitLab and GitHub
@@ -50,7 +51,6 @@ from flows.pack_base import (  # noqa: F401
     SCHEMA_FILE,
     SCHEMA_VERSION,
     SSE_VALUES,
-    STATUS_WORD,
     PackItem,
     default_pack_dir,
     hashed_items,

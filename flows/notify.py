@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.report_model import Notice
 from flows.results import CaseResult, StepResult
 from tasks.markdown import slack_code, slack_code_block, slack_link, slack_text
 from tasks.polling import wait_done
@@ -119,19 +120,19 @@ MAX_VARIABLES = 8
 def _context_lines(result: CaseResult) -> list[str]:
     """The deployment (if any), the case's key variables (already masked) and where the evidence pack is."""
     lines = []
-    deployment = (result.audit or {}).get("deployment")
+    deployment = result.audit.deployment if result.audit is not None else None
     if deployment:
-        pool = (result.audit or {}).get("work_pool")
+        pool = result.audit.work_pool if result.audit is not None else None
         lines.append(f"Deployment {slack_code(deployment)}" + (f" (work pool {slack_code(pool)})" if pool else ""))
     shown = [f"{slack_code(k)}={slack_code(v)}" for k, v in list(result.variables.items())[:MAX_VARIABLES]]
     if shown:
         more = len(result.variables) - MAX_VARIABLES
         lines.append("Variables: " + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
-    pack = result.pack or {}
-    if pack.get("s3_uri"):
-        lines.append(f"Evidence pack: {slack_code(pack['s3_uri'])}")
-    elif pack.get("folder"):
-        lines.append(f"Evidence pack: {slack_code(pack['folder'])} (on the host that ran the case)")
+    pack = result.pack
+    if pack is not None and pack.s3_uri:
+        lines.append(f"Evidence pack: {slack_code(pack.s3_uri)}")
+    elif pack is not None and pack.folder:
+        lines.append(f"Evidence pack: {slack_code(pack.folder)} (on the host that ran the case)")
     return lines
 
 
@@ -272,7 +273,7 @@ def _send_chat(block_name: str, channel: str, text: str, secrets: list[str]) -> 
 
 
 def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None, *,
-           ui_url: str | None = None) -> dict[str, Any] | None:
+           ui_url: str | None = None) -> Notice | None:
     """Send the case's notice to Slack when ``settings`` ask for it, and say what happened (for the run's
     evidence: ``sent``, ``target`` and, when not sent, ``reason``; None without settings). Never raises: a Slack
     problem is logged as a warning (without the webhook URL or the token) and the case's result stands."""
@@ -284,8 +285,7 @@ def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None,
         if not isinstance(settings, NotifySettings):
             settings = NotifySettings.model_validate(settings)
         if not settings.wants(result):
-            return {"sent": False, "target": None,
-                    "reason": f"not asked for: the case {result.status}, notify.when is {settings.when}"}
+            return Notice(sent=False, reason=f"not asked for: the case {result.status}, notify.when is {settings.when}")
         text = build_message(result, ui_url)
         with _QuietSlackSdk():
             if settings.slack_webhook_block:
@@ -295,8 +295,8 @@ def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None,
                 target = _send_chat(settings.slack_credentials_block, settings.channel, text, secrets)
         log.info("Slack notice sent for case %r (%s) through %s", result.case,
                  "passed" if result.passed else "failed", target)
-        return {"sent": True, "target": target, "reason": None}
+        return Notice(sent=True, target=target)
     except Exception as exc:  # never let Slack change the case's result
         reason = exc if isinstance(exc, NoticeError) else f"{type(exc).__name__}: {exc}"
         log.warning("Slack notice for case %r not sent: %s", result.case, _redact(str(reason), secrets))
-        return {"sent": False, "target": None, "reason": _redact(str(reason), secrets)}
+        return Notice(sent=False, reason=_redact(str(reason), secrets))

@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from flows.naming import slug
+from flows.report_model import (  # noqa: F401  (re-exported: the pack's names)
+    REPORT_JSON,
+    REPORT_SCHEMA,
+    SCHEMA_FILE,
+    SCHEMA_VERSION,
+    iso_utc,
+)
 from flows.results import CaseResult, StepResult
 from tasks.errors import HashedItem
 
-REPORT_SCHEMA = "pipeline-test/evidence-report"
 MANIFEST_SCHEMA = "pipeline-test/evidence-manifest"
-SCHEMA_VERSION = 1
-SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
-REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 JUNIT_XML = "junit.xml"
@@ -41,7 +44,6 @@ CONTENT_TYPES = {
     ".yaml": "application/yaml",
     ".yml": "application/yaml",
 }
-STATUS_WORD = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
 SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PRIVATE_ENV = "PIPELINE_TEST_PACK_PRIVATE"
@@ -52,8 +54,7 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return _utc(moment).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+_iso = iso_utc
 
 
 def _case_slug(case: str) -> str:

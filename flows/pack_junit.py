@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from flows.pack_base import _utc
+from flows.report_model import CaseReport, Counts
 from flows.results import CaseResult, StepResult
 
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -43,12 +44,12 @@ def _testcase(result: CaseResult, s: StepResult) -> ET.Element:
     return case
 
 
-def testsuite(result: CaseResult, counts: dict[str, int], spec_sha256: str | None = None,
+def testsuite(result: CaseResult, counts: Counts, spec_sha256: str | None = None,
               case_sha256: str | None = None) -> ET.Element:
     """A case's <testsuite>: one <testcase> per step (classname = the case); a suite's junit.xml has one per case."""
-    totals = {"tests": str(counts["total"]), "failures": str(counts["failed"]), "errors": str(counts["error"]),
+    totals = {"tests": str(counts.total), "failures": str(counts.failed), "errors": str(counts.error),
               "time": f"{result.duration_s:.3f}"}
-    suite = ET.Element("testsuite", {"name": _x(result.case), **totals, "skipped": str(counts["skipped"]),
+    suite = ET.Element("testsuite", {"name": _x(result.case), **totals, "skipped": str(counts.skipped),
                                      "timestamp": _utc(result.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
     props = ET.SubElement(suite, "properties")
     for name, value in (("status", result.status), ("flow_run_id", result.flow_run_id), ("ui_url", result.ui_url),
@@ -60,13 +61,13 @@ def testsuite(result: CaseResult, counts: dict[str, int], spec_sha256: str | Non
     return suite
 
 
-def junit_xml(result: CaseResult, report: dict[str, Any]) -> str:
+def junit_xml(result: CaseResult, report: CaseReport) -> str:
     """junit.xml: one <testsuite> for the case, one <testcase> per step (classname = the case)."""
-    c = report["counts"]
-    totals = {"tests": str(c["total"]), "failures": str(c["failed"]), "errors": str(c["error"]),
+    c = report.counts
+    totals = {"tests": str(c.total), "failures": str(c.failed), "errors": str(c.error),
               "time": f"{result.duration_s:.3f}"}
     # <testsuites> takes no "skipped" in the JUnit schema of Jenkins' xUnit plugin (junit-10.xsd); <testsuite> does
     root = ET.Element("testsuites", {"name": "pipeline-test", **totals})
-    root.append(testsuite(result, c, report["spec"]["sha256"], report["spec"]["case_sha256"]))
+    root.append(testsuite(result, c, report.spec.sha256, report.spec.case_sha256))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -66,6 +66,7 @@ from flows.pack_folder import PackClaim
 from flows.preflight import step_zero
 from flows.recover import CouldNotRun, Recovered, recover_command, redo_entries, refuse_live_claims, release_dead_locks
 from flows.recover import main as recover_main
+from flows.report_model import Audit, PackRef
 from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
@@ -409,7 +410,8 @@ def _settle_leftovers(clients: ClientFactory, ssm: SSMClient, resources: list[st
 def _case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
                  secrets: Secrets, held: locks.HeldLocks | None = None, clients: Any = None) -> CaseResult:
     ended = datetime.now(timezone.utc)
-    context = redact_json(audit.collect(clients), secrets) if clients is not None else None
+    context = (Audit.model_validate(redact_json(audit.collect(clients).to_json(), secrets)) if clients is not None
+               else None)
     return CaseResult(
         case=case.case, description=case.description,
         status="passed" if all(s.ok for s in steps) else "failed",
@@ -435,11 +437,11 @@ def _claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run
         raise CouldNotRun(f"case '{case.case}' did not start: {exc}; nothing was changed") from None
 
 
-def _planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> dict[str, Any]:
+def _planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> PackRef:
     """Where the pack will be written (and uploaded), for a notice sent before it is written."""
-    planned: dict[str, Any] = {"folder": str(folder.resolve())}
+    planned = PackRef(folder=str(folder.resolve()))
     if case.evidence is not None:
-        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
+        planned.s3_uri = f"s3://{case.evidence.bucket}/{evidence_pack.pack_prefix(case.evidence.prefix, result)}"
     return planned
 
 
@@ -453,7 +455,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, clai
         evidence_pack.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
         digest = evidence_pack.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
-        result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
+        result.pack = written = PackRef(folder=result.evidence_dir, manifest_sha256=digest)
         logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
         if upload and case.evidence is not None:
             settings = case.evidence
@@ -463,7 +465,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, clai
             endpoint = ctx.clients.endpoint_url("s3")
             url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
                    else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
-            result.pack.update(s3_uri=f"s3://{settings.bucket}/{prefix}", url=url)
+            written.s3_uri, written.url = f"s3://{settings.bucket}/{prefix}", url
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",
                                  key=f"{evidence.case_key(result.case)}-evidence"[:100],
                                  description=f"Evidence pack (manifest sha256 {digest})")

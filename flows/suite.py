@@ -51,7 +51,7 @@ from flows.suite_pack import (
     SuiteFailed,
     SuiteResult,
     claim_suite_folder,
-    result_from_report,
+    result_from_pack,
     write_suite_pack,
 )
 from flows.suite_progress import PROGRESS, Progress, lock_waits_seen
@@ -229,12 +229,7 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
     run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
                          poll_interval=settings.poll_interval, as_subflow=True)
     state = run.state  # type: ignore[union-attr]
-    report = pack_dir / "report.json"
-    result = None
-    if report.is_file():
-        import json
-
-        result = result_from_report(json.loads(report.read_text(encoding="utf-8")))
+    result = result_from_pack(pack_dir)
     if state is None or not state.is_final():
         return SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
                                ended_at=_now(), flow_run_id=str(run.id),  # type: ignore[union-attr]

@@ -1,0 +1,100 @@
+"""The one vocabulary of outcomes: how a step's status, a case's verdict or a check's verdict is written, marked and
+coloured, wherever a reader sees it (the Prefect UI's artifacts, report.md, report.html, junit.xml, the command
+line, Slack, a suite's timeline).
+
+A new status is one line of :data:`STATUS` (the models' ``Literal`` types name it too; a test checks that every
+status they allow has a line here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Look:
+    """How one status shows: ``short`` in a plain-text column (the CLI, a check's line), ``mark`` beside the word in
+    markdown, ``slack`` as Slack's emoji code, ``colour`` (text, border, timeline bar) on ``background`` in HTML.
+    A ``loud`` status is one a reader must not miss: a card's description writes it in capitals."""
+
+    short: str
+    mark: str
+    slack: str
+    colour: str
+    background: str
+    loud: bool = False
+    #: what the status means, for the reader of a report that is not passed ("" when it says itself)
+    meaning: str = ""
+
+
+#: every status a step, a case, a suite's case or a check can have: one line each
+STATUS: dict[str, Look] = {
+    "passed": Look("PASS", "✅", ":white_check_mark:", "#116329", "#dafbe1"),
+    "failed": Look("FAIL", "❌", ":x:", "#a40e26", "#ffebe9", loud=True, meaning="a check did not hold"),
+    "error": Look("ERROR", "💥", ":boom:", "#6639ba", "#fbefff", loud=True,
+                  meaning="the step could not do or check what it was asked (AWS refused, a wait for AWS timed out, "
+                  "a bad input, the run was stopped, a bug)"),
+    "skipped": Look("SKIP", "⏭️", ":next_track_button:", "#57606a", "#eaeef2"),
+    "not run": Look("NOT RUN", "⛔", ":no_entry:", "#8250df", "#fbefff", loud=True,
+                    meaning="the case never started its steps"),
+}
+
+#: the statuses a step can have, in the order counts list them
+STEP_STATUSES = ("passed", "failed", "error", "skipped")
+
+
+def look(status: str) -> Look:
+    """The look of a status (KeyError for a status the vocabulary does not know)."""
+    return STATUS[status]
+
+
+def marked(status: str) -> str:
+    """``✅ passed``: the mark and the word, as markdown tables and headings show a status."""
+    return f"{STATUS[status].mark} {status}"
+
+
+def loud_marked(status: str) -> str:
+    """``❌ FAILED``: the mark and the word in capitals, for a case's verdict in its heading."""
+    return f"{STATUS[status].mark} {upper(status)}"
+
+
+def upper(status: str) -> str:
+    """``PASSED``, ``FAILED``, ``NOT RUN``: the word in capitals (badges, headlines)."""
+    return status.upper()
+
+
+def card_word(status: str) -> str:
+    """The status as a card's description starts: a loud one in capitals (a card cuts a long description short),
+    others as they are."""
+    return status.upper() if STATUS[status].loud else status
+
+
+def short(status: str) -> str:
+    """``PASS``, ``FAIL``, ``NOT RUN``: the status in a plain-text column."""
+    return STATUS[status].short
+
+
+def check_verdict(passed: bool) -> str:
+    """``✅ PASS`` or ``❌ FAIL``: a check's verdict as a line or a table cell shows it."""
+    status = "passed" if passed else "failed"
+    return f"{STATUS[status].mark} {STATUS[status].short}"
+
+
+def css_class(status: str) -> str:
+    """The HTML class of a status (``not-run`` for ``not run``)."""
+    return status.replace(" ", "-")
+
+
+def css_rules() -> str:
+    """The CSS of every status: its colours as variables (``--failed``, ``--failed-bg``), its badge (``.failed``) and
+    its step section's left border (``section.step.failed``)."""
+    names = "; ".join(f"--{css_class(s)}: {how.colour}; --{css_class(s)}-bg: {how.background}"
+                      for s, how in STATUS.items())
+    rules = [f":root {{ {names}; }}"]
+    for status, how in STATUS.items():
+        name = css_class(status)
+        rules.append(f".{name} {{ color: {how.colour}; background: {how.background}; }}")
+        rules.append(f"section.step.{name} {{ border-left-color: {how.colour}; background: none; }}")
+        if how.loud:
+            rules.append(f"section.step.{name} h3, section.step.{name} .msg {{ color: {how.colour}; }}")
+    return "\n".join(rules) + "\n"
