@@ -164,7 +164,7 @@ def test_notice_names_deployment_variables_and_pack() -> None:
     assert "Deployment `orders/nightly` (work pool `ecs`)" in text
     assert "`run_date`=`2026-03-14`" in text and "and 3 more" in text
     assert "Evidence pack: `s3://ev/p/`" in text
-    local = build_message(result.model_copy(update={"pack": {"folder": "/e/p"}, "audit": None}))
+    local = build_message(result.model_copy(update={"pack": PackRef(folder="/e/p"), "audit": None}))
     assert "Evidence pack: `/e/p` (on the host that ran the case)" in local and "Deployment" not in local
 
 
