@@ -19,7 +19,6 @@ from typing import Any, Callable
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.evidence_markdown import (  # noqa: F401  (re-exported: callers import them from here)
-    ICON,
     KEY_MAX,
     case_key,
     case_markdown,
@@ -33,6 +32,7 @@ from flows.results import CaseResult, StepResult
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
 from tasks.polling import WAKE_S
+from tasks.status import card_word
 
 MAX_LINK_ARTIFACTS = 3
 #: how long the end of a case waits for its steps' evidence still being published
@@ -100,7 +100,7 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     """Create the case's keyed summary table and report (called in the flow run, after the pack is written so
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
-    verdict = "passed" if result.passed else "FAILED"
+    verdict = card_word(result.status)
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{verdict} · {md.text(result.case)} "
                           f"({format_duration(result.duration_s)})")

@@ -15,18 +15,15 @@ from flows.report_model import Audit
 from flows.results import CaseResult, StepResult
 from tasks import markdown as md
 from tasks.base import StepOutcome, format_duration
+from tasks.status import MEANING, STATUS, STEP_STATUSES, card_word, headline, marked
 
 #: the widest code line the Prefect UI shows whole at 1400 px (raw details are broken for display)
 CODE_WIDTH = 96
-ICON = {"passed": "✅ passed", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
-#: what a step's status means, for the reader of a report that is not passed
-MEANING = {"failed": "a check did not hold", "error": "the step could not do or check what it was asked (AWS "
-           "refused, a wait for AWS timed out, a bad input, the run was stopped, a bug)"}
 
 
 def step_counts(result: CaseResult) -> str:
     """``2 of 5 passed, 1 failed, 1 error, 1 skipped`` (only the passed count when all passed)."""
-    count = {status: sum(s.status == status for s in result.steps) for status in ICON}
+    count = {status: sum(s.status == status for s in result.steps) for status in STEP_STATUSES}
     text = f"{count['passed']} of {len(result.steps)} passed"
     if count["passed"] < len(result.steps):
         text += f", {count['failed']} failed, {count['error']} error, {count['skipped']} skipped"
@@ -45,10 +42,10 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 
     Every value goes through :mod:`tasks.markdown`, so only this template makes headings, verdicts and links.
     """
-    lines = [f"## Step {md.text(result.number)} · {md.text(result.label)} · {ICON[result.status]}", ""]
+    lines = [f"## Step {md.text(result.number)} · {md.text(result.label)} · {marked(result.status)}", ""]
     if result.description:
         lines += [md.emphasis(result.description), ""]
-    facts: list[tuple[str, Any]] = [("kind", md.code(result.kind)), ("status", ICON[result.status]),
+    facts: list[tuple[str, Any]] = [("kind", md.code(result.kind)), ("status", marked(result.status)),
                                     ("duration", format_duration(result.duration_s))]
     if result.group:
         facts.append(("parallel group", result.group))
@@ -79,8 +76,7 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 def step_description(result: StepResult) -> str:
     """The artifact card's description: the verdict first (a card cuts a long description short), FAILED or ERROR
     in capitals so the card shows it, then the step's number and name."""
-    verdict = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped"}[result.status]
-    return f"{verdict} · step {md.text(result.number)} {md.text(result.label)}"
+    return f"{card_word(result.status)} · step {md.text(result.number)} {md.text(result.label)}"
 
 
 def step_card(result: StepResult, what: str) -> str:
@@ -99,7 +95,7 @@ def summary_rows(result: CaseResult) -> list[dict[str, str]]:
     the summary), each cell short enough that the table fits the UI's width (the kind is in each step's evidence)."""
     return [
         {
-            "status": ICON[s.status],
+            "status": marked(s.status),
             "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
             "duration": format_duration(s.duration_s) if s.status != "skipped" else "–",
             "detail": md.shorten(s.error or s.summary or "", DETAIL_WIDTH),
@@ -114,7 +110,8 @@ def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
     for run in history:
         when = run.get("started") or "–"
         link = md.link("open", run["url"]) if run.get("url") else md.code(md.shorten(run.get("flow_run_id"), 12))
-        rows.append([md.Md(ICON.get(run.get("status") or "", md.text(run.get("status") or "–"))), when,
+        status = run.get("status") or ""
+        rows.append([md.Md(marked(status) if status in STATUS else md.text(status or "–")), when,
                      run.get("duration") or "–", md.shorten(run.get("failed_step") or "–", LABEL_WIDTH), link])
     return [f"### Last {len(history)} runs of this case" if len(history) > 1 else "### The last run of this case", "",
             md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
@@ -140,8 +137,7 @@ def audit_facts(audit: Audit) -> list[tuple[str, Any]]:
 def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = None) -> str:
     """The case report: verdict, run, first failure (wrapped text), the per-step table (short cells), the
     evidence pack, who ran it, the case's last runs, variables."""
-    status = "✅ PASSED" if result.passed else "❌ FAILED"
-    lines = [f"# {md.text(result.case)}: {status}", ""]
+    lines = [f"# {md.text(result.case)}: {headline(result.status)}", ""]
     if result.description:
         lines += [md.emphasis(result.description), ""]
     facts: list[tuple[str, Any]] = [
@@ -159,8 +155,8 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
     lines += [md.facts(facts), ""]
     failure = result.first_failure
     if failure:
-        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
-                  f" ({md.text(MEANING[failure.status])})", "",
+        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, "
+                  f"{marked(failure.status)} ({md.text(MEANING[failure.status])})", "",
                   md.message(failure.error or ""), ""]
     # the kind, and each detail whole, are in each step's evidence: the table only cuts its details to fit
     lines.append(md.table(["status", "step", "duration", "detail"],

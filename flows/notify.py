@@ -34,13 +34,13 @@ from flows.report_model import Notice
 from flows.results import CaseResult, StepResult
 from tasks.markdown import slack_code, slack_code_block, slack_link, slack_text
 from tasks.polling import wait_done
+from tasks.status import STATUS
 
 #: seconds to wait for Slack before giving up (the run waits this long at most)
 TIMEOUT_S = 10
 #: Slack shows at most this many characters of a message's text; errors are cut well before that
 MAX_ERROR_CHARS = 1500
 MAX_STEPS_LISTED = 40
-STATUS_ICON = {"passed": ":white_check_mark:", "failed": ":x:", "error": ":boom:", "skipped": ":next_track_button:"}
 
 When = Literal["failure", "success"]
 
@@ -107,7 +107,7 @@ def run_url(result: CaseResult, ui_url: str | None = None) -> str | None:
 
 
 def _step_line(step: StepResult) -> str:
-    icon = STATUS_ICON.get(step.status, "")
+    icon = STATUS[step.status].slack
     where = f" (in {slack_text(step.group)})" if step.group else ""
     return (f"{icon} {slack_code(step.number)} {slack_text(step.label)} · {slack_text(step.kind)}{where} · "
             f"{step.status} · {step.duration_s:.1f} s")
@@ -139,9 +139,9 @@ def _context_lines(result: CaseResult) -> list[str]:
 def build_message(result: CaseResult, ui_url: str | None = None) -> str:
     """The notice's text (Slack mrkdwn): verdict, steps, the failing step's error, the link to the run. Every
     value is escaped by :mod:`tasks.markdown` (its ``slack_*`` builders): only this template formats."""
-    verdict = "PASSED" if result.passed else "FAILED"
-    icon = ":white_check_mark:" if result.passed else ":x:"
-    lines = [f"{icon} *pipeline-test: case '{slack_text(result.case)}' {verdict}* in {result.duration_s:.1f} s"]
+    look = STATUS[result.status]
+    lines = [f"{look.slack} *pipeline-test: case '{slack_text(result.case)}' {result.status.upper()}* in "
+             f"{result.duration_s:.1f} s"]
     run_date = result.variables.get("run_date")
     if run_date:
         lines.append(f"Run date {slack_text(run_date)}")

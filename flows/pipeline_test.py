@@ -58,7 +58,7 @@ from flows.engine import (
     undo_hook,
     undo_now,
 )
-from flows.evidence_markdown import MEANING, step_counts
+from flows.evidence_markdown import step_counts
 from flows.local_server import ServerUnavailable, temporary_server
 from flows.notify import NotifySettings
 from flows.notify import notify as send_notice
@@ -76,6 +76,7 @@ from tasks.base import Meter, StepContext, UndoLog
 from tasks.errors import StepError
 from tasks.journal import Heartbeat, SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
+from tasks.status import MEANING, short
 
 if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
@@ -486,7 +487,6 @@ def _why(exc: BaseException) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- the CLI
-STATUS_TEXT = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
 
 def on_temporary_server() -> bool:
@@ -511,14 +511,14 @@ def temporary_server_hint() -> str:
 def format_result(result: CaseResult, with_link: bool = True) -> str:
     """A short summary, plain ASCII of its own; the steps' messages may hold ❌ or ≥, which a console that cannot
     show them gets as ``\u274c`` (see flows.console)."""
-    lines = [f"Case '{result.case}' {'PASSED' if result.passed else 'FAILED'} in {result.duration_s:.1f} s"
+    lines = [f"Case '{result.case}' {result.status.upper()} in {result.duration_s:.1f} s"
              + ("" if result.passed else f" ({step_counts(result)})")]
     width = max((len(s.label) for s in result.steps), default=10)
     for s in result.steps:
         detail = s.error if s.error else s.summary
-        lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {s.duration_s:6.1f} s  {detail}")
+        lines.append(f"  {short(s.status):<5} {s.number:<5} {s.label:<{width}}  {s.duration_s:6.1f} s  {detail}")
     if any(s.status in MEANING for s in result.steps):
-        lines.append("  " + "; ".join(f"{STATUS_TEXT[k]}: {v}" for k, v in MEANING.items()))
+        lines.append("  " + "; ".join(f"{short(k)}: {v}" for k, v in MEANING.items()))
     if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
     if result.evidence_dir:

@@ -60,6 +60,7 @@ from flows.suite_spec import DeploymentSettings, SuiteCase, SuitePlan, load_suit
 from tasks import markdown as md
 from tasks.base import format_duration
 from tasks.polling import wait_done
+from tasks.status import card_word, marked, short
 
 
 def suite_key(suite: str) -> str:
@@ -294,8 +295,6 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
     return result
 
 
-#: a case's verdict in the suite's tables: the word and the mark, as a case's own evidence shows them
-VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not run"}
 #: widths of the summary table's cells: the UI never wraps a table cell, and its box is about 840 px at 1400 px
 #: (the whole texts are in the suite's report and pack)
 CASE_WIDTH, WHY_WIDTH = 30, 36
@@ -304,7 +303,7 @@ CASE_WIDTH, WHY_WIDTH = 30, 36
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
     """One row per case: verdict first (always in view), case, duration, the failed step and why, the flow run's
     short id (its link is in the suite's report)."""
-    return [{"verdict": VERDICT[c.status], "case": md.shorten(c.case, CASE_WIDTH),
+    return [{"verdict": marked(c.status), "case": md.shorten(c.case, CASE_WIDTH),
              "duration": format_duration(c.duration_s), "failed step and reason": md.shorten(c.why, WHY_WIDTH),
              "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
@@ -314,11 +313,11 @@ def publish_suite(result: SuiteResult) -> None:
     flow run (``suite-<name>-report``)."""
     key = suite_key(result.suite)
     verdict = f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"
-    word = "passed" if result.passed else "FAILED"  # first in the card's description: a card cuts the rest
+    word = card_word("passed" if result.passed else "failed")  # first in the card's description: a card cuts the rest
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{word} · suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")
-    rows = [[md.Md(VERDICT[c.status]), c.case, format_duration(c.duration_s), c.why,
+    rows = [[md.Md(marked(c.status)), c.case, format_duration(c.duration_s), c.why,
              md.link("open", c.ui_url) if c.ui_url else md.code((c.flow_run_id or "none")[:8])] for c in result.cases]
     pack = (md.facts([("evidence pack", md.code(result.evidence_dir)),
                       ("manifest SHA-256", md.code(manifest_sha256(Path(result.evidence_dir))))])
@@ -333,10 +332,9 @@ def publish_suite(result: SuiteResult) -> None:
 def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     """A short summary of a suite run (see ``flows.pipeline_test.format_result``)."""
     width = max((len(c.case) for c in result.cases), default=10)
-    word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: "
              f"{result.count('passed')} passed, {result.count('failed')} failed, {result.count('not run')} not run"]
-    lines += [f"  {word[c.status]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
+    lines += [f"  {short(c.status):<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
     if result.rerun_of:
         lines.append(f"A re-run of the failed cases of {result.rerun_of.pack} "
                      f"(manifest sha256 {result.rerun_of.manifest_sha256})")

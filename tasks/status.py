@@ -41,6 +41,8 @@ STATUS: dict[str, Look] = {
 
 #: the statuses a step can have, in the order counts list them
 STEP_STATUSES = ("passed", "failed", "error", "skipped")
+#: what a loud step status means, for the reader of a report that is not passed
+MEANING = {status: STATUS[status].meaning for status in STEP_STATUSES if STATUS[status].meaning}
 
 
 def look(status: str) -> Look:
@@ -53,14 +55,9 @@ def marked(status: str) -> str:
     return f"{STATUS[status].mark} {status}"
 
 
-def loud_marked(status: str) -> str:
+def headline(status: str) -> str:
     """``❌ FAILED``: the mark and the word in capitals, for a case's verdict in its heading."""
-    return f"{STATUS[status].mark} {upper(status)}"
-
-
-def upper(status: str) -> str:
-    """``PASSED``, ``FAILED``, ``NOT RUN``: the word in capitals (badges, headlines)."""
-    return status.upper()
+    return f"{STATUS[status].mark} {status.upper()}"
 
 
 def card_word(status: str) -> str:
