@@ -189,14 +189,6 @@ def verify(folder: Path, manifest_sha256_expected: str | None = None) -> list[st
 
 
 # ------------------------------------------------------------------------------------------------------ upload
-def console_url(bucket: str, prefix: str, region: str | None) -> str:
-    """The S3 console's page of a pack's prefix (for a link artifact)."""
-    from urllib.parse import quote
-
-    return (f"https://s3.console.aws.amazon.com/s3/buckets/{quote(bucket)}?region={quote(region or 'us-east-1')}"
-            f"&prefix={quote(prefix, safe='')}&showversions=false")
-
-
 def _upload_order(folder: Path) -> list[str]:
     """The pack's files with the manifest last, so a pack cut short by an error has no manifest."""
     names = pack_files(folder)

@@ -71,8 +71,9 @@ from flows.results import CaseFailed, CaseResult, EvidenceFailed, StepResult
 from flows.spec import CaseSpec, SpecError, describe, iter_steps, load_spec, parse_spec, read_spec_file, slug
 from flows.template_secrets import SecretReader, TemplateSecretError, case_reads
 from flows.templating import TemplateError, builtin_values, render, resolve_variables
-from tasks.aws import ClientFactory, is_real_aws
+from tasks.aws import ClientFactory
 from tasks.base import Meter, StepContext, UndoLog
+from tasks.console_links import s3_link
 from tasks.errors import StepError
 from tasks.journal import Heartbeat, SsmJournal, read_entries
 from tasks.secrets import MIN_SECRET_CHARS, Secrets, redact, redact_json
@@ -463,9 +464,7 @@ def _write_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, clai
             prefix = evidence_pack.pack_prefix(settings.prefix, result)
             evidence_pack.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
                                       kms_key_id=settings.kms_key_id)
-            endpoint = ctx.clients.endpoint_url("s3")
-            url = (evidence_pack.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
-                   else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
+            url = s3_link(ctx.clients.endpoint_url("s3"), ctx.clients.region, settings.bucket, prefix, folder=True).url
             written.s3_uri, written.url = f"s3://{settings.bucket}/{prefix}", url
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",
                                  key=f"{evidence.case_key(result.case)}-evidence"[:100],

@@ -25,8 +25,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tasks import markdown as md
 from tasks import nesting
-from tasks.aws import is_real_aws
 from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
+from tasks.console_links import links_for, literal
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
 from tasks.iam import Arns, Footprint
 from tasks.json_checks import (
@@ -233,13 +233,9 @@ def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | Non
 
 
 def _links(client: LambdaClient, step: InvokeLambdaStep) -> list[Link]:
-    endpoint = str(client.meta.endpoint_url)
-    if not is_real_aws(endpoint):
-        return []
-    region = client.meta.region_name
     name = function_name(step.function)
-    url = f"https://{region}.console.aws.amazon.com/lambda/home?region={region}#/functions/{name}"
-    return [Link(url=url, text=f"Lambda function {name}")]
+    return links_for(str(client.meta.endpoint_url), client.meta.region_name,
+                     "lambda/home?region={region}#/functions/" + literal(name), f"Lambda function {name}")
 
 
 def invoke_lambda_footprint(step: InvokeLambdaStep, arns: Arns) -> Footprint:

@@ -18,8 +18,9 @@ from pydantic import Field
 
 from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.console_links import console_link
 from tasks.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 from tasks.iam import Arns, Footprint
 from tasks.polling import MAX_WAIT_SECONDS, PollSettings
 from tasks.secrets import redact

@@ -25,11 +25,11 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks import markdown as md
 from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
+from tasks.console_links import console_link, literal
 from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
-from tasks.expect import console_link
 from tasks.iam import Arns, Footprint
 from tasks.json_checks import truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
+from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, took, watch, when
 from tasks.secrets import mask, redact
 
 if TYPE_CHECKING:

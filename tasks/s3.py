@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Iterator, Literal, Mapping
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
@@ -31,7 +31,6 @@ from pydantic import AfterValidator, Field, model_validator
 from s3transfer.utils import ChunksizeAdjuster, ReadFileChunk
 
 from tasks import markdown
-from tasks.aws import is_real_aws
 from tasks.base import (
     RESOURCE_NAME,
     Link,
@@ -46,6 +45,7 @@ from tasks.base import (
     template_aware,
     undo_kind,
 )
+from tasks.console_links import s3_link
 from tasks.errors import (
     AWS_ERRORS,
     AWS_NO_SUCH_BUCKET,
@@ -771,12 +771,7 @@ class ExpectObjectsStep(StepBase):
 
 def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
     """A link to an object: the S3 console on AWS, the emulator's URL elsewhere."""
-    endpoint = ctx.clients.endpoint_url("s3")
-    if is_real_aws(endpoint):
-        region = ctx.clients.region or "us-east-1"
-        url = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={quote(key, safe='')}"
-        return Link(url, f"s3://{bucket}/{key} in the S3 console")
-    return Link(f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}", f"s3://{bucket}/{key} (local emulator)")
+    return s3_link(ctx.clients.endpoint_url("s3"), ctx.clients.region, bucket, key)
 
 
 def upload_footprint(step: UploadStep, arns: Arns) -> Footprint:

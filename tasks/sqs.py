@@ -17,8 +17,9 @@ from pydantic import Field, model_validator
 
 from tasks import markdown as md
 from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.console_links import console_link
 from tasks.errors import AWS_ERRORS, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 from tasks.iam import Arns, Footprint
 from tasks.polling import PollSettings
 

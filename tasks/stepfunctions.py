@@ -28,11 +28,11 @@ from pydantic import ConfigDict, Field, model_validator
 from tasks import markdown as md
 from tasks import nesting
 from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
+from tasks.console_links import console_link, literal
 from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
-from tasks.expect import console_link
 from tasks.iam import Arns, Footprint, partition
 from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
+from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, took, watch, when
 from tasks.secrets import parse_path, secrets_at
 
 if TYPE_CHECKING:

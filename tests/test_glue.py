@@ -23,11 +23,10 @@ from moto.moto_api import state_manager
 from flows.spec import SpecError, parse_spec
 from tasks.aws import AwsTarget, ClientFactory
 from tasks.base import REGISTRY, StepContext
+from tasks.console_links import console_link, literal
 from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
-from tasks.expect import console_link
 from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
 from tasks.polling import WaitInterrupted
-from tasks.runs import literal
 from tasks.secrets import STARS
 from tests.conftest import REGION, FakeClock, failing_calls
 
