@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 from flows.pack_base import (  # noqa: F401
     _SHA256,
     CONTENT_TYPES,
+    EVIDENCE_ROOT,
     JUNIT_XML,
     MANIFEST,
     MANIFEST_SCHEMA,
@@ -57,6 +58,7 @@ from flows.pack_base import (  # noqa: F401
     manifest_sha256,
     pack_files,
     pack_name,
+    pack_parent,
     pack_prefix,
     run_pack_dir,
     run_pack_name,

@@ -431,8 +431,7 @@ def _claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run
                 ) -> PackClaim:
     """Claim the pack's folder (``evidence_dir``, else ``evidence/<case>/<time>-<run id>/``) before the run changes
     anything; CouldNotRun when it is not new, not writable (read-only, full) or another run is writing to it."""
-    folder = Path(evidence_dir) if evidence_dir else evidence_pack.run_pack_dir(Path("evidence"), case.case, started,
-                                                                                run_id)
+    folder = Path(evidence_dir) if evidence_dir else evidence_pack.run_pack_dir(case.case, started, run_id)
     try:
         return pack_folder.claim(folder, evidence_pack.private_default(), logger)
     except pack_folder.PackFolderError as exc:
@@ -622,7 +621,7 @@ def _stop_signals_as_interrupts() -> Iterator[None]:
         yield
 
 
-def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | None = None,
+def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path = evidence_pack.EVIDENCE_ROOT,
                        writable: bool = True) -> None:
     """Found before the run, not after it: --evidence-dir (``folder``) must be a new or empty folder (SpecError:
     exit 2); with ``writable``, the pack's folder (``folder``, else under ``default_parent``) must be writable
@@ -635,7 +634,7 @@ def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | No
     try:
         if folder is not None:
             pack_folder.check_new(folder)
-        pack_folder.probe_writable(folder if folder is not None else default_parent or Path("evidence"))
+        pack_folder.probe_writable(folder if folder is not None else default_parent)
     except pack_folder.PackFolderError as exc:
         raise CouldNotRun(f"{exc}; nothing was changed (use --no-evidence to run without a pack)") from None
 
@@ -722,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         case, spec_dir = load_spec(args.spec, overrides, args.files_root)
         if not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
-                               Path("evidence") / (slug(case.case) or "case"), writable=not args.validate)
+                               evidence_pack.pack_parent(case.case), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc)
     except CouldNotRun as exc:

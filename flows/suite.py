@@ -30,7 +30,7 @@ from flows.console import json_text
 from flows.engine import signals_deferred, stop_signals_interrupt
 from flows.evidence_markdown import KEY_MAX
 from flows.naming import slug
-from flows.pack_base import manifest_sha256
+from flows.pack_base import manifest_sha256, pack_parent, run_pack_dir
 from flows.pack_folder import PackClaim, PackFolderError
 from flows.pipeline_test import (
     SUITE,
@@ -115,8 +115,7 @@ def pipeline_test_suite(
         logger.info("--files-root %s replaces the suite file's files_root %r", files_root, plan.spec.files_root)
     started = _now()
     run_id = str(flow_run.id or "local")
-    folder = Path(evidence_dir) if evidence_dir else (
-        suite_evidence_parent(plan.spec.suite) / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+    folder = Path(evidence_dir) if evidence_dir else run_pack_dir(plan.spec.suite, started, run_id, suite=True)
     try:  # before any case starts: a folder that is not new, not writable or full, or taken, is exit 3
         claim = claim_suite_folder(folder, logger=logger)
     except PackFolderError as exc:
@@ -264,11 +263,6 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 
 
-def suite_evidence_parent(suite: str) -> Path:
-    """Where a suite's packs go by default: ``evidence/suites/<suite>/`` (each run in a folder of its own)."""
-    return Path("evidence") / "suites" / (slug(suite) or "suite")
-
-
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
             claim: PackClaim, logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
     """The suite's result, its summary artifact and its evidence pack (a failure of either is logged; one of the
@@ -410,7 +404,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         only = rerun.link.cases if rerun is not None else args.only or None
         plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root, only)
         check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
-                           suite_evidence_parent(plan.spec.suite), writable=not args.validate)
+                           pack_parent(plan.spec.suite, suite=True), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
     except CouldNotRun as exc:
