@@ -30,6 +30,7 @@ from tasks.base import REGISTRY, StepContext, StepOutcome, UndoAction
 from tasks.errors import CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
 from tasks.polling import WAKE_S
 from tasks.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
+from tasks.status import check_mark
 
 log = logging.getLogger("pipeline_test")
 
@@ -358,8 +359,8 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
         details={"actions": done},
     )
     markdown: str = md.table(["from step", "action", "outcome"],
-                        [[d["step"], d["what"], "❌ " + d["error"] if "error" in d else _text(d["outcome"])]
-                         for d in done])
+                        [[d["step"], d["what"],
+                          f"{check_mark(False)} {d['error']}" if "error" in d else _text(d["outcome"])] for d in done])
     if sections:
         markdown += "\n\n" + "\n\n".join(sections)
     cleanup = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)

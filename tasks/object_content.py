@@ -43,6 +43,7 @@ from tasks import markdown, nesting
 from tasks.base import SpecModel, format_bytes
 from tasks.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.object_stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
+from tasks.status import check_verdict
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -243,7 +244,7 @@ class Check:
     passed: bool
 
     def line(self) -> str:
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.check}: expected {self.expected}, got {self.actual}"
+        return f"{check_verdict(self.passed)} {self.check}: expected {self.expected}, got {self.actual}"
 
 
 @dataclass
@@ -667,7 +668,7 @@ def content_markdown(reports: list[ObjectReport]) -> markdown.Md:
         parts += [f"Content of {markdown.code(report.key)} as {markdown.code(report.format)}: {markdown.text(read)}; "
                   f"held in memory: {markdown.text(report.stats.held)}.", "",
                   markdown.table(["verdict", "check", "expected", "actual"],
-                                 [["✅ PASS" if c.passed else "❌ FAIL", markdown.shorten(c.check, SHOWN),
+                                 [[check_verdict(c.passed), markdown.shorten(c.check, SHOWN),
                                    markdown.shorten(c.expected, SHOWN), markdown.shorten(c.actual, SHOWN)]
                                   for c in report.checks]), ""]
     return markdown.Md("\n".join(parts).rstrip())

@@ -71,6 +71,7 @@ from tasks.object_content import (
     content_markdown,
 )
 from tasks.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.status import check_verdict
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -848,7 +849,8 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, prefix)}"
     if step.key:
         summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, records[0].key)}"
-    checksum = {True: "✅ PASS: verified by S3", None: "sent (not reported back)", False: "❌ FAIL: mismatch"}
+    checksum = {True: f"{check_verdict(True)}: verified by S3", None: "sent (not reported back)",
+                False: f"{check_verdict(False)}: mismatch"}
     items = [markdown.Md(
         f"**{markdown.text(r.local_path)}** → {markdown.code(r.key)} ({format_bytes(r.size)})  \n"
         f"SHA-256 {markdown.code(r.sha256)}; checksum {checksum[r.checksum_verified]}  \n"
@@ -1029,7 +1031,7 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
     obs = outcome.value
     if outcome.done:
         found = Observation(obs.matched, [], [])
-        rows = [["❌ FAIL", "absent", f"no {target} for {hold:g} s",
+        rows = [[check_verdict(False), "absent", f"no {target} for {hold:g} s",
                  f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})"]]
         raise CheckFailed(
             f"{_listing(found)} appeared after {outcome.elapsed:.1f} s (poll {outcome.checks}): expected no "
@@ -1050,7 +1052,8 @@ def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
     target = (", ".join(markdown.code(k) for k in step.keys) if step.keys else
               f"objects matching {markdown.code(step.pattern)} under {markdown.code(_where(step))}")
     how = "HEAD" if step.keys else "LIST"
-    rows = [["✅ PASS", "absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s"]]
+    rows = [[check_verdict(True), "absent", f"nothing for {hold:g} s",
+             f"nothing in {polls} poll(s) over {elapsed:.1f} s"]]
     lines = [f"Watched {target} for **{elapsed:.1f} s** (hold {hold:g} s): {polls} poll(s) ({how}; no object was "
              "downloaded), nothing appeared.", "", markdown.table(["verdict", "check", "expected", "actual"], rows)]
     if obs.others:

@@ -22,6 +22,7 @@ from tasks.errors import AWS_ERRORS, aws_error
 from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 from tasks.iam import Arns, Footprint
 from tasks.polling import PollSettings
+from tasks.status import check_mark
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
@@ -118,7 +119,7 @@ class Depth:
 
 def _markdown(step: ExpectQueueDepthStep, url: str, watched: Watched[Depth]) -> str:
     depth = watched.value
-    rows = [[md.code(a), depth.count(a), c.describe(), "✅" if c.holds(depth.count(a)) else "❌"]
+    rows = [[md.code(a), depth.count(a), c.describe(), check_mark(c.holds(depth.count(a)))]
             for a, c in depth.conditions.items()]
     attributes = [[md.code(k), md.code(v if len(v) <= MAX_ATTRIBUTE_CHARS else v[:MAX_ATTRIBUTE_CHARS] + "…")]
                   for k, v in sorted(depth.attributes.items())]

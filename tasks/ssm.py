@@ -53,6 +53,7 @@ from tasks.ssm_restore import (  # re-exported: the library's public names stay 
     snapshot_before_change,
     to_record,
 )
+from tasks.status import check_verdict
 
 if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
@@ -450,7 +451,7 @@ def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, l
     for exp, snap, problems in rows:
         secure = snap.secure or exp.type == SECURE
         expected = mask_any(exp.expected) if secure else truncate(json.dumps(exp.expected), MAX_SHOWN_VALUE)
-        table.append(["❌ FAIL" if problems else "✅ PASS", md.code(exp.name), exp.check,
+        table.append([check_verdict(not problems), md.code(exp.name), exp.check,
                       md.code(redact(expected, secrets)), _cell(snap, secrets)])
         failures += [redact(p, secrets) for p in problems]
     out = md.table(["verdict", "parameter", "check", "expected", "actual"], table)

@@ -77,6 +77,11 @@ def check_verdict(passed: bool) -> str:
     return f"{STATUS[status].mark} {STATUS[status].short}"
 
 
+def check_mark(passed: bool) -> str:
+    """``✅`` or ``❌``: a check's verdict as a narrow table cell shows it."""
+    return STATUS["passed" if passed else "failed"].mark
+
+
 def css_class(status: str) -> str:
     """The HTML class of a status (``not-run`` for ``not run``)."""
     return status.replace(" ", "-")

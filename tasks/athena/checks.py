@@ -21,6 +21,7 @@ from tasks.athena.reconcile import Reconcile
 from tasks.athena.values import CONVERTERS, Column, QueryResult, json_safe, normalise_type
 from tasks.base import SpecModel
 from tasks.markdown import shorten
+from tasks.status import check_verdict
 
 __all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
 
@@ -118,13 +119,13 @@ class CheckResult:
 
     def line(self) -> str:
         """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.text()}"
+        return f"{check_verdict(self.passed)} {self.text()}"
 
     def row(self, width: int = 300) -> list[str]:
         """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
         relation = f"{self.relation} " if self.relation else ""
         actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
-        return ["✅ PASS" if self.passed else "❌ FAIL", shorten(self.name, width),
+        return [check_verdict(self.passed), shorten(self.name, width),
                 shorten(relation + _show(self.expected), width), shorten(actual, width)]
 
     def to_dict(self) -> dict[str, Any]:
