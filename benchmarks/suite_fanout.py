@@ -62,7 +62,7 @@ def load() -> str:
 @contextlib.contextmanager
 def prefect_server(home: Path, log: Path, db_url: str | None, db_timeout: str) -> Iterator[str]:
     """`prefect server start` on a free port, its records under ``home``, its output in ``log``."""
-    from flows.local_server import free_port
+    from flows.run.local_server import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -106,7 +106,7 @@ def packs(folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.api_client import SQLITE_SERVER
+    from flows.run.prefect_client import SQLITE_SERVER
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=20)

@@ -38,14 +38,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the project's packages, and scripts/cdp.py beside this file
     sys.path.insert(0, str(ROOT))
 
-from flows.local_server import free_port  # noqa: E402
+from flows.run.local_server import free_port  # noqa: E402
 from scripts.cdp import Browser, chromium_path  # noqa: E402
 
 WIDTH = 1400
 CASE_KEY = "case-orders-ingestion"
 
 #: the scenarios: a name and the Python code run (in the project folder) against the demo's fake pipeline
-_PIPELINE = "from flows.demo import demo_pipeline\nfrom flows.pipeline_test import main\n"
+_PIPELINE = "from flows.demo import demo_pipeline\nfrom flows.cli import main\n"
 SCENARIOS: dict[str, list[str]] = {
     "passing case and negative case": ["-m", "flows.demo"],
     "failing Athena check": ["-m", "flows.demo", "--fail"],

@@ -7,7 +7,7 @@ must be no ``FunctionError``; a function error fails the step with the function'
 go into the evidence. An optional ``expect`` checks the response payload with a JSON subset and/or JMESPath
 expressions.
 
-Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.secrets`) are masked where they are
+Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.kit.secrets`) are masked where they are
 *reported*: at their paths in the payload sent and in the response (and in what a check shows of them), and
 their values, which become secrets of the run, are redacted from the log tail and from error messages (values
 of at least 8 characters). What is *compared* is never masked: a check of another field that happens to hold
@@ -23,13 +23,12 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from tasks import markdown as md
-from tasks import nesting
-from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
-from tasks.console_links import links_for, literal
-from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
-from tasks.iam import Arns, Footprint
-from tasks.json_checks import (
+from tasks.kit import markdown as md
+from tasks.kit import nesting
+from tasks.kit.console_links import links_for, literal
+from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_expect import (
     MAX_SHOWN_CHARS,
     MISSING,
     JsonExpect,
@@ -39,7 +38,8 @@ from tasks.json_checks import (
     shown_json,
     truncate,
 )
-from tasks.secrets import parse_path, secrets_at
+from tasks.kit.secrets import parse_path, secrets_at
+from tasks.kit.step import Link, StepBase, StepContext, StepOutcome, step_kind
 
 if TYPE_CHECKING:
     from types_boto3_lambda import LambdaClient

@@ -3,7 +3,7 @@ time, DescribeAlarms) and ``expect_log_events`` (lines in a log group since the 
 pattern, FilterLogEvents, counted: e.g. at least one "5 rows loaded", or none matching ERROR).
 
 Log events are read through every page, bounded (``max_events`` per look); the matching lines are the
-evidence, masked with the run's secrets (:mod:`tasks.secrets`), at most ``shown_events`` of them, each cut to
+evidence, masked with the run's secrets (:mod:`tasks.kit.secrets`), at most ``shown_events`` of them, each cut to
 ``MAX_LINE_CHARS`` characters.
 """
 
@@ -16,14 +16,14 @@ from urllib.parse import quote
 
 from pydantic import Field
 
-from tasks import markdown as md
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.console_links import console_link
-from tasks.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
-from tasks.iam import Arns, Footprint
-from tasks.polling import MAX_WAIT_SECONDS, PollSettings
-from tasks.secrets import redact
+from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
+from tasks.kit.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.polling import MAX_WAIT_SECONDS, PollSettings
+from tasks.kit.secrets import redact
+from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_cloudwatch import CloudWatchClient

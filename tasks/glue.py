@@ -23,14 +23,23 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import Field, field_validator, model_validator
 
-from tasks import markdown as md
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
-from tasks.console_links import console_link, literal
-from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
-from tasks.iam import Arns, Footprint
-from tasks.json_checks import truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, took, watch, when
-from tasks.secrets import mask, redact
+from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link, literal
+from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_expect import truncate
+from tasks.kit.pipeline_runs import (
+    RunWait,
+    StateHistory,
+    as_utc,
+    duration_s,
+    newest_since,
+    took,
+    watch_run,
+    when,
+)
+from tasks.kit.secrets import mask, redact
+from tasks.kit.step import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
 
 if TYPE_CHECKING:
     from types_boto3_glue import GlueClient
@@ -228,7 +237,7 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
     what = f"Glue job {step.job} run {run_id}" if run_id else f"a run of Glue job {step.job}"
     history = StateHistory(ctx.clock)
     try:
-        watched = watch(describe, job_state, lambda r: job_state(r) in JOB_FINAL_STATES, step.wait, what=what,
+        watched = watch_run(describe, job_state, lambda r: job_state(r) in JOB_FINAL_STATES, step.wait, what=what,
                         stop=stop, stop_on_timeout=step.stop_on_timeout, started_here=step.start,
                         logger=ctx.logger, clock=ctx.clock, history=history)
     except StepError as exc:
@@ -498,7 +507,7 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     history = StateHistory(ctx.clock)
     what = f"Glue crawler {step.crawler}"
     try:
-        watched = watch(describe, state, done, step.wait, what=what, stop=lambda: stop_crawler(glue, step.crawler),
+        watched = watch_run(describe, state, done, step.wait, what=what, stop=lambda: stop_crawler(glue, step.crawler),
                         stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
                         clock=ctx.clock, history=history)
     except StepError as exc:

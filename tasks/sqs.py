@@ -15,14 +15,14 @@ from urllib.parse import quote
 
 from pydantic import Field, model_validator
 
-from tasks import markdown as md
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.console_links import console_link
-from tasks.errors import AWS_ERRORS, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
-from tasks.iam import Arns, Footprint
-from tasks.polling import PollSettings
-from tasks.status import check_mark
+from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
+from tasks.kit.errors import AWS_ERRORS, aws_error
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.polling import PollSettings
+from tasks.kit.status import check_mark
+from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient

@@ -6,7 +6,7 @@ on a step means that step registers nothing. The snapshot/restore library, its d
 live in :mod:`tasks.ssm_restore`; this module re-exports its public names, and importing it registers the three
 step kinds and (through that import) the ``ssm_parameter`` undo kind.
 
-**Secrets.** SecureString values (before, after, expected) appear only masked (:func:`tasks.secrets.mask`) in
+**Secrets.** SecureString values (before, after, expected) appear only masked (:func:`tasks.kit.secrets.mask`) in
 summaries, details, markdown, logs and error messages; error messages from AWS are redacted, and exception
 chains that could carry a value are cut.
 
@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Sequence
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from tasks import markdown as md
-from tasks import nesting
-from tasks.base import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
-from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
-from tasks.iam import Arns, Footprint
-from tasks.json_checks import truncate
-from tasks.json_match import json_subset_mismatches
-from tasks.secrets import Secrets, mask, mask_any, redact
+from tasks.kit import markdown as md
+from tasks.kit import nesting
+from tasks.kit.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_compare import json_subset_mismatches
+from tasks.kit.json_expect import truncate
+from tasks.kit.secrets import Secrets, mask, mask_any, redact
+from tasks.kit.status import check_verdict
+from tasks.kit.step import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.ssm_restore import (  # re-exported: the library's public names stay importable from tasks.ssm
     MAX_SHOWN_VALUE,
     SECURE,
@@ -53,7 +54,6 @@ from tasks.ssm_restore import (  # re-exported: the library's public names stay 
     snapshot_before_change,
     to_record,
 )
-from tasks.status import check_verdict
 
 if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient

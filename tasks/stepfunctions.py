@@ -7,7 +7,7 @@ matches ``match_input`` (a JSON subset and/or JMESPath, as ``expect``: with two 
 the execution of the case's own file); the executions considered, and why each was taken or not, are in the
 evidence. It waits with
 the growing interval, stops the execution on timeout (``StopExecution``), checks the final status and, optionally,
-the output (``json_subset`` and JMESPath, the checks of ``invoke_lambda``: :mod:`tasks.json_checks`). A failed
+the output (``json_subset`` and JMESPath, the checks of ``invoke_lambda``: :mod:`tasks.kit.json_expect`). A failed
 execution fails the step with its ``error`` and ``cause`` and the state it failed in, from the execution history.
 
 Fields listed in ``sensitive_fields`` (dotted paths) are masked in the input and output the evidence shows, and
@@ -25,15 +25,24 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from tasks import markdown as md
-from tasks import nesting
-from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
-from tasks.console_links import console_link, literal
-from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
-from tasks.iam import Arns, Footprint, partition
-from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, newest_since, took, watch, when
-from tasks.secrets import parse_path, secrets_at
+from tasks.kit import markdown as md
+from tasks.kit import nesting
+from tasks.kit.console_links import console_link, literal
+from tasks.kit.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
+from tasks.kit.iam import Arns, Footprint, partition
+from tasks.kit.json_expect import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
+from tasks.kit.pipeline_runs import (
+    RunWait,
+    StateHistory,
+    as_utc,
+    duration_s,
+    newest_since,
+    took,
+    watch_run,
+    when,
+)
+from tasks.kit.secrets import parse_path, secrets_at
+from tasks.kit.step import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 
 if TYPE_CHECKING:
     from types_boto3_stepfunctions import SFNClient
@@ -335,7 +344,7 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
 
     history = StateHistory(ctx.clock)
     try:
-        watched = watch(describe, _status, lambda e: _status(e) in FINAL_STATUSES, step.wait, what=what, stop=stop,
+        watched = watch_run(describe, _status, lambda e: _status(e) in FINAL_STATUSES, step.wait, what=what, stop=stop,
                         stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
                         clock=ctx.clock, history=history)
     except StepError as exc:

@@ -26,9 +26,9 @@ import pytest
 from moto import mock_aws
 
 from flows.emulator import FAKE_ENV, REAL_ENV, moto_server
-from flows.local_server import free_port
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.polling import Clock
+from flows.run.local_server import free_port
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.polling import Clock
 
 REGION = "us-east-1"
 #: moto's settings for every in-process mock made here: Lambda runs without Docker
@@ -40,7 +40,7 @@ class FakeClock:
     """A fake monotonic clock: time moves only when the code sleeps, by exactly the time slept.
 
     ``sleeps`` lists every sleep; ``on_sleep(t)`` (if set) is called after each, with the new time, so a test can
-    change the world meanwhile. Pass ``.clock`` (a :class:`tasks.polling.Clock`) to the code under test.
+    change the world meanwhile. Pass ``.clock`` (a :class:`tasks.kit.polling.Clock`) to the code under test.
     """
 
     t: float = 0.0
@@ -88,7 +88,7 @@ def fake_clock() -> FakeClock:
 
 def run_step(step: Any, clients: ClientFactory, clock: FakeClock, **context: Any) -> Any:
     """Run a step (a validated model) through its registered runner, on a fresh context with the fake clock."""
-    from tasks.base import REGISTRY, StepContext
+    from tasks.kit.step import REGISTRY, StepContext
 
     ctx = StepContext(clients=clients, case_name="case", run_id="run-1", label=step.name or step.kind,
                       clock_override=clock.clock, **context)
@@ -230,7 +230,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
-    from flows.pipeline_test import drain_prefect_workers
+    from flows.run.command import drain_prefect_workers
 
     db = tmp_path_factory.mktemp("prefect-harness") / "prefect.db"
     migrated = migrated_prefect_db(db)

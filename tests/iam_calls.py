@@ -6,7 +6,7 @@ child pytest). Every botocore client made in the process gets a ``before-call`` 
 ``PIPELINE_TEST_IAM_CALLS``, with who made it, found on the call's stack:
 
 * ``kind``: the step kind whose runner is on the stack (a registered runner's code object), with the actions its
-  footprint declares for *that* step (``tasks.base.footprint(step)``, the runner's ``step`` argument);
+  footprint declares for *that* step (``tasks.kit.step.footprint(step)``, the runner's ``step`` argument);
 * else ``family``: the service module of the innermost ``tasks.*`` frame (``ssm`` for ``tasks.ssm_restore``: an undo
   that runs after its step), ``run`` for the journal and ``flows.*`` (audit, recover, the evidence upload; also when
   a runner is further out: the journal written before a change), or ``s3`` for calls from s3transfer's own threads
@@ -28,7 +28,7 @@ import botocore.session
 
 ENV = "PIPELINE_TEST_IAM_CALLS"
 #: modules of tasks/ that make no call of a kind's own
-NEUTRAL = {"tasks.aws", "tasks.base", "tasks.errors", "tasks.polling", "tasks.iam", "tasks.runs", "tasks.expect"}
+NEUTRAL = {"tasks.kit.aws", "tasks.kit.step", "tasks.kit.errors", "tasks.kit.polling", "tasks.kit.iam", "tasks.kit.pipeline_runs", "tasks.kit.watch"}
 #: service modules that serve the kinds of another module
 ALIASES = {"ssm_restore": "ssm", "object_stream": "s3", "object_content": "s3", "json_checks": None}
 
@@ -37,8 +37,8 @@ _runners: dict[CodeType, str] = {}
 
 
 def family(module: str) -> str | None:
-    """``tasks.ssm_restore`` -> ``ssm``; ``tasks.athena.client`` -> ``athena``; ``tasks.journal`` -> ``run``."""
-    if module == "flows.preflight":  # its probes are chosen among the case's needs (test_iam_contract)
+    """``tasks.ssm_restore`` -> ``ssm``; ``tasks.athena.client`` -> ``athena``; ``tasks.kit.journal`` -> ``run``."""
+    if module == "flows.run.preflight":  # its probes are chosen among the case's needs (test_iam_contract)
         return "preflight"
     if module.startswith("flows."):
         return "run"
@@ -58,8 +58,8 @@ def is_test_side(module: str) -> bool:
 
 def _runner_codes() -> dict[CodeType, str]:
     if not _runners:
-        import flows.spec  # noqa: F401  (fills the registry)
-        from tasks.base import REGISTRY
+        import flows.spec.model  # noqa: F401  (fills the registry)
+        from tasks.kit.step import REGISTRY
 
         _runners.update({kind.run.__code__: name for name, kind in REGISTRY.items()})
     return _runners
@@ -94,7 +94,7 @@ def who(frame: FrameType | None) -> dict[str, Any] | None:
 
 
 def _declared(step: Any) -> list[str]:
-    from tasks.base import footprint
+    from tasks.kit.step import footprint
 
     try:
         return sorted({need.action for need in footprint(step).needs})

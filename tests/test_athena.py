@@ -49,10 +49,10 @@ from tasks.athena import (
     start_query,
     wait_for_query,
 )
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, StepContext
-from tasks.errors import CHECK_FAILED, CheckFailed, StepError
-from tasks.polling import PollSettings
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import REGISTRY, StepContext
 
 REGION = "us-east-1"
 MOTO_API = "http://motoapi.amazonaws.com/moto-api"

@@ -16,12 +16,12 @@ from pydantic import ValidationError
 from test_athena import OUTPUT, backend, context, inject, manual_states
 from test_athena import athena_clients as athena_clients  # the fixture: a result bucket, states reset
 
-from flows.spec import AwsSettings
+from flows.spec.model import AwsSettings
 from tasks.athena import AthenaQueryStep, run_athena_query
 from tasks.athena.cost import show_bytes, workgroup_cutoff
-from tasks.aws import ClientFactory
-from tasks.base import Meter
-from tasks.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.step import Meter
 
 GB = 10**9
 pytestmark = pytest.mark.usefixtures("athena_clients")

@@ -24,7 +24,6 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api._internal.models import moto_api_backend
 from pydantic import ValidationError
 
-from tasks.aws import ClientFactory
 from tasks.awslambda import (
     EXPECTED_STATUS,
     MAX_SHOWN_CHARS,
@@ -35,11 +34,12 @@ from tasks.awslambda import (
     function_name,
     invoke,
 )
-from tasks.base import REGISTRY, StepContext, StepOutcome
-from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
-from tasks.json_checks import truncate
-from tasks.json_match import jmespath_mismatches, json_equal, json_subset_mismatches
-from tasks.secrets import mask
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
+from tasks.kit.json_compare import jmespath_mismatches, json_equal, json_subset_mismatches
+from tasks.kit.json_expect import truncate
+from tasks.kit.secrets import mask
+from tasks.kit.step import REGISTRY, StepContext, StepOutcome
 
 REGION = "us-east-1"
 FUNCTION = "ingest"

@@ -14,11 +14,11 @@ from typing import Any, Callable
 import pytest
 from pydantic import BaseModel
 
-import flows.spec  # noqa: F401  (imports every service module: fills the registry)
-from flows.docs import REFERENCE, reference
-from flows.spec import json_schema
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, UNDO_KINDS, StepBase, StepContext, UndoAction, UndoLog
+import flows.spec.model  # noqa: F401  (imports every service module: fills the registry)
+from flows.spec.model import json_schema
+from flows.spec.reference import REFERENCE, reference
+from tasks.kit.aws import ClientFactory
+from tasks.kit.step import REGISTRY, UNDO_KINDS, StepBase, StepContext, UndoAction, UndoLog
 
 KINDS = sorted(REGISTRY)
 #: AWS calls that change state: the undo must be registered before the first of them
@@ -126,7 +126,7 @@ def test_every_field_has_a_description(kind: str) -> None:
 def test_reference_has_a_heading_for_the_kind(kind: str) -> None:
     heading = f"## Step `{kind}`"
     assert heading in reference().splitlines()
-    assert heading in REFERENCE.read_text(encoding="utf-8").splitlines(), "run python -m flows.docs"
+    assert heading in REFERENCE.read_text(encoding="utf-8").splitlines(), "run python -m flows.spec.reference"
 
 
 @pytest.mark.parametrize("kind", KINDS)

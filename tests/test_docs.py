@@ -12,12 +12,12 @@ from urllib.parse import unquote
 
 import pytest
 
-from flows import docs
-from tasks.base import REGISTRY
+from flows.spec import reference as docs
+from tasks.kit.step import REGISTRY
 
 
 def test_spec_reference_and_schema_are_current() -> None:
-    assert docs.main(["--check"]) == 0, "run `python -m flows.docs` and commit the result"
+    assert docs.main(["--check"]) == 0, "run `python -m flows.spec.reference` and commit the result"
 
 
 def test_every_field_of_every_kind_is_documented() -> None:
@@ -67,8 +67,8 @@ def test_the_staleness_check_sees_an_edited_reference(monkeypatch: pytest.Monkey
 
 
 def test_the_reports_schemas_are_generated_from_their_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """flows/report.schema.json and flows/suite-report.schema.json are the models' schemas; an edited one is stale."""
-    from flows import report_model
+    """flows/evidence/pack/report.schema.json and suite-report.schema.json are the models' schemas; an edited one is stale."""
+    from flows.evidence import report as report_model
 
     assert json.loads(report_model.SCHEMA_FILE.read_text(encoding="utf-8")) == report_model.case_report_schema()
     assert json.loads(report_model.SUITE_SCHEMA_FILE.read_text(encoding="utf-8")) == \

@@ -21,17 +21,18 @@ from typing import Any
 import pytest
 import yaml
 
-from flows import evidence_pack as ep
-from flows import pack_folder
-from flows.pack_folder import PackFolderError
-from flows.pack_formats import redact_result
-from flows.report_model import SUITE_SCHEMA_FILE, CaseReport, read_case_report, read_suite_report
-from flows.results import CaseResult, StepResult
-from flows.spec import CaseSpec, parse_spec
-from flows.suite_pack import SuiteCaseResult, SuiteResult, result_from_pack, write_suite_pack
-from tasks import markdown as md
-from tasks.errors import HashedItem, StepFile
-from tasks.secrets import mask
+from flows.evidence.pack import folder as pack_folder
+from flows.evidence.pack import verify as ep
+from flows.evidence.pack.folder import PackFolderError
+from flows.evidence.pack.write import redact_result
+from flows.evidence.report import SUITE_SCHEMA_FILE, CaseReport, read_case_report, read_suite_report
+from flows.evidence.results import CaseResult, StepResult
+from flows.spec.load import parse_spec
+from flows.spec.model import CaseSpec
+from flows.suite.pack import SuiteCaseResult, SuiteResult, result_from_pack, write_suite_pack
+from tasks.kit import markdown as md
+from tasks.kit.files import HashedItem, StepFile
+from tasks.kit.secrets import mask
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 RUN_ID = "0f5e2a9c-1b2d-4c3e-8f90-123456789abc"
@@ -254,7 +255,7 @@ def test_report_markdown_has_the_case_report_and_every_step(failing_pack: Path) 
     assert md.message(FAILURE_MESSAGE) in text and md.message(ERROR_MESSAGE) in text  # as wrapped, escaped text
     for label in ("land-orders-file", "curated-file-written", "rejects-empty", "archive-written", "cleanup"):
         assert f"· {label} ·" in text
-    assert SHA_ORDERS in text and "python -m flows.evidence verify" in text
+    assert SHA_ORDERS in text and "python -m flows.pipeline_test verify" in text
 
 
 def test_query_results_with_a_recorded_hash_are_in_the_manifest(tmp_path: Path) -> None:
@@ -303,7 +304,7 @@ def test_verify_names_a_file_with_one_byte_changed(failing_pack: Path, name: str
 
 
 def test_verify_from_the_command_line(passing_pack: Path) -> None:
-    cmd = [sys.executable, "-m", "flows.evidence_pack", "verify", str(passing_pack)]
+    cmd = [sys.executable, "-m", "flows.evidence.pack.verify", "verify", str(passing_pack)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
     assert done.returncode == 0 and "is intact" in done.stdout, done.stderr
     (passing_pack / "junit.xml").write_text("<testsuites/>", encoding="utf-8")
@@ -531,7 +532,7 @@ class _TextMode:
 
 
 class _FakeOs:
-    """``flows.pack_folder``'s view of Windows, on Linux: ``O_BINARY`` exists, a file opened without it is in text
+    """``flows.evidence.pack.folder``'s view of Windows, on Linux: ``O_BINARY`` exists, a file opened without it is in text
     mode; ``name`` is "nt" only when asked; ``fail`` makes opening a file of that name fail with that errno."""
 
     O_BINARY = 1 << 29  # a bit Linux's open() never sees: it is taken off before the real call
@@ -625,7 +626,7 @@ def test_a_pack_that_cannot_be_written_leaves_nothing_behind(tmp_path: Path, mon
 
 
 def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_path: Path, monkeypatch) -> None:
-    from flows.suite import exit_code
+    from flows.suite.cli import exit_code
 
     suite = tmp_path / "suite"
     ep.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
@@ -644,8 +645,8 @@ def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_pat
 
 def test_a_full_or_read_only_folder_is_refused_when_claimed(tmp_path: Path, monkeypatch) -> None:
     """The claim (before the run) writes a probe: ENOSPC or EROFS there refuse the folder, and leave nothing."""
-    from flows.pipeline_test import check_evidence_dir
-    from flows.recover import CouldNotRun
+    from flows.run.command import check_evidence_dir
+    from flows.run.recover import CouldNotRun
 
     for code in (errno.ENOSPC, errno.EROFS):
         monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=(".", code)))  # the probe's name starts with "."
@@ -721,7 +722,7 @@ def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path
 def test_a_pack_that_cannot_be_made_private_on_windows_says_so(tmp_path: Path, monkeypatch, caplog) -> None:
     denied = subprocess.CompletedProcess(["icacls"], 5, "", "Access is denied.\r\n")
     _fake_windows(monkeypatch, icacls=denied)
-    with caplog.at_level(logging.WARNING, logger="flows.pack_folder"):
+    with caplog.at_level(logging.WARNING, logger="flows.evidence.pack.folder"):
         folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
     assert ep.verify(folder) == []  # the pack is still written, and the warning names its folder
     assert (f"The evidence pack {tmp_path / 'pack'} could not be made private (icacls: Access is denied.)"
@@ -740,7 +741,7 @@ def test_upload_pack_puts_every_file_encrypted_manifest_last(failing_pack: Path,
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert body == (failing_pack / key.removeprefix(prefix)).read_bytes()
     assert s3.head_object(Bucket=bucket, Key=prefix + "report.html")["ContentType"].startswith("text/html")
-    from tasks.errors import AwsCallError
+    from tasks.kit.errors import AwsCallError
 
     with pytest.raises(AwsCallError, match="PreconditionFailed"):  # evidence is never replaced
         ep.upload_pack(s3, failing_pack, bucket, prefix)
@@ -844,7 +845,7 @@ def test_specs_data_and_docs_are_checked_out_with_lf_on_every_os() -> None:
 
 
 def test_cases_of_a_suite_whose_names_slug_alike_get_packs_of_their_own() -> None:
-    from flows.suite import case_pack
+    from flows.suite.flow import case_pack
 
     cases = [SimpleNamespace(spec=SimpleNamespace(case=name)) for name in ("Orders v1", "orders-v1", "Orders v1",
                                                                            "orders-v1-2", "")]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from flows.pipeline_test import pipeline_test, result_of
-from flows.results import CaseFailed, CaseResult
-from tasks.base import format_duration
+from flows.evidence.results import CaseFailed, CaseResult, result_of
+from flows.pipeline_test import pipeline_test
+from tasks.kit.step import format_duration
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -53,7 +53,7 @@ def assert_complete_pack(result: CaseResult, steps: int) -> None:
     """The run left an intact evidence pack under ./evidence with one JUnit testcase per step."""
     import xml.etree.ElementTree as ET
 
-    from flows.evidence_pack import verify
+    from flows.evidence.pack.verify import verify
 
     assert result.evidence_dir is not None
     folder = Path(result.evidence_dir)
@@ -139,7 +139,7 @@ def test_continue_on_failure_and_parallel_groups(s3, data_dir: Path) -> None:
 
 
 def test_unexpected_exception_in_a_step_is_an_error_and_cleanup_still_runs(s3, data_dir, monkeypatch) -> None:
-    import tasks.s3
+    import tasks.s3.steps
 
     s3.create_bucket(Bucket="flow-bucket")
     boom = {"kind": "expect_objects", "name": "boom", "bucket": "{{ bucket }}", "keys": ["x"]}
@@ -147,7 +147,7 @@ def test_unexpected_exception_in_a_step_is_an_error_and_cleanup_still_runs(s3, d
     def explode(*_: Any, **__: Any) -> Any:
         raise RuntimeError("bug in a step")
 
-    monkeypatch.setattr(tasks.s3, "expect_objects", explode)
+    monkeypatch.setattr(tasks.s3.steps, "expect_objects", explode)
     state = pipeline_test(spec=spec(UPLOAD, boom, name="Error case"), base_dir=str(data_dir), return_state=True)
     result = result_of(state)
     assert result is not None

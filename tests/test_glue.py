@@ -20,14 +20,14 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.glue.models import glue_backends
 from moto.moto_api import state_manager
 
-from flows.spec import SpecError, parse_spec
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import REGISTRY, StepContext
-from tasks.console_links import console_link, literal
-from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
+from flows.spec.load import SpecError, parse_spec
 from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
-from tasks.polling import WaitInterrupted
-from tasks.secrets import STARS
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.console_links import console_link, literal
+from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
+from tasks.kit.polling import WaitInterrupted
+from tasks.kit.secrets import STARS
+from tasks.kit.step import REGISTRY, StepContext
 from tests.conftest import REGION, FakeClock, failing_calls
 
 JOB = "transform-orders"

@@ -17,10 +17,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from flows.local_server import free_port
-from flows.notify import NotifySettings, build_message, notify, run_url
-from flows.report_model import Audit, PackRef
-from flows.results import CaseResult, StepResult
+from flows.evidence.notify import NotifySettings, build_message, notify, run_url
+from flows.evidence.report import Audit, PackRef
+from flows.evidence.results import CaseResult, StepResult
+from flows.run.local_server import free_port
 
 CANARY = "T0CANARY/B0CANARY/canary-" + uuid.uuid4().hex
 TOKEN = "xoxb-canary-" + uuid.uuid4().hex
@@ -287,7 +287,8 @@ def test_credentials_refused_by_slack_is_logged_without_the_token(prefect_harnes
 # ----------------------------------------------------------------------------------------- wired in the flow
 def test_the_flow_sends_the_case_notice_and_a_broken_webhook_never_changes_the_result(
         prefect_harness, slack, s3, tmp_path) -> None:
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
 
     s3.create_bucket(Bucket="notify-bucket")
     spec = {"case": "Notify case", "notify": {"slack_webhook_block": save_webhook(f"{slack}/services/{CANARY}")},

@@ -1,4 +1,4 @@
-"""Content checks of expect_objects (tasks/object_content.py) and its negative form (absent), against moto:
+"""Content checks of expect_objects (tasks/s3/content.py) and its negative form (absent), against moto:
 each format (csv, csv.gz, jsonl, json, parquet), each check, bad input at validation, and bounded memory."""
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import pytest
 from botocore.response import StreamingBody
 from conftest import FakeClock
 
-from flows.spec import SpecError, parse_spec
-from tasks import object_content, object_stream
-from tasks.base import StepContext
-from tasks.errors import CheckFailed, StepError
-from tasks.object_content import ObjectContent
-from tasks.object_stream import ReadStats, json_values, open_stream
-from tasks.polling import PollSettings
-from tasks.s3 import ExpectObjectsStep, expect_absent, run_expect_objects
+from flows.spec.load import SpecError, parse_spec
+from tasks.kit.errors import CheckFailed, StepError
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import StepContext
+from tasks.s3 import content as object_content
+from tasks.s3 import stream as object_stream
+from tasks.s3.content_spec import ObjectContent
+from tasks.s3.steps import ExpectObjectsStep, expect_absent, run_expect_objects
+from tasks.s3.stream import ReadStats, json_values, open_stream
 
 BUCKET = "content-bucket"
 ORDERS = ("order_id,customer_id,amount,currency\n"
@@ -400,7 +401,8 @@ def test_the_negative_example_passes_against_the_demo_pipeline() -> None:
     wrong header (unchanged) and loads nothing; the case proves both, and puts the setting back."""
     from flows.demo import NEGATIVE_CASE, PRODUCTION_SOURCE, SOURCE_PARAMETER, FakePipeline
     from flows.emulator import moto_server, use_emulator
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
 
     with moto_server() as endpoint, use_emulator(endpoint):
         pipeline = FakePipeline(endpoint, delay=0.3, interval=0.1)

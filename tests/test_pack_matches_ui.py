@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from flows.pipeline_test import pipeline_test, result_of
+from flows.evidence.results import result_of
+from flows.pipeline_test import pipeline_test
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 from conftest import FakeClock
 
-from tasks.polling import PollSettings, intervals, poll
+from tasks.kit.polling import PollSettings, intervals, poll
 
 
 def test_first_check_is_immediate_and_done_stops() -> None:

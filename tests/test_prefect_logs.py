@@ -1,5 +1,5 @@
 """A failed case is a failure in the logs, not a crash report: the filters on Prefect's run loggers
-(flows/prefect_logs.py). The worker's real logs are checked end to end in tests/test_deploy.py."""
+(flows/run/prefect_logs.py). The worker's real logs are checked end to end in tests/test_deploy.py."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import pytest
 
 import flows.pipeline_test  # noqa: F401 - importing the flow's module installs the filters
-from flows.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter, QuietStepStates
-from flows.recover import CouldNotRun
-from flows.results import CaseFailed, CaseResult
-from flows.spec import SpecError
+from flows.evidence.results import CaseFailed, CaseResult
+from flows.run.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter, QuietStepStates
+from flows.run.recover import CouldNotRun
+from flows.spec.load import SpecError
 
 
 def record(message: str, exc: BaseException | None, empty: bool = False) -> logging.LogRecord:
@@ -37,9 +37,9 @@ def failed_case() -> CaseFailed:
 
 
 def test_both_run_loggers_have_the_filter_once() -> None:
-    import flows.prefect_logs
+    import flows.run.prefect_logs
 
-    flows.prefect_logs.install()  # again: still one
+    flows.run.prefect_logs.install()  # again: still one
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         assert sum(isinstance(f, ExpectedFailureFilter) for f in logging.getLogger(name).filters) == 1
 

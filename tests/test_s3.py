@@ -12,22 +12,14 @@ import pytest
 from botocore.stub import Stubber
 from conftest import FakeClock
 
-from tasks.aws import ClientFactory
-from tasks.base import StepContext, UndoLog
-from tasks.errors import StepError
-from tasks.polling import PollSettings
-from tasks.s3 import (
-    ExpectObjectsStep,
-    UploadStep,
-    delete_uploaded,
-    expect_objects,
-    head_object,
-    posix_key,
-    resolve_files,
-    run_expect_objects,
-    run_upload,
-    upload_file,
-)
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import StepError
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import StepContext, UndoLog
+from tasks.s3.keys import posix_key, resolve_files
+from tasks.s3.objects import head_object
+from tasks.s3.steps import ExpectObjectsStep, UploadStep, expect_objects, run_expect_objects, run_upload
+from tasks.s3.upload import delete_uploaded, upload_file
 
 
 def ctx_for(clients: ClientFactory, folder: Path) -> StepContext:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from flows.emulator import emulator_env
-from tasks.journal import read_entries
+from tasks.kit.journal import read_entries
 from tests.conftest import migrated_prefect_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +132,7 @@ def stop_scenario(sc: Scenario, sig: signal.Signals, times: int, group: bool) ->
     temp_server = group and sig == signal.SIGINT and times == 2
     proc = sc.cli(str(sc.spec), wait=False, api=not temp_server)
     sc.wait_until_changed(proc)
-    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "flows.local_server"], capture_output=True,
+    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "flows.run.local_server"], capture_output=True,
                              text=True).stdout.split()
     t0 = time.monotonic()
     deliver(proc, sig, times, group)

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from tasks import ssm as ssm_mod
 from tasks import ssm_restore
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, StepBase, StepContext, StepOutcome
-from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
-from tasks.secrets import mask
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
+from tasks.kit.secrets import mask
+from tasks.kit.step import REGISTRY, StepBase, StepContext, StepOutcome
 from tasks.ssm import (
     DeleteParametersStep,
     ExpectParametersStep,

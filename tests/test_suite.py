@@ -13,12 +13,13 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from flows.evidence_pack import verify
-from flows.pipeline_test import main
-from flows.spec import SpecError
-from flows.suite import pipeline_test_suite, suite_key, suite_result_of
-from flows.suite_spec import load_suite
-from tasks.journal import read_entries
+from flows.cli import main
+from flows.evidence.pack.verify import verify
+from flows.spec.load import SpecError
+from flows.suite.cli import suite_result_of
+from flows.suite.flow import pipeline_test_suite, suite_key
+from flows.suite.spec import load_suite
+from tasks.kit.journal import read_entries
 from tests.conftest import thread_stacks
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
@@ -154,7 +155,7 @@ def case_setting(name: str, value: str) -> dict[str, Any]:
 def test_two_cases_of_a_suite_that_set_one_parameter_take_turns(suite_bucket, clients, tmp_path: Path) -> None:
     """Both cases start side by side; the one that gets the parameter's lock sets it and holds it (until the test
     puts ``go``), the other waits for the lock (the suite's progress says so), then sets and restores it."""
-    from flows.suite_progress import PROGRESS, Progress
+    from flows.suite.progress import PROGRESS, Progress
 
     ssm = clients.client("ssm")
     ssm.put_parameter(Name="/shared/source", Value="prod-bucket", Type="String")

@@ -13,10 +13,10 @@ from xml.etree import ElementTree as ET
 import pytest
 import yaml
 
-from flows.evidence_pack import manifest_sha256, verify
-from flows.pipeline_test import main
-from flows.spec import SpecError
-from flows.suite_spec import load_suite
+from flows.cli import main
+from flows.evidence.pack.verify import manifest_sha256, verify
+from flows.spec.load import SpecError
+from flows.suite.spec import load_suite
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
 
@@ -214,8 +214,8 @@ def test_a_row_run_as_a_deployment_gets_its_name_and_values(tmp_path: Path, monk
     import prefect.deployments
     from prefect.states import Completed
 
-    from flows.suite import run_case
-    from flows.suite_progress import Progress
+    from flows.suite.flow import run_case
+    from flows.suite.progress import Progress
 
     plan = load_suite(matrix_suite(tmp_path, [{"id": "r", "source": "returns"}], run_as="deployment"))
     sent: list[dict[str, Any]] = []

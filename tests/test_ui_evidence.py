@@ -14,14 +14,15 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from flows import audit, evidence_pack
-from flows.evidence_markdown import case_markdown, step_description, step_markdown
-from flows.history import history_rows
-from flows.pack_html import step_checks
-from flows.results import CaseResult, StepResult
-from tasks import markdown as md
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import StepOutcome
+from flows.evidence import audit
+from flows.evidence.history import history_rows
+from flows.evidence.markdown import case_markdown, step_description, step_markdown
+from flows.evidence.pack import verify as evidence_pack
+from flows.evidence.pack.html import step_checks
+from flows.evidence.results import CaseResult, StepResult
+from tasks.kit import markdown as md
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.step import StepOutcome
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 LONG = ("first_row.total_amount: expected == 1234.56 for the orders of the day after the pipeline's curation, got "
@@ -230,8 +231,8 @@ def test_the_history_gives_each_run_its_own_duration_and_reads_in_the_singular()
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
-    from flows.evidence_markdown import _history_markdown
-    from flows.history import history_rows
+    from flows.evidence.history import history_rows
+    from flows.evidence.markdown import _history_markdown
 
     artifact = SimpleNamespace(flow_run_id="r1", data="[]", created=datetime(2026, 12, 8, tzinfo=timezone.utc),
                                description="FAILED · Orders ingestion (3.6 s)")

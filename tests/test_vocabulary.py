@@ -1,6 +1,6 @@
-"""One vocabulary: every status has one line in tasks/status.py and every reader's format uses it; one console-link
-builder decides real AWS or emulator; one rule names the default pack folder. The greps below fail on a new
-table of statuses, a new status mark or console address written by hand elsewhere."""
+"""One vocabulary: every status has one line in tasks/kit/status.py and every reader's format uses it; one
+console-link builder decides real AWS or emulator; one rule names the default pack folder. The greps below fail on a
+new table of statuses, a new status mark or console address written by hand elsewhere."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import typing
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flows import pack_base, report_model
-from flows.pack_html import CSS, badge
-from tasks import status
-from tasks.console_links import console_url, links_for, literal, s3_link
+from flows.evidence import report as report_model
+from flows.evidence.pack import files as pack_files
+from flows.evidence.pack.html import CSS, badge
+from tasks.kit import status
+from tasks.kit.console_links import console_url, links_for, literal, s3_link
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT = sorted(p for folder in ("flows", "tasks") for p in (ROOT / folder).rglob("*.py"))
@@ -37,7 +38,7 @@ def _where(path: Path, line: int) -> str:
 def test_every_status_the_models_allow_has_its_line() -> None:
     allowed = {*typing.get_args(report_model.StepStatus), *typing.get_args(report_model.CaseStatus),
                *typing.get_args(report_model.CaseVerdict)}
-    assert allowed <= STATUS_WORDS, f"add a line to tasks/status.py STATUS for {sorted(allowed - STATUS_WORDS)}"
+    assert allowed <= STATUS_WORDS, f"add a line to tasks/kit/status.py STATUS for {sorted(allowed - STATUS_WORDS)}"
     assert status.STEP_STATUSES == typing.get_args(report_model.StepStatus)
     assert set(report_model.Counts.model_fields) == {"total", *status.STEP_STATUSES}
 
@@ -53,10 +54,10 @@ def test_a_status_shows_the_same_everywhere() -> None:
 
 def test_no_other_table_of_statuses() -> None:
     """A dict literal keyed by two or more statuses, or a status mark or Slack emoji written out, outside
-    tasks/status.py, is a second vocabulary."""
+    tasks/kit/status.py, is a second vocabulary."""
     stray = []
     for path in PRODUCT:
-        if path == ROOT / "tasks" / "status.py":
+        if path == ROOT / "tasks" / "kit" / "status.py":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
@@ -68,12 +69,12 @@ def test_no_other_table_of_statuses() -> None:
                     stray.append(f"{_where(path, node.lineno)}: a table of statuses")
         stray += [f"{_where(path, line)}: {text!r}" for line, text in _strings(tree)
                   if any(mark in text for mark in MARKS)]
-    assert stray == [], "use tasks/status.py: " + "; ".join(stray)
+    assert stray == [], "use tasks/kit/status.py: " + "; ".join(stray)
 
 
 def test_no_other_console_link_builder() -> None:
-    """Only tasks/console_links.py writes the console's address (and so decides AWS or emulator for a link)."""
-    found = [_where(path, line) for path in PRODUCT if path != ROOT / "tasks" / "console_links.py"
+    """Only tasks/kit/console_links.py writes the console's address (and so decides AWS or emulator for a link)."""
+    found = [_where(path, line) for path in PRODUCT if path != ROOT / "tasks" / "kit" / "console_links.py"
              for line, text in _strings(ast.parse(path.read_text(encoding="utf-8"))) if "console.aws.amazon.com" in text]
     assert found == []
 
@@ -94,14 +95,14 @@ def test_console_links_on_aws_and_on_an_emulator() -> None:
 def test_one_rule_for_the_default_pack_folder() -> None:
     started = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
     run = "0f5e2a9c-1b2d-4c3e-8f90-123456789abc"
-    assert pack_base.run_pack_dir("Orders ingestion", started, run).as_posix() == \
+    assert pack_files.run_pack_dir("Orders ingestion", started, run).as_posix() == \
         "evidence/orders-ingestion/20260314T092653Z-0f5e2a9c"
-    assert pack_base.run_pack_dir("Nightly", started, "local", suite=True).as_posix() == \
+    assert pack_files.run_pack_dir("Nightly", started, "local", suite=True).as_posix() == \
         "evidence/suites/nightly/20260314T092653Z-local"
-    assert pack_base.pack_parent("Nightly", suite=True) == pack_base.EVIDENCE_ROOT / "suites" / "nightly"
-    # no module but pack_base makes a path of the evidence folder
-    named = [_where(path, node.lineno) for path in PRODUCT if path != ROOT / "flows" / "pack_base.py"
+    assert pack_files.pack_parent("Nightly", suite=True) == pack_files.EVIDENCE_ROOT / "suites" / "nightly"
+    # no module but flows/evidence/pack/files.py makes a path of the evidence folder
+    named = [_where(path, node.lineno) for path in PRODUCT if path != ROOT / "flows" / "evidence" / "pack" / "files.py"
              for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
              if isinstance(node, ast.Call) and any(isinstance(a, ast.Constant) and a.value in ("evidence", "suites")
                                                    for a in node.args)]
-    assert named == [], f"the default pack folder is pack_base's rule: {named}"
+    assert named == [], f"the default pack folder is flows/evidence/pack/files.py's rule: {named}"

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
-from datetime import date, datetime
-from datetime import time as dtime
-from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
 from tasks.athena.reconcile import Reconcile
-from tasks.athena.values import CONVERTERS, Column, QueryResult, json_safe, normalise_type
-from tasks.base import SpecModel
-from tasks.markdown import shorten
-from tasks.status import check_verdict
+from tasks.athena.values import CheckResult, Column, QueryResult, coerce_expected
+from tasks.kit.step import SpecModel
 
 __all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
 
@@ -91,74 +85,6 @@ class AthenaExpect(SpecModel):
         """True when nothing is to be checked."""
         return (self.row_count is None and self.min_rows is None and self.max_rows is None
                 and self.columns is None and self.rows is None and not self.first_row and self.reconcile is None)
-
-
-@dataclass
-class CheckResult:
-    """One check: which, whether it passed, what was expected and what was found."""
-
-    check: str
-    passed: bool
-    expected: Any
-    actual: Any
-    note: str = ""
-    #: how actual must relate to expected when not by equality: ">=", "<", "is not", ...
-    relation: str = ""
-
-    @property
-    def name(self) -> str:
-        """The check's label without its relation (``first_row.total``, not ``first_row.total >``)."""
-        suffix = f" {self.relation}"
-        return self.check[: -len(suffix)] if self.relation and self.check.endswith(suffix) else self.check
-
-    def text(self) -> str:
-        """``row_count: expected 3, got 2``; ``first_row.total: expected > 0, got 12``."""
-        relation = f"{self.relation} " if self.relation else ""
-        text = f"{self.name}: expected {relation}{_show(self.expected)}, got {_show(self.actual)}"
-        return text + (f" ({self.note})" if self.note else "")
-
-    def line(self) -> str:
-        """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
-        return f"{check_verdict(self.passed)} {self.text()}"
-
-    def row(self, width: int = 300) -> list[str]:
-        """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
-        relation = f"{self.relation} " if self.relation else ""
-        actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
-        return [check_verdict(self.passed), shorten(self.name, width),
-                shorten(relation + _show(self.expected), width), shorten(actual, width)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,
-                          "expected": self.expected, "actual": self.actual, "note": self.note})
-
-
-_INT_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
-
-
-def coerce_expected(value: Any, athena_type: str) -> Any:
-    """A value from the spec as the column's Python type, so ``'2024-01-31'`` equals a date and ``1.5`` a
-    Decimal; left as is when it cannot be converted (then it simply does not match)."""
-    if value is None:
-        return None
-    base = normalise_type(athena_type)
-    converter = CONVERTERS.get(base)
-    try:
-        if converter is None:
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            return value if isinstance(value, str) else str(value)
-        if isinstance(value, str):
-            return converter(value)
-        if base == "decimal" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return Decimal(str(value))
-        if base in _INT_TYPES and isinstance(value, float) and value.is_integer():
-            return int(value)
-        if base == "timestamp" and isinstance(value, date) and not isinstance(value, datetime):
-            return datetime(value.year, value.month, value.day)
-    except (ValueError, InvalidOperation):
-        return value
-    return value
 
 
 def _count_checks(expect: AthenaExpect, count: int) -> list[CheckResult]:
@@ -351,14 +277,3 @@ def evaluate_checks(expect: AthenaExpect, result: QueryResult) -> list[CheckResu
     return checks.results()
 
 
-def _show(value: Any) -> str:
-    """A value for a message, short: strings quoted (so '' differs from NULL), numbers and dates bare."""
-    if value is None:
-        text = "NULL"
-    elif isinstance(value, (Decimal, date, dtime)):
-        text = str(json_safe(value))
-    elif isinstance(value, str):
-        text = repr(value)
-    else:
-        text = str(json_safe(value))
-    return text if len(text) <= 300 else text[:297] + "..."

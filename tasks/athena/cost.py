@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, ByteSize
 
-from tasks import markdown
 from tasks.athena.checks import CheckResult
-from tasks.base import Meter
-from tasks.errors import AWS_ERRORS, CHECK_FAILED, CheckFailed, aws_error
+from tasks.kit import markdown
+from tasks.kit.errors import AWS_ERRORS, CHECK_FAILED, CheckFailed, aws_error
+from tasks.kit.step import Meter
 
 if TYPE_CHECKING:
     from types_boto3_athena import AthenaClient

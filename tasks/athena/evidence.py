@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks import markdown
 from tasks.athena.checks import CheckResult
 from tasks.athena.client import QueryRun, state_of
 from tasks.athena.cost import show_bytes
 from tasks.athena.values import ResultDigest, json_safe, result_digest
-from tasks.base import StepOutcome, format_bytes
-from tasks.console_links import links_for, literal
-from tasks.errors import HashedItem, StepFile
+from tasks.kit import markdown
+from tasks.kit.console_links import links_for, literal
+from tasks.kit.files import HashedItem, StepFile
+from tasks.kit.step import StepOutcome, format_bytes
 
 if TYPE_CHECKING:
     from tasks.athena.reconcile import ReconcileReport
@@ -27,7 +27,7 @@ CODE_WIDTH = 96
 
 
 def console_path(query_id: str) -> str:
-    """The query in the Athena console's history (a path for :func:`tasks.console_links.links_for`)."""
+    """The query in the Athena console's history (a path for :func:`tasks.kit.console_links.links_for`)."""
     return "athena/home?region={region}#/query-editor/history/" + literal(query_id)
 
 

@@ -14,10 +14,10 @@ from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
-from tasks.base import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
-from tasks.errors import CheckFailed, StepError
-from tasks.iam import Arns, Footprint
-from tasks.s3 import S3_URI_KEY
+from tasks.kit.errors import CheckFailed, StepError
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.step import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
+from tasks.s3.keys import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
 
