@@ -8,7 +8,7 @@ cannot drift apart by a key; flows/evidence/pack/report.schema.json and suite-re
 generated from them (``python -m flows.spec.reference``; a test fails when they are stale).
 
 Within a ``schema_version`` fields are only ever added, each with a default, so a pack written by an older version
-still reads. No Prefect, no boto3, no other module of this project.
+still reads. No Prefect, no boto3; of this project only the vocabulary of statuses (tasks/kit/status.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from tasks.kit.status import CaseStatus, CaseVerdict, StepStatus
 
 REPORT_SCHEMA: Final = "pipeline-test/evidence-report"
 SUITE_REPORT_SCHEMA: Final = "pipeline-test/suite-report"
@@ -29,10 +31,6 @@ REPORT_JSON = "report.json"
 SCHEMA_FILE = Path(__file__).parent / "pack" / "report.schema.json"
 SUITE_SCHEMA_FILE = Path(__file__).parent / "pack" / "suite-report.schema.json"
 
-StepStatus = Literal["passed", "failed", "error", "skipped"]
-CaseStatus = Literal["passed", "failed"]
-#: a case's verdict in a suite (``not run``: it never started its steps)
-CaseVerdict = Literal["passed", "failed", "not run"]
 
 
 def iso_utc(moment: datetime | None) -> str | None:

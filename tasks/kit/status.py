@@ -2,13 +2,21 @@
 coloured, wherever a reader sees it (the Prefect UI's artifacts, report.md, report.html, junit.xml, the command
 line, Slack, a suite's timeline).
 
-A new status is one line of :data:`STATUS` (the models' ``Literal`` types name it too; a test checks that every
-status they allow has a line here).
+A new status is one line of :data:`STATUS`, and its word in the ``Literal`` below that may take it (a test checks
+that every status they allow has its line; counts and tables follow :data:`STEP_STATUSES`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
+
+#: how a step ended (see flows/evidence/results.py StepResult)
+StepStatus = Literal["passed", "failed", "error", "skipped"]
+#: how a case ended: passed only when every step passed
+CaseStatus = Literal["passed", "failed"]
+#: a case's verdict in a suite (``not run``: it never started its steps)
+CaseVerdict = Literal["passed", "failed", "not run"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ STATUS: dict[str, Look] = {
 }
 
 #: the statuses a step can have, in the order counts list them
-STEP_STATUSES = ("passed", "failed", "error", "skipped")
+STEP_STATUSES: tuple[str, ...] = get_args(StepStatus)
 #: what a loud step status means, for the reader of a report that is not passed
 MEANING = {status: STATUS[status].meaning for status in STEP_STATUSES if STATUS[status].meaning}
 
