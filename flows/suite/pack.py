@@ -27,7 +27,7 @@ from flows.evidence.pack.files import (
     sha256_file,
 )
 from flows.evidence.pack.html import CSS, badge
-from flows.evidence.pack.junit import _x, testsuite
+from flows.evidence.pack.junit import _x, junit_totals, testsuite
 from flows.evidence.pack.write import _counts, _json_text, _write_text, private_default
 from flows.evidence.report import (  # noqa: F401  (RerunOf, SUITE_REPORT_SCHEMA: re-exported)
     REPORT_JSON,
@@ -210,12 +210,12 @@ def suite_junit_xml(result: SuiteResult, reports: dict[str, CaseReport]) -> str:
                                              "time": f"{c.duration_s:.3f}", "skipped": "0",
                                              "timestamp": _utc(c.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
             case = ET.SubElement(suite, "testcase", {"name": "run", "classname": _x(c.case), "time": "0.000"})
-            ET.SubElement(case, "error", {"message": _x((c.reason or "not run")[:2000]),
+            ET.SubElement(case, STATUS["not run"].junit, {"message": _x((c.reason or "not run")[:2000]),
                                           "type": "not run"}).text = _x(c.reason or "")
         root.append(suite)
-        totals["tests"] += counts.total
-        totals["failures"] += counts.failed
-        totals["errors"] += counts.error
+        for name, n in junit_totals(counts).items():
+            if name in totals:
+                totals[name] += n
     root.attrib.update({k: str(v) for k, v in totals.items()} | {"time": f"{result.duration_s:.3f}"})
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -22,14 +22,16 @@ CaseVerdict = Literal["passed", "failed", "not run"]
 @dataclass(frozen=True)
 class Look:
     """How one status shows: ``short`` in a plain-text column (the CLI, a check's line), ``mark`` beside the word in
-    markdown, ``slack`` as Slack's emoji code, ``colour`` (text, border, timeline bar) on ``background`` in HTML.
-    A ``loud`` status is one a reader must not miss: a card's description writes it in capitals."""
+    markdown, ``slack`` as Slack's emoji code, ``colour`` (text, border, timeline bar) on ``background`` in HTML,
+    ``junit`` the element a JUnit testcase of this status holds (none for a pass). A ``loud`` status is one a reader
+    must not miss: a card's description writes it in capitals."""
 
     short: str
     mark: str
     slack: str
     colour: str
     background: str
+    junit: str = ""
     loud: bool = False
     #: what the status means, for the reader of a report that is not passed ("" when it says itself)
     meaning: str = ""
@@ -38,12 +40,12 @@ class Look:
 #: every status a step, a case, a suite's case or a check can have: one line each
 STATUS: dict[str, Look] = {
     "passed": Look("PASS", "✅", ":white_check_mark:", "#116329", "#dafbe1"),
-    "failed": Look("FAIL", "❌", ":x:", "#a40e26", "#ffebe9", loud=True, meaning="a check did not hold"),
-    "error": Look("ERROR", "💥", ":boom:", "#6639ba", "#fbefff", loud=True,
+    "failed": Look("FAIL", "❌", ":x:", "#a40e26", "#ffebe9", "failure", loud=True, meaning="a check did not hold"),
+    "error": Look("ERROR", "💥", ":boom:", "#6639ba", "#fbefff", "error", loud=True,
                   meaning="the step could not do or check what it was asked (AWS refused, a wait for AWS timed out, "
                   "a bad input, the run was stopped, a bug)"),
-    "skipped": Look("SKIP", "⏭️", ":next_track_button:", "#57606a", "#eaeef2"),
-    "not run": Look("NOT RUN", "⛔", ":no_entry:", "#8250df", "#fbefff", loud=True,
+    "skipped": Look("SKIP", "⏭️", ":next_track_button:", "#57606a", "#eaeef2", "skipped"),
+    "not run": Look("NOT RUN", "⛔", ":no_entry:", "#8250df", "#fbefff", "error", loud=True,
                     meaning="the case never started its steps"),
 }
 
