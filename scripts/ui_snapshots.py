@@ -51,7 +51,7 @@ SCENARIOS: dict[str, list[str]] = {
     "failing Athena check": ["-m", "flows.demo", "--fail"],
     "failing content check, recover, refused run": ["-c", _PIPELINE + """
 import logging, pathlib, shutil, sys, tempfile
-from flows import locks
+from flows.run import locks
 case = pathlib.Path("examples/cases/orders_ingestion.yaml").read_text()
 folder = pathlib.Path(tempfile.mkdtemp())
 shutil.copytree("examples/cases/data", folder / "data")  # the case's local files, beside the variants

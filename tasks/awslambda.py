@@ -25,6 +25,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tasks.kit import markdown as md
 from tasks.kit import nesting
+from tasks.kit.checks import CheckRecord
 from tasks.kit.console_links import links_for, literal
 from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
 from tasks.kit.iam import Arns, Footprint
@@ -33,6 +34,7 @@ from tasks.kit.json_expect import (
     MISSING,
     JsonExpect,
     JsonMasker,
+    expect_checks,
     expect_mismatches,
     parse_json,
     shown_json,
@@ -288,10 +290,11 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
 
     problems = _problems(step, status, response.get("FunctionError"), parsed, body, label, masker)
     markdown = _markdown(facts, shown_json(payload, masker), response_text, log_tail, problems)
+    checks = _checks(step, status, response.get("FunctionError"), parsed, masker)
     if problems:
         details["problems"] = problems
         # the evidence body rides along so the engine can show it for the failed step too
-        raise CheckFailed("; ".join(problems), details=details, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details=details, markdown=markdown, checks=checks)
     ctx.logger.info("Lambda function %s returned %s (request id %s)", label, status, rid)
     checked = ", response as expected" if step.expect else ""
     return StepOutcome(
@@ -300,6 +303,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
         markdown=markdown,
         links=_links(client, step),
         request_ids=[rid] if rid else [],
+        checks=checks,
     )
 
 
@@ -315,6 +319,22 @@ def _details_response(body: bytes, parsed: Any, masker: JsonMasker) -> Any:
     if parsed is not MISSING and len(body) <= MAX_SHOWN_CHARS:
         return masker.doc(parsed)
     return _response_text(body, parsed, masker)
+
+
+def _checks(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any,
+            masker: JsonMasker) -> list[CheckRecord]:
+    """What the step checked, typed, in the order of :func:`_problems`: the status, no function error, then the
+    expectations (only when the ones before held: a failed call has no payload to check)."""
+    expected = EXPECTED_STATUS[step.invocation_type]
+    checks = [CheckRecord.of("status", status == expected, expected, status)]
+    if status != expected:
+        return checks
+    checks.append(CheckRecord.of("function error", not function_error, "none", function_error or "none"))
+    if function_error or step.expect is None:
+        return checks
+    if parsed is MISSING:
+        return checks + [CheckRecord.of("JSON payload", False, "a JSON payload to check", "none")]
+    return checks + expect_checks(step.expect, parsed, masker)
 
 
 def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any, body: bytes,

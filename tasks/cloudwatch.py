@@ -96,11 +96,12 @@ def run_expect_alarm_state(step: ExpectAlarmStateStep, ctx: StepContext) -> Step
         f"{md.code(alarm.get('StateValue'))} {md.text(watched.timing())}.",
         md.table(["", ""], [[k, md.code(v)] for k, v in facts.items()])])
     if not watched.met:
-        raise unmet(watched, step.wanted(), _alarm_state(alarm), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), _alarm_state(alarm), details=details, markdown=markdown, check="state")
     link = console_link(ctx, "cloudwatch", f"cloudwatch/home?region={{region}}#alarmsV2:alarm/{quote(step.alarm)}",
                         f"CloudWatch alarm {step.alarm}")
     return StepOutcome(summary=f"alarm {step.alarm} is {step.state} {watched.timing()}", details=details,
-                       markdown=markdown, links=link)
+                       markdown=markdown, links=link,
+                       checks=[watched.record("state", step.wanted(), _alarm_state(alarm))])
 
 
 # -------------------------------------------------------------------------------------------------- log events
@@ -211,8 +212,8 @@ def run_expect_log_events(step: ExpectLogEventsStep, ctx: StepContext) -> StepOu
                "lines": [{**line, "message": redact(line["message"], ctx.secrets)} for line in seen.lines],
                "waited_seconds": round(watched.waited, 3), "held_seconds": round(watched.held, 3)}
     if not watched.met:
-        raise unmet(watched, step.wanted(), seen.describe(), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), seen.describe(), details=details, markdown=markdown, check="events")
     link = console_link(ctx, "logs", "cloudwatch/home?region={region}#logsV2:log-groups/log-group/"
                         + quote(quote(step.log_group, safe=""), safe=""), f"log group {step.log_group}")
     return StepOutcome(summary=f"{seen.describe()} in {step.log_group} {watched.timing()}", details=details,
-                       markdown=markdown, links=link)
+                       markdown=markdown, links=link, checks=[watched.record("events", step.wanted(), seen.describe())])

@@ -350,8 +350,10 @@ def run_expect_items(step: ExpectItemsStep, ctx: StepContext) -> StepOutcome:
                "items": redact_json(plain(seen.items), ctx.secrets)}
     if not watched.met:
         details["problems"] = [redact(p, ctx.secrets) for p in seen.problems]
-        raise unmet(watched, step.wanted(), redact(seen.describe(), ctx.secrets), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), redact(seen.describe(), ctx.secrets), details=details, markdown=markdown,
+                    check="items")
     link = console_link(ctx, "dynamodb", f"dynamodbv2/home?region={{region}}#item-explorer?table={step.table}",
                         f"DynamoDB table {step.table}")
     return StepOutcome(summary=f"found {seen.count} item(s) in DynamoDB table {step.table} {watched.timing()}",
-                       details=details, markdown=markdown, links=link)
+                       details=details, markdown=markdown, links=link,
+                       checks=[watched.record("items", step.wanted(), redact(seen.describe(), ctx.secrets))])

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from pydantic import Field, field_validator, model_validator
 
 from tasks.kit import markdown as md
+from tasks.kit.checks import CheckRecord
 from tasks.kit.console_links import console_link, literal
 from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
 from tasks.kit.iam import Arns, Footprint
@@ -259,11 +260,12 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
         problem = redact(f"Glue job {step.job} run {run_id} ended {state} (expected {step.expect_state}): {reason}",
                          ctx.secrets)
     markdown = _job_markdown(step, details, history, problem)
+    checks = [CheckRecord.of("final state", problem is None, step.expect_state, problem or state)]
     if problem:
-        raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown)
+        raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown, checks=checks)
     return StepOutcome(
         summary=f"Glue job {step.job} run {run_id} {state}{took(details['duration_s'])}",
-        details=details,
+        details=details, checks=checks,
         markdown=markdown,
         links=console_link(ctx, "glue", "gluestudio/home?region={region}#/job/"
                            + literal(f"{step.job}/run/{run_id}"), f"Glue job run {run_id}"),
@@ -337,6 +339,13 @@ class TableExpect(SpecModel):
             if not spec.split(":", 1)[0].strip():
                 raise ValueError(f"column {spec!r} needs a name (name or name:type)")
         return value
+
+    def check(self, database: str, found: dict[str, Any], problems: list[str]) -> CheckRecord:
+        """This table's check, typed: what is expected of it, and what is wrong with it (or what the catalog holds)."""
+        wanted = ", ".join(["exists", *(["columns " + ", ".join(self.columns)] if self.columns else []),
+                            *([f"partition keys {self.partition_keys}"] if self.partition_keys is not None else [])])
+        got = "; ".join(problems) or f"columns {', '.join(found['columns'])}, partition keys {found['partition_keys']}"
+        return CheckRecord.of("table", not problems, wanted, got, where=f"{database}.{self.name}")
 
 
 def _split_column(spec: str) -> tuple[str, str | None]:
@@ -521,11 +530,13 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
         problems.append(f"Glue crawler {step.crawler}'s crawl ended {status} (expected {step.expect_status}): "
                         f"{truncate(str(last.get('ErrorMessage') or 'Glue gave no error message'), MAX_MESSAGE_CHARS)}")
     tables: list[dict[str, Any]] = []
+    checks = [CheckRecord.of("crawl status", status == step.expect_status, step.expect_status, status)]
     if status == "SUCCEEDED" and step.database:
         for expected in step.tables:
             found_problems, found = table_problems(glue, step.database, expected)
             problems += found_problems
             tables.append({**found, "ok": not found_problems})
+            checks.append(expected.check(step.database, found, found_problems))
     problems = [redact(p, ctx.secrets) for p in problems]
     crawl = crawls.latest if crawls.latest and crawls.latest.get("StartTime") == last.get("StartTime") else {}
     details = {
@@ -548,11 +559,12 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     }
     markdown = _crawler_markdown(step, details, history, tables, problems)
     if problems:
-        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown,
+                          checks=checks)
     checked = f", {len(tables)} table(s) as expected" if tables else ""
     return StepOutcome(
         summary=f"Glue crawler {step.crawler}: crawl {status}{checked}",
-        details=details,
+        details=details, checks=checks,
         markdown=markdown,
         links=console_link(ctx, "glue", "glue/home?region={region}#/v2/data-catalog/crawlers/view/"
                            + literal(step.crawler), f"Glue crawler {step.crawler}"),

@@ -151,8 +151,8 @@ def run_expect_queue_depth(step: ExpectQueueDepthStep, ctx: StepContext) -> Step
                "attributes": depth.attributes, "checks": watched.checks,
                "waited_seconds": round(watched.waited, 3), "held_seconds": round(watched.held, 3)}
     if not watched.met:
-        raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown, check="depth")
     return StepOutcome(summary=f"SQS queue {step.queue}: {depth.describe()} {watched.timing()}", details=details,
-                       markdown=markdown,
+                       markdown=markdown, checks=[watched.record("depth", step.wanted(), depth.describe())],
                        links=console_link(ctx, "sqs", f"sqs/v3/home?region={{region}}#/queues/{quote(url, safe='')}",
                                           f"SQS queue {url.rsplit('/', 1)[-1]}"))

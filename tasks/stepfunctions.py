@@ -27,10 +27,19 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tasks.kit import markdown as md
 from tasks.kit import nesting
+from tasks.kit.checks import CheckRecord
 from tasks.kit.console_links import console_link, literal
 from tasks.kit.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.kit.iam import Arns, Footprint, partition
-from tasks.kit.json_expect import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
+from tasks.kit.json_expect import (
+    MISSING,
+    JsonExpect,
+    JsonMasker,
+    expect_checks,
+    expect_mismatches,
+    shown_json,
+    truncate,
+)
 from tasks.kit.pipeline_runs import (
     RunWait,
     StateHistory,
@@ -365,24 +374,30 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
     failed_in = failed_state(sfn, str(execution["executionArn"])) if status != "SUCCEEDED" else None
     details = _details(step, arn, execution, history, masker, failed_in, candidates)
     problems: list[str] = []
+    checks = [CheckRecord.of("final status", status == step.expect_status, step.expect_status, status)]
     if status != step.expect_status:
         reason = f"{execution.get('error') or 'no error'}: {truncate(str(execution.get('cause') or 'no cause'), 1000)}"
         where = f" in state {failed_in}" if failed_in else ""
         problems.append(masker.text(f"Step Functions execution {execution.get('name')} ended {status}{where} "
                                     f"(expected {step.expect_status}): {reason}"))
+        checks = [checks[0].model_copy(update={"actual": masker.text(f"{status}{where}: {reason}")})]
     elif step.expect is not None:
         if output is MISSING:
             problems.append(f"Step Functions execution {execution.get('name')} gave no JSON output to check")
+            checks.append(CheckRecord.of("JSON output", False, "a JSON output to check", "none"))
         else:
             problems += expect_mismatches(step.expect, output, masker)
+            checks += expect_checks(step.expect, output, masker)
     markdown = _markdown(details, problems)
     if problems:
-        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown,
+                          checks=checks)
     checked = ", output as expected" if step.expect else ""
     return StepOutcome(
         summary=f"Step Functions execution {execution.get('name')} {status}{checked}{took(details['duration_s'])}",
         details=details,
         markdown=markdown,
+        checks=checks,
         links=console_link(ctx, "stepfunctions", "states/home?region={region}#/v2/executions/details/"
                            + literal(str(execution["executionArn"])),
                            f"Step Functions execution {execution.get('name')}"),

@@ -27,26 +27,25 @@ from typing import Any
 import botocore.session
 
 ENV = "PIPELINE_TEST_IAM_CALLS"
-#: modules of tasks/ that make no call of a kind's own
-NEUTRAL = {"tasks.kit.aws", "tasks.kit.step", "tasks.kit.errors", "tasks.kit.polling", "tasks.kit.iam", "tasks.kit.pipeline_runs", "tasks.kit.watch"}
 #: service modules that serve the kinds of another module
-ALIASES = {"ssm_restore": "ssm", "object_stream": "s3", "object_content": "s3", "json_checks": None}
+ALIASES = {"ssm_restore": "ssm"}
 
 _lock = threading.Lock()
 _runners: dict[CodeType, str] = {}
 
 
 def family(module: str) -> str | None:
-    """``tasks.ssm_restore`` -> ``ssm``; ``tasks.athena.client`` -> ``athena``; ``tasks.kit.journal`` -> ``run``."""
+    """``tasks.ssm_restore`` -> ``ssm``; ``tasks.athena.client`` -> ``athena``; ``tasks.s3.upload`` -> ``s3``;
+    ``tasks.kit.journal`` -> ``run``; the rest of the kit: none."""
     if module == "flows.run.preflight":  # its probes are chosen among the case's needs (test_iam_contract)
         return "preflight"
     if module.startswith("flows."):
         return "run"
-    if not module.startswith("tasks.") or module in NEUTRAL:
+    if not module.startswith("tasks."):
         return None
+    if module.startswith("tasks.kit."):  # the kit makes no call of a kind's own, except the undo journal's
+        return "run" if module == "tasks.kit.journal" else None
     name = module.split(".")[1]
-    if name == "journal":
-        return "run"
     return ALIASES.get(name, name)
 
 

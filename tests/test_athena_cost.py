@@ -131,6 +131,10 @@ def test_the_case_total_is_shared_by_its_queries(clients: ClientFactory, fake_cl
         run_athena_query(step(), ctx)
     assert len(backend().executions) == calls  # nothing was sent to Athena
     assert err.value.details == {"case_scanned_bytes": 4 * GB, "case_max_scanned_bytes": 3 * GB}
+    [check] = err.value.checks  # typed, for report.json and report.html
+    assert (check.name, check.verdict, check.expected, check.actual) == (
+        "aws.athena_max_scanned_bytes", "failed", "< 3 GB (3,000,000,000 bytes)",
+        "4 GB (4,000,000,000 bytes) (before this query)")
 
 
 def test_a_query_the_workgroup_limit_cancelled_is_a_failed_check(clients: ClientFactory,

@@ -60,7 +60,12 @@ def run(clients: Any, tmp_path: Path, key: str, content: dict[str, Any], **step:
 
 
 def failed_checks(info: pytest.ExceptionInfo[CheckFailed]) -> dict[str, str]:
-    return {c["check"]: c["actual"] for r in info.value.details["content"] for c in r["checks"] if not c["passed"]}
+    """The failed content checks, check -> actual, as the step's typed checks give them (the same in details)."""
+    typed = {c.name: c.actual for c in info.value.checks if not c.passed}
+    assert all(c.where for c in info.value.checks if not c.passed)  # each names its object
+    assert typed == {c["check"]: c["actual"] for r in info.value.details["content"] for c in r["checks"]
+                     if not c["passed"]}
+    return typed
 
 
 # -------------------------------------------------------------------------------------------------------- csv
@@ -257,6 +262,8 @@ def test_absent_passes_only_after_the_whole_hold(module_clients, s3, tmp_path) -
     assert out.details["watched_seconds"] == pytest.approx(2.0) and out.details["not_counted"] == [
         "curated/run-1/readme.txt"]
     assert "nothing appeared" in out.markdown and "✅ PASS" in out.markdown and "readme.txt" in out.markdown
+    [check] = out.checks
+    assert check.verdict == "passed" and "for 2 s" in check.expected and "curated/run-1/" in check.expected
 
 
 def test_absent_fails_as_soon_as_something_appears(s3) -> None:
@@ -276,6 +283,8 @@ def test_absent_fails_as_soon_as_something_appears(s3) -> None:
     assert info.value.message.startswith("curated/run-2/orders.csv (4 B) appeared after ")
     assert "expected no objects matching '*' under s3://content-bucket/curated/run-2/ for 5 s" in info.value.message
     assert "❌ FAIL" in (info.value.markdown or "")
+    [check] = info.value.checks
+    assert (check.name, check.verdict) == ("absent", "failed") and check.actual.startswith("curated/run-2/orders.csv (4 B) after ")
 
 
 def test_absent_keys_in_a_missing_bucket_is_an_error_not_a_pass(s3) -> None:

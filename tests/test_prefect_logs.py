@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-import flows.pipeline_test  # noqa: F401 - importing the flow's module installs the filters
 from flows.evidence.results import CaseFailed, CaseResult
 from flows.run.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter, QuietStepStates
 from flows.run.recover import CouldNotRun
@@ -36,10 +35,17 @@ def failed_case() -> CaseFailed:
     return CaseFailed(CaseResult.model_construct(case="c", status="failed", steps=[]))
 
 
-def test_both_run_loggers_have_the_filter_once() -> None:
+def test_importing_the_flow_installs_nothing_and_running_it_installs_the_filters_once() -> None:
+    import subprocess
+
+    probe = ("import logging, flows.pipeline_test, flows.cli, flows.demo\n"
+             "print(sum(len(logging.getLogger(n).filters) for n in ('prefect.flow_runs', 'prefect.task_runs')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "0", out.stderr  # no import side effect (#25)
     import flows.run.prefect_logs
 
-    flows.run.prefect_logs.install()  # again: still one
+    flows.run.prefect_logs.install()
+    flows.run.prefect_logs.install()  # again (every run calls it): still one
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         assert sum(isinstance(f, ExpectedFailureFilter) for f in logging.getLogger(name).filters) == 1
 

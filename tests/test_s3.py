@@ -225,9 +225,11 @@ def test_exact_count_exceeded_fails_at_once(s3, bucket) -> None:
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"out/{i}.csv", Body=b"1")
     fake = FakeClock()
-    with pytest.raises(StepError, match="expected exactly 2 object.*found 3"):
+    with pytest.raises(StepError, match="expected exactly 2 object.*found 3") as err:
         expect_objects(s3, ExpectObjectsStep(bucket=bucket, prefix="out/", count=2), clock=fake.clock)
     assert fake.t == 0
+    [check] = err.value.checks
+    assert (check.name, check.verdict) == ("objects", "failed") and check.actual.startswith("3 found: out/0.csv")
 
 
 def test_access_denied_is_reported_as_such_not_as_not_found(s3) -> None:

@@ -409,7 +409,10 @@ def test_expect_parameters_passes(ctx: StepContext, params: None) -> None:
     assert outcome.summary == "7 SSM parameter expectation(s) met"
     assert "hello world" in outcome.markdown
     blob = outcome.summary + json.dumps(outcome.details) + outcome.markdown
+    blob += json.dumps([c.model_dump() for c in outcome.checks])
     assert CANARY not in blob and CANARY[:12] not in blob
+    assert [(c.where, c.name, c.verdict) for c in outcome.checks[:2]] == [("/e/plain", "equals", "passed"),
+                                                                          ("/e/plain", "contains", "passed")]
     assert mask(CANARY) in outcome.markdown
 
 
@@ -455,6 +458,8 @@ def test_expect_failure_lists_every_problem_with_secrets_masked(ctx: StepContext
     assert f"is {mask(CANARY)}, expected {mask(CANARY2)}" in err.message
     assert "$.password: expected" in err.message
     blob = str(err) + json.dumps(err.details) + (err.markdown or "") + caplog.text
+    blob += json.dumps([c.model_dump() for c in err.checks])
+    assert [c.verdict for c in err.checks] == ["failed", "failed", "failed", "passed"]
     for secret in (CANARY, CANARY2):
         assert secret not in blob
     assert [p["problems"] == [] for p in err.details["parameters"]] == [False, False, False, True]

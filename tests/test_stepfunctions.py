@@ -98,6 +98,9 @@ def test_started_execution_succeeds_and_its_output_is_checked(
     assert json.loads(d["output"]) == {"rows": 5, "file": "in/orders.csv", "token": STARS, "status": "loaded"}
     assert json.loads(d["input"])["auth"]["token"] == STARS
     assert TOKEN not in outcome.markdown and TOKEN not in json.dumps(d)
+    assert [(c.name, c.verdict) for c in outcome.checks] == [("final status", "passed"), ("json_subset", "passed"),
+                                                             ("file", "passed")]
+    assert TOKEN not in json.dumps([c.model_dump() for c in outcome.checks])
     assert d["states_observed"][-1]["state"] == "SUCCEEDED"
     assert outcome.summary.startswith(f"Step Functions execution {d['name']} SUCCEEDED, output as expected")
 

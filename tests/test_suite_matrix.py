@@ -180,6 +180,12 @@ def test_a_matrix_suite_runs_each_row_in_its_own_pack_and_testsuite_and_reruns_e
     third = tmp_path / "third"
     assert main([str(suite), "--rerun-failed", str(second), "--evidence-dir", str(third)]) == 0
     assert cases_of(third) == {"Landing [refunds]": "passed"}
+    # its trend: the earlier packs beside it (first, second) read back; only runs of the same row count
+    trends = json.loads((third / "report.json").read_text())["trends"]
+    assert trends["packs"] == 2 and trends["notes"] == []
+    refunds = trends["cases"]["Landing [refunds]"]
+    assert [v for v, _ in refunds["history"]] == ["failed", "failed", "passed"] and refunds["flips"] == 1
+    assert "33% (1/3)" in (third / "index.html").read_text(encoding="utf-8")
     capsys.readouterr()
     assert main(["--rerun-failed", str(third)]) == 0
     assert "Nothing to re-run: every case of suite 'Sources' passed in" in capsys.readouterr().out

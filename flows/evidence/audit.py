@@ -17,8 +17,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tasks.kit.errors import error_code
 from flows.evidence.report import Audit, AwsIdentity
+from tasks.kit.errors import error_code
 
 #: the project's checkout (for the git commit, when run from one)
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flows.spec.slugs import slug
-from flows.evidence.results import CaseResult, StepResult
-from tasks.kit import markdown as md
-from tasks.kit.step import StepOutcome, format_duration
 from flows.evidence.report import Audit
+from flows.evidence.results import CaseResult, StepResult
+from flows.spec.slugs import slug
+from tasks.kit import markdown as md
 from tasks.kit.status import MEANING, STATUS, STEP_STATUSES, card_word, headline, marked
+from tasks.kit.step import StepOutcome, format_duration
 
 #: the widest code line the Prefect UI shows whole at 1400 px (raw details are broken for display)
 CODE_WIDTH = 96

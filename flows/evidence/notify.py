@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.evidence.report import Notice
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit.markdown import slack_code, slack_code_block, slack_link, slack_text
 from tasks.kit.polling import wait_done
-from flows.evidence.report import Notice
 from tasks.kit.status import STATUS
 
 #: seconds to wait for Slack before giving up (the run waits this long at most)

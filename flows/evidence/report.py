@@ -8,7 +8,8 @@ cannot drift apart by a key; flows/evidence/pack/report.schema.json and suite-re
 generated from them (``python -m flows.spec.reference``; a test fails when they are stale).
 
 Within a ``schema_version`` fields are only ever added, each with a default, so a pack written by an older version
-still reads. No Prefect, no boto3; of this project only the vocabulary of statuses (tasks/kit/status.py).
+still reads. No Prefect, no boto3; of this project only the vocabulary of statuses, the typed checks and a suite's
+trends.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from flows.suite.trends import SuiteTrends
+from tasks.kit.checks import CheckRecord
 from tasks.kit.status import CaseStatus, CaseVerdict, StepStatus
 
 REPORT_SCHEMA: Final = "pipeline-test/evidence-report"
@@ -205,10 +208,10 @@ class StepReport(Record):
     #: the step's links (AWS console, or the emulator's URL), as in its UI artifact
     links: list[EvidenceLink] = Field(default_factory=list, description="The step's links (AWS console, or the "
                                       "emulator's URL), as in its UI artifact.")
-    #: the step's checks as a list of their own (a step kind that records none keeps them in ``details``): left
-    #: open here, the step's result types them
-    checks: list[Any] | None = Field(None, description="The step's checks, when its kind records them as such "
-                                     "(absent in older packs; else see details).")
+    #: what the step checked, each with expected, actual and verdict (typed, from its outcome or its failure):
+    #: report.json's ``checks``, and report.html's checks table
+    checks: list[CheckRecord] = Field(default_factory=list, description="What the step checked: each check's name, "
+                                      "where, expected, actual and verdict (absent in older packs).")
 
 
 class HashedItemRecord(Record):
@@ -308,6 +311,8 @@ class SuiteReport(Record):
     source: str | None = Field(None, description="The suite file or folder as given (what --rerun-failed runs "
                                "again).")
     rerun_of: RerunOf | None = None
+    trends: SuiteTrends | None = Field(None, description="Every case's trend over the suite's last runs (absent in "
+                                       "older packs).")
     cases: list[SuiteCaseReport]
 
 

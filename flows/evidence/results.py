@@ -7,7 +7,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tasks.kit.files import HashedItem, StepFile
 from flows.evidence.report import (  # noqa: F401  (StepStatus, EvidenceLink: re-exported)
     Audit,
     CaseReport,
@@ -19,6 +18,7 @@ from flows.evidence.report import (  # noqa: F401  (StepStatus, EvidenceLink: re
     StepReport,
     StepStatus,
 )
+from tasks.kit.files import HashedItem, StepFile
 
 
 class StepResult(StepReport):

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from flows.evidence.history import read_history
 from flows.evidence.markdown import (  # noqa: F401  (re-exported: callers import them from here)
     KEY_MAX,
     case_key,
@@ -27,12 +28,11 @@ from flows.evidence.markdown import (  # noqa: F401  (re-exported: callers impor
     step_markdown,
     summary_rows,
 )
-from flows.evidence.history import read_history
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit import markdown as md
-from tasks.kit.step import StepOutcome, format_duration
 from tasks.kit.polling import WAKE_S
 from tasks.kit.status import card_word
+from tasks.kit.step import StepOutcome, format_duration
 
 MAX_LINK_ARTIFACTS = 3
 #: how long the end of a case waits for its steps' evidence still being published

@@ -46,15 +46,16 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     outcome: StepOutcome | None = None
-    status, error, code, details, items, files = "passed", None, None, {}, [], []
+    status, error, code, details, items, files, checks = "passed", None, None, {}, [], [], []
     try:
         outcome = REGISTRY[placed.kind].run(placed.step, ctx)
-        items, files = outcome.hashed_items, outcome.files
+        items, files, checks = outcome.hashed_items, outcome.files, outcome.checks
     except StepError as exc:
         # CheckFailed: what the step checked did not hold; any other: the step could not do or check it (AWS
         # refused, a wait for AWS timed out, a bad input, the run was stopped)
         status = "failed" if isinstance(exc, CheckFailed) else "error"
         error, code, details, items, files = exc.message, exc.code, exc.details, exc.hashed_items, exc.files
+        checks = exc.checks
         if exc.markdown is not None:  # the step's own evidence (what it did and saw), shown as its report
             outcome = StepOutcome(summary="", details={}, markdown=exc.markdown)
     except Exception as exc:  # a bug or an unforeseen failure: say so plainly, keep the traceback at debug level
@@ -66,7 +67,7 @@ def execute_step(placed: PlacedStep, ctx: StepContext) -> StepResult | State:
         duration_s=round(time.monotonic() - t0, 3),
         summary=outcome.summary if outcome else "", error=error, error_code=code,
         details=outcome.details if outcome and status == "passed" else details,
-        request_ids=outcome.request_ids if outcome else [], items=items, files=files,
+        request_ids=outcome.request_ids if outcome else [], items=items, files=files, checks=checks,
         **carried_evidence(outcome),
     )
     result, outcome = scrub(result, outcome, ctx.secrets)

@@ -49,6 +49,8 @@ from flows.suite.pack import (
 )
 from flows.suite.progress import PROGRESS, Progress, lock_waits_seen
 from flows.suite.spec import DeploymentSettings, SuiteCase, SuitePlan, load_suite
+from flows.suite.trends import CaseRun, SuiteTrends, read_history, suite_trends, summary_line
+from flows.suite.trends import cells as trend_cells
 from tasks.kit import markdown as md
 from tasks.kit.polling import wait_done
 from tasks.kit.status import card_word, marked
@@ -255,6 +257,17 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 
 
+def read_trends(result: SuiteResult, folder: Path, window: int, logger: Any) -> SuiteTrends | None:
+    """Every case's trend: this run against the suite's earlier packs beside ``folder`` (read once per suite run);
+    a pack that cannot be read is skipped with a note; None (and a warning) when the trends cannot be had."""
+    try:
+        history = read_history(folder.parent, result.suite, window, exclude=folder)
+        for note in history.notes:
+            logger.warning("Trends: %s", note)
+        return suite_trends([(c.case, CaseRun(c.status, c.duration_s)) for c in result.cases], history, window)
+    except Exception as exc:  # trends are a convenience: never a reason to lose the evidence
+        logger.warning("Could not read the suite's trends: %s", exc)
+        return None
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
             claim: PackClaim, logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
     """The suite's result, its summary artifact and its evidence pack (a failure of either is logged; one of the
@@ -262,6 +275,7 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
     result = SuiteResult(suite=plan.spec.suite, flow_run_id=run_id, ui_url=this_run_url(), started_at=started,
                          ended_at=_now(), cases=cases, skipped=[str(p) for p in plan.skipped],
                          source=str(plan.source), rerun_of=rerun)
+    result.trends = read_trends(result, folder, plan.spec.trend_runs, logger)
     try:
         write_suite_pack(result, folder, claim=claim)
         result.evidence_dir = str(folder.resolve())
@@ -294,6 +308,19 @@ def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
              "flow run": (c.flow_run_id or "")[:8]} for c in result.cases]
 
 
+def trends_markdown(result: SuiteResult) -> str:
+    """The report's Trends section: per case its pass rate, p50 / p95, this run's duration and marks (``–`` for a
+    case with fewer than 2 runs); empty when there are no trends."""
+    if result.trends is None:
+        return ""
+    rows = []
+    for c in result.cases:
+        shown = trend_cells(result.trends.cases.get(c.case))
+        rows.append([c.case, shown["pass rate"], shown["p50 / p95"], shown["last"], shown["marks"]])
+    return (f"\n\n## Trends\n\n{md.text(summary_line(result.trends))}\n\n"
+            + md.table(["case", "pass rate", "p50 / p95", "this run", "marks"], rows, whole_below=False))
+
+
 def publish_suite(result: SuiteResult) -> None:
     """The suite's summary table under the stable key ``suite-<name>`` and a report with links to every case's
     flow run (``suite-<name>-report``)."""
@@ -310,5 +337,6 @@ def publish_suite(result: SuiteResult) -> None:
             if result.evidence_dir else md.text("No evidence pack was written (see the suite's log)."))
     create_markdown_artifact(
         markdown=f"# Suite {md.text(result.suite)}: {md.text(verdict)}\n\n"
-        + md.table(["verdict", "case", "duration", "failed step and reason", "run"], rows) + "\n\n" + pack,
+        + md.table(["verdict", "case", "duration", "failed step and reason", "run"], rows) + "\n\n" + pack
+        + trends_markdown(result),
         key=f"{key}-report"[:KEY_MAX], description=f"{word} · suite {md.text(result.suite)}: {verdict}")

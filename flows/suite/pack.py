@@ -42,6 +42,7 @@ from flows.evidence.report import (  # noqa: F401  (RerunOf, SUITE_REPORT_SCHEMA
     read_case_report,
 )
 from flows.evidence.results import CaseResult, StepResult
+from flows.suite.trends import SuiteTrends, cells, summary_line
 from tasks.kit.status import STATUS
 
 INDEX_HTML = "index.html"
@@ -100,6 +101,8 @@ class SuiteResult(BaseModel):
     rerun_of: RerunOf | None = None
     #: why the suite's evidence pack (or a case's) could not be written: the CLI exits 4
     evidence_error: str | None = None
+    #: every case's trend over its last runs, from the suite's earlier packs (:mod:`flows.suite.trends`)
+    trends: SuiteTrends | None = None
 
     @property
     def duration_s(self) -> float:
@@ -164,6 +167,51 @@ def timeline_svg(result: SuiteResult) -> str:
     return "\n".join(parts)
 
 
+TREND_W, TREND_H = 240, 28
+#: the trend marks as index.html shows them (badges: no emoji font needed)
+SLOW_BADGE, FLAKY_BADGE = "SLOW", "FLAKY"
+
+
+def trend_svg(history: list[tuple[str, float]]) -> str:
+    """A case's last runs, oldest first: one bar per run, its height the duration, coloured by verdict."""
+    longest = max((d for _, d in history), default=0.0) or 1.0
+    step = TREND_W / max(len(history), 1)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{TREND_W}" height="{TREND_H}" role="img" '
+             f'aria-label="the last {len(history)} runs">']
+    for i, (verdict, duration) in enumerate(history):
+        h = 3 + (TREND_H - 3) * duration / longest
+        title = html.escape(f"run {i + 1}: {verdict}, {duration:.1f} s", quote=True)
+        parts.append(f'<rect x="{i * step:.1f}" y="{TREND_H - h:.1f}" width="{max(step - 2, 1):.1f}" height="{h:.1f}" '
+                     f'fill="{STATUS[verdict].colour if verdict in STATUS else "#8c959f"}" '
+                     f'data-status="{html.escape(verdict)}">'
+                     f'<title>{title}</title></rect>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def trends_html(result: SuiteResult) -> list[str]:
+    """The Trends section: per case its last runs as a chart, pass rate, p50 / p95, this run's duration, marks."""
+    if result.trends is None:
+        return []
+    e = html.escape
+    rows = []
+    for c in result.cases:
+        trend = result.trends.cases.get(c.case)
+        shown = cells(trend)
+        chart, marks = "–", "–"
+        if trend is not None:
+            chart = trend_svg(trend.history)
+            marks = " ".join(f"<span class='badge {css}'>{word}</span>" for word, css, on in (
+                (SLOW_BADGE, "error", trend.slow), (FLAKY_BADGE, "failed", trend.flaky)) if on) or "–"
+        rows.append(f"<tr><td>{e(c.case)}</td><td>{chart}</td>"
+                    + "".join(f"<td>{e(shown[k])}</td>" for k in ("pass rate", "p50 / p95", "last"))
+                    + f"<td>{marks}</td></tr>")
+    legend = summary_line(result.trends, SLOW_BADGE, FLAKY_BADGE)
+    return ["<h2>Trends</h2>", f"<p class='muted'>{e(legend)}</p>",
+            "<table class='trends'><tr><th>case</th><th>last runs (oldest first)</th><th>pass rate</th>"
+            "<th>p50 / p95</th><th>this run</th><th>marks</th></tr>", *rows, "</table>"]
+
+
 def index_html(result: SuiteResult) -> str:
     """index.html: the verdict, the timeline, and a row per case linking its pack and its flow run."""
     e = html.escape
@@ -187,6 +235,7 @@ def index_html(result: SuiteResult) -> str:
         "<h2>Cases</h2>",
         "<table><tr><th>case</th><th>verdict</th><th>duration</th><th>failed step and reason</th><th>evidence"
         "</th><th>run</th></tr>", *rows, "</table>",
+        *trends_html(result),
         *([f"<p class='muted'>Left out: {e(', '.join(result.skipped))}</p>"] if result.skipped else []),
         f"<p class='muted'>Check this pack with <code>python -m flows.pipeline_test verify &lt;this folder&gt;"
         f"</code> ({e(MANIFEST)} lists every file, the cases' packs included).</p>",
@@ -230,7 +279,7 @@ def suite_report(result: SuiteResult) -> SuiteReport:
         started_at=result.started_at, ended_at=result.ended_at, duration_s=result.duration_s,
         counts=SuiteCounts(passed=result.count("passed"), failed=result.count("failed"),
                            not_run=result.count("not run")),
-        skipped_by_tags=result.skipped, source=result.source, rerun_of=result.rerun_of,
+        skipped_by_tags=result.skipped, source=result.source, rerun_of=result.rerun_of, trends=result.trends,
         cases=[SuiteCaseReport(case=c.case, path=c.path, status=c.status, started_at=c.started_at,
                                ended_at=c.ended_at, duration_s=c.duration_s, flow_run_id=c.flow_run_id,
                                ui_url=c.ui_url, failed_step=c.failed_step.number if c.failed_step else None,

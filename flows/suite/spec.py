@@ -28,6 +28,7 @@ from flows.spec.credential_guard import credential_problems
 from flows.spec.load import SpecError, load_spec, read_spec_file
 from flows.spec.model import CaseSpec
 from flows.spec.slugs import slug
+from flows.suite.trends import TREND_RUNS
 from tasks.kit.step import SpecModel
 
 #: at most this many cases in one suite (a glob gone wrong must not validate a whole disk)
@@ -134,6 +135,9 @@ class SuiteSpec(SpecModel):
     deployment: DeploymentSettings = Field(default_factory=DeploymentSettings,
                                            description="The deployment that runs the cases when `run_as` is "
                                            "`deployment`.")
+    trend_runs: int = Field(TREND_RUNS, ge=2, le=100, description="How many runs (this one included) each case's "
+                            "trend covers: pass rate, p50/p95 duration, slow and flaky marks, read from the suite's "
+                            "earlier evidence packs in the same evidence folder.")
     files_root: str | None = Field(
         None, min_length=1, max_length=1024,
         description="A folder, relative to the suite file and inside its folder (`data`), that local files named by "

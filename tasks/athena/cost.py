@@ -95,7 +95,9 @@ class ScanLimit:
             raise CheckFailed(f"the case's Athena queries already scanned {show_bytes(case.total)}, its limit "
                               f"(aws.athena_max_scanned_bytes) is {show_bytes(case.limit)}: this query was not "
                               "started", code=CHECK_FAILED,
-                              details={"case_scanned_bytes": case.total, "case_max_scanned_bytes": case.limit})
+                              details={"case_scanned_bytes": case.total, "case_max_scanned_bytes": case.limit},
+                              checks=[CheckResult("aws.athena_max_scanned_bytes", False, Bytes(case.limit),
+                                                  Bytes(case.total), "before this query", relation="<").record()])
         return limit
 
     @property
@@ -155,4 +157,5 @@ def stopped_over_limit(query_id: str, execution: dict[str, Any], limit: ScanLimi
     if checks:
         body = ("**Checks**\n\n" + markdown.table(["verdict", "check", "expected", "actual"], [c.row() for c in checks])
                 + "\n\n" + body)
-    return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body)
+    return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body,
+                       checks=[c.record() for c in checks])

@@ -190,6 +190,7 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         links=links,
         tables={"preview": safe_preview},
         request_ids=list(run.request_ids),
+        checks=[c.record() for c in checks],
         hashed_items=[HashedItem.query_result(query_id=run.query_id, location=facts["output_location"],
                                               rows=facts["row_count"], sha256=digest)],
         files=files,

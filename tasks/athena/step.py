@@ -223,7 +223,7 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         raise CheckFailed(
             f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.text() for c in failed),
             details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
-            files=outcome.files,
+            files=outcome.files, checks=outcome.checks,
         )
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
     return outcome

@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
+from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import StepError
 from tasks.kit.markdown import shorten
 from tasks.kit.status import check_verdict
@@ -269,6 +270,12 @@ class CheckResult:
         actual = show_value(self.actual) + (f" ({self.note})" if self.note else "")
         return [check_verdict(self.passed), shorten(self.name, width),
                 shorten(relation + show_value(self.expected), width), shorten(actual, width)]
+
+    def record(self) -> CheckRecord:
+        """The typed record of this check (expected with its relation, actual with its note), as the pack shows it."""
+        relation = f"{self.relation} " if self.relation else ""
+        actual = show_value(self.actual) + (f" ({self.note})" if self.note else "")
+        return CheckRecord.of(self.name, self.passed, relation + show_value(self.expected), actual)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,

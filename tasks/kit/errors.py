@@ -12,7 +12,7 @@ below, one per meaning, or AWS's own error code passed through as AWS gives it (
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from botocore.exceptions import (
     BotoCoreError,
@@ -24,6 +24,9 @@ from botocore.exceptions import (
 )
 
 from tasks.kit.files import HashedItem, StepFile
+
+if TYPE_CHECKING:
+    from tasks.kit.checks import CheckRecord
 
 # ------------------------------------------------------------------------------------------------ error codes
 #: what a step checked did not hold (an expectation, a count, a Lambda response, a query's checks)
@@ -66,11 +69,12 @@ AWS_PRECONDITION_FAILED = "PreconditionFailed"
 class StepError(Exception):
     """A step could not do or check what it was asked to (its status is ``error``); the message is shown to
     the user as is. ``markdown`` is the step's own evidence (what it did and saw before it stopped), shown as
-    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack)."""
+    the failed step's report; ``hashed_items`` what it hashed before it stopped (they go into the pack);
+    ``checks`` what it checked, typed (:class:`tasks.kit.checks.CheckRecord`), passed and not."""
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -80,6 +84,8 @@ class StepError(Exception):
         self.hashed_items: list[HashedItem] = list(hashed_items or [])
         #: files it wrote for the evidence pack before it stopped
         self.files: list[StepFile] = list(files or [])
+        #: what it checked before it stopped, each with its verdict (report.html's checks table)
+        self.checks: list[CheckRecord] = list(checks or [])
 
     def with_message(self, message: str) -> StepError:
         """The same error (class, code, details, evidence) with another message, e.g. one with secrets masked."""
@@ -93,9 +99,9 @@ class CheckFailed(StepError):
 
     def __init__(self, message: str, *, code: str | None = CHECK_FAILED, details: dict[str, Any] | None = None,
                  markdown: str | None = None, hashed_items: list[HashedItem] | None = None,
-                 files: list[StepFile] | None = None) -> None:
+                 files: list[StepFile] | None = None, checks: list[CheckRecord] | None = None) -> None:
         super().__init__(message, code=code, details=details, markdown=markdown, hashed_items=hashed_items,
-                         files=files)
+                         files=files, checks=checks)
 
 
 class AwsCallError(StepError):

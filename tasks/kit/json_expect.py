@@ -18,8 +18,9 @@ from jmespath.exceptions import JMESPathError
 from pydantic import Field, model_validator
 
 from tasks.kit import nesting
+from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import StepError
-from tasks.kit.json_compare import jmespath_mismatches, json_subset_mismatches
+from tasks.kit.json_compare import jmespath_mismatches, json_equal, json_subset_mismatches
 from tasks.kit.secrets import (
     Secrets,
     Segment,
@@ -137,3 +138,23 @@ def expect_mismatches(expect: JsonExpect, document: Any, masker: JsonMasker) -> 
         problems += json_subset_mismatches(expect.json_subset, document, masker.show_at)
     problems += jmespath_mismatches(expect.jmespath, document, masker.show, shown=masker.doc(document))
     return [masker.text(p) for p in problems]
+
+
+def expect_checks(expect: JsonExpect, document: Any, masker: JsonMasker) -> list[CheckRecord]:
+    """Each part of ``expect`` as a typed check: the JSON subset (what it expected, and what did not match, if
+    anything), each JMESPath expression with what it gave; values as the evidence reports them (sensitive fields
+    and the run's secrets masked). ``document`` is JSON (not ``MISSING``: the caller reports a missing one)."""
+    records = []
+    if expect.has_subset:
+        problems = [masker.text(p) for p in json_subset_mismatches(expect.json_subset, document, masker.show_at)]
+        records.append(CheckRecord.of("json_subset", not problems,
+                                      masker.text(truncate(masker.show(masker.doc(expect.json_subset)), 1000)),
+                                      "; ".join(problems) or "contained"))
+    shown = masker.doc(document)
+    for expr, expected in expect.jmespath.items():
+        got, reported = jmespath.search(expr, document), jmespath.search(expr, shown)
+        # an expression that reads a masked (sensitive) value: what it was expected to give is masked too
+        expected_text = masker.show(expected if json_equal(got, reported) else mask_any(expected))
+        records.append(CheckRecord.of(expr, json_equal(expected, got), masker.text(expected_text),
+                                      masker.text(truncate(masker.show(reported), 1000))))
+    return records

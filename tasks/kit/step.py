@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.kit.aws import ClientFactory
+from tasks.kit.checks import CheckRecord
 from tasks.kit.files import HashedItem, StepFile
 from tasks.kit.iam import Arns, Footprint, FootprintFn
 from tasks.kit.polling import Clock
@@ -320,7 +321,8 @@ class StepOutcome:
     ``tables`` are extra table artifacts (name -> rows); ``request_ids`` are AWS request ids for the record;
     ``hashed_items`` are the files uploaded and query results read, with their SHA-256, for the evidence pack's
     manifest (a typed field, not a convention in ``details``); ``files`` are files the step wrote for the pack
-    (into ``ctx.scratch_folder(...)``).
+    (into ``ctx.scratch_folder(...)``); ``checks`` are what the step checked, each with its verdict (typed:
+    report.html's checks table and report.json's ``checks`` are made from them, never from ``details``).
     """
 
     summary: str
@@ -332,6 +334,8 @@ class StepOutcome:
     hashed_items: list[HashedItem] = field(default_factory=list)
     #: files the step wrote into its scratch folder, copied into the evidence pack (hashed in its manifest)
     files: list[StepFile] = field(default_factory=list)
+    #: what the step checked, passed and not
+    checks: list[CheckRecord] = field(default_factory=list)
 
 
 Runner = Callable[[Any, StepContext], StepOutcome]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Callable, Generic, Literal, TypeVar, Union
 
 from pydantic import Field, model_validator
 
+from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed
 from tasks.kit.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
 from tasks.kit.step import SpecModel
@@ -98,6 +99,13 @@ class Watched(Generic[T]):
             text += f", then held for {self.held:.1f} s"
         return f"{text} ({self.checks} check(s))"
 
+    def record(self, name: str, expected: str, seen: str) -> CheckRecord:
+        """The typed check of this watch: ``expected`` (what was waited for), what was last ``seen`` (already
+        masked) and how the watch ended."""
+        how = {"met": "", "timed_out": "timed out ", "hopeless": "cannot hold any more, ",
+               "broken": "held, then no longer, "}[self.outcome]
+        return CheckRecord.of(name, self.met, expected, f"{seen} ({how}{self.timing()})")
+
 
 def watch(check: Callable[[], T], holds: Callable[[T], bool], wait: PollSettings, *, hold: float = 0.0,
           hopeless: Callable[[T], bool] | None = None, describe: Callable[[T], str] = str, what: str = "condition",
@@ -124,9 +132,11 @@ def watch(check: Callable[[], T], holds: Callable[[T], bool], wait: PollSettings
     return Watched("broken" if kept.done else "met", kept.value, first.checks + kept.checks, first.elapsed, held)
 
 
-def unmet(watched: Watched[Any], what: str, seen: str, *, details: dict[str, Any], markdown: str) -> CheckFailed:
+def unmet(watched: Watched[Any], what: str, seen: str, *, details: dict[str, Any], markdown: str,
+          check: str) -> CheckFailed:
     """The failure of a watch that did not end ``met``: what was expected, how it ended, what was last seen
-    (``seen``, already masked). Not there in time is a check that did not hold too (code ``Timeout``)."""
+    (``seen``, already masked), and its typed record named ``check``. Not there in time is a check that did not
+    hold too (code ``Timeout``)."""
     if watched.outcome == "timed_out":
         message = f"timed out after {watched.waited:.0f} s ({watched.checks} checks) waiting for {what}; found {seen}"
     elif watched.outcome == "broken":
@@ -135,4 +145,4 @@ def unmet(watched: Watched[Any], what: str, seen: str, *, details: dict[str, Any
     else:
         message = f"{what}: cannot hold any more; found {seen}"
     return CheckFailed(message, code=TIMED_OUT if watched.outcome == "timed_out" else CHECK_FAILED,
-                       details=details, markdown=markdown)
+                       details=details, markdown=markdown, checks=[watched.record(check, what, seen)])

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 from tasks.kit import markdown, nesting
+from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
 from tasks.kit.status import check_verdict
 from tasks.kit.step import format_bytes
@@ -81,6 +82,10 @@ class ObjectReport:
     @property
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
+
+    def records(self) -> list[CheckRecord]:
+        """The typed records of this object's checks (where: its key)."""
+        return [CheckRecord.of(c.check, c.passed, c.expected, c.actual, where=self.key) for c in self.checks]
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "size": self.size, "format": self.format, "passed": self.passed,

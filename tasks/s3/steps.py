@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from tasks.kit import markdown
+from tasks.kit.checks import CheckRecord
 from tasks.kit.console_links import s3_link
 from tasks.kit.errors import (
     AWS_ERRORS,
@@ -369,7 +370,8 @@ def expect_objects(client: S3Client, step: ExpectObjectsStep, *, logger: Any = N
     if outcome.done and step.count is not None and len(obs.matched) != step.count:
         raise CheckFailed(f"expected exactly {step.count} object(s) matching {step.pattern!r} under {where}, "
                           f"found {len(obs.matched)}: {_listing(obs)}",
-                        details={"found": [asdict(o) for o in obs.matched]})
+                          details={"found": [asdict(o) for o in obs.matched]},
+                          checks=[CheckRecord.of("objects", False, what, f"{len(obs.matched)} found: {_listing(obs)}")])
     if not outcome.done:
         found = obs
         if step.keys is not None:  # also show what *is* there near the expected keys, and that it does not count
@@ -386,6 +388,8 @@ def expect_objects(client: S3Client, step: ExpectObjectsStep, *, logger: Any = N
             details={"found": [asdict(o) for o in found.matched],
                      "not_counted": [{**asdict(o), "why": why} for o, why in found.others],
                      "missing": found.missing},
+            checks=[CheckRecord.of("objects", False, what,
+                                   f"after {outcome.elapsed:.0f} s, found under {where}: {_listing(found)}")],
         )
     return obs, outcome.checks, outcome.elapsed
 
@@ -428,6 +432,7 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
             f"{target} for {hold:g} s",
             details={"found": [asdict(o) for o in obs.matched], "polls": outcome.checks,
                      "watched_seconds": round(outcome.elapsed, 3), "hold_seconds": hold},
+            checks=[CheckRecord.of("absent", False, rows[0][2], rows[0][3])],
             markdown=markdown.Md(f"Watched {markdown.text(target)} for a hold of {hold:g} s: "
                                  f"{markdown.text(_listing(found))} appeared after {outcome.elapsed:.1f} s "
                                  f"(poll {outcome.checks}).\n\n"
@@ -454,6 +459,8 @@ def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
         details={"bucket": step.bucket, "absent": True, "hold_seconds": hold, "polls": polls,
                  "watched_seconds": round(elapsed, 3), "not_counted": [o.key for o, _ in obs.others[:20]]},
         markdown="\n".join(lines),
+        checks=[CheckRecord.of("absent", True, f"nothing matching {step.keys or step.pattern} under {_where(step)} "
+                               f"for {hold:g} s", rows[0][3])],
     )
 
 
@@ -529,20 +536,28 @@ def run_expect_objects(step: ExpectObjectsStep, ctx: StepContext) -> StepOutcome
     details: dict[str, Any] = {"bucket": step.bucket, "found": [asdict(o) for o in obs.matched], "checks": checks,
                                "waited_seconds": round(elapsed, 3)}
     summary = f"found {len(obs.matched)} object(s) in s3://{step.bucket} after {elapsed:.1f} s ({checks} checks)"
+    expected = (f"{len(step.keys)} key(s) in {_where(step)}" if step.keys else
+                f"{'exactly' if step.count is not None else 'at least'} "
+                f"{step.count if step.count is not None else (step.min_count or 1)} object(s) matching "
+                f"{step.pattern!r} under {_where(step)}")
+    expected += f", each at least {step.min_size} B" if step.min_size else ""
+    records = [CheckRecord.of("objects", True, expected, f"{len(obs.matched)} found after {elapsed:.1f} s")]
     if step.content is not None:
         reports = _content_reports(ctx, step, obs.matched)
         md += "\n\n" + content_markdown(reports)
         details["content"] = [r.to_dict() for r in reports]
+        records += [record for r in reports for record in r.records()]
         failed = [(r.key, c) for r in reports for c in r.checks if not c.passed]
         if failed:
             shown = "; ".join(f"{key}: {c.line()}" for key, c in failed[:5])
             more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
             raise CheckFailed(f"{len(failed)} content check(s) did not hold: {shown}{more}", details=details,
-                              markdown=md)
+                              markdown=md, checks=records)
         summary += f"; {sum(len(r.checks) for r in reports)} content check(s) held"
     return StepOutcome(
         summary=summary,
         details=details,
         markdown=md,
         links=[object_link(ctx, step.bucket, o.key) for o in obs.matched[:10]],
+        checks=records,
     )

@@ -1,7 +1,8 @@
 """What every part of an evidence pack shares: its file names and schemas, naming, and hashing.
 
 No Prefect, no boto3: :mod:`flows.evidence.pack.verify` (verify, upload, the CLI) and the writers of the pack's
-formats (:mod:`flows.evidence.pack.write`, :mod:`flows.evidence.pack.html`, :mod:`flows.evidence.pack.junit`) build on it.
+formats (:mod:`flows.evidence.pack.write`, :mod:`flows.evidence.pack.html`, :mod:`flows.evidence.pack.junit`) build
+on it.
 
 Hashes of things outside the pack (uploaded inputs, query results) come from the steps' typed
 ``StepResult.items`` (:class:`tasks.kit.files.HashedItem`, set by the runners on their outcome or on a failure), never
@@ -17,9 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from flows.spec.slugs import slug
-from flows.evidence.results import CaseResult, StepResult
-from tasks.kit.files import HashedItem
 from flows.evidence.report import (  # noqa: F401  (re-exported: the pack's names)
     REPORT_JSON,
     REPORT_SCHEMA,
@@ -27,6 +25,9 @@ from flows.evidence.report import (  # noqa: F401  (re-exported: the pack's name
     SCHEMA_VERSION,
     iso_utc,
 )
+from flows.evidence.results import CaseResult, StepResult
+from flows.spec.slugs import slug
+from tasks.kit.files import HashedItem
 
 MANIFEST_SCHEMA = "pipeline-test/evidence-manifest"
 

@@ -8,10 +8,11 @@ import re
 from typing import Any, Sequence
 
 from flows.evidence.pack.files import PackItem, _iso
-from flows.evidence.results import CaseResult, StepResult
-from tasks.kit.step import format_duration
 from flows.evidence.report import CaseReport, iso_utc
+from flows.evidence.results import CaseResult, StepResult
+from tasks.kit.checks import CheckRecord
 from tasks.kit.status import css_class, css_rules
+from tasks.kit.step import format_duration
 
 _HTML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -163,7 +164,7 @@ def _step_section(s: StepResult) -> str:
         code = f" ({_e(s.error_code)})" if s.error_code else ""
         parts.append(f"<p class=\"msg\"><strong>{'Error' if s.status == 'error' else 'Failure'}{code}:</strong></p>"
                      f"<pre>{_e(s.error)}</pre>")
-    parts.append(_checks_table(s.details))
+    parts.append(_checks_table(s.checks))
     parts.append(_facts_table(facts))
     if s.details:  # the raw details last: the readable checks come first
         parts.append("<p><strong>Raw details (JSON)</strong></p><pre>"
@@ -171,41 +172,16 @@ def _step_section(s: StepResult) -> str:
     return "".join(parts) + "</section>"
 
 
-def step_checks(details: Any, where: str = "") -> list[dict[str, Any]]:
-    """The checks a step recorded in its details (lists under ``checks`` of ``{check, passed, expected, actual}``,
-    at any depth, e.g. per object read), each with where it was found."""
-    found: list[dict[str, Any]] = []
-    if isinstance(details, dict):
-        here = details["key"] if isinstance(details.get("key"), str) else where
-        checks = details.get("checks")
-        if isinstance(checks, list) and all(isinstance(c, dict) and "check" in c and "passed" in c for c in checks):
-            found += [{**c, "where": here} for c in checks]
-        for key, value in details.items():
-            if key != "checks" and isinstance(value, (dict, list)):
-                found += step_checks(value, here)
-    elif isinstance(details, list):
-        for value in details:
-            found += step_checks(value, where)
-    return found
-
-
-def _shown(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _checks_table(details: dict[str, Any]) -> str:
-    """The step's checks as a readable table (check, expected, actual, verdict), before any JSON."""
-    checks = step_checks(details)
+def _checks_table(checks: Sequence[CheckRecord]) -> str:
+    """The step's checks as a readable table (check, expected, actual, verdict), before any JSON: from the typed
+    checks its result carries (:class:`tasks.kit.checks.CheckRecord`), never guessed from ``details``."""
     if not checks:
         return ""
     rows = []
     for c in checks:
-        relation = f"{c['relation']} " if c.get("relation") else ""
-        name = f"{c['where']}: {c['check']}" if c.get("where") else str(c["check"])
-        actual = _shown(c.get("actual")) + (f" ({c['note']})" if c.get("note") else "")
-        rows.append(f'<tr class="row-{"passed" if c["passed"] else "failed"}"><td><code>{_e(name)}</code></td>'
-                    f"<td>{_e(relation + _shown(c.get('expected')))}</td><td>{_e(actual)}</td>"
-                    f"<td>{badge('passed' if c['passed'] else 'failed')}</td></tr>")
+        name = f"{c.where}: {c.name}" if c.where else c.name
+        rows.append(f'<tr class="row-{_e(c.verdict)}"><td><code>{_e(name)}</code></td>'
+                    f"<td>{_e(c.expected)}</td><td>{_e(c.actual)}</td><td>{badge(c.verdict)}</td></tr>")
     return ('<table class="checks"><thead><tr><th>check</th><th>expected</th><th>actual</th><th>verdict</th></tr>'
             f"</thead><tbody>{''.join(rows)}</tbody></table>")
 

@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from flows.evidence.pack.files import _utc
+from flows.evidence.report import CaseReport, Counts
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit.status import STATUS
-from flows.evidence.report import CaseReport, Counts
 
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 

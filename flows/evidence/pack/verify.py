@@ -17,11 +17,11 @@ anchor it, keep its SHA-256 elsewhere (the flow logs it and puts it in the link 
 ``--manifest-sha256 HEX``.
 
 This module verifies and uploads packs and holds the CLI; it re-exports the names of the modules that write
-them: :mod:`flows.evidence.pack.files` (file names, naming, hashing; the conventions by which the run's hashes of inputs
-and query results are found), :mod:`flows.evidence.pack.write` (report.json, report.md, the manifest, ``write_pack``,
-and how secrets are kept out of the pack), :mod:`flows.evidence.pack.html` and :mod:`flows.evidence.pack.junit`;
-:mod:`flows.evidence.pack.folder` says where a pack goes and how it gets there whole (or not at all), byte-exact and private
-on every OS.
+them: :mod:`flows.evidence.pack.files` (file names, naming, hashing; the conventions by which the run's hashes of
+inputs and query results are found), :mod:`flows.evidence.pack.write` (report.json, report.md, the manifest,
+``write_pack``, and how secrets are kept out of the pack), :mod:`flows.evidence.pack.html` and
+:mod:`flows.evidence.pack.junit`; :mod:`flows.evidence.pack.folder` says where a pack goes and how it gets there
+whole (or not at all), byte-exact and private on every OS.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
 # re-exported: what the flow, the tests and the CLI import from here
-from flows.evidence.pack.files import (
+from flows.evidence.pack.files import (  # noqa: F401
     _SHA256,
     CONTENT_TYPES,
     EVIDENCE_ROOT,
@@ -65,7 +65,9 @@ from flows.evidence.pack.files import (
     sha256_bytes,
     sha256_file,
 )
-from flows.evidence.pack.write import (
+from flows.evidence.pack.html import failures_first, report_html  # noqa: F401
+from flows.evidence.pack.junit import junit_xml  # noqa: F401
+from flows.evidence.pack.write import (  # noqa: F401
     build_manifest,
     build_report,
     private_default,
@@ -74,8 +76,6 @@ from flows.evidence.pack.write import (
     spec_copy_name,
     write_pack,
 )
-from flows.evidence.pack.html import failures_first, report_html
-from flows.evidence.pack.junit import junit_xml
 from flows.suite.pack import SUITE_REQUIRED_FILES
 from tasks.kit import nesting
 

@@ -1,6 +1,6 @@
 """Writing an evidence pack: report.json, report.md, the manifest, and :func:`write_pack` (which also writes
-report.html from :mod:`flows.evidence.pack.html` and junit.xml from :mod:`flows.evidence.pack.junit`). Verifying and uploading a
-pack, and its CLI, are in :mod:`flows.evidence.pack.verify`.
+report.html from :mod:`flows.evidence.pack.html` and junit.xml from :mod:`flows.evidence.pack.junit`). Verifying and
+uploading a pack, and its CLI, are in :mod:`flows.evidence.pack.verify`.
 
 No secret may reach the pack: step results are masked at the source, and :func:`write_pack` masks the run's
 known secrets (``secrets``, the run's registry) in the *values* of the result and report before any file is
@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from flows.evidence.pack import folder as pack_folder
 from flows.evidence.markdown import case_markdown, step_markdown
+from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack.files import (
     JUNIT_XML,
     MANIFEST,
@@ -42,9 +42,6 @@ from flows.evidence.pack.files import (
 )
 from flows.evidence.pack.html import report_html
 from flows.evidence.pack.junit import junit_xml
-from flows.evidence.results import CaseResult, StepResult
-from tasks.kit import markdown as md
-from tasks.kit.secrets import NAMES, mask_document_text, redact, redact_json
 from flows.evidence.report import (
     CaseName,
     CaseReport,
@@ -56,6 +53,9 @@ from flows.evidence.report import (
     SpecRecord,
     iso_utc,
 )
+from flows.evidence.results import CaseResult, StepResult
+from tasks.kit import markdown as md
+from tasks.kit.secrets import NAMES, mask_document_text, redact, redact_json
 from tasks.kit.status import STEP_STATUSES
 
 if TYPE_CHECKING:
