@@ -35,7 +35,8 @@ from pydantic import SecretStr
 
 from flows.console import json_text, safe_output
 from flows.evidence import ui as evidence
-from flows.evidence.markdown import MEANING, step_counts
+from flows.evidence.markdown import step_counts
+from flows.evidence.pack.files import pack_parent
 from flows.evidence.results import CaseResult, result_of
 from flows.pipeline_test import pipeline_test, short_secret_warnings
 from flows.run import prefect_logs
@@ -57,14 +58,13 @@ from flows.run.recover import CouldNotRun
 from flows.run.recover import main as recover_main
 from flows.spec.load import SpecError, load_spec
 from flows.spec.model import iter_steps
-from flows.spec.slugs import slug
+from tasks.kit.status import MEANING, short
 from tasks.kit.step import format_duration
 
 if TYPE_CHECKING:
     pass
 
 
-STATUS_TEXT = {"passed": "PASS", "warned": "WARN", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"}
 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:
@@ -77,9 +77,9 @@ def format_result(result: CaseResult, with_link: bool = True) -> str:
     for s in result.steps:
         detail = s.error if s.error else "; ".join(s.warnings) if s.warnings else s.summary
         took = format_duration(s.duration_s) if s.status != "skipped" else "-"
-        lines.append(f"  {STATUS_TEXT[s.status]:<5} {s.number:<5} {s.label:<{width}}  {took:>8}  {detail}")
+        lines.append(f"  {short(s.status):<5} {s.number:<5} {s.label:<{width}}  {took:>8}  {detail}")
     if any(s.status in MEANING for s in result.steps):
-        lines.append("  " + "; ".join(f"{STATUS_TEXT[k]}: {v}" for k, v in MEANING.items()))
+        lines.append("  " + "; ".join(f"{short(k)}: {v}" for k, v in MEANING.items()))
     if with_link and result.ui_url:
         lines.append(f"Evidence: {result.ui_url} (artifacts: {evidence.case_key(result.case)})")
     if result.evidence_dir:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         case, spec_dir = load_spec(args.spec, overrides, args.files_root)
         if not args.no_evidence:
             check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
-                               Path("evidence") / (slug(case.case) or "case"), writable=not args.validate)
+                               pack_parent(case.case), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc)
     except CouldNotRun as exc:

@@ -25,8 +25,8 @@ from pydantic import ConfigDict, Field, model_validator
 
 from tasks.kit import markdown as md
 from tasks.kit import nesting
-from tasks.kit.aws import is_real_aws
 from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import links_for, literal
 from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.json_expect import (
@@ -235,13 +235,9 @@ def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | Non
 
 
 def _links(client: LambdaClient, step: InvokeLambdaStep) -> list[Link]:
-    endpoint = str(client.meta.endpoint_url)
-    if not is_real_aws(endpoint):
-        return []
-    region = client.meta.region_name
     name = function_name(step.function)
-    url = f"https://{region}.console.aws.amazon.com/lambda/home?region={region}#/functions/{name}"
-    return [Link(url=url, text=f"Lambda function {name}")]
+    return links_for(str(client.meta.endpoint_url), client.meta.region_name,
+                     "lambda/home?region={region}#/functions/" + literal(name), f"Lambda function {name}")
 
 
 def invoke_lambda_footprint(step: InvokeLambdaStep, arns: Arns) -> Footprint:

@@ -17,12 +17,13 @@ from urllib.parse import quote
 from pydantic import Field
 
 from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
 from tasks.kit.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.polling import MAX_WAIT_SECONDS, PollSettings
 from tasks.kit.secrets import redact
 from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.kit.watch import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_cloudwatch import CloudWatchClient

@@ -21,13 +21,14 @@ from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from pydantic import Field, model_validator
 
 from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
 from tasks.kit.errors import AWS_ERRORS, StepError, aws_error
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.json_compare import exact_number, json_equal, json_subset_mismatches
 from tasks.kit.polling import PollSettings
 from tasks.kit.secrets import redact, redact_json
 from tasks.kit.step import SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.kit.watch import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient

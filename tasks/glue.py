@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tasks.kit import markdown as md
 from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import console_link, literal
 from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.json_expect import truncate
@@ -33,7 +34,6 @@ from tasks.kit.pipeline_runs import (
     StateHistory,
     as_utc,
     duration_s,
-    literal,
     newest_since,
     took,
     watch_run,
@@ -41,7 +41,6 @@ from tasks.kit.pipeline_runs import (
 )
 from tasks.kit.secrets import mask, redact
 from tasks.kit.step import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
-from tasks.kit.watch import console_link
 
 if TYPE_CHECKING:
     from types_boto3_glue import GlueClient

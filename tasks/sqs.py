@@ -16,11 +16,13 @@ from urllib.parse import quote
 from pydantic import Field, model_validator
 
 from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
 from tasks.kit.errors import AWS_ERRORS, aws_error
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.polling import PollSettings
+from tasks.kit.status import check_mark
 from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.kit.watch import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
@@ -117,7 +119,7 @@ class Depth:
 
 def _markdown(step: ExpectQueueDepthStep, url: str, watched: Watched[Depth]) -> str:
     depth = watched.value
-    rows = [[md.code(a), depth.count(a), c.describe(), "✅" if c.holds(depth.count(a)) else "❌"]
+    rows = [[md.code(a), depth.count(a), c.describe(), check_mark(c.holds(depth.count(a)))]
             for a, c in depth.conditions.items()]
     attributes = [[md.code(k), md.code(v if len(v) <= MAX_ATTRIBUTE_CHARS else v[:MAX_ATTRIBUTE_CHARS] + "…")]
                   for k, v in sorted(depth.attributes.items())]

@@ -30,6 +30,7 @@ from tasks.kit.iam import Arns, Footprint
 from tasks.kit.json_compare import json_subset_mismatches
 from tasks.kit.json_expect import truncate
 from tasks.kit.secrets import Secrets, mask, mask_any, redact
+from tasks.kit.status import check_verdict
 from tasks.kit.step import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.ssm_restore import (  # re-exported: the library's public names stay importable from tasks.ssm
     MAX_SHOWN_VALUE,
@@ -464,7 +465,7 @@ def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, l
     table, failures = [], []
     for exp, snap, problems in rows:
         expected = _shown_expected(exp, snap)
-        table.append(["❌ FAIL" if problems else "✅ PASS", md.code(exp.name), exp.check,
+        table.append([check_verdict(not problems), md.code(exp.name), exp.check,
                       md.code(redact(expected, secrets)), _cell(snap, secrets)])
         failures += [redact(p, secrets) for p in problems]
     out = md.table(["verdict", "parameter", "check", "expected", "actual"], table)

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field, model_validator
 from tasks.kit import markdown as md
 from tasks.kit import nesting
 from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import console_link, literal
 from tasks.kit.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
 from tasks.kit.iam import Arns, Footprint, partition
 from tasks.kit.json_expect import (
@@ -44,7 +45,6 @@ from tasks.kit.pipeline_runs import (
     StateHistory,
     as_utc,
     duration_s,
-    literal,
     newest_since,
     took,
     watch_run,
@@ -52,7 +52,6 @@ from tasks.kit.pipeline_runs import (
 )
 from tasks.kit.secrets import parse_path, secrets_at
 from tasks.kit.step import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
-from tasks.kit.watch import console_link
 
 if TYPE_CHECKING:
     from types_boto3_stepfunctions import SFNClient

@@ -5,6 +5,7 @@ from the README, and every Python command it quotes names a module or file that 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -63,6 +64,23 @@ def test_the_staleness_check_sees_an_edited_reference(monkeypatch: pytest.Monkey
     monkeypatch.setattr(docs, "REFERENCE", stale)
     monkeypatch.setattr(docs, "ROOT", tmp_path)
     assert docs.main(["--check"]) == 1
+
+
+def test_the_reports_schemas_are_generated_from_their_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """flows/evidence/pack/report.schema.json and suite-report.schema.json are the models' schemas; an edited one is stale."""
+    from flows.evidence import report as report_model
+
+    assert json.loads(report_model.SCHEMA_FILE.read_text(encoding="utf-8")) == report_model.case_report_schema()
+    assert json.loads(report_model.SUITE_SCHEMA_FILE.read_text(encoding="utf-8")) == \
+        report_model.suite_report_schema()
+    for name in ("SCHEMA_FILE", "SUITE_SCHEMA_FILE"):
+        with monkeypatch.context() as patch:
+            stale = tmp_path / f"{name}.json"
+            stale.write_text(getattr(docs, name).read_text(encoding="utf-8").replace('"schema_version"', '"v"'),
+                             encoding="utf-8")
+            patch.setattr(docs, name, stale)
+            patch.setattr(docs, "ROOT", tmp_path)
+            assert docs.main(["--check"]) == 1
 
 
 def _docs_pages() -> list[Path]:

@@ -26,10 +26,12 @@ from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack import verify as ep
 from flows.evidence.pack import write as pack_write
 from flows.evidence.pack.folder import PackFolderError
+from flows.evidence.pack.write import redact_result
+from flows.evidence.report import SUITE_SCHEMA_FILE, CaseReport, read_case_report, read_suite_report
 from flows.evidence.results import CaseResult, StepResult
 from flows.spec.load import parse_spec
 from flows.spec.model import CaseSpec
-from flows.suite.pack import SuiteCaseResult, SuiteResult, write_suite_pack
+from flows.suite.pack import SuiteCaseResult, SuiteResult, result_from_pack, write_suite_pack
 from tasks.kit import markdown as md
 from tasks.kit.files import HashedItem, StepFile
 from tasks.kit.secrets import mask
@@ -200,6 +202,54 @@ def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pac
     step = report["steps"][0]
     assert (step["kind"], step["status"], step["duration_s"]) == ("upload", "passed", 0.21)
     assert step["request_ids"] == ["REQ-UP-1", "REQ-UP-2"] and step["details"]["uploads"][0]["sha256"] == SHA_ORDERS
+
+
+def test_report_json_round_trips_through_the_models(failing_pack: Path) -> None:
+    """report.json is a CaseReport: read back, dumped again, it is the same JSON; the suite's reading of it (a case
+    a worker ran) gives the result back, all but what only the run knew (hashed items, files, where its pack is)."""
+    text = (failing_pack / "report.json").read_text(encoding="utf-8")
+    report = read_case_report(failing_pack)
+    assert report.to_json() == json.loads(text)
+    assert CaseReport.model_validate_json(json.dumps(report.to_json())) == report
+    assert report.schema_ == "pipeline-test/evidence-report" and report.counts.failed == 1
+    back = CaseResult.from_report(report)
+    original = redact_result(failing_result(), [])
+    assert back.model_dump(exclude={"steps"}) == original.model_dump(exclude={"steps"})
+    assert [s.model_dump(exclude={"items", "files"}) for s in back.steps] == \
+        [s.model_dump(exclude={"items", "files"}) for s in original.steps]
+    assert result_from_pack(failing_pack) == back and result_from_pack(failing_pack.parent / "none") is None
+
+
+def test_a_report_json_of_an_older_pack_still_reads(failing_pack: Path) -> None:
+    """Fields added within version 1 (audit, notice, a step's evidence, links and checks) may be absent."""
+    data = _json(failing_pack / "report.json")
+    for name in ("audit", "notice"):
+        data.pop(name)
+    for step in data["steps"]:
+        for name in ("evidence", "links", "checks"):
+            step.pop(name)
+    old = CaseReport.model_validate(data)
+    assert old.audit is None and old.steps[0].links == [] and old.steps[0].evidence == ""
+    with pytest.raises(ValueError, match="schema_version"):
+        CaseReport.model_validate({**data, "schema_version": 2})
+
+
+def test_a_suite_report_json_round_trips_through_the_models(tmp_path: Path) -> None:
+    import jsonschema
+
+    suite = tmp_path / "suite"
+    ep.write_pack(failing_result(), _case_spec(), suite / "cases" / "orders-ingestion")
+    case = SuiteCaseResult(case=CASE, path="cases/orders.yaml", status="failed", started_at=T0, ended_at=T0,
+                           result=failing_result(), pack="cases/orders-ingestion")
+    gone = SuiteCaseResult(case="Other", path="cases/other.yaml", status="not run", started_at=T0, ended_at=T0,
+                           reason="its locks could not be had")
+    write_suite_pack(SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case, gone]), suite)
+    data = _json(suite / "report.json")
+    jsonschema.Draft202012Validator(json.loads(SUITE_SCHEMA_FILE.read_text(encoding="utf-8"))).validate(data)
+    report = read_suite_report(suite)
+    assert report.to_json() == data and data["counts"] == {"passed": 0, "failed": 1, "not run": 1}
+    assert [(c.case, c.status, c.failed_step) for c in report.cases] == [(CASE, "failed", "2.1"),
+                                                                         ("Other", "not run", None)]
 
 
 def test_report_markdown_has_the_case_report_and_every_step(failing_pack: Path) -> None:

@@ -23,12 +23,11 @@ from moto.moto_api import state_manager
 from flows.spec.load import SpecError, parse_spec
 from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
 from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.console_links import console_link, literal
 from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
-from tasks.kit.pipeline_runs import literal
 from tasks.kit.polling import WaitInterrupted
 from tasks.kit.secrets import STARS
 from tasks.kit.step import REGISTRY, StepContext
-from tasks.kit.watch import console_link
 from tests.conftest import REGION, FakeClock, failing_calls
 
 JOB = "transform-orders"

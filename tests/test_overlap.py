@@ -127,7 +127,7 @@ def test_two_cases_that_set_one_parameter(ssm, clients, tmp_path: Path, shape: s
     b.join(150)
     assert not a.is_alive() and not b.is_alive(), f"a run did not end; this process's threads:\n{thread_stacks()}"
     assert got["a"].passed and got["b"].passed, (got["a"].first_failure, got["b"].first_failure)
-    assert got["b"].locks and got["b"].locks["waited_seconds"] > 0  # B says that it waited
+    assert got["b"].locks and got["b"].locks.waited_seconds > 0  # B says that it waited
     history = [h["Value"] for h in ssm.get_parameter_history(Name="/shared/source")["Parameters"]]
     assert history == ["prod-bucket", "value-a", "prod-bucket", "value-b", "prod-bucket"]
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")

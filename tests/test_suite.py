@@ -192,7 +192,7 @@ def test_two_cases_of_a_suite_that_set_one_parameter_take_turns(suite_bucket, cl
     assert read_entries(ssm) == []
     # one of them waited for the other: through the other's whole hold, longer than the other waited for the lock
     # (no bound in seconds: on a loaded machine even an uncontended lock can take a while to be granted)
-    waits = sorted(c.result.locks["waited_seconds"] for c in result.cases if c.result and c.result.locks)
+    waits = sorted(c.result.locks.waited_seconds for c in result.cases if c.result and c.result.locks)
     assert len(waits) == 2 and waits[1] > waits[0], waits
 
 

@@ -129,11 +129,11 @@ def test_history_rows_from_the_summary_table_versions() -> None:
 
 def test_audit_names_account_identity_and_versions(aws: None) -> None:
     found = audit.collect(ClientFactory(AwsTarget(region="eu-west-1")))
-    assert found["aws"] == {"account_id": "123456789012", "caller_arn": found["aws"]["caller_arn"],
-                            "region": "eu-west-1", "error_code": None}
-    assert found["aws"]["caller_arn"].startswith("arn:aws:")
-    assert found["prefect_version"] and found["boto3_version"] and found["host"]
-    assert found["deployment"] is None  # not run from a deployment
+    assert found.aws.to_json() == {"account_id": "123456789012", "caller_arn": found.aws.caller_arn,
+                                   "region": "eu-west-1", "error_code": None}
+    assert found.aws.caller_arn and found.aws.caller_arn.startswith("arn:aws:")
+    assert found.prefect_version and found.boto3_version and found.host
+    assert found.deployment is None  # not run from a deployment
 
 
 def test_audit_reads_the_deployment_off_the_runs_context(monkeypatch) -> None:
@@ -175,8 +175,8 @@ def test_audit_records_sts_refusal_instead_of_failing() -> None:
         def _refuse() -> None:
             raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetCallerIdentity")
 
-    assert audit.aws_identity(Refusing()) == {"account_id": None, "caller_arn": None, "region": "eu-west-1",
-                                              "error_code": "AccessDenied"}
+    assert audit.aws_identity(Refusing()).to_json() == {"account_id": None, "caller_arn": None,
+                                                        "region": "eu-west-1", "error_code": "AccessDenied"}
 
 
 def test_report_json_audit_follows_the_schema_and_html_shows_checks_first(aws: None, tmp_path: Path) -> None:

@@ -17,23 +17,24 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from flows.evidence.report import Audit, AwsIdentity
 from tasks.kit.errors import error_code
 
 #: the project's checkout (for the git commit, when run from one)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def aws_identity(clients: Any) -> dict[str, Any]:
+def aws_identity(clients: Any) -> AwsIdentity:
     """``account_id``, ``caller_arn``, ``region``, and ``error_code`` when STS refused or could not be reached."""
-    found: dict[str, Any] = {"account_id": None, "caller_arn": None, "region": None, "error_code": None}
+    found = AwsIdentity()
     try:
-        found["region"] = clients.region
+        found.region = clients.region
         identity = clients.client("sts").get_caller_identity()
-        found.update(account_id=identity.get("Account"), caller_arn=identity.get("Arn"))
+        found.account_id, found.caller_arn = identity.get("Account"), identity.get("Arn")
     except ClientError as exc:
-        found["error_code"] = error_code(exc)
+        found.error_code = error_code(exc)
     except Exception as exc:  # no credentials, no network (BotoCoreError), anything else: recorded, never fatal
-        found["error_code"] = type(exc).__name__
+        found.error_code = type(exc).__name__
     return found
 
 
@@ -104,19 +105,19 @@ def deployment_of(client: Any, run: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def collect(clients: Any) -> dict[str, Any]:
+def collect(clients: Any) -> Audit:
     """The audit context of a case run (report.json's ``audit``; see flows/evidence/pack/report.schema.json)."""
     deployment, pool = _deployment()
-    return {
-        "aws": aws_identity(clients),
-        "deployment": deployment,
-        "work_pool": pool,
-        "host": socket.gethostname() or None,
-        "os_user": _os_user(),
-        "os": f"{platform.system()} {platform.release()}".strip() or None,
-        "project_version": _version("pipeline-test"),
-        "git_commit": git_commit(),
-        "python_version": platform.python_version(),
-        "prefect_version": _version("prefect"),
-        "boto3_version": _version("boto3"),
-    }
+    return Audit(
+        aws=aws_identity(clients),
+        deployment=deployment,
+        work_pool=pool,
+        host=socket.gethostname() or None,
+        os_user=_os_user(),
+        os=f"{platform.system()} {platform.release()}".strip() or None,
+        project_version=_version("pipeline-test"),
+        git_commit=git_commit(),
+        python_version=platform.python_version(),
+        prefect_version=_version("prefect"),
+        boto3_version=_version("boto3"),
+    )

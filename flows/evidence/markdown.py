@@ -10,24 +10,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from flows.evidence.report import Audit
 from flows.evidence.results import CaseResult, StepResult, plural
 from flows.spec.slugs import slug
 from tasks.kit import markdown as md
+from tasks.kit.status import MEANING, STATUS, STEP_STATUSES, card_word, marked
 from tasks.kit.step import StepOutcome, format_duration
 
 #: the widest code line the Prefect UI shows whole at 1400 px (raw details are broken for display)
 CODE_WIDTH = 96
-ICON = {"passed": "✅ passed", "warned": "⚠️ warned", "failed": "❌ failed", "error": "💥 error", "skipped": "⏭️ skipped"}
-#: what a step's status means, for the reader of a report that is not passed
-MEANING = {"warned": "a check with severity: warn did not hold (a warning: the case may still pass)",
-           "failed": "a check did not hold", "error": "the step could not do or check what it was asked (AWS "
-           "refused, a wait for AWS timed out, a bad input, the run was stopped, a bug)"}
 
 
 def step_counts(result: CaseResult) -> str:
-    """``2 of 5 passed, 1 warned, 1 failed, 1 error, 1 skipped`` (only the passed count when all passed; the warned
-    count when some warned)."""
-    count = {status: sum(s.status == status for s in result.steps) for status in ICON}
+    """``2 of 5 passed, 1 warned (2 warnings), 1 failed, 1 error, 1 skipped`` (only the passed count when all
+    passed; the warned count when some warned)."""
+    count = {status: sum(s.status == status for s in result.steps) for status in STEP_STATUSES}
     text = f"{count['passed']} of {len(result.steps)} passed"
     if count["warned"]:
         text += f", {count['warned']} warned ({plural(result.warnings, 'warning')})"
@@ -48,10 +45,10 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 
     Every value goes through :mod:`tasks.kit.markdown`, so only this template makes headings, verdicts and links.
     """
-    lines = [f"## Step {md.text(result.number)} · {md.text(result.label)} · {ICON[result.status]}", ""]
+    lines = [f"## Step {md.text(result.number)} · {md.text(result.label)} · {marked(result.status)}", ""]
     if result.description:
         lines += [md.emphasis(result.description), ""]
-    facts: list[tuple[str, Any]] = [("kind", md.code(result.kind)), ("status", ICON[result.status]),
+    facts: list[tuple[str, Any]] = [("kind", md.code(result.kind)), ("status", marked(result.status)),
                                     ("duration", format_duration(result.duration_s) if result.status != "skipped"
                                      else "–")]
     if result.group:
@@ -88,9 +85,7 @@ def step_markdown(result: StepResult, outcome: StepOutcome | None) -> str:
 def step_description(result: StepResult) -> str:
     """The artifact card's description: the verdict first (a card cuts a long description short), FAILED or ERROR
     in capitals so the card shows it, then the step's number and name."""
-    verdict = {"passed": "passed", "warned": "WARNED", "failed": "FAILED", "error": "ERROR",
-               "skipped": "skipped"}[result.status]
-    return f"{verdict} · step {md.text(result.number)} {md.text(result.label)}"
+    return f"{card_word(result.status)} · step {md.text(result.number)} {md.text(result.label)}"
 
 
 def step_card(result: StepResult, what: str) -> str:
@@ -109,7 +104,7 @@ def summary_rows(result: CaseResult) -> list[dict[str, str]]:
     the summary), each cell short enough that the table fits the UI's width (the kind is in each step's evidence)."""
     return [
         {
-            "status": ICON[s.status],
+            "status": marked(s.status),
             "step": md.shorten(f"{s.number} {s.label}", LABEL_WIDTH),
             "duration": format_duration(s.duration_s) if s.status != "skipped" else "–",
             "detail": md.shorten(s.error or s.summary or "", DETAIL_WIDTH),
@@ -124,26 +119,26 @@ def _history_markdown(history: list[dict[str, Any]]) -> list[str]:
     for run in history:
         when = run.get("started") or "–"
         link = md.link("open", run["url"]) if run.get("url") else md.code(md.shorten(run.get("flow_run_id"), 12))
-        rows.append([md.Md(ICON.get(run.get("status") or "", md.text(run.get("status") or "–"))), when,
+        status = run.get("status") or ""
+        rows.append([md.Md(marked(status) if status in STATUS else md.text(status or "–")), when,
                      run.get("duration") or "–", md.shorten(run.get("failed_step") or "–", LABEL_WIDTH), link])
     return [f"### Last {len(history)} runs of this case" if len(history) > 1 else "### The last run of this case", "",
             md.table(["verdict", "started", "duration", "failed step", "run"], rows), ""]
 
 
-def audit_facts(audit: dict[str, Any]) -> list[tuple[str, Any]]:
+def audit_facts(audit: Audit) -> list[tuple[str, Any]]:
     """Who ran the case, where and with what (report.json's ``audit``), as facts."""
-    aws = audit.get("aws") or {}
-    identity = aws.get("caller_arn") or (f"unknown ({aws['error_code']})" if aws.get("error_code") else "–")
+    aws = audit.aws
+    identity = aws.caller_arn or (f"unknown ({aws.error_code})" if aws.error_code else "–")
     facts: list[tuple[str, Any]] = [
-        ("AWS account", md.code(aws.get("account_id") or "–")), ("AWS identity", md.code(identity)),
-        ("AWS region", aws.get("region") or "–"),
-        ("deployment", audit.get("deployment") or "– (not run from a deployment)"),
-        ("work pool", audit.get("work_pool") or "–"), ("host", audit.get("host") or "–"),
-        ("OS user", audit.get("os_user") or "–"),
-        ("project version", md.Md(md.cell(md.text(audit.get("project_version") or "–"))
-                                  + (f", git {md.cell(md.code(audit['git_commit']))}" if audit.get("git_commit")
-                                     else ""))),
-        ("Prefect / boto3", f"{audit.get('prefect_version') or '–'} / {audit.get('boto3_version') or '–'}"),
+        ("AWS account", md.code(aws.account_id or "–")), ("AWS identity", md.code(identity)),
+        ("AWS region", aws.region or "–"),
+        ("deployment", audit.deployment or "– (not run from a deployment)"),
+        ("work pool", audit.work_pool or "–"), ("host", audit.host or "–"),
+        ("OS user", audit.os_user or "–"),
+        ("project version", md.Md(md.cell(md.text(audit.project_version or "–"))
+                                  + (f", git {md.cell(md.code(audit.git_commit))}" if audit.git_commit else ""))),
+        ("Prefect / boto3", f"{audit.prefect_version or '–'} / {audit.boto3_version or '–'}"),
     ]
     return facts
 
@@ -151,8 +146,8 @@ def audit_facts(audit: dict[str, Any]) -> list[tuple[str, Any]]:
 def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = None) -> str:
     """The case report: verdict, run, first failure (wrapped text), the per-step table (short cells), the
     evidence pack, who ran it, the case's last runs, variables."""
-    status = ("✅ " if result.passed and not result.warnings else "⚠️ " if result.passed else "❌ ") + result.verdict
-    lines = [f"# {md.text(result.case)}: {status}", ""]
+    verdict = "failed" if not result.passed else "warned" if result.warnings else "passed"
+    lines = [f"# {md.text(result.case)}: {STATUS[verdict].mark} {md.text(result.verdict)}", ""]
     if result.description:
         lines += [md.emphasis(result.description), ""]
     facts: list[tuple[str, Any]] = [
@@ -160,19 +155,18 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
         ("duration", format_duration(result.duration_s)),
         ("steps", step_counts(result)),
     ]
-    if result.locks and result.locks.get("resources"):
-        waited = float(result.locks.get("waited_seconds") or 0)
-        facts.append(("locks", f"{len(result.locks['resources'])} held; waited {format_duration(waited)} for them "
-                      "(part of the duration)" if waited >= 0.05 else f"{len(result.locks['resources'])} held, "
-                      "no wait"))
+    if result.locks and result.locks.resources:
+        held, waited = len(result.locks.resources), result.locks.waited_seconds
+        facts.append(("locks", f"{held} held; waited {format_duration(waited)} for them (part of the duration)"
+                      if waited >= 0.05 else f"{held} held, no wait"))
     if result.flow_run_id:
         run = md.link(result.flow_run_id, result.ui_url) if result.ui_url else md.code(result.flow_run_id)
         facts.append(("flow run", run))
     lines += [md.facts(facts), ""]
     failure = result.first_failure
     if failure:
-        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, {ICON[failure.status]}"
-                  f" ({md.text(MEANING[failure.status])})", "",
+        lines += [f"**First failure: step {md.text(failure.number)} {md.code(failure.label)}**, "
+                  f"{marked(failure.status)} ({md.text(MEANING[failure.status])})", "",
                   md.message(failure.error or ""), ""]
     # the kind, and each detail whole, are in each step's evidence: the table only cuts its details to fit
     lines.append(md.table(["status", "step", "duration", "detail"],
@@ -180,18 +174,17 @@ def case_markdown(result: CaseResult, history: list[dict[str, Any]] | None = Non
                           whole_below=False))
     if result.pack is not None:
         pack = result.pack
-        where: list[tuple[str, Any]] = [("folder", md.code(pack.get("folder"))),
-                                        ("manifest SHA-256", md.code(pack.get("manifest_sha256")))]
-        if pack.get("s3_uri"):
-            where.append(("uploaded to", md.link(pack["s3_uri"], pack.get("url")) if pack.get("url")
-                          else md.code(pack["s3_uri"])))
+        where: list[tuple[str, Any]] = [("folder", md.code(pack.folder)),
+                                        ("manifest SHA-256", md.code(pack.manifest_sha256))]
+        if pack.s3_uri:
+            where.append(("uploaded to", md.link(pack.s3_uri, pack.url) if pack.url else md.code(pack.s3_uri)))
         lines += ["", "### Evidence pack", "", md.facts(where)]
     if result.evidence_error:  # the run proves nothing without it (the CLI exits 4)
         lines += ["", md.Md(f"**No evidence**: {md.text(result.evidence_error)}")]
     if result.notice is not None:
         sent = result.notice
-        lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.get('target'))}" if sent.get("sent")
-                                                    else f"not sent ({md.text(sent.get('reason'))})"))]
+        lines += ["", md.Md("**Slack notice**: " + (f"sent through {md.text(sent.target)}" if sent.sent
+                                                    else f"not sent ({md.text(sent.reason)})"))]
     if result.audit:
         lines += ["", "### Who ran it, where", "", md.facts(audit_facts(result.audit))]
     if history:

@@ -30,9 +30,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.evidence.report import Notice
 from flows.evidence.results import CaseResult, StepResult, plural
 from tasks.kit.markdown import slack_code, slack_code_block, slack_link, slack_text
 from tasks.kit.polling import wait_done
+from tasks.kit.status import STATUS
 
 #: seconds to wait for Slack before giving up (the run waits this long at most)
 TIMEOUT_S = 10
@@ -41,8 +43,6 @@ MAX_ERROR_CHARS = 1500
 #: how many warnings the notice lists (each cut at 300 characters)
 MAX_WARNINGS_LISTED = 5
 MAX_STEPS_LISTED = 40
-STATUS_ICON = {"passed": ":white_check_mark:", "warned": ":warning:", "failed": ":x:",
-               "error": ":boom:", "skipped": ":next_track_button:"}
 
 When = Literal["failure", "success", "warning"]
 
@@ -112,7 +112,7 @@ def run_url(result: CaseResult, ui_url: str | None = None) -> str | None:
 
 
 def _step_line(step: StepResult) -> str:
-    icon = STATUS_ICON.get(step.status, "")
+    icon = STATUS[step.status].slack
     where = f" (in {slack_text(step.group)})" if step.group else ""
     return (f"{icon} {slack_code(step.number)} {slack_text(step.label)} · {slack_text(step.kind)}{where} · "
             f"{step.status} · {step.duration_s:.1f} s")
@@ -125,27 +125,28 @@ MAX_VARIABLES = 8
 def _context_lines(result: CaseResult) -> list[str]:
     """The deployment (if any), the case's key variables (already masked) and where the evidence pack is."""
     lines = []
-    deployment = (result.audit or {}).get("deployment")
+    deployment = result.audit.deployment if result.audit is not None else None
     if deployment:
-        pool = (result.audit or {}).get("work_pool")
+        pool = result.audit.work_pool if result.audit is not None else None
         lines.append(f"Deployment {slack_code(deployment)}" + (f" (work pool {slack_code(pool)})" if pool else ""))
     shown = [f"{slack_code(k)}={slack_code(v)}" for k, v in list(result.variables.items())[:MAX_VARIABLES]]
     if shown:
         more = len(result.variables) - MAX_VARIABLES
         lines.append("Variables: " + ", ".join(shown) + (f" and {more} more" if more > 0 else ""))
-    pack = result.pack or {}
-    if pack.get("s3_uri"):
-        lines.append(f"Evidence pack: {slack_code(pack['s3_uri'])}")
-    elif pack.get("folder"):
-        lines.append(f"Evidence pack: {slack_code(pack['folder'])} (on the host that ran the case)")
+    pack = result.pack
+    if pack is not None and pack.s3_uri:
+        lines.append(f"Evidence pack: {slack_code(pack.s3_uri)}")
+    elif pack is not None and pack.folder:
+        lines.append(f"Evidence pack: {slack_code(pack.folder)} (on the host that ran the case)")
     return lines
 
 
 def build_message(result: CaseResult, ui_url: str | None = None) -> str:
     """The notice's text (Slack mrkdwn): verdict, steps, the failing step's error, the link to the run. Every
     value is escaped by :mod:`tasks.kit.markdown` (its ``slack_*`` builders): only this template formats."""
-    icon = ":x:" if not result.passed else ":warning:" if result.warnings else ":white_check_mark:"
-    lines = [f"{icon} *pipeline-test: case '{slack_text(result.case)}' {result.verdict}* in {result.duration_s:.1f} s"]
+    look = STATUS["failed" if not result.passed else "warned" if result.warnings else "passed"]
+    lines = [f"{look.slack} *pipeline-test: case '{slack_text(result.case)}' {result.verdict}* in "
+             f"{result.duration_s:.1f} s"]
     run_date = result.variables.get("run_date")
     if run_date:
         lines.append(f"Run date {slack_text(run_date)}")
@@ -288,7 +289,7 @@ def _send_chat(block_name: str, channel: str, text: str, secrets: list[str]) -> 
 
 
 def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None, *,
-           ui_url: str | None = None) -> dict[str, Any] | None:
+           ui_url: str | None = None) -> Notice | None:
     """Send the case's notice to Slack when ``settings`` ask for it, and say what happened (for the run's
     evidence: ``sent``, ``target`` and, when not sent, ``reason``; None without settings). Never raises: a Slack
     problem is logged as a warning (without the webhook URL or the token) and the case's result stands."""
@@ -300,8 +301,7 @@ def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None,
         if not isinstance(settings, NotifySettings):
             settings = NotifySettings.model_validate(settings)
         if not settings.wants(result):
-            return {"sent": False, "target": None,
-                    "reason": f"not asked for: the case {result.status}, notify.when is {settings.when}"}
+            return Notice(sent=False, reason=f"not asked for: the case {result.status}, notify.when is {settings.when}")
         text = build_message(result, ui_url)
         with _QuietSlackSdk():
             if settings.slack_webhook_block:
@@ -311,8 +311,8 @@ def notify(result: CaseResult, settings: NotifySettings | dict[str, Any] | None,
                 target = _send_chat(settings.slack_credentials_block, settings.channel, text, secrets)
         log.info("Slack notice sent for case %r (%s) through %s", result.case,
                  "passed" if result.passed else "failed", target)
-        return {"sent": True, "target": target, "reason": None}
+        return Notice(sent=True, target=target)
     except Exception as exc:  # never let Slack change the case's result
         reason = exc if isinstance(exc, NoticeError) else f"{type(exc).__name__}: {exc}"
         log.warning("Slack notice for case %r not sent: %s", result.case, _redact(str(reason), secrets))
-        return {"sent": False, "target": None, "reason": _redact(str(reason), secrets)}
+        return Notice(sent=False, reason=_redact(str(reason), secrets))

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tasks.kit.checks import CheckRecord
+from flows.evidence.report import (  # noqa: F401  (StepStatus, EvidenceLink: re-exported)
+    Audit,
+    CaseReport,
+    CaseStatus,
+    EvidenceLink,
+    Locks,
+    Notice,
+    PackRef,
+    StepReport,
+    StepStatus,
+)
 from tasks.kit.files import HashedItem, StepFile
-
-StepStatus = Literal["passed", "warned", "failed", "error", "skipped"]
 
 
 def plural(count: int, word: str) -> str:
@@ -23,54 +31,27 @@ def verdict(passed: bool, warnings: int, passed_word: str = "PASSED", failed_wor
     word = passed_word if passed else failed_word
     return f"{word} with {plural(warnings, 'warning')}" if warnings else word
 
-
-class EvidenceLink(BaseModel):
-    """A link of a step's evidence."""
-
-    text: str
-    url: str
-
-
-class StepResult(BaseModel):
+class StepResult(StepReport):
     """One step's outcome. ``failed``: the step ran and what it checked did not hold (a
     :class:`~tasks.kit.errors.CheckFailed`); ``error``: the step could not do or check what it was asked (AWS refused,
     a wait for AWS timed out, a bad input, the run was stopped, a bug); ``skipped``: not run because an earlier
     step failed; ``warned``: it ran and what did not hold are only warnings (``severity: warn``), listed in
-    ``warnings`` -- a warned step counts as passed for the case. ``items`` are what the step hashed (uploaded
-    inputs, query results) for the evidence pack; the pack lists them as its ``inputs`` and ``query_results``, not
-    in the step's entry."""
+    ``warnings`` -- a warned step counts as passed for the case. What the record keeps of it is its
+    :class:`~flows.evidence.report.StepReport`; ``items`` are what the step hashed (uploaded inputs, query results)
+    for the evidence pack, which lists them as its ``inputs`` and ``query_results``, not in the step's entry."""
 
-    number: str
-    label: str
-    kind: str
-    group: str | None = None
-    description: str | None = None
-    status: StepStatus
-    started_at: datetime | None = None
-    duration_s: float = 0.0
-    summary: str = ""
-    error: str | None = None
-    error_code: str | None = None
-    #: the checks that did not hold but only warn (``severity: warn``), one line each (status ``warned``)
-    warnings: list[str] = Field(default_factory=list)
-    details: dict[str, Any] = Field(default_factory=dict)
-    request_ids: list[str] = Field(default_factory=list)
     items: list[HashedItem] = Field(default_factory=list)
     #: files the step wrote for the evidence pack (copied into it under ``steps/<number>/``)
     files: list[StepFile] = Field(default_factory=list)
-    #: the step's readable evidence (markdown: what it did, watched and proved, its checks), as its UI artifact
-    #: shows it: the pack's report.md renders it from here, with the same code, so the pack holds what the UI does
-    evidence: str = ""
-    #: the step's links (AWS console, or the emulator's URL), as in its UI artifact
-    links: list[EvidenceLink] = Field(default_factory=list)
-    #: what the step checked, each with expected, actual and verdict (typed, from its outcome or its failure):
-    #: report.json's ``checks``, and report.html's checks table
-    checks: list[CheckRecord] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Passed, or passed with warnings (``warned``): the case goes on and may pass."""
         return self.status in ("passed", "warned")
+
+    def report(self) -> StepReport:
+        """What report.json keeps of the step (all but its hashed items and files, which the pack lists apart)."""
+        return StepReport.model_validate(self.model_dump(exclude={"items", "files"}))
 
 
 class CaseResult(BaseModel):
@@ -78,7 +59,7 @@ class CaseResult(BaseModel):
 
     case: str
     description: str = ""
-    status: Literal["passed", "failed"]
+    status: CaseStatus
     flow_run_id: str | None = None
     ui_url: str | None = None
     started_at: datetime
@@ -87,17 +68,17 @@ class CaseResult(BaseModel):
     variables: dict[str, Any] = Field(default_factory=dict)
     steps: list[StepResult]
     #: the resources the run locked (SSM parameters, S3 prefixes) and how long it waited for them
-    locks: dict[str, Any] | None = None
+    locks: Locks | None = None
     #: the local folder of the run's evidence pack, once written
     evidence_dir: str | None = None
     #: the evidence pack, once written: folder, manifest_sha256, and s3_uri and url once uploaded
-    pack: dict[str, Any] | None = None
+    pack: PackRef | None = None
     #: why the evidence pack could not be written (or uploaded, when the case asks): the run proves nothing then
     evidence_error: str | None = None
     #: who ran the case, where and with what (see flows/evidence/audit.py); report.json's ``audit``
-    audit: dict[str, Any] | None = None
+    audit: Audit | None = None
     #: the Slack notice: sent or not, through what, and why not (None when the case asks for none)
-    notice: dict[str, Any] | None = None
+    notice: Notice | None = None
 
     @property
     def passed(self) -> bool:
@@ -116,6 +97,16 @@ class CaseResult(BaseModel):
     @property
     def first_failure(self) -> StepResult | None:
         return next((s for s in self.steps if s.status in ("failed", "error")), None)
+
+    @classmethod
+    def from_report(cls, report: CaseReport) -> CaseResult:
+        """A case's result read back from its pack's report.json (how a suite collects a case run by a worker):
+        all but what only the run itself knew (the steps' hashed items and files, where its pack is)."""
+        run = report.run
+        return cls(case=report.case.name, description=report.case.description, status=report.status,
+                   flow_run_id=run.flow_run_id, ui_url=run.ui_url, started_at=run.started_at, ended_at=run.ended_at,
+                   duration_s=run.duration_s, variables=report.variables, locks=run.locks, audit=report.audit,
+                   notice=report.notice, steps=[StepResult.model_validate(s.model_dump()) for s in report.steps])
 
 
 class StepFailed(Exception):

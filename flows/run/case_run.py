@@ -20,6 +20,7 @@ from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack import verify as pack_verify
 from flows.evidence.pack import write as pack_write
 from flows.evidence.pack.folder import PackClaim
+from flows.evidence.report import Audit, PackRef
 from flows.evidence.results import CaseResult, StepResult
 from flows.run import locks
 from flows.run import states as run_states
@@ -33,7 +34,8 @@ from flows.run.recover import (
 )
 from flows.spec.model import CaseSpec, iter_steps
 from tasks.kit import baseline
-from tasks.kit.aws import ClientFactory, is_real_aws
+from tasks.kit.aws import ClientFactory
+from tasks.kit.console_links import s3_link
 from tasks.kit.errors import StepError
 from tasks.kit.journal import Heartbeat, read_entries
 from tasks.kit.secrets import Secrets, redact, redact_json
@@ -152,7 +154,8 @@ def settle_leftovers(clients: ClientFactory, ssm: SSMClient, resources: list[str
 def case_result(case: CaseSpec, run_id: str, started: datetime, values: dict[str, Any], steps: list[Any],
                  secrets: Secrets, held: locks.HeldLocks | None = None, clients: Any = None) -> CaseResult:
     ended = datetime.now(timezone.utc)
-    context = redact_json(audit.collect(clients), secrets) if clients is not None else None
+    context = (Audit.model_validate(redact_json(audit.collect(clients).to_json(), secrets)) if clients is not None
+               else None)
     return CaseResult(
         case=case.case, description=case.description,
         status="passed" if all(s.ok for s in steps) else "failed",
@@ -175,7 +178,7 @@ def case_history(rendered: CaseSpec, case: CaseSpec, started: datetime, run_id: 
     if not runs:
         return None
     own = claim.folder if claim is not None else None
-    default = pack_files.run_pack_dir(Path("evidence"), case.case, started, run_id).parent
+    default = pack_files.pack_parent(case.case)
     folders = list(dict.fromkeys([*([own.parent] if own is not None else []), default]))
     s3 = None
     if case.evidence is not None:
@@ -193,19 +196,18 @@ def claim_pack(evidence_dir: str | None, case: CaseSpec, started: datetime, run_
                 ) -> PackClaim:
     """Claim the pack's folder (``evidence_dir``, else ``evidence/<case>/<time>-<run id>/``) before the run changes
     anything; CouldNotRun when it is not new, not writable (read-only, full) or another run is writing to it."""
-    folder = Path(evidence_dir) if evidence_dir else pack_files.run_pack_dir(Path("evidence"), case.case, started,
-                                                                                run_id)
+    folder = Path(evidence_dir) if evidence_dir else pack_files.run_pack_dir(case.case, started, run_id)
     try:
         return pack_folder.claim(folder, pack_write.private_default(), logger)
     except pack_folder.PackFolderError as exc:
         raise CouldNotRun(f"case '{case.case}' did not start: {exc}; nothing was changed") from None
 
 
-def planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> dict[str, Any]:
+def planned_pack(result: CaseResult, case: CaseSpec, folder: Path) -> PackRef:
     """Where the pack will be written (and uploaded), for a notice sent before it is written."""
-    planned: dict[str, Any] = {"folder": str(folder.resolve())}
+    planned = PackRef(folder=str(folder.resolve()))
     if case.evidence is not None:
-        planned["s3_uri"] = f"s3://{case.evidence.bucket}/{pack_files.pack_prefix(case.evidence.prefix, result)}"
+        planned.s3_uri = f"s3://{case.evidence.bucket}/{pack_files.pack_prefix(case.evidence.prefix, result)}"
     return planned
 
 
@@ -219,17 +221,15 @@ def write_case_pack(result: CaseResult, case: CaseSpec, spec_path: Path | None, 
         pack_write.write_pack(result, case, folder, spec_path=spec_path, secrets=secrets, claim=claim)
         digest = pack_files.manifest_sha256(folder)
         result.evidence_dir = str(folder.resolve())
-        result.pack = {"folder": result.evidence_dir, "manifest_sha256": digest}
+        result.pack = written = PackRef(folder=result.evidence_dir, manifest_sha256=digest)
         logger.info("Evidence pack: %s (manifest sha256 %s)", result.evidence_dir, digest)
         if upload and case.evidence is not None:
             settings = case.evidence
             prefix = pack_files.pack_prefix(settings.prefix, result)
             pack_verify.upload_pack(ctx.clients.client("s3"), folder, settings.bucket, prefix, sse=settings.sse,
                                       kms_key_id=settings.kms_key_id)
-            endpoint = ctx.clients.endpoint_url("s3")
-            url = (pack_verify.console_url(settings.bucket, prefix, ctx.clients.region) if is_real_aws(endpoint)
-                   else f"{endpoint.rstrip('/')}/{settings.bucket}/{prefix}")
-            result.pack.update(s3_uri=f"s3://{settings.bucket}/{prefix}", url=url)
+            url = s3_link(ctx.clients.endpoint_url("s3"), ctx.clients.region, settings.bucket, prefix, folder=True).url
+            written.s3_uri, written.url = f"s3://{settings.bucket}/{prefix}", url
             create_link_artifact(link=url, link_text=f"s3://{settings.bucket}/{prefix}",
                                  key=f"{evidence.case_key(result.case)}-evidence"[:100],
                                  description=f"Evidence pack (manifest sha256 {digest})")

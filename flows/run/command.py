@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import httpx
 
 from flows.evidence.pack import folder as pack_folder
+from flows.evidence.pack.files import EVIDENCE_ROOT
 from flows.run.engine import stop_signals_interrupt
 from flows.run.local_server import ServerUnavailable, temporary_server
 from flows.run.prefect_client import client_retries
@@ -115,7 +116,7 @@ def stop_signals_as_interrupts() -> Iterator[None]:
         yield
 
 
-def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | None = None,
+def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path = EVIDENCE_ROOT,
                        writable: bool = True) -> None:
     """Found before the run, not after it: --evidence-dir (``folder``) must be a new or empty folder (SpecError:
     exit 2); with ``writable``, the pack's folder (``folder``, else under ``default_parent``) must be writable
@@ -128,7 +129,7 @@ def check_evidence_dir(folder: Path | None, spec: str, default_parent: Path | No
     try:
         if folder is not None:
             pack_folder.check_new(folder)
-        pack_folder.probe_writable(folder if folder is not None else default_parent or Path("evidence"))
+        pack_folder.probe_writable(folder if folder is not None else default_parent)
     except pack_folder.PackFolderError as exc:
         raise CouldNotRun(f"{exc}; nothing was changed (use --no-evidence to run without a pack)") from None
 

@@ -32,6 +32,7 @@ from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import CHECK_FAILED, CLEANUP_FAILED, INTERRUPTED, CheckFailed, StepError
 from tasks.kit.polling import WAKE_S
 from tasks.kit.secrets import NAMES, RedactFilter, Secrets, redact, redact_json
+from tasks.kit.status import check_mark
 from tasks.kit.step import REGISTRY, StepContext, StepOutcome, UndoAction
 
 log = logging.getLogger("pipeline_test")
@@ -417,8 +418,8 @@ def _undo(actions: list[UndoAction], ctx: StepContext, logger: Any) -> tuple[Ste
         details={"actions": done},
     )
     markdown: str = md.table(["from step", "action", "outcome"],
-                        [[d["step"], d["what"], "❌ " + d["error"] if "error" in d else _text(d["outcome"])]
-                         for d in done])
+                        [[d["step"], d["what"],
+                          f"{check_mark(False)} {d['error']}" if "error" in d else _text(d["outcome"])] for d in done])
     if sections:
         markdown += "\n\n" + "\n\n".join(sections)
     cleanup = StepOutcome(summary=result.summary, details=result.details, markdown=markdown)

@@ -38,6 +38,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency._sync import release_concurrency_slots_with_lease
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+from flows.evidence.report import Locks
 from tasks.kit.errors import INTERRUPTED, LOCK_TIMEOUT, LOCK_UNAVAILABLE
 from tasks.kit.polling import wait_event
 
@@ -88,8 +89,9 @@ class HeldLocks:
     lease_id: str | None = None
     waited_s: float = 0.0
 
-    def public(self) -> dict[str, Any]:
-        return {"resources": self.resources, "limits": self.names, "waited_seconds": round(self.waited_s, 3)}
+    def public(self) -> Locks:
+        """What the run's record says of its locks."""
+        return Locks(resources=list(self.resources), limits=list(self.names), waited_seconds=round(self.waited_s, 3))
 
 
 #: limits are created one at a time in this process (it guards calls to the server, it holds no data)

@@ -19,6 +19,7 @@ from typing import Any
 from prefect.states import Cancelled, Crashed, State
 
 from tasks.kit import markdown as md
+from tasks.kit.status import STATUS
 
 #: the name of a could-not-start run's state
 NOT_RUN = "NotRun"
@@ -32,7 +33,7 @@ def not_run(message: str, data: Any) -> State:
 def not_run_markdown(case: str, message: str) -> str:
     """The could-not-start artifact: what stopped the case, that nothing was changed, and what to do."""
     return "\n".join([
-        f"# ⛔ Not run: {md.text(case)}", "",
+        f"# {STATUS['not run'].mark} Not run: {md.text(case)}", "",
         "The case **could not start**: no step ran and nothing was changed in AWS. This is not a test that "
         "failed; run the case again once the reason below is dealt with.", "",
         "**Why**", "", md.message(message), "",

@@ -1,7 +1,9 @@
-"""Generate the spec reference (docs/reference.md) and the JSON Schema file from the spec models themselves.
+"""Generate the spec reference (docs/reference.md) and the JSON Schema files from the models themselves.
 
-    python -m flows.spec.reference          rewrite docs/reference.md's generated section and spec.schema.json
-    python -m flows.spec.reference --check  exit 1 if either is out of date (the tests run this check)
+    python -m flows.spec.reference          rewrite docs/reference.md's generated section, spec.schema.json,
+                                            suite.schema.json, and the evidence packs' report.schema.json and
+                                            suite-report.schema.json (flows/evidence/pack/)
+    python -m flows.spec.reference --check  exit 1 if any is out of date (the tests run this check)
 
 So the documentation of every field can never drift from the code. Every model the reference links to has
 its own heading, linked by the anchor GitHub gives it (``github_anchor``); a link to no heading stops the
@@ -24,6 +26,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from flows.evidence.notify import NotifySettings
+from flows.evidence.report import SCHEMA_FILE, SUITE_SCHEMA_FILE, case_report_schema, suite_report_schema
 from flows.spec.model import (
     EXTRA_STEP_MODULES,
     STEP_MODULES_ENV,
@@ -278,7 +281,8 @@ def main(argv: list[str]) -> int:
               "the product's step kinds only; unset it and run again", file=sys.stderr)
         return 2
     page = REFERENCE.read_text(encoding="utf-8")
-    wanted = {REFERENCE: updated_page(page), SCHEMA: schema_text(), SUITE_SCHEMA: schema_text(suite_json_schema())}
+    wanted = {REFERENCE: updated_page(page), SCHEMA: schema_text(), SUITE_SCHEMA: schema_text(suite_json_schema()),
+              SCHEMA_FILE: schema_text(case_report_schema()), SUITE_SCHEMA_FILE: schema_text(suite_report_schema())}
     if "--check" in argv:
         stale = [p.relative_to(ROOT).as_posix() for p, want in wanted.items()
                  if (p.read_text(encoding="utf-8") if p.exists() else "") != want]
@@ -288,8 +292,8 @@ def main(argv: list[str]) -> int:
         return 0
     for path, text in wanted.items():
         path.write_text(text, encoding="utf-8", newline="\n")
-    print(f"wrote {REFERENCE.relative_to(ROOT).as_posix()} (spec and suite reference), {SCHEMA.name} and "
-          f"{SUITE_SCHEMA.name}")
+    print(f"wrote {REFERENCE.relative_to(ROOT).as_posix()} (spec and suite reference), {SCHEMA.name}, "
+          f"{SUITE_SCHEMA.name} and the reports' schemas")
     return 0
 
 

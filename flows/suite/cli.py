@@ -10,9 +10,10 @@ from typing import Any
 from pydantic import SecretStr
 
 from flows.console import json_text
+from flows.evidence.pack.files import pack_parent
 from flows.evidence.results import carried_result
 from flows.run.recover import CouldNotRun
-from flows.suite.flow import pipeline_test_suite, suite_evidence_parent, suite_key
+from flows.suite.flow import pipeline_test_suite, suite_key
 from flows.suite.pack import (
     SuiteFailed,
     SuiteResult,
@@ -20,14 +21,14 @@ from flows.suite.pack import (
 from flows.suite.progress import PROGRESS, Progress
 from flows.suite.rerun import Rerun
 from flows.suite.spec import load_suite, suite_name
+from tasks.kit.status import short
 
 
 def format_suite(result: SuiteResult, with_link: bool = True) -> str:
     """A short summary of a suite run (see ``flows.cli.format_result``)."""
     width = max((len(c.case) for c in result.cases), default=10)
-    word = {"passed": "PASS", "failed": "FAIL", "not run": "NOT RUN"}
     lines = [f"Suite '{result.suite}' {result.status.upper()} in {result.duration_s:.1f} s: {result.counts_text()}"]
-    mark = {c.case: "WARN" if c.warnings and c.status == "passed" else word[c.status] for c in result.cases}
+    mark = {c.case: short("warned") if c.warnings and c.status == "passed" else short(c.status) for c in result.cases}
     lines += [f"  {mark[c.case]:<7} {c.case:<{width}}  {c.duration_s:6.1f} s  {c.why}" for c in result.cases]
     if result.rerun_of:
         lines.append(f"A re-run of the failed cases of {result.rerun_of.pack} "
@@ -104,7 +105,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         only = rerun.link.cases if rerun is not None else args.only or None
         plan = load_suite(args.spec, args.tag or None, overrides, args.max_parallel, args.files_root, only)
         check_evidence_dir(Path(args.evidence_dir) if args.evidence_dir else None, args.spec,
-                           suite_evidence_parent(plan.spec.suite), writable=not args.validate)
+                           pack_parent(plan.spec.suite, suite=True), writable=not args.validate)
     except SpecError as exc:
         return invalid(exc, "no case started, no AWS call was made")
     except CouldNotRun as exc:

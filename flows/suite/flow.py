@@ -28,7 +28,7 @@ from pydantic import SecretStr
 
 from flows.evidence.history import SUITE_HISTORY, read_histories, this_run_url
 from flows.evidence.markdown import KEY_MAX, case_key
-from flows.evidence.pack.files import manifest_sha256
+from flows.evidence.pack.files import manifest_sha256, run_pack_dir
 from flows.evidence.pack.folder import PackClaim, PackFolderError
 from flows.evidence.results import plural, result_of
 from flows.pipeline_test import pipeline_test, plain_variables
@@ -46,7 +46,7 @@ from flows.suite.pack import (
     SuiteFailed,
     SuiteResult,
     claim_suite_folder,
-    result_from_report,
+    result_from_pack,
     write_suite_pack,
 )
 from flows.suite.progress import PROGRESS, Progress, lock_waits_seen
@@ -55,6 +55,7 @@ from flows.suite.trends import CaseRun, SuiteTrends, read_history, suite_trends,
 from flows.suite.trends import cells as trend_cells
 from tasks.kit import markdown as md
 from tasks.kit.polling import wait_done, wait_event
+from tasks.kit.status import STATUS, card_word, marked
 from tasks.kit.step import format_duration
 
 
@@ -110,8 +111,7 @@ def pipeline_test_suite(
         logger.info("--files-root %s replaces the suite file's files_root %r", files_root, plan.spec.files_root)
     started = _now()
     run_id = str(flow_run.id or "local")
-    folder = Path(evidence_dir) if evidence_dir else (
-        suite_evidence_parent(plan.spec.suite) / f"{started:%Y%m%dT%H%M%SZ}-{run_id[:8]}")
+    folder = Path(evidence_dir) if evidence_dir else run_pack_dir(plan.spec.suite, started, run_id, suite=True)
     try:  # before any case starts: a folder that is not new, not writable or full, or taken, is exit 3
         claim = claim_suite_folder(folder, logger=logger)
     except PackFolderError as exc:
@@ -277,12 +277,7 @@ def _run_deployment(settings: DeploymentSettings, case: SuiteCase, pack_dir: Pat
     run = run_deployment(settings.name, parameters=parameters, timeout=settings.timeout,
                          poll_interval=settings.poll_interval, as_subflow=True)
     state = run.state  # type: ignore[union-attr]
-    report = pack_dir / "report.json"
-    result = None
-    if report.is_file():
-        import json
-
-        result = result_from_report(json.loads(report.read_text(encoding="utf-8")))
+    result = result_from_pack(pack_dir)
     if state is None or not state.is_final():
         return SuiteCaseResult(case=case.spec.case, path=str(case.path), status="not run", started_at=started,
                                ended_at=_now(), flow_run_id=str(run.id),  # type: ignore[union-attr]
@@ -316,11 +311,6 @@ def _verdict(case: SuiteCase, started: datetime, state: Any, result: Any, run_id
                            ended_at=_now(), flow_run_id=run_id, reason=None if status == "passed" else ended)
 
 
-def suite_evidence_parent(suite: str) -> Path:
-    """Where a suite's packs go by default: ``evidence/suites/<suite>/`` (each run in a folder of its own)."""
-    return Path("evidence") / "suites" / (slug(suite) or "suite")
-
-
 def read_trends(result: SuiteResult, folder: Path, window: int, logger: Any) -> SuiteTrends | None:
     """Every case's trend: this run against the suite's earlier packs beside ``folder`` (read once per suite run);
     a pack that cannot be read is skipped with a note; None (and a warning) when the trends cannot be had."""
@@ -332,8 +322,6 @@ def read_trends(result: SuiteResult, folder: Path, window: int, logger: Any) -> 
     except Exception as exc:  # trends are a convenience: never a reason to lose the evidence
         logger.warning("Could not read the suite's trends: %s", exc)
         return None
-
-
 def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCaseResult], folder: Path,
             claim: PackClaim, logger: Any, rerun: RerunOf | None = None) -> SuiteResult:
     """The suite's result, its summary artifact and its evidence pack (a failure of either is logged; one of the
@@ -361,8 +349,6 @@ def _finish(plan: SuitePlan, run_id: str, started: datetime, cases: list[SuiteCa
     return result
 
 
-#: a case's verdict in the suite's tables: the word and the mark, as a case's own evidence shows them
-VERDICT = {"passed": "✅ passed", "failed": "❌ failed", "not run": "⛔ not run"}
 #: widths of the summary table's cells: the UI never wraps a table cell, and its box is about 840 px at 1400 px
 #: (the whole texts are in the suite's report and pack)
 CASE_WIDTH, WHY_WIDTH = 30, 36
@@ -371,8 +357,8 @@ CASE_WIDTH, WHY_WIDTH = 30, 36
 def verdict_cell(case: SuiteCaseResult) -> str:
     """``✅ passed``, ``⚠️ passed, 2 warnings``, ``❌ failed``, ``⛔ not run``."""
     if case.status == "passed" and case.warnings:
-        return f"⚠️ passed, {plural(case.warnings, 'warning')}"
-    return VERDICT[case.status]
+        return f"{STATUS['warned'].mark} passed, {plural(case.warnings, 'warning')}"
+    return marked(case.status)
 
 
 def summary_rows(result: SuiteResult) -> list[dict[str, str]]:
@@ -401,7 +387,7 @@ def publish_suite(result: SuiteResult) -> None:
     flow run (``suite-<name>-report``)."""
     key = suite_key(result.suite)
     verdict = result.counts_text()
-    word = "passed" if result.passed else "FAILED"  # first in the card's description: a card cuts the rest
+    word = card_word("passed" if result.passed else "failed")  # first in the card's description: a card cuts the rest
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in summary_rows(result)],
                           key=key, description=f"{word} · suite {md.text(result.suite)}: {verdict} "
                           f"({format_duration(result.duration_s)})")

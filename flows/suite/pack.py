@@ -7,41 +7,49 @@ whole tree and each case's pack still verifies on its own. No Prefect, no boto3.
 from __future__ import annotations
 
 import html
-import json
 import os
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack.files import (
     JUNIT_XML,
     MANIFEST,
     MANIFEST_SCHEMA,
-    REPORT_JSON,
     SCHEMA_VERSION,
     _iso,
     _utc,
     pack_files,
     sha256_file,
 )
-from flows.evidence.pack.html import CSS
-from flows.evidence.pack.junit import _x, testsuite
+from flows.evidence.pack.html import CSS, badge
+from flows.evidence.pack.junit import _x, junit_totals, testsuite
 from flows.evidence.pack.write import _counts, _json_text, _write_text, private_default
+from flows.evidence.report import (  # noqa: F401  (RerunOf, SUITE_REPORT_SCHEMA: re-exported)
+    REPORT_JSON,
+    SUITE_REPORT_SCHEMA,
+    CaseReport,
+    CaseVerdict,
+    Counts,
+    RerunOf,
+    SuiteCaseReport,
+    SuiteCounts,
+    SuiteReport,
+    read_case_report,
+)
 from flows.evidence.results import CaseResult, StepResult, plural
 from flows.suite.trends import SuiteTrends, cells, summary_line
+from tasks.kit.status import STATUS, css_class
 
 INDEX_HTML = "index.html"
 #: files every suite pack has (besides the manifest)
 SUITE_REQUIRED_FILES = (INDEX_HTML, REPORT_JSON, JUNIT_XML)
-SUITE_REPORT_SCHEMA = "pipeline-test/suite-report"
 #: the folder of the cases' own packs inside a suite pack
 CASES_DIR = "cases"
-
-CaseVerdict = Literal["passed", "failed", "not run"]
 
 
 class SuiteCaseResult(BaseModel):
@@ -86,16 +94,6 @@ class SuiteCaseResult(BaseModel):
         return self.reason or ""
 
 
-class RerunOf(BaseModel):
-    """The suite pack a re-run (``--rerun-failed``) re-runs the failed cases of: where it is, its manifest's SHA-256
-    (verified before the re-run), its suite's flow run and the cases re-run."""
-
-    pack: str
-    manifest_sha256: str
-    flow_run_id: str | None = None
-    cases: list[str] = []
-
-
 class SuiteResult(BaseModel):
     """What a suite run returns: every case's verdict; ``passed`` only when every case passed."""
 
@@ -138,7 +136,7 @@ class SuiteResult(BaseModel):
         return all(c.status == "passed" for c in self.cases)
 
     @property
-    def status(self) -> str:
+    def status(self) -> CaseVerdict:
         return "passed" if self.passed else "failed" if self.count("failed") else "not run"
 
 
@@ -151,18 +149,16 @@ class SuiteFailed(Exception):
         self.result = result
 
 
-def result_from_report(report: dict[str, Any]) -> CaseResult:
-    """A case's result read back from its pack's report.json (how a suite collects a case run by a worker)."""
-    run = report["run"]
-    return CaseResult(case=report["case"]["name"], description=report["case"].get("description") or "",
-                      status=report["status"], flow_run_id=run.get("flow_run_id"), ui_url=run.get("ui_url"),
-                      started_at=run["started_at"], ended_at=run["ended_at"], duration_s=run["duration_s"],
-                      variables=report.get("variables") or {}, locks=run.get("locks"),
-                      steps=[StepResult.model_validate(s) for s in report["steps"]])
+def result_from_pack(folder: Path) -> CaseResult | None:
+    """A case's result read back from its pack's report.json through :class:`CaseReport` (how a suite collects a
+    case a worker ran); None when the pack has no readable report."""
+    try:
+        return CaseResult.from_report(read_case_report(folder))
+    except (OSError, ValueError, ValidationError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ index.html
-COLOURS = {"passed": "#2da44e", "failed": "#cf222e", "not run": "#8250df"}
 BAR, GAP, LABEL_W, CHART_W = 18, 6, 260, 760
 
 
@@ -182,7 +178,8 @@ def timeline_svg(result: SuiteResult) -> str:
         parts.append(f'<text x="{LABEL_W - 8}" y="{y + BAR - 5}" text-anchor="end" font-size="13">'
                      f'{html.escape(c.case[:40])}</text>')
         parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{BAR}" rx="3" '
-                     f'fill="{COLOURS[c.status]}" data-status="{html.escape(c.status)}"><title>{title}</title></rect>')
+                     f'fill="{STATUS[c.status].colour}" data-status="{html.escape(c.status)}"><title>{title}</title>'
+                     "</rect>")
     axis = len(result.cases) * (BAR + GAP) + 14
     parts.append(f'<text x="{LABEL_W}" y="{axis}" font-size="12">0 s</text>')
     parts.append(f'<text x="{LABEL_W + CHART_W}" y="{axis}" font-size="12" text-anchor="end">{span:.1f} s</text>')
@@ -205,7 +202,8 @@ def trend_svg(history: list[tuple[str, float]]) -> str:
         h = 3 + (TREND_H - 3) * duration / longest
         title = html.escape(f"run {i + 1}: {verdict}, {duration:.1f} s", quote=True)
         parts.append(f'<rect x="{i * step:.1f}" y="{TREND_H - h:.1f}" width="{max(step - 2, 1):.1f}" height="{h:.1f}" '
-                     f'fill="{COLOURS.get(verdict, "#8c959f")}" data-status="{html.escape(verdict)}">'
+                     f'fill="{STATUS[verdict].colour if verdict in STATUS else "#8c959f"}" '
+                     f'data-status="{html.escape(verdict)}">'
                      f'<title>{title}</title></rect>')
     parts.append("</svg>")
     return "".join(parts)
@@ -239,19 +237,17 @@ def index_html(result: SuiteResult) -> str:
     e = html.escape
     rows = []
     for c in result.cases:
-        css = {"passed": "passed", "failed": "failed", "not run": "error"}[c.status]
         pack = f'<a href="{e(c.pack)}/report.html">pack</a>' if c.pack else "none"
         run = f'<a href="{e(c.ui_url)}">flow run</a>' if c.ui_url else e(c.flow_run_id or "")
-        css, word = ("warned", f"PASSED, {plural(c.warnings, 'warning')}") if c.warnings and css == "passed" else (
-            css, c.status.upper())
-        rows.append(f"<tr><td>{e(c.case)}</td><td><span class='badge {css}'>{e(word)}</span></td>"
+        verdict = (f"<span class='badge {css_class('warned')}'>PASSED, {e(plural(c.warnings, 'warning'))}</span>"
+                   if c.warnings and c.status == "passed" else badge(c.status))
+        rows.append(f"<tr><td>{e(c.case)}</td><td>{verdict}</td>"
                     f"<td>{c.duration_s:.1f} s</td><td>{e(c.why)}</td><td>{pack}</td><td>{run}</td></tr>")
-    verdict = {"passed": "passed", "failed": "failed", "not run": "error"}[result.status]
-    counts = result.counts_text()
+    counts = e(result.counts_text())
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Suite {e(result.suite)}: {e(result.status.upper())}</title><style>{CSS}</style></head><body>",
-        f"<h1>Suite {e(result.suite)} <span class='badge verdict {verdict}'>{e(result.status.upper())}</span></h1>",
+        f"<h1>Suite {e(result.suite)} {badge(result.status, 'verdict')}</h1>",
         f"<p class='muted'>{counts}; started {e(_iso(result.started_at) or '')}, {result.duration_s:.1f} s; "
         f"flow run {e(result.flow_run_id or '')}</p>",
         *([f"<p>A re-run of the failed cases of the suite pack <code>{e(result.rerun_of.pack)}</code> (manifest "
@@ -269,7 +265,7 @@ def index_html(result: SuiteResult) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- junit.xml
-def suite_junit_xml(result: SuiteResult, reports: dict[str, dict[str, Any]]) -> str:
+def suite_junit_xml(result: SuiteResult, reports: dict[str, CaseReport]) -> str:
     """junit.xml: one ``<testsuite>`` per case (its steps the testcases); a case that did not run is one testcase
     in error."""
     root = ET.Element("testsuites", {"name": _x(result.suite)})
@@ -277,51 +273,51 @@ def suite_junit_xml(result: SuiteResult, reports: dict[str, dict[str, Any]]) -> 
     for c in result.cases:
         if c.result is not None:
             counts = _counts(c.result)
-            spec = reports.get(c.case, {}).get("spec", {})
-            suite = testsuite(c.result, counts, spec.get("sha256"), spec.get("case_sha256"))
+            spec = reports[c.case].spec if c.case in reports else None
+            suite = testsuite(c.result, counts, spec.sha256 if spec else None, spec.case_sha256 if spec else None)
         else:
-            counts = {"total": 1, "failed": 0, "error": 1, "skipped": 0}
+            counts = Counts(total=1, error=1)
             suite = ET.Element("testsuite", {"name": _x(c.case), "tests": "1", "failures": "0", "errors": "1",
                                              "time": f"{c.duration_s:.3f}", "skipped": "0",
                                              "timestamp": _utc(c.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
             case = ET.SubElement(suite, "testcase", {"name": "run", "classname": _x(c.case), "time": "0.000"})
-            ET.SubElement(case, "error", {"message": _x((c.reason or "not run")[:2000]),
+            ET.SubElement(case, STATUS["not run"].junit, {"message": _x((c.reason or "not run")[:2000]),
                                           "type": "not run"}).text = _x(c.reason or "")
         root.append(suite)
-        totals["tests"] += counts["total"]
-        totals["failures"] += counts["failed"]
-        totals["errors"] += counts["error"]
+        for name, n in junit_totals(counts).items():
+            if name in totals:
+                totals[name] += n
     root.attrib.update({k: str(v) for k, v in totals.items()} | {"time": f"{result.duration_s:.3f}"})
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- write it all
-def suite_report(result: SuiteResult) -> dict[str, Any]:
-    return {
-        "schema": SUITE_REPORT_SCHEMA, "schema_version": SCHEMA_VERSION,
-        "generated_at": _iso(datetime.now(timezone.utc)),
-        "suite": result.suite, "status": result.status, "flow_run_id": result.flow_run_id, "ui_url": result.ui_url,
-        "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at), "duration_s": result.duration_s,
-        "counts": {s: result.count(s) for s in ("passed", "failed", "not run")}, "warnings": result.warnings,
-        "skipped_by_tags": result.skipped, "source": result.source,
-        "rerun_of": result.rerun_of.model_dump() if result.rerun_of else None,
-        "trends": result.trends.model_dump() if result.trends else None,
-        "cases": [{"case": c.case, "path": c.path, "status": c.status, "started_at": _iso(c.started_at),
-                   "ended_at": _iso(c.ended_at), "duration_s": c.duration_s, "flow_run_id": c.flow_run_id,
-                   "ui_url": c.ui_url, "failed_step": c.failed_step.number if c.failed_step else None,
-                   "reason": c.why or None, "pack": c.pack, "warnings": c.warnings} for c in result.cases],
-    }
+def suite_report(result: SuiteResult) -> SuiteReport:
+    """The suite pack's report.json."""
+    return SuiteReport(
+        generated_at=datetime.now(timezone.utc).replace(microsecond=0),
+        suite=result.suite, status=result.status, flow_run_id=result.flow_run_id, ui_url=result.ui_url,
+        started_at=result.started_at, ended_at=result.ended_at, duration_s=result.duration_s,
+        counts=SuiteCounts(passed=result.count("passed"), failed=result.count("failed"),
+                           not_run=result.count("not run")),
+        warnings=result.warnings,
+        skipped_by_tags=result.skipped, source=result.source, rerun_of=result.rerun_of, trends=result.trends,
+        cases=[SuiteCaseReport(case=c.case, path=c.path, status=c.status, started_at=c.started_at,
+                               ended_at=c.ended_at, duration_s=c.duration_s, flow_run_id=c.flow_run_id,
+                               ui_url=c.ui_url, failed_step=c.failed_step.number if c.failed_step else None,
+                               reason=c.why or None, pack=c.pack, warnings=c.warnings) for c in result.cases],
+    )
 
 
-def case_reports(folder: Path, result: SuiteResult) -> dict[str, dict[str, Any]]:
-    """The report.json of every case pack in the suite pack, by case name."""
+def case_reports(folder: Path, result: SuiteResult) -> dict[str, CaseReport]:
+    """The report.json of every case pack in the suite pack, by case name (a pack without a readable one is left
+    out)."""
     found = {}
     for c in result.cases:
-        path = folder / c.pack / REPORT_JSON if c.pack else None
-        if path is not None and path.is_file():
+        if c.pack and (folder / c.pack / REPORT_JSON).is_file():
             try:
-                found[c.case] = json.loads(path.read_text(encoding="utf-8"))
+                found[c.case] = read_case_report(folder / c.pack)
             except (OSError, ValueError):
                 continue
     return found
@@ -360,7 +356,7 @@ def write_suite_pack(result: SuiteResult, folder: Path, private: bool | None = N
         for c in result.cases:  # a case pack without its manifest (a run cut short) is not linked as a pack
             if c.pack and not (folder / c.pack / MANIFEST).is_file():
                 c.pack = None
-        files = {INDEX_HTML: index_html(result), REPORT_JSON: _json_text(suite_report(result)),
+        files = {INDEX_HTML: index_html(result), REPORT_JSON: _json_text(suite_report(result).to_json()),
                  JUNIT_XML: suite_junit_xml(result, case_reports(folder, result))}
         for name, text in files.items():
             _write_text(claim.staging / name, text, private)

@@ -10,10 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.evidence.pack.files import REPORT_JSON
 from flows.evidence.pack.verify import MANIFEST, manifest_sha256, verify
+from flows.evidence.report import REPORT_JSON, SCHEMA_VERSION, SUITE_REPORT_SCHEMA, RerunOf, read_suite_report
 from flows.spec.load import SpecError
-from flows.suite.pack import SUITE_REPORT_SCHEMA, RerunOf
 
 #: the verdicts a re-run runs again
 RERUN_VERDICTS = ("failed", "not run")
@@ -40,13 +39,13 @@ def read_rerun(pack: Path) -> Rerun:
     if manifest.get("kind") != "suite":
         raise SpecError(where, ["not a suite's evidence pack (a case's pack: run that case again by its spec file)"])
     try:
-        report = json.loads((pack / REPORT_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        report = read_suite_report(pack)
+    except OSError as exc:
         raise SpecError(where, [f"{REPORT_JSON}: unreadable ({exc})"]) from None
-    if not isinstance(report, dict) or report.get("schema") != SUITE_REPORT_SCHEMA \
-            or not isinstance(report.get("cases"), list):
-        raise SpecError(where, [f"{REPORT_JSON}: not a suite report (schema is not {SUITE_REPORT_SCHEMA!r})"])
-    names = [str(c.get("case")) for c in report["cases"] if isinstance(c, dict) and c.get("status") in RERUN_VERDICTS]
+    except ValueError as exc:  # pydantic's ValidationError too: not JSON, or not a suite report of this version
+        raise SpecError(where, [f"{REPORT_JSON}: not a suite report of schema {SUITE_REPORT_SCHEMA!r} version "
+                                f"{SCHEMA_VERSION} ({str(exc).splitlines()[0]})"]) from None
+    names = [c.case for c in report.cases if c.status in RERUN_VERDICTS]
     link = RerunOf(pack=str(pack.resolve()), manifest_sha256=manifest_sha256(pack),
-                   flow_run_id=report.get("flow_run_id"), cases=names)
-    return Rerun(suite=str(report.get("suite") or ""), source=report.get("source"), link=link)
+                   flow_run_id=report.flow_run_id, cases=names)
+    return Rerun(suite=report.suite, source=report.source, link=link)

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import StepError
 from tasks.kit.markdown import shorten
+from tasks.kit.status import check_verdict
 
 __all__ = [
     "CONVERTERS",
@@ -252,7 +253,7 @@ class CheckResult:
     @property
     def mark(self) -> str:
         """``✅ PASS``, ``❌ FAIL``, or ``⚠️ WARN`` for a warning check that did not hold."""
-        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
+        return check_verdict(self.passed, warn=self.severity == "warn")
 
     @property
     def name(self) -> str:

@@ -171,8 +171,3 @@ def when(value: Any) -> str:
 def took(seconds: float | None) -> str:
     """`` in 4 min 02 s`` for a summary line, or "" when the duration is not known."""
     return f" in {format_duration(seconds)}" if seconds is not None else ""
-
-
-def literal(text: str) -> str:
-    """A name or ARN as a literal part of ``tasks.kit.watch.console_link``'s path (``{region}`` is filled in there)."""
-    return text.replace("{", "{{").replace("}", "}}")

@@ -14,11 +14,10 @@ from typing import Annotated, Any, Callable, Generic, Literal, TypeVar, Union
 
 from pydantic import Field, model_validator
 
-from tasks.kit.aws import ServiceName, is_real_aws
 from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed
 from tasks.kit.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
-from tasks.kit.step import Link, SpecModel, StepContext
+from tasks.kit.step import SpecModel
 
 T = TypeVar("T")
 
@@ -147,12 +146,3 @@ def unmet(watched: Watched[Any], what: str, seen: str, *, details: dict[str, Any
         message = f"{what}: cannot hold any more; found {seen}"
     return CheckFailed(message, code=TIMED_OUT if watched.outcome == "timed_out" else CHECK_FAILED,
                        details=details, markdown=markdown, checks=[watched.record(check, what, seen)])
-
-
-def console_link(ctx: StepContext, service: ServiceName, path: str, text: str) -> list[Link]:
-    """A link to the AWS console (``https://<region>.console.aws.amazon.com/<path>``, ``{region}`` in ``path``
-    filled in) when the service's client talks to AWS itself; none for an emulator."""
-    if not is_real_aws(ctx.clients.endpoint_url(service)):
-        return []
-    region = ctx.clients.region or "us-east-1"
-    return [Link(f"https://{region}.console.aws.amazon.com/{path.format(region=region)}", text)]

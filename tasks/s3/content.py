@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 from tasks.kit import markdown, nesting
 from tasks.kit.checks import CheckRecord
 from tasks.kit.errors import AWS_ERRORS, OBJECT_TOO_LARGE, StepError, aws_error
+from tasks.kit.status import check_verdict
 from tasks.kit.step import format_bytes
 from tasks.s3.content_spec import ObjectColumnRule, ObjectContent, ObjectCsvOptions
 from tasks.s3.stream import CHUNK, RangedObject, ReadStats, Unreadable, json_values, lines, open_stream
@@ -68,7 +69,7 @@ class Check:
 
     @property
     def mark(self) -> str:
-        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
+        return check_verdict(self.passed, warn=self.severity == "warn")
 
     def line(self) -> str:
         return f"{self.mark} {self.check}: expected {self.expected}, got {self.actual}"

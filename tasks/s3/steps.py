@@ -15,13 +15,12 @@ import posixpath
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
-from urllib.parse import quote
 
 from pydantic import AfterValidator, Field, model_validator
 
 from tasks.kit import baseline, markdown
-from tasks.kit.aws import is_real_aws
 from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import s3_link
 from tasks.kit.errors import (
     AWS_ERRORS,
     AWS_PRECONDITION_FAILED,
@@ -35,6 +34,7 @@ from tasks.kit.errors import (
 from tasks.kit.files import HashedItem
 from tasks.kit.iam import Arns, Footprint
 from tasks.kit.polling import MAX_WAIT_SECONDS, Clock, PollSettings, poll
+from tasks.kit.status import check_verdict
 from tasks.kit.step import (
     Baseline,
     Link,
@@ -174,12 +174,7 @@ class ExpectObjectsStep(StepBase):
 
 def object_link(ctx: StepContext, bucket: str, key: str) -> Link:
     """A link to an object: the S3 console on AWS, the emulator's URL elsewhere."""
-    endpoint = ctx.clients.endpoint_url("s3")
-    if is_real_aws(endpoint):
-        region = ctx.clients.region or "us-east-1"
-        url = f"https://s3.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={quote(key, safe='')}"
-        return Link(url, f"s3://{bucket}/{key} in the S3 console")
-    return Link(f"{endpoint.rstrip('/')}/{bucket}/{quote(key)}", f"s3://{bucket}/{key} (local emulator)")
+    return s3_link(ctx.clients.endpoint_url("s3"), ctx.clients.region, bucket, key)
 
 
 def upload_footprint(step: UploadStep, arns: Arns) -> Footprint:
@@ -256,7 +251,8 @@ def run_upload(step: UploadStep, ctx: StepContext) -> StepOutcome:
     summary = f"uploaded {len(records)} file(s), {format_bytes(total)}, to {s3_uri(step.bucket, prefix)}"
     if step.key:
         summary = f"uploaded {records[0].local_path} ({format_bytes(total)}) to {s3_uri(step.bucket, records[0].key)}"
-    checksum = {True: "✅ PASS: verified by S3", None: "sent (not reported back)", False: "❌ FAIL: mismatch"}
+    checksum = {True: f"{check_verdict(True)}: verified by S3", None: "sent (not reported back)",
+                False: f"{check_verdict(False)}: mismatch"}
     items = [markdown.Md(
         f"**{markdown.text(r.local_path)}** → {markdown.code(r.key)} ({format_bytes(r.size)})  \n"
         f"SHA-256 {markdown.code(r.sha256)}; checksum {checksum[r.checksum_verified]}  \n"
@@ -440,7 +436,7 @@ def expect_absent(client: S3Client, step: ExpectObjectsStep, *, logger: Any = No
     obs = outcome.value
     if outcome.done:
         found = Observation(obs.matched, [], [])
-        rows = [["❌ FAIL", "absent", f"no {target} for {hold:g} s",
+        rows = [[check_verdict(False), "absent", f"no {target} for {hold:g} s",
                  f"{_listing(found)} after {outcome.elapsed:.1f} s (poll {outcome.checks})"]]
         raise CheckFailed(
             f"{_listing(found)} appeared after {outcome.elapsed:.1f} s (poll {outcome.checks}): expected no "
@@ -462,7 +458,8 @@ def _absent_outcome(ctx: StepContext, step: ExpectObjectsStep) -> StepOutcome:
     target = (", ".join(markdown.code(k) for k in step.keys) if step.keys else
               f"objects matching {markdown.code(step.pattern)} under {markdown.code(_where(step))}")
     how = "HEAD" if step.keys else "LIST"
-    rows = [["✅ PASS", "absent", f"nothing for {hold:g} s", f"nothing in {polls} poll(s) over {elapsed:.1f} s"]]
+    rows = [[check_verdict(True), "absent", f"nothing for {hold:g} s",
+             f"nothing in {polls} poll(s) over {elapsed:.1f} s"]]
     lines = [f"Watched {target} for **{elapsed:.1f} s** (hold {hold:g} s): {polls} poll(s) ({how}; no object was "
              "downloaded), nothing appeared.", "", markdown.table(["verdict", "check", "expected", "actual"], rows)]
     if obs.others:

@@ -17,16 +17,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from flows.evidence.report import (  # noqa: F401  (re-exported: the pack's names)
+    REPORT_JSON,
+    REPORT_SCHEMA,
+    SCHEMA_FILE,
+    SCHEMA_VERSION,
+    iso_utc,
+)
 from flows.evidence.results import CaseResult, StepResult
 from flows.spec.slugs import slug
 from tasks.kit.files import HashedItem
 
-REPORT_SCHEMA = "pipeline-test/evidence-report"
 MANIFEST_SCHEMA = "pipeline-test/evidence-manifest"
-SCHEMA_VERSION = 1
-SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 
-REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 JUNIT_XML = "junit.xml"
@@ -41,7 +44,6 @@ CONTENT_TYPES = {
     ".yaml": "application/yaml",
     ".yml": "application/yaml",
 }
-STATUS_WORD = {"passed": "PASSED", "warned": "WARNED", "failed": "FAILED", "error": "ERROR", "skipped": "SKIPPED"}
 SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 PRIVATE_ENV = "PIPELINE_TEST_PACK_PRIVATE"
@@ -52,8 +54,7 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return _utc(moment).isoformat(timespec="seconds").replace("+00:00", "Z") if moment else None
+_iso = iso_utc
 
 
 def _case_slug(case: str) -> str:
@@ -71,14 +72,28 @@ def run_pack_name(started_at: datetime, flow_run_id: str | None) -> str:
     return f"{_utc(started_at):%Y%m%dT%H%M%SZ}-{run}"
 
 
+#: where packs go unless a run is told where (``--evidence-dir``), relative to the working folder
+EVIDENCE_ROOT = Path("evidence")
+#: the folder under :data:`EVIDENCE_ROOT` of the suites' packs
+SUITES_DIR = "suites"
+
+
+def pack_parent(name: str, *, suite: bool = False, base: Path = EVIDENCE_ROOT) -> Path:
+    """The one rule for where packs go by default: a case's in ``evidence/<case-slug>/``, a suite's in
+    ``evidence/suites/<suite-slug>/``, each run's in a folder of its own in there (:func:`run_pack_name`)."""
+    return Path(base) / SUITES_DIR / (slug(name) or "suite") if suite else Path(base) / _case_slug(name)
+
+
 def default_pack_dir(base: Path, result: CaseResult) -> Path:
     """The pack's default folder: ``<base>/<case-slug>/<YYYYmmddTHHMMSSZ>-<run id prefix>/``."""
-    return run_pack_dir(base, result.case, result.started_at, result.flow_run_id)
+    return run_pack_dir(result.case, result.started_at, result.flow_run_id, base=base)
 
 
-def run_pack_dir(base: Path, case: str, started_at: datetime, flow_run_id: str | None) -> Path:
-    """:func:`default_pack_dir` of a run known by its case, start and id (before it has a result)."""
-    return Path(base) / _case_slug(case) / run_pack_name(started_at, flow_run_id)
+def run_pack_dir(name: str, started_at: datetime, flow_run_id: str | None, *, suite: bool = False,
+                 base: Path = EVIDENCE_ROOT) -> Path:
+    """The default folder of the pack of a case's (or, with ``suite``, a suite's) run known by its start and id
+    (before it has a result): ``evidence/<case-slug>/<YYYYmmddTHHMMSSZ>-<run id prefix>/``."""
+    return pack_parent(name, suite=suite, base=base) / run_pack_name(started_at, flow_run_id)
 
 
 def pack_prefix(base_prefix: str, result: CaseResult) -> str:

@@ -8,7 +8,9 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from flows.evidence.pack.files import _utc
+from flows.evidence.report import CaseReport, Counts
 from flows.evidence.results import CaseResult, StepResult
+from tasks.kit.status import STATUS
 
 _XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -31,25 +33,36 @@ def _system_out(s: StepResult) -> str:
 def _testcase(result: CaseResult, s: StepResult) -> ET.Element:
     case = ET.Element("testcase", {"name": _x(f"{s.number} {s.label}"), "classname": _x(result.case),
                                    "time": f"{s.duration_s:.3f}"})
-    if s.status in ("failed", "error"):
-        tag = "failure" if s.status == "failed" else "error"
+    tag = STATUS[s.status].junit
+    if tag == "skipped":
+        ET.SubElement(case, "skipped", {"message": _x(s.summary or "not run")})
+    elif tag:
         child = ET.SubElement(case, tag, {"message": _x((s.error or s.status)[:2000]),
                                           "type": _x(s.error_code or s.status)})
         child.text = _x(s.error or "")
-    elif s.status == "skipped":
-        ET.SubElement(case, "skipped", {"message": _x(s.summary or "not run")})
     out = _system_out(s)
     if out:
         ET.SubElement(case, "system-out").text = _x(out)
     return case
 
 
-def testsuite(result: CaseResult, counts: dict[str, int], spec_sha256: str | None = None,
+def junit_totals(counts: Counts) -> dict[str, int]:
+    """``tests``, ``failures``, ``errors`` and ``skipped`` of steps counted by status (each status counts as its
+    JUnit element in tasks/kit/status.py)."""
+    by_status = counts.to_json()
+    totals = {"tests": counts.total, "failures": 0, "errors": 0, "skipped": 0}
+    for status, look in STATUS.items():
+        if look.junit:
+            key = {"failure": "failures", "error": "errors"}.get(look.junit, look.junit)
+            totals[key] += int(by_status.get(status) or 0)
+    return totals
+
+
+def testsuite(result: CaseResult, counts: Counts, spec_sha256: str | None = None,
               case_sha256: str | None = None) -> ET.Element:
     """A case's <testsuite>: one <testcase> per step (classname = the case); a suite's junit.xml has one per case."""
-    totals = {"tests": str(counts["total"]), "failures": str(counts["failed"]), "errors": str(counts["error"]),
-              "time": f"{result.duration_s:.3f}"}
-    suite = ET.Element("testsuite", {"name": _x(result.case), **totals, "skipped": str(counts["skipped"]),
+    totals = {name: str(n) for name, n in junit_totals(counts).items()} | {"time": f"{result.duration_s:.3f}"}
+    suite = ET.Element("testsuite", {"name": _x(result.case), **totals,
                                      "timestamp": _utc(result.started_at).strftime("%Y-%m-%dT%H:%M:%S")})
     props = ET.SubElement(suite, "properties")
     for name, value in (("status", result.status), ("verdict", result.verdict), ("warnings", str(result.warnings)),
@@ -62,13 +75,12 @@ def testsuite(result: CaseResult, counts: dict[str, int], spec_sha256: str | Non
     return suite
 
 
-def junit_xml(result: CaseResult, report: dict[str, Any]) -> str:
+def junit_xml(result: CaseResult, report: CaseReport) -> str:
     """junit.xml: one <testsuite> for the case, one <testcase> per step (classname = the case)."""
-    c = report["counts"]
-    totals = {"tests": str(c["total"]), "failures": str(c["failed"]), "errors": str(c["error"]),
-              "time": f"{result.duration_s:.3f}"}
+    c = report.counts
+    totals = {name: str(n) for name, n in junit_totals(c).items() if name != "skipped"}
     # <testsuites> takes no "skipped" in the JUnit schema of Jenkins' xUnit plugin (junit-10.xsd); <testsuite> does
-    root = ET.Element("testsuites", {"name": "pipeline-test", **totals})
-    root.append(testsuite(result, c, report["spec"]["sha256"], report["spec"]["case_sha256"]))
+    root = ET.Element("testsuites", {"name": "pipeline-test", **totals, "time": f"{result.duration_s:.3f}"})
+    root.append(testsuite(result, c, report.spec.sha256, report.spec.case_sha256))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -2,7 +2,8 @@
 
 A pack holds:
 
-    report.json    machine-readable record (schema: flows/evidence/pack/report.schema.json, ``schema_version`` 1)
+    report.json    machine-readable record (models: flows/evidence/report.py; schema:
+                   flows/evidence/pack/report.schema.json, ``schema_version`` 1)
     report.md      the same for people (the content of the UI artifacts)
     report.html    one self-contained page (no network, no script), printable; failures first
     junit.xml      one testcase per step, for Jenkins, GitLab and GitHub
@@ -16,11 +17,10 @@ anchor it, keep its SHA-256 elsewhere (the flow logs it and puts it in the link 
 ``--manifest-sha256 HEX``.
 
 This module verifies and uploads packs and holds the CLI; it re-exports the names of the modules that write
-them: :mod:`flows.evidence.pack.files` (file names, naming, hashing; the conventions by which the run's hashes of inputs
-and query results are found), :mod:`flows.evidence.pack.write` (report.json, report.md, the manifest, ``write_pack``,
-and how secrets are kept out of the pack), :mod:`flows.evidence.pack.html` and :mod:`flows.evidence.pack.junit`;
-folder.py says where a pack goes and how it gets there whole (or not at all), byte-exact and private on every
-OS.
+This module verifies and uploads packs and holds the CLI. The pack is named and hashed by files.py, written by
+write.py (report.json, report.md, the manifest, ``write_pack``, and how secrets are kept out of the pack) with
+html.py and junit.py; folder.py says where a pack goes and how it gets there whole (or not at all), byte-exact and
+private on every OS.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, TypeGuard
 
-# re-exported: what the flow, the tests and the CLI import from here
 from flows.evidence.pack.files import (
     _SHA256,
     CONTENT_TYPES,
@@ -162,14 +161,6 @@ def verify(folder: Path, manifest_sha256_expected: str | None = None) -> list[st
 
 
 # ------------------------------------------------------------------------------------------------------ upload
-def console_url(bucket: str, prefix: str, region: str | None) -> str:
-    """The S3 console's page of a pack's prefix (for a link artifact)."""
-    from urllib.parse import quote
-
-    return (f"https://s3.console.aws.amazon.com/s3/buckets/{quote(bucket)}?region={quote(region or 'us-east-1')}"
-            f"&prefix={quote(prefix, safe='')}&showversions=false")
-
-
 def _upload_order(folder: Path) -> list[str]:
     """The pack's files with the manifest last, so a pack cut short by an error has no manifest."""
     names = pack_files(folder)

@@ -32,11 +32,9 @@ from flows.evidence.pack.files import (
     REPORT_HTML,
     REPORT_JSON,
     REPORT_MD,
-    REPORT_SCHEMA,
     SCHEMA_VERSION,
     PackItem,
     _case_slug,
-    _iso,
     hashed_items,
     pack_files,
     sha256_bytes,
@@ -44,9 +42,21 @@ from flows.evidence.pack.files import (
 )
 from flows.evidence.pack.html import report_html
 from flows.evidence.pack.junit import junit_xml
+from flows.evidence.report import (
+    CaseName,
+    CaseReport,
+    Counts,
+    FirstFailure,
+    Generator,
+    HashedItemRecord,
+    RunRecord,
+    SpecRecord,
+    iso_utc,
+)
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit import markdown as md
 from tasks.kit.secrets import NAMES, mask_document_text, redact, redact_json
+from tasks.kit.status import STEP_STATUSES
 
 if TYPE_CHECKING:
     from flows.spec.model import CaseSpec
@@ -82,11 +92,11 @@ def _canonical(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
 
 
-def _counts(result: CaseResult) -> dict[str, int]:
-    counts = {"total": len(result.steps), "passed": 0, "warned": 0, "failed": 0, "error": 0, "skipped": 0}
+def _counts(result: CaseResult) -> Counts:
+    counts = {"total": len(result.steps), **{status: 0 for status in STEP_STATUSES}}
     for step in result.steps:
         counts[step.status] += 1
-    return counts
+    return Counts.model_validate(counts)
 
 
 def spec_copy_name(spec_path: str | Path | None) -> str:
@@ -95,7 +105,7 @@ def spec_copy_name(spec_path: str | Path | None) -> str:
 
 
 def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | None, spec_path: str | None,
-                 items: Sequence[PackItem], generated_at: datetime, secrets: Sequence[str] = ()) -> dict[str, Any]:
+                 items: Sequence[PackItem], generated_at: datetime, secrets: Sequence[str] = ()) -> CaseReport:
     """The content of report.json (see flows/evidence/pack/report.schema.json); ``result`` is already redacted.
 
     The spec's hashes are of what the pack shows (the copy, ``spec.validated``), so a reviewer can recompute
@@ -107,45 +117,42 @@ def build_report(result: CaseResult, case: CaseSpec | None, *, spec_text: str | 
     shown_text = (mask_document_text(spec_text, secrets, spec_copy_name(spec_path) == "spec.json")
                   if spec_text is not None else None)
     failure = result.first_failure
-    return {
-        "schema": REPORT_SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "generated_at": _iso(generated_at),
-        "generator": {"name": "pipeline-test", "version": _generator_version()},
-        "case": {"name": result.case, "slug": _case_slug(result.case), "description": result.description},
-        "spec": {
-            "source": spec_path,
-            "file": spec_copy_name(spec_path) if shown_text is not None else None,
-            "sha256": sha256_bytes(shown_text.encode("utf-8")) if shown_text is not None else None,
-            "case_sha256": sha256_bytes(_canonical(validated)) if validated is not None else None,
-            "redacted": shown_text is not None and shown_text != spec_text,
-            "validated": validated,
-        },
-        "run": {
-            "flow_run_id": result.flow_run_id,
-            "ui_url": result.ui_url,
-            "started_at": _iso(result.started_at),
-            "ended_at": _iso(result.ended_at),
-            "duration_s": result.duration_s,
-            "locks": result.locks,
-            "aws": redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets, keep=NAMES)
-            if case else {},
-        },
-        "audit": result.audit,
-        "notice": result.notice,
-        "status": result.status,
-        "verdict": result.verdict,
-        "warnings": result.warnings,
-        "counts": _counts(result),
-        "first_failure": None if failure is None else {
-            "number": failure.number, "label": failure.label, "status": failure.status,
-            "error": failure.error, "error_code": failure.error_code,
-        },
-        "variables": result.variables,
-        "steps": [s.model_dump(mode="json", fallback=str, exclude={"items", "files"}) for s in result.steps],
-        "inputs": [i.to_json() for i in items if i.kind == "input"],
-        "query_results": [i.to_json() for i in items if i.kind == "query_result"],
-    }
+    return CaseReport(
+        generated_at=generated_at.replace(microsecond=0),
+        generator=Generator(version=_generator_version()),
+        case=CaseName(name=result.case, slug=_case_slug(result.case), description=result.description),
+        spec=SpecRecord(
+            source=spec_path,
+            file=spec_copy_name(spec_path) if shown_text is not None else None,
+            sha256=sha256_bytes(shown_text.encode("utf-8")) if shown_text is not None else None,
+            case_sha256=sha256_bytes(_canonical(validated)) if validated is not None else None,
+            redacted=shown_text is not None and shown_text != spec_text,
+            validated=validated,
+        ),
+        run=RunRecord(
+            flow_run_id=result.flow_run_id,
+            ui_url=result.ui_url,
+            started_at=result.started_at.replace(microsecond=0),
+            ended_at=result.ended_at.replace(microsecond=0),
+            duration_s=result.duration_s,
+            locks=result.locks,
+            aws=redact_json(case.aws.model_dump(mode="json", exclude_none=True), secrets, keep=NAMES) if case else {},
+        ),
+        audit=result.audit,
+        notice=result.notice,
+        status=result.status,
+        verdict=result.verdict,
+        warnings=result.warnings,
+        counts=_counts(result),
+        first_failure=None if failure is None else FirstFailure(
+            number=failure.number, label=failure.label, status=failure.status,  # type: ignore[arg-type]
+            error=failure.error, error_code=failure.error_code,
+        ),
+        variables=result.variables,
+        steps=[s.report() for s in result.steps],
+        inputs=[HashedItemRecord.model_validate(i.to_json()) for i in items if i.kind == "input"],
+        query_results=[HashedItemRecord.model_validate(i.to_json()) for i in items if i.kind == "query_result"],
+    )
 
 
 def _json_text(data: Any) -> str:
@@ -179,24 +186,24 @@ def _step_section_md(step: StepResult) -> str:
     return text
 
 
-def report_markdown(result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]) -> str:
+def report_markdown(result: CaseResult, report: CaseReport, items: Sequence[PackItem]) -> str:
     """report.md: the case report of the UI, the spec's hashes, hashed inputs, and every step's evidence."""
-    spec = report["spec"]
-    facts = [("source", md.code(spec["source"] or "(given as a model)")),
-             ("SHA-256 of the file", md.code(spec["sha256"] or "–")),
-             ("SHA-256 of the validated case", md.code(spec["case_sha256"] or "–"))]
+    spec = report.spec
+    facts = [("source", md.code(spec.source or "(given as a model)")),
+             ("SHA-256 of the file", md.code(spec.sha256 or "–")),
+             ("SHA-256 of the validated case", md.code(spec.case_sha256 or "–"))]
     lines = [case_markdown(result).rstrip("\n"), "", "## Spec", "", md.table(["", ""], facts), ""]
     lines += _items_markdown(items)
     lines += [_step_section_md(s) for s in result.steps]
-    lines += ["---", "", f"Written by pipeline-test {md.text(report['generator']['version'])} at "
-              f"{report['generated_at']}. Check this pack with "
-              "`python -m flows.pipeline_test verify <this folder>`.", ""]
+    lines += ["---", "", f"Written by pipeline-test {md.text(report.generator.version)} at "
+              f"{iso_utc(report.generated_at)}. Check this pack with `python -m flows.pipeline_test verify <this "
+              "folder>`.", ""]
     return "\n".join(lines)
 
 
 
 # ---------------------------------------------------------------------------------------------- manifest.json
-def build_manifest(folder: Path, result: CaseResult, report: dict[str, Any], items: Sequence[PackItem]
+def build_manifest(folder: Path, result: CaseResult, report: CaseReport, items: Sequence[PackItem]
                    ) -> dict[str, Any]:
     """manifest.json: SHA-256 and size of every file of the pack (itself excepted) and the recorded hashes."""
     files = [{"path": name, "size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
@@ -205,12 +212,11 @@ def build_manifest(folder: Path, result: CaseResult, report: dict[str, Any], ite
         "schema": MANIFEST_SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "algorithm": "sha256",
-        "created_at": report["generated_at"],
+        "created_at": iso_utc(report.generated_at),
         "case": result.case,
         "flow_run_id": result.flow_run_id,
         "status": result.status,
-        "spec": {"source": report["spec"]["source"], "sha256": report["spec"]["sha256"],
-                 "case_sha256": report["spec"]["case_sha256"]},
+        "spec": {"source": report.spec.source, "sha256": report.spec.sha256, "case_sha256": report.spec.case_sha256},
         "files": files,
         "inputs": [i.to_json() for i in items if i.kind == "input"],
         "query_results": [i.to_json() for i in items if i.kind == "query_result"],
@@ -292,16 +298,16 @@ def write_pack(
     report = build_report(clean, case, spec_text=spec_text, spec_path=source, items=items,
                           generated_at=generated_at or datetime.now(timezone.utc), secrets=known)
     files = {
-        REPORT_JSON: _json_text(report),
+        REPORT_JSON: _json_text(report.to_json()),
         REPORT_MD: report_markdown(clean, report, items),
         REPORT_HTML: report_html(clean, report, items),
         JUNIT_XML: junit_xml(clean, report),
     }
-    if spec_text is not None and report["spec"]["sha256"] is not None:
+    if spec_text is not None and report.spec.sha256 is not None and report.spec.file is not None:
         # the masking build_report did, which succeeded (it gave the copy's sha256)
-        shown = mask_document_text(spec_text, known, report["spec"]["file"] == "spec.json")
+        shown = mask_document_text(spec_text, known, report.spec.file == "spec.json")
         if shown is not None:
-            files[report["spec"]["file"]] = shown
+            files[report.spec.file] = shown
     private = private_default() if private is None else private
     taken = claim if claim is not None else pack_folder.claim(folder, private)
     try:
