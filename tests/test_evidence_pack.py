@@ -238,7 +238,7 @@ def test_a_suite_report_json_round_trips_through_the_models(tmp_path: Path) -> N
     import jsonschema
 
     suite = tmp_path / "suite"
-    ep.write_pack(failing_result(), _case_spec(), suite / "cases" / "orders-ingestion")
+    pack_write.write_pack(failing_result(), _case_spec(), suite / "cases" / "orders-ingestion")
     case = SuiteCaseResult(case=CASE, path="cases/orders.yaml", status="failed", started_at=T0, ended_at=T0,
                            result=failing_result(), pack="cases/orders-ingestion")
     gone = SuiteCaseResult(case="Other", path="cases/other.yaml", status="not run", started_at=T0, ended_at=T0,

@@ -262,7 +262,7 @@ def test_a_suite_counts_warnings_and_a_case_with_warnings_passes() -> None:
     assert [row["verdict"] for row in summary_rows(suite)] == ["⚠️ passed, 2 warnings", "✅ passed"]
     assert "PASSED, 2 warnings" in index_html(suite)
     report = suite_report(suite)
-    assert report["warnings"] == 2 and [c["warnings"] for c in report["cases"]] == [2, 0]
+    assert report.warnings == 2 and [c.warnings for c in report.cases] == [2, 0]
 
 
 @pytest.mark.parametrize(("took", "status"), [(1.2, "passed"), (3.0, "failed")])

@@ -158,7 +158,8 @@ def build_message(result: CaseResult, ui_url: str | None = None) -> str:
     warned = [(s, w) for s in result.steps for w in s.warnings]
     if warned:
         lines += ["", f"*{slack_text(plural(len(warned), 'warning'))}:*"]
-        lines += [f":warning: {slack_code(s.number)} {slack_text(w[:300])}" for s, w in warned[:MAX_WARNINGS_LISTED]]
+        lines += [f"{STATUS['warned'].slack} {slack_code(s.number)} {slack_text(w[:300])}"
+                  for s, w in warned[:MAX_WARNINGS_LISTED]]
         if len(warned) > MAX_WARNINGS_LISTED:
             lines.append(f"… and {len(warned) - MAX_WARNINGS_LISTED} more warning(s)")
     failure = result.first_failure

@@ -41,6 +41,7 @@ from flows.evidence.results import CaseResult, StepResult
 from flows.evidence.results import verdict as verdict_of
 from tasks.kit import markdown as md
 from tasks.kit.polling import WAKE_S
+from tasks.kit.status import STATUS
 from tasks.kit.step import StepOutcome, format_duration
 
 MAX_LINK_ARTIFACTS = 3
@@ -164,7 +165,8 @@ def publish_case(result: CaseResult, logger: Any = None) -> None:
     the report names it); the report ends with the case's last runs, read back from the server."""
     key = case_key(result.case)
     verdict = verdict_of(result.passed, result.warnings, "passed")
-    name_run_by_verdict(("❌ " if not result.passed else "⚠️ " if result.warnings else "✅ ") + verdict, logger)
+    mark = STATUS["failed" if not result.passed else "warned" if result.warnings else "passed"].mark
+    name_run_by_verdict(f"{mark} {verdict}", logger)
     rows = summary_rows(result)
     create_table_artifact(table=[{k: md.one_line(v) for k, v in row.items()} for row in rows],
                           key=key, description=f"{verdict} · {md.text(result.case)} "

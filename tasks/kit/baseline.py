@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from tasks.kit import nesting
 from tasks.kit.errors import AWS_ERRORS, aws_error
+from tasks.kit.status import check_verdict
 from tasks.kit.step import Baseline
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ class BaselineCheck:
 
     @property
     def mark(self) -> str:
-        return "✅ PASS" if self.passed else "⚠️ WARN" if self.severity == "warn" else "❌ FAIL"
+        return check_verdict(self.passed, warn=self.severity == "warn")
 
     def expected(self) -> str:
         """``within 20% of 1,000 (mean of 7 runs): 800 to 1,200``, or why there is no baseline yet."""
