@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
 from pydantic import ValidationError
-from test_athena import OUTPUT, athena_clients, context, inject  # noqa: F401  (athena_clients is a fixture)
 
 from flows.pack_base import sha256_file
 from flows.pack_formats import STEP_FILES_DIR, write_pack
@@ -21,6 +19,8 @@ from tasks.athena import AthenaQueryStep, Column, run_athena_query
 from tasks.athena.reconcile import Reconcile, Reconciler
 from tasks.aws import ClientFactory
 from tasks.errors import CheckFailed, StepError, StepFile
+from tests.helpers import OUTPUT, FakeClock, inject
+from tests.helpers import athena_context as context
 
 COLUMNS = [Column("id", "bigint"), Column("amount", "decimal(10,2)"), Column("day", "date"),
            Column("at", "timestamp(3) with time zone"), Column("score", "double"), Column("note", "varchar")]

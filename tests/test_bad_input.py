@@ -469,19 +469,6 @@ def make(bad: Bad, folder: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def no_aws(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail any AWS API call (and record it)."""
-    calls: list[str] = []
-
-    def refuse(self: Any, operation: str, params: Any) -> Any:
-        calls.append(operation)
-        raise AssertionError(f"validation made an AWS call: {operation}")
-
-    monkeypatch.setattr("botocore.client.BaseClient._make_api_call", refuse)
-    return calls
-
-
 def test_the_base_case_is_valid(tmp_path: Path, no_aws: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     path = make(Bad("valid", []), tmp_path)
     assert pipeline_test.main([str(path), "--validate"]) == 0, capsys.readouterr().err

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from flows.local_server import free_port
-from tests.conftest import migrated_prefect_db
+from tests.helpers import migrated_prefect_db
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"

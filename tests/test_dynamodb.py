@@ -13,7 +13,7 @@ from tasks.aws import ClientFactory
 from tasks.dynamodb import ExpectItemsStep, from_dynamodb, plain, to_dynamodb
 from tasks.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
 from tasks.secrets import Secrets
-from tests.conftest import FakeClock, run_step
+from tests.helpers import FakeClock, run_step
 
 TABLE = "audit"
 

@@ -124,7 +124,7 @@ def test_five_clis_at_once_on_a_fresh_prefect_home_all_pass(moto_endpoint, emula
     """A newcomer's first parallel runs: each CLI starts its own temporary server on one new PREFECT_HOME (no
     database yet), so their servers create and migrate it at the same moment; before the set-up lock 3 of 5
     exited 3 ("index ... already exists")."""
-    from tests.test_cli import write_case
+    from tests.helpers import write_cli_case as write_case
 
     home = tmp_path / "prefect-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}

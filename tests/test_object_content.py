@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.response import StreamingBody
-from conftest import FakeClock
 
 from flows.spec import SpecError, parse_spec
 from tasks import object_content, object_stream
@@ -25,6 +24,7 @@ from tasks.object_content import ObjectContent
 from tasks.object_stream import ReadStats, json_values, open_stream
 from tasks.polling import PollSettings
 from tasks.s3 import ExpectObjectsStep, expect_absent, run_expect_objects
+from tests.helpers import FakeClock
 
 BUCKET = "content-bucket"
 ORDERS = ("order_id,customer_id,amount,currency\n"

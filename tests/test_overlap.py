@@ -16,7 +16,7 @@ import pytest
 from flows.pipeline_test import pipeline_test, result_of
 from flows.results import CaseResult
 from tasks.journal import read_entries
-from tests.conftest import thread_stacks
+from tests.helpers import thread_stacks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

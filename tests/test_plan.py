@@ -12,7 +12,6 @@ import yaml
 
 from flows import pipeline_test
 from flows.plan import merged, shown
-from tests.test_bad_input import no_aws  # noqa: F401, F811  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples/cases/orders_ingestion.yaml"

@@ -10,7 +10,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from conftest import FakeClock
 
 from tasks.aws import ClientFactory
 from tasks.base import StepContext, UndoLog
@@ -28,6 +27,7 @@ from tasks.s3 import (
     run_upload,
     upload_file,
 )
+from tests.helpers import FakeClock
 
 
 def ctx_for(clients: ClientFactory, folder: Path) -> StepContext:

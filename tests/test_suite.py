@@ -19,7 +19,7 @@ from flows.spec import SpecError
 from flows.suite import pipeline_test_suite, suite_key, suite_result_of
 from flows.suite_spec import load_suite
 from tasks.journal import read_entries
-from tests.conftest import thread_stacks
+from tests.helpers import thread_stacks
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import boto3
 import pytest
-from test_bad_input import no_aws as no_aws  # the fixture: any AWS call fails the test
 
 from flows.spec import SpecError, parse_spec
 from flows.template_secrets import PLACEHOLDER, Read, SecretReader, TemplateSecretError, case_reads, reads_footprint
