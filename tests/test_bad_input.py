@@ -530,6 +530,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_bad_input_is_refused_by_the_real_command(tmp_path: Path) -> None:
     """Real processes, side by side: exit code 2 and no traceback; validation's CPU time and memory (ru_maxrss growth)
     measured in the child after its imports; AWS points at a closed port, so a call could not succeed."""

@@ -194,6 +194,7 @@ def test_failed_renewals_are_retried_and_a_lease_about_to_run_out_stops_the_run(
     assert beat.next_wait() == 20
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_liveness_from_the_claim_alone(ssm, clients, monkeypatch) -> None:
     """A run this Prefect server does not know is alive while its lease is; a process of this host that is gone
     is dead at once; a run this server knows is left to its lock."""
