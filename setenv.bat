@@ -13,7 +13,7 @@ rem                             `prefect server start` listens on in this profil
 rem For the local server the profile also turns its telemetry off (it would report failures to send every ten
 rem minutes on a machine without internet) and keeps the resource locks' leases on disk (a restarted server
 rem still knows them), and lets a writer wait 60 s for the SQLite database. Either way Prefect's client
-rem retries a busy API (429, 503, a dropped connection) 7 times, with wide jitter (see flows/api_client.py).
+rem retries a busy API (429, 503, a dropped connection) 7 times, with wide jitter (see flows/run/prefect_client.py).
 rem     PIPELINE_TEST_API_URL   another server altogether (e.g. your team's), instead of the local one
 rem     PIPELINE_TEST_PROFILE   another profile name (default pipeline-test)
 setlocal

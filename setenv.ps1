@@ -27,7 +27,7 @@ if ($env:PIPELINE_TEST_API_URL) {
     prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" PREFECT_CLIENT_MAX_RETRIES=7 PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5 | Out-Null
 } else {
     # the local server: its port, no telemetry (offline it logs failures to send), the locks' leases on disk,
-    # a writer waits 60 s for the SQLite database; either way the client retries a busy API (flows/api_client.py)
+    # a writer waits 60 s for the SQLite database; either way the client retries a busy API (flows/run/prefect_client.py)
     prefect -p $PtProfile config set "PREFECT_API_URL=$PtApiUrl" "PREFECT_SERVER_API_PORT=$PtPort" `
         "PREFECT_SERVER_ANALYTICS_ENABLED=false" "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" PREFECT_SERVER_DATABASE_TIMEOUT=60 PREFECT_CLIENT_MAX_RETRIES=7 PREFECT_CLIENT_RETRY_JITTER_FACTOR=0.5 | Out-Null
 }

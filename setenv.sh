@@ -40,7 +40,7 @@ _pipeline_test_setenv() {
         # the local server: its URL, the port `prefect server start` listens on, no telemetry (offline it logs
         # failures to send every ten minutes), and the resource locks' leases kept on disk (a restarted server
         # still knows them), and a writer waits 60 s for the SQLite database; either way Prefect's client retries
-        # a busy API (429, 503, a dropped connection) 7 times with wide jitter (see flows/api_client.py)
+        # a busy API (429, 503, a dropped connection) 7 times with wide jitter (see flows/run/prefect_client.py)
         prefect -p "$_pt_profile" config set "PREFECT_API_URL=${_pt_api_url}" \
             "PREFECT_SERVER_API_PORT=${_pt_port}" "PREFECT_SERVER_ANALYTICS_ENABLED=false" \
             "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem" \

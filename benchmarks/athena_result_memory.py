@@ -97,8 +97,8 @@ def step_path(path: Path, expected: Path | None) -> dict[str, Any]:
     from tasks.athena import AthenaQueryStep
     from tasks.athena.client import read_results
     from tasks.athena.step import ResultSink
-    from tasks.aws import ClientFactory
-    from tasks.base import StepContext
+    from tasks.kit.aws import ClientFactory
+    from tasks.kit.step import StepContext
 
     expect: dict[str, Any] = {"min_rows": 1, "first_row": {"id": {"equals": 1}, "amount": {"gt": 0}}}
     if expected is not None:

@@ -26,8 +26,8 @@ from botocore.exceptions import ClientError
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flows.emulator import moto_server, use_emulator  # noqa: E402
-from tasks.polling import PollSettings  # noqa: E402
-from tasks.s3 import ExpectObjectsStep, expect_objects  # noqa: E402
+from tasks.kit.polling import PollSettings
+from tasks.s3.steps import ExpectObjectsStep, expect_objects
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client

@@ -5,7 +5,7 @@
 For each size, a CSV of that many rows (5 columns, ~45 B a row) is written to a temporary file, and read:
 
 - *plain*: ``csv.reader`` over the file and SHA-256 of its bytes, nothing else (the least any check must do);
-- *checks*: :func:`tasks.object_content.check_object` on it, as ``expect_objects`` runs it, with row count,
+- *checks*: :func:`tasks.s3.content.check_object` on it, as ``expect_objects`` runs it, with row count,
   columns, three column conditions (``one_of``, ``min``, ``regex``) and ``same_as_upload`` (the SHA-256);
 - *checks + unique*: the same and ``unique`` on the first column (a digest per distinct value is kept).
 
@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.object_content import LocalFile, ObjectContent, check_object  # noqa: E402
+from tasks.s3.content import LocalFile, check_object
+from tasks.s3.content_spec import ObjectContent
 
 COLUMNS = ["order_id", "customer_id", "amount", "currency", "status"]
 

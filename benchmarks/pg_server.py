@@ -44,7 +44,7 @@ def postgres(folder: Path | None = None) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         shutil.chown(folder, "postgres", "postgres")
-    from flows.local_server import free_port  # the project is installed in the venv (pip install -e .)
+    from flows.run.local_server import free_port
 
     data, port = folder / "data", free_port()
     run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}

@@ -2,7 +2,7 @@
 
     python benchmarks/step_overhead.py [--steps 50] [--repeat 1]
 
-Against moto's server on 127.0.0.1 and a Prefect server of this script's own (flows.local_server, SQLite, like
+Against moto's server on 127.0.0.1 and a Prefect server of this script's own (flows.run.local_server, SQLite, like
 the CLI's temporary one; or PREFECT_API_URL when set), with one SSM parameter:
 - boto3: ``get_parameter`` (decrypted) in a plain loop, as many calls as the case's steps make;
 - runner: the ``expect_parameters`` runner called in a plain loop (no Prefect): the step's own cost;
@@ -56,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.emulator import moto_server, use_emulator
-    from flows.evidence import StepPublisher
-    from flows.local_server import temporary_server
-    from flows.pipeline_test import drain_prefect_workers, pipeline_test
-    from tasks.aws import ClientFactory
-    from tasks.base import REGISTRY, StepContext
+    from flows.evidence.ui import StepPublisher
+    from flows.pipeline_test import pipeline_test
+    from flows.run.command import drain_prefect_workers
+    from flows.run.local_server import temporary_server
+    from tasks.kit.aws import ClientFactory
+    from tasks.kit.step import REGISTRY, StepContext
     from tasks.ssm import ExpectParametersStep
 
     n = args.steps

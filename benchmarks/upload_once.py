@@ -4,7 +4,7 @@
 
 Moto's server runs in this process; each upload runs in its own child process (so its CPU time and peak RSS are
 the uploader's only): boto3's ``upload_file`` (``ChecksumAlgorithm: SHA256``, 16 MiB parts, its 10 threads),
-and the project's :func:`tasks.s3.upload_file` (16 MiB parts, each file read once for the whole file's SHA-256 and
+and the project's tasks.s3.upload.upload_file (16 MiB parts, each file read once for the whole file's SHA-256 and
 the parts', then the checksum read back with HEAD), alternately, ``--repeat`` times each; the medians are
 compared. Targets: wall <= 1.2x and CPU <= 1.5x boto3's.
 """
@@ -33,7 +33,7 @@ def child(kind: str, path: Path, endpoint: str) -> None:
     import boto3
     from boto3.s3.transfer import TransferConfig
 
-    from tasks.s3 import upload_file
+    from tasks.s3.upload import upload_file
 
     client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     wall, cpu = time.perf_counter(), time.process_time()

@@ -3,7 +3,7 @@
 Windows writes redirected output (``> out.txt``, a pipe to ``Tee-Object``, a CI agent) in the ANSI code page,
 cp1252 in Western Europe and the Americas, which has no ❌ and no ≥: a step's message holding one then ended a
 run with UnicodeEncodeError at the summary. Every entry point (``python -m flows.pipeline_test``, ``recover``,
-``python -m flows.demo``, ``python -m flows.evidence verify``, ``deployments/serve.py``) calls
+``python -m flows.demo``, ``pipeline-test verify``, ``deployments/serve.py``) calls
 :func:`safe_output` first: stdout and stderr become UTF-8 where the stream allows it (it can be reconfigured,
 and no encoding was chosen with PYTHONIOENCODING), else keep their encoding and write what it cannot hold as
 ``\\u274c``. ``--json`` goes through :func:`json_text`: valid JSON whatever the console (``\\uXXXX`` escapes

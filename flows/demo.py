@@ -31,6 +31,9 @@ import contextlib
 import csv
 import io
 import json
+import os
+import signal
+import socket
 import sys
 import threading
 import time
@@ -41,15 +44,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import boto3
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.states import Failed
 
-from flows import prefect_logs
 from flows.console import safe_output
-from flows.emulator import moto_api, moto_server, use_emulator
-from tasks.polling import wait_done
-
-prefect_logs.install()
+from flows.emulator import SHELLS, emulator_env, env_lines, moto_api, moto_server, use_emulator
+from flows.run import prefect_logs
+from tasks.kit.polling import wait_done
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CASE = ROOT / "examples" / "cases" / "orders_ingestion.yaml"
@@ -198,8 +199,8 @@ class FakePipeline:
 
 
 def where_to_look(result_url: str | None, case: str, temporary: bool) -> str:
-    from flows.evidence import case_key
-    from flows.pipeline_test import temporary_server_hint
+    from flows.evidence.ui import case_key
+    from flows.run.command import temporary_server_hint
 
     if result_url and not temporary:
         return (f"Evidence: open {result_url} (Artifacts tab), or the Artifacts page of the Prefect UI "
@@ -207,16 +208,44 @@ def where_to_look(result_url: str | None, case: str, temporary: bool) -> str:
     return temporary_server_hint()
 
 
+#: how often a deployment run of the demo says it is still starting the emulator (it takes ~20 s there)
+PROGRESS_S = 5.0
+
+
 @contextlib.contextmanager
-def demo_pipeline(loses_a_row: bool = False, say: Any = print, port: int = 0) -> Iterator[FakePipeline]:
+def progress(say: Any, what: str, every: float | None = PROGRESS_S) -> Iterator[None]:
+    """While the block runs, say every ``every`` seconds that ``what`` is still under way, with the time so far
+    (None: say nothing), so a run's log is never silent for long."""
+    done = threading.Event()
+    started = time.monotonic()
+
+    def beat() -> None:
+        while every is not None and not done.wait(every):
+            say(f"... still {what} ({time.monotonic() - started:.0f} s so far)")
+
+    thread = threading.Thread(target=beat, name="demo-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(1.0)
+
+
+@contextlib.contextmanager
+def demo_pipeline(loses_a_row: bool = False, say: Any = print, port: int = 0,
+                  progress_every: float | None = None) -> Iterator[FakePipeline]:
     """The local emulator with the fake pipeline running on it, this process's AWS SDK pointed at it. ``port``:
-    the emulator's (0: a free one)."""
+    the emulator's (0: a free one); ``progress_every``: say every so many seconds that it is still starting."""
     say("Starting the local AWS emulator (moto) ...")
-    with moto_server(lambda_like_aws=True, port=port) as endpoint, use_emulator(endpoint):
-        say(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
-        pipeline = FakePipeline(endpoint, loses_a_row=loses_a_row)
-        pipeline.create_resources()
-        pipeline.start()
+    with contextlib.ExitStack() as stack:
+        with progress(say, "starting the local AWS emulator and the fake pipeline", progress_every):
+            endpoint = stack.enter_context(moto_server(lambda_like_aws=True, port=port))
+            stack.enter_context(use_emulator(endpoint))
+            say(f"Emulator on {endpoint}; building the fake ingestion pipeline ...")
+            pipeline = FakePipeline(endpoint, loses_a_row=loses_a_row)
+            pipeline.create_resources()
+            pipeline.start()
         try:
             yield pipeline
         finally:
@@ -237,9 +266,11 @@ def pipeline_demo(case: str = "examples/cases/orders_ingestion.yaml", break_pipe
     """The demo as one flow run: start the local AWS emulator and the fake pipeline, run the case (a path under
     the project folder) as a subflow run against them, and end as the case ended. ``break_pipeline``: the
     pipeline loses a row, so the case fails."""
-    from flows.pipeline_test import pipeline_test
+    logger = get_run_logger()  # not print: the progress lines come from another thread, which print would miss
+    with progress(logger.info, "loading the case's flow", PROGRESS_S):
+        from flows.pipeline_test import pipeline_test
 
-    with demo_pipeline(loses_a_row=break_pipeline) as pipeline:
+    with demo_pipeline(loses_a_row=break_pipeline, say=logger.info, progress_every=PROGRESS_S) as pipeline:
         state = pipeline_test(spec=str(ROOT / case), evidence_dir=evidence_dir, return_state=True)
         print(f"SSM {SOURCE_PARAMETER} after the case: {source_setting(pipeline)!r} "
               f"(it was {PRODUCTION_SOURCE!r} before)")
@@ -249,6 +280,7 @@ def pipeline_demo(case: str = "examples/cases/orders_ingestion.yaml", break_pipe
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefect_logs.install()  # a failed case is a failure in the logs, not a crash report
     safe_output()  # no UnicodeEncodeError on a cp1252 console or pipe (flows.console)
     parser = argparse.ArgumentParser(
         prog="python -m flows.demo",
@@ -259,10 +291,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="store_true", help="run every example case as one suite "
                         "(examples/nightly-suite.yaml): its progress, summary and suite evidence pack")
     args = parser.parse_args(argv)
-    from flows.pipeline_test import format_result, guarded, on_temporary_server, pipeline_test, result_of
+    from flows.cli import format_result
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
+    from flows.run.command import guarded, on_temporary_server
 
     if args.suite:  # the suite's own CLI: a temporary server when none is set, its exit codes
-        from flows.pipeline_test import main as cli
+        from flows.cli import main as cli
 
         with demo_pipeline(loses_a_row=args.fail):
             return cli([str(DEMO_SUITE)])
@@ -275,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         building = setup.submit(stack.enter_context, demo_pipeline(loses_a_row=args.fail))
 
         def run() -> int:
-            wait_done(building)  # in slices: a signal's handler runs meanwhile (tasks.polling)
+            wait_done(building)  # in slices: a signal's handler runs meanwhile (tasks.kit.polling)
             pipeline = building.result()
             states = [pipeline_test(spec=str(case), return_state=True) for case in (DEMO_CASE, NEGATIVE_CASE)]
             seen.update(results=[(state, result_of(state)) for state in states], setting=source_setting(pipeline))
@@ -305,6 +340,54 @@ def main(argv: list[str] | None = None) -> int:
     print("Next: `python -m flows.emulator` keeps this emulator and its fake pipeline running, so you can run the "
           "example cases yourself (docs/running.md, Against the local emulator).")
     return 0 if passed else 1
+
+
+def emulator_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.emulator",
+        description="Run the local AWS emulator (moto's server on 127.0.0.1) with the demo's fake orders pipeline "
+                    "on it until Ctrl+C, and print the environment that points a terminal at it: then the "
+                    "example cases, the nightly suite and the example deployments run against it.")
+    parser.add_argument("--port", type=int, default=0, help="the emulator's port (default: a free one)")
+    parser.add_argument("--shell", choices=SHELLS, help="print the environment for this shell only (default: "
+                        "sh on Linux and macOS, cmd and powershell on Windows)")
+    parser.add_argument("--fail", action="store_true", help="break the fake pipeline (it loses a row)")
+    args = parser.parse_args(argv)
+    if args.port:  # moto's server would wait forever for a port it cannot bind
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", args.port))
+        except OSError as exc:
+            print(f"Port {args.port} on 127.0.0.1 cannot be used ({exc.strerror or exc}): give another with --port, "
+                  "or none for a free one.", file=sys.stderr)
+            return 3
+    stop = threading.Event()
+    stops = [signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])]
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in stops}
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    try:
+        say("Loading the fake pipeline ...")
+        with demo_pipeline(loses_a_row=args.fail, say=say, port=args.port) as pipeline:
+            shells = [args.shell] if args.shell else (["cmd", "powershell"] if os.name == "nt" else ["sh"])
+            say(f"\nThe emulator is ready on {pipeline.endpoint}, with the demo's pipeline (buckets demo-landing, "
+                "demo-curated, ...). Point another terminal at it:\n")
+            for shell in shells:
+                if len(shells) > 1:
+                    say(f"  {'cmd' if shell == 'cmd' else 'PowerShell'}:")
+                for line in env_lines(emulator_env(pipeline.endpoint), shell):
+                    say(f"    {line}")
+                say("")
+            say("then run, for example:\n    python -m flows.pipeline_test examples/cases/orders_ingestion.yaml\n"
+                "    python -m flows.pipeline_test examples/nightly-suite.yaml\n"
+                "Ctrl+C here stops the emulator (everything in it is lost).")
+            while not stop.wait(0.5):
+                pass
+            say("Stopping the emulator ...")
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    say("Stopped.")
+    return 0
 
 
 if __name__ == "__main__":

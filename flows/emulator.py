@@ -12,14 +12,11 @@ nightly suite and the example deployments run against it, e.g. ``python -m flows
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import re
-import signal
-import socket
 import sys
 import threading
 import urllib.request
@@ -85,7 +82,7 @@ class SimulatePrincipalPolicy:
     """A WSGI wrapper around moto's server that answers IAM's ``SimulatePrincipalPolicy`` (moto does not implement
     it) from moto's own policy evaluator: ``moto.iam.access_control.IAMPolicy(document).is_action_permitted`` over
     the principal's inline and attached policies (a user's groups' too), so the preflight's main branch
-    (flows.preflight) runs end to end here. Identity policies only, as far as moto evaluates them (a ``?`` in a
+    (flows.run.preflight) runs end to end here. Identity policies only, as far as moto evaluates them (a ``?`` in a
     policy's resource matches one character). Once moto enforces IAM (``POST /moto-api/reset-auth``), the caller
     must itself be allowed ``iam:SimulatePrincipalPolicy`` on the principal, else AccessDenied. Every other
     request goes to moto unchanged."""
@@ -287,55 +284,7 @@ def env_lines(env: dict[str, str], shell: str) -> list[str]:
     return [f"export {k}={v}" for k, v in env.items()] + [f"unset {' '.join(REAL_ENV)}"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.emulator",
-        description="Run the local AWS emulator (moto's server on 127.0.0.1) with the demo's fake orders pipeline "
-                    "on it until Ctrl+C, and print the environment that points a terminal at it: then the "
-                    "example cases, the nightly suite and the example deployments run against it.")
-    parser.add_argument("--port", type=int, default=0, help="the emulator's port (default: a free one)")
-    parser.add_argument("--shell", choices=SHELLS, help="print the environment for this shell only (default: "
-                        "sh on Linux and macOS, cmd and powershell on Windows)")
-    parser.add_argument("--fail", action="store_true", help="break the fake pipeline (it loses a row)")
-    args = parser.parse_args(argv)
-    if args.port:  # moto's server would wait forever for a port it cannot bind
-        try:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", args.port))
-        except OSError as exc:
-            print(f"Port {args.port} on 127.0.0.1 cannot be used ({exc.strerror or exc}): give another with --port, "
-                  "or none for a free one.", file=sys.stderr)
-            return 3
-    stop = threading.Event()
-    stops = [signal.SIGINT, signal.SIGTERM, *([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])]
-    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in stops}
-    say = lambda text: print(text, flush=True)  # noqa: E731
-    try:
-        say("Loading the fake pipeline ...")
-        from flows.demo import demo_pipeline
+if __name__ == "__main__":  # the command serves the demo's pipeline, so it lives beside it
+    from flows.demo import emulator_main
 
-        with demo_pipeline(loses_a_row=args.fail, say=say, port=args.port) as pipeline:
-            shells = [args.shell] if args.shell else (["cmd", "powershell"] if os.name == "nt" else ["sh"])
-            say(f"\nThe emulator is ready on {pipeline.endpoint}, with the demo's pipeline (buckets demo-landing, "
-                "demo-curated, ...). Point another terminal at it:\n")
-            for shell in shells:
-                if len(shells) > 1:
-                    say(f"  {'cmd' if shell == 'cmd' else 'PowerShell'}:")
-                for line in env_lines(emulator_env(pipeline.endpoint), shell):
-                    say(f"    {line}")
-                say("")
-            say("then run, for example:\n    python -m flows.pipeline_test examples/cases/orders_ingestion.yaml\n"
-                "    python -m flows.pipeline_test examples/nightly-suite.yaml\n"
-                "Ctrl+C here stops the emulator (everything in it is lost).")
-            while not stop.wait(0.5):
-                pass
-            say("Stopping the emulator ...")
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    say("Stopped.")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(emulator_main())

@@ -38,20 +38,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: the project's packages, and scripts/cdp.py beside this file
     sys.path.insert(0, str(ROOT))
 
-from flows.local_server import free_port  # noqa: E402
+from flows.run.local_server import free_port  # noqa: E402
 from scripts.cdp import Browser, chromium_path  # noqa: E402
 
 WIDTH = 1400
 CASE_KEY = "case-orders-ingestion"
 
 #: the scenarios: a name and the Python code run (in the project folder) against the demo's fake pipeline
-_PIPELINE = "from flows.demo import demo_pipeline\nfrom flows.pipeline_test import main\n"
+_PIPELINE = "from flows.demo import demo_pipeline\nfrom flows.cli import main\n"
 SCENARIOS: dict[str, list[str]] = {
     "passing case and negative case": ["-m", "flows.demo"],
     "failing Athena check": ["-m", "flows.demo", "--fail"],
     "failing content check, recover, refused run": ["-c", _PIPELINE + """
 import logging, pathlib, shutil, sys, tempfile
-from flows import locks
+from flows.run import locks
 case = pathlib.Path("examples/cases/orders_ingestion.yaml").read_text()
 folder = pathlib.Path(tempfile.mkdtemp())
 shutil.copytree("examples/cases/data", folder / "data")  # the case's local files, beside the variants
@@ -168,7 +168,7 @@ def shoot_pages(browser: Browser, base: str, out: Path, runs: list[dict[str, Any
                 artifacts: list[dict[str, Any]]) -> None:
     """PNGs: the failing case's run (logs, then its Artifacts tab), its report, its failed step, the suite's
     report, recover's report, and the case's artifact history."""
-    failing = next((r for r in runs if r["state_type"] == "FAILED" and r["name"].startswith("orders-ingestion")),
+    failing = next((r for r in runs if r["state_type"] == "FAILED" and "orders-ingestion" in r["name"]),
                    None)
     if failing is not None:
         url = f"{base}/runs/flow-run/{failing['id']}"
@@ -179,7 +179,7 @@ def shoot_pages(browser: Browser, base: str, out: Path, runs: list[dict[str, Any
             print(f"saved {browser.screenshot(out / 'flow-run-artifacts-tab.png')}")
     wanted = {
         "case-report.png": lambda a: a.get("key") == f"{CASE_KEY}-report" and "FAILED" in (a.get("description") or ""),
-        "failed-step.png": lambda a: a.get("task_run_id") and "FAILED" in (a.get("description") or ""),
+        "failed-step.png": lambda a: not a.get("key") and (a.get("description") or "").startswith("FAILED · step"),
         "suite-report.png": lambda a: (a.get("key") or "").startswith("suite-") and (a.get("key") or "").endswith(
             "-report"),
         "suite-table.png": lambda a: (a.get("key") or "").startswith("suite-") and a["type"] == "table",
@@ -199,14 +199,14 @@ def shoot_pages(browser: Browser, base: str, out: Path, runs: list[dict[str, Any
 
 #: the pictures in the docs: file name, which artifact, how much of the page's top (px at 1400 px)
 DOC_SHOTS = [
-    ("ui-failed-step.png", lambda a: bool(a.get("task_run_id")) and (a.get("description") or "").startswith(
+    ("ui-failed-step.png", lambda a: not a.get("key") and (a.get("description") or "").startswith(
         "FAILED · step"), 1300),
     ("ui-case-report.png", lambda a: a.get("key") == f"{CASE_KEY}-report" and (a.get("description") or "")
      .startswith("FAILED"), 1300),
     ("ui-suite-report.png", lambda a: (a.get("key") or "").startswith("suite-") and (a.get("key") or "").endswith(
         "-report"), 700),
     ("ui-not-run.png", lambda a: (a.get("key") or "").endswith("-not-run"), 800),
-    ("ui-content-check.png", lambda a: bool(a.get("task_run_id")) and (a.get("description") or "").startswith(
+    ("ui-content-check.png", lambda a: not a.get("key") and (a.get("description") or "").startswith(
         "FAILED · step 3 curated-file-written"), 1300),
     ("ui-recover.png", lambda a: a.get("key") == "pipeline-test-recover", 500),
     ("ui-passing-case.png", lambda a: a.get("key") == f"{CASE_KEY}-report" and (a.get("description") or "")

@@ -7,7 +7,7 @@ must be no ``FunctionError``; a function error fails the step with the function'
 go into the evidence. An optional ``expect`` checks the response payload with a JSON subset and/or JMESPath
 expressions.
 
-Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.secrets`) are masked where they are
+Fields listed in ``sensitive_fields`` (dotted paths, see :mod:`tasks.kit.secrets`) are masked where they are
 *reported*: at their paths in the payload sent and in the response (and in what a check shows of them), and
 their values, which become secrets of the run, are redacted from the log tail and from error messages (values
 of at least 8 characters). What is *compared* is never masked: a check of another field that happens to hold
@@ -23,23 +23,25 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from tasks import markdown as md
-from tasks import nesting
-from tasks.aws import is_real_aws
-from tasks.base import Link, StepBase, StepContext, StepOutcome, step_kind
-from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
-from tasks.iam import Arns, Footprint
-from tasks.json_checks import (
+from tasks.kit import markdown as md
+from tasks.kit import nesting
+from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import links_for, literal
+from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, request_id
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_expect import (
     MAX_SHOWN_CHARS,
     MISSING,
     JsonExpect,
     JsonMasker,
+    expect_checks,
     expect_mismatches,
     parse_json,
     shown_json,
     truncate,
 )
-from tasks.secrets import parse_path, secrets_at
+from tasks.kit.secrets import parse_path, secrets_at
+from tasks.kit.step import Link, StepBase, StepContext, StepOutcome, step_kind
 
 if TYPE_CHECKING:
     from types_boto3_lambda import LambdaClient
@@ -233,13 +235,9 @@ def _markdown(facts: dict[str, Any], payload_text: str, response_text: str | Non
 
 
 def _links(client: LambdaClient, step: InvokeLambdaStep) -> list[Link]:
-    endpoint = str(client.meta.endpoint_url)
-    if not is_real_aws(endpoint):
-        return []
-    region = client.meta.region_name
     name = function_name(step.function)
-    url = f"https://{region}.console.aws.amazon.com/lambda/home?region={region}#/functions/{name}"
-    return [Link(url=url, text=f"Lambda function {name}")]
+    return links_for(str(client.meta.endpoint_url), client.meta.region_name,
+                     "lambda/home?region={region}#/functions/" + literal(name), f"Lambda function {name}")
 
 
 def invoke_lambda_footprint(step: InvokeLambdaStep, arns: Arns) -> Footprint:
@@ -292,10 +290,11 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
 
     problems = _problems(step, status, response.get("FunctionError"), parsed, body, label, masker)
     markdown = _markdown(facts, shown_json(payload, masker), response_text, log_tail, problems)
+    checks = _checks(step, status, response.get("FunctionError"), parsed, masker)
     if problems:
         details["problems"] = problems
         # the evidence body rides along so the engine can show it for the failed step too
-        raise CheckFailed("; ".join(problems), details=details, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details=details, markdown=markdown, checks=checks)
     ctx.logger.info("Lambda function %s returned %s (request id %s)", label, status, rid)
     checked = ", response as expected" if step.expect else ""
     return StepOutcome(
@@ -304,6 +303,7 @@ def run_invoke_lambda(step: InvokeLambdaStep, ctx: StepContext) -> StepOutcome:
         markdown=markdown,
         links=_links(client, step),
         request_ids=[rid] if rid else [],
+        checks=checks,
     )
 
 
@@ -319,6 +319,22 @@ def _details_response(body: bytes, parsed: Any, masker: JsonMasker) -> Any:
     if parsed is not MISSING and len(body) <= MAX_SHOWN_CHARS:
         return masker.doc(parsed)
     return _response_text(body, parsed, masker)
+
+
+def _checks(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any,
+            masker: JsonMasker) -> list[CheckRecord]:
+    """What the step checked, typed, in the order of :func:`_problems`: the status, no function error, then the
+    expectations (only when the ones before held: a failed call has no payload to check)."""
+    expected = EXPECTED_STATUS[step.invocation_type]
+    checks = [CheckRecord.of("status", status == expected, expected, status)]
+    if status != expected:
+        return checks
+    checks.append(CheckRecord.of("function error", not function_error, "none", function_error or "none"))
+    if function_error or step.expect is None:
+        return checks
+    if parsed is MISSING:
+        return checks + [CheckRecord.of("JSON payload", False, "a JSON payload to check", "none")]
+    return checks + expect_checks(step.expect, parsed, masker)
 
 
 def _problems(step: InvokeLambdaStep, status: int, function_error: str | None, parsed: Any, body: bytes,

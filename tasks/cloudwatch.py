@@ -3,7 +3,7 @@ time, DescribeAlarms) and ``expect_log_events`` (lines in a log group since the 
 pattern, FilterLogEvents, counted: e.g. at least one "5 rows loaded", or none matching ERROR).
 
 Log events are read through every page, bounded (``max_events`` per look); the matching lines are the
-evidence, masked with the run's secrets (:mod:`tasks.secrets`), at most ``shown_events`` of them, each cut to
+evidence, masked with the run's secrets (:mod:`tasks.kit.secrets`), at most ``shown_events`` of them, each cut to
 ``MAX_LINE_CHARS`` characters.
 """
 
@@ -16,13 +16,14 @@ from urllib.parse import quote
 
 from pydantic import Field
 
-from tasks import markdown as md
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
-from tasks.iam import Arns, Footprint
-from tasks.polling import MAX_WAIT_SECONDS, PollSettings
-from tasks.secrets import redact
+from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
+from tasks.kit.errors import AWS_ERRORS, NOT_FOUND, StepError, aws_error
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.polling import MAX_WAIT_SECONDS, PollSettings
+from tasks.kit.secrets import redact
+from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_cloudwatch import CloudWatchClient
@@ -95,11 +96,12 @@ def run_expect_alarm_state(step: ExpectAlarmStateStep, ctx: StepContext) -> Step
         f"{md.code(alarm.get('StateValue'))} {md.text(watched.timing())}.",
         md.table(["", ""], [[k, md.code(v)] for k, v in facts.items()])])
     if not watched.met:
-        raise unmet(watched, step.wanted(), _alarm_state(alarm), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), _alarm_state(alarm), details=details, markdown=markdown, check="state")
     link = console_link(ctx, "cloudwatch", f"cloudwatch/home?region={{region}}#alarmsV2:alarm/{quote(step.alarm)}",
                         f"CloudWatch alarm {step.alarm}")
     return StepOutcome(summary=f"alarm {step.alarm} is {step.state} {watched.timing()}", details=details,
-                       markdown=markdown, links=link)
+                       markdown=markdown, links=link,
+                       checks=[watched.record("state", step.wanted(), _alarm_state(alarm))])
 
 
 # -------------------------------------------------------------------------------------------------- log events
@@ -210,8 +212,8 @@ def run_expect_log_events(step: ExpectLogEventsStep, ctx: StepContext) -> StepOu
                "lines": [{**line, "message": redact(line["message"], ctx.secrets)} for line in seen.lines],
                "waited_seconds": round(watched.waited, 3), "held_seconds": round(watched.held, 3)}
     if not watched.met:
-        raise unmet(watched, step.wanted(), seen.describe(), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), seen.describe(), details=details, markdown=markdown, check="events")
     link = console_link(ctx, "logs", "cloudwatch/home?region={region}#logsV2:log-groups/log-group/"
                         + quote(quote(step.log_group, safe=""), safe=""), f"log group {step.log_group}")
     return StepOutcome(summary=f"{seen.describe()} in {step.log_group} {watched.timing()}", details=details,
-                       markdown=markdown, links=link)
+                       markdown=markdown, links=link, checks=[watched.record("events", step.wanted(), seen.describe())])

@@ -5,7 +5,7 @@ By key: the item must exist (``absent: true``: must not) and meet ``expect`` (at
 By query: a key condition (and an optional filter) on the table or an index; the number of items is checked
 (``count``: exactly, at least, at most) and every item must meet ``expect``. Items are shown as plain JSON:
 DynamoDB's typed values deserialized, numbers exact (Decimals, never rounded through a float), sets as sorted
-lists, binary as base64. Comparisons use :mod:`tasks.json_match` (numbers by value, exactly).
+lists, binary as base64. Comparisons use :mod:`tasks.kit.json_compare` (numbers by value, exactly).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 from pydantic import Field, model_validator
 
-from tasks import markdown as md
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.errors import AWS_ERRORS, StepError, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
-from tasks.iam import Arns, Footprint
-from tasks.json_match import exact_number, json_equal, json_subset_mismatches
-from tasks.polling import PollSettings
-from tasks.secrets import redact, redact_json
+from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
+from tasks.kit.errors import AWS_ERRORS, StepError, aws_error
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_compare import exact_number, json_equal, json_subset_mismatches
+from tasks.kit.polling import PollSettings
+from tasks.kit.secrets import redact, redact_json
+from tasks.kit.step import SpecModel, StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_dynamodb import DynamoDBClient
@@ -349,8 +350,10 @@ def run_expect_items(step: ExpectItemsStep, ctx: StepContext) -> StepOutcome:
                "items": redact_json(plain(seen.items), ctx.secrets)}
     if not watched.met:
         details["problems"] = [redact(p, ctx.secrets) for p in seen.problems]
-        raise unmet(watched, step.wanted(), redact(seen.describe(), ctx.secrets), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), redact(seen.describe(), ctx.secrets), details=details, markdown=markdown,
+                    check="items")
     link = console_link(ctx, "dynamodb", f"dynamodbv2/home?region={{region}}#item-explorer?table={step.table}",
                         f"DynamoDB table {step.table}")
     return StepOutcome(summary=f"found {seen.count} item(s) in DynamoDB table {step.table} {watched.timing()}",
-                       details=details, markdown=markdown, links=link)
+                       details=details, markdown=markdown, links=link,
+                       checks=[watched.record("items", step.wanted(), redact(seen.describe(), ctx.secrets))])

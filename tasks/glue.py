@@ -23,14 +23,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from botocore.exceptions import ClientError
 from pydantic import Field, field_validator, model_validator
 
-from tasks import markdown as md
-from tasks.base import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
-from tasks.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
-from tasks.expect import console_link
-from tasks.iam import Arns, Footprint
-from tasks.json_checks import truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
-from tasks.secrets import mask, redact
+from tasks.kit import markdown as md
+from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import console_link, literal
+from tasks.kit.errors import AWS_ERRORS, CheckFailed, StepError, aws_error, error_code, request_id
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_expect import truncate
+from tasks.kit.pipeline_runs import (
+    RunWait,
+    StateHistory,
+    as_utc,
+    duration_s,
+    newest_since,
+    took,
+    watch_run,
+    when,
+)
+from tasks.kit.secrets import mask, redact
+from tasks.kit.step import SpecModel, StepBase, StepContext, StepOutcome, format_duration, step_kind
 
 if TYPE_CHECKING:
     from types_boto3_glue import GlueClient
@@ -228,7 +238,7 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
     what = f"Glue job {step.job} run {run_id}" if run_id else f"a run of Glue job {step.job}"
     history = StateHistory(ctx.clock)
     try:
-        watched = watch(describe, job_state, lambda r: job_state(r) in JOB_FINAL_STATES, step.wait, what=what,
+        watched = watch_run(describe, job_state, lambda r: job_state(r) in JOB_FINAL_STATES, step.wait, what=what,
                         stop=stop, stop_on_timeout=step.stop_on_timeout, started_here=step.start,
                         logger=ctx.logger, clock=ctx.clock, history=history)
     except StepError as exc:
@@ -250,11 +260,12 @@ def run_glue_job(step: GlueJobStep, ctx: StepContext) -> StepOutcome:
         problem = redact(f"Glue job {step.job} run {run_id} ended {state} (expected {step.expect_state}): {reason}",
                          ctx.secrets)
     markdown = _job_markdown(step, details, history, problem)
+    checks = [CheckRecord.of("final state", problem is None, step.expect_state, problem or state)]
     if problem:
-        raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown)
+        raise CheckFailed(problem, details={**details, "problem": problem}, markdown=markdown, checks=checks)
     return StepOutcome(
         summary=f"Glue job {step.job} run {run_id} {state}{took(details['duration_s'])}",
-        details=details,
+        details=details, checks=checks,
         markdown=markdown,
         links=console_link(ctx, "glue", "gluestudio/home?region={region}#/job/"
                            + literal(f"{step.job}/run/{run_id}"), f"Glue job run {run_id}"),
@@ -328,6 +339,13 @@ class TableExpect(SpecModel):
             if not spec.split(":", 1)[0].strip():
                 raise ValueError(f"column {spec!r} needs a name (name or name:type)")
         return value
+
+    def check(self, database: str, found: dict[str, Any], problems: list[str]) -> CheckRecord:
+        """This table's check, typed: what is expected of it, and what is wrong with it (or what the catalog holds)."""
+        wanted = ", ".join(["exists", *(["columns " + ", ".join(self.columns)] if self.columns else []),
+                            *([f"partition keys {self.partition_keys}"] if self.partition_keys is not None else [])])
+        got = "; ".join(problems) or f"columns {', '.join(found['columns'])}, partition keys {found['partition_keys']}"
+        return CheckRecord.of("table", not problems, wanted, got, where=f"{database}.{self.name}")
 
 
 def _split_column(spec: str) -> tuple[str, str | None]:
@@ -498,7 +516,7 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     history = StateHistory(ctx.clock)
     what = f"Glue crawler {step.crawler}"
     try:
-        watched = watch(describe, state, done, step.wait, what=what, stop=lambda: stop_crawler(glue, step.crawler),
+        watched = watch_run(describe, state, done, step.wait, what=what, stop=lambda: stop_crawler(glue, step.crawler),
                         stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
                         clock=ctx.clock, history=history)
     except StepError as exc:
@@ -512,11 +530,13 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
         problems.append(f"Glue crawler {step.crawler}'s crawl ended {status} (expected {step.expect_status}): "
                         f"{truncate(str(last.get('ErrorMessage') or 'Glue gave no error message'), MAX_MESSAGE_CHARS)}")
     tables: list[dict[str, Any]] = []
+    checks = [CheckRecord.of("crawl status", status == step.expect_status, step.expect_status, status)]
     if status == "SUCCEEDED" and step.database:
         for expected in step.tables:
             found_problems, found = table_problems(glue, step.database, expected)
             problems += found_problems
             tables.append({**found, "ok": not found_problems})
+            checks.append(expected.check(step.database, found, found_problems))
     problems = [redact(p, ctx.secrets) for p in problems]
     crawl = crawls.latest if crawls.latest and crawls.latest.get("StartTime") == last.get("StartTime") else {}
     details = {
@@ -539,11 +559,12 @@ def run_glue_crawler(step: GlueCrawlerStep, ctx: StepContext) -> StepOutcome:
     }
     markdown = _crawler_markdown(step, details, history, tables, problems)
     if problems:
-        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown,
+                          checks=checks)
     checked = f", {len(tables)} table(s) as expected" if tables else ""
     return StepOutcome(
         summary=f"Glue crawler {step.crawler}: crawl {status}{checked}",
-        details=details,
+        details=details, checks=checks,
         markdown=markdown,
         links=console_link(ctx, "glue", "glue/home?region={region}#/v2/data-catalog/crawlers/view/"
                            + literal(step.crawler), f"Glue crawler {step.crawler}"),

@@ -15,12 +15,14 @@ from urllib.parse import quote
 
 from pydantic import Field, model_validator
 
-from tasks import markdown as md
-from tasks.base import StepBase, StepContext, StepOutcome, step_kind, template_aware
-from tasks.errors import AWS_ERRORS, aws_error
-from tasks.expect import Count, CountSpec, Watched, as_count, console_link, hold_field, unmet, watch
-from tasks.iam import Arns, Footprint
-from tasks.polling import PollSettings
+from tasks.kit import markdown as md
+from tasks.kit.console_links import console_link
+from tasks.kit.errors import AWS_ERRORS, aws_error
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.polling import PollSettings
+from tasks.kit.status import check_mark
+from tasks.kit.step import StepBase, StepContext, StepOutcome, step_kind, template_aware
+from tasks.kit.watch import Count, CountSpec, Watched, as_count, hold_field, unmet, watch
 
 if TYPE_CHECKING:
     from types_boto3_sqs import SQSClient
@@ -117,7 +119,7 @@ class Depth:
 
 def _markdown(step: ExpectQueueDepthStep, url: str, watched: Watched[Depth]) -> str:
     depth = watched.value
-    rows = [[md.code(a), depth.count(a), c.describe(), "✅" if c.holds(depth.count(a)) else "❌"]
+    rows = [[md.code(a), depth.count(a), c.describe(), check_mark(c.holds(depth.count(a)))]
             for a, c in depth.conditions.items()]
     attributes = [[md.code(k), md.code(v if len(v) <= MAX_ATTRIBUTE_CHARS else v[:MAX_ATTRIBUTE_CHARS] + "…")]
                   for k, v in sorted(depth.attributes.items())]
@@ -149,8 +151,8 @@ def run_expect_queue_depth(step: ExpectQueueDepthStep, ctx: StepContext) -> Step
                "attributes": depth.attributes, "checks": watched.checks,
                "waited_seconds": round(watched.waited, 3), "held_seconds": round(watched.held, 3)}
     if not watched.met:
-        raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown)
+        raise unmet(watched, step.wanted(), depth.describe(), details=details, markdown=markdown, check="depth")
     return StepOutcome(summary=f"SQS queue {step.queue}: {depth.describe()} {watched.timing()}", details=details,
-                       markdown=markdown,
+                       markdown=markdown, checks=[watched.record("depth", step.wanted(), depth.describe())],
                        links=console_link(ctx, "sqs", f"sqs/v3/home?region={{region}}#/queues/{quote(url, safe='')}",
                                           f"SQS queue {url.rsplit('/', 1)[-1]}"))

@@ -6,7 +6,7 @@ on a step means that step registers nothing. The snapshot/restore library, its d
 live in :mod:`tasks.ssm_restore`; this module re-exports its public names, and importing it registers the three
 step kinds and (through that import) the ``ssm_parameter`` undo kind.
 
-**Secrets.** SecureString values (before, after, expected) appear only masked (:func:`tasks.secrets.mask`) in
+**Secrets.** SecureString values (before, after, expected) appear only masked (:func:`tasks.kit.secrets.mask`) in
 summaries, details, markdown, logs and error messages; error messages from AWS are redacted, and exception
 chains that could carry a value are cut.
 
@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterable, Literal, Sequence
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from tasks import markdown as md
-from tasks import nesting
-from tasks.base import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
-from tasks.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
-from tasks.iam import Arns, Footprint
-from tasks.json_checks import truncate
-from tasks.json_match import json_subset_mismatches
-from tasks.secrets import Secrets, mask, mask_any, redact
+from tasks.kit import markdown as md
+from tasks.kit import nesting
+from tasks.kit.checks import CheckRecord
+from tasks.kit.errors import AWS_PARAMETER_NOT_FOUND, CheckFailed, StepError, request_id
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.json_compare import json_subset_mismatches
+from tasks.kit.json_expect import truncate
+from tasks.kit.secrets import Secrets, mask, mask_any, redact
+from tasks.kit.status import check_verdict
+from tasks.kit.step import RESOURCE_NAME, SpecModel, StepBase, StepContext, StepOutcome, step_kind
 from tasks.ssm_restore import (  # re-exported: the library's public names stay importable from tasks.ssm
     MAX_SHOWN_VALUE,
     SECURE,
@@ -444,13 +446,26 @@ def _json_problems(name: str, value: str, expected: Any, show: Any) -> list[str]
     return [f"SSM parameter {name} {p}" for p in json_subset_mismatches(expected, document, lambda _p, v: show(v))]
 
 
+def _shown_expected(exp: ParameterExpectation, snap: ParameterSnapshot) -> str:
+    """The expected value as the evidence shows it (masked when the parameter is, or is declared, a SecureString)."""
+    secure = snap.secure or exp.type == SECURE
+    return mask_any(exp.expected) if secure else truncate(json.dumps(exp.expected), MAX_SHOWN_VALUE)
+
+
+def _expect_records(rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]],
+                    secrets: Iterable[str]) -> list[CheckRecord]:
+    """Each expectation as a typed check (where: the parameter), values masked as in the evidence."""
+    return [CheckRecord.of(exp.check, not problems, redact(_shown_expected(exp, snap), secrets),
+                           f"{redact(snap.shown_value(), secrets)} ({snap.type}, v{snap.version})" if snap.exists
+                           else "(absent)", where=exp.name) for exp, snap, problems in rows]
+
+
 def _expect_markdown(rows: list[tuple[ParameterExpectation, ParameterSnapshot, list[str]]],
                      secrets: Iterable[str]) -> str:
     table, failures = [], []
     for exp, snap, problems in rows:
-        secure = snap.secure or exp.type == SECURE
-        expected = mask_any(exp.expected) if secure else truncate(json.dumps(exp.expected), MAX_SHOWN_VALUE)
-        table.append(["❌ FAIL" if problems else "✅ PASS", md.code(exp.name), exp.check,
+        expected = _shown_expected(exp, snap)
+        table.append([check_verdict(not problems), md.code(exp.name), exp.check,
                       md.code(redact(expected, secrets)), _cell(snap, secrets)])
         failures += [redact(p, secrets) for p in problems]
     out = md.table(["verdict", "parameter", "check", "expected", "actual"], table)
@@ -477,7 +492,9 @@ def run_expect_parameters(step: ExpectParametersStep, ctx: StepContext) -> StepO
     details = {"parameters": [{"name": e.name, "check": e.check, "actual": s.public(),
                                "problems": [redact(x, secrets) for x in p]} for e, s, p in rows]}
     markdown = _expect_markdown(rows, secrets)
+    checks = _expect_records(rows, secrets)
     if problems:
-        raise CheckFailed("; ".join(problems), details=details, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details=details, markdown=markdown, checks=checks)
     ctx.logger.info("All %d SSM parameter expectation(s) met", len(rows))
-    return StepOutcome(summary=f"{len(rows)} SSM parameter expectation(s) met", details=details, markdown=markdown)
+    return StepOutcome(summary=f"{len(rows)} SSM parameter expectation(s) met", details=details, markdown=markdown,
+                       checks=checks)

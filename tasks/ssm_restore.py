@@ -30,7 +30,7 @@ Limitations, stated honestly:
 * Reading a SecureString's value for the snapshot needs ``kms:Decrypt`` on its key; tags need
   ``ssm:ListTagsForResource`` (without it, tags are reported unknown and not restored).
 
-**Secrets.** A SecureString's value appears only masked (:func:`tasks.secrets.mask`) in snapshots' public form,
+**Secrets.** A SecureString's value appears only masked (:func:`tasks.kit.secrets.mask`) in snapshots' public form,
 restore records and error messages (:func:`_scrubbed`).
 
 **Guard rails.** :func:`check_parameter_names` lists the names that fall outside the spec's allowed parameter
@@ -47,17 +47,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from botocore.exceptions import ClientError
 
-from tasks import markdown as md
-from tasks.base import StepContext, UndoAction, UndoLog, undo_kind
-from tasks.errors import AWS_ERRORS, RESTORE_IMPOSSIBLE, RESTORE_INCOMPLETE, StepError, aws_error, error_code
-from tasks.json_checks import truncate
-from tasks.secrets import mask, redact
+from tasks.kit import markdown as md
+from tasks.kit.errors import AWS_ERRORS, RESTORE_IMPOSSIBLE, RESTORE_INCOMPLETE, StepError, aws_error, error_code
+from tasks.kit.json_expect import truncate
+from tasks.kit.secrets import mask, redact
+from tasks.kit.step import StepContext, UndoAction, UndoLog, undo_kind
 
 if TYPE_CHECKING:
     from types_boto3_ssm import SSMClient
     from types_boto3_ssm.type_defs import ParameterStringFilterTypeDef, PutParameterResultTypeDef
 
-    from tasks.aws import ClientFactory
+    from tasks.kit.aws import ClientFactory
 
 SECURE = "SecureString"
 #: how many characters of a plain (non-secret) value the evidence shows
@@ -288,7 +288,9 @@ _RESTORE_WORDS = {
 
 def _restore_record(original: ParameterSnapshot, current: ParameterSnapshot, after: ParameterSnapshot,
                     action: str) -> dict[str, Any]:
-    summary = f"SSM parameter {original.name}: {_RESTORE_WORDS[action]}"
+    # what was done only: every place that shows it names the parameter already ("Restore SSM parameter X: put
+    # back" in the clean-up's line and table, "Recovered ssm:X (run ...): put back" in recover's)
+    summary = _RESTORE_WORDS[action]
     markdown = md.table(["parameter", "before restore", "after restore", "action"],
                         [[md.code(original.name), _cell(current), _cell(after), _RESTORE_WORDS[action]]])
     return {

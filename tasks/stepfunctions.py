@@ -7,7 +7,7 @@ matches ``match_input`` (a JSON subset and/or JMESPath, as ``expect``: with two 
 the execution of the case's own file); the executions considered, and why each was taken or not, are in the
 evidence. It waits with
 the growing interval, stops the execution on timeout (``StopExecution``), checks the final status and, optionally,
-the output (``json_subset`` and JMESPath, the checks of ``invoke_lambda``: :mod:`tasks.json_checks`). A failed
+the output (``json_subset`` and JMESPath, the checks of ``invoke_lambda``: :mod:`tasks.kit.json_expect`). A failed
 execution fails the step with its ``error`` and ``cause`` and the state it failed in, from the execution history.
 
 Fields listed in ``sensitive_fields`` (dotted paths) are masked in the input and output the evidence shows, and
@@ -25,15 +25,33 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from tasks import markdown as md
-from tasks import nesting
-from tasks.base import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
-from tasks.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
-from tasks.expect import console_link
-from tasks.iam import Arns, Footprint, partition
-from tasks.json_checks import MISSING, JsonExpect, JsonMasker, expect_mismatches, shown_json, truncate
-from tasks.runs import RunWait, StateHistory, as_utc, duration_s, literal, newest_since, took, watch, when
-from tasks.secrets import parse_path, secrets_at
+from tasks.kit import markdown as md
+from tasks.kit import nesting
+from tasks.kit.checks import CheckRecord
+from tasks.kit.console_links import console_link, literal
+from tasks.kit.errors import AWS_ERRORS, TIMED_OUT, CheckFailed, StepError, aws_error
+from tasks.kit.iam import Arns, Footprint, partition
+from tasks.kit.json_expect import (
+    MISSING,
+    JsonExpect,
+    JsonMasker,
+    expect_checks,
+    expect_mismatches,
+    shown_json,
+    truncate,
+)
+from tasks.kit.pipeline_runs import (
+    RunWait,
+    StateHistory,
+    as_utc,
+    duration_s,
+    newest_since,
+    took,
+    watch_run,
+    when,
+)
+from tasks.kit.secrets import parse_path, secrets_at
+from tasks.kit.step import StepBase, StepContext, StepOutcome, format_duration, step_kind, template_aware
 
 if TYPE_CHECKING:
     from types_boto3_stepfunctions import SFNClient
@@ -335,7 +353,7 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
 
     history = StateHistory(ctx.clock)
     try:
-        watched = watch(describe, _status, lambda e: _status(e) in FINAL_STATUSES, step.wait, what=what, stop=stop,
+        watched = watch_run(describe, _status, lambda e: _status(e) in FINAL_STATUSES, step.wait, what=what, stop=stop,
                         stop_on_timeout=step.stop_on_timeout, started_here=step.start, logger=ctx.logger,
                         clock=ctx.clock, history=history)
     except StepError as exc:
@@ -356,24 +374,30 @@ def run_step_functions(step: StepFunctionsStep, ctx: StepContext) -> StepOutcome
     failed_in = failed_state(sfn, str(execution["executionArn"])) if status != "SUCCEEDED" else None
     details = _details(step, arn, execution, history, masker, failed_in, candidates)
     problems: list[str] = []
+    checks = [CheckRecord.of("final status", status == step.expect_status, step.expect_status, status)]
     if status != step.expect_status:
         reason = f"{execution.get('error') or 'no error'}: {truncate(str(execution.get('cause') or 'no cause'), 1000)}"
         where = f" in state {failed_in}" if failed_in else ""
         problems.append(masker.text(f"Step Functions execution {execution.get('name')} ended {status}{where} "
                                     f"(expected {step.expect_status}): {reason}"))
+        checks = [checks[0].model_copy(update={"actual": masker.text(f"{status}{where}: {reason}")})]
     elif step.expect is not None:
         if output is MISSING:
             problems.append(f"Step Functions execution {execution.get('name')} gave no JSON output to check")
+            checks.append(CheckRecord.of("JSON output", False, "a JSON output to check", "none"))
         else:
             problems += expect_mismatches(step.expect, output, masker)
+            checks += expect_checks(step.expect, output, masker)
     markdown = _markdown(details, problems)
     if problems:
-        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown)
+        raise CheckFailed("; ".join(problems), details={**details, "problems": problems}, markdown=markdown,
+                          checks=checks)
     checked = ", output as expected" if step.expect else ""
     return StepOutcome(
         summary=f"Step Functions execution {execution.get('name')} {status}{checked}{took(details['duration_s'])}",
         details=details,
         markdown=markdown,
+        checks=checks,
         links=console_link(ctx, "stepfunctions", "states/home?region={region}#/v2/executions/details/"
                            + literal(str(execution["executionArn"])),
                            f"Step Functions execution {execution.get('name')}"),

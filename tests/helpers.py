@@ -26,10 +26,10 @@ from moto.athena.models import athena_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 
 from flows.emulator import FAKE_ENV, REAL_ENV, emulator_env
-from flows.results import CaseResult
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, StepBase, StepContext
-from tasks.polling import Clock
+from flows.evidence.results import CaseResult
+from tasks.kit.aws import ClientFactory
+from tasks.kit.polling import Clock
+from tasks.kit.step import REGISTRY, StepBase, StepContext
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -42,7 +42,7 @@ class FakeClock:
     """A fake monotonic clock: time moves only when the code sleeps, by exactly the time slept.
 
     ``sleeps`` lists every sleep; ``on_sleep(t)`` (if set) is called after each, with the new time, so a test can
-    change the world meanwhile. Pass ``.clock`` (a :class:`tasks.polling.Clock`) to the code under test.
+    change the world meanwhile. Pass ``.clock`` (a :class:`tasks.kit.polling.Clock`) to the code under test.
     """
 
     t: float = 0.0
@@ -180,7 +180,7 @@ def assert_complete_pack(result: CaseResult, steps: int) -> None:
     """The run left an intact evidence pack under ./evidence with one JUnit testcase per step."""
     import xml.etree.ElementTree as ET
 
-    from flows.evidence_pack import verify
+    from flows.evidence.pack.verify import verify
 
     assert result.evidence_dir is not None
     folder = Path(result.evidence_dir)
@@ -248,6 +248,43 @@ MINIMAL: dict[str, Minimal] = {
 
 def minimal(kind: str) -> StepBase:
     return REGISTRY[kind].model.model_validate({"kind": kind, **MINIMAL[kind].data})
+
+
+def flow_spec(*steps: dict[str, Any], name: str = "Flow test") -> dict[str, Any]:
+    return {"case": name, "variables": {"bucket": "flow-bucket"}, "aws": {"region": "us-east-1"},
+            "steps": list(steps)}
+
+
+UPLOAD = {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
+          "key_prefix": "in/{{ flow_run_id }}/", "cleanup": True}
+
+
+def read_task_runs(flow_run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return asyncio.run(go())
+
+
+def upload_case(folder: Path, name: str, bucket: str = "suite-bucket", *, expect: str | None = None,
+                tags: list[str] | None = None, **extra: Any) -> Path:
+    """A small case: land a file under its own prefix, then expect ``expect`` (default: the landed file)."""
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    (folder / "data" / "orders.csv").write_text("id,amount\n1,10\n")
+    prefix = f"in/{name}/"
+    case = {"case": name, "tags": tags or [], "variables": {"bucket": bucket},
+            "steps": [
+                {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
+                 "key_prefix": prefix, "cleanup": True},
+                {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}",
+                 "keys": [expect or f"{prefix}orders.csv"], "wait": {"timeout": 0.3, "initial": 0.05}, **extra}]}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(case, sort_keys=False))
+    return path
 
 
 # ------------------------------------------------------------------ Athena on moto (tests/test_athena*.py)

@@ -1,4 +1,4 @@
-"""Prefect's client, with our defaults (flows.api_client), retries an API that answers 503 or 429 or drops the
+"""Prefect's client, with our defaults (flows.run.prefect_client), retries an API that answers 503 or 429 or drops the
 connection, and gives up only after our number of retries; a value the user set wins. The API is an httpx mock
 transport, and Prefect's back-off sleeps are recorded instead of slept."""
 
@@ -13,7 +13,7 @@ import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, get_current_settings, temporary_settings
 
-from flows.api_client import CLIENT_RETRIES, client_retries
+from flows.run.prefect_client import CLIENT_RETRIES, client_retries
 
 
 class FlakyApi:

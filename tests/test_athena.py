@@ -44,10 +44,10 @@ from tasks.athena import (
     start_query,
     wait_for_query,
 )
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY
-from tasks.errors import CHECK_FAILED, CheckFailed, StepError
-from tasks.polling import PollSettings
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import REGISTRY
 from tests.helpers import BUCKET, OUTPUT, FakeClock, backend, inject, manual_states
 from tests.helpers import athena_context as context
 

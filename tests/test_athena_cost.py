@@ -13,12 +13,12 @@ from typing import Any, Callable
 import pytest
 from pydantic import ValidationError
 
-from flows.spec import AwsSettings
+from flows.spec.model import AwsSettings
 from tasks.athena import AthenaQueryStep, run_athena_query
 from tasks.athena.cost import show_bytes, workgroup_cutoff
-from tasks.aws import ClientFactory
-from tasks.base import Meter
-from tasks.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
+from tasks.kit.step import Meter
 from tests.helpers import OUTPUT, FakeClock, backend, inject, manual_states
 from tests.helpers import athena_context as context
 
@@ -130,6 +130,10 @@ def test_the_case_total_is_shared_by_its_queries(clients: ClientFactory, fake_cl
         run_athena_query(step(), ctx)
     assert len(backend().executions) == calls  # nothing was sent to Athena
     assert err.value.details == {"case_scanned_bytes": 4 * GB, "case_max_scanned_bytes": 3 * GB}
+    [check] = err.value.checks  # typed, for report.json and report.html
+    assert (check.name, check.verdict, check.expected, check.actual) == (
+        "aws.athena_max_scanned_bytes", "failed", "< 3 GB (3,000,000,000 bytes)",
+        "4 GB (4,000,000,000 bytes) (before this query)")
 
 
 def test_a_query_the_workgroup_limit_cancelled_is_a_failed_check(clients: ClientFactory,

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from flows.pack_base import sha256_file
-from flows.pack_formats import STEP_FILES_DIR, write_pack
-from flows.results import CaseResult, StepResult
+from flows.evidence.pack.files import sha256_file
+from flows.evidence.pack.write import STEP_FILES_DIR, write_pack
+from flows.evidence.results import CaseResult, StepResult
 from tasks.athena import AthenaQueryStep, Column, run_athena_query
 from tasks.athena.reconcile import Reconcile, Reconciler
-from tasks.aws import ClientFactory
-from tasks.errors import CheckFailed, StepError, StepFile
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CheckFailed, StepError
+from tasks.kit.files import StepFile
 from tests.helpers import OUTPUT, FakeClock, inject
 from tests.helpers import athena_context as context
 
@@ -179,7 +180,7 @@ def test_pack_masks_secrets_and_skips_names_leaving_the_folder(tmp_path: Path) -
 
 
 def test_reconcile_file_is_confined_to_the_spec_folder(tmp_path: Path) -> None:
-    from flows.spec import SpecError, load_spec
+    from flows.spec.load import SpecError, load_spec
     (tmp_path / "case.yaml").write_text(
         "case: c\nsteps:\n  - kind: athena_query\n    sql: SELECT 1\n"
         "    expect:\n      reconcile: {file: ../outside.csv, key: [id]}\n")

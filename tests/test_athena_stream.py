@@ -14,8 +14,8 @@ from tasks.athena import AthenaQueryStep, Column, fetch_results
 from tasks.athena.client import read_results
 from tasks.athena.evidence import result_digest
 from tasks.athena.step import ResultSink
-from tasks.aws import ClientFactory
-from tasks.base import StepContext
+from tasks.kit.aws import ClientFactory
+from tasks.kit.step import StepContext
 
 COLUMNS = [("id", "bigint"), ("amount", "decimal(12,2)"), ("name", "varchar")]
 LOCATION = "s3://results/q-1.csv"

@@ -6,8 +6,8 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 from prefect_aws import AwsClientParameters, AwsCredentials
 
-from tasks.aws import AwsTarget, ClientFactory, is_real_aws
-from tasks.errors import aws_error
+from tasks.kit.aws import AwsTarget, ClientFactory, is_real_aws
+from tasks.kit.errors import aws_error
 
 
 def test_region_from_target_else_chain(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,6 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.moto_api._internal.models import moto_api_backend
 from pydantic import ValidationError
 
-from tasks.aws import ClientFactory
 from tasks.awslambda import (
     EXPECTED_STATUS,
     MAX_SHOWN_CHARS,
@@ -35,11 +34,12 @@ from tasks.awslambda import (
     function_name,
     invoke,
 )
-from tasks.base import REGISTRY, StepContext, StepOutcome
-from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
-from tasks.json_checks import truncate
-from tasks.json_match import jmespath_mismatches, json_equal, json_subset_mismatches
-from tasks.secrets import mask
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
+from tasks.kit.json_compare import jmespath_mismatches, json_equal, json_subset_mismatches
+from tasks.kit.json_expect import truncate
+from tasks.kit.secrets import mask
+from tasks.kit.step import REGISTRY, StepContext, StepOutcome
 
 REGION = "us-east-1"
 FUNCTION = "ingest"
@@ -134,7 +134,8 @@ def step(**kwargs: Any) -> InvokeLambdaStep:
 
 def everything(outcome: StepOutcome) -> str:
     return "\n".join([outcome.summary, json.dumps(outcome.details), outcome.markdown, json.dumps(outcome.tables),
-                      " ".join(link.url + link.text for link in outcome.links)])
+                      " ".join(link.url + link.text for link in outcome.links),
+                      json.dumps([c.model_dump() for c in outcome.checks])])
 
 
 # --- models -------------------------------------------------------------------------------------------------------
@@ -328,6 +329,10 @@ def test_expectations_not_met_fail_listing_each(ctx: StepContext, scripted: Scri
     assert info.value.details["problems"] == ['$.status: expected "ok", got "partial"',
                                               "length(rows): expected 3, got 2"]
     assert "Expectations not met" in (info.value.markdown or "")
+    assert [(c.name, c.verdict, c.expected, c.actual) for c in info.value.checks] == [
+        ("status", "passed", "200", "200"), ("function error", "passed", "none", "none"),
+        ("json_subset", "failed", '{"status": "ok"}', '$.status: expected "ok", got "partial"'),
+        ("length(rows)", "failed", "3", "2")]
 
 
 def test_expect_on_a_non_json_response_fails(ctx: StepContext, scripted: Script) -> None:
@@ -391,6 +396,7 @@ def test_sensitive_fields_never_leak(ctx: StepContext, scripted: Script, caplog:
     outcome = run(step(payload=payload, sensitive_fields=sensitive,
                        expect={"json_subset": {"ok": True}, "jmespath": {"echo.db.password": CANARY}}), ctx)
     texts.append(everything(outcome))
+    assert outcome.checks[-1].expected == outcome.checks[-1].actual == '"****"'  # the secret expected, masked
     assert outcome.details["payload"]["db"] == {"host": "h", "password": mask(CANARY)}
     assert outcome.details["payload"]["users"][0]["name"] == "a"
     assert mask(CANARY) in outcome.details["log_tail"]
@@ -400,8 +406,10 @@ def test_sensitive_fields_never_leak(ctx: StepContext, scripted: Script, caplog:
     with pytest.raises(StepError) as info:
         run(step(payload=payload, sensitive_fields=sensitive,
                  expect={"json_subset": {"db": {"password": CANARY}}, "jmespath": {"db.password": CANARY}}), ctx)
-    texts += [str(info.value), json.dumps(info.value.details)]
+    texts += [str(info.value), json.dumps(info.value.details), json.dumps([c.model_dump() for c in info.value.checks])]
     assert "$.db.password: expected ****, got ****" in info.value.message
+    assert [(c.expected, c.actual) for c in info.value.checks[2:]] == [
+        ('{"db": {"password": "****"}}', '$.db.password: expected ****, got ****'), ('"****"', '"****"')]
     scripted.reply(payload={"errorType": "AuthError", "errorMessage": f"login failed for {CANARY}"},
                    function_error="Unhandled", log=f"password={CANARY}")
     with pytest.raises(StepError) as info:

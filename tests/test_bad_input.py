@@ -25,8 +25,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from flows import pipeline_test
-from flows import spec as spec_module
+from flows import cli
+from flows.spec import load as spec_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "case.yaml"
@@ -471,7 +471,7 @@ def make(bad: Bad, folder: Path) -> Path:
 
 def test_the_base_case_is_valid(tmp_path: Path, no_aws: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     path = make(Bad("valid", []), tmp_path)
-    assert pipeline_test.main([str(path), "--validate"]) == 0, capsys.readouterr().err
+    assert cli.main([str(path), "--validate"]) == 0, capsys.readouterr().err
     assert no_aws == []
 
 
@@ -489,7 +489,7 @@ def test_bad_input_is_refused_in_process(bad: Bad, tmp_path: Path, monkeypatch: 
     tracemalloc.start()
     started = time.process_time()
     try:
-        code = pipeline_test.main([str(path), "--validate", *bad.args])
+        code = cli.main([str(path), "--validate", *bad.args])
     finally:
         elapsed = time.process_time() - started
         _, peak = tracemalloc.get_traced_memory()
@@ -518,7 +518,7 @@ def _check_message(bad: Bad, path: Path, output: str) -> None:
 #: while validating (ru_maxrss is in KiB on Linux)
 CHILD = f"""
 import os, resource, sys, time
-from flows.pipeline_test import main
+from flows.cli import main
 if os.path.exists("/proc/self/statm"):
     size = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
     resource.setrlimit(resource.RLIMIT_AS, (size + {MAX_BYTES}, resource.getrlimit(resource.RLIMIT_AS)[1]))
@@ -568,7 +568,7 @@ def test_ordinary_templates_still_render(template: str, expected: str) -> None:
     """The bounds refuse bombs, not everyday templates."""
     from datetime import datetime, timezone
 
-    from flows.templating import builtin_values, render
+    from flows.spec.templating import builtin_values, render
 
     values = {**builtin_values("c", "r", datetime(2026, 1, 2, tzinfo=timezone.utc), "UTC"), "bucket": "b"}
     assert render(template, values) == expected
@@ -596,7 +596,7 @@ def test_plan_and_policy_refuse_bad_input(bad: Bad, flag: str, tmp_path: Path, n
     """--plan and --iam-policy validate like a run (exit 2, file and field named, no AWS call), and refuse what
     a policy cannot be scoped by: an account or region that is not one, a KMS alias, a wildcard in a prefix."""
     path = make(bad, tmp_path)
-    code = pipeline_test.main([str(path), flag, *bad.args])
+    code = cli.main([str(path), flag, *bad.args])
     out, err = capsys.readouterr()
     assert code == 2, out + err
     _check_message(bad, path, out + err)
@@ -610,7 +610,7 @@ def test_the_policy_refuses_a_wildcard_in_a_resource_name(tmp_path: Path, no_aws
     bad = Bad("policy-wildcard-key", ["'s3://landing-bucket/in/*/' holds an IAM wildcard"],
               change=step(0, key_prefix="in/*/"))
     path = make(bad, tmp_path)
-    assert pipeline_test.main([str(path), "--iam-policy"]) == 2
+    assert cli.main([str(path), "--iam-policy"]) == 2
     _check_message(bad, path, "".join(capsys.readouterr()))
-    assert pipeline_test.main([str(path), "--plan"]) == 0
+    assert cli.main([str(path), "--plan"]) == 0
     assert no_aws == []

@@ -94,7 +94,7 @@ def test_invalid_spec_exits_2_names_step_and_field_and_calls_nothing(counting_en
 
 def test_validate_and_schema(tmp_path, monkeypatch, capsys) -> None:
     """--validate and --schema make no AWS call (in-process: the CLI's exit codes are covered above)."""
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: any call would fail
     spec = write_case(tmp_path, "some-bucket")

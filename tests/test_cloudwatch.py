@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.aws import ClientFactory
 from tasks.cloudwatch import MAX_LINE_CHARS, ExpectAlarmStateStep, ExpectLogEventsStep
-from tasks.errors import CHECK_FAILED, NOT_FOUND, TIMED_OUT, AwsCallError, CheckFailed, StepError
-from tasks.secrets import Secrets
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, NOT_FOUND, TIMED_OUT, AwsCallError, CheckFailed, StepError
+from tasks.kit.secrets import Secrets
 from tests.helpers import FakeClock, run_step
 
 ALARM = "orders-ingest-errors"

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-import flows.spec  # noqa: F401  (imports every service module: fills the registry)
-from flows.docs import REFERENCE, reference
-from flows.spec import json_schema
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, UNDO_KINDS, StepContext, UndoAction, UndoLog
+import flows.spec.model  # noqa: F401  (imports every service module: fills the registry)
+from flows.spec.model import json_schema
+from flows.spec.reference import REFERENCE, reference
+from tasks.kit.aws import ClientFactory
+from tasks.kit.step import REGISTRY, UNDO_KINDS, StepBase, StepContext, UndoAction, UndoLog
 from tests.helpers import MINIMAL, minimal
 
 KINDS = sorted(REGISTRY)
@@ -60,6 +60,18 @@ def test_every_registered_kind_has_a_minimal_instance_here() -> None:
     assert STATEFUL, "no kind changes AWS state: the undo-order test below checks nothing"
 
 
+def test_a_kind_name_registered_twice_is_refused() -> None:
+    """A module of PIPELINE_TEST_STEP_MODULES (or of the product) cannot take over a kind's name."""
+    from tasks.kit.step import step_kind
+
+    class Twin(StepBase):
+        kind: typing.Literal["upload"] = "upload"
+
+    with pytest.raises(TypeError, match="step kind 'upload' is already registered by tasks.s3.steps.UploadStep"):
+        step_kind(Twin)(lambda step, ctx: None)  # type: ignore[arg-type,return-value]
+    assert REGISTRY["upload"].model.__name__ == "UploadStep"
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_kind_is_a_literal_defaulting_to_its_registry_key(kind: str) -> None:
     model = REGISTRY[kind].model
@@ -85,7 +97,7 @@ def test_every_field_has_a_description(kind: str) -> None:
 def test_reference_has_a_heading_for_the_kind(kind: str) -> None:
     heading = f"## Step `{kind}`"
     assert heading in reference().splitlines()
-    assert heading in REFERENCE.read_text(encoding="utf-8").splitlines(), "run python -m flows.docs"
+    assert heading in REFERENCE.read_text(encoding="utf-8").splitlines(), "run python -m flows.spec.reference"
 
 
 @pytest.mark.parametrize("kind", KINDS)

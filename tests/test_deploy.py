@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from flows.local_server import free_port
+from flows.run.local_server import free_port
 from tests.helpers import migrated_prefect_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ PREFECT_YAML = ROOT / "prefect.yaml"
 ECS_YAML = ROOT / "deployments" / "prefect-ecs.yaml"
 ENTRYPOINT = "flows/pipeline_test.py:pipeline_test"
 DEMO_ENTRYPOINT = "flows/demo.py:pipeline_demo"
-SUITE_ENTRYPOINT = "flows/suite.py:pipeline_test_suite"
+SUITE_ENTRYPOINT = "flows/suite/flow.py:pipeline_test_suite"
 FLOW_NAME = "pipeline-test"
 POOL = "pipeline-test"
 HOME_PLACEHOLDER = "{{ $PIPELINE_TEST_HOME }}"
@@ -78,7 +78,7 @@ def serve_module() -> Any:
 
 # --------------------------------------------------------------------------------- prefect.yaml, statically
 def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
-    from flows.spec import load_spec
+    from flows.spec.load import load_spec
 
     config = load_yaml(PREFECT_YAML)
     assert config["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": HOME_PLACEHOLDER}}]
@@ -99,7 +99,7 @@ def test_one_deployment_per_example_case_with_schedule_pool_and_limit() -> None:
         # the case is valid, with the deployment's variables
         load_spec(ROOT / d["parameters"]["spec"], d["parameters"].get("variables"))
     # the nightly suite runs every example case; suite-case is what a suite's `run_as: deployment` starts
-    from flows.suite_spec import load_suite
+    from flows.suite.spec import load_suite
 
     everything = deployments_of(PREFECT_YAML)
     suites = [d for d in everything.values() if d["entrypoint"] == SUITE_ENTRYPOINT]
@@ -197,6 +197,7 @@ def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
         assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want.get("schedules", [])]
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_serve_main_lists_and_never_serves_without_a_server(monkeypatch, capsys) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -534,8 +535,13 @@ def test_deploy_all_on_a_real_server_and_a_process_worker_runs_a_case(tmp_path: 
     for verdict, (flow_run, extra) in runs.items():
         run, case_runs, logs, artifacts = asyncio.run(_read_run_tree(api, flow_run.id))
         assert run.name.startswith("demo-") and run.parameters == {**demo["parameters"], **extra}
-        assert [r.name[:len("orders-ingestion-")] for r in case_runs] == ["orders-ingestion-"]  # the subflow
+        # the subflow, its verdict put first in its name when it ended (the key history page shows it)
+        verdict_name = "✅ passed · orders-ingestion-" if verdict == "pass" else "❌ FAILED · orders-ingestion-"
+        assert [r.name[:len(verdict_name)] for r in case_runs] == [verdict_name]
         assert any(a.key == "case-orders-ingestion" for a in artifacts), [a.key for a in artifacts]
+        # the case report names the deployment that ran it, though the case is a subflow run of the demo's
+        report = next(a.data for a in artifacts if a.key == "case-orders-ingestion-report")
+        assert "not run from a deployment" not in report and "- **deployment**: demo\n" in report, report
         assert (tmp_path / f"evidence-{verdict}" / "manifest.json").is_file()  # the pack, where it was told
         text = "\n".join(log.message for log in logs)
         # a failed case is a failure, not a crash: no traceback, no stray "NoneType: None", in the UI's logs
@@ -589,9 +595,10 @@ def test_a_suite_runs_its_cases_as_runs_of_a_deployment_on_two_workers(tmp_path:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.emulator import emulator_env, moto_server
-    from flows.evidence_pack import verify
-    from flows.pipeline_test import drain_prefect_workers
-    from flows.suite import pipeline_test_suite, suite_result_of
+    from flows.evidence.pack.verify import verify
+    from flows.run.command import drain_prefect_workers
+    from flows.suite.cli import suite_result_of
+    from flows.suite.flow import pipeline_test_suite
 
     api, base = deployed.api, deployed.base
     prefect = [sys.executable, "-m", "prefect"]

@@ -5,18 +5,19 @@ from the README, and every Python command it quotes names a module or file that 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 
-from flows import docs
-from tasks.base import REGISTRY
+from flows.spec import reference as docs
+from tasks.kit.step import REGISTRY
 
 
 def test_spec_reference_and_schema_are_current() -> None:
-    assert docs.main(["--check"]) == 0, "run `python -m flows.docs` and commit the result"
+    assert docs.main(["--check"]) == 0, "run `python -m flows.spec.reference` and commit the result"
 
 
 def test_every_field_of_every_kind_is_documented() -> None:
@@ -63,6 +64,23 @@ def test_the_staleness_check_sees_an_edited_reference(monkeypatch: pytest.Monkey
     monkeypatch.setattr(docs, "REFERENCE", stale)
     monkeypatch.setattr(docs, "ROOT", tmp_path)
     assert docs.main(["--check"]) == 1
+
+
+def test_the_reports_schemas_are_generated_from_their_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """flows/evidence/pack/report.schema.json and suite-report.schema.json are the models' schemas; an edited one is stale."""
+    from flows.evidence import report as report_model
+
+    assert json.loads(report_model.SCHEMA_FILE.read_text(encoding="utf-8")) == report_model.case_report_schema()
+    assert json.loads(report_model.SUITE_SCHEMA_FILE.read_text(encoding="utf-8")) == \
+        report_model.suite_report_schema()
+    for name in ("SCHEMA_FILE", "SUITE_SCHEMA_FILE"):
+        with monkeypatch.context() as patch:
+            stale = tmp_path / f"{name}.json"
+            stale.write_text(getattr(docs, name).read_text(encoding="utf-8").replace('"schema_version"', '"v"'),
+                             encoding="utf-8")
+            patch.setattr(docs, name, stale)
+            patch.setattr(docs, "ROOT", tmp_path)
+            assert docs.main(["--check"]) == 1
 
 
 def _docs_pages() -> list[Path]:
@@ -137,3 +155,39 @@ def test_a_command_naming_nothing_is_caught() -> None:
 def test_the_readme_quotes_its_commands() -> None:
     commands = docs.python_commands(docs.README.read_text(encoding="utf-8"))
     assert ("file", "quickstart.py") in commands and ("module", "flows.pipeline_test") in commands
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _code_map() -> list[tuple[str, str]]:
+    """docs/development.md's code map: (path, the line) per entry; nesting by two spaces a level, an entry may
+    name several files ("ssm.py, ssm_restore.py")."""
+    page = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    block = page.split("## Code map", 1)[1].split("```", 2)[1]
+    entries: list[tuple[str, str]] = []
+    parents: list[str] = []
+    for line in block.splitlines():
+        if not line.strip() or line.startswith(" " * 12):  # a blank line, or a description's continuation
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        names = re.split(r",\s*", re.split(r"\s{2,}", line.strip())[0])
+        parents = parents[:depth]
+        for name in names:
+            entries.append(("".join(parents) + name, line))
+        if names[-1].endswith("/"):
+            parents.append(names[-1])
+    return entries
+
+
+def test_every_code_map_entry_exists_and_every_module_is_on_it() -> None:
+    entries = _code_map()
+    missing = [f"{path}  ({line.strip()[:60]})" for path, line in entries
+               if not path.startswith(("deployments/,", "prefect.yaml")) and not (ROOT / path).exists()]
+    assert not missing, f"code map entries that do not exist: {missing}"
+    mapped = {path for path, _ in entries}
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8").split("## Code map", 1)[1].split("```", 2)[1]
+    unmapped = [str(p.relative_to(ROOT)) for package in ("flows", "tasks") for p in sorted((ROOT / package).rglob("*.py"))
+                if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in mapped
+                and not (p.parent.relative_to(ROOT).as_posix() + "/" in mapped and p.name in text)]
+    assert not unmapped, f"modules the code map does not name: {unmapped}"

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.aws import ClientFactory
 from tasks.dynamodb import ExpectItemsStep, from_dynamodb, plain, to_dynamodb
-from tasks.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
-from tasks.secrets import Secrets
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
+from tasks.kit.secrets import Secrets
 from tests.helpers import FakeClock, run_step
 
 TABLE = "audit"
@@ -149,9 +149,10 @@ def test_the_demo_pipeline_writes_what_the_example_case_checks(monkeypatch: pyte
     """The example case's audit-item and dead-letter steps, rendered, pass against the demo's fake pipeline."""
     from flows.demo import CURATED_BUCKET, DEMO_CASE, LANDING_BUCKET, SOURCE_PARAMETER, FakePipeline
     from flows.emulator import emulator_env, moto_server
-    from flows.spec import iter_steps, load_spec, render_step
-    from flows.templating import builtin_values, resolve_variables
-    from tasks.aws import AwsTarget
+    from flows.spec.load import load_spec, render_step
+    from flows.spec.model import iter_steps
+    from flows.spec.templating import builtin_values, resolve_variables
+    from tasks.kit.aws import AwsTarget
 
     spec, folder = load_spec(DEMO_CASE)
     values = resolve_variables(spec.variables, builtin_values(spec.case, "run-1", datetime.now(timezone.utc), "UTC"))

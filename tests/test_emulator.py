@@ -89,7 +89,7 @@ def test_the_emulator_command_runs_an_example_case_and_stops_on_ctrl_c(prefect_h
 def test_a_port_in_use_is_refused_at_once(capsys) -> None:
     import socket
 
-    from flows.emulator import main
+    from flows.demo import emulator_main as main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

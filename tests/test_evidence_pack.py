@@ -21,15 +21,20 @@ from typing import Any
 import pytest
 import yaml
 
-from flows import evidence_pack as ep
-from flows import pack_folder
-from flows.pack_folder import PackFolderError
-from flows.results import CaseResult, StepResult
-from flows.spec import CaseSpec, parse_spec
-from flows.suite_pack import SuiteCaseResult, SuiteResult, write_suite_pack
-from tasks import markdown as md
-from tasks.errors import HashedItem, StepFile
-from tasks.secrets import mask
+from flows.evidence.pack import files as pack_files
+from flows.evidence.pack import folder as pack_folder
+from flows.evidence.pack import verify as ep
+from flows.evidence.pack import write as pack_write
+from flows.evidence.pack.folder import PackFolderError
+from flows.evidence.pack.write import redact_result
+from flows.evidence.report import SUITE_SCHEMA_FILE, CaseReport, read_case_report, read_suite_report
+from flows.evidence.results import CaseResult, StepResult
+from flows.spec.load import parse_spec
+from flows.spec.model import CaseSpec
+from flows.suite.pack import SuiteCaseResult, SuiteResult, result_from_pack, write_suite_pack
+from tasks.kit import markdown as md
+from tasks.kit.files import HashedItem, StepFile
+from tasks.kit.secrets import mask
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 RUN_ID = "0f5e2a9c-1b2d-4c3e-8f90-123456789abc"
@@ -131,8 +136,8 @@ def failing_result() -> CaseResult:
 
 
 def write(result: CaseResult, tmp_path: Path, **kw: object) -> Path:
-    folder = ep.default_pack_dir(tmp_path / "evidence", result)
-    return ep.write_pack(result, _case_spec(), folder, spec_text=SPEC_YAML, spec_path="cases/orders.yaml",
+    folder = pack_files.default_pack_dir(tmp_path / "evidence", result)
+    return pack_write.write_pack(result, _case_spec(), folder, spec_text=SPEC_YAML, spec_path="cases/orders.yaml",
                          generated_at=T0 + timedelta(seconds=4), **kw)  # type: ignore[arg-type]
 
 
@@ -153,11 +158,11 @@ def _json(path: Path) -> dict:
 # --------------------------------------------------------------------------------------- a complete pack
 def test_default_folder_and_prefix_name_the_case_time_and_run() -> None:
     result = passing_result()
-    folder = ep.default_pack_dir(Path("evidence"), result)
+    folder = pack_files.default_pack_dir(Path("evidence"), result)
     assert folder.as_posix() == "evidence/orders-ingestion/20260314T092653Z-0f5e2a9c"
-    assert ep.pack_prefix("/audit/pipeline-test/", result) == \
+    assert pack_files.pack_prefix("/audit/pipeline-test/", result) == \
         "audit/pipeline-test/orders-ingestion/20260314T092653Z-0f5e2a9c/"
-    assert ep.pack_prefix("", result.model_copy(update={"flow_run_id": None})).endswith("-local/")
+    assert pack_files.pack_prefix("", result.model_copy(update={"flow_run_id": None})).endswith("-local/")
 
 
 @pytest.mark.parametrize("make", [passing_result, failing_result], ids=["passed", "failed"])
@@ -181,21 +186,70 @@ def test_a_run_leaves_a_complete_intact_pack(make, tmp_path: Path) -> None:
 def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pack: Path) -> None:
     import jsonschema
 
-    schema = json.loads(ep.SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = json.loads(pack_files.SCHEMA_FILE.read_text(encoding="utf-8"))
     report = _json(failing_pack / "report.json")
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)
     assert (report["schema"], report["schema_version"]) == ("pipeline-test/evidence-report", 1)
     assert report["case"]["name"] == CASE and report["status"] == "failed"
-    assert report["spec"]["sha256"] == ep.sha256_bytes(SPEC_YAML.encode("utf-8"))
+    assert report["spec"]["sha256"] == pack_files.sha256_bytes(SPEC_YAML.encode("utf-8"))
     assert report["spec"]["case_sha256"] and report["spec"]["validated"]["case"] == CASE
     assert report["run"]["flow_run_id"] == RUN_ID and report["run"]["ui_url"].endswith(RUN_ID)
     assert report["run"]["started_at"] == "2026-03-14T09:26:53Z"
     assert report["variables"]["landing_bucket"] == "demo-landing"
-    assert report["counts"] == {"total": 5, "passed": 2, "failed": 1, "error": 1, "skipped": 1}
+    assert report["counts"] == {"total": 5, "passed": 2, "warned": 0, "failed": 1, "error": 1,
+                                "skipped": 1}
     assert report["first_failure"]["label"] == "curated-file-written"
     step = report["steps"][0]
     assert (step["kind"], step["status"], step["duration_s"]) == ("upload", "passed", 0.21)
     assert step["request_ids"] == ["REQ-UP-1", "REQ-UP-2"] and step["details"]["uploads"][0]["sha256"] == SHA_ORDERS
+
+
+def test_report_json_round_trips_through_the_models(failing_pack: Path) -> None:
+    """report.json is a CaseReport: read back, dumped again, it is the same JSON; the suite's reading of it (a case
+    a worker ran) gives the result back, all but what only the run knew (hashed items, files, where its pack is)."""
+    text = (failing_pack / "report.json").read_text(encoding="utf-8")
+    report = read_case_report(failing_pack)
+    assert report.to_json() == json.loads(text)
+    assert CaseReport.model_validate_json(json.dumps(report.to_json())) == report
+    assert report.schema_ == "pipeline-test/evidence-report" and report.counts.failed == 1
+    back = CaseResult.from_report(report)
+    original = redact_result(failing_result(), [])
+    assert back.model_dump(exclude={"steps"}) == original.model_dump(exclude={"steps"})
+    assert [s.model_dump(exclude={"items", "files"}) for s in back.steps] == \
+        [s.model_dump(exclude={"items", "files"}) for s in original.steps]
+    assert result_from_pack(failing_pack) == back and result_from_pack(failing_pack.parent / "none") is None
+
+
+def test_a_report_json_of_an_older_pack_still_reads(failing_pack: Path) -> None:
+    """Fields added within version 1 (audit, notice, a step's evidence, links and checks) may be absent."""
+    data = _json(failing_pack / "report.json")
+    for name in ("audit", "notice"):
+        data.pop(name)
+    for step in data["steps"]:
+        for name in ("evidence", "links", "checks"):
+            step.pop(name)
+    old = CaseReport.model_validate(data)
+    assert old.audit is None and old.steps[0].links == [] and old.steps[0].evidence == ""
+    with pytest.raises(ValueError, match="schema_version"):
+        CaseReport.model_validate({**data, "schema_version": 2})
+
+
+def test_a_suite_report_json_round_trips_through_the_models(tmp_path: Path) -> None:
+    import jsonschema
+
+    suite = tmp_path / "suite"
+    ep.write_pack(failing_result(), _case_spec(), suite / "cases" / "orders-ingestion")
+    case = SuiteCaseResult(case=CASE, path="cases/orders.yaml", status="failed", started_at=T0, ended_at=T0,
+                           result=failing_result(), pack="cases/orders-ingestion")
+    gone = SuiteCaseResult(case="Other", path="cases/other.yaml", status="not run", started_at=T0, ended_at=T0,
+                           reason="its locks could not be had")
+    write_suite_pack(SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case, gone]), suite)
+    data = _json(suite / "report.json")
+    jsonschema.Draft202012Validator(json.loads(SUITE_SCHEMA_FILE.read_text(encoding="utf-8"))).validate(data)
+    report = read_suite_report(suite)
+    assert report.to_json() == data and data["counts"] == {"passed": 0, "failed": 1, "not run": 1}
+    assert [(c.case, c.status, c.failed_step) for c in report.cases] == [(CASE, "failed", "2.1"),
+                                                                         ("Other", "not run", None)]
 
 
 def test_report_markdown_has_the_case_report_and_every_step(failing_pack: Path) -> None:
@@ -204,7 +258,7 @@ def test_report_markdown_has_the_case_report_and_every_step(failing_pack: Path) 
     assert md.message(FAILURE_MESSAGE) in text and md.message(ERROR_MESSAGE) in text  # as wrapped, escaped text
     for label in ("land-orders-file", "curated-file-written", "rejects-empty", "archive-written", "cleanup"):
         assert f"· {label} ·" in text
-    assert SHA_ORDERS in text and "python -m flows.evidence verify" in text
+    assert SHA_ORDERS in text and "python -m flows.pipeline_test verify" in text
 
 
 def test_query_results_with_a_recorded_hash_are_in_the_manifest(tmp_path: Path) -> None:
@@ -228,9 +282,9 @@ def test_a_pack_goes_only_into_a_new_or_empty_folder(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "notes.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(PackFolderError, match="not empty"):
-        ep.write_pack(passing_result(), None, folder)
+        pack_write.write_pack(passing_result(), None, folder)
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
-    bare = ep.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
+    bare = pack_write.write_pack(passing_result(), None, tmp_path / "bare")  # no spec: no copy, still intact
     assert sorted(p.name for p in bare.iterdir()) == sorted(set(ALL_FILES) - {"spec.yaml"})
     assert ep.verify(bare) == []
 
@@ -254,7 +308,7 @@ def test_verify_names_a_file_with_one_byte_changed(failing_pack: Path, name: str
 
 @pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_verify_from_the_command_line(passing_pack: Path) -> None:
-    cmd = [sys.executable, "-m", "flows.evidence_pack", "verify", str(passing_pack)]
+    cmd = [sys.executable, "-m", "flows.evidence.pack.verify", "verify", str(passing_pack)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
     assert done.returncode == 0 and "is intact" in done.stdout, done.stderr
     (passing_pack / "junit.xml").write_text("<testsuites/>", encoding="utf-8")
@@ -434,7 +488,7 @@ def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
     spec_text = SPEC_YAML + f"# leaked in a comment: {plain} {tricky}\n"
     case = parse_spec({**yaml.safe_load(SPEC_YAML), "description": f"case {plain}"}, "<spec>", Path.cwd())
     # keys and names (a spec's path, a step's label) are never masked, by design: values are
-    folder = ep.write_pack(result, case, tmp_path / "pack", spec_text=spec_text, spec_path="cases/orders.yaml",
+    folder = pack_write.write_pack(result, case, tmp_path / "pack", spec_text=spec_text, spec_path="cases/orders.yaml",
                            secrets=list(CANARIES))
     files = ep.pack_files(folder)
     assert set(files) == set(ALL_FILES)
@@ -448,7 +502,7 @@ def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
     spec = _json(folder / "report.json")["spec"]
     assert spec["redacted"] is True  # and its hashes are of what the pack shows, so no guess can be confirmed
     assert spec["sha256"] == ep.sha256_file(folder / "spec.yaml")
-    assert spec["case_sha256"] == ep.sha256_bytes(
+    assert spec["case_sha256"] == pack_files.sha256_bytes(
         json.dumps(spec["validated"], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     assert ep.verify(folder) == []
 
@@ -456,7 +510,7 @@ def test_no_secret_reaches_any_file_of_the_pack(tmp_path: Path) -> None:
 def test_the_spec_copy_and_its_hash_match_the_file_byte_for_byte(tmp_path: Path) -> None:
     spec_file = tmp_path / "orders.yaml"
     spec_file.write_bytes(SPEC_YAML.replace("\n", "\r\n").encode("utf-8"))  # a Windows checkout
-    folder = ep.write_pack(passing_result(), _case_spec(), tmp_path / "pack", spec_path=spec_file)
+    folder = pack_write.write_pack(passing_result(), _case_spec(), tmp_path / "pack", spec_path=spec_file)
     assert (folder / "spec.yaml").read_bytes() == spec_file.read_bytes()
     report = _json(folder / "report.json")
     assert report["spec"]["sha256"] == ep.sha256_file(spec_file) and report["spec"]["source"] == str(spec_file)
@@ -482,7 +536,7 @@ class _TextMode:
 
 
 class _FakeOs:
-    """``flows.pack_folder``'s view of Windows, on Linux: ``O_BINARY`` exists, a file opened without it is in text
+    """``flows.evidence.pack.folder``'s view of Windows, on Linux: ``O_BINARY`` exists, a file opened without it is in text
     mode; ``name`` is "nt" only when asked; ``fail`` makes opening a file of that name fail with that errno."""
 
     O_BINARY = 1 << 29  # a bit Linux's open() never sees: it is taken off before the real call
@@ -537,7 +591,7 @@ def test_every_pack_file_is_written_in_binary_mode_so_windows_writes_the_same_by
     monkeypatch.setattr(pack_folder, "os", windows)
     spec_lf = tmp_path / "orders.yaml"
     spec_lf.write_bytes(SPEC_YAML.encode("utf-8"))
-    folder = ep.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "lf", spec_path=spec_lf)
+    folder = pack_write.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "lf", spec_path=spec_lf)
     files = _pack_bytes(folder)
     assert set(files) == {*ALL_FILES, "steps/3/reconcile/missing.csv"}
     assert [name for name, data in files.items() if b"\r" in data] == []
@@ -549,14 +603,14 @@ def test_every_pack_file_is_written_in_binary_mode_so_windows_writes_the_same_by
 
     spec_crlf = tmp_path / "windows.yaml"
     spec_crlf.write_bytes(SPEC_YAML.replace("\n", "\r\n").encode("utf-8"))
-    folder = ep.write_pack(passing_result(), _case_spec(), tmp_path / "crlf", spec_path=spec_crlf)
+    folder = pack_write.write_pack(passing_result(), _case_spec(), tmp_path / "crlf", spec_path=spec_crlf)
     assert (folder / "spec.yaml").read_bytes() == spec_crlf.read_bytes()
     assert _json(folder / "report.json")["spec"]["sha256"] == ep.sha256_file(spec_crlf)
     assert [n for n, data in _pack_bytes(folder).items() if b"\r" in data] == ["spec.yaml"]
 
     # a suite's pack over it: its own files too
     suite = tmp_path / "suite"
-    ep.write_pack(passing_result(), _case_spec(), suite / "cases" / "orders-ingestion", spec_path=spec_lf)
+    pack_write.write_pack(passing_result(), _case_spec(), suite / "cases" / "orders-ingestion", spec_path=spec_lf)
     case = SuiteCaseResult(case=CASE, path=str(spec_lf), status="passed", started_at=T0, ended_at=T0,
                            result=passing_result(), pack="cases/orders-ingestion")
     write_suite_pack(SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case]), suite)
@@ -571,15 +625,15 @@ def test_a_pack_that_cannot_be_written_leaves_nothing_behind(tmp_path: Path, mon
     monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=(failing, code)))
     before = sorted(tmp_path.iterdir())
     with pytest.raises(OSError, match=os.strerror(code)):
-        ep.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "pack", spec_text=SPEC_YAML)
+        pack_write.write_pack(_with_step_file(tmp_path), _case_spec(), tmp_path / "pack", spec_text=SPEC_YAML)
     assert sorted(p for p in tmp_path.iterdir() if p.name != "scratch") == before  # no pack, no temporary folder
 
 
 def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_path: Path, monkeypatch) -> None:
-    from flows.suite import exit_code
+    from flows.suite.cli import exit_code
 
     suite = tmp_path / "suite"
-    ep.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
+    pack_write.write_pack(passing_result(), None, suite / "cases" / "orders-ingestion")
     case = SuiteCaseResult(case=CASE, path="orders.yaml", status="passed", started_at=T0, ended_at=T0,
                            result=passing_result(), pack="cases/orders-ingestion")
     result = SuiteResult(suite="nightly", started_at=T0, ended_at=T0, cases=[case])
@@ -595,8 +649,8 @@ def test_a_suite_pack_that_cannot_be_written_leaves_only_its_cases_packs(tmp_pat
 
 def test_a_full_or_read_only_folder_is_refused_when_claimed(tmp_path: Path, monkeypatch) -> None:
     """The claim (before the run) writes a probe: ENOSPC or EROFS there refuse the folder, and leave nothing."""
-    from flows.pipeline_test import check_evidence_dir
-    from flows.recover import CouldNotRun
+    from flows.run.command import check_evidence_dir
+    from flows.run.recover import CouldNotRun
 
     for code in (errno.ENOSPC, errno.EROFS):
         monkeypatch.setattr(pack_folder, "os", _FakeOs(fail=(".", code)))  # the probe's name starts with "."
@@ -615,9 +669,9 @@ def test_two_runs_given_one_folder_one_is_refused_and_nothing_mixes(tmp_path: Pa
     with pytest.raises(PackFolderError, match="another run is writing an evidence pack to"):
         pack_folder.claim(folder, True)
     with pytest.raises(PackFolderError, match="another run is writing"):
-        ep.write_pack(failing_result(), None, folder)
+        pack_write.write_pack(failing_result(), None, folder)
     folder.mkdir()  # an empty folder in its place meanwhile is fine: the pack replaces it
-    assert ep.write_pack(passing_result(), None, folder, claim=first) == folder
+    assert pack_write.write_pack(passing_result(), None, folder, claim=first) == folder
     assert ep.verify(folder) == [] and _json(folder / "report.json")["status"] == "passed"
     with pytest.raises(PackFolderError, match="is not empty"):
         pack_folder.claim(folder, True)
@@ -628,7 +682,7 @@ def test_two_runs_given_one_folder_one_is_refused_and_nothing_mixes(tmp_path: Pa
     other.mkdir()
     (other / "notes.txt").write_text("someone else's", encoding="utf-8")
     with pytest.raises(PackFolderError, match="was filled by something else"):
-        ep.write_pack(passing_result(), None, other, claim=late)
+        pack_write.write_pack(passing_result(), None, other, claim=late)
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"] and not list(tmp_path.glob(".*"))
 
 
@@ -653,7 +707,7 @@ def _fake_windows(monkeypatch, icacls: subprocess.CompletedProcess | None = None
 def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path, monkeypatch, caplog) -> None:
     calls = _fake_windows(monkeypatch)
     (tmp_path / "pack").mkdir()  # an empty folder given with --evidence-dir: Windows renames onto nothing
-    folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
+    folder = pack_write.write_pack(passing_result(), None, tmp_path / "pack", private=True)
     staging = str(pack_folder.staging_dir(tmp_path / "pack"))  # set before the first file, renamed with the pack
     assert calls == [["whoami", "/user", "/fo", "csv", "/nh"],
                      ["icacls", staging, "/inheritance:r", "/grant:r", "*S-1-5-21-1-2-3-1001:(OI)(CI)F", "/q"]]
@@ -661,19 +715,19 @@ def test_a_private_pack_on_windows_gets_an_owner_only_access_list(tmp_path: Path
 
     monkeypatch.setenv("USERNAME", "ana")  # whoami missing: the user's name
     calls = _fake_windows(monkeypatch, whoami=None)
-    ep.write_pack(passing_result(), None, tmp_path / "named", private=True)
+    pack_write.write_pack(passing_result(), None, tmp_path / "named", private=True)
     assert calls[-1][-2] == "ana:(OI)(CI)F"
 
     calls = _fake_windows(monkeypatch)  # not private: no access list
-    ep.write_pack(passing_result(), None, tmp_path / "open", private=False)
+    pack_write.write_pack(passing_result(), None, tmp_path / "open", private=False)
     assert calls == []
 
 
 def test_a_pack_that_cannot_be_made_private_on_windows_says_so(tmp_path: Path, monkeypatch, caplog) -> None:
     denied = subprocess.CompletedProcess(["icacls"], 5, "", "Access is denied.\r\n")
     _fake_windows(monkeypatch, icacls=denied)
-    with caplog.at_level(logging.WARNING, logger="flows.pack_folder"):
-        folder = ep.write_pack(passing_result(), None, tmp_path / "pack", private=True)
+    with caplog.at_level(logging.WARNING, logger="flows.evidence.pack.folder"):
+        folder = pack_write.write_pack(passing_result(), None, tmp_path / "pack", private=True)
     assert ep.verify(folder) == []  # the pack is still written, and the warning names its folder
     assert (f"The evidence pack {tmp_path / 'pack'} could not be made private (icacls: Access is denied.)"
             in caplog.text)
@@ -681,7 +735,7 @@ def test_a_pack_that_cannot_be_made_private_on_windows_says_so(tmp_path: Path, m
 
 # ---------------------------------------------------------------------------------------------- S3 upload
 def test_upload_pack_puts_every_file_encrypted_manifest_last(failing_pack: Path, s3, bucket: str) -> None:
-    prefix = ep.pack_prefix("evidence/", failing_result())
+    prefix = pack_files.pack_prefix("evidence/", failing_result())
     keys = ep.upload_pack(s3, failing_pack, bucket, prefix)
     assert keys[-1] == prefix + "manifest.json"
     assert sorted(keys) == sorted(prefix + n for n in ALL_FILES)
@@ -691,7 +745,7 @@ def test_upload_pack_puts_every_file_encrypted_manifest_last(failing_pack: Path,
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert body == (failing_pack / key.removeprefix(prefix)).read_bytes()
     assert s3.head_object(Bucket=bucket, Key=prefix + "report.html")["ContentType"].startswith("text/html")
-    from tasks.errors import AwsCallError
+    from tasks.kit.errors import AwsCallError
 
     with pytest.raises(AwsCallError, match="PreconditionFailed"):  # evidence is never replaced
         ep.upload_pack(s3, failing_pack, bucket, prefix)
@@ -798,7 +852,7 @@ def test_specs_data_and_docs_are_checked_out_with_lf_on_every_os() -> None:
 
 
 def test_cases_of_a_suite_whose_names_slug_alike_get_packs_of_their_own() -> None:
-    from flows.suite import case_pack
+    from flows.suite.flow import case_pack
 
     cases = [SimpleNamespace(spec=SimpleNamespace(case=name)) for name in ("Orders v1", "orders-v1", "Orders v1",
                                                                            "orders-v1-2", "")]

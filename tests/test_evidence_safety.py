@@ -30,9 +30,10 @@ from markdown_it import MarkdownIt
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-import flows.notify
-from flows import evidence_pack
-from tasks.secrets import MASK_KEY_ENV, mask
+import flows.evidence.notify
+from flows.evidence.pack import verify as evidence_pack
+from flows.evidence.pack.files import pack_files
+from tasks.kit.secrets import MASK_KEY_ENV, mask
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 REGION = "us-east-1"
@@ -120,7 +121,7 @@ def slack(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         sent.append(text)
         return f"webhook block '{block_name}'"
 
-    monkeypatch.setattr(flows.notify, "_send_webhook", send)
+    monkeypatch.setattr(flows.evidence.notify, "_send_webhook", send)
     return sent
 
 
@@ -151,7 +152,7 @@ def artifacts_of(flow_run_id: str) -> list[Any]:
 
 
 def pack_texts(folder: Path) -> dict[str, str]:
-    return {name: (folder / name).read_text(encoding="utf-8") for name in evidence_pack.pack_files(folder)}
+    return {name: (folder / name).read_text(encoding="utf-8") for name in pack_files(folder)}
 
 
 # ------------------------------------------------------------------------------------------------- the canary
@@ -190,7 +191,7 @@ def canary_case(folder: Path) -> Path:
 def test_canary_never_leaks_by_any_route(aws_lambda, slack, tmp_path, run_logs, capsys, monkeypatch) -> None:
     import boto3
 
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     monkeypatch.setenv(MASK_KEY_ENV, "a-key-the-user-keeps")
     ssm = boto3.client("ssm", region_name=REGION)
@@ -315,7 +316,8 @@ def assert_markdown_is_the_templates(text: str, where: str) -> None:
 def test_hostile_values_cannot_break_or_forge_the_evidence(aws_lambda, tmp_path, run_logs, monkeypatch) -> None:
     import boto3
 
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
 
     monkeypatch.delenv(MASK_KEY_ENV, raising=False)
     boto3.client("s3", region_name=REGION).create_bucket(Bucket="hostile")
@@ -430,9 +432,10 @@ def test_a_full_or_read_only_evidence_folder_is_refused_before_anything_changes(
                                                                                 monkeypatch) -> None:
     """Exit 3 and nothing changed, for --evidence-dir and the default folder, for a case, its flow run (as a
     deployment or a suite runs it) and a suite."""
-    from flows.pipeline_test import main, pipeline_test
-    from flows.recover import CouldNotRun
-    from flows.suite import pipeline_test_suite
+    from flows.cli import main
+    from flows.pipeline_test import pipeline_test
+    from flows.run.recover import CouldNotRun
+    from flows.suite.flow import pipeline_test_suite
 
     spec, ssm = ssm_case
     with _tmpfs(tmp_path / "full", "size=64k") as full, _tmpfs(tmp_path / "ro", "ro", "size=64k") as read_only:
@@ -459,8 +462,8 @@ def test_a_full_or_read_only_evidence_folder_is_refused_before_anything_changes(
 def test_a_pack_that_fills_the_disk_after_the_run_is_exit_4_and_leaves_nothing(ssm_case, tmp_path, capsys) -> None:
     """Room for the claim's probe, not for the pack: the run undoes its change, says PASSED and NO EVIDENCE, exits 4
     (the flow run fails), and no half pack nor temporary folder is left."""
-    from flows.pipeline_test import format_result, main
-    from flows.results import CaseResult
+    from flows.cli import format_result, main
+    from flows.evidence.results import CaseResult
 
     spec, ssm = ssm_case
     with _tmpfs(tmp_path / "small", "size=64k") as small:
@@ -481,9 +484,10 @@ def test_a_pack_that_fills_the_disk_after_the_run_is_exit_4_and_leaves_nothing(s
 def test_two_runs_given_one_evidence_folder_never_mix(ssm_case, tmp_path, capsys) -> None:
     """A run that finds the folder claimed by a run in progress is refused before its first change (exit 3); one
     that finds it written is refused too (exit 2, as any folder that is not new); the first run's pack is intact."""
-    from flows.pack_folder import claim
-    from flows.pipeline_test import main, pipeline_test
-    from flows.recover import CouldNotRun
+    from flows.cli import main
+    from flows.evidence.pack.folder import claim
+    from flows.pipeline_test import pipeline_test
+    from flows.run.recover import CouldNotRun
 
     spec, ssm = ssm_case
     folder = tmp_path / "shared"
@@ -502,7 +506,7 @@ def test_two_runs_given_one_evidence_folder_never_mix(ssm_case, tmp_path, capsys
 
 
 def test_a_pack_that_cannot_be_uploaded_is_exit_4_and_stays_on_disk(ssm_case, tmp_path, capsys) -> None:
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     spec, ssm = ssm_case
     raw = yaml.safe_load(spec.read_text())

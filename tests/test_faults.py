@@ -46,17 +46,19 @@ from moto.athena.models import QueryResults, athena_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from prefect.states import State
 
-import flows.evidence
+import flows.evidence.ui
 import tasks.athena as athena_mod
 from flows.emulator import FAKE_ENV, REAL_ENV
-from flows.engine import execute_step, undo_now
-from flows.evidence_pack import verify, write_pack
-from flows.results import CaseResult, StepResult
-from flows.spec import iter_steps, parse_spec
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import REGISTRY, StepContext, StepKind, UndoLog
-from tasks.errors import CLEANUP_FAILED
-from tasks.polling import Clock
+from flows.evidence.pack.verify import verify
+from flows.evidence.pack.write import write_pack
+from flows.evidence.results import CaseResult, StepResult
+from flows.run.engine import execute_step, undo_now
+from flows.spec.load import parse_spec
+from flows.spec.model import iter_steps
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.errors import CLEANUP_FAILED
+from tasks.kit.polling import Clock
+from tasks.kit.step import REGISTRY, StepContext, StepKind, UndoLog
 
 REGION = "us-east-1"
 BUCKET = "fault-bucket"
@@ -441,7 +443,7 @@ def harness(account: ClientFactory, injector: Injector, spec_dir: Path, tmp_path
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Harness]:
     """Cases in-process on the module's account; step evidence is not sent to Prefect (there is no run here)."""
     hook_runners(monkeypatch, injector)
-    monkeypatch.setattr(flows.evidence, "publish_step", lambda result, outcome: None)
+    monkeypatch.setattr(flows.evidence.ui, "publish_step", lambda result, outcome, publisher=None: None)
     (tmp_path / "packs").mkdir()
     harness = Harness(account, injector, spec_dir, tmp_path / "packs")
     yield harness
@@ -587,7 +589,8 @@ def flow_harness(account: ClientFactory, injector: Injector, monkeypatch: pytest
 
 
 def run_flow(raw: dict[str, Any], spec_dir: Path, injector: Injector, plan: dict[Call, Fault]) -> CaseResult:
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
 
     injector.reset(plan)
     state = pipeline_test(spec=raw, base_dir=str(spec_dir), return_state=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -10,32 +9,13 @@ from typing import Any
 
 import pytest
 
-from flows.pipeline_test import pipeline_test, result_of
-from flows.results import CaseFailed, CaseResult
-from tasks.base import format_duration
-from tests.helpers import assert_complete_pack, read_artifacts
+from flows.evidence.results import CaseFailed, CaseResult, result_of
+from flows.pipeline_test import pipeline_test
+from tasks.kit.step import format_duration
+from tests.helpers import UPLOAD, assert_complete_pack, read_artifacts, read_task_runs
+from tests.helpers import flow_spec as spec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def spec(*steps: dict[str, Any], name: str = "Flow test") -> dict[str, Any]:
-    return {"case": name, "variables": {"bucket": "flow-bucket"}, "aws": {"region": "us-east-1"},
-            "steps": list(steps)}
-
-
-UPLOAD = {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
-          "key_prefix": "in/{{ flow_run_id }}/", "cleanup": True}
-
-
-def read_task_runs(flow_run_id: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async def go() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-
-    return asyncio.run(go())
 
 
 def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -> None:
@@ -58,7 +38,8 @@ def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -
                                                         ("✅ passed", "end cleanup")]
     assert list(rows[0]) == ["status", "step", "duration", "detail"]  # the verdict first: always in view
     step_md = [a for a in artifacts if a.type == "markdown" and a.key is None and a.data.startswith("## Step")]
-    assert len(step_md) == 3 and all(a.task_run_id for a in step_md)  # one per step, cleanup included
+    assert len(step_md) == 3 and not any(a.task_run_id for a in step_md)  # one per step, cleanup included: the
+    # flow run's, in step order (flows.evidence.ui)
     links = [a for a in artifacts if a.key is None and a.data.startswith("[s3://flow-bucket/in/")]
     assert len(links) == 2  # the uploaded object and the object found
     assert any("## Step 1 · land · ✅ passed" in a.data for a in step_md)
@@ -111,7 +92,7 @@ def test_continue_on_failure_and_parallel_groups(s3, data_dir: Path) -> None:
 
 
 def test_unexpected_exception_in_a_step_is_an_error_and_cleanup_still_runs(s3, data_dir, monkeypatch) -> None:
-    import tasks.s3
+    import tasks.s3.steps
 
     s3.create_bucket(Bucket="flow-bucket")
     boom = {"kind": "expect_objects", "name": "boom", "bucket": "{{ bucket }}", "keys": ["x"]}
@@ -119,7 +100,7 @@ def test_unexpected_exception_in_a_step_is_an_error_and_cleanup_still_runs(s3, d
     def explode(*_: Any, **__: Any) -> Any:
         raise RuntimeError("bug in a step")
 
-    monkeypatch.setattr(tasks.s3, "expect_objects", explode)
+    monkeypatch.setattr(tasks.s3.steps, "expect_objects", explode)
     state = pipeline_test(spec=spec(UPLOAD, boom, name="Error case"), base_dir=str(data_dir), return_state=True)
     result = result_of(state)
     assert result is not None

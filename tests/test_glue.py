@@ -20,15 +20,14 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.glue.models import glue_backends
 from moto.moto_api import state_manager
 
-from flows.spec import SpecError, parse_spec
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import REGISTRY, StepContext
-from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
-from tasks.expect import console_link
+from flows.spec.load import SpecError, parse_spec
 from tasks.glue import GlueCrawlerStep, GlueJobStep, masked_arguments, sensitive_argument
-from tasks.polling import WaitInterrupted
-from tasks.runs import literal
-from tasks.secrets import STARS
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.console_links import console_link, literal
+from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
+from tasks.kit.polling import WaitInterrupted
+from tasks.kit.secrets import STARS
+from tasks.kit.step import REGISTRY, StepContext
 from tests.helpers import REGION, FakeClock, failing_calls
 
 JOB = "transform-orders"
@@ -143,6 +142,9 @@ def test_failed_run_fails_the_step_with_glues_error_message(glue_clients: Client
     assert err.value.code == CHECK_FAILED
     assert err.value.markdown and "AnalysisException" in err.value.markdown
     assert err.value.details["error_message"] == "AnalysisException: Path does not exist"
+    [check] = err.value.checks
+    assert (check.name, check.verdict, check.expected) == ("final state", "failed", "SUCCEEDED")
+    assert check.actual == err.value.message  # what ended how, and Glue's reason
 
 
 def test_an_expected_failure_passes(glue_clients: ClientFactory, tmp_path: Path) -> None:
@@ -318,6 +320,12 @@ def test_missing_table_and_wrong_columns_fail_the_step(glue_clients: ClientFacto
         f"table {DATABASE}.orders partition keys are [none], not ['dt']",
         f"table {DATABASE}.customers does not exist",
     ]
+    assert [(c.name, c.where, c.verdict) for c in err.value.checks] == [
+        ("crawl status", "", "passed"), ("table", f"{DATABASE}.orders", "failed"),
+        ("table", f"{DATABASE}.customers", "failed")]
+    assert err.value.checks[1].expected == "exists, columns id:bigint, amount, partition keys ['dt']"
+    assert err.value.checks[1].actual == "; ".join(err.value.details["problems"][:3])
+    assert err.value.checks[2].actual == f"table {DATABASE}.customers does not exist"
 
 
 @pytest.mark.usefixtures("crawls_run")

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import yaml
 
-import flows.spec  # noqa: F401  (fills the registry)
-from flows.iam_policy import build_policy
-from flows.plan import Plan, plan_case, run_footprint
-from flows.spec import iter_steps, parse_spec
-from tasks.base import REGISTRY, footprint
-from tasks.iam import OPERATION_ACTIONS, Arns, actions_of
+import flows.spec.model  # noqa: F401  (fills the registry)
+from flows.plan.changes import Plan, plan_case, run_footprint
+from flows.plan.iam_policy import build_policy
+from flows.spec.load import parse_spec
+from flows.spec.model import iter_steps
+from tasks.kit.iam import OPERATION_ACTIONS, Arns, actions_of
+from tasks.kit.step import REGISTRY, footprint
 from tests.fixtures.iam_calls import ENV, KIND_TESTS, RECORDER
 from tests.helpers import minimal
 
@@ -212,7 +213,7 @@ def test_a_denial_names_the_iam_action() -> None:
     from botocore.exceptions import ClientError
     from botocore.stub import Stubber
 
-    from tasks.aws import AwsTarget, ClientFactory
+    from tasks.kit.aws import AwsTarget, ClientFactory
 
     clients = ClientFactory(AwsTarget(region="us-east-1"))
     s3, ssm = clients.client("s3"), clients.client("ssm")

@@ -28,11 +28,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from flows import pipeline_test as cli
+from flows import cli
 from flows.demo import DEMO_CASE, LANDING_BUCKET, PRODUCTION_SOURCE, REGION, SOURCE_PARAMETER, FakePipeline
 from flows.emulator import moto_api, moto_server, use_emulator
-from flows.pipeline_test import pipeline_test, result_of
-from flows.results import CaseResult
+from flows.evidence.results import CaseResult, result_of
+from flows.pipeline_test import pipeline_test
 
 ACCOUNT = "123456789012"  # moto's account
 #: actions moto checks under another name than AWS's

@@ -17,20 +17,22 @@ import pytest
 import yaml
 from pydantic import SecretStr, ValidationError
 
-from flows import spec_file
-from flows.sandbox import SAFE_FILTERS, indented_json_size
-from flows.spec import CaseSpec, EvidenceSettings, SpecError, load_spec, parse_spec, resource_names
-from flows.templating import TemplateError, builtin_values, render
-from tasks import nesting
+from flows.spec import reader as spec_file
+from flows.spec.load import SpecError, load_spec, parse_spec, resource_names
+from flows.spec.model import CaseSpec, EvidenceSettings
+from flows.spec.template_sandbox import SAFE_FILTERS, indented_json_size
+from flows.spec.templating import TemplateError, builtin_values, render
 from tasks.athena.reconcile import _json_line
 from tasks.athena.sql_guard import check_literal, check_sql, with_parameters
 from tasks.athena.step import AthenaQueryStep
 from tasks.awslambda import InvokeLambdaStep, load_payload
-from tasks.errors import StepError
-from tasks.json_checks import MISSING, parse_json
-from tasks.object_content import ObjectCsvOptions
-from tasks.polling import PollSettings
-from tasks.s3 import ExpectObjectsStep, UploadStep, check_glob, posix_key
+from tasks.kit import nesting
+from tasks.kit.errors import StepError
+from tasks.kit.json_expect import MISSING, parse_json
+from tasks.kit.polling import PollSettings
+from tasks.s3.content_spec import ObjectCsvOptions
+from tasks.s3.keys import check_glob, posix_key
+from tasks.s3.steps import ExpectObjectsStep, UploadStep
 from tasks.ssm import SetParametersStep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +135,7 @@ def test_what_could_multiply_size_is_refused_before_it_runs(template: str, refus
 
 
 def test_the_filters_are_an_allow_list() -> None:
-    from flows.templating import _env
+    from flows.spec.templating import _env
 
     assert set(_env.filters) == SAFE_FILTERS
     assert not {"pprint", "random", "urlize", "wordwrap", "xmlattr", "safe", "forceescape"} & SAFE_FILTERS
@@ -376,7 +378,7 @@ def test_a_literal_secret_in_a_name_is_refused_and_other_values_pass(tmp_path: P
 
 
 def test_a_secret_in_a_name_is_refused_for_a_case_of_a_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     raw = spec(steps=[secure_step(), {"kind": "expect_objects", "bucket": "landing-bucket",
                                       "prefix": "in/{{ token }}/"}])
@@ -401,7 +403,7 @@ def test_a_problem_never_quotes_a_secret(token: str) -> None:
 
 def test_a_name_calling_a_secret_function_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """A template function that reads a secret (``secret()``, ``ssm()``) may not make a resource name either."""
-    from flows import templating
+    from flows.spec import templating
 
     monkeypatch.setitem(templating._env.globals, "secret", lambda name: "value-of-" + name)
     raw = spec(steps=[{"kind": "expect_objects", "bucket": "landing-bucket", "prefix": "in/{{ secret('k') }}/"}])

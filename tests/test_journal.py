@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from flows.recover import Recovered, redo_entries
-from tasks.base import StepContext, UndoLog
-from tasks.errors import StepError
-from tasks.journal import DEFAULT_PREFIX, Heartbeat, SsmJournal, read_claims, read_entries, this_process
-from tasks.s3 import UploadStep, run_upload
+from flows.run.recover import Recovered, redo_entries
+from tasks.kit.errors import StepError
+from tasks.kit.journal import DEFAULT_PREFIX, Heartbeat, SsmJournal, read_claims, read_entries, this_process
+from tasks.kit.step import StepContext, UndoLog
+from tasks.s3.steps import UploadStep, run_upload
 from tasks.ssm import DeleteParametersStep, SetParametersStep, run_delete_parameters, run_set_parameters
 
 SECRET = "before-Secret-31a9c4"
@@ -198,7 +198,7 @@ def test_failed_renewals_are_retried_and_a_lease_about_to_run_out_stops_the_run(
 def test_liveness_from_the_claim_alone(ssm, clients, monkeypatch) -> None:
     """A run this Prefect server does not know is alive while its lease is; a process of this host that is gone
     is dead at once; a run this server knows is left to its lock."""
-    import flows.recover as recover
+    import flows.run.recover as recover
 
     clock = WallClock()
     beat = heartbeat(clients, clock)
@@ -218,7 +218,7 @@ def test_liveness_from_the_claim_alone(ssm, clients, monkeypatch) -> None:
 
 
 def test_a_run_refuses_when_a_live_run_of_another_server_claims_its_resources(ssm, clients, monkeypatch) -> None:
-    import flows.recover as recover
+    import flows.run.recover as recover
 
     clock = WallClock()
     other = heartbeat(clients, clock, run_id="other-run")

@@ -1,4 +1,4 @@
-"""The CLI's temporary Prefect server (flows/local_server.py): its log file (never an unread pipe), what a failed
+"""The CLI's temporary Prefect server (flows/run/local_server.py): its log file (never an unread pipe), what a failed
 start says, the set-up lock, and many CLIs starting at once on a fresh PREFECT_HOME."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from flows import local_server
 from flows.emulator import emulator_env
+from flows.run import local_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,10 +1,10 @@
-"""tasks/markdown.py: values can never become markdown structure (or Slack formatting)."""
+"""tasks/kit/markdown.py: values can never become markdown structure (or Slack formatting)."""
 
 from __future__ import annotations
 
 from markdown_it import MarkdownIt
 
-from tasks import markdown as md
+from tasks.kit import markdown as md
 
 HOSTILE = '<script>x</script> ``` \n# PASSED\n| a | b |\n[x](javascript:alert(1)) \x07 *b* _i_ ~s~ &amp;'
 PARSER = MarkdownIt("commonmark").enable("table")

@@ -17,9 +17,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from flows.local_server import free_port
-from flows.notify import NotifySettings, build_message, notify, run_url
-from flows.results import CaseResult, StepResult
+from flows.evidence.notify import NotifySettings, build_message, notify, run_url
+from flows.evidence.report import Audit, PackRef
+from flows.evidence.results import CaseResult, StepResult
+from flows.run.local_server import free_port
 
 CANARY = "T0CANARY/B0CANARY/canary-" + uuid.uuid4().hex
 TOKEN = "xoxb-canary-" + uuid.uuid4().hex
@@ -156,14 +157,14 @@ def test_failed_case_posts_case_failing_step_and_run_link(prefect_harness, slack
 
 def test_notice_names_deployment_variables_and_pack() -> None:
     result = failed_result().model_copy(update={
-        "audit": {"deployment": "orders/nightly", "work_pool": "ecs"},
+        "audit": Audit(deployment="orders/nightly", work_pool="ecs"),
         "variables": {"run_date": "2026-03-14", **{f"v{i}": f"x{i}" for i in range(10)}},
-        "pack": {"folder": "/e/p", "manifest_sha256": "a" * 64, "s3_uri": "s3://ev/p/"}})
+        "pack": PackRef(folder="/e/p", manifest_sha256="a" * 64, s3_uri="s3://ev/p/")})
     text = build_message(result)
     assert "Deployment `orders/nightly` (work pool `ecs`)" in text
     assert "`run_date`=`2026-03-14`" in text and "and 3 more" in text
     assert "Evidence pack: `s3://ev/p/`" in text
-    local = build_message(result.model_copy(update={"pack": {"folder": "/e/p"}, "audit": None}))
+    local = build_message(result.model_copy(update={"pack": PackRef(folder="/e/p"), "audit": None}))
     assert "Evidence pack: `/e/p` (on the host that ran the case)" in local and "Deployment" not in local
 
 
@@ -286,7 +287,8 @@ def test_credentials_refused_by_slack_is_logged_without_the_token(prefect_harnes
 # ----------------------------------------------------------------------------------------- wired in the flow
 def test_the_flow_sends_the_case_notice_and_a_broken_webhook_never_changes_the_result(
         prefect_harness, slack, s3, tmp_path) -> None:
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
 
     s3.create_bucket(Bucket="notify-bucket")
     spec = {"case": "Notify case", "notify": {"slack_webhook_block": save_webhook(f"{slack}/services/{CANARY}")},
@@ -301,7 +303,7 @@ def test_the_flow_sends_the_case_notice_and_a_broken_webhook_never_changes_the_r
     assert result.flow_run_id in text  # the link to the run
     # it names the key variables and where the pack is; the pack and the UI record that it was sent
     assert "`run_date`=" in text and f"Evidence pack: `{result.evidence_dir}`" in text
-    assert result.notice == {"sent": True, "target": result.notice["target"], "reason": None}
+    assert result.notice is not None and result.notice.sent and result.notice.target and result.notice.reason is None
     report = json.loads((Path(result.evidence_dir or "") / "report.json").read_text(encoding="utf-8"))
     assert report["notice"]["sent"] is True and CANARY not in json.dumps(report)
     # a passing case sends nothing by default (when: [failure]); a broken webhook leaves the result alone
@@ -314,4 +316,5 @@ def test_the_flow_sends_the_case_notice_and_a_broken_webhook_never_changes_the_r
                       "when": ["success", "failure"]}
     state = pipeline_test(spec=spec, base_dir=str(tmp_path), return_state=True)
     assert state.is_completed() and result_of(state).passed
-    assert result_of(state).notice["sent"] is False and "Connect" in result_of(state).notice["reason"]
+    notice = result_of(state).notice
+    assert notice is not None and notice.sent is False and "Connect" in (notice.reason or "")

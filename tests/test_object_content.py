@@ -1,4 +1,4 @@
-"""Content checks of expect_objects (tasks/object_content.py) and its negative form (absent), against moto:
+"""Content checks of expect_objects (tasks/s3/content.py) and its negative form (absent), against moto:
 each format (csv, csv.gz, jsonl, json, parquet), each check, bad input at validation, and bounded memory."""
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.response import StreamingBody
 
-from flows.spec import SpecError, parse_spec
-from tasks import object_content, object_stream
-from tasks.base import StepContext
-from tasks.errors import CheckFailed, StepError
-from tasks.object_content import ObjectContent
-from tasks.object_stream import ReadStats, json_values, open_stream
-from tasks.polling import PollSettings
-from tasks.s3 import ExpectObjectsStep, expect_absent, run_expect_objects
+from flows.spec.load import SpecError, parse_spec
+from tasks.kit.errors import CheckFailed, StepError
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import StepContext
+from tasks.s3 import content as object_content
+from tasks.s3 import stream as object_stream
+from tasks.s3.content_spec import ObjectContent
+from tasks.s3.steps import ExpectObjectsStep, expect_absent, run_expect_objects
+from tasks.s3.stream import ReadStats, json_values, open_stream
 from tests.helpers import FakeClock
 
 BUCKET = "content-bucket"
@@ -59,7 +60,12 @@ def run(clients: Any, tmp_path: Path, key: str, content: dict[str, Any], **step:
 
 
 def failed_checks(info: pytest.ExceptionInfo[CheckFailed]) -> dict[str, str]:
-    return {c["check"]: c["actual"] for r in info.value.details["content"] for c in r["checks"] if not c["passed"]}
+    """The failed content checks, check -> actual, as the step's typed checks give them (the same in details)."""
+    typed = {c.name: c.actual for c in info.value.checks if not c.passed}
+    assert all(c.where for c in info.value.checks if not c.passed)  # each names its object
+    assert typed == {c["check"]: c["actual"] for r in info.value.details["content"] for c in r["checks"]
+                     if not c["passed"]}
+    return typed
 
 
 # -------------------------------------------------------------------------------------------------------- csv
@@ -95,7 +101,7 @@ def test_csv_failures_name_each_check_with_examples(module_clients, s3, tmp_path
     assert failed["amount: min"] == "2 value(s) broke it: row 2: '-5'; row 3: 'abc'"
     assert failed["nope: not_null"] == "no such column"
     assert failed["fields per row"] == "1 row(s) differ, first row 4: 4 field(s)"
-    assert "content check(s) did not hold" in info.value.message and info.value.markdown
+    assert "content checks failed" in info.value.message and info.value.markdown
     assert "❌ FAIL" in info.value.markdown
 
 
@@ -256,6 +262,8 @@ def test_absent_passes_only_after_the_whole_hold(module_clients, s3, tmp_path) -
     assert out.details["watched_seconds"] == pytest.approx(2.0) and out.details["not_counted"] == [
         "curated/run-1/readme.txt"]
     assert "nothing appeared" in out.markdown and "✅ PASS" in out.markdown and "readme.txt" in out.markdown
+    [check] = out.checks
+    assert check.verdict == "passed" and "for 2 s" in check.expected and "curated/run-1/" in check.expected
 
 
 def test_absent_fails_as_soon_as_something_appears(s3) -> None:
@@ -275,6 +283,8 @@ def test_absent_fails_as_soon_as_something_appears(s3) -> None:
     assert info.value.message.startswith("curated/run-2/orders.csv (4 B) appeared after ")
     assert "expected no objects matching '*' under s3://content-bucket/curated/run-2/ for 5 s" in info.value.message
     assert "❌ FAIL" in (info.value.markdown or "")
+    [check] = info.value.checks
+    assert (check.name, check.verdict) == ("absent", "failed") and check.actual.startswith("curated/run-2/orders.csv (4 B) after ")
 
 
 def test_absent_keys_in_a_missing_bucket_is_an_error_not_a_pass(s3) -> None:
@@ -400,7 +410,8 @@ def test_the_negative_example_passes_against_the_demo_pipeline() -> None:
     wrong header (unchanged) and loads nothing; the case proves both, and puts the setting back."""
     from flows.demo import NEGATIVE_CASE, PRODUCTION_SOURCE, SOURCE_PARAMETER, FakePipeline
     from flows.emulator import moto_server, use_emulator
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
 
     with moto_server() as endpoint, use_emulator(endpoint):
         pipeline = FakePipeline(endpoint, delay=0.3, interval=0.1)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from flows.pipeline_test import pipeline_test, result_of
-from flows.results import CaseResult
-from tasks.journal import read_entries
+from flows.evidence.results import CaseResult, result_of
+from flows.pipeline_test import pipeline_test
+from tasks.kit.journal import read_entries
 from tests.helpers import thread_stacks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -127,7 +127,7 @@ def test_two_cases_that_set_one_parameter(ssm, clients, tmp_path: Path, shape: s
     b.join(150)
     assert not a.is_alive() and not b.is_alive(), f"a run did not end; this process's threads:\n{thread_stacks()}"
     assert got["a"].passed and got["b"].passed, (got["a"].first_failure, got["b"].first_failure)
-    assert got["b"].locks and got["b"].locks["waited_seconds"] > 0  # B says that it waited
+    assert got["b"].locks and got["b"].locks.waited_seconds > 0  # B says that it waited
     history = [h["Value"] for h in ssm.get_parameter_history(Name="/shared/source")["Parameters"]]
     assert history == ["prod-bucket", "value-a", "prod-bucket", "value-b", "prod-bucket"]
     assert originals(ssm) == ("prod-bucket", SECRET, "prod")
@@ -136,8 +136,8 @@ def test_two_cases_that_set_one_parameter(ssm, clients, tmp_path: Path, shape: s
 def test_a_run_that_cannot_get_its_lock_in_time_changes_nothing(ssm, tmp_path: Path) -> None:
     """Another run holds the parameter past the case's lock_timeout: the case does not start (exit 3 in the
     CLI), says why, and the parameter is untouched."""
-    from flows import locks
-    from flows.recover import CouldNotRun
+    from flows.run import locks
+    from flows.run.recover import CouldNotRun
 
     spec = {**case("Impatient", "value-x"), "lock_timeout": 1}
     with locks.hold(["ssm:/shared/source"], "other-run", timeout=5, logger=logging.getLogger("test")):
@@ -163,7 +163,7 @@ def test_a_run_that_cannot_get_its_lock_in_time_changes_nothing(ssm, tmp_path: P
 def test_the_cli_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     (tmp_path / "case.yaml").write_text(__import__("json").dumps(case("Down", "value-y")))
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
@@ -178,8 +178,8 @@ def test_the_cli_exits_3_when_the_prefect_api_is_down(tmp_path: Path, capsys) ->
 def other_servers_run(clients, *, value: str, run_id: str = "run-of-server-b") -> Any:
     """What a live run on another Prefect server leaves in AWS: its claim (a lease) and the undo of its change;
     this server's locks know nothing of it."""
-    from tasks.base import StepContext, UndoLog
-    from tasks.journal import Heartbeat, SsmJournal
+    from tasks.kit.journal import Heartbeat, SsmJournal
+    from tasks.kit.step import StepContext, UndoLog
     from tasks.ssm import SetParametersStep, run_set_parameters
 
     ssm = clients.client("ssm")
@@ -197,8 +197,8 @@ def other_servers_run(clients, *, value: str, run_id: str = "run-of-server-b") -
 def test_recover_skips_a_live_run_of_another_server_and_recovers_it_once_its_lease_ran_out(ssm, clients) -> None:
     from datetime import timedelta
 
-    from flows.recover import recover
-    from tasks.journal import read_claims, utcnow
+    from flows.run.recover import recover
+    from tasks.kit.journal import read_claims, utcnow
 
     other_servers_run(clients, value="value-b")
     found, report = recover(clients, prefix=None, logger=logging.getLogger("test"))
@@ -218,8 +218,8 @@ def test_a_run_refuses_to_start_when_a_live_run_of_another_server_holds_its_para
                                                                                       tmp_path: Path) -> None:
     """The other run's lock is on another server: this one gets its own lock at once, then finds the other's
     claim in the journal and refuses (exit 3 in the CLI), naming that run, before changing anything."""
-    from flows.recover import CouldNotRun
-    from tasks.journal import read_claims
+    from flows.run.recover import CouldNotRun
+    from tasks.kit.journal import read_claims
 
     claim = other_servers_run(clients, value="value-b")
     state = pipeline_test(spec=case("Case A", "value-a"), base_dir=str(tmp_path), write_evidence=False,
@@ -235,7 +235,7 @@ def test_a_run_refuses_to_start_when_a_live_run_of_another_server_holds_its_para
 def test_a_run_leaves_no_lock_limit_behind(ssm, tmp_path: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from flows.locks import lock_name
+    from flows.run.locks import lock_name
 
     assert run(case("Tidy", "value-t"), tmp_path).passed
     with get_client(sync_client=True) as client:
@@ -265,7 +265,7 @@ class FakeLimits:
     def create_global_concurrency_limit(self, limit: Any) -> None:
         from prefect.exceptions import ObjectAlreadyExists
 
-        from flows import locks
+        from flows.run import locks
 
         assert locks._CREATING.locked()  # one creation at a time in this process
         if limit.name in self.taken:  # another process created it a moment ago: the API answers 409 Conflict
@@ -289,7 +289,7 @@ class FakeLimits:
 
 
 def test_creating_a_lock_another_process_just_created_is_quiet() -> None:
-    from flows.locks import ensure_limits
+    from flows.run.locks import ensure_limits
 
     client = FakeLimits({"a"}, taken={"b"})
     ensure_limits(["a", "b", "c"], client)
@@ -301,7 +301,7 @@ def test_a_waiting_run_creates_again_the_lock_its_last_holder_deleted(monkeypatc
     the run gives ``b``'s slot back, creates ``a`` again and takes both."""
     import uuid as uuid_module
 
-    from flows import locks
+    from flows.run import locks
 
     monkeypatch.setattr(uuid_module, "UUID", lambda value: value)  # the fake's lease ids are not UUIDs
     client = FakeLimits({"a", "b"}, gone_once={"a"})
@@ -314,7 +314,7 @@ def test_the_lock_wait_names_only_the_locks_another_run_holds() -> None:
     """A run waiting for a shared parameter's lock does not list its own unique S3 prefix as held by another."""
     from types import SimpleNamespace
 
-    from flows.locks import held_by_others
+    from flows.run.locks import held_by_others
 
     class Client:
         def read_global_concurrency_limit_by_name(self, name: str) -> Any:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flows import pipeline_test
-from flows.plan import merged, shown
+from flows import cli
+from flows.plan.changes import merged, shown
+from flows.run import command
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples/cases/orders_ingestion.yaml"
@@ -27,14 +28,14 @@ def no_aws_no_server(monkeypatch: pytest.MonkeyPatch, no_aws: list[str]) -> list
         calls.append("prefect server")
         raise AssertionError("the plan started a Prefect server")
 
-    monkeypatch.setattr(pipeline_test, "temporary_server", no_server)
+    monkeypatch.setattr(command, "temporary_server", no_server)
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_API_URL"):
         monkeypatch.delenv(key, raising=False)
     return calls
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = pipeline_test.main([*argv])
+    code = cli.main([*argv])
     out, err = capsys.readouterr()
     return code, out, err
 

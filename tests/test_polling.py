@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tasks.polling import PollSettings, intervals, poll
+from tasks.kit.polling import PollSettings, intervals, poll
 from tests.helpers import FakeClock
 
 

@@ -1,5 +1,5 @@
 """A failed case is a failure in the logs, not a crash report: the filters on Prefect's run loggers
-(flows/prefect_logs.py). The worker's real logs are checked end to end in tests/test_deploy.py."""
+(flows/run/prefect_logs.py). The worker's real logs are checked end to end in tests/test_deploy.py."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import sys
 
 import pytest
 
-import flows.pipeline_test  # noqa: F401 - importing the flow's module installs the filters
-from flows.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter, QuietStepStates
-from flows.recover import CouldNotRun
-from flows.results import CaseFailed, CaseResult
-from flows.spec import SpecError
+from flows.evidence.results import CaseFailed, CaseResult
+from flows.run.prefect_logs import ENGINE_EXIT, ExpectedFailureFilter, QuietStepStates
+from flows.run.recover import CouldNotRun
+from flows.spec.load import SpecError
 
 
 def record(message: str, exc: BaseException | None, empty: bool = False) -> logging.LogRecord:
@@ -36,10 +35,18 @@ def failed_case() -> CaseFailed:
     return CaseFailed(CaseResult.model_construct(case="c", status="failed", steps=[]))
 
 
-def test_both_run_loggers_have_the_filter_once() -> None:
-    import flows.prefect_logs
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
+def test_importing_the_flow_installs_nothing_and_running_it_installs_the_filters_once() -> None:
+    import subprocess
 
-    flows.prefect_logs.install()  # again: still one
+    probe = ("import logging, flows.pipeline_test, flows.cli, flows.demo\n"
+             "print(sum(len(logging.getLogger(n).filters) for n in ('prefect.flow_runs', 'prefect.task_runs')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "0", out.stderr  # no import side effect (#25)
+    import flows.run.prefect_logs
+
+    flows.run.prefect_logs.install()
+    flows.run.prefect_logs.install()  # again (every run calls it): still one
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         assert sum(isinstance(f, ExpectedFailureFilter) for f in logging.getLogger(name).filters) == 1
 

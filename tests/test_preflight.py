@@ -1,4 +1,4 @@
-"""The permission preflight (flows/preflight.py): simulation on the emulator (its SimulatePrincipalPolicy, answered
+"""The permission preflight (flows/run/preflight.py): simulation on the emulator (its SimulatePrincipalPolicy, answered
 from moto's policy evaluator), read-only probes on moto with IAM enforced, and the error branches with botocore's
 Stubber (SimulatePrincipalPolicy refused, throttled, an unknown principal, an assumed role).
 
@@ -24,12 +24,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from flows.emulator import moto_server, use_emulator
-from flows.engine import render_case
-from flows.preflight import Preflight, check, principal_of
-from flows.spec import CaseSpec, load_spec
-from flows.templating import builtin_values, resolve_variables
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.iam import Need
+from flows.run.engine import render_case
+from flows.run.preflight import Preflight, check, principal_of
+from flows.spec.load import load_spec
+from flows.spec.model import CaseSpec
+from flows.spec.templating import builtin_values, resolve_variables
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.iam import Need
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -217,7 +218,7 @@ def enforced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     from moto import settings
     from moto.core.authorization import ActionAuthenticatorMixin
 
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     spec = write_case(tmp_path)
     assert main([str(spec), "--iam-policy", "--json"]) == 0
@@ -308,7 +309,7 @@ def test_probes_on_the_emulator_find_what_can_be_read(enforced: SimpleNamespace,
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_missing_a_permission_stops_before_its_first_change(enforced: SimpleNamespace, tmp_path: Path) -> None:
     from flows.pipeline_test import pipeline_test
-    from flows.recover import CouldNotRun
+    from flows.run.recover import CouldNotRun
 
     policy = moto_checkable(enforced.policy)
     with_policy(enforced, {**policy, "Statement": [s for s in policy["Statement"] if s["Sid"] != "S3Objects"]})
@@ -329,19 +330,20 @@ def test_needs_are_hashable_for_grouping() -> None:
 
 # ------------------------------------------------------------------------------------------------ the CLI
 def no_prefect_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.pipeline_test as cli
+    from flows import cli
+    from flows.run import command
 
     def refuse() -> Any:
         raise AssertionError("--preflight started a Prefect server")
 
-    monkeypatch.setattr(cli, "prefect_api", refuse)
+    monkeypatch.setattr(command, "prefect_api", refuse)
     monkeypatch.setattr(cli, "guarded", lambda run: refuse())
 
 
 def test_preflight_alone_checks_and_exits_without_a_prefect_server(clients: ClientFactory, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     no_prefect_server(monkeypatch)
     clients.client("secretsmanager").create_secret(Name="pf/token", SecretString="pf-token-value-123")
@@ -357,7 +359,7 @@ def test_preflight_alone_checks_and_exits_without_a_prefect_server(clients: Clie
 
 def test_preflight_without_credentials_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     no_prefect_server(monkeypatch)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -371,7 +373,7 @@ def test_preflight_without_credentials_exits_3(tmp_path: Path, monkeypatch: pyte
 
 
 def test_preflight_flags_are_for_a_case(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     write_case(tmp_path)
     assert main([str(tmp_path), "--preflight"]) == 2

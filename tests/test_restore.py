@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-import flows.engine
-from flows.pipeline_test import pipeline_test, result_of
+import flows.run.engine
+from flows.evidence.results import result_of
+from flows.pipeline_test import pipeline_test
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -102,7 +103,7 @@ class Crash(BaseException):
 def test_crash_of_the_flow_run_is_restored(ssm, tmp_path: Path, monkeypatch) -> None:
     """The run dies in the middle of the case: its own clean-up path undoes the changes at once."""
     before = snapshot_all(ssm)
-    real_collect = flows.engine._collect
+    real_collect = flows.run.engine._collect
 
     def collect_then_die(placed: Any, future: Any, ctx: Any) -> Any:
         result = real_collect(placed, future, ctx)
@@ -110,7 +111,7 @@ def test_crash_of_the_flow_run_is_restored(ssm, tmp_path: Path, monkeypatch) -> 
             raise Crash()
         return result
 
-    monkeypatch.setattr(flows.engine, "_collect", collect_then_die)
+    monkeypatch.setattr(flows.run.engine, "_collect", collect_then_die)
     with pytest.raises(Crash):
         pipeline_test(spec=case(name="Crash case"), base_dir=str(tmp_path), return_state=True)
     assert snapshot_all(ssm) == before
@@ -121,13 +122,13 @@ def test_crash_of_the_flow_run_is_restored(ssm, tmp_path: Path, monkeypatch) -> 
     assert [s["label"] for s in report["steps"]] == ["change", "remove", "run stopped", "cleanup"]
     assert report["steps"][1]["status"] == "error" and report["steps"][1]["error_code"] == "Interrupted"
     assert report["status"] == "failed"
-    assert flows.engine.LIVE == {} or all(not c.undo.actions for c in flows.engine.LIVE.values())
+    assert flows.run.engine.LIVE == {} or all(not c.undo.actions for c in flows.run.engine.LIVE.values())
 
 
 def test_hook_restores_what_is_left_pending(ssm, tmp_path: Path) -> None:
     """The on_crashed / on_cancellation hook: undoes whatever a run of this process left pending."""
-    from tasks.aws import AwsTarget, ClientFactory
-    from tasks.base import StepContext, UndoLog
+    from tasks.kit.aws import AwsTarget, ClientFactory
+    from tasks.kit.step import StepContext, UndoLog
     from tasks.ssm import SetParametersStep, run_set_parameters
 
     before = snapshot_all(ssm)
@@ -135,13 +136,13 @@ def test_hook_restores_what_is_left_pending(ssm, tmp_path: Path) -> None:
                       label="change", undo=UndoLog())
     run_set_parameters(SetParametersStep(parameters=[{"name": "/test/source", "value": "elsewhere"}]), ctx)
     assert snapshot_all(ssm) != before
-    flows.engine.LIVE["run-x"] = ctx
+    flows.run.engine.LIVE["run-x"] = ctx
 
     class FlowRun:
         id = "run-x"
 
-    flows.engine.undo_hook(None, FlowRun(), None)
-    assert snapshot_all(ssm) == before and "run-x" not in flows.engine.LIVE
+    flows.run.engine.undo_hook(None, FlowRun(), None)
+    assert snapshot_all(ssm) == before and "run-x" not in flows.run.engine.LIVE
 
 
 def test_guard_rail_refuses_writes_outside_allowed_prefixes(ssm, tmp_path: Path) -> None:
@@ -198,10 +199,10 @@ def test_a_clean_up_that_cannot_restore_says_what_is_left_and_the_recover_comman
     from botocore.exceptions import EndpointConnectionError
 
     import flows.pipeline_test
-    from flows.pipeline_test import format_result
-    from flows.recover import recover
-    from tasks.aws import AwsTarget, ClientFactory
-    from tasks.journal import read_entries
+    from flows.cli import format_result
+    from flows.run.recover import recover
+    from tasks.kit.aws import AwsTarget, ClientFactory
+    from tasks.kit.journal import read_entries
 
     before = snapshot_all(ssm)
     gone = {"now": False}
@@ -218,7 +219,7 @@ def test_a_clean_up_that_cannot_restore_says_what_is_left_and_the_recover_comman
             made.meta.events.register("before-call.ssm", unreachable, unique_id="endpoint-gone")
         return made
 
-    real_cleanup = flows.pipeline_test.run_cleanup
+    real_cleanup = flows.run.engine.run_cleanup
 
     def cleanup_without_aws(ctx: Any) -> Any:
         gone["now"] = True
@@ -249,7 +250,7 @@ def test_a_clean_up_that_cannot_restore_says_what_is_left_and_the_recover_comman
 def test_recover_without_credentials_says_so_in_one_line_at_once(monkeypatch, capsys, tmp_path: Path) -> None:
     import time
 
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -266,15 +267,15 @@ def test_recover_without_credentials_says_so_in_one_line_at_once(monkeypatch, ca
 
 def test_recover_that_cannot_read_the_journal_exits_3_without_a_traceback(monkeypatch, capsys) -> None:
     """Credentials, but the journal refuses them (AccessDenied): one line, exit 3."""
-    import flows.recover
-    from tasks.errors import AwsCallError
+    import flows.run.recover
+    from tasks.kit.errors import AwsCallError
 
     def denied(*_: Any, **__: Any) -> Any:
         raise AwsCallError("SSM GetParametersByPath (undo journal) on /pipeline-test/journal failed: "
                            "AccessDeniedException", code="AccessDeniedException")
 
-    monkeypatch.setattr(flows.recover, "read_entries", denied)
-    code = flows.recover.main(["--region", "us-east-1"])
+    monkeypatch.setattr(flows.run.recover, "read_entries", denied)
+    code = flows.run.recover.main(["--region", "us-east-1"])
     err = capsys.readouterr().err
     assert code == 3 and "Could not run: SSM GetParametersByPath (undo journal)" in err and "AccessDenied" in err
     assert "Traceback" not in err

@@ -1,4 +1,4 @@
-"""A run found dead is Crashed in Prefect, not Running forever (flows/run_states.py)."""
+"""A run found dead is Crashed in Prefect, not Running forever (flows/run/states.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.states import Completed, Running
 
-from flows.run_states import mark_crashed, not_run
+from flows.run.states import mark_crashed, not_run
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -11,22 +11,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tasks.aws import ClientFactory
-from tasks.base import StepContext, UndoLog
-from tasks.errors import StepError
-from tasks.polling import PollSettings
-from tasks.s3 import (
-    ExpectObjectsStep,
-    UploadStep,
-    delete_uploaded,
-    expect_objects,
-    head_object,
-    posix_key,
-    resolve_files,
-    run_expect_objects,
-    run_upload,
-    upload_file,
-)
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import StepError
+from tasks.kit.polling import PollSettings
+from tasks.kit.step import StepContext, UndoLog
+from tasks.s3.keys import posix_key, resolve_files
+from tasks.s3.objects import head_object
+from tasks.s3.steps import ExpectObjectsStep, UploadStep, expect_objects, run_expect_objects, run_upload
+from tasks.s3.upload import delete_uploaded, upload_file
 from tests.helpers import FakeClock
 
 
@@ -233,9 +225,11 @@ def test_exact_count_exceeded_fails_at_once(s3, bucket) -> None:
     for i in range(3):
         s3.put_object(Bucket=bucket, Key=f"out/{i}.csv", Body=b"1")
     fake = FakeClock()
-    with pytest.raises(StepError, match="expected exactly 2 object.*found 3"):
+    with pytest.raises(StepError, match="expected exactly 2 object.*found 3") as err:
         expect_objects(s3, ExpectObjectsStep(bucket=bucket, prefix="out/", count=2), clock=fake.clock)
     assert fake.t == 0
+    [check] = err.value.checks
+    assert (check.name, check.verdict) == ("objects", "failed") and check.actual.startswith("3 found: out/0.csv")
 
 
 def test_access_denied_is_reported_as_such_not_as_not_found(s3) -> None:

@@ -1,4 +1,4 @@
-"""Masking, sensitive JSON paths and redaction (tasks/secrets.py)."""
+"""Masking, sensitive JSON paths and redaction (tasks/kit/secrets.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tasks.secrets import (
+from tasks.kit.secrets import (
     MASK_KEY_ENV,
     MIN_SECRET_CHARS,
     NAMES,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import toml
 
-from flows.api_client import CLIENT_RETRIES, SQLITE_SERVER
+from flows.run.prefect_client import CLIENT_RETRIES, SQLITE_SERVER
 
 ROOT = Path(__file__).resolve().parent.parent
 BAT, PS1, SH = ROOT / "setenv.bat", ROOT / "setenv.ps1", ROOT / "setenv.sh"

@@ -22,7 +22,7 @@ import boto3
 import pytest
 import yaml
 
-from tasks.journal import read_entries
+from tasks.kit.journal import read_entries
 from tests.helpers import env_for, temp_server_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +115,7 @@ def stop_scenario(sc: Scenario, sig: signal.Signals, times: int, group: bool) ->
     temp_server = group and sig == signal.SIGINT and times == 2
     proc = sc.cli(str(sc.spec), wait=False, api=not temp_server)
     sc.wait_until_changed(proc)
-    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "flows.local_server"], capture_output=True,
+    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "flows.run.local_server"], capture_output=True,
                              text=True).stdout.split()
     t0 = time.monotonic()
     deliver(proc, sig, times, group)

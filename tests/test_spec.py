@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.spec import CaseSpec, SpecError, iter_steps, json_schema, load_spec, parse_spec, render_step
-from flows.templating import builtin_values, resolve_variables
-from tasks.s3 import ExpectObjectsStep, UploadStep
+from flows.spec.load import SpecError, load_spec, parse_spec, render_step
+from flows.spec.model import CaseSpec, iter_steps, json_schema
+from flows.spec.templating import builtin_values, resolve_variables
+from tasks.s3.steps import ExpectObjectsStep, UploadStep
 
 
 def good() -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tasks.aws import ClientFactory
-from tasks.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
 from tasks.sqs import ExpectQueueDepthStep
 from tests.helpers import FakeClock, run_step
 

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 from tasks import ssm as ssm_mod
 from tasks import ssm_restore
-from tasks.aws import ClientFactory
-from tasks.base import REGISTRY, StepBase, StepContext, StepOutcome
-from tasks.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
-from tasks.secrets import mask
+from tasks.kit.aws import ClientFactory
+from tasks.kit.errors import CHECK_FAILED, AwsCallError, CheckFailed, StepError
+from tasks.kit.secrets import mask
+from tasks.kit.step import REGISTRY, StepBase, StepContext, StepOutcome
 from tasks.ssm import (
     DeleteParametersStep,
     ExpectParametersStep,
@@ -178,7 +178,8 @@ def test_set_then_restore_puts_everything_back(ctx: StepContext, client: Any, or
     results = undo_all(ctx)
     assert state(client, "/p/x") == before
     assert results[0]["action"] in ("overwritten", "recreated")
-    assert results[0]["summary"].startswith("SSM parameter /p/x")
+    assert results[0]["summary"] in ("put back", "deleted and created again (to clear its description or tier; "
+                                     "version history reset)")  # the parameter is named by what shows it
 
 
 def test_securestring_with_kms_key_and_description_is_restored(ctx: StepContext, client: Any, kms_key: str) -> None:
@@ -409,7 +410,10 @@ def test_expect_parameters_passes(ctx: StepContext, params: None) -> None:
     assert outcome.summary == "7 SSM parameter expectation(s) met"
     assert "hello world" in outcome.markdown
     blob = outcome.summary + json.dumps(outcome.details) + outcome.markdown
+    blob += json.dumps([c.model_dump() for c in outcome.checks])
     assert CANARY not in blob and CANARY[:12] not in blob
+    assert [(c.where, c.name, c.verdict) for c in outcome.checks[:2]] == [("/e/plain", "equals", "passed"),
+                                                                          ("/e/plain", "contains", "passed")]
     assert mask(CANARY) in outcome.markdown
 
 
@@ -455,6 +459,8 @@ def test_expect_failure_lists_every_problem_with_secrets_masked(ctx: StepContext
     assert f"is {mask(CANARY)}, expected {mask(CANARY2)}" in err.message
     assert "$.password: expected" in err.message
     blob = str(err) + json.dumps(err.details) + (err.markdown or "") + caplog.text
+    blob += json.dumps([c.model_dump() for c in err.checks])
+    assert [c.verdict for c in err.checks] == ["failed", "failed", "failed", "passed"]
     for secret in (CANARY, CANARY2):
         assert secret not in blob
     assert [p["problems"] == [] for p in err.details["parameters"]] == [False, False, False, True]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextvars
 import threading
 
-from flows.evidence import StepPublisher
+from flows.evidence.ui import StepPublisher
 
 RUN = contextvars.ContextVar("run", default="none")
 

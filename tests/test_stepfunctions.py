@@ -18,12 +18,12 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.stepfunctions.parser.utils import TMP_THREADS
 
-from flows.spec import SpecError, parse_spec
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import REGISTRY, StepContext
-from tasks.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
-from tasks.polling import WaitInterrupted
-from tasks.secrets import STARS
+from flows.spec.load import SpecError, parse_spec
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
+from tasks.kit.polling import WaitInterrupted
+from tasks.kit.secrets import STARS
+from tasks.kit.step import REGISTRY, StepContext
 from tasks.stepfunctions import StepFunctionsStep, execution_name
 from tests.helpers import MOTO_CONFIG, REGION, FakeClock, failing_calls, use_fake_aws_env
 
@@ -98,6 +98,9 @@ def test_started_execution_succeeds_and_its_output_is_checked(
     assert json.loads(d["output"]) == {"rows": 5, "file": "in/orders.csv", "token": STARS, "status": "loaded"}
     assert json.loads(d["input"])["auth"]["token"] == STARS
     assert TOKEN not in outcome.markdown and TOKEN not in json.dumps(d)
+    assert [(c.name, c.verdict) for c in outcome.checks] == [("final status", "passed"), ("json_subset", "passed"),
+                                                             ("file", "passed")]
+    assert TOKEN not in json.dumps([c.model_dump() for c in outcome.checks])
     assert d["states_observed"][-1]["state"] == "SUCCEEDED"
     assert outcome.summary.startswith(f"Step Functions execution {d['name']} SUCCEEDED, output as expected")
 
@@ -331,7 +334,8 @@ def test_an_execution_that_cannot_be_stopped_says_why(
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_failing_case_shows_the_failed_state_in_the_ui_and_the_pack(
         arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
-    from flows.pipeline_test import pipeline_test, result_of
+    from flows.evidence.results import result_of
+    from flows.pipeline_test import pipeline_test
     from tests.helpers import assert_complete_pack, read_artifacts
 
     wait = {"timeout": 20, "initial": 0.05}

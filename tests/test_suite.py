@@ -13,32 +13,16 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from flows.evidence_pack import verify
-from flows.pipeline_test import main
-from flows.spec import SpecError
-from flows.suite import pipeline_test_suite, suite_key, suite_result_of
-from flows.suite_spec import load_suite
-from tasks.journal import read_entries
-from tests.helpers import thread_stacks
+from flows.cli import main
+from flows.evidence.pack.verify import verify
+from flows.spec.load import SpecError
+from flows.suite.cli import suite_result_of
+from flows.suite.flow import pipeline_test_suite, suite_key
+from flows.suite.spec import load_suite
+from tasks.kit.journal import read_entries
+from tests.helpers import thread_stacks, upload_case
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
-
-
-def upload_case(folder: Path, name: str, bucket: str = "suite-bucket", *, expect: str | None = None,
-                tags: list[str] | None = None, **extra: Any) -> Path:
-    """A small case: land a file under its own prefix, then expect ``expect`` (default: the landed file)."""
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "data" / "orders.csv").write_text("id,amount\n1,10\n")
-    prefix = f"in/{name}/"
-    case = {"case": name, "tags": tags or [], "variables": {"bucket": bucket},
-            "steps": [
-                {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
-                 "key_prefix": prefix, "cleanup": True},
-                {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}",
-                 "keys": [expect or f"{prefix}orders.csv"], "wait": {"timeout": 0.3, "initial": 0.05}, **extra}]}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(case, sort_keys=False))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -154,7 +138,7 @@ def case_setting(name: str, value: str) -> dict[str, Any]:
 def test_two_cases_of_a_suite_that_set_one_parameter_take_turns(suite_bucket, clients, tmp_path: Path) -> None:
     """Both cases start side by side; the one that gets the parameter's lock sets it and holds it (until the test
     puts ``go``), the other waits for the lock (the suite's progress says so), then sets and restores it."""
-    from flows.suite_progress import PROGRESS, Progress
+    from flows.suite.progress import PROGRESS, Progress
 
     ssm = clients.client("ssm")
     ssm.put_parameter(Name="/shared/source", Value="prod-bucket", Type="String")
@@ -191,7 +175,7 @@ def test_two_cases_of_a_suite_that_set_one_parameter_take_turns(suite_bucket, cl
     assert read_entries(ssm) == []
     # one of them waited for the other: through the other's whole hold, longer than the other waited for the lock
     # (no bound in seconds: on a loaded machine even an uncontended lock can take a while to be granted)
-    waits = sorted(c.result.locks["waited_seconds"] for c in result.cases if c.result and c.result.locks)
+    waits = sorted(c.result.locks.waited_seconds for c in result.cases if c.result and c.result.locks)
     assert len(waits) == 2 and waits[1] > waits[0], waits
 
 

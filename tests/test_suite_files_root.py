@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.pipeline_test import main
-from flows.spec import SpecError
-from flows.suite_spec import load_suite
+from flows.cli import main
+from flows.spec.load import SpecError
+from flows.suite.spec import load_suite
 
 
 def layout(root: Path, names: tuple[str, ...] = ("orders-a", "orders-b")) -> Path:
@@ -123,8 +123,8 @@ def test_a_case_run_as_a_deployment_gets_files_root_relative_to_the_project(tmp_
     import prefect.deployments
     from prefect.states import Completed
 
-    from flows.suite import project_path, run_case
-    from flows.suite_progress import Progress
+    from flows.suite.flow import project_path, run_case
+    from flows.suite.progress import Progress
 
     layout(tmp_path / "S")
     plan = load_suite(suite_file(tmp_path / "S", files_root="data", run_as="deployment"))

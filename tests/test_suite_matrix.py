@@ -13,10 +13,10 @@ from xml.etree import ElementTree as ET
 import pytest
 import yaml
 
-from flows.evidence_pack import manifest_sha256, verify
-from flows.pipeline_test import main
-from flows.spec import SpecError
-from flows.suite_spec import load_suite
+from flows.cli import main
+from flows.evidence.pack.verify import manifest_sha256, verify
+from flows.spec.load import SpecError
+from flows.suite.spec import load_suite
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
 
@@ -180,6 +180,12 @@ def test_a_matrix_suite_runs_each_row_in_its_own_pack_and_testsuite_and_reruns_e
     third = tmp_path / "third"
     assert main([str(suite), "--rerun-failed", str(second), "--evidence-dir", str(third)]) == 0
     assert cases_of(third) == {"Landing [refunds]": "passed"}
+    # its trend: the earlier packs beside it (first, second) read back; only runs of the same row count
+    trends = json.loads((third / "report.json").read_text())["trends"]
+    assert trends["packs"] == 2 and trends["notes"] == []
+    refunds = trends["cases"]["Landing [refunds]"]
+    assert [v for v, _ in refunds["history"]] == ["failed", "failed", "passed"] and refunds["flips"] == 1
+    assert "33% (1/3)" in (third / "index.html").read_text(encoding="utf-8")
     capsys.readouterr()
     assert main(["--rerun-failed", str(third)]) == 0
     assert "Nothing to re-run: every case of suite 'Sources' passed in" in capsys.readouterr().out
@@ -214,8 +220,8 @@ def test_a_row_run_as_a_deployment_gets_its_name_and_values(tmp_path: Path, monk
     import prefect.deployments
     from prefect.states import Completed
 
-    from flows.suite import run_case
-    from flows.suite_progress import Progress
+    from flows.suite.flow import run_case
+    from flows.suite.progress import Progress
 
     plan = load_suite(matrix_suite(tmp_path, [{"id": "r", "source": "returns"}], run_as="deployment"))
     sent: list[dict[str, Any]] = []

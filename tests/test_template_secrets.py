@@ -1,4 +1,4 @@
-"""secret() and ssm() in templates (flows/template_secrets.py): their shape at validation (no AWS call), the reads a
+"""secret() and ssm() in templates (flows/spec/template_secrets.py): their shape at validation (no AWS call), the reads a
 case names, the run's reader (once per run, registered as secrets at the source), its errors, the plan and policy.
 
 (That the values are masked by every route of a whole run is the canary test's: tests/test_evidence_safety.py.)
@@ -13,12 +13,18 @@ from typing import Any
 import boto3
 import pytest
 
-from flows.spec import SpecError, parse_spec
-from flows.template_secrets import PLACEHOLDER, Read, SecretReader, TemplateSecretError, case_reads, reads_footprint
-from flows.templating import render
-from tasks.aws import ClientFactory
-from tasks.iam import Arns
-from tasks.secrets import Secrets, mask
+from flows.spec.load import SpecError, case_reads, parse_spec
+from flows.spec.template_secrets import (
+    PLACEHOLDER,
+    Read,
+    SecretReader,
+    TemplateSecretError,
+    reads_footprint,
+)
+from flows.spec.templating import render
+from tasks.kit.aws import ClientFactory
+from tasks.kit.iam import Arns
+from tasks.kit.secrets import Secrets, mask
 
 REGION = "us-east-1"
 PASSWORD = "s3cr3t-password-42"
@@ -153,7 +159,7 @@ def test_what_cannot_be_read_names_the_secret_and_aws_error(stored: ClientFactor
 @pytest.mark.usefixtures("no_aws")
 def test_plan_and_policy_name_the_reads_without_any_aws_call(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from flows.pipeline_test import main
+    from flows.cli import main
 
     spec = case('{{ secret("prod/db", key="password") }}', variables={"t": '{{ ssm("/team/token") }}'})
     spec["aws"]["account_id"] = "123456789012"
@@ -175,7 +181,7 @@ def test_plan_and_policy_name_the_reads_without_any_aws_call(tmp_path: Path,
 def test_a_run_whose_secret_is_missing_does_not_start(stored: ClientFactory, tmp_path: Path) -> None:
     """Exit 3 before any change: the parameter the case would set was never written."""
     from flows.pipeline_test import pipeline_test
-    from flows.recover import CouldNotRun
+    from flows.run.recover import CouldNotRun
 
     (tmp_path / "c.yaml").write_text(json.dumps(case('{{ secret("missing") }}')))
     state = pipeline_test(spec=str(tmp_path / "c.yaml"), write_evidence=False, return_state=True)

@@ -20,7 +20,7 @@ import boto3
 import pytest
 import yaml
 
-from tasks.journal import read_claims, read_entries
+from tasks.kit.journal import read_claims, read_entries
 from tests.helpers import env_for, temp_server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("heavy-processes")]

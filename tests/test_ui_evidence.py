@@ -14,14 +14,16 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from flows import audit, evidence_pack
-from flows.evidence_markdown import case_markdown, step_description, step_markdown
-from flows.history import history_rows
-from flows.pack_html import step_checks
-from flows.results import CaseResult, StepResult
-from tasks import markdown as md
-from tasks.aws import AwsTarget, ClientFactory
-from tasks.base import StepOutcome
+from flows.evidence import audit
+from flows.evidence.history import history_rows
+from flows.evidence.markdown import case_markdown, step_description, step_markdown
+from flows.evidence.pack import files as pack_files
+from flows.evidence.pack import write as evidence_pack
+from flows.evidence.results import CaseResult, StepResult
+from tasks.kit import markdown as md
+from tasks.kit.aws import AwsTarget, ClientFactory
+from tasks.kit.checks import CheckRecord
+from tasks.kit.step import StepOutcome
 
 T0 = datetime(2026, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 LONG = ("first_row.total_amount: expected == 1234.56 for the orders of the day after the pipeline's curation, got "
@@ -31,6 +33,9 @@ ATHENA_DETAILS = {"query_id": "q-1", "checks": [
      "actual": "1200.00", "note": ""},
     {"check": "row_count", "passed": True, "relation": "", "expected": 5, "actual": 5, "note": ""}],
     "preview": [{"id": i, "total_amount": "1.00"} for i in range(20)]}
+#: the same checks, typed, as the step's result carries them (report.html's checks table reads these)
+ATHENA_CHECKS = [CheckRecord.of("first_row.total_amount", False, "== 1234.56", "1200.00"),
+                 CheckRecord.of("row_count", True, 5, 5)]
 
 
 def visible(line: str) -> str:
@@ -55,7 +60,8 @@ def failing_case(**kw: Any) -> CaseResult:
                    status="passed", started_at=T0, duration_s=0.2, summary="uploaded 2 file(s), 276 B, to "
                    "s3://demo-landing/incoming/2026-03-14/a-long-prefix-that-would-make-a-wide-column/"),
         StepResult(number="2", label="orders-in-athena", kind="athena_query", status="failed", started_at=T0,
-                   duration_s=1.5, error=LONG, error_code="CheckFailed", details=ATHENA_DETAILS),
+                   duration_s=1.5, error=LONG, error_code="CheckFailed", details=ATHENA_DETAILS,
+                   checks=ATHENA_CHECKS),
         StepResult(number="end", label="cleanup", kind="cleanup", status="passed", duration_s=0.1, summary="done"),
     ]
     base: dict[str, Any] = dict(case="case-orders-ingestion", status="failed", flow_run_id="run-1",
@@ -124,11 +130,11 @@ def test_history_rows_from_the_summary_table_versions() -> None:
 @pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_audit_names_account_identity_and_versions(aws: None) -> None:
     found = audit.collect(ClientFactory(AwsTarget(region="eu-west-1")))
-    assert found["aws"] == {"account_id": "123456789012", "caller_arn": found["aws"]["caller_arn"],
-                            "region": "eu-west-1", "error_code": None}
-    assert found["aws"]["caller_arn"].startswith("arn:aws:")
-    assert found["prefect_version"] and found["boto3_version"] and found["host"]
-    assert found["deployment"] is None  # not run from a deployment
+    assert found.aws.to_json() == {"account_id": "123456789012", "caller_arn": found.aws.caller_arn,
+                                   "region": "eu-west-1", "error_code": None}
+    assert found.aws.caller_arn and found.aws.caller_arn.startswith("arn:aws:")
+    assert found.prefect_version and found.boto3_version and found.host
+    assert found.deployment is None  # not run from a deployment
 
 
 def test_audit_reads_the_deployment_off_the_runs_context(monkeypatch) -> None:
@@ -170,8 +176,8 @@ def test_audit_records_sts_refusal_instead_of_failing() -> None:
         def _refuse() -> None:
             raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "GetCallerIdentity")
 
-    assert audit.aws_identity(Refusing()) == {"account_id": None, "caller_arn": None, "region": "eu-west-1",
-                                              "error_code": "AccessDenied"}
+    assert audit.aws_identity(Refusing()).to_json() == {"account_id": None, "caller_arn": None,
+                                                        "region": "eu-west-1", "error_code": "AccessDenied"}
 
 
 @pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
@@ -181,7 +187,7 @@ def test_report_json_audit_follows_the_schema_and_html_shows_checks_first(aws: N
     result = failing_case(audit=audit.collect(ClientFactory(AwsTarget(region="eu-west-1"))))
     folder = evidence_pack.write_pack(result, None, tmp_path / "pack")
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    schema = json.loads(evidence_pack.SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = json.loads(pack_files.SCHEMA_FILE.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["audit"]["aws"]["account_id"] == "123456789012"
     assert report["run"]["ui_url"] == "http://127.0.0.1:4321/runs/flow-run/run-1"  # the pack points at the UI
@@ -193,12 +199,19 @@ def test_report_json_audit_follows_the_schema_and_html_shows_checks_first(aws: N
     assert "123456789012" in (folder / "report.md").read_text(encoding="utf-8")
 
 
-def test_step_checks_found_at_any_depth() -> None:
-    details = {"objects": [{"key": "out/a.csv", "checks": [{"check": "row count", "passed": True,
-                                                            "expected": 3, "actual": 3}]}], "checks": 2}
-    assert step_checks(details) == [{"check": "row count", "passed": True, "expected": 3, "actual": 3,
-                                     "where": "out/a.csv"}]
-    assert step_checks(ATHENA_DETAILS)[0]["check"] == "first_row.total_amount =="
+def test_report_html_reads_typed_checks_not_shapes_in_details(tmp_path: Path) -> None:
+    """A check-like shape in details is no check; the typed checks are, with where they were made."""
+    step = StepResult(number="1", label="landed", kind="expect_objects", status="passed", duration_s=0.1,
+                      details={"objects": [{"key": "x", "checks": [{"check": "decoy", "passed": False}]}]},
+                      checks=[CheckRecord.of("row count", True, "3", "3", where="out/a.csv")])
+    result = CaseResult(case="typed checks", status="passed", started_at=T0, ended_at=T0, duration_s=0.1,
+                        steps=[step])
+    page = (evidence_pack.write_pack(result, None, tmp_path / "pack") / "report.html").read_text(encoding="utf-8")
+    assert "<code>out/a.csv: row count</code></td><td>3</td><td>3</td>" in page
+    assert "decoy" not in page[:page.index("Raw details")]
+    report = json.loads((tmp_path / "pack" / "report.json").read_text(encoding="utf-8"))
+    assert report["steps"][0]["checks"] == [{"name": "row count", "expected": "3", "actual": "3",
+                                             "verdict": "passed", "where": "out/a.csv"}]
 
 
 @pytest.mark.parametrize("value", ["", "   "])
@@ -232,8 +245,8 @@ def test_the_history_gives_each_run_its_own_duration_and_reads_in_the_singular()
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
-    from flows.evidence_markdown import _history_markdown
-    from flows.history import history_rows
+    from flows.evidence.history import history_rows
+    from flows.evidence.markdown import _history_markdown
 
     artifact = SimpleNamespace(flow_run_id="r1", data="[]", created=datetime(2026, 12, 8, tzinfo=timezone.utc),
                                description="FAILED · Orders ingestion (3.6 s)")

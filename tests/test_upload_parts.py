@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from tasks.base import UndoAction, UndoLog
-from tasks.errors import StepError
-from tasks.s3 import FileDigest, _upload_undo, multipart_upload, upload_file
+from tasks.kit.errors import StepError
+from tasks.kit.step import UndoAction, UndoLog
+from tasks.s3.steps import _upload_undo
+from tasks.s3.upload import FileDigest, multipart_upload, upload_file
 
 MIB = 1024 * 1024
 

@@ -41,7 +41,7 @@ from tasks.athena.client import (
     stop_query,
     wait_for_query,
 )
-from tasks.athena.evidence import console_url, preview_table, result_digest
+from tasks.athena.evidence import console_path, preview_table, result_digest
 from tasks.athena.sql_guard import READ_KINDS, SqlCheck, check_sql, classify_sql
 from tasks.athena.step import AthenaQueryStep, check_step_sql, load_sql, run_athena_query
 from tasks.athena.values import (
@@ -74,7 +74,7 @@ __all__ = [
     "classify_sql",
     "coerce_expected",
     "columns_from_metadata",
-    "console_url",
+    "console_path",
     "convert_value",
     "evaluate_checks",
     "failure_message",

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
-from datetime import date, datetime
-from datetime import time as dtime
-from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Literal
+from decimal import Decimal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
 from tasks.athena.reconcile import Reconcile
-from tasks.athena.values import CONVERTERS, Column, QueryResult, json_safe, normalise_type
-from tasks.base import SpecModel
-from tasks.markdown import shorten
+from tasks.athena.values import CheckResult, Column, QueryResult, Shown, coerce_expected
+from tasks.kit import baseline
+from tasks.kit.baseline import History
+from tasks.kit.step import Baseline, Severity, SpecModel, severity_field
 
-__all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "coerce_expected", "evaluate_checks"]
+__all__ = ["AthenaExpect", "CheckAccumulator", "CheckResult", "ColumnCondition", "Shown", "baseline_checks",
+           "coerce_expected", "evaluate_checks"]
 
 
 class ColumnCondition(SpecModel):
@@ -36,6 +35,7 @@ class ColumnCondition(SpecModel):
     le: Any = Field(None, description="The value must be less than or equal to this.")
     not_null: bool = Field(False, description="When true, the value must not be NULL.")
     is_null: bool = Field(False, description="When true, the value must be NULL.")
+    severity: Severity | None = severity_field("one of these conditions", None)
 
     @model_validator(mode="after")
     def _something_to_check(self) -> "ColumnCondition":
@@ -51,7 +51,12 @@ class ColumnCondition(SpecModel):
 class AthenaExpect(SpecModel):
     """What the query's result must show. Every check is run and reported; the step fails if any fails."""
 
-    row_count: int | None = Field(None, ge=0, description="The result has exactly this many rows.")
+    row_count: Annotated[int, Field(ge=0)] | Baseline | None = Field(
+        None, description="The result has exactly this many rows; or, as a baseline "
+        "(`{within_pct_of_baseline: 20, runs: 7}`), about as many as in the case's last passing runs.")
+    column_sums: dict[str, Baseline] = Field(
+        default_factory=dict, description="Column -> baseline: the sum of the column's values (numbers; NULLs "
+        "left out) is within a percentage of its sum in the case's last passing runs.")
     min_rows: int | None = Field(None, ge=0, description="The result has at least this many rows.")
     max_rows: int | None = Field(None, ge=0, description="The result has at most this many rows.")
     columns: list[str] | None = Field(None, description="The result's column names, exactly and in this order.")
@@ -73,6 +78,8 @@ class AthenaExpect(SpecModel):
     reconcile: Reconcile | None = Field(
         None, description="Compare the whole result with an expected dataset (a local CSV or JSONL file, or inline "
                           "rows) on key columns: rows missing, rows unexpected, values that differ.")
+    severity: Severity = severity_field("a check of this `expect` (a `first_row` column or a baseline may say its "
+                                        "own)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "AthenaExpect":
@@ -88,81 +95,13 @@ class AthenaExpect(SpecModel):
 
     def is_empty(self) -> bool:
         """True when nothing is to be checked."""
-        return (self.row_count is None and self.min_rows is None and self.max_rows is None
+        return (self.row_count is None and not self.column_sums and self.min_rows is None and self.max_rows is None
                 and self.columns is None and self.rows is None and not self.first_row and self.reconcile is None)
-
-
-@dataclass
-class CheckResult:
-    """One check: which, whether it passed, what was expected and what was found."""
-
-    check: str
-    passed: bool
-    expected: Any
-    actual: Any
-    note: str = ""
-    #: how actual must relate to expected when not by equality: ">=", "<", "is not", ...
-    relation: str = ""
-
-    @property
-    def name(self) -> str:
-        """The check's label without its relation (``first_row.total``, not ``first_row.total >``)."""
-        suffix = f" {self.relation}"
-        return self.check[: -len(suffix)] if self.relation and self.check.endswith(suffix) else self.check
-
-    def text(self) -> str:
-        """``row_count: expected 3, got 2``; ``first_row.total: expected > 0, got 12``."""
-        relation = f"{self.relation} " if self.relation else ""
-        text = f"{self.name}: expected {relation}{_show(self.expected)}, got {_show(self.actual)}"
-        return text + (f" ({self.note})" if self.note else "")
-
-    def line(self) -> str:
-        """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
-        return f"{'✅ PASS' if self.passed else '❌ FAIL'} {self.text()}"
-
-    def row(self, width: int = 300) -> list[str]:
-        """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
-        relation = f"{self.relation} " if self.relation else ""
-        actual = _show(self.actual) + (f" ({self.note})" if self.note else "")
-        return ["✅ PASS" if self.passed else "❌ FAIL", shorten(self.name, width),
-                shorten(relation + _show(self.expected), width), shorten(actual, width)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,
-                          "expected": self.expected, "actual": self.actual, "note": self.note})
-
-
-_INT_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
-
-
-def coerce_expected(value: Any, athena_type: str) -> Any:
-    """A value from the spec as the column's Python type, so ``'2024-01-31'`` equals a date and ``1.5`` a
-    Decimal; left as is when it cannot be converted (then it simply does not match)."""
-    if value is None:
-        return None
-    base = normalise_type(athena_type)
-    converter = CONVERTERS.get(base)
-    try:
-        if converter is None:
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            return value if isinstance(value, str) else str(value)
-        if isinstance(value, str):
-            return converter(value)
-        if base == "decimal" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return Decimal(str(value))
-        if base in _INT_TYPES and isinstance(value, float) and value.is_integer():
-            return int(value)
-        if base == "timestamp" and isinstance(value, date) and not isinstance(value, datetime):
-            return datetime(value.year, value.month, value.day)
-    except (ValueError, InvalidOperation):
-        return value
-    return value
 
 
 def _count_checks(expect: AthenaExpect, count: int) -> list[CheckResult]:
     checks = []
-    if expect.row_count is not None:
+    if isinstance(expect.row_count, int):
         checks.append(CheckResult("row_count", count == expect.row_count, expect.row_count, count))
     if expect.min_rows is not None:
         checks.append(CheckResult("min_rows", count >= expect.min_rows, expect.min_rows, count, relation=">="))
@@ -267,12 +206,15 @@ class CheckAccumulator:
         self.first: dict[str, Any] | None = None
         self.preview: list[dict[str, Any]] = []
         self.rows = _RowsCheck(expect, columns) if expect.rows is not None else None
+        #: column -> the sum of its numbers so far (``column_sums``), and the columns with a value not a number
+        self.sums: dict[str, Decimal] = {name: Decimal(0) for name in expect.column_sums}
+        self.not_numbers: set[str] = set()
 
     @property
     def needs_every_row(self) -> bool:
         """Whether a check needs every row's values (``rows``); otherwise only the first ``preview_rows`` (at
         least one) are needed and the others may only be counted (``count += 1``)."""
-        return self.rows is not None
+        return self.rows is not None or bool(self.sums)
 
     def feed(self, row: dict[str, Any]) -> None:
         if self.count == 0:
@@ -282,6 +224,16 @@ class CheckAccumulator:
             self.preview.append(row)
         if self.rows is not None:
             self.rows.feed(row)
+        for name in self.sums:
+            value = row.get(name)
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, (int, Decimal)):
+                self.sums[name] += value
+            elif isinstance(value, float) and value == value and abs(value) != float("inf"):
+                self.sums[name] += Decimal(str(value))
+            else:
+                self.not_numbers.add(name)
 
     def close(self) -> None:
         """Nothing to release."""
@@ -295,8 +247,12 @@ class CheckAccumulator:
             checks.append(CheckResult("columns", names == expect.columns, expect.columns, names))
         if self.rows is not None:
             checks.append(self.rows.result())
+        for check in checks:
+            check.severity = expect.severity
         for name, condition in expect.first_row.items():
-            checks.extend(_column_checks(name, condition, self.columns, self.first))
+            for check in _column_checks(name, condition, self.columns, self.first):
+                check.severity = condition.severity or expect.severity
+                checks.append(check)
         return checks
 
 
@@ -342,6 +298,29 @@ def _column_checks(name: str, condition: ColumnCondition, columns: list[Column],
     return checks
 
 
+def baseline_checks(expect: AthenaExpect, checks: CheckAccumulator, step: str,
+                    history: History | None) -> tuple[list[CheckResult], dict[str, Any]]:
+    """The checks of ``expect`` against the case's past runs (``row_count`` as a baseline, ``column_sums``), and
+    what goes in the step's ``details.baselines`` (each value, its baseline and the runs it came from)."""
+    measured = []
+    out: list[CheckResult] = []
+    if isinstance(expect.row_count, Baseline):
+        measured.append(baseline.check(expect.row_count, step, "row_count", checks.count, history,
+                                       expect.severity))
+    names = [c.name for c in checks.columns]
+    for name, spec in expect.column_sums.items():
+        if name not in names or name in checks.not_numbers:
+            why = f"no column {name!r}" if name not in names else "values that are not numbers"
+            out.append(CheckResult(f"column_sums.{name}", False, Shown("a column of numbers"), Shown(why),
+                                   severity=spec.severity or expect.severity))
+            continue
+        measured.append(baseline.check(spec, step, f"column_sums.{name}", float(checks.sums[name]), history,
+                                       expect.severity))
+    out += [CheckResult(f"{b.metric} (baseline)", b.passed, Shown(b.expected()), b.value, severity=b.severity)
+            for b in measured]
+    return out, {b.metric: b.record() for b in measured}
+
+
 def evaluate_checks(expect: AthenaExpect, result: QueryResult) -> list[CheckResult]:
     """Run every check of ``expect`` on the result's rows (a :class:`CheckAccumulator` fed them all)."""
     checks = CheckAccumulator(expect, result.columns)
@@ -350,14 +329,3 @@ def evaluate_checks(expect: AthenaExpect, result: QueryResult) -> list[CheckResu
     return checks.results()
 
 
-def _show(value: Any) -> str:
-    """A value for a message, short: strings quoted (so '' differs from NULL), numbers and dates bare."""
-    if value is None:
-        text = "NULL"
-    elif isinstance(value, (Decimal, date, dtime)):
-        text = str(json_safe(value))
-    elif isinstance(value, str):
-        text = repr(value)
-    else:
-        text = str(json_safe(value))
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,6 +1,6 @@
 """Athena calls on a boto3 client: start a query, wait for it (stopping it on timeout), read its typed rows.
 
-* :func:`start_query`, :func:`wait_for_query` (the project's growing-interval :func:`~tasks.polling.poll`; on
+* :func:`start_query`, :func:`wait_for_query` (the project's growing-interval :func:`~tasks.kit.polling.poll`; on
   timeout the query is stopped with ``StopQueryExecution``), :func:`fetch_results` (typed rows), and
   :func:`run_query` for all three.
 
@@ -26,16 +26,9 @@ from pydantic import Field
 
 from tasks.athena.cost import ScanLimit, stopped_over_limit, workgroup_cancelled
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper, columns_from_metadata
-from tasks.base import format_bytes
-from tasks.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
-from tasks.polling import (
-    MAX_INTERVAL_SECONDS,
-    MAX_WAIT_SECONDS,
-    MIN_INITIAL_SECONDS,
-    Clock,
-    PollSettings,
-    poll,
-)
+from tasks.kit.errors import AWS_ERRORS, TIMED_OUT, StepError, aws_error, request_id
+from tasks.kit.polling import MAX_INTERVAL_SECONDS, MAX_WAIT_SECONDS, MIN_INITIAL_SECONDS, Clock, PollSettings, poll
+from tasks.kit.step import format_bytes
 
 if TYPE_CHECKING:
     from types_boto3_athena import AthenaClient
@@ -190,7 +183,7 @@ def wait_for_query(
 ) -> dict[str, Any]:
     """Wait until the query ends; return its SUCCEEDED execution.
 
-    Checks at once, then at growing intervals (:func:`~tasks.polling.poll`). On timeout, or when waiting is
+    Checks at once, then at growing intervals (:func:`~tasks.kit.polling.poll`). On timeout, or when waiting is
     interrupted (an AWS error, a cancelled flow), the query is stopped so it does not run on. A FAILED or
     CANCELLED query is a StepError with Athena's reason. With a ``limit`` (the cost guard), a query whose progress
     shows more bytes scanned than it may is stopped at once, and one the workgroup's own limit cancelled, both a

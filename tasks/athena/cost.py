@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, ByteSize
 
-from tasks import markdown
 from tasks.athena.checks import CheckResult
-from tasks.base import Meter
-from tasks.errors import AWS_ERRORS, CHECK_FAILED, CheckFailed, aws_error
+from tasks.kit import markdown
+from tasks.kit.errors import AWS_ERRORS, CHECK_FAILED, CheckFailed, aws_error
+from tasks.kit.step import Meter
 
 if TYPE_CHECKING:
     from types_boto3_athena import AthenaClient
@@ -95,7 +95,9 @@ class ScanLimit:
             raise CheckFailed(f"the case's Athena queries already scanned {show_bytes(case.total)}, its limit "
                               f"(aws.athena_max_scanned_bytes) is {show_bytes(case.limit)}: this query was not "
                               "started", code=CHECK_FAILED,
-                              details={"case_scanned_bytes": case.total, "case_max_scanned_bytes": case.limit})
+                              details={"case_scanned_bytes": case.total, "case_max_scanned_bytes": case.limit},
+                              checks=[CheckResult("aws.athena_max_scanned_bytes", False, Bytes(case.limit),
+                                                  Bytes(case.total), "before this query", relation="<").record()])
         return limit
 
     @property
@@ -155,4 +157,5 @@ def stopped_over_limit(query_id: str, execution: dict[str, Any], limit: ScanLimi
     if checks:
         body = ("**Checks**\n\n" + markdown.table(["verdict", "check", "expected", "actual"], [c.row() for c in checks])
                 + "\n\n" + body)
-    return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body)
+    return CheckFailed(message, code=CHECK_FAILED, details=details, markdown=body,
+                       checks=[c.record() for c in checks])

@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tasks import markdown
 from tasks.athena.checks import CheckResult
 from tasks.athena.client import QueryRun, state_of
 from tasks.athena.cost import show_bytes
 from tasks.athena.values import ResultDigest, json_safe, result_digest
-from tasks.aws import is_real_aws
-from tasks.base import Link, StepOutcome, format_bytes
-from tasks.errors import HashedItem, StepFile
+from tasks.kit import markdown
+from tasks.kit.console_links import links_for, literal
+from tasks.kit.files import HashedItem, StepFile
+from tasks.kit.step import StepOutcome, format_bytes
 
 if TYPE_CHECKING:
     from tasks.athena.reconcile import ReconcileReport
     from tasks.athena.step import AthenaQueryStep
 
-__all__ = ["ResultDigest", "ResultFacts", "console_url", "preview_table", "query_outcome", "reconcile_markdown",
+__all__ = ["ResultDigest", "ResultFacts", "console_path", "preview_table", "query_outcome", "reconcile_markdown",
            "result_columns", "result_digest"]
 
 
@@ -26,9 +26,9 @@ __all__ = ["ResultDigest", "ResultFacts", "console_url", "preview_table", "query
 CODE_WIDTH = 96
 
 
-def console_url(region: str, query_id: str) -> str:
-    """The query in the Athena console's history."""
-    return f"https://{region}.console.aws.amazon.com/athena/home?region={region}#/query-editor/history/{query_id}"
+def console_path(query_id: str) -> str:
+    """The query in the Athena console's history (a path for :func:`tasks.kit.console_links.links_for`)."""
+    return "athena/home?region={region}#/query-editor/history/" + literal(query_id)
 
 
 def preview_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -182,9 +182,7 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         details["reconcile"] = reconciled.to_dict()
         body += "\n\n" + reconcile_markdown(reconciled)
         files = [StepFile.of(path, f"reconcile/{path.name}") for path in reconciled.files.values()]
-    links = []
-    if region and is_real_aws(endpoint):
-        links.append(Link(console_url(region, run.query_id), f"Athena query {run.query_id}"))
+    links = links_for(endpoint, region, console_path(run.query_id), f"Athena query {run.query_id}") if region else []
     return StepOutcome(
         summary=_summary(facts, checks),
         details=details,
@@ -192,6 +190,7 @@ def query_outcome(sql: str, step: AthenaQueryStep, run: QueryRun, checks: list[C
         links=links,
         tables={"preview": safe_preview},
         request_ids=list(run.request_ids),
+        checks=[c.record() for c in checks],
         hashed_items=[HashedItem.query_result(query_id=run.query_id, location=facts["output_location"],
                                               rows=facts["row_count"], sha256=digest)],
         files=files,

@@ -23,11 +23,10 @@ from typing import IO, Any, Iterator, Literal
 
 from pydantic import Field, model_validator
 
-from tasks import nesting
-from tasks.athena import checks as _checks  # checks.py imports this module for its model: used at call time
-from tasks.athena.values import Column, json_safe, normalise_type
-from tasks.base import SpecModel
-from tasks.errors import StepError
+from tasks.athena.values import CheckResult, Column, coerce_expected, json_safe, normalise_type
+from tasks.kit import nesting
+from tasks.kit.errors import StepError
+from tasks.kit.step import SpecModel
 
 __all__ = ["DIFF_FILES", "Reconcile", "ReconcileReport", "Reconciler", "expected_rows"]
 
@@ -142,7 +141,7 @@ def _typed(value: Any, athena_type: str) -> Any:
                 return stamp
         except ValueError:
             pass
-    return _checks.coerce_expected(value, athena_type)
+    return coerce_expected(value, athena_type)
 
 
 @dataclass
@@ -161,13 +160,13 @@ class ReconcileReport:
     def passed(self) -> bool:
         return not any(self.counts.values())
 
-    def check(self) -> _checks.CheckResult:
+    def check(self) -> CheckResult:
         """``reconcile differences: expected 0, got 3 (1 missing, 1 unexpected, 1 differing value(s); ...)``."""
         counts = self.counts
         note = (f"{counts['missing']} missing, {counts['unexpected']} unexpected, {counts['differences']} "
                 f"differing value(s); {self.expected} expected rows, {self.actual} result rows, compared on "
                 f"{', '.join(self.compared)}")
-        return _checks.CheckResult("reconcile differences", self.passed, 0, sum(counts.values()), note)
+        return CheckResult("reconcile differences", self.passed, 0, sum(counts.values()), note)
 
     def to_dict(self) -> dict[str, Any]:
         return {"expected_rows": self.expected, "actual_rows": self.actual, "matched_rows": self.matched,

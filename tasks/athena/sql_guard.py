@@ -20,7 +20,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
-from tasks.errors import StepError
+from tasks.kit.errors import StepError
 
 __all__ = ["READ_KINDS", "SqlCheck", "check_literal", "check_sql", "classify_sql"]
 

@@ -7,17 +7,17 @@ from typing import Annotated, Callable, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from tasks.athena.checks import AthenaExpect, CheckAccumulator
+from tasks.athena.checks import AthenaExpect, CheckAccumulator, baseline_checks
 from tasks.athena.client import AthenaWait, run_query
 from tasks.athena.cost import ByteCount, ScanLimit, scanned_bytes, show_bytes
 from tasks.athena.evidence import ResultFacts, query_outcome
 from tasks.athena.reconcile import Reconciler, ReconcileReport
 from tasks.athena.sql_guard import SqlCheck, check_literal, check_sql
 from tasks.athena.values import Column, QueryResult, ResultDigest, RowTyper
-from tasks.base import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
-from tasks.errors import CheckFailed, StepError
-from tasks.iam import Arns, Footprint
-from tasks.s3 import S3_URI_KEY
+from tasks.kit.errors import StepError, failed_checks
+from tasks.kit.iam import Arns, Footprint
+from tasks.kit.step import RESOURCE_NAME, StepBase, StepContext, StepOutcome, is_template, step_kind, template_aware
+from tasks.s3.keys import S3_URI_KEY
 
 __all__ = ["AthenaQueryStep", "ResultSink", "check_step_sql", "load_sql", "reconcile", "run_athena_query"]
 
@@ -207,24 +207,26 @@ def run_athena_query(step: AthenaQueryStep, ctx: StepContext) -> StepOutcome:
         limit=limit,
     )
     sink: ResultSink = run.sink
-    checks = sink.checks.results() + limit.charge(scanned_bytes(run.execution))
+    against_past, baselines = baseline_checks(step.expect, sink.checks, ctx.label, ctx.history)
+    checks = sink.checks.results() + against_past + limit.charge(scanned_bytes(run.execution))
     reconciled = None
     if sink.reconciler is not None:
         reconciled = sink.reconciler.finish()
         checks.append(reconciled.check())
+        checks[-1].severity = step.expect.severity
         ctx.logger.info("Reconciled %d result rows with %d expected rows: %s", reconciled.actual,
                         reconciled.expected, reconciled.check().note)
     streamed = ResultFacts(sink.checks.count, sink.checks.preview, sink.digest.hexdigest())
     outcome = query_outcome(sql, step, run, checks, athena.meta.region_name, str(athena.meta.endpoint_url),
                             reconciled, streamed)
     outcome.details.update(limit.facts())
-    failed = [c for c in checks if not c.passed]
-    if failed:
-        raise CheckFailed(
-            f"{len(failed)} of {len(checks)} checks failed: " + "; ".join(c.text() for c in failed),
-            details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
-            files=outcome.files,
-        )
+    if baselines:  # each value, its baseline and the runs it came from; later runs read the value from here
+        outcome.details["baselines"] = baselines
+    failure = failed_checks([(c.severity, c.text()) for c in checks if not c.passed], len(checks),
+                            details=outcome.details, markdown=outcome.markdown, hashed_items=outcome.hashed_items,
+                            files=outcome.files, checks=outcome.checks)
+    if failure is not None:
+        raise failure
     ctx.logger.info("Athena query %s: %s", run.query_id, outcome.summary)
     return outcome
 

@@ -18,7 +18,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo
 
-from tasks.errors import StepError
+from tasks.kit.checks import CheckRecord
+from tasks.kit.errors import StepError
+from tasks.kit.markdown import shorten
+from tasks.kit.status import check_verdict
 
 __all__ = [
     "CONVERTERS",
@@ -231,3 +234,105 @@ def result_digest(columns: list[Column], rows: Iterable[Sequence[str | None]]) -
             batch = []
     digest.feed(batch)
     return digest.hexdigest()
+
+
+@dataclass
+class CheckResult:
+    """One check: which, whether it passed, what was expected and what was found."""
+
+    check: str
+    passed: bool
+    expected: Any
+    actual: Any
+    note: str = ""
+    #: how actual must relate to expected when not by equality: ">=", "<", "is not", ...
+    relation: str = ""
+    #: ``warn``: when it does not hold, it is a warning (the step is warned), not a failure
+    severity: str = "error"
+
+    @property
+    def mark(self) -> str:
+        """``✅ PASS``, ``❌ FAIL``, or ``⚠️ WARN`` for a warning check that did not hold."""
+        return check_verdict(self.passed, warn=self.severity == "warn")
+
+    @property
+    def name(self) -> str:
+        """The check's label without its relation (``first_row.total``, not ``first_row.total >``)."""
+        suffix = f" {self.relation}"
+        return self.check[: -len(suffix)] if self.relation and self.check.endswith(suffix) else self.check
+
+    def text(self) -> str:
+        """``row_count: expected 3, got 2``; ``first_row.total: expected > 0, got 12``."""
+        relation = f"{self.relation} " if self.relation else ""
+        text = f"{self.name}: expected {relation}{show_value(self.expected)}, got {show_value(self.actual)}"
+        return text + (f" ({self.note})" if self.note else "")
+
+    def line(self) -> str:
+        """``❌ FAIL row_count: expected 3, got 2``; ``✅ PASS first_row.total: expected > 0, got 12``."""
+        return f"{self.mark} {self.text()}"
+
+    def row(self, width: int = 300) -> list[str]:
+        """verdict, check, expected, actual: short cells for a table that fits the UI (the pack has them whole)."""
+        relation = f"{self.relation} " if self.relation else ""
+        actual = show_value(self.actual) + (f" ({self.note})" if self.note else "")
+        return [self.mark, shorten(self.name, width),
+                shorten(relation + show_value(self.expected), width), shorten(actual, width)]
+
+    def record(self) -> CheckRecord:
+        """The typed record of this check (expected with its relation, actual with its note), as the pack shows it."""
+        relation = f"{self.relation} " if self.relation else ""
+        actual = show_value(self.actual) + (f" ({self.note})" if self.note else "")
+        return CheckRecord.of(self.name, self.passed, relation + show_value(self.expected), actual,
+                              severity=self.severity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe({"check": self.check, "passed": self.passed, "relation": self.relation,
+                          "expected": self.expected, "actual": self.actual, "note": self.note,
+                          **({"severity": "warn"} if self.severity == "warn" else {})})
+
+
+_INT_TYPES = frozenset({"tinyint", "smallint", "integer", "int", "bigint"})
+
+
+def coerce_expected(value: Any, athena_type: str) -> Any:
+    """A value from the spec as the column's Python type, so ``'2024-01-31'`` equals a date and ``1.5`` a
+    Decimal; left as is when it cannot be converted (then it simply does not match)."""
+    if value is None:
+        return None
+    base = normalise_type(athena_type)
+    converter = CONVERTERS.get(base)
+    try:
+        if converter is None:
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            return value if isinstance(value, str) else str(value)
+        if isinstance(value, str):
+            return converter(value)
+        if base == "decimal" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return Decimal(str(value))
+        if base in _INT_TYPES and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if base == "timestamp" and isinstance(value, date) and not isinstance(value, datetime):
+            return datetime(value.year, value.month, value.day)
+    except (ValueError, InvalidOperation):
+        return value
+    return value
+
+
+class Shown(str):
+    """A text a check shows as it is (not quoted as a string value is): e.g. a baseline's range."""
+
+
+def show_value(value: Any) -> str:
+    """A value for a message, short: strings quoted (so '' differs from NULL), numbers and dates bare."""
+    if isinstance(value, Shown):
+        text = str(value)
+    elif value is None:
+        text = "NULL"
+    elif isinstance(value, (Decimal, date, dtime)):
+        text = str(json_safe(value))
+    elif isinstance(value, str):
+        text = repr(value)
+    else:
+        text = str(json_safe(value))
+    return text if len(text) <= 300 else text[:297] + "..."
