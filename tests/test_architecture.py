@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("flows", "tasks")
 MAX_LINES = 600
@@ -123,6 +125,7 @@ def test_every_module_says_what_it_is() -> None:
     assert not silent, silent
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_no_module_is_hidden_from_git() -> None:
     """A module .gitignore hides is missing from every clone (flows/evidence/ once matched `evidence/`)."""
     import shutil

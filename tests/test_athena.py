@@ -14,16 +14,11 @@ from datetime import date, datetime, timedelta, timezone
 from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
-import requests
 from botocore.stub import Stubber
-from conftest import FakeClock
-from moto.athena.models import athena_backends
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.moto_api import state_manager
 from pydantic import ValidationError
 
 import tasks.athena as athena_mod
@@ -52,53 +47,15 @@ from tasks.athena import (
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
 from tasks.kit.polling import PollSettings
-from tasks.kit.step import REGISTRY, StepContext
+from tasks.kit.step import REGISTRY
+from tests.helpers import BUCKET, OUTPUT, FakeClock, backend, inject, manual_states
+from tests.helpers import athena_context as context
 
 REGION = "us-east-1"
-MOTO_API = "http://motoapi.amazonaws.com/moto-api"
-BUCKET = "athena-results"
-OUTPUT = f"s3://{BUCKET}/results/"
 
 # --------------------------------------------------------------------------------------------------------
 # Fixtures and helpers
 # --------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def athena_clients(clients: ClientFactory) -> Iterator[ClientFactory]:
-    """conftest's ``clients`` (moto) with a result bucket; moto's state transitions are reset afterwards."""
-    clients.client("s3").create_bucket(Bucket=BUCKET)
-    try:
-        yield clients
-    finally:
-        state_manager.unset_transition("athena::execution")
-
-
-def backend() -> Any:
-    return athena_backends[DEFAULT_ACCOUNT_ID][REGION]
-
-
-def manual_states(times: int) -> None:
-    """QUEUED -> RUNNING -> SUCCEEDED, each step after ``times`` GetQueryExecution calls (moto's state manager)."""
-    response = requests.post(
-        f"{MOTO_API}/state-manager/set-transition",
-        json={"model_name": "athena::execution", "transition": {"progression": "manual", "times": times}},
-    )
-    assert response.status_code == 201
-
-
-def inject(columns: list[tuple[str, str]], rows: list[list[str | None]], header: bool = True) -> None:
-    """Queue a result for the next query through moto's API; Athena's header row first, like Athena."""
-    data = ([[name for name, _ in columns]] if header else []) + rows
-    result = {
-        "rows": [{"Data": [{} if v is None else {"VarCharValue": v} for v in row]} for row in data],
-        "column_info": [
-            {"Name": n, "Label": n, "Type": t, "Nullable": "UNKNOWN", "CaseSensitive": t == "varchar"}
-            for n, t in columns
-        ],
-    }
-    response = requests.post(f"{MOTO_API}/static/athena/query-results", json={"region": REGION, "results": [result]})
-    assert response.status_code == 201
 
 
 def record_calls(client: Any, service: str) -> list[str]:
@@ -123,7 +80,6 @@ def page_like_athena(client: Any) -> None:
 
     client.meta.events.register("before-parameter-build.athena.GetQueryResults", remember)
     client.meta.events.register("after-call.athena.GetQueryResults", cut)
-
 
 
 # A result with every type, as Athena's text, and the same rows typed
@@ -742,14 +698,6 @@ def test_model_rejects_bad_specs(data: dict[str, Any], message: str) -> None:
 # --------------------------------------------------------------------------------------------------------
 # The runner
 # --------------------------------------------------------------------------------------------------------
-
-
-
-def context(clients: ClientFactory, spec_dir: Path, clock: FakeClock | None = None) -> StepContext:
-    return StepContext(
-        clients=clients, case_name="case", run_id="run-1", label="athena", spec_dir=spec_dir,
-        render=lambda text: text.replace("{{ table }}", "orders"), clock_override=clock.clock if clock else None,
-    )
 
 
 def test_runner_success_evidence(athena_clients: ClientFactory, fake_clock: FakeClock, tmp_path: Path) -> None:

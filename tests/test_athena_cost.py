@@ -11,10 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from conftest import FakeClock
 from pydantic import ValidationError
-from test_athena import OUTPUT, backend, context, inject, manual_states
-from test_athena import athena_clients as athena_clients  # the fixture: a result bucket, states reset
 
 from flows.spec.model import AwsSettings
 from tasks.athena import AthenaQueryStep, run_athena_query
@@ -22,6 +19,8 @@ from tasks.athena.cost import show_bytes, workgroup_cutoff
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import CHECK_FAILED, CheckFailed, StepError
 from tasks.kit.step import Meter
+from tests.helpers import OUTPUT, FakeClock, backend, inject, manual_states
+from tests.helpers import athena_context as context
 
 GB = 10**9
 pytestmark = pytest.mark.usefixtures("athena_clients")

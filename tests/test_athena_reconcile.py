@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
 from pydantic import ValidationError
-from test_athena import OUTPUT, athena_clients, context, inject  # noqa: F401  (athena_clients is a fixture)
 
 from flows.evidence.pack.files import sha256_file
 from flows.evidence.pack.write import STEP_FILES_DIR, write_pack
@@ -22,6 +20,8 @@ from tasks.athena.reconcile import Reconcile, Reconciler
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import CheckFailed, StepError
 from tasks.kit.files import StepFile
+from tests.helpers import OUTPUT, FakeClock, inject
+from tests.helpers import athena_context as context
 
 COLUMNS = [Column("id", "bigint"), Column("amount", "decimal(10,2)"), Column("day", "date"),
            Column("at", "timestamp(3) with time zone"), Column("score", "double"), Column("note", "varchar")]

@@ -469,19 +469,6 @@ def make(bad: Bad, folder: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def no_aws(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Fail any AWS API call (and record it)."""
-    calls: list[str] = []
-
-    def refuse(self: Any, operation: str, params: Any) -> Any:
-        calls.append(operation)
-        raise AssertionError(f"validation made an AWS call: {operation}")
-
-    monkeypatch.setattr("botocore.client.BaseClient._make_api_call", refuse)
-    return calls
-
-
 def test_the_base_case_is_valid(tmp_path: Path, no_aws: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     path = make(Bad("valid", []), tmp_path)
     assert cli.main([str(path), "--validate"]) == 0, capsys.readouterr().err
@@ -543,6 +530,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_bad_input_is_refused_by_the_real_command(tmp_path: Path) -> None:
     """Real processes, side by side: exit code 2 and no traceback; validation's CPU time and memory (ru_maxrss growth)
     measured in the child after its imports; AWS points at a closed port, so a call could not succeed."""

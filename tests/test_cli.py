@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from flows.emulator import emulator_env
+from tests.helpers import write_cli_case as write_case
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
@@ -30,24 +31,6 @@ def run_cli(args: list[str], endpoint: str, api_url: str | None, cwd: Path) -> s
         env["PREFECT_API_URL"] = api_url
     return subprocess.run([sys.executable, "-m", "flows.pipeline_test", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=180)
-
-
-def write_case(folder: Path, bucket: str, **step_overrides: Any) -> Path:
-    (folder / "data").mkdir(exist_ok=True)
-    (folder / "data" / "orders.csv").write_text("id,amount\n1,10\n")
-    case = {
-        "case": "CLI case",
-        "variables": {"bucket": bucket},
-        "steps": [
-            {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
-             "key": "in/orders.csv"},
-            {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}", "keys": ["in/orders.csv"],
-             "min_size": 1, "wait": {"timeout": 2}, **step_overrides},
-        ],
-    }
-    path = folder / "case.yaml"
-    path.write_text(yaml.safe_dump(case, sort_keys=False))
-    return path
 
 
 def test_cli_runs_a_case_against_the_emulator(moto_endpoint, emulated_s3, prefect_harness, tmp_path) -> None:

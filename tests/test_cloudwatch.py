@@ -12,7 +12,7 @@ from tasks.cloudwatch import MAX_LINE_CHARS, ExpectAlarmStateStep, ExpectLogEven
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import CHECK_FAILED, NOT_FOUND, TIMED_OUT, AwsCallError, CheckFailed, StepError
 from tasks.kit.secrets import Secrets
-from tests.conftest import FakeClock, run_step
+from tests.helpers import FakeClock, run_step
 
 ALARM = "orders-ingest-errors"
 GROUP = "/aws/lambda/orders-ingest"

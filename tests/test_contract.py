@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -19,51 +18,11 @@ from flows.spec.model import json_schema
 from flows.spec.reference import REFERENCE, reference
 from tasks.kit.aws import ClientFactory
 from tasks.kit.step import REGISTRY, UNDO_KINDS, StepBase, StepContext, UndoAction, UndoLog
+from tests.helpers import MINIMAL, minimal
 
 KINDS = sorted(REGISTRY)
 #: AWS calls that change state: the undo must be registered before the first of them
 WRITES = {"PutParameter", "DeleteParameter", "DeleteParameters", "PutObject", "CreateMultipartUpload", "CopyObject"}
-
-
-@dataclass
-class Minimal:
-    """A minimal valid step of a kind (with its undo switched on, for kinds that change state), and what the
-    account and spec folder need for its runner to get as far as the change."""
-
-    data: dict[str, Any]
-    seed: Callable[[ClientFactory, Path], None] = lambda clients, spec_dir: None
-
-
-def _seed_upload(clients: ClientFactory, spec_dir: Path) -> None:
-    clients.client("s3").create_bucket(Bucket="contract-bucket")
-    (spec_dir / "orders.csv").write_text("id,amount\n1,10\n")
-
-
-def _seed_parameter(clients: ClientFactory, spec_dir: Path) -> None:
-    clients.client("ssm").put_parameter(Name="/contract/p", Value="before", Type="String")
-
-
-MINIMAL: dict[str, Minimal] = {
-    "upload": Minimal({"files": ["orders.csv"], "bucket": "contract-bucket", "key_prefix": "in/", "cleanup": True},
-                      _seed_upload),
-    "expect_objects": Minimal({"bucket": "contract-bucket", "prefix": "out/"}),
-    "invoke_lambda": Minimal({"function": "ingest"}),
-    "set_parameters": Minimal({"parameters": [{"name": "/contract/p", "value": "after"}]}, _seed_parameter),
-    "delete_parameters": Minimal({"names": ["/contract/p"]}, _seed_parameter),
-    "expect_parameters": Minimal({"parameters": [{"name": "/contract/p", "equals": "before"}]}),
-    "athena_query": Minimal({"sql": "SELECT 1"}),
-    "expect_dynamodb_items": Minimal({"table": "contract-table", "key": {"pk": "a"}}),
-    "expect_queue_depth": Minimal({"queue": "contract-dlq", "messages": 0}),
-    "expect_alarm_state": Minimal({"alarm": "contract-alarm", "state": "OK"}),
-    "expect_log_events": Minimal({"log_group": "/contract/logs"}),
-    "glue_job": Minimal({"job": "transform"}),
-    "glue_crawler": Minimal({"crawler": "curated"}),
-    "step_functions": Minimal({"state_machine": "ingest"}),
-}
-
-
-def minimal(kind: str) -> StepBase:
-    return REGISTRY[kind].model.model_validate({"kind": kind, **MINIMAL[kind].data})
 
 
 def changes_state(kind: str) -> bool:

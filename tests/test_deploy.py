@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from flows.run.local_server import free_port
-from tests.conftest import migrated_prefect_db
+from tests.helpers import migrated_prefect_db
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"
@@ -178,6 +178,7 @@ async def _read_run_tree(api: str, flow_run_id: Any) -> tuple[Any, list[Any], li
 
 
 # ------------------------------------------------------------------------------------------ serve.py
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
     serve = serve_module()
     declared = deployments_of(PREFECT_YAML)
@@ -196,6 +197,7 @@ def test_serve_builds_the_deployments_of_prefect_yaml() -> None:
         assert got == [(s["cron"], s["timezone"], s.get("active", True), s["slug"]) for s in want.get("schedules", [])]
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_serve_main_lists_and_never_serves_without_a_server(monkeypatch, capsys) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -377,6 +379,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists() or not shutil.which("setsid"),
                     reason="the leftover check reads /proc (Linux)")
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_the_process_helper_stops_groups_and_sees_what_escaped(tmp_path: Path) -> None:
     marker = str(tmp_path / "marker-home")
     procs = Processes(tmp_path, marker)

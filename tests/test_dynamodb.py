@@ -13,7 +13,7 @@ from tasks.dynamodb import ExpectItemsStep, from_dynamodb, plain, to_dynamodb
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
 from tasks.kit.secrets import Secrets
-from tests.conftest import FakeClock, run_step
+from tests.helpers import FakeClock, run_step
 
 TABLE = "audit"
 

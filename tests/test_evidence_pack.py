@@ -306,6 +306,7 @@ def test_verify_names_a_file_with_one_byte_changed(failing_pack: Path, name: str
     assert "NOT intact" in out and f"{name}: changed" in out
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_verify_from_the_command_line(passing_pack: Path) -> None:
     cmd = [sys.executable, "-m", "flows.evidence.pack.verify", "verify", str(passing_pack)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=60)
@@ -803,6 +804,7 @@ def _rendered_dom(binary: str, page: Path, tmp_path: Path) -> str:
     return done.stdout
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_report_html_reads_right_in_a_real_browser(failing_pack: Path, tmp_path: Path, chromium: str) -> None:
     binary = chromium
     dom = _rendered_dom(binary, failing_pack / "report.html", tmp_path)
@@ -821,6 +823,7 @@ def test_report_html_reads_right_in_a_real_browser(failing_pack: Path, tmp_path:
     assert "<script" not in dom.lower()
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_path: Path, chromium: str) -> None:
     binary = chromium
     dom = _rendered_dom(binary, passing_pack / "report.html", tmp_path)
@@ -832,6 +835,7 @@ def test_report_html_of_a_passing_run_in_a_real_browser(passing_pack: Path, tmp_
     assert SHA_ORDERS in text and SHA_CUSTOMERS in text  # the hashed inputs are shown
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_specs_data_and_docs_are_checked_out_with_lf_on_every_os() -> None:
     """.gitattributes pins LF for what is hashed byte for byte (a spec's sha256 must not depend on the checkout),
     and every such file in the repository is LF already."""

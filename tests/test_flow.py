@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -13,57 +12,10 @@ import pytest
 from flows.evidence.results import CaseFailed, CaseResult, result_of
 from flows.pipeline_test import pipeline_test
 from tasks.kit.step import format_duration
+from tests.helpers import UPLOAD, assert_complete_pack, read_artifacts, read_task_runs
+from tests.helpers import flow_spec as spec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def spec(*steps: dict[str, Any], name: str = "Flow test") -> dict[str, Any]:
-    return {"case": name, "variables": {"bucket": "flow-bucket"}, "aws": {"region": "us-east-1"},
-            "steps": list(steps)}
-
-
-UPLOAD = {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
-          "key_prefix": "in/{{ flow_run_id }}/", "cleanup": True}
-
-
-def read_artifacts(flow_run_id: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def go() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-    return asyncio.run(go())
-
-
-def read_task_runs(flow_run_id: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    async def go() -> list[Any]:
-        async with get_client() as client:
-            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-
-    return asyncio.run(go())
-
-
-def assert_complete_pack(result: CaseResult, steps: int) -> None:
-    """The run left an intact evidence pack under ./evidence with one JUnit testcase per step."""
-    import xml.etree.ElementTree as ET
-
-    from flows.evidence.pack.verify import verify
-
-    assert result.evidence_dir is not None
-    folder = Path(result.evidence_dir)
-    assert folder.parent.parent == Path.cwd() / "evidence"
-    assert {p.name for p in folder.iterdir()} == {"report.json", "report.md", "report.html", "junit.xml",
-                                                  "manifest.json"}
-    assert verify(folder) == []
-    assert len(list(ET.parse(folder / "junit.xml").getroot().iter("testcase"))) == steps
-    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    assert report["status"] == result.status and report["run"]["flow_run_id"] == result.flow_run_id
 
 
 def test_passing_case_names_task_runs_and_leaves_artifacts(s3, data_dir: Path) -> None:

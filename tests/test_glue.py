@@ -28,7 +28,7 @@ from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, CheckFailed, StepError
 from tasks.kit.polling import WaitInterrupted
 from tasks.kit.secrets import STARS
 from tasks.kit.step import REGISTRY, StepContext
-from tests.conftest import REGION, FakeClock, failing_calls
+from tests.helpers import REGION, FakeClock, failing_calls
 
 JOB = "transform-orders"
 CRAWLER = "curated-crawler"
@@ -423,7 +423,7 @@ def test_bad_input_is_refused_at_validation(step: dict[str, Any], message: str) 
 def test_a_case_with_a_glue_job_and_crawler_leaves_evidence_in_the_ui_and_the_pack(
         glue_clients: ClientFactory, tmp_path: Path) -> None:
     from flows.pipeline_test import pipeline_test
-    from tests.test_flow import assert_complete_pack, read_artifacts
+    from tests.helpers import assert_complete_pack, read_artifacts
 
     add_table(glue_clients.client("glue"), "orders", [("id", "bigint")], [("dt", "string")])
     case: dict[str, Any] = {"case": "Glue flow", "variables": {"password": PASSWORD}, "aws": {"region": REGION}, "steps": [

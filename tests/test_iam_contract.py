@@ -23,15 +23,11 @@ from flows.spec.load import parse_spec
 from flows.spec.model import iter_steps
 from tasks.kit.iam import OPERATION_ACTIONS, Arns, actions_of
 from tasks.kit.step import REGISTRY, footprint
-from tests.test_contract import minimal
+from tests.fixtures.iam_calls import ENV, KIND_TESTS, RECORDER
+from tests.helpers import minimal
 
 ROOT = Path(__file__).resolve().parent.parent
 ARNS = Arns("123456789012", "eu-west-1")
-#: the kinds' own moto tests, run again with every AWS call recorded (tests/iam_calls.py)
-KIND_TESTS = ["test_s3.py", "test_upload_parts.py", "test_ssm.py", "test_restore.py", "test_awslambda.py",
-              "test_athena.py", "test_dynamodb.py", "test_sqs.py", "test_cloudwatch.py", "test_glue.py",
-              "test_stepfunctions.py", "test_journal.py"]
-
 #: a case that uses every kind in its widest form (writes, SecureStrings, KMS, waits for the pipeline's runs)
 EVERY_KIND: dict[str, Any] = {
     "case": "Every kind",
@@ -142,12 +138,18 @@ def test_a_read_only_parameter_is_never_writable(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- every call is declared
-def _recorded_calls(tmp_path: Path) -> list[dict[str, Any]]:
+def _recorded_calls(request: pytest.FixtureRequest, tmp_path: Path) -> list[dict[str, Any]]:
+    """The calls recorded while the kinds' own tests ran in this session, on this worker (``tests/fixtures/iam_calls``
+    groups them with this test and runs this test last); when they are not in the session (this file alone), they
+    are run in a child pytest under the same recorder."""
+    recorder = request.config.stash[RECORDER]
+    if recorder.complete():
+        return recorder.calls
     out = tmp_path / "calls.jsonl"
-    env = {**os.environ, "PIPELINE_TEST_IAM_CALLS": str(out),
+    env = {**os.environ, ENV: str(out),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "pytest", *[f"tests/{f}" for f in KIND_TESTS], "-q", "-n", "0",
-                           "-m", "not e2e", "-p", "tests.iam_calls", "-p", "no:cacheprovider", "-x"],
+                           "-m", "not e2e", "-p", "no:cacheprovider", "-x"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"the kinds' tests failed under the recorder:\n{proc.stdout[-3000:]}"
     return [json.loads(line) for line in out.read_text().splitlines()]
@@ -158,9 +160,8 @@ def _family(kind: str) -> str:
     return module.split(".")[1]
 
 
-@pytest.mark.e2e  # a child pytest (and the Prefect server some of those tests start): 2 to 4 minutes here
-def test_every_aws_call_a_kind_makes_is_declared(tmp_path: Path) -> None:
-    calls = _recorded_calls(tmp_path)
+def test_every_aws_call_a_kind_makes_is_declared(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    calls = _recorded_calls(request, tmp_path)
     undeclared: dict[str, set[str]] = defaultdict(set)
     by_family: dict[str, set[str]] = defaultdict(set)
     seen_kinds = set()

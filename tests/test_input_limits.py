@@ -414,6 +414,7 @@ def test_a_name_calling_a_secret_function_is_refused(monkeypatch: pytest.MonkeyP
 
 
 # ------------------------------------------------------------------------------------------ --schema | head
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_schema_into_a_closed_pipe_exits_quietly() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "flows.pipeline_test", "--schema"], cwd=ROOT, env=env,

@@ -171,7 +171,7 @@ def test_failed_renewals_are_retried_and_a_lease_about_to_run_out_stops_the_run(
     """The lease runs until t+120. Renewals fail from t+20 on (retried every 10 s, each logged); when no more than
     one renewal interval of the lease is left, the run is told to stop (once), so it undoes its changes itself
     before a recover elsewhere may take it for dead. A renewal that works again is said so."""
-    from tests.conftest import failing_calls
+    from tests.helpers import failing_calls
 
     clock = WallClock()
     lost: list[datetime] = []
@@ -194,6 +194,7 @@ def test_failed_renewals_are_retried_and_a_lease_about_to_run_out_stops_the_run(
     assert beat.next_wait() == 20
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_liveness_from_the_claim_alone(ssm, clients, monkeypatch) -> None:
     """A run this Prefect server does not know is alive while its lease is; a process of this host that is gone
     is dead at once; a run this server knows is left to its lock."""

@@ -58,6 +58,7 @@ def fake_server(tmp_path: Path) -> list[str]:
     return [sys.executable, str(script)]
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_a_server_that_writes_megabytes_to_stderr_does_not_block(prefect_home, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_NOISE", str(2 * 1024 * 1024))
     with local_server.temporary_server(fake_server(tmp_path)) as url:
@@ -66,6 +67,7 @@ def test_a_server_that_writes_megabytes_to_stderr_does_not_block(prefect_home, t
     assert log.stat().st_size > 2 * 1024 * 1024  # all of it went to the file
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_a_failed_start_quotes_the_real_error_and_names_the_log(prefect_home, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("FAKE_FAIL", "1")
     with pytest.raises(local_server.ServerUnavailable) as failed:
@@ -124,7 +126,7 @@ def test_five_clis_at_once_on_a_fresh_prefect_home_all_pass(moto_endpoint, emula
     """A newcomer's first parallel runs: each CLI starts its own temporary server on one new PREFECT_HOME (no
     database yet), so their servers create and migrate it at the same moment; before the set-up lock 3 of 5
     exited 3 ("index ... already exists")."""
-    from tests.test_cli import write_case
+    from tests.helpers import write_cli_case as write_case
 
     home = tmp_path / "prefect-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}

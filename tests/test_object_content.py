@@ -15,7 +15,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.response import StreamingBody
-from conftest import FakeClock
 
 from flows.spec.load import SpecError, parse_spec
 from tasks.kit.errors import CheckFailed, StepError
@@ -26,6 +25,7 @@ from tasks.s3 import stream as object_stream
 from tasks.s3.content_spec import ObjectContent
 from tasks.s3.steps import ExpectObjectsStep, expect_absent, run_expect_objects
 from tasks.s3.stream import ReadStats, json_values, open_stream
+from tests.helpers import FakeClock
 
 BUCKET = "content-bucket"
 ORDERS = ("order_id,customer_id,amount,currency\n"

@@ -16,7 +16,7 @@ import pytest
 from flows.evidence.results import CaseResult, result_of
 from flows.pipeline_test import pipeline_test
 from tasks.kit.journal import read_entries
-from tests.conftest import thread_stacks
+from tests.helpers import thread_stacks
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

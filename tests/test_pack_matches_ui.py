@@ -22,7 +22,7 @@ from flows.evidence.results import result_of
 from flows.pipeline_test import pipeline_test
 from tasks.kit.aws import AwsTarget, ClientFactory
 from tasks.kit.step import REGISTRY
-from tests.conftest import MOTO_CONFIG, REGION
+from tests.helpers import MOTO_CONFIG, REGION
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

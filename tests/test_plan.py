@@ -13,7 +13,6 @@ import yaml
 from flows import cli
 from flows.plan.changes import merged, shown
 from flows.run import command
-from tests.test_bad_input import no_aws  # noqa: F401, F811  (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples/cases/orders_ingestion.yaml"

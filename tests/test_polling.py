@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import FakeClock
 
 from tasks.kit.polling import PollSettings, intervals, poll
+from tests.helpers import FakeClock
 
 
 def test_first_check_is_immediate_and_done_stops() -> None:

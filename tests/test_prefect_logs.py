@@ -35,6 +35,7 @@ def failed_case() -> CaseFailed:
     return CaseFailed(CaseResult.model_construct(case="c", status="failed", steps=[]))
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_importing_the_flow_installs_nothing_and_running_it_installs_the_filters_once() -> None:
     import subprocess
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from tests.conftest import RunProgress
+from tests.fixtures.session import RunProgress
 
 
 class Reporter:

@@ -10,7 +10,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from conftest import FakeClock
 
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import StepError
@@ -20,6 +19,7 @@ from tasks.s3.keys import posix_key, resolve_files
 from tasks.s3.objects import head_object
 from tasks.s3.steps import ExpectObjectsStep, UploadStep, expect_objects, run_expect_objects, run_upload
 from tasks.s3.upload import delete_uploaded, upload_file
+from tests.helpers import FakeClock
 
 
 def ctx_for(clients: ClientFactory, folder: Path) -> StepContext:

@@ -33,6 +33,7 @@ def profiles(home: Path) -> dict:
     return toml.loads((home / "profiles.toml").read_text(encoding="utf-8"))
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 @pytest.mark.skipif(shutil.which("sh") is None or os.name == "nt", reason="needs a POSIX shell")
 def test_setenv_sh_creates_selects_and_points_the_profile(tmp_path: Path) -> None:
     fresh, existing = tmp_path / "fresh", tmp_path / "existing"
@@ -75,6 +76,7 @@ def test_setenv_sh_creates_selects_and_points_the_profile(tmp_path: Path) -> Non
     assert "default" in config["profiles"]  # other profiles are left alone
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 @pytest.mark.skipif(shutil.which("sh") is None or os.name == "nt", reason="needs a POSIX shell")
 def test_setenv_sh_without_prefect_says_so_and_fails(tmp_path: Path) -> None:
     env = sh_env(tmp_path)
@@ -85,6 +87,7 @@ def test_setenv_sh_without_prefect_says_so_and_fails(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "activate the virtual environment" in proc.stderr
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_setenv_sh_is_posix_with_lf_endings() -> None:
     data = SH.read_bytes()
     assert b"\r" not in data

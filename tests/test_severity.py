@@ -51,7 +51,8 @@ def content_step(content: dict[str, Any], **more: Any) -> dict[str, Any]:
 def test_warnings_pass_the_case_and_are_counted_everywhere(s3, tmp_path: Path) -> None:
     import jsonschema
     import xmlschema
-    from test_flow import read_artifacts
+
+    from tests.helpers import read_artifacts
 
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key="out/orders.csv", Body=csv_rows(3))

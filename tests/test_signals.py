@@ -22,9 +22,8 @@ import boto3
 import pytest
 import yaml
 
-from flows.emulator import emulator_env
 from tasks.kit.journal import read_entries
-from tests.conftest import migrated_prefect_db
+from tests.helpers import env_for, temp_server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name == "nt", reason="POSIX signals"),
@@ -32,22 +31,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name == "nt", reason="POSIX
 
 ORIGINAL = "original-Secret-5d1c0b"  # the SecureString's value before the case: never shown either
 CANARY = "canary-Secret-93b7e2"  # the value the case sets
-
-
-def env_for(endpoint: str, api_url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
-    env.update(emulator_env(endpoint), PYTHONPATH=str(ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONIOENCODING="utf-8")
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
-
-
-def temp_server_env(env: dict[str, str], home: Path) -> dict[str, str]:
-    """The CLI's own temporary server, with a Prefect home of its own (not the user's database), on a migrated
-    empty database when this machine has one (what a user's second run finds)."""
-    migrated_prefect_db(home / "prefect.db")
-    return {**env, "PREFECT_HOME": str(home)}
 
 
 def journal_prefix(name: str) -> str:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from tasks.kit.aws import ClientFactory
 from tasks.kit.errors import CHECK_FAILED, TIMED_OUT, AwsCallError, CheckFailed
 from tasks.sqs import ExpectQueueDepthStep
-from tests.conftest import FakeClock, run_step
+from tests.helpers import FakeClock, run_step
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tasks.kit.polling import WaitInterrupted
 from tasks.kit.secrets import STARS
 from tasks.kit.step import REGISTRY, StepContext
 from tasks.stepfunctions import StepFunctionsStep, execution_name
-from tests.conftest import MOTO_CONFIG, REGION, FakeClock, failing_calls, use_fake_aws_env
+from tests.helpers import MOTO_CONFIG, REGION, FakeClock, failing_calls, use_fake_aws_env
 
 ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/sfn"
 TOKEN = "canary-SfnToken-9a8b7c"
@@ -336,7 +336,7 @@ def test_a_failing_case_shows_the_failed_state_in_the_ui_and_the_pack(
         arns: dict[str, str], sfn_module_clients: ClientFactory, tmp_path: Path) -> None:
     from flows.evidence.results import result_of
     from flows.pipeline_test import pipeline_test
-    from tests.test_flow import assert_complete_pack, read_artifacts
+    from tests.helpers import assert_complete_pack, read_artifacts
 
     wait = {"timeout": 20, "initial": 0.05}
     case: dict[str, Any] = {"case": "Sfn flow", "variables": {"token": TOKEN}, "aws": {"region": REGION}, "steps": [

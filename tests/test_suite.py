@@ -20,26 +20,9 @@ from flows.suite.cli import suite_result_of
 from flows.suite.flow import pipeline_test_suite, suite_key
 from flows.suite.spec import load_suite
 from tasks.kit.journal import read_entries
-from tests.conftest import thread_stacks
+from tests.helpers import thread_stacks, upload_case
 
 JUNIT_XSD = Path(__file__).with_name("junit-10.xsd")
-
-
-def upload_case(folder: Path, name: str, bucket: str = "suite-bucket", *, expect: str | None = None,
-                tags: list[str] | None = None, **extra: Any) -> Path:
-    """A small case: land a file under its own prefix, then expect ``expect`` (default: the landed file)."""
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    (folder / "data" / "orders.csv").write_text("id,amount\n1,10\n")
-    prefix = f"in/{name}/"
-    case = {"case": name, "tags": tags or [], "variables": {"bucket": bucket},
-            "steps": [
-                {"kind": "upload", "name": "land", "files": ["data/orders.csv"], "bucket": "{{ bucket }}",
-                 "key_prefix": prefix, "cleanup": True},
-                {"kind": "expect_objects", "name": "landed", "bucket": "{{ bucket }}",
-                 "keys": [expect or f"{prefix}orders.csv"], "wait": {"timeout": 0.3, "initial": 0.05}, **extra}]}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(case, sort_keys=False))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------ validation

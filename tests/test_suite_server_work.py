@@ -299,7 +299,7 @@ def test_a_suite_of_three_reads_the_history_once(prefect_harness: Any, clients: 
     """End to end on Prefect's test server: one read for the suite, none per case, and each case's report still
     lists its run."""
     from flows.cli import main
-    from tests.test_suite import upload_case
+    from tests.helpers import upload_case
 
     clients.client("s3").create_bucket(Bucket="suite-bucket")
     cases = tmp_path / "cases"

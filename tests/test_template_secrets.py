@@ -12,7 +12,6 @@ from typing import Any
 
 import boto3
 import pytest
-from test_bad_input import no_aws as no_aws  # the fixture: any AWS call fails the test
 
 from flows.spec.load import SpecError, case_reads, parse_spec
 from flows.spec.template_secrets import (

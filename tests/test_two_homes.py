@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tasks.kit.journal import read_claims, read_entries
-from tests.test_signals import env_for, temp_server_env
+from tests.helpers import env_for, temp_server_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("heavy-processes")]
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: imports every module of flows/ and tasks/ with the stub packages made unimportable, then lists any that loaded
@@ -29,6 +31,7 @@ print(sorted(m for m in sys.modules if m.startswith(STUBS)))
 """
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_code_runs_without_the_type_stubs() -> None:
     done = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]

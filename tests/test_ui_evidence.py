@@ -127,6 +127,7 @@ def test_history_rows_from_the_summary_table_versions() -> None:
     assert rows[1]["started"] == "2026-03-14 09:27:53 UTC" and rows[1]["duration"] is None
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_audit_names_account_identity_and_versions(aws: None) -> None:
     found = audit.collect(ClientFactory(AwsTarget(region="eu-west-1")))
     assert found.aws.to_json() == {"account_id": "123456789012", "caller_arn": found.aws.caller_arn,
@@ -179,6 +180,7 @@ def test_audit_records_sts_refusal_instead_of_failing() -> None:
                                                         "region": "eu-west-1", "error_code": "AccessDenied"}
 
 
+@pytest.mark.e2e  # starts a process (tests/fixtures/tiers.py)
 def test_report_json_audit_follows_the_schema_and_html_shows_checks_first(aws: None, tmp_path: Path) -> None:
     import jsonschema
 

@@ -13,7 +13,8 @@ import pytest
 from flows.evidence.results import result_of
 from flows.pipeline_test import pipeline_test
 from flows.run.engine import SKIPPED
-from tests.test_flow import UPLOAD, read_task_runs, spec
+from tests.helpers import UPLOAD, read_task_runs
+from tests.helpers import flow_spec as spec
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
