@@ -124,12 +124,12 @@ def test_the_kind_runs_against_the_emulator_passing_and_failing(moto_endpoint, e
 
 def test_every_aws_call_of_the_kind_is_declared_by_its_footprint(tmp_path: Path) -> None:
     """tests/test_iam_contract.py's rule, for a kind outside its KIND_TESTS: the kind's own moto tests run under
-    the recorder (tests/iam_calls.py), and every call its runner made is one of its footprint's actions."""
+    the recorder (tests/fixtures/iam_calls.py), and every call its runner made is one of its footprint's actions."""
     calls = tmp_path / "calls.jsonl"
     env = {k: v for k, v in os.environ.items() if k != STEP_MODULES_ENV}
     env.update({STEP_MODULES_ENV: MODULE, "PIPELINE_TEST_IAM_CALLS": str(calls), "PYTHONPATH": str(ROOT)})
     proc = subprocess.run([sys.executable, "-m", "pytest", "tests/kinds/check_bucket_versioning.py", "-q", "-n", "0",
-                           "-p", "tests.iam_calls", "-p", "no:cacheprovider"],
+                           "-p", "tests.fixtures.iam_calls", "-p", "no:cacheprovider"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "4 passed" in proc.stdout

@@ -1,7 +1,7 @@
 """The own moto tests of the test-only kind ``expect_bucket_versioning`` (tests/kinds/bucket_versioning.py).
 
 Run only by ``tests/test_step_kind_extension.py``, in a child pytest with ``PIPELINE_TEST_STEP_MODULES`` set and
-every AWS call recorded (``-p tests.iam_calls``), as ``tests/test_iam_contract.py`` runs the product's kinds' tests:
+every AWS call recorded (``-p tests.fixtures.iam_calls``), as ``tests/test_iam_contract.py`` runs the product's kinds' tests:
 each call the runner makes must be one its footprint declares. Not named ``test_*.py``, so the suite never collects
 it: importing the kind in the suite's own processes would add it to their registry.
 """
