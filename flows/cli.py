@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from flows.console import json_text, safe_output
+from flows.console import safe_output
 from flows.evidence import ui as evidence
 from flows.evidence.markdown import step_counts
 from flows.evidence.pack.files import pack_parent
@@ -52,7 +52,7 @@ from flows.run.command import (
     invalid,
     on_temporary_server,
     parse_vars,
-    temporary_server_hint,
+    print_result,
 )
 from flows.run.recover import CouldNotRun
 from flows.run.recover import main as recover_main
@@ -224,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_INTERRUPTED
             print(f"The flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_FAILED
-        print(json_text(result) if args.json else format_result(result, with_link=not temporary))
-        if temporary and not args.json:
-            print(temporary_server_hint())
-        if result.evidence_error and args.json:
-            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
+        print_result(result, format_result(result, with_link=not temporary), args.json, temporary)
         return case_exit_code(result)
 
     return guarded(run)

@@ -8,10 +8,11 @@ import contextlib
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import httpx
 
+from flows.console import json_text
 from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack.files import EVIDENCE_ROOT
 from flows.run.engine import stop_signals_interrupt
@@ -166,3 +167,13 @@ def guarded(run: Callable[[], int]) -> int:
         print("Interrupted: the run was stopped; what it had changed was undone (see the log above) and its "
               "evidence pack is partial.", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def print_result(result: Any, text: str, as_json: bool, temporary: bool) -> None:
+    """A finished run's result on stdout: its JSON (``--json``), or ``text`` and, after a run on a temporary server,
+    where its records can be seen; with ``--json``, a pack that could not be written is said on stderr too."""
+    print(json_text(result) if as_json else text)
+    if temporary and not as_json:
+        print(temporary_server_hint())
+    if result.evidence_error and as_json:
+        print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)

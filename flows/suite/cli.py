@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from flows.console import json_text
 from flows.evidence.pack.files import pack_parent
 from flows.evidence.results import carried_result
+from flows.run.command import print_result
 from flows.run.recover import CouldNotRun
 from flows.suite.flow import pipeline_test_suite, suite_key
 from flows.suite.pack import (
@@ -89,7 +89,6 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         guarded,
         invalid,
         on_temporary_server,
-        temporary_server_hint,
     )
     from flows.spec.load import SpecError
     from flows.suite.progress import shown
@@ -136,11 +135,7 @@ def run_suite_cli(args: Any, overrides: dict[str, str]) -> int:
         if result is None:
             print(f"Could not run: the suite's flow run ended {state.type.value}: {state.message}", file=sys.stderr)
             return EXIT_COULD_NOT_RUN
-        print(json_text(result) if args.json else format_suite(result, with_link=not temporary))
-        if temporary and not args.json:
-            print(temporary_server_hint())
-        if result.evidence_error and args.json:
-            print(f"NO EVIDENCE: {result.evidence_error}", file=sys.stderr)
+        print_result(result, format_suite(result, with_link=not temporary), args.json, temporary)
         return exit_code(result)
 
     return guarded(run)
