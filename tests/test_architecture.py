@@ -136,3 +136,16 @@ def test_no_module_is_hidden_from_git() -> None:
     files = [str(p.relative_to(ROOT)) for p in MODULES.values()]
     out = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.split() == [], f"ignored by .gitignore: {out.stdout.split()}"
+
+
+def test_every_module_imports() -> None:
+    """The fast tier touches every product module: each imports on its own (no module only an e2e test loads)."""
+    import importlib
+
+    failed = {}
+    for name in sorted(MODULES):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a module that does not import is a finding, whatever the error
+            failed[name] = f"{type(exc).__name__}: {exc}"
+    assert not failed, failed
