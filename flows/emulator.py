@@ -40,13 +40,15 @@ REAL_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED
             "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
-def _lambda_like_aws() -> None:
+@contextlib.contextmanager
+def _lambda_like_aws() -> Iterator[None]:
     """moto's Lambda without Docker answers any function name with 200; real Lambda says
-    ResourceNotFoundException for a function that does not exist. Make the emulator do the same (for the demo,
-    whose moto runs in its own process: the unit tests' in-process mocks are left as moto makes them)."""
+    ResourceNotFoundException for a function that does not exist. Make the emulator do the same while it runs (moto's
+    backends are this process's: in-process mocks after it must find moto as moto makes them, so it is put back)."""
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
-    if getattr(LambdaSimpleBackend.invoke, "_checks_function", False):
+    if getattr(LambdaSimpleBackend.invoke, "_checks_function", False):  # an emulator of this process already does
+        yield
         return
     simple_invoke = LambdaSimpleBackend.invoke
 
@@ -56,6 +58,10 @@ def _lambda_like_aws() -> None:
 
     invoke._checks_function = True  # type: ignore[attr-defined]
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        LambdaSimpleBackend.invoke = simple_invoke  # type: ignore[method-assign]
 
 
 class SerializedMotoServer(ThreadedMotoServer):
@@ -226,17 +232,16 @@ def moto_server(lambda_like_aws: bool = False, port: int = 0) -> Iterator[str]:
     (``http://127.0.0.1:PORT``). ``lambda_like_aws``: invoking a function that does not exist fails as on AWS
     (this process's moto)."""
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per AWS call is noise
-    if lambda_like_aws:
-        _lambda_like_aws()
-    server = SerializedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    try:
+    with contextlib.ExitStack() as stack:
+        if lambda_like_aws:
+            stack.enter_context(_lambda_like_aws())
+        server = SerializedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        stack.callback(server.stop)
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
         moto_api(endpoint, "config", {"lambda": {"use_docker": False}})  # Lambda without Docker
         yield endpoint
-    finally:
-        server.stop()
 
 
 def moto_api(endpoint: str, path: str, body: dict[str, Any]) -> None:

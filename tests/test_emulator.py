@@ -96,3 +96,24 @@ def test_a_port_in_use_is_refused_at_once(capsys) -> None:
         taken.listen()
         assert main(["--port", str(taken.getsockname()[1])]) == 3
     assert "cannot be used" in capsys.readouterr().err
+
+
+def test_the_emulators_lambda_rule_ends_with_it() -> None:
+    """While an emulator runs, invoking a function that does not exist fails as on AWS; after it, this process's
+    in-process mocks answer as moto makes them (a full run once saw a later test's Lambda 'not found')."""
+    import boto3
+    from moto import mock_aws
+
+    from flows.emulator import moto_server, use_emulator
+
+    def invoke_missing() -> int:
+        client = boto3.client("lambda", region_name="us-east-1")
+        try:
+            return client.invoke(FunctionName="missing", Payload=b"{}")["StatusCode"]
+        except client.exceptions.ResourceNotFoundException:
+            return 404
+
+    with moto_server(lambda_like_aws=True) as endpoint, use_emulator(endpoint):
+        assert invoke_missing() == 404
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        assert invoke_missing() == 200

@@ -170,15 +170,8 @@ def sfn_clients() -> Iterator[ClientFactory]:
             thread.join(5)
 
 
-def test_report_md_holds_the_ui_evidence_of_the_compute_kinds(sfn_clients: ClientFactory, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_md_holds_the_ui_evidence_of_the_compute_kinds(sfn_clients: ClientFactory, tmp_path: Path) -> None:
     """invoke_lambda, step_functions (passing and failing), glue_job, glue_crawler, expect_log_events."""
-    from moto.awslambda import responses as lambda_responses
-    from moto.awslambda_simple.models import lambda_simple_backends
-
-    # moto's Lambda without Docker (it answers with the payload), whatever moto's process-wide configuration says by
-    # the time the step's thread calls: in a full run it was seen to answer from the Docker backend (not found)
-    monkeypatch.setattr(lambda_responses, "get_backend", lambda account, region: lambda_simple_backends[account][region])
     clients = sfn_clients
     sfn, glue, logs = clients.client("stepfunctions"), clients.client("glue"), clients.client("logs")
     role = "arn:aws:iam::123456789012:role/test"
