@@ -29,7 +29,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -60,11 +59,6 @@ from flows.spec.load import SpecError, load_spec
 from flows.spec.model import iter_steps
 from tasks.kit.status import MEANING, short
 from tasks.kit.step import format_duration
-
-if TYPE_CHECKING:
-    pass
-
-
 
 
 def format_result(result: CaseResult, with_link: bool = True) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.evidence import report as report_model
 from flows.evidence.pack import files as pack_files
 from flows.evidence.pack import folder as pack_folder
 from flows.evidence.pack import verify as ep
@@ -186,7 +187,7 @@ def test_a_run_leaves_a_complete_intact_pack(make, tmp_path: Path) -> None:
 def test_report_json_follows_its_schema_and_says_what_the_issue_asks(failing_pack: Path) -> None:
     import jsonschema
 
-    schema = json.loads(pack_files.SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = json.loads(report_model.SCHEMA_FILE.read_text(encoding="utf-8"))
     report = _json(failing_pack / "report.json")
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(report)
     assert (report["schema"], report["schema_version"]) == ("pipeline-test/evidence-report", 1)

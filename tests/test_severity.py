@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from flows.cli import format_result
+from flows.evidence import report as report_model
 from flows.evidence.markdown import case_markdown, step_markdown
 from flows.evidence.notify import build_message
-from flows.evidence.pack import files as pack_files
 from flows.evidence.pack import verify as ep
 from flows.evidence.results import CaseResult, result_of
 from flows.pipeline_test import pipeline_test
@@ -79,7 +79,7 @@ def test_warnings_pass_the_case_and_are_counted_everywhere(s3, tmp_path: Path) -
     folder = Path(result.evidence_dir or "")
     assert ep.verify(folder) == []
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    jsonschema.Draft202012Validator(json.loads(pack_files.SCHEMA_FILE.read_text(encoding="utf-8"))).validate(report)
+    jsonschema.Draft202012Validator(json.loads(report_model.SCHEMA_FILE.read_text(encoding="utf-8"))).validate(report)
     assert (report["status"], report["verdict"], report["warnings"]) == ("passed", "PASSED with 2 warnings", 2)
     assert report["counts"]["warned"] == 2 and report["counts"]["passed"] == 1 and report["first_failure"] is None
     assert report["steps"][0]["status"] == "warned" and report["steps"][0]["warnings"]

@@ -15,9 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from flows.evidence import audit
+from flows.evidence import report as report_model
 from flows.evidence.history import history_rows
 from flows.evidence.markdown import case_markdown, step_description, step_markdown
-from flows.evidence.pack import files as pack_files
 from flows.evidence.pack import write as evidence_pack
 from flows.evidence.results import CaseResult, StepResult
 from tasks.kit import markdown as md
@@ -187,7 +187,7 @@ def test_report_json_audit_follows_the_schema_and_html_shows_checks_first(aws: N
     result = failing_case(audit=audit.collect(ClientFactory(AwsTarget(region="eu-west-1"))))
     folder = evidence_pack.write_pack(result, None, tmp_path / "pack")
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-    schema = json.loads(pack_files.SCHEMA_FILE.read_text(encoding="utf-8"))
+    schema = json.loads(report_model.SCHEMA_FILE.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator(schema).validate(report)
     assert report["audit"]["aws"]["account_id"] == "123456789012"
     assert report["run"]["ui_url"] == "http://127.0.0.1:4321/runs/flow-run/run-1"  # the pack points at the UI

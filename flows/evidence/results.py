@@ -7,16 +7,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from flows.evidence.report import (  # noqa: F401  (StepStatus, EvidenceLink: re-exported)
+from flows.evidence.report import (
     Audit,
     CaseReport,
     CaseStatus,
-    EvidenceLink,
     Locks,
     Notice,
     PackRef,
     StepReport,
-    StepStatus,
 )
 from tasks.kit.files import HashedItem, StepFile
 

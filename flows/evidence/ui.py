@@ -28,7 +28,7 @@ from uuid import UUID
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.evidence.history import case_history, first_failed
-from flows.evidence.markdown import (  # noqa: F401  (re-exported: callers import them from here)
+from flows.evidence.markdown import (
     KEY_MAX,
     case_key,
     case_markdown,

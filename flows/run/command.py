@@ -8,7 +8,7 @@ import contextlib
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -20,9 +20,6 @@ from flows.run.local_server import ServerUnavailable, temporary_server
 from flows.run.prefect_client import client_retries
 from flows.run.recover import CouldNotRun
 from flows.spec.load import SpecError
-
-if TYPE_CHECKING:
-    pass
 
 
 def on_temporary_server() -> bool:

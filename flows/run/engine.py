@@ -23,7 +23,8 @@ from prefect.states import Cancelled, Failed, State
 from prefect.utilities.annotations import quote
 
 from flows.evidence import ui as evidence
-from flows.evidence.results import EvidenceLink, StepFailed, StepResult, plural
+from flows.evidence.report import EvidenceLink
+from flows.evidence.results import StepFailed, StepResult, plural
 from flows.spec.load import render_step
 from flows.spec.model import CaseSpec, ParallelGroup, PlacedStep, describe, group_label, iter_steps
 from tasks.kit import baseline

@@ -27,10 +27,10 @@ from flows.spec.model import (
     CaseSpec,
     ParallelGroup,
     PlacedStep,
-    _step_union,
     describe,
     iter_steps,
     step_kinds,
+    step_union,
 )
 from flows.spec.template_sandbox import BoundedEnvironment
 from flows.spec.template_secrets import Read, may_call, reads_in, template_texts
@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     # the union of the registered kinds is made at run time; statically, a step is a StepBase
     Step = StepBase
 else:
-    Step = _step_union()
+    Step = step_union()
 
 
 if TYPE_CHECKING:

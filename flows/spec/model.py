@@ -149,7 +149,7 @@ class EvidenceSettings(SpecModel):
         return self
 
 
-def _step_union() -> Any:
+def step_union() -> Any:
     models = tuple(k.model for k in step_kinds())
     return Annotated[Union[models], Field(discriminator="kind")]
 
@@ -158,7 +158,7 @@ if TYPE_CHECKING:
     # the union of the registered kinds is made at run time; statically, a step is a StepBase
     Step = StepBase
 else:
-    Step = _step_union()
+    Step = step_union()
 
 
 class ParallelGroup(SpecModel):

@@ -16,22 +16,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from flows.evidence.pack import folder as pack_folder
-from flows.evidence.pack.files import (
-    JUNIT_XML,
-    MANIFEST,
-    MANIFEST_SCHEMA,
-    SCHEMA_VERSION,
-    _iso,
-    _utc,
-    pack_files,
-    sha256_file,
-)
+from flows.evidence.pack.files import JUNIT_XML, MANIFEST, MANIFEST_SCHEMA, _iso, _utc, pack_files, sha256_file
 from flows.evidence.pack.html import CSS, badge
 from flows.evidence.pack.junit import _x, junit_totals, testsuite
 from flows.evidence.pack.write import _counts, _json_text, _write_text, private_default
-from flows.evidence.report import (  # noqa: F401  (RerunOf, SUITE_REPORT_SCHEMA: re-exported)
+from flows.evidence.report import (
     REPORT_JSON,
-    SUITE_REPORT_SCHEMA,
+    SCHEMA_VERSION,
     CaseReport,
     CaseVerdict,
     Counts,

@@ -6,14 +6,11 @@ from __future__ import annotations
 import codecs
 import fnmatch
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union
 
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 from tasks.kit.step import Baseline, Severity, SpecModel, severity_field
-
-if TYPE_CHECKING:
-    pass
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, str]
 

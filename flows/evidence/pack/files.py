@@ -17,11 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from flows.evidence.report import (  # noqa: F401  (re-exported: the pack's names)
+from flows.evidence.report import (
     REPORT_JSON,
-    REPORT_SCHEMA,
-    SCHEMA_FILE,
-    SCHEMA_VERSION,
     iso_utc,
 )
 from flows.evidence.results import CaseResult, StepResult

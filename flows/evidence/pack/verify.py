@@ -40,12 +40,12 @@ from flows.evidence.pack.files import (
     MANIFEST,
     MANIFEST_SCHEMA,
     REQUIRED_FILES,
-    SCHEMA_VERSION,
     SSE_VALUES,
     manifest_sha256,
     pack_files,
     sha256_file,
 )
+from flows.evidence.report import SCHEMA_VERSION
 from flows.suite.pack import SUITE_REQUIRED_FILES
 from tasks.kit import nesting
 

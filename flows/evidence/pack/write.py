@@ -32,7 +32,6 @@ from flows.evidence.pack.files import (
     REPORT_HTML,
     REPORT_JSON,
     REPORT_MD,
-    SCHEMA_VERSION,
     PackItem,
     _case_slug,
     hashed_items,
@@ -43,6 +42,7 @@ from flows.evidence.pack.files import (
 from flows.evidence.pack.html import report_html
 from flows.evidence.pack.junit import junit_xml
 from flows.evidence.report import (
+    SCHEMA_VERSION,
     CaseName,
     CaseReport,
     Counts,
